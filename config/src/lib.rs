@@ -1,0 +1,1 @@
+//! L0: typed configuration, defaults, pure validation; depends on nothing internal

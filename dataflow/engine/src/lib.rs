@@ -1,0 +1,1 @@
+//! Tapio's correlation dataflow on timely and differential dataflow

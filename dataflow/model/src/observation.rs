@@ -1,0 +1,445 @@
+//! What sources observe: facts, state updates and heartbeats.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::entity::EntityId;
+use crate::time::{MAX_PLAUSIBLE_NS, MIN_PLAUSIBLE_NS, TimeNs};
+
+/// The stable identity of one observation: which source, on which node, and its sequence number
+/// there. Evidence in a correlation points back at observations by this id.
+///
+/// String form: `<source>/<node>/<seq>`, e.g. `kernel/node-1/42`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FactId {
+    /// Source kind that produced the observation (`kernel`, `kubernetes`, ...).
+    pub source: String,
+    /// Node the source ran on (`cluster` for cluster-wide sources).
+    pub node: String,
+    /// Sequence number, unique per (source, node).
+    pub seq: u64,
+}
+
+impl FactId {
+    /// Builds an id.
+    pub fn new(source: impl Into<String>, node: impl Into<String>, seq: u64) -> FactId {
+        FactId {
+            source: source.into(),
+            node: node.into(),
+            seq,
+        }
+    }
+}
+
+impl fmt::Display for FactId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.source, self.node, self.seq)
+    }
+}
+
+impl FromStr for FactId {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut parts = text.rsplitn(2, '/');
+        let seq = parts.next().unwrap_or_default();
+        let head = parts
+            .next()
+            .ok_or_else(|| format!("invalid fact id `{text}`: expected `<source>/<node>/<seq>`"))?;
+        let (source, node) = head
+            .split_once('/')
+            .filter(|(s, n)| !s.is_empty() && !n.is_empty() && !n.contains('/'))
+            .ok_or_else(|| format!("invalid fact id `{text}`: expected `<source>/<node>/<seq>`"))?;
+        let seq = seq
+            .parse()
+            .map_err(|_| format!("invalid fact id `{text}`: sequence is not a number"))?;
+        Ok(FactId::new(source, node, seq))
+    }
+}
+
+impl Serialize for FactId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for FactId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// An insert-only observation: something happened at a point in time.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Fact {
+    /// Stable id; the node in it is the node the fact happened on.
+    pub id: FactId,
+    /// Event time, ns since the Unix epoch.
+    pub time_ns: TimeNs,
+    /// What happened.
+    pub payload: FactPayload,
+}
+
+/// The kinds of facts. Serialized externally tagged: `{"oom_kill": {...}}`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FactPayload {
+    /// A process called execve.
+    ProcessExec(ProcessExec),
+    /// A process exited.
+    ProcessExit(ProcessExit),
+    /// The kernel OOM killer chose a victim.
+    OomKill(OomKill),
+    /// A container stopped (reported by the container runtime or the kubelet).
+    ContainerExit(ContainerExit),
+    /// A Kubernetes core/v1 Event.
+    KubeEvent(KubeEvent),
+}
+
+impl FactPayload {
+    /// The snake_case name of the payload kind, as it appears in JSON.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FactPayload::ProcessExec(_) => "process_exec",
+            FactPayload::ProcessExit(_) => "process_exit",
+            FactPayload::OomKill(_) => "oom_kill",
+            FactPayload::ContainerExit(_) => "container_exit",
+            FactPayload::KubeEvent(_) => "kube_event",
+        }
+    }
+}
+
+/// `execve` of a process.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ProcessExec {
+    /// Thread-group id.
+    pub pid: u32,
+    /// Parent's thread-group id.
+    pub ppid: u32,
+    /// Real user id.
+    pub uid: u32,
+    /// Process start time (fork time), ns since the Unix epoch; with `pid` it names the process.
+    pub start_ns: TimeNs,
+    /// Command name after exec (kernel `comm`, at most 15 bytes).
+    pub comm: String,
+    /// Executed file.
+    pub filename: String,
+    /// The first arguments, bounded by the collector.
+    pub args: Vec<String>,
+    /// Container the process runs in, when it runs in one.
+    pub container_id: Option<String>,
+}
+
+/// Exit of a process.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ProcessExit {
+    /// Thread-group id.
+    pub pid: u32,
+    /// Process start time, ns since the Unix epoch.
+    pub start_ns: TimeNs,
+    /// Command name.
+    pub comm: String,
+    /// Exit code when it exited normally, 0 otherwise.
+    pub exit_code: i32,
+    /// Terminating signal, 0 when it exited normally.
+    pub signal: u32,
+    /// Container the process ran in, when it ran in one.
+    pub container_id: Option<String>,
+}
+
+/// The OOM killer chose this process as its victim.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OomKill {
+    /// Victim's thread-group id.
+    pub pid: u32,
+    /// Victim's start time, ns since the Unix epoch.
+    pub start_ns: TimeNs,
+    /// Victim's command name.
+    pub comm: String,
+    /// Container of the victim, when it ran in one.
+    pub container_id: Option<String>,
+    /// Pod uid of the victim, when known from its cgroup.
+    pub pod_uid: Option<String>,
+    /// The memory cgroup that ran out of memory (path), empty for a global OOM.
+    pub memcg: String,
+    /// Victim's resident memory when killed, in pages.
+    pub rss_pages: u64,
+}
+
+/// A container stopped.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ContainerExit {
+    /// Runtime container id.
+    pub container_id: String,
+    /// Container name in the pod spec.
+    pub container_name: String,
+    /// Pod the container belongs to, when known.
+    pub pod: Option<EntityId>,
+    /// Exit code (137 after SIGKILL).
+    pub exit_code: i32,
+    /// Runtime's reason, e.g. `OOMKilled`, `Error`, `Completed`.
+    pub reason: String,
+    /// The pod's restart count for this container after the exit.
+    pub restart_count: u32,
+}
+
+/// A Kubernetes core/v1 Event, with its repeat count and first/last times kept as evidence.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct KubeEvent {
+    /// The object the event is about.
+    pub involved: EntityId,
+    /// Short machine-readable reason (`ScalingReplicaSet`, `Killing`, ...).
+    pub reason: String,
+    /// Human-readable message.
+    pub message: String,
+    /// Reporting component (`source.component`, or `reportingComponent` when that is empty).
+    pub component: String,
+    /// `Normal` or `Warning`.
+    pub event_type: String,
+    /// How many times it was seen.
+    pub count: u32,
+    /// First time seen, ns since the Unix epoch.
+    pub first_ns: TimeNs,
+    /// Last time seen, ns since the Unix epoch.
+    pub last_ns: TimeNs,
+}
+
+/// A retractable change to the state of the world: `diff` +1 inserts `record`, -1 retracts it.
+///
+/// A Kubernetes watch maps one to one: apply = retract the old record + insert the new one;
+/// delete = retract; re-list = retract everything that was not re-listed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct StateUpdate {
+    /// Time the change was observed, ns since the Unix epoch.
+    pub time_ns: TimeNs,
+    /// +1 or -1.
+    pub diff: i8,
+    /// The record inserted or retracted; a retraction carries the inserted record verbatim.
+    pub record: StateRecord,
+}
+
+/// One piece of current state, with the observation that established it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct StateRecord {
+    /// Id of the observation that inserted this record (evidence for what it implies).
+    pub evidence: FactId,
+    /// When that observation was made, ns since the Unix epoch.
+    pub since_ns: TimeNs,
+    /// The state itself.
+    pub object: StateObject,
+}
+
+/// The kinds of state.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateObject {
+    /// A Kubernetes object that can own or be owned (Deployment, ReplicaSet, Pod, ...).
+    Workload(WorkloadObject),
+    /// A container of a pod, from the pod's status.
+    PodContainer(PodContainer),
+}
+
+/// A Kubernetes object in the ownership graph.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WorkloadObject {
+    /// The object.
+    pub entity: EntityId,
+    /// Its `metadata.uid`.
+    pub uid: String,
+    /// Its controlling owner (the `ownerReference` with `controller: true`), if any.
+    pub owner: Option<OwnerRef>,
+}
+
+/// A controlling owner reference.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OwnerRef {
+    /// The owner.
+    pub entity: EntityId,
+    /// The owner's uid.
+    pub uid: String,
+}
+
+/// A container that belongs to a pod.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PodContainer {
+    /// The pod.
+    pub pod: EntityId,
+    /// The pod's uid.
+    pub pod_uid: String,
+    /// Container name in the pod spec.
+    pub container_name: String,
+    /// Runtime container id (without the `containerd://` scheme).
+    pub container_id: String,
+}
+
+/// "Source `source` on node `node` has published everything with event time < `upto_ns`."
+///
+/// Heartbeats travel in the stream, so a replay computes exactly the watermarks the live run
+/// computed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Source kind.
+    pub source: String,
+    /// Node the source runs on.
+    pub node: String,
+    /// Everything before this event time has been published.
+    pub upto_ns: TimeNs,
+}
+
+/// One item of a source's output stream.
+///
+/// In JSON (recordings, the NATS wire format) it is tagged by `kind`:
+/// `{"kind":"fact",...}`, `{"kind":"state",...}` or `{"kind":"heartbeat",...}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Observation {
+    /// Something happened.
+    Fact(Fact),
+    /// Some state changed.
+    State(StateUpdate),
+    /// A source's progress promise.
+    Heartbeat(Heartbeat),
+}
+
+/// An observation that is well-formed JSON but cannot be true.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidObservation {
+    /// Event time before 2000 or after 2200: a broken clock or an unconverted monotonic time.
+    #[error("impossible event time {time_ns} ns (must lie between 2000-01-01 and 2200-01-01)")]
+    ImpossibleTime {
+        /// The rejected time.
+        time_ns: TimeNs,
+    },
+    /// A state diff other than +1 or -1.
+    #[error("state diff must be +1 or -1, got {diff}")]
+    BadDiff {
+        /// The rejected diff.
+        diff: i8,
+    },
+    /// An empty source, node or id component.
+    #[error("empty `{field}`")]
+    Empty {
+        /// Which field.
+        field: &'static str,
+    },
+}
+
+impl Observation {
+    /// Event time of the observation (for a heartbeat, its `upto_ns`).
+    pub fn time_ns(&self) -> TimeNs {
+        match self {
+            Observation::Fact(fact) => fact.time_ns,
+            Observation::State(update) => update.time_ns,
+            Observation::Heartbeat(heartbeat) => heartbeat.upto_ns,
+        }
+    }
+
+    /// Checks what JSON decoding cannot: plausible times, ±1 diffs, non-empty names.
+    ///
+    /// # Errors
+    /// The first problem found.
+    pub fn validate(&self) -> Result<(), InvalidObservation> {
+        let plausible = |time_ns: TimeNs| {
+            if (MIN_PLAUSIBLE_NS..=MAX_PLAUSIBLE_NS).contains(&time_ns) {
+                Ok(())
+            } else {
+                Err(InvalidObservation::ImpossibleTime { time_ns })
+            }
+        };
+        let named = |id: &FactId| {
+            if id.source.is_empty() {
+                Err(InvalidObservation::Empty { field: "source" })
+            } else if id.node.is_empty() {
+                Err(InvalidObservation::Empty { field: "node" })
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Observation::Fact(fact) => {
+                named(&fact.id)?;
+                plausible(fact.time_ns)
+            }
+            Observation::State(update) => {
+                named(&update.record.evidence)?;
+                if update.diff != 1 && update.diff != -1 {
+                    return Err(InvalidObservation::BadDiff { diff: update.diff });
+                }
+                plausible(update.time_ns)
+            }
+            Observation::Heartbeat(heartbeat) => {
+                if heartbeat.source.is_empty() {
+                    return Err(InvalidObservation::Empty { field: "source" });
+                }
+                if heartbeat.node.is_empty() {
+                    return Err(InvalidObservation::Empty { field: "node" });
+                }
+                plausible(heartbeat.upto_ns)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oom() -> Observation {
+        Observation::Fact(Fact {
+            id: FactId::new("kernel", "node-1", 7),
+            time_ns: 1_621_417_386_000_000_000,
+            payload: FactPayload::OomKill(OomKill {
+                pid: 4242,
+                start_ns: 1_621_417_380_000_000_000,
+                comm: "podinfo".into(),
+                container_id: Some("abc".into()),
+                pod_uid: None,
+                memcg: "/kubepods/burstable/podx/abc".into(),
+                rss_pages: 8128,
+            }),
+        })
+    }
+
+    #[test]
+    fn fact_json_shape_is_stable() {
+        let json = serde_json::to_string(&oom()).unwrap();
+        assert!(json.starts_with(r#"{"kind":"fact","id":"kernel/node-1/7","time_ns":"#));
+        assert!(json.contains(r#""payload":{"oom_kill":{"pid":4242"#));
+        assert_eq!(serde_json::from_str::<Observation>(&json).unwrap(), oom());
+    }
+
+    #[test]
+    fn fact_ids_parse_and_reject() {
+        let id: FactId = "kubernetes/cluster/12".parse().unwrap();
+        assert_eq!(id, FactId::new("kubernetes", "cluster", 12));
+        for bad in ["", "a/b", "a/b/c/d", "/b/1", "a//1", "a/b/x"] {
+            assert!(bad.parse::<FactId>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn validation_rejects_impossible_times_and_diffs() {
+        let mut fact = oom();
+        assert!(fact.validate().is_ok());
+        if let Observation::Fact(f) = &mut fact {
+            f.time_ns = 12;
+        }
+        assert_eq!(
+            fact.validate(),
+            Err(InvalidObservation::ImpossibleTime { time_ns: 12 })
+        );
+        let heartbeat = Observation::Heartbeat(Heartbeat {
+            source: "kernel".into(),
+            node: "".into(),
+            upto_ns: 1_621_417_386_000_000_000,
+        });
+        assert_eq!(
+            heartbeat.validate(),
+            Err(InvalidObservation::Empty { field: "node" })
+        );
+    }
+}

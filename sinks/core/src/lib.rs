@@ -1,0 +1,1 @@
+//! The Sink contract every Tapio destination implements

@@ -1,0 +1,1 @@
+//! Writes correlation changes as JSON lines or human-readable lines

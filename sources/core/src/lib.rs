@@ -1,0 +1,1 @@
+//! The Source contract every Tapio collector implements

@@ -1,0 +1,1 @@
+//! Replays a Tapio recording file as a source

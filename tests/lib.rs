@@ -1,0 +1,1 @@
+//! Shared helpers for Tapio's cross-crate tests.
