@@ -1,1 +1,240 @@
-//! The Source contract every Tapio collector implements
+//! The contract every Tapio collector implements (layer L1; depends on `tapio-model` and
+//! `tapio-config` only).
+//!
+//! A collector is a [`Source`]: it is built from validated configuration without doing any I/O,
+//! then [`Source::run`] reads the real thing (the kernel, the API server, a file, ...) and sends
+//! [`Observation`]s through the bounded [`SourceContext::out`] channel until the shutdown token
+//! is cancelled or its input ends. Sending waits when the channel is full: that is the
+//! back-pressure from the dataflow.
+//!
+//! Bad input never stops a source: it counts it in [`SourceStats`], logs where it came from,
+//! and goes on.
+//!
+//! ```
+//! use tapio_sources::SourceContext;
+//! let (cx, mut rx) = SourceContext::for_test("example", "node-1", 16);
+//! let id = cx.next_fact_id();
+//! assert_eq!(id.to_string(), "example/node-1/1");
+//! drop(rx.try_recv());
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tapio_model::{FactId, Heartbeat, Observation, TimeNs};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A boxed, sendable future, so that [`Source`] stays object safe.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A collector.
+pub trait Source: Send + 'static {
+    /// Stable snake_case kind (`"kernel"`, `"recording"`), equal to the crate's directory name.
+    fn kind(&self) -> &'static str;
+
+    /// Runs until `cx.shutdown` is cancelled or the input ends.
+    ///
+    /// # Errors
+    /// Only unrecoverable errors (the input cannot be opened at all); everything recoverable is
+    /// retried or counted inside.
+    fn run(self: Box<Self>, cx: SourceContext) -> BoxFuture<Result<(), SourceError>>;
+}
+
+/// Why a source stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The source's input could not be opened or read at all. Not retryable.
+    #[error("source `{kind}` cannot read {what}")]
+    Input {
+        /// Source kind.
+        kind: &'static str,
+        /// What it tried to read, e.g. a file path.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The source needs something this machine does not have (a capability, a kernel feature).
+    #[error("source `{kind}` cannot run here: {requirement}")]
+    Unsupported {
+        /// Source kind.
+        kind: &'static str,
+        /// What is missing and how to provide it.
+        requirement: String,
+    },
+}
+
+/// Counters every source keeps: what it received, sent on, rejected and dropped.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    /// Records read from the input.
+    pub received: AtomicU64,
+    /// Observations sent to the dataflow.
+    pub sent: AtomicU64,
+    /// Records rejected as malformed or impossible.
+    pub errors: AtomicU64,
+    /// Records lost (for example when a kernel buffer overflowed).
+    pub dropped: AtomicU64,
+}
+
+/// A point-in-time copy of [`SourceStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SourceStatsSnapshot {
+    /// Records read from the input.
+    pub received: u64,
+    /// Observations sent to the dataflow.
+    pub sent: u64,
+    /// Records rejected as malformed or impossible.
+    pub errors: u64,
+    /// Records lost.
+    pub dropped: u64,
+}
+
+impl SourceStats {
+    /// Reads all counters.
+    pub fn snapshot(&self) -> SourceStatsSnapshot {
+        SourceStatsSnapshot {
+            received: self.received.load(Ordering::Relaxed),
+            sent: self.sent.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The output channel closed: the dataflow is shutting down.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the dataflow stopped accepting observations")]
+pub struct Closed;
+
+/// Everything a running source needs.
+pub struct SourceContext {
+    /// Source kind, used in fact ids and logs.
+    pub kind: &'static str,
+    /// This node's name.
+    pub node: String,
+    /// Where observations go. Bounded: `send` waits when the dataflow is behind.
+    pub out: mpsc::Sender<Observation>,
+    /// Cancelled when Tapio shuts down.
+    pub shutdown: CancellationToken,
+    /// This source's counters.
+    pub stats: Arc<SourceStats>,
+    next_seq: AtomicU64,
+}
+
+impl SourceContext {
+    /// A context for a source of kind `kind` on node `node`.
+    pub fn new(
+        kind: &'static str,
+        node: impl Into<String>,
+        out: mpsc::Sender<Observation>,
+        shutdown: CancellationToken,
+    ) -> SourceContext {
+        SourceContext {
+            kind,
+            node: node.into(),
+            out,
+            shutdown,
+            stats: Arc::new(SourceStats::default()),
+            next_seq: AtomicU64::new(1),
+        }
+    }
+
+    /// A context wired to a fresh channel of `capacity`, for tests.
+    pub fn for_test(
+        kind: &'static str,
+        node: &str,
+        capacity: usize,
+    ) -> (SourceContext, mpsc::Receiver<Observation>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (
+            SourceContext::new(kind, node, tx, CancellationToken::new()),
+            rx,
+        )
+    }
+
+    /// The next fact id of this source on this node (sequence numbers start at 1).
+    pub fn next_fact_id(&self) -> FactId {
+        FactId::new(
+            self.kind,
+            self.node.clone(),
+            self.next_seq.fetch_add(1, Ordering::Relaxed),
+        )
+    }
+
+    /// Sends one observation, waiting while the channel is full.
+    ///
+    /// # Errors
+    /// [`Closed`] when the dataflow no longer accepts observations.
+    pub async fn send(&self, observation: Observation) -> Result<(), Closed> {
+        self.out.send(observation).await.map_err(|_| Closed)?;
+        self.stats.sent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Sends a heartbeat: everything before `upto_ns` has been sent.
+    ///
+    /// # Errors
+    /// [`Closed`] when the dataflow no longer accepts observations.
+    pub async fn heartbeat(&self, upto_ns: TimeNs) -> Result<(), Closed> {
+        let beat = Observation::Heartbeat(Heartbeat {
+            source: self.kind.to_string(),
+            node: self.node.clone(),
+            upto_ns,
+        });
+        self.out.send(beat).await.map_err(|_| Closed)
+    }
+}
+
+/// Runs `source` with a test context for at most `limit`, and returns everything it sent and
+/// its final counters. The harness for source tests.
+///
+/// # Errors
+/// The source's own error.
+pub async fn run_for_test(
+    source: Box<dyn Source>,
+    node: &str,
+    limit: Duration,
+) -> Result<(Vec<Observation>, SourceStatsSnapshot), SourceError> {
+    let (cx, mut rx) = SourceContext::for_test(source.kind(), node, 1024);
+    let stats = Arc::clone(&cx.stats);
+    let shutdown = cx.shutdown.clone();
+    let task = tokio::spawn(source.run(cx));
+    let mut seen = Vec::new();
+    let deadline = tokio::time::sleep(limit);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            item = rx.recv() => match item {
+                Some(observation) => seen.push(observation),
+                None => break,
+            },
+            () = &mut deadline => {
+                shutdown.cancel();
+                while let Some(observation) = rx.recv().await {
+                    seen.push(observation);
+                }
+                break;
+            }
+        }
+    }
+    match task.await {
+        Ok(result) => result.map(|()| (seen, stats.snapshot())),
+        Err(join) => Err(SourceError::Input {
+            kind: "test",
+            what: "the source task".into(),
+            source: Box::new(join),
+        }),
+    }
+}
+
+/// Current wall-clock time in ns since the Unix epoch.
+pub fn now_ns() -> TimeNs {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos() as TimeNs)
+}
