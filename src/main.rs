@@ -1,1 +1,281 @@
-fn main() {}
+//! `tapio`: the composition root. Parses the command line, loads the configuration, and wires
+//! sources → dataflow → sinks. Everything else lives in the library crates.
+
+mod pipeline;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tapio_config::TapioConfig;
+use tapio_dataflow::ClusterLayout;
+use tapio_sinks_jsonl::Target;
+
+/// Tapio explains why things break in Kubernetes.
+///
+/// It correlates what the kernel, the container runtime and the control plane report into
+/// chains of evidence (an OOM kill → the process exit → the container restart → its pod and
+/// Deployment) and keeps them up to date incrementally.
+#[derive(Parser, Debug)]
+#[command(name = "tapio", version, about, long_about)]
+struct Cli {
+    /// YAML configuration file; see config/tapio.yaml for every key and its default.
+    /// `tapio --config F` alone runs like `tapio run --config F`.
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Log filter for standard error, e.g. `warn`, `info`, `tapio_dataflow=debug`.
+    #[arg(long, global = true, default_value = "info", env = "TAPIO_LOG")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the enabled collectors, the correlation dataflow and the outputs until stopped.
+    Run(RunArgs),
+    /// Run a recording through the dataflow, as fast as possible, to backtest.
+    Replay(ReplayArgs),
+    /// Record what the enabled collectors observe into a file that `tapio replay` reads.
+    Record(RecordArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate a configuration file and print the effective configuration (every key).
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
+enum Mode {
+    /// Collectors, dataflow and outputs in one process.
+    #[default]
+    All,
+    /// Node agent: collectors only, publishing to NATS JetStream.
+    Collectors,
+    /// Cluster job: NATS JetStream in, dataflow and outputs.
+    Correlation,
+}
+
+#[derive(Args, Debug, Default)]
+struct ClusterArgs {
+    /// Dataflow worker threads in this process [default: correlation.engine.worker_count].
+    #[arg(long, short = 'w', value_name = "N")]
+    workers: Option<usize>,
+    /// Number of cooperating processes (timely cluster mode).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    processes: usize,
+    /// This process's index, 0-based.
+    #[arg(long, default_value_t = 0, value_name = "I")]
+    process: usize,
+    /// File with one `host:port` per process, in process order (needed with --processes > 1).
+    #[arg(long, value_name = "FILE")]
+    hostfile: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Default)]
+struct OutputArgs {
+    /// Write JSON lines to FILE (or to standard output with `-`). Without it, one
+    /// human-readable line per change goes to standard output.
+    #[arg(long, short = 'o', value_name = "PATH|-")]
+    output: Option<String>,
+}
+
+#[derive(Args, Debug, Default)]
+struct RunArgs {
+    /// What this process runs.
+    #[arg(long, value_enum, default_value_t = Mode::All)]
+    mode: Mode,
+    /// Stop cleanly after this long (e.g. `30s`, `5m`); otherwise run until SIGINT/SIGTERM.
+    #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    run_for: Option<Duration>,
+    #[command(flatten)]
+    output: OutputArgs,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+#[derive(Args, Debug)]
+struct ReplayArgs {
+    /// The recording to replay (a file written by `tapio record`).
+    source: String,
+    /// Replay only facts at or after this time (RFC 3339, e.g. 2021-05-19T09:43:00Z).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    start: Option<u64>,
+    /// Replay only facts before this time (RFC 3339).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    end: Option<u64>,
+    #[command(flatten)]
+    output: OutputArgs,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+#[derive(Args, Debug)]
+struct RecordArgs {
+    /// The recording file to write.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: PathBuf,
+    /// Stop after this long; otherwise record until SIGINT/SIGTERM.
+    #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    record_for: Option<Duration>,
+}
+
+fn parse_time(text: &str) -> Result<u64, String> {
+    let time = humantime::parse_rfc3339_weak(text)
+        .map_err(|error| format!("`{text}` is not an RFC 3339 time: {error}"))?;
+    let since = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("`{text}` is before 1970"))?;
+    u64::try_from(since.as_nanos()).map_err(|_| format!("`{text}` is too far in the future"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<()> {
+    let command = cli.command.unwrap_or(Command::Run(RunArgs::default()));
+    if let Command::Config(ConfigCommand::Check { file }) = &command {
+        let config = TapioConfig::load(file)?;
+        print!("{}", config.to_yaml());
+        eprintln!("{}: valid", file.display());
+        return Ok(());
+    }
+    let config = match &cli.config {
+        Some(path) => TapioConfig::load(path)?,
+        None => TapioConfig::default(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match command {
+        Command::Run(args) => {
+            if args.mode != Mode::All {
+                bail!(
+                    "--mode {:?} needs the NATS JetStream transport, which this build does not \
+                     include; run with --mode all",
+                    args.mode
+                );
+            }
+            let layout = layout(&args.cluster, &config)?;
+            let sources = pipeline::enabled_sources(&config)?;
+            runtime.block_on(pipeline::correlate(
+                &config,
+                sources,
+                layout,
+                target(&args.output),
+                args.run_for,
+            ))
+        }
+        Command::Replay(args) => {
+            if args.source.starts_with("nats://") {
+                bail!(
+                    "replaying from NATS JetStream needs the NATS transport, which this build \
+                     does not include; replay a recording file instead"
+                );
+            }
+            let layout = layout(&args.cluster, &config)?;
+            let source = tapio_sources_recording::RecordingSource::new(&args.source, 0.0)
+                .between(args.start, args.end);
+            runtime.block_on(pipeline::correlate(
+                &config,
+                vec![Box::new(source)],
+                layout,
+                target(&args.output),
+                None,
+            ))
+        }
+        Command::Record(args) => {
+            let sources = pipeline::enabled_sources(&config)?;
+            runtime.block_on(pipeline::record(
+                &config,
+                sources,
+                &args.output,
+                args.record_for,
+            ))
+        }
+        Command::Config(_) => Ok(()),
+    }
+}
+
+fn target(output: &OutputArgs) -> Target {
+    match output.output.as_deref() {
+        None => Target::StdoutHuman,
+        Some("-") => Target::StdoutJson,
+        Some(path) => Target::File(path.into()),
+    }
+}
+
+fn layout(cluster: &ClusterArgs, config: &TapioConfig) -> Result<ClusterLayout> {
+    let workers = cluster
+        .workers
+        .unwrap_or(config.correlation.engine.worker_count);
+    if workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    if cluster.processes <= 1 {
+        return Ok(ClusterLayout::single(workers));
+    }
+    if cluster.process >= cluster.processes {
+        bail!(
+            "--process {} is out of range for --processes {}",
+            cluster.process,
+            cluster.processes
+        );
+    }
+    let hostfile = cluster
+        .hostfile
+        .as_ref()
+        .context("--processes > 1 needs --hostfile with one host:port per process")?;
+    let text = std::fs::read_to_string(hostfile)
+        .with_context(|| format!("cannot read the hostfile {}", hostfile.display()))?;
+    let addresses: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(String::from)
+        .collect();
+    if addresses.len() < cluster.processes {
+        bail!(
+            "the hostfile {} lists {} addresses but --processes is {}",
+            hostfile.display(),
+            addresses.len(),
+            cluster.processes
+        );
+    }
+    Ok(ClusterLayout {
+        workers,
+        processes: cluster.processes,
+        process: cluster.process,
+        addresses,
+    })
+}

@@ -1,1 +1,40 @@
-//! Shared helpers for Tapio's cross-crate tests.
+//! Shared helpers for Tapio's cross-crate tests (layer L4).
+//!
+//! [`kspan`] builds the shipped recording `tests/recordings/kspan-rollout-oom.jsonl` from the real
+//! Kubernetes rollout recorded by the kspan project (`../shared/fixtures/k8s/kspan/`), plus the
+//! kernel and container-runtime facts of an OOM kill in one of its pods.
+
+pub mod kspan;
+
+use std::path::PathBuf;
+
+/// The repository root (the directory holding the workspace `Cargo.toml`).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The shared third-party fixtures, beside the checkout.
+pub fn fixtures() -> PathBuf {
+    repo_root().join("../shared/fixtures")
+}
+
+/// The recordings shipped with the tests.
+pub fn recordings() -> PathBuf {
+    repo_root().join("tests/recordings")
+}
+
+/// The `tapio` binary built for this test run.
+pub fn tapio_binary() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    target.join(profile).join("tapio")
+}

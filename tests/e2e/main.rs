@@ -1,1 +1,9 @@
-//! End-to-end tests.
+//! End-to-end tests: the `tapio` binary against recordings, across worker and process counts,
+//! with bad input; the layering rule of the workspace.
+
+mod bad_input;
+mod cli;
+mod determinism;
+mod layering;
+mod recording;
+mod support;

@@ -1,0 +1,305 @@
+//! The typed configuration tree and its defaults.
+//!
+//! Every key is optional: a missing key takes its default, and so does a section written with no
+//! value at all (`collectors:` followed only by comments). Scalar keys written with no value are
+//! rejected rather than silently defaulted.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::duration::humantime_str;
+
+/// The whole Tapio configuration, as read from `tapio.yaml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TapioConfig {
+    /// Name of this node in entity ids. Empty means the machine's hostname, which the binary
+    /// resolves (this crate does no I/O beyond reading the file). Default: empty.
+    pub node_name: String,
+    /// Event sources. Default: every collector disabled.
+    #[serde(deserialize_with = "null_as_default")]
+    pub collectors: CollectorsConfig,
+    /// The correlation dataflow and its rules. Default: one worker, 100ms ticks, every rule on.
+    #[serde(deserialize_with = "null_as_default")]
+    pub correlation: CorrelationConfig,
+    /// Optional external systems that receive results. Default: all disabled.
+    #[serde(deserialize_with = "null_as_default")]
+    pub integrations: IntegrationsConfig,
+}
+
+#[expect(
+    clippy::derivable_impls,
+    reason = "hand-written so that every default is stated and explained in one place"
+)]
+impl Default for TapioConfig {
+    fn default() -> Self {
+        TapioConfig {
+            // Empty: the binary falls back to the hostname, which is right for one process per node.
+            node_name: String::new(),
+            collectors: CollectorsConfig::default(),
+            correlation: CorrelationConfig::default(),
+            integrations: IntegrationsConfig::default(),
+        }
+    }
+}
+
+/// Event sources feeding the correlation engine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollectorsConfig {
+    /// Replays a Tapio recording file as a live source. Default: disabled.
+    #[serde(deserialize_with = "null_as_default")]
+    pub recording: RecordingCollectorConfig,
+}
+
+#[expect(
+    clippy::derivable_impls,
+    reason = "hand-written so that every default is stated and explained in one place"
+)]
+impl Default for CollectorsConfig {
+    fn default() -> Self {
+        CollectorsConfig {
+            recording: RecordingCollectorConfig::default(),
+        }
+    }
+}
+
+/// Replays a recording file as if its events were happening now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordingCollectorConfig {
+    /// Whether the recording is replayed. Default: `false`.
+    pub enabled: bool,
+    /// Path of the recording file; must be non-empty when [`Self::enabled`]. Default: empty.
+    pub path: String,
+    /// Replay speed as a factor of the original pace: `0` = as fast as possible, `1.0` = original
+    /// pace, `2.0` = twice as fast. Must be finite and `>= 0`. Default: `0`.
+    pub speed: f64,
+}
+
+impl Default for RecordingCollectorConfig {
+    fn default() -> Self {
+        RecordingCollectorConfig {
+            // Off: a recording is an explicit choice (tests, demos, incident replays).
+            enabled: false,
+            // No sensible default file; required once enabled.
+            path: String::new(),
+            // As fast as possible: replays are mostly used for tests and offline analysis.
+            speed: 0.0,
+        }
+    }
+}
+
+/// The correlation engine and the rules it runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorrelationConfig {
+    /// The timely/differential dataflow engine. Default: see [`EngineConfig::default`].
+    #[serde(deserialize_with = "null_as_default")]
+    pub engine: EngineConfig,
+    /// Follows ownerReferences and process trees to attribute events to their owners.
+    /// Default: enabled, see [`OwnershipConfig::default`].
+    #[serde(deserialize_with = "null_as_default")]
+    pub ownership: OwnershipConfig,
+    /// Detects the OOM kill -> process exit -> container exit sequence.
+    /// Default: enabled, see [`OomSequenceConfig::default`].
+    #[serde(deserialize_with = "null_as_default")]
+    pub oom_sequence: OomSequenceConfig,
+}
+
+#[expect(
+    clippy::derivable_impls,
+    reason = "hand-written so that every default is stated and explained in one place"
+)]
+impl Default for CorrelationConfig {
+    fn default() -> Self {
+        CorrelationConfig {
+            engine: EngineConfig::default(),
+            ownership: OwnershipConfig::default(),
+            oom_sequence: OomSequenceConfig::default(),
+        }
+    }
+}
+
+/// Sizing and timing of the dataflow engine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Timely worker threads per process, `1..=256`. Default: `1`.
+    pub worker_count: usize,
+    /// Capacity, in events, of the bounded channel between sources and the dataflow,
+    /// `1..=10_000_000`. Default: `10_000`.
+    pub event_buffer_size: usize,
+    /// Closed-tick batches buffered toward sinks, `1..=100_000`. Default: `64`.
+    pub output_buffer_size: usize,
+    /// Logical time granularity: events are grouped into ticks of this length, `1ms..=60s`.
+    /// Written as a humantime string. Default: `100ms`.
+    #[serde(with = "humantime_str")]
+    pub tick: Duration,
+    /// Bounded out-of-orderness: how long after a tick ends events for it are still accepted,
+    /// `0s..=1h`. Written as a humantime string. Default: `2s`.
+    #[serde(with = "humantime_str")]
+    pub lateness: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            // One worker: a node agent should stay light; raise it on busy nodes.
+            worker_count: 1,
+            // Absorbs bursts (pod storms) of a few seconds without unbounded memory.
+            event_buffer_size: 10_000,
+            // A few seconds of ticks at 100ms: a slow sink does not stall the dataflow at once.
+            output_buffer_size: 64,
+            // Fine enough to order kernel events of one incident, coarse enough to batch well.
+            tick: Duration::from_millis(100),
+            // Covers typical clock skew and delivery delay between node-local sources.
+            lateness: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The ownership graph: which workload owns a pod, container or process.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OwnershipConfig {
+    /// Whether ownership is tracked. Default: `true`.
+    pub enabled: bool,
+    /// Longest owner chain followed, `1..=64`; guards against ownerReference cycles. Default: `8`.
+    pub max_depth: u32,
+    /// How long a process stays in the ownership graph after it exits, at most `1h`. Written as
+    /// a humantime string. Default: `30s`.
+    #[serde(with = "humantime_str")]
+    pub process_exit_grace: Duration,
+    /// Upper bound on a process's presence when its exit is never seen, at least `1s`. Written
+    /// as a humantime string. Default: `24h`.
+    #[serde(with = "humantime_str")]
+    pub process_max_age: Duration,
+}
+
+impl Default for OwnershipConfig {
+    fn default() -> Self {
+        OwnershipConfig {
+            // Almost every explanation needs to know who owns what.
+            enabled: true,
+            // Real chains are short (Pod -> ReplicaSet -> Deployment -> ...); 8 leaves room for CRDs.
+            max_depth: 8,
+            // Lets late events about a just-exited process still find its owner.
+            process_exit_grace: Duration::from_secs(30),
+            // A day bounds memory if exits are lost, yet keeps long-running processes.
+            process_max_age: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
+/// The OOM sequence rule: OOM kill, then process exit, then container exit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OomSequenceConfig {
+    /// Whether the rule runs. Default: `true`.
+    pub enabled: bool,
+    /// Window within which OOM kill, process exit and container exit must all fall,
+    /// `1ms..=1h`. Written as a humantime string. Default: `30s`.
+    #[serde(with = "humantime_str")]
+    pub within: Duration,
+    /// How long a detected sequence stays current before it is retracted, at least
+    /// [`Self::within`]. Written as a humantime string. Default: `10m`.
+    #[serde(with = "humantime_str")]
+    pub keep_for: Duration,
+}
+
+impl Default for OomSequenceConfig {
+    fn default() -> Self {
+        OomSequenceConfig {
+            // The headline rule: on unless asked otherwise.
+            enabled: true,
+            // The kernel, runtime and kubelet report an OOM within seconds of each other.
+            within: Duration::from_secs(30),
+            // Long enough for a person or alert to look at it, short enough to not go stale.
+            keep_for: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+/// External systems that results are written to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IntegrationsConfig {
+    /// The Neo4j graph sink. Default: disabled.
+    #[serde(deserialize_with = "null_as_default")]
+    pub neo4j: Neo4jConfig,
+    /// The NATS JetStream sink. Default: disabled.
+    #[serde(deserialize_with = "null_as_default")]
+    pub nats: NatsConfig,
+}
+
+#[expect(
+    clippy::derivable_impls,
+    reason = "hand-written so that every default is stated and explained in one place"
+)]
+impl Default for IntegrationsConfig {
+    fn default() -> Self {
+        IntegrationsConfig {
+            neo4j: Neo4jConfig::default(),
+            nats: NatsConfig::default(),
+        }
+    }
+}
+
+/// Connection to a Neo4j database.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Neo4jConfig {
+    /// Bolt URI; empty disables the integration. Otherwise the scheme must be `bolt`, `bolt+s`,
+    /// `bolt+ssc`, `neo4j`, `neo4j+s` or `neo4j+ssc`, followed by a host. Default: empty.
+    pub uri: String,
+    /// User name for authentication. Default: `neo4j`.
+    pub username: String,
+    /// Password for authentication. Default: empty.
+    pub password: String,
+}
+
+impl Default for Neo4jConfig {
+    fn default() -> Self {
+        Neo4jConfig {
+            // Disabled: Neo4j is an optional integration.
+            uri: String::new(),
+            // Neo4j's built-in administrative user.
+            username: "neo4j".to_owned(),
+            // No secret can have a default.
+            password: String::new(),
+        }
+    }
+}
+
+/// Connection to a NATS server with JetStream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URL; empty disables the integration. Otherwise the scheme must be `nats`, `tls`,
+    /// `ws` or `wss`, followed by a host, e.g. `nats://127.0.0.1:4222`. Default: empty.
+    pub url: String,
+    /// JetStream stream name: non-empty, only `A-Z a-z 0-9 _ -`. Default: `TAPIO`.
+    pub stream: String,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            // Disabled: NATS is an optional integration.
+            url: String::new(),
+            // Upper case by JetStream convention, named after the product.
+            stream: "TAPIO".to_owned(),
+        }
+    }
+}
+
+/// Reads a section; a section written with no value (`collectors:`) means all its defaults.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}

@@ -1,0 +1,279 @@
+//! Pure value checks: ranges, required fields and URL shapes. No I/O, no lookups.
+
+use std::time::Duration;
+
+use crate::duration;
+use crate::error::{ConfigError, ConfigErrorKind};
+use crate::model::TapioConfig;
+
+/// URI schemes a Neo4j driver accepts.
+const NEO4J_SCHEMES: [&str; 6] = [
+    "bolt",
+    "bolt+s",
+    "bolt+ssc",
+    "neo4j",
+    "neo4j+s",
+    "neo4j+ssc",
+];
+/// URL schemes a NATS client accepts.
+const NATS_SCHEMES: [&str; 4] = ["nats", "tls", "ws", "wss"];
+
+/// Runs every check in document order and returns the first failure, without location.
+pub(crate) fn validate(config: &TapioConfig) -> Result<(), ConfigError> {
+    let recording = &config.collectors.recording;
+    if recording.enabled && recording.path.trim().is_empty() {
+        return Err(invalid(
+            "collectors.recording.path",
+            "is required when collectors.recording.enabled is true",
+        ));
+    }
+    if !recording.speed.is_finite() || recording.speed < 0.0 {
+        return Err(invalid(
+            "collectors.recording.speed",
+            format!("must be a finite number >= 0, got {}", recording.speed),
+        ));
+    }
+
+    let engine = &config.correlation.engine;
+    count_in(
+        "correlation.engine.worker_count",
+        engine.worker_count,
+        1,
+        256,
+    )?;
+    count_in(
+        "correlation.engine.event_buffer_size",
+        engine.event_buffer_size,
+        1,
+        10_000_000,
+    )?;
+    count_in(
+        "correlation.engine.output_buffer_size",
+        engine.output_buffer_size,
+        1,
+        100_000,
+    )?;
+    duration_in(
+        "correlation.engine.tick",
+        engine.tick,
+        Duration::from_millis(1),
+        Duration::from_secs(60),
+    )?;
+    duration_in(
+        "correlation.engine.lateness",
+        engine.lateness,
+        Duration::ZERO,
+        HOUR,
+    )?;
+
+    let ownership = &config.correlation.ownership;
+    count_in(
+        "correlation.ownership.max_depth",
+        ownership.max_depth as usize,
+        1,
+        64,
+    )?;
+    duration_in(
+        "correlation.ownership.process_exit_grace",
+        ownership.process_exit_grace,
+        Duration::ZERO,
+        HOUR,
+    )?;
+    if ownership.process_max_age < Duration::from_secs(1) {
+        return Err(invalid(
+            "correlation.ownership.process_max_age",
+            format!(
+                "must be at least 1s, got {}",
+                duration::format(ownership.process_max_age)
+            ),
+        ));
+    }
+
+    let oom = &config.correlation.oom_sequence;
+    duration_in(
+        "correlation.oom_sequence.within",
+        oom.within,
+        Duration::from_millis(1),
+        HOUR,
+    )?;
+    if oom.keep_for < oom.within {
+        return Err(invalid(
+            "correlation.oom_sequence.keep_for",
+            format!(
+                "must be at least correlation.oom_sequence.within ({}), got {}",
+                duration::format(oom.within),
+                duration::format(oom.keep_for)
+            ),
+        ));
+    }
+
+    let neo4j = &config.integrations.neo4j;
+    if !neo4j.uri.is_empty() {
+        check_url(&neo4j.uri, &NEO4J_SCHEMES).map_err(|problem| {
+            invalid(
+                "integrations.neo4j.uri",
+                format!("{problem}, got `{}`", neo4j.uri),
+            )
+        })?;
+    }
+
+    let nats = &config.integrations.nats;
+    if !nats.url.is_empty() {
+        check_url(&nats.url, &NATS_SCHEMES).map_err(|problem| {
+            invalid(
+                "integrations.nats.url",
+                format!("{problem}, got `{}`", nats.url),
+            )
+        })?;
+    }
+    check_stream_name(&nats.stream)?;
+    Ok(())
+}
+
+const HOUR: Duration = Duration::from_secs(60 * 60);
+
+fn invalid(key_path: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::new(ConfigErrorKind::InvalidValue, key_path, message)
+}
+
+fn count_in(key_path: &str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(invalid(
+            key_path,
+            format!("must be between {min} and {max}, got {value}"),
+        ))
+    }
+}
+
+fn duration_in(
+    key_path: &str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(invalid(
+            key_path,
+            format!(
+                "must be between {} and {}, got {}",
+                duration::format(min),
+                duration::format(max),
+                duration::format(value)
+            ),
+        ))
+    }
+}
+
+/// Checks `scheme://host[:port][/...]` with a scheme from `schemes` (case-insensitive) and a
+/// non-empty host. Returns what is wrong, as a message fragment.
+fn check_url(url: &str, schemes: &[&str]) -> Result<(), String> {
+    let expected = || format!("scheme must be one of {}", schemes.join(", "));
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!(
+            "must look like scheme://host[:port]; {}",
+            expected()
+        ));
+    };
+    if !schemes
+        .iter()
+        .any(|known| known.eq_ignore_ascii_case(scheme))
+    {
+        return Err(expected());
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = match authority.rsplit_once('@') {
+        Some((_user_info, host_port)) => host_port,
+        None => authority,
+    };
+    let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
+        // An IPv6 literal: [::1]:4222
+        let Some((host, after)) = bracketed.split_once(']') else {
+            return Err("has an unclosed [ in its host".to_owned());
+        };
+        match after {
+            "" => (host, None),
+            _ => match after.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => return Err("has unexpected text after its [host]".to_owned()),
+            },
+        }
+    } else {
+        match host_port.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("must name a host".to_owned());
+    }
+    if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("has whitespace in its host".to_owned());
+    }
+    if let Some(port) = port
+        && port.parse::<u16>().is_err()
+    {
+        return Err(format!(
+            "has an invalid port `{port}`, expected a number from 0 to 65535"
+        ));
+    }
+    Ok(())
+}
+
+/// JetStream stream names: non-empty, ASCII letters, digits, `_` and `-` only.
+fn check_stream_name(stream: &str) -> Result<(), ConfigError> {
+    const KEY: &str = "integrations.nats.stream";
+    if stream.is_empty() {
+        return Err(invalid(KEY, "must not be empty"));
+    }
+    if let Some(bad) = stream
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return Err(invalid(
+            KEY,
+            format!("may contain only A-Z, a-z, 0-9, _ and -, got {bad:?} in `{stream}`"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let nats = &NATS_SCHEMES;
+        assert!(check_url("nats://127.0.0.1:4222", nats).is_ok());
+        assert!(check_url("NATS://host", nats).is_ok());
+        assert!(check_url("tls://user:pw@host:4443/path", nats).is_ok());
+        assert!(check_url("wss://[::1]:443", nats).is_ok());
+        assert!(check_url("ws://[::1]", nats).is_ok());
+        assert!(check_url("http://host", nats).is_err());
+        assert!(check_url("nats://", nats).is_err());
+        assert!(check_url("nats://:4222", nats).is_err());
+        assert!(check_url("nats://host:99999", nats).is_err());
+        assert!(check_url("nats://host:", nats).is_err());
+        assert!(check_url("nats://[::1", nats).is_err());
+        assert!(check_url("nats://[::1]x", nats).is_err());
+        assert!(check_url("host:4222", nats).is_err());
+        assert!(check_url("nats://a b", nats).is_err());
+        let neo4j = &NEO4J_SCHEMES;
+        assert!(check_url("bolt+ssc://db.example:7687", neo4j).is_ok());
+        assert!(check_url("neo4j+s://db", neo4j).is_ok());
+        assert!(check_url("nats://db", neo4j).is_err());
+    }
+
+    #[test]
+    fn stream_names() {
+        assert!(check_stream_name("TAPIO_events-1").is_ok());
+        assert!(check_stream_name("").is_err());
+        assert!(check_stream_name("a.b").is_err());
+        assert!(check_stream_name("a b").is_err());
+        assert!(check_stream_name("*").is_err());
+    }
+}

@@ -1,0 +1,792 @@
+//! Loading, round-tripping and validating `tapio.yaml`, and the errors users see.
+
+use std::time::Duration;
+
+use tapio_config::{ConfigError, ConfigErrorKind, TapioConfig};
+
+/// The file shipped next to the crate, which must equal the built-in defaults.
+const SHIPPED: &str = include_str!("../tapio.yaml");
+
+fn parse(text: &str) -> Result<TapioConfig, ConfigError> {
+    TapioConfig::from_yaml_str(text, "tapio.yaml")
+}
+
+fn parse_ok(text: &str) -> TapioConfig {
+    match parse(text) {
+        Ok(config) => config,
+        Err(error) => panic!("expected {text:?} to parse, got: {error}"),
+    }
+}
+
+fn parse_err(text: &str) -> ConfigError {
+    match parse(text) {
+        Ok(config) => panic!("expected {text:?} to fail, got {config:?}"),
+        Err(error) => error,
+    }
+}
+
+/// The shipped file with its one line equal to `from` (after trimming) replaced by `to`, and the
+/// 1-based number of that line.
+fn shipped_with(from: &str, to: &str) -> (String, usize) {
+    let lines: Vec<&str> = SHIPPED.lines().collect();
+    let matching: Vec<usize> = (0..lines.len())
+        .filter(|&index| lines[index].trim() == from)
+        .collect();
+    assert_eq!(
+        matching.len(),
+        1,
+        "`{from}` must be on exactly one line of tapio.yaml"
+    );
+    let index = matching[0];
+    let indent = &lines[index][..lines[index].len() - lines[index].trim_start().len()];
+    let mut out = String::new();
+    for (at, line) in lines.iter().enumerate() {
+        if at == index {
+            out.push_str(indent);
+            out.push_str(to);
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    (out, index + 1)
+}
+
+/// The 1-based line numbers of the lines of `text` that equal `line` after trimming.
+fn lines_of(text: &str, line: &str) -> Vec<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, candidate)| candidate.trim() == line)
+        .map(|(index, _)| index + 1)
+        .collect()
+}
+
+#[test]
+fn shipped_file_is_exactly_the_defaults() {
+    assert_eq!(parse_ok(SHIPPED), TapioConfig::default());
+}
+
+#[test]
+fn defaults_are_valid_and_round_trip() {
+    let defaults = TapioConfig::default();
+    assert!(defaults.validate().is_ok());
+    assert_eq!(parse_ok(&defaults.to_yaml()), defaults);
+}
+
+#[test]
+fn defaults_have_the_documented_values() {
+    let config = TapioConfig::default();
+    assert_eq!(config.node_name, "");
+    assert!(!config.collectors.recording.enabled);
+    assert_eq!(config.collectors.recording.path, "");
+    assert_eq!(config.collectors.recording.speed, 0.0);
+    let engine = &config.correlation.engine;
+    assert_eq!(engine.worker_count, 1);
+    assert_eq!(engine.event_buffer_size, 10_000);
+    assert_eq!(engine.output_buffer_size, 64);
+    assert_eq!(engine.tick, Duration::from_millis(100));
+    assert_eq!(engine.lateness, Duration::from_secs(2));
+    let ownership = &config.correlation.ownership;
+    assert!(ownership.enabled);
+    assert_eq!(ownership.max_depth, 8);
+    assert_eq!(ownership.process_exit_grace, Duration::from_secs(30));
+    assert_eq!(ownership.process_max_age, Duration::from_secs(24 * 3600));
+    let oom = &config.correlation.oom_sequence;
+    assert!(oom.enabled);
+    assert_eq!(oom.within, Duration::from_secs(30));
+    assert_eq!(oom.keep_for, Duration::from_secs(600));
+    assert_eq!(config.integrations.neo4j.uri, "");
+    assert_eq!(config.integrations.neo4j.username, "neo4j");
+    assert_eq!(config.integrations.neo4j.password, "");
+    assert_eq!(config.integrations.nats.url, "");
+    assert_eq!(config.integrations.nats.stream, "TAPIO");
+}
+
+#[test]
+fn to_yaml_writes_every_key_and_durations_as_humantime() {
+    let text = TapioConfig::default().to_yaml();
+    for key in [
+        "node_name:",
+        "collectors:",
+        "recording:",
+        "enabled:",
+        "path:",
+        "speed:",
+        "correlation:",
+        "engine:",
+        "worker_count:",
+        "event_buffer_size:",
+        "output_buffer_size:",
+        "tick: 100ms",
+        "lateness: 2s",
+        "ownership:",
+        "max_depth:",
+        "process_exit_grace: 30s",
+        "process_max_age: 24h",
+        "oom_sequence:",
+        "within: 30s",
+        "keep_for: 10m",
+        "integrations:",
+        "neo4j:",
+        "uri:",
+        "username:",
+        "password:",
+        "nats:",
+        "url:",
+        "stream:",
+    ] {
+        assert!(text.contains(key), "`{key}` missing from:\n{text}");
+    }
+}
+
+#[test]
+fn non_default_values_round_trip() {
+    let mut config = TapioConfig {
+        node_name: "yes".to_owned(),
+        ..TapioConfig::default()
+    };
+    config.collectors.recording.enabled = true;
+    config.collectors.recording.path = "/var/lib/tapio/rec: 1 # not a comment".to_owned();
+    config.collectors.recording.speed = 2.5;
+    config.correlation.engine.worker_count = 256;
+    config.correlation.engine.event_buffer_size = 10_000_000;
+    config.correlation.engine.output_buffer_size = 1;
+    config.correlation.engine.tick = Duration::from_micros(1_500);
+    config.correlation.engine.lateness = Duration::ZERO;
+    config.correlation.ownership.enabled = false;
+    config.correlation.ownership.max_depth = 64;
+    config.correlation.ownership.process_exit_grace = Duration::from_secs(3600);
+    config.correlation.ownership.process_max_age = Duration::new(u64::MAX, 999_999_999);
+    config.correlation.oom_sequence.within = Duration::from_nanos(1_000_001);
+    config.correlation.oom_sequence.keep_for = Duration::from_secs(90);
+    config.integrations.neo4j.uri = "neo4j+s://db.example.com:7687".to_owned();
+    config.integrations.neo4j.username = "~".to_owned();
+    config.integrations.neo4j.password = "p@ss: \"word\"\n\t'second line'".to_owned();
+    config.integrations.nats.url = "nats://[::1]:4222".to_owned();
+    config.integrations.nats.stream = "123".to_owned();
+    assert!(config.validate().is_ok());
+    let text = config.to_yaml();
+    assert_eq!(parse_ok(&text), config, "{text}");
+}
+
+#[test]
+fn empty_and_comment_only_files_are_the_defaults() {
+    for text in [
+        "",
+        "\n\n",
+        "   \n",
+        "# nothing here\n",
+        "# a\n   # b\n\n",
+        "---\n",
+        "---\n# only a comment\n...\n",
+        "~\n",
+        "null",
+        "{}\n",
+    ] {
+        assert_eq!(parse_ok(text), TapioConfig::default(), "{text:?}");
+    }
+}
+
+#[test]
+fn sections_without_values_are_their_defaults() {
+    let text = "collectors:\n  # recording:\n  #   enabled: true\ncorrelation:\n  engine:\n  ownership: ~\nintegrations:\n";
+    assert_eq!(parse_ok(text), TapioConfig::default());
+}
+
+#[test]
+fn partial_files_keep_other_defaults() {
+    let config = parse_ok("correlation:\n  engine:\n    worker_count: 4\n    tick: 250ms\n");
+    let mut expected = TapioConfig::default();
+    expected.correlation.engine.worker_count = 4;
+    expected.correlation.engine.tick = Duration::from_millis(250);
+    assert_eq!(config, expected);
+}
+
+#[test]
+fn flow_style_is_accepted() {
+    let config = parse_ok("correlation: {engine: {worker_count: 2, lateness: 0s}}\n");
+    assert_eq!(config.correlation.engine.worker_count, 2);
+    assert_eq!(config.correlation.engine.lateness, Duration::ZERO);
+}
+
+#[test]
+fn unknown_keys_name_their_full_path_line_and_the_valid_keys() {
+    let error = parse_err("node_name: a\nnode-name: b\n");
+    assert_eq!(error.kind, ConfigErrorKind::UnknownKey);
+    assert_eq!(error.key_path, "node-name");
+    assert_eq!((error.line, error.column), (Some(2), Some(1)));
+    assert!(
+        error.message.contains("unknown key")
+            && error
+                .message
+                .contains("node_name, collectors, correlation, integrations"),
+        "{error}"
+    );
+
+    let error = parse_err("correlation:\n  engines:\n    worker_count: 2\n");
+    assert_eq!(error.kind, ConfigErrorKind::UnknownKey);
+    assert_eq!(error.key_path, "correlation.engines");
+    assert_eq!((error.line, error.column), (Some(2), Some(3)));
+    assert!(
+        error.message.contains("engine, ownership, oom_sequence"),
+        "{error}"
+    );
+
+    let (text, line) = shipped_with("worker_count: 1", "workers: 4");
+    let error = parse_err(&text);
+    assert_eq!(error.kind, ConfigErrorKind::UnknownKey);
+    assert_eq!(error.key_path, "correlation.engine.workers");
+    assert_eq!((error.line, error.column), (Some(line), Some(5)));
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "tapio.yaml:{line}:5: correlation.engine.workers: unknown key; valid keys here: \
+             worker_count, event_buffer_size, output_buffer_size, tick, lateness"
+        )
+    );
+
+    // Depth 3 in flow style, under a key name (`enabled`) that exists in several sections.
+    let error = parse_err("correlation:\n  ownership: {enabled: true, enable: false}\n");
+    assert_eq!(error.key_path, "correlation.ownership.enable");
+    assert_eq!(error.line, Some(2));
+    assert!(
+        error
+            .message
+            .contains("enabled, max_depth, process_exit_grace, process_max_age"),
+        "{error}"
+    );
+}
+
+#[test]
+fn wrong_types_name_the_key_path_and_line() {
+    let cases = [
+        (
+            "worker_count: 1",
+            "worker_count: \"many\"",
+            "correlation.engine.worker_count",
+        ),
+        (
+            "worker_count: 1",
+            "worker_count: -1",
+            "correlation.engine.worker_count",
+        ),
+        (
+            "event_buffer_size: 10000",
+            "event_buffer_size: 1.5",
+            "correlation.engine.event_buffer_size",
+        ),
+        ("tick: 100ms", "tick: 5", "correlation.engine.tick"),
+        (
+            "lateness: 2s",
+            "lateness: soon",
+            "correlation.engine.lateness",
+        ),
+        (
+            "process_max_age: 24h",
+            "process_max_age: [24h]",
+            "correlation.ownership.process_max_age",
+        ),
+        (
+            "max_depth: 8",
+            "max_depth: 99999999999",
+            "correlation.ownership.max_depth",
+        ),
+        ("speed: 0", "speed: fast", "collectors.recording.speed"),
+        (
+            "enabled: false",
+            "enabled: maybe",
+            "collectors.recording.enabled",
+        ),
+        ("node_name: \"\"", "node_name: {first: a}", "node_name"),
+        ("stream: TAPIO", "stream:", "integrations.nats.stream"),
+        (
+            "username: neo4j",
+            "username: [a, b]",
+            "integrations.neo4j.username",
+        ),
+    ];
+    for (from, to, key_path) in cases {
+        let (text, line) = shipped_with(from, to);
+        let error = parse_err(&text);
+        assert_eq!(error.kind, ConfigErrorKind::InvalidType, "{to}: {error}");
+        assert_eq!(error.key_path, key_path, "{to}: {error}");
+        assert_eq!(error.line, Some(line), "{to}: {error}");
+        assert!(error.column.is_some(), "{to}: {error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("tapio.yaml:{line}:")),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn wrong_types_under_same_named_keys_find_the_right_one() {
+    let enabled_true = lines_of(SHIPPED, "enabled: true");
+    assert_eq!(enabled_true.len(), 2, "ownership and oom_sequence");
+    let mut lines: Vec<String> = SHIPPED.lines().map(str::to_owned).collect();
+    let oom_line = enabled_true[1];
+    lines[oom_line - 1] = lines[oom_line - 1].replace("true", "yes");
+    let error = parse_err(&lines.join("\n"));
+    assert_eq!(error.key_path, "correlation.oom_sequence.enabled");
+    assert_eq!(error.line, Some(oom_line));
+    assert_eq!(error.message, "expected true or false, got `yes`");
+}
+
+#[test]
+fn duration_without_unit_says_what_to_write() {
+    let error = parse_err("correlation:\n  engine:\n    tick: 5\n");
+    assert_eq!(error.key_path, "correlation.engine.tick");
+    assert_eq!((error.line, error.column), (Some(3), Some(11)));
+    assert!(error.message.contains("invalid duration `5`"), "{error}");
+    assert!(error.message.contains("100ms"), "{error}");
+}
+
+/// (line of tapio.yaml to change, its replacement, key path of the error, line of the error:
+/// `None` = the changed line).
+const RULES: &[(&str, &str, &str, Option<&str>)] = &[
+    (
+        "enabled: false",
+        "enabled: true",
+        "collectors.recording.path",
+        Some("path: \"\""),
+    ),
+    (
+        "speed: 0",
+        "speed: -0.5",
+        "collectors.recording.speed",
+        None,
+    ),
+    (
+        "speed: 0",
+        "speed: .nan",
+        "collectors.recording.speed",
+        None,
+    ),
+    (
+        "speed: 0",
+        "speed: .inf",
+        "collectors.recording.speed",
+        None,
+    ),
+    (
+        "worker_count: 1",
+        "worker_count: 0",
+        "correlation.engine.worker_count",
+        None,
+    ),
+    (
+        "worker_count: 1",
+        "worker_count: 257",
+        "correlation.engine.worker_count",
+        None,
+    ),
+    (
+        "event_buffer_size: 10000",
+        "event_buffer_size: 0",
+        "correlation.engine.event_buffer_size",
+        None,
+    ),
+    (
+        "event_buffer_size: 10000",
+        "event_buffer_size: 10000001",
+        "correlation.engine.event_buffer_size",
+        None,
+    ),
+    (
+        "output_buffer_size: 64",
+        "output_buffer_size: 0",
+        "correlation.engine.output_buffer_size",
+        None,
+    ),
+    (
+        "output_buffer_size: 64",
+        "output_buffer_size: 100001",
+        "correlation.engine.output_buffer_size",
+        None,
+    ),
+    ("tick: 100ms", "tick: 0s", "correlation.engine.tick", None),
+    (
+        "tick: 100ms",
+        "tick: 999us",
+        "correlation.engine.tick",
+        None,
+    ),
+    ("tick: 100ms", "tick: 61s", "correlation.engine.tick", None),
+    (
+        "lateness: 2s",
+        "lateness: 1h 1ns",
+        "correlation.engine.lateness",
+        None,
+    ),
+    (
+        "max_depth: 8",
+        "max_depth: 0",
+        "correlation.ownership.max_depth",
+        None,
+    ),
+    (
+        "max_depth: 8",
+        "max_depth: 65",
+        "correlation.ownership.max_depth",
+        None,
+    ),
+    (
+        "process_exit_grace: 30s",
+        "process_exit_grace: 2h",
+        "correlation.ownership.process_exit_grace",
+        None,
+    ),
+    (
+        "process_max_age: 24h",
+        "process_max_age: 999ms",
+        "correlation.ownership.process_max_age",
+        None,
+    ),
+    (
+        "within: 30s",
+        "within: 0s",
+        "correlation.oom_sequence.within",
+        None,
+    ),
+    (
+        "within: 30s",
+        "within: 61m",
+        "correlation.oom_sequence.within",
+        None,
+    ),
+    (
+        "keep_for: 10m",
+        "keep_for: 29s",
+        "correlation.oom_sequence.keep_for",
+        None,
+    ),
+    (
+        "uri: \"\"",
+        "uri: http://db:7687",
+        "integrations.neo4j.uri",
+        None,
+    ),
+    ("uri: \"\"", "uri: bolt://", "integrations.neo4j.uri", None),
+    (
+        "uri: \"\"",
+        "uri: localhost:7687",
+        "integrations.neo4j.uri",
+        None,
+    ),
+    (
+        "uri: \"\"",
+        "uri: bolt://db:port",
+        "integrations.neo4j.uri",
+        None,
+    ),
+    (
+        "url: \"\"",
+        "url: https://nats:4222",
+        "integrations.nats.url",
+        None,
+    ),
+    (
+        "url: \"\"",
+        "url: nats://:4222",
+        "integrations.nats.url",
+        None,
+    ),
+    (
+        "stream: TAPIO",
+        "stream: \"\"",
+        "integrations.nats.stream",
+        None,
+    ),
+    (
+        "stream: TAPIO",
+        "stream: tapio.events",
+        "integrations.nats.stream",
+        None,
+    ),
+    (
+        "stream: TAPIO",
+        "stream: \"a b\"",
+        "integrations.nats.stream",
+        None,
+    ),
+];
+
+#[test]
+fn every_validation_rule_names_its_key_path_and_line() {
+    for &(from, to, key_path, error_at) in RULES {
+        let (text, changed_line) = shipped_with(from, to);
+        let line = match error_at {
+            None => changed_line,
+            Some(at) => lines_of(&text, at)[0],
+        };
+        let error = parse_err(&text);
+        assert_eq!(error.kind, ConfigErrorKind::InvalidValue, "{to}: {error}");
+        assert_eq!(error.key_path, key_path, "{to}: {error}");
+        assert_eq!(error.line, Some(line), "{to}: {error}");
+        assert_eq!(error.origin, "tapio.yaml");
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("tapio.yaml:{line}:")),
+            "{to}: {error}"
+        );
+    }
+}
+
+#[test]
+fn validation_messages_state_the_bound_and_the_value() {
+    let (text, line) = shipped_with("worker_count: 1", "worker_count: 0");
+    assert_eq!(
+        parse_err(&text).to_string(),
+        format!(
+            "tapio.yaml:{line}:5: correlation.engine.worker_count: must be between 1 and 256, got 0"
+        )
+    );
+    let (text, _) = shipped_with("tick: 100ms", "tick: 2m");
+    assert_eq!(
+        parse_err(&text).message,
+        "must be between 1ms and 1m, got 2m"
+    );
+    let (text, _) = shipped_with("keep_for: 10m", "keep_for: 29s");
+    assert_eq!(
+        parse_err(&text).message,
+        "must be at least correlation.oom_sequence.within (30s), got 29s"
+    );
+}
+
+#[test]
+fn bounds_themselves_are_accepted() {
+    for (from, to) in [
+        ("worker_count: 1", "worker_count: 256"),
+        ("event_buffer_size: 10000", "event_buffer_size: 10000000"),
+        ("output_buffer_size: 64", "output_buffer_size: 100000"),
+        ("tick: 100ms", "tick: 1ms"),
+        ("tick: 100ms", "tick: 60s"),
+        ("lateness: 2s", "lateness: 0s"),
+        ("lateness: 2s", "lateness: 1h"),
+        ("max_depth: 8", "max_depth: 1"),
+        ("max_depth: 8", "max_depth: 64"),
+        ("process_exit_grace: 30s", "process_exit_grace: 0s"),
+        ("process_exit_grace: 30s", "process_exit_grace: 1h"),
+        ("process_max_age: 24h", "process_max_age: 1s"),
+        ("process_max_age: 24h", "process_max_age: 365days"),
+        ("within: 30s", "within: 10m"),
+        ("keep_for: 10m", "keep_for: 30s"),
+        ("speed: 0", "speed: 1.0"),
+        ("uri: \"\"", "uri: bolt+ssc://user@db.internal"),
+        ("url: \"\"", "url: wss://nats.example:443/ws"),
+        ("stream: TAPIO", "stream: tapio_Events-2"),
+    ] {
+        let (text, _) = shipped_with(from, to);
+        parse_ok(&text);
+    }
+}
+
+#[test]
+fn a_blank_recording_path_is_missing() {
+    let error = parse_err("collectors:\n  recording:\n    enabled: true\n    path: \"  \"\n");
+    assert_eq!(error.key_path, "collectors.recording.path");
+    assert_eq!((error.line, error.column), (Some(4), Some(5)));
+    assert_eq!(
+        error.message,
+        "is required when collectors.recording.enabled is true"
+    );
+}
+
+#[test]
+fn a_value_error_on_a_defaulted_key_points_at_its_section() {
+    // keep_for is not written: the error names it and points at its enclosing section.
+    let error = parse_err("correlation:\n  oom_sequence:\n    within: 1h\n");
+    assert_eq!(error.key_path, "correlation.oom_sequence.keep_for");
+    assert_eq!((error.line, error.column), (Some(2), Some(3)));
+    // path is not written either: the closest written key is `recording`.
+    let error = parse_err("collectors:\n  recording:\n    enabled: true\n");
+    assert_eq!(error.key_path, "collectors.recording.path");
+    assert_eq!(error.line, Some(2));
+}
+
+#[test]
+fn validate_on_a_value_built_in_code_has_no_location() {
+    let mut config = TapioConfig::default();
+    config.correlation.ownership.max_depth = 0;
+    let Err(error) = config.validate() else {
+        panic!("max_depth 0 must be rejected")
+    };
+    assert_eq!(error.kind, ConfigErrorKind::InvalidValue);
+    assert_eq!(error.key_path, "correlation.ownership.max_depth");
+    assert_eq!(
+        (error.origin.as_str(), error.line, error.column),
+        ("", None, None)
+    );
+    assert_eq!(
+        error.to_string(),
+        "correlation.ownership.max_depth: must be between 1 and 64, got 0"
+    );
+}
+
+#[test]
+fn syntax_errors_have_a_line_and_column() {
+    let cases = [
+        ("correlation:\n  engine: [\n", 2),
+        ("node_name: \"unterminated\n", 1),
+        (
+            "correlation:\n  engine:\n    tick: 1s\n   lateness: 2s\n",
+            4,
+        ),
+        ("collectors:\n\trecording: {}\n", 2),
+        ("node_name: a\n  : b\n", 2),
+        ("a: *nowhere\n", 1),
+    ];
+    for (text, line) in cases {
+        let error = parse_err(text);
+        assert_eq!(error.kind, ConfigErrorKind::Syntax, "{text:?}: {error}");
+        assert_eq!(error.key_path, "", "{text:?}: {error}");
+        assert_eq!(error.line, Some(line), "{text:?}: {error}");
+        assert!(error.column.is_some(), "{text:?}: {error}");
+        assert!(error.message.starts_with("invalid yaml: "), "{error}");
+    }
+}
+
+#[test]
+fn documents_that_are_not_one_mapping_are_rejected() {
+    for (text, line) in [
+        ("- a\n- b\n", 1),
+        ("just text\n", 1),
+        ("node_name: a\n---\nnode_name: b\n", 2),
+        ("---\n---\n", 2),
+    ] {
+        let error = parse_err(text);
+        assert_eq!(error.kind, ConfigErrorKind::Syntax, "{text:?}: {error}");
+        assert_eq!(error.line, Some(line), "{text:?}: {error}");
+    }
+}
+
+#[test]
+fn duplicate_keys_are_errors() {
+    let error = parse_err("node_name: a\nnode_name: b\n");
+    assert_eq!(error.kind, ConfigErrorKind::DuplicateKey);
+    assert_eq!(error.key_path, "node_name");
+    assert_eq!((error.line, error.column), (Some(2), Some(1)));
+    assert_eq!(
+        error.to_string(),
+        "tapio.yaml:2:1: node_name: duplicate key"
+    );
+
+    let error =
+        parse_err("correlation:\n  engine:\n    tick: 1s\n    lateness: 1s\n    tick: 2s\n");
+    assert_eq!(error.kind, ConfigErrorKind::DuplicateKey);
+    assert_eq!(error.key_path, "correlation.engine.tick");
+    assert_eq!(error.line, Some(5));
+
+    let error = parse_err("correlation:\n  engine: {}\n  engine: {}\n");
+    assert_eq!(error.key_path, "correlation.engine");
+    assert_eq!(error.line, Some(3));
+}
+
+#[test]
+fn load_reads_a_file_and_names_its_path() {
+    let dir = std::env::temp_dir().join(format!("tapio-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+
+    let good = dir.join("good.yaml");
+    std::fs::write(&good, "node_name: worker-1\n").expect("write");
+    let config = TapioConfig::load(&good).expect("load");
+    assert_eq!(config.node_name, "worker-1");
+
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "node_name: a\n\ncorrelation:\n  engine:\n    worker_count: 0\n",
+    )
+    .expect("write");
+    let error = TapioConfig::load(&bad).expect_err("worker_count 0");
+    assert_eq!(error.origin, bad.display().to_string());
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "{}:5:5: correlation.engine.worker_count: must be between 1 and 256, got 0",
+            bad.display()
+        )
+    );
+
+    let binary = dir.join("binary.yaml");
+    std::fs::write(&binary, b"node_name: a\nnode_name: \xff\xfe\n").expect("write");
+    let error = TapioConfig::load(&binary).expect_err("not utf-8");
+    assert_eq!(error.kind, ConfigErrorKind::Io);
+    assert_eq!((error.line, error.column), (Some(2), Some(12)));
+
+    let missing = dir.join("missing.yaml");
+    let error = TapioConfig::load(&missing).expect_err("missing file");
+    assert_eq!(error.kind, ConfigErrorKind::Io);
+    assert_eq!(
+        error.to_string(),
+        format!("{}: cannot read file", missing.display())
+    );
+    assert!(std::error::Error::source(&error).is_some());
+
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+/// A tiny deterministic generator, so that the garbage is the same on every run.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn garbage_never_panics() {
+    let mut random = XorShift(0x9e37_79b9_7f4a_7c15);
+    // Raw bytes, and bytes drawn from YAML's punctuation, which reach deeper into the parser.
+    let alphabet = b" \n\t:-?[]{},#&*!|>'\"%@`~.0123456789abcdefghijklmnopqrstuvwxyz_";
+    for round in 0..2_000 {
+        let len = (random.next() % 200) as usize;
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                let value = random.next();
+                if round % 2 == 0 {
+                    value as u8
+                } else {
+                    alphabet[(value % alphabet.len() as u64) as usize]
+                }
+            })
+            .collect();
+        let text = String::from_utf8_lossy(&bytes);
+        let _ = parse(&text);
+    }
+    // Mutations of the real file: each error must still render.
+    let shipped = SHIPPED.as_bytes();
+    for _ in 0..500 {
+        let mut bytes = shipped.to_vec();
+        for _ in 0..3 {
+            let at = (random.next() % bytes.len() as u64) as usize;
+            bytes[at] = alphabet[(random.next() % alphabet.len() as u64) as usize];
+        }
+        if let Err(error) = parse(&String::from_utf8_lossy(&bytes)) {
+            assert!(!error.to_string().is_empty());
+        }
+    }
+    for text in [
+        "[".repeat(100_000),
+        "{".repeat(100_000),
+        "- ".repeat(100_000),
+        format!("node_name: {}{}", "[".repeat(50_000), "]".repeat(50_000)),
+        "a: &a [*a]\n".to_owned(),
+        "\u{feff}\u{0}\u{7f}\u{fffd}".to_owned(),
+        "correlation:\n  <<: {engine: {worker_count: 0}}\n".to_owned(),
+        "? [a, b]\n: c\n".to_owned(),
+        "? {a: b}\n: {c: d}\nnode_name: x\n".to_owned(),
+        "!!binary aGVsbG8=".to_owned(),
+        "node_name: !!binary aGVsbG8=\n".to_owned(),
+        "%TAG ! tag:example.com,2000:\n---\nnode_name: !foo x\n".to_owned(),
+    ] {
+        let _ = parse(&text);
+    }
+}

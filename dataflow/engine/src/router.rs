@@ -1,0 +1,176 @@
+//! Splits one process's observation stream among its dataflow workers.
+//!
+//! Facts and state updates go to one worker each, chosen by a stable hash of their id, so every
+//! process of a cluster that reads the same stream agrees on who handles what; a process only
+//! forwards what belongs to its own workers. Heartbeats go to every local worker, so every
+//! worker computes the same watermark and none stalls the others.
+
+use tapio_model::{Observation, TimeNs, stable_hash};
+use tokio::sync::mpsc;
+
+/// Where this process sits in the timely cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterLayout {
+    /// Worker threads per process.
+    pub workers: usize,
+    /// Number of processes.
+    pub processes: usize,
+    /// This process's index, `0..processes`.
+    pub process: usize,
+    /// `host:port` of every process, in process order (empty for one process).
+    pub addresses: Vec<String>,
+}
+
+impl ClusterLayout {
+    /// One process with `workers` threads.
+    pub fn single(workers: usize) -> ClusterLayout {
+        ClusterLayout {
+            workers: workers.max(1),
+            processes: 1,
+            process: 0,
+            addresses: Vec::new(),
+        }
+    }
+
+    /// Total workers in the cluster.
+    pub fn peers(&self) -> usize {
+        self.workers * self.processes
+    }
+}
+
+/// What a worker's input channel carries.
+#[derive(Debug)]
+pub enum Ingest {
+    /// Observations, in stream order.
+    Batch(Vec<Observation>),
+    /// The stream ended; `last_ns` is the latest event time in it. Everything up to that time is
+    /// reported, nothing later.
+    End {
+        /// Latest event time seen in the whole stream.
+        last_ns: TimeNs,
+    },
+}
+
+/// Observations per batch handed to a worker.
+const BATCH: usize = 1024;
+
+/// Routes a process's observations to its local workers' channels.
+pub struct Router {
+    layout: ClusterLayout,
+    outputs: Vec<mpsc::Sender<Ingest>>,
+    pending: Vec<Vec<Observation>>,
+    last_ns: TimeNs,
+}
+
+impl Router {
+    /// A router feeding `outputs`, one channel per local worker (in local worker order).
+    pub fn new(layout: ClusterLayout, outputs: Vec<mpsc::Sender<Ingest>>) -> Router {
+        let pending = outputs.iter().map(|_| Vec::with_capacity(BATCH)).collect();
+        Router {
+            layout,
+            outputs,
+            pending,
+            last_ns: 0,
+        }
+    }
+
+    fn owner(&self, observation: &Observation) -> Option<usize> {
+        let id = match observation {
+            Observation::Fact(fact) => &fact.id,
+            Observation::State(update) => &update.record.evidence,
+            Observation::Heartbeat(_) => return None,
+        };
+        let hash = stable_hash(id.source.as_bytes())
+            ^ stable_hash(id.node.as_bytes()).rotate_left(17)
+            ^ id.seq.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        Some((hash % self.layout.peers() as u64) as usize)
+    }
+
+    /// Routes one observation; sends full batches, waiting when a worker is behind.
+    ///
+    /// Returns `false` once the dataflow has stopped accepting input.
+    pub async fn route(&mut self, observation: Observation) -> bool {
+        self.last_ns = self.last_ns.max(observation.time_ns());
+        let first_local = self.layout.process * self.layout.workers;
+        match self.owner(&observation) {
+            None => {
+                for local in 0..self.pending.len() {
+                    self.pending[local].push(observation.clone());
+                    if !self.send_full(local).await {
+                        return false;
+                    }
+                }
+            }
+            Some(worker) => {
+                let Some(local) = worker.checked_sub(first_local) else {
+                    return true;
+                };
+                if local >= self.pending.len() {
+                    return true;
+                }
+                self.pending[local].push(observation);
+                return self.send_full(local).await;
+            }
+        }
+        true
+    }
+
+    async fn send_full(&mut self, local: usize) -> bool {
+        if self.pending[local].len() < BATCH {
+            return true;
+        }
+        self.send(local).await
+    }
+
+    async fn send(&mut self, local: usize) -> bool {
+        let batch = std::mem::replace(&mut self.pending[local], Vec::with_capacity(BATCH));
+        self.outputs[local].send(Ingest::Batch(batch)).await.is_ok()
+    }
+
+    /// Sends whatever is buffered (call when the input is momentarily idle).
+    pub async fn flush(&mut self) -> bool {
+        for local in 0..self.pending.len() {
+            if !self.pending[local].is_empty() && !self.send(local).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Flushes and tells every worker the stream has ended.
+    pub async fn finish(mut self) {
+        self.flush().await;
+        for output in &self.outputs {
+            // A worker that already stopped needs no end marker.
+            let _ = output
+                .send(Ingest::End {
+                    last_ns: self.last_ns,
+                })
+                .await;
+        }
+    }
+
+    /// Routes everything from `input` until it closes, flushing whenever it is idle, then
+    /// ends the stream.
+    pub async fn run(mut self, mut input: mpsc::Receiver<Observation>) {
+        loop {
+            let observation = match input.try_recv() {
+                Ok(observation) => observation,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if !self.flush().await {
+                        return;
+                    }
+                    match input.recv().await {
+                        Some(observation) => observation,
+                        None => break,
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            };
+            if !self.route(observation).await {
+                return;
+            }
+        }
+        self.finish().await;
+    }
+}

@@ -1,0 +1,173 @@
+//! One timely worker: reads its input channel, advances event time, runs the rules.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use differential_dataflow::VecCollection;
+use differential_dataflow::input::Input;
+use tapio_model::{ClosedBatch, Correlation, Fact, Observation, StateRecord};
+use timely::worker::Worker;
+use tokio::sync::mpsc::{self, error::TryRecvError};
+
+use crate::clock::{Tick, TickClock, Watermark};
+use crate::output::{Horizon, emit_closed_ticks};
+use crate::router::Ingest;
+use crate::rules::{oom_sequence, ownership};
+use crate::{EngineSettings, WorkerReport};
+
+/// Observations taken from the channel before the worker steps the dataflow again.
+const INGEST_BUDGET: usize = 16 * 1024;
+
+/// Builds the correlation graph over the fact and state collections.
+pub(crate) fn correlate<'scope>(
+    facts: VecCollection<'scope, Tick, Fact, isize>,
+    state: VecCollection<'scope, Tick, StateRecord, isize>,
+    settings: &EngineSettings,
+) -> VecCollection<'scope, Tick, Correlation, isize> {
+    let clock = TickClock::new(settings.tick_ms);
+    let mut outputs = Vec::new();
+    let chains = settings.ownership.as_ref().map(|rule| {
+        let links = ownership::state_links(state.clone())
+            .concat(ownership::process_links(facts.clone(), clock, rule));
+        let chains = ownership::chains(links, rule.max_depth);
+        outputs.push(ownership::correlations(chains.clone()));
+        chains
+    });
+    if let Some(rule) = &settings.oom_sequence {
+        outputs.push(oom_sequence::correlations(
+            facts.clone(),
+            chains,
+            clock,
+            rule,
+        ));
+    }
+    let scope = facts.scope();
+    let (_, empty) = scope.new_collection::<Correlation, isize>();
+    empty.concatenate(outputs)
+}
+
+pub(crate) fn drive(
+    worker: &mut Worker,
+    input: mpsc::Receiver<Ingest>,
+    settings: &EngineSettings,
+    out: mpsc::Sender<ClosedBatch>,
+    horizon: Arc<Horizon>,
+    emitted: Arc<AtomicU64>,
+) -> WorkerReport {
+    let mut input = input;
+    let clock = TickClock::new(settings.tick_ms);
+    let (mut facts_in, mut state_in, probe) = worker.dataflow::<Tick, _, _>(|scope| {
+        let (facts_in, facts) = scope.new_collection::<Fact, isize>();
+        let (state_in, state) = scope.new_collection::<StateRecord, isize>();
+        let (probe, correlations) = correlate(facts, state, settings).probe();
+        emit_closed_ticks(correlations, out, horizon.clone(), emitted);
+        (facts_in, state_in, probe)
+    });
+
+    let mut report = WorkerReport::default();
+    let mut watermark = Watermark::new(clock, settings.lateness_ns);
+    let max_lag = clock.tick_ms().saturating_mul(settings.max_inflight_ticks);
+    let end = loop {
+        let mut taken = 0;
+        let mut end = None;
+        while taken < INGEST_BUDGET {
+            match input.try_recv() {
+                Ok(Ingest::Batch(batch)) => {
+                    taken += batch.len();
+                    for observation in batch {
+                        match observation {
+                            Observation::Fact(fact) => {
+                                let tick = on_time(&mut report, clock, &watermark, fact.time_ns);
+                                report.facts += 1;
+                                facts_in.update_at(fact, tick, 1);
+                            }
+                            Observation::State(update) => {
+                                let tick =
+                                    on_time(&mut report, clock, &watermark, update.time_ns);
+                                report.state_updates += 1;
+                                facts_in_state(&mut state_in, update.record, tick, update.diff);
+                            }
+                            Observation::Heartbeat(heartbeat) => {
+                                report.heartbeats += 1;
+                                watermark.observe(&heartbeat);
+                            }
+                        }
+                    }
+                }
+                Ok(Ingest::End { last_ns }) => {
+                    end = Some(clock.tick_of(last_ns).max(watermark.input_tick()));
+                    break;
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    end = Some(watermark.latest_promise().max(watermark.input_tick()));
+                    break;
+                }
+            }
+        }
+        let target = watermark.input_tick();
+        if target > *facts_in.time() {
+            facts_in.advance_to(target);
+            state_in.advance_to(target);
+        }
+        facts_in.flush();
+        state_in.flush();
+        if let Some(end) = end {
+            break end;
+        }
+        // Keep at most `max_inflight_ticks` of event time in flight, so memory stays flat when
+        // the input runs far ahead (a replay).
+        let behind = facts_in.time().saturating_sub(max_lag);
+        while probe.less_than(&behind) {
+            worker.step();
+        }
+        let park = if taken == 0 {
+            Some(Duration::from_millis(1))
+        } else {
+            Some(Duration::ZERO)
+        };
+        worker.step_or_park(park);
+    };
+
+    // Report everything up to `end`, then let the dataflow wind down.
+    horizon.set(end);
+    let close = end + clock.tick_ms();
+    if close > *facts_in.time() {
+        facts_in.advance_to(close);
+        state_in.advance_to(close);
+    }
+    facts_in.flush();
+    state_in.flush();
+    while probe.less_than(&close) {
+        worker.step();
+    }
+    report.last_tick = end;
+    report
+}
+
+fn facts_in_state(
+    state_in: &mut differential_dataflow::input::InputSession<Tick, StateRecord, isize>,
+    record: StateRecord,
+    tick: Tick,
+    diff: i8,
+) {
+    state_in.update_at(record, tick, isize::from(diff));
+}
+
+/// The tick an observation enters at: its own, or the current input tick if it is late.
+fn on_time(
+    report: &mut WorkerReport,
+    clock: TickClock,
+    watermark: &Watermark,
+    time_ns: u64,
+) -> Tick {
+    let own = clock.tick_of(time_ns);
+    let now = watermark.input_tick();
+    if own < now {
+        report.late += 1;
+        now
+    } else {
+        own
+    }
+}
