@@ -7,8 +7,9 @@
 //! Events) become `kube_event` facts. Times are the fixture's receive times.
 //!
 //! On top of that real rollout, [`oom_scenario`] adds what a node agent would have seen when the
-//! old pod `px-7df978b9bf-jm22q`'s container ran out of memory: the process's exec (at the
-//! container's recorded start), the OOM kill, the process exit and the container exit, plus a
+//! old pod `px-7df978b9bf-jm22q`'s container ran out of memory: the already-running process as
+//! the agent's start-up scan reports it (an exec fact at scan time carrying the process's real
+//! start time, the container's recorded start), the OOM kill, the process exit and the container exit, plus a
 //! second OOM kill of a helper process in pod `px-7df978b9bf-bfdrj` whose container keeps running
 //! (which must not produce an OOM-restart correlation). Heartbeats for every source close the
 //! stream.
@@ -187,6 +188,7 @@ fn kernel_fact(seq: u64, time_ns: TimeNs, payload: FactPayload) -> Observation {
 /// Never in practice (the times are constants).
 pub fn oom_scenario() -> Result<Vec<Observation>> {
     let podinfo_start = time("2021-05-18T17:10:51.120Z")?;
+    let agent_scan = time("2021-05-19T09:42:58.610Z")?;
     let helper_start = time("2021-05-19T09:43:06.900Z")?;
     let kill = time("2021-05-19T09:43:02.500Z")?;
     let pod_uid = "ac780302-1895-43b1-89e0-80f85c8e5457";
@@ -195,7 +197,7 @@ pub fn oom_scenario() -> Result<Vec<Observation>> {
     Ok(vec![
         kernel_fact(
             1,
-            podinfo_start,
+            agent_scan,
             FactPayload::ProcessExec(ProcessExec {
                 pid: 2315,
                 ppid: 2290,

@@ -1,1 +1,199 @@
-//! determinism
+//! Same recording ⇒ same correlations: for 1, 2 and 4 workers, for 2 processes on loopback, and
+//! for any arrival order within the lateness bound.
+
+use std::net::TcpListener;
+use std::path::Path;
+
+use tapio_model::Observation;
+use tapio_model::recording::{RecordingReader, RecordingWriter};
+
+use crate::support::{kspan_recording, read_changes, replay, scratch, tapio};
+
+fn read(path: &Path) -> Vec<Observation> {
+    let bytes = std::fs::read(path).expect("read recording");
+    RecordingReader::new(bytes.as_slice())
+        .map(|item| item.expect("valid recording").1)
+        .collect()
+}
+
+fn write(path: &Path, observations: &[Observation]) {
+    let mut writer =
+        RecordingWriter::new(std::fs::File::create(path).expect("create")).expect("header");
+    for observation in observations {
+        writer.write(observation).expect("write");
+    }
+}
+
+fn recordings() -> Vec<(String, std::path::PathBuf)> {
+    let dir = scratch("synthetic-recording");
+    let synthetic = dir.join("synthetic.jsonl");
+    write(&synthetic, &tapio_tests::synthetic::stream(&tapio_tests::synthetic::Shape::small()));
+    vec![
+        ("kspan".into(), kspan_recording()),
+        ("synthetic".into(), synthetic),
+    ]
+}
+
+#[test]
+fn worker_count_does_not_change_the_output() {
+    for (name, recording) in recordings() {
+        let (one, _) = replay(&recording, &["--workers", "1"], &format!("{name}-w1"));
+        assert!(one.len() > 10, "{name}: too little output to compare: {}", one.len());
+        for workers in ["2", "4"] {
+            let (many, _) = replay(&recording, &["--workers", workers], &format!("{name}-w{workers}"));
+            assert!(one == many, "{name}: {workers} workers differ from 1");
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+#[test]
+fn two_processes_on_loopback_match_one() {
+    for (name, recording) in recordings() {
+        let (single, _) = replay(&recording, &[], &format!("{name}-single"));
+        let dir = scratch(&format!("{name}-cluster"));
+        let hostfile = dir.join("hosts");
+        std::fs::write(
+            &hostfile,
+            format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
+        )
+        .expect("hostfile");
+        let children: Vec<_> = (0..2)
+            .map(|process| {
+                tapio()
+                    .arg("replay")
+                    .arg(&recording)
+                    .args(["--workers", "2", "--processes", "2", "--process"])
+                    .arg(process.to_string())
+                    .arg("--hostfile")
+                    .arg(&hostfile)
+                    .arg("--output")
+                    .arg(dir.join(format!("out-{process}.jsonl")))
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("spawn tapio")
+            })
+            .collect();
+        for child in children {
+            let output = child.wait_with_output().expect("wait");
+            assert!(
+                output.status.success(),
+                "{name}: a cluster process failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let cluster = read_changes(&dir.join("out-0.jsonl"));
+        assert!(cluster == single, "{name}: 2 processes differ from 1");
+        assert!(read_changes(&dir.join("out-1.jsonl")).is_empty());
+        std::fs::remove_dir_all(dir).expect("clean");
+    }
+}
+
+/// Moves each fact and state update later by up to two heartbeat rounds (1 s, inside the 2 s
+/// lateness bound) and shuffles within each stretch between heartbeats.
+fn reorder_within_lateness(observations: &[Observation], seed: u64) -> Vec<Observation> {
+    let mut state = seed | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    // Split into stretches: the observations of one heartbeat round, then that round's beats.
+    let mut stretches: Vec<(Vec<Observation>, Vec<Observation>)> = vec![(vec![], vec![])];
+    for observation in observations {
+        let last = stretches.last_mut().expect("one stretch");
+        match observation {
+            Observation::Heartbeat(beat) => {
+                let same_round = last.1.iter().all(
+                    |other| matches!(other, Observation::Heartbeat(o) if o.upto_ns == beat.upto_ns),
+                );
+                if !same_round {
+                    stretches.push((vec![], vec![]));
+                }
+                stretches.last_mut().expect("one stretch").1.push(observation.clone());
+            }
+            _ => {
+                if !last.1.is_empty() {
+                    stretches.push((vec![], vec![]));
+                }
+                stretches.last_mut().expect("one stretch").0.push(observation.clone());
+            }
+        }
+    }
+    let mut moved: Vec<Vec<Observation>> = vec![vec![]; stretches.len() + 3];
+    for (index, (items, _)) in stretches.iter().enumerate() {
+        for item in items {
+            let delay = (next() % 3) as usize;
+            moved[(index + delay).min(stretches.len() - 1)].push(item.clone());
+        }
+    }
+    let mut out = Vec::with_capacity(observations.len());
+    for (index, (_, beats)) in stretches.into_iter().enumerate() {
+        let mut items = std::mem::take(&mut moved[index]);
+        for i in (1..items.len()).rev() {
+            items.swap(i, (next() % (i as u64 + 1)) as usize);
+        }
+        out.extend(items);
+        out.extend(beats);
+    }
+    out
+}
+
+#[test]
+fn arrival_order_within_the_lateness_bound_does_not_change_the_output() {
+    for (name, recording) in recordings() {
+        let (reference, _) = replay(&recording, &["--workers", "2"], &format!("{name}-ordered"));
+        let observations = read(&recording);
+        for seed in [7u64, 1_000_003, 99_991] {
+            let shuffled = reorder_within_lateness(&observations, seed);
+            assert_ne!(shuffled, observations, "the permutation must move something");
+            assert_eq!(shuffled.len(), observations.len());
+            let dir = scratch(&format!("{name}-shuffled-{seed}"));
+            let path = dir.join("shuffled.jsonl");
+            write(&path, &shuffled);
+            let (output, log) = replay(&path, &["--workers", "2"], &format!("{name}-run-{seed}"));
+            assert!(log.contains("late=0"), "{name}: nothing may be late:\n{log}");
+            assert!(output == reference, "{name}: seed {seed} changed the output");
+            std::fs::remove_dir_all(dir).expect("clean");
+        }
+    }
+}
+
+#[test]
+fn a_fact_beyond_the_lateness_bound_is_clamped_and_counted() {
+    let mut observations = read(&kspan_recording());
+    // Deliver the container exit 5 s (ten heartbeat rounds) late.
+    let position = observations
+        .iter()
+        .position(|o| matches!(o, Observation::Fact(f) if f.id.source == "cri"))
+        .expect("the recording has a container exit");
+    let exit = observations.remove(position);
+    let beats_seen = observations[position..]
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| matches!(o, Observation::Heartbeat(_)))
+        .nth(30)
+        .map(|(index, _)| position + index)
+        .expect("enough heartbeats");
+    observations.insert(beats_seen, exit);
+    let dir = scratch("late");
+    let path = dir.join("late.jsonl");
+    write(&path, &observations);
+    let (changes, log) = replay(&path, &[], "late-run");
+    assert!(log.contains("late=1"), "one late fact must be counted:\n{log}");
+    // Clamped, it still completes the sequence, at the tick it was taken in.
+    let first = changes
+        .iter()
+        .find(|c| c.correlation.kind == tapio_model::CorrelationKind::OomRestart)
+        .expect("the OOM sequence is still found");
+    assert!(first.time > 1_621_417_382_600_000_000);
+    std::fs::remove_dir_all(dir).expect("clean");
+}

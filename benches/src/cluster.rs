@@ -1,0 +1,1138 @@
+//! A seeded, deterministic synthetic Kubernetes cluster that emits Tapio observations.
+//!
+//! The cluster has `nodes` nodes and `deployments` Deployments spread over a few namespaces.
+//! Every Deployment owns a current ReplicaSet, which owns pods, which own one to three
+//! containers. Everything Kubernetes knows is emitted as [`StateUpdate`]s from the
+//! `kubernetes/cluster` source; everything the kernel sees is emitted as facts from `kernel/<node>`
+//! and container stops from `kubelet/<node>`. Each of those (source, node) pairs sends a
+//! heartbeat at the end of every tick.
+//!
+//! Over event time the cluster lives:
+//! - short-lived processes exec in running containers (Poisson, `exec_per_s` cluster-wide) and
+//!   exit after an exponentially distributed lifetime;
+//! - OOM kills (`oom_per_s`) hit a container's main process: `OomKill`, then its `ProcessExit`
+//!   on signal 9 within 50 ms, then the container's `ContainerExit` (137, `OOMKilled`) within
+//!   400 ms; ten seconds later the container restarts with a new id (the old `PodContainer`
+//!   record is retracted verbatim, the new one inserted) and a new main process;
+//! - pods are deleted (`pod_deletes_per_s`): their processes and containers stop, their records
+//!   are retracted verbatim 1.5 s later, and the ReplicaSet creates a replacement on a random
+//!   node;
+//! - rollouts (`rollouts_per_s`) give a Deployment a new ReplicaSet and replace its pods one by
+//!   one, after which the old ReplicaSet is retracted.
+//!
+//! The random source is a xorshift generator, so the same [`ClusterSpec`] always produces the
+//! same stream, whether it is generated at once or in chunks.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap};
+
+use tapio_model::{
+    ContainerExit, EntityId, Fact, FactId, FactPayload, Heartbeat, Observation, OomKill, OwnerRef,
+    PodContainer, ProcessExec, ProcessExit, StateObject, StateRecord, StateUpdate, TimeNs,
+    WorkloadObject,
+};
+
+const NS_PER_MS: u64 = 1_000_000;
+const NS_PER_S: u64 = 1_000_000_000;
+
+/// 2026-01-01T00:00:00Z, ns since the Unix epoch.
+pub const START_2026_NS: TimeNs = 1_767_225_600 * NS_PER_S;
+
+/// A xorshift64* pseudo-random generator: small, fast and deterministic.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded with `seed` (any value, zero included).
+    pub fn new(seed: u64) -> Rng {
+        let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
+        if state == 0 {
+            state = 0x2545_f491_4f6c_dd1d;
+        }
+        Rng(state)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi.saturating_sub(lo) + 1)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Exponentially distributed with mean `mean_ns`, in ns.
+    pub fn exp_ns(&mut self, mean_ns: f64) -> u64 {
+        (-(1.0 - self.unit()).ln() * mean_ns) as u64
+    }
+
+    /// `len` random lowercase hex digits.
+    pub fn hex(&mut self, len: usize) -> String {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        (0..len)
+            .map(|_| char::from(DIGITS[self.below(16) as usize]))
+            .collect()
+    }
+
+    /// `len` random characters as in generated Kubernetes names.
+    pub fn name_suffix(&mut self, len: usize) -> String {
+        const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+        (0..len)
+            .map(|_| char::from(CHARS[self.below(CHARS.len() as u64) as usize]))
+            .collect()
+    }
+}
+
+/// The shape and the rates of the synthetic cluster. Rates are per second of event time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterSpec {
+    /// Seed of the random generator.
+    pub seed: u64,
+    /// Nodes (each runs a `kernel` and a `kubelet` source).
+    pub nodes: usize,
+    /// Namespaces the Deployments are spread over.
+    pub namespaces: usize,
+    /// Deployments.
+    pub deployments: usize,
+    /// Replicas per Deployment are uniform in `1..=max_replicas`.
+    pub max_replicas: usize,
+    /// Short-lived process execs per second, cluster-wide.
+    pub exec_per_s: f64,
+    /// Mean lifetime of a short-lived process, ms (capped at 60 s).
+    pub process_life_ms: f64,
+    /// OOM kills per second, cluster-wide.
+    pub oom_per_s: f64,
+    /// Pod deletions (each followed by a replacement) per second, cluster-wide.
+    pub pod_deletes_per_s: f64,
+    /// Rollouts (a new ReplicaSet replacing every pod of a Deployment) per second.
+    pub rollouts_per_s: f64,
+    /// Tick length, ms: every source sends a heartbeat at the end of every tick.
+    pub tick_ms: u64,
+    /// Event time of the first observation, ns since the Unix epoch.
+    pub start_ns: TimeNs,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        ClusterSpec {
+            seed: 42,
+            nodes: 20,
+            namespaces: 10,
+            deployments: 100,
+            max_replicas: 8,
+            exec_per_s: 1_500.0,
+            process_life_ms: 1_000.0,
+            oom_per_s: 0.5,
+            pod_deletes_per_s: 0.5,
+            rollouts_per_s: 1.0 / 60.0,
+            tick_ms: 100,
+            start_ns: START_2026_NS,
+        }
+    }
+}
+
+/// What the generator has produced so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// Observations emitted.
+    pub observations: u64,
+    /// Facts emitted.
+    pub facts: u64,
+    /// State updates emitted (inserts and retractions).
+    pub state_updates: u64,
+    /// State retractions emitted.
+    pub retractions: u64,
+    /// Heartbeats emitted.
+    pub heartbeats: u64,
+    /// Process execs emitted.
+    pub execs: u64,
+    /// OOM kills emitted.
+    pub oom_kills: u64,
+    /// OOM sequences whose container exit was emitted (the whole kill → exit → stop sequence).
+    pub oom_sequences: u64,
+    /// Pods created after the initial listing.
+    pub pods_created: u64,
+    /// Pods deleted.
+    pub pods_deleted: u64,
+    /// Rollouts started.
+    pub rollouts: u64,
+    /// Ticks generated.
+    pub ticks: u64,
+}
+
+/// Commands of the side processes: (comm, filename, args).
+const SIDE_COMMANDS: &[(&str, &str, &[&str])] = &[
+    ("sh", "/bin/sh", &["sh", "-c", "test -f /tmp/healthy"]),
+    ("curl", "/usr/bin/curl", &["curl", "-sf", "http://localhost:8080/healthz"]),
+    ("grpc_health_pro", "/bin/grpc_health_probe", &["grpc_health_probe", "-addr=:9000"]),
+    ("cat", "/bin/cat", &["cat", "/proc/meminfo"]),
+    ("pg_isready", "/usr/bin/pg_isready", &["pg_isready", "-q"]),
+    ("nginx", "/usr/sbin/nginx", &["nginx", "-s", "reload"]),
+];
+
+const CONTAINER_NAMES: &[&str] = &["app", "sidecar", "metrics"];
+
+#[derive(Debug)]
+struct ReplicaSet {
+    id: u64,
+    record: StateRecord,
+    entity: EntityId,
+    uid: String,
+    hash: String,
+}
+
+#[derive(Debug)]
+struct Deployment {
+    namespace: String,
+    name: String,
+    uid: String,
+    containers: usize,
+    replicas: usize,
+    replica_sets: Vec<ReplicaSet>,
+    current: u64,
+    pods: Vec<u64>,
+    rolling: bool,
+}
+
+#[derive(Debug)]
+struct Container {
+    name: &'static str,
+    id: String,
+    record: Option<StateRecord>,
+    running: bool,
+    incarnation: u32,
+    restarts: u32,
+    main: Option<u64>,
+    processes: Vec<u64>,
+}
+
+#[derive(Debug)]
+struct Pod {
+    deployment: usize,
+    replica_set: u64,
+    entity: EntityId,
+    uid: String,
+    node: usize,
+    record: StateRecord,
+    containers: Vec<Container>,
+    terminating: bool,
+}
+
+#[derive(Debug)]
+struct Process {
+    node: usize,
+    pid: u32,
+    start_ns: TimeNs,
+    comm: String,
+    container_id: String,
+    pod: u64,
+    container: usize,
+}
+
+#[derive(Debug)]
+enum Event {
+    Emit(Box<Observation>),
+    SideExec,
+    Oom,
+    DeleteRandomPod,
+    Rollout,
+    ProcessExit(u64),
+    ContainerStart { pod: u64, container: usize, incarnation: u32 },
+    CreatePod { deployment: usize, replica_set: u64 },
+    RemovePod(u64),
+    RolloutStep(usize),
+    RetireReplicaSets(usize),
+}
+
+#[derive(Debug)]
+struct Scheduled {
+    time: TimeNs,
+    order: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.time, self.order) == (other.time, other.order)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.time, self.order).cmp(&(other.time, other.order))
+    }
+}
+
+/// The synthetic cluster: call [`Cluster::fill`] to generate its stream tick by tick.
+#[derive(Debug)]
+pub struct Cluster {
+    spec: ClusterSpec,
+    rng: Rng,
+    tick_end: TimeNs,
+    node_names: Vec<String>,
+    kernel_seq: Vec<u64>,
+    kubelet_seq: Vec<u64>,
+    kube_seq: u64,
+    next_pid: Vec<u32>,
+    deployments: Vec<Deployment>,
+    pods: HashMap<u64, Pod>,
+    live_pods: Vec<u64>,
+    processes: HashMap<u64, Process>,
+    next_id: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    order: u64,
+    next_exec: TimeNs,
+    next_oom: TimeNs,
+    next_delete: TimeNs,
+    next_rollout: TimeNs,
+    stats: ClusterStats,
+}
+
+impl Cluster {
+    /// A cluster as `spec` describes it; its initial objects are listed in the first tick.
+    pub fn new(spec: ClusterSpec) -> Cluster {
+        let mut rng = Rng::new(spec.seed);
+        let start = spec.start_ns;
+        let nodes = spec.nodes.max(1);
+        let mut cluster = Cluster {
+            node_names: (0..nodes).map(|n| format!("node-{n:03}")).collect(),
+            kernel_seq: vec![0; nodes],
+            kubelet_seq: vec![0; nodes],
+            kube_seq: 0,
+            next_pid: (0..nodes).map(|_| 1_000 + rng.below(10_000) as u32).collect(),
+            deployments: Vec::new(),
+            pods: HashMap::new(),
+            live_pods: Vec::new(),
+            processes: HashMap::new(),
+            next_id: 1,
+            queue: BinaryHeap::new(),
+            order: 0,
+            next_exec: start + rng.exp_ns(rate_mean(spec.exec_per_s)),
+            next_oom: start + NS_PER_S + rng.exp_ns(rate_mean(spec.oom_per_s)),
+            next_delete: start + NS_PER_S + rng.exp_ns(rate_mean(spec.pod_deletes_per_s)),
+            next_rollout: start + NS_PER_S + rng.exp_ns(rate_mean(spec.rollouts_per_s)),
+            tick_end: start,
+            rng,
+            stats: ClusterStats::default(),
+            spec,
+        };
+        cluster.initial_listing();
+        cluster
+    }
+
+    /// What has been generated so far.
+    pub fn stats(&self) -> &ClusterStats {
+        &self.stats
+    }
+
+    /// Event time up to which the stream is complete (the end of the last generated tick).
+    pub fn event_time(&self) -> TimeNs {
+        self.tick_end
+    }
+
+    /// Generates whole ticks into `out` until it holds at least `len` observations.
+    pub fn fill(&mut self, out: &mut Vec<Observation>, len: usize) {
+        while out.len() < len {
+            self.tick(out);
+        }
+    }
+
+    /// Generates one tick: its events in event-time order, then one heartbeat per source.
+    pub fn tick(&mut self, out: &mut Vec<Observation>) {
+        let end = self.tick_end + self.spec.tick_ms.max(1) * NS_PER_MS;
+        self.spontaneous(end);
+        while let Some(Reverse(next)) = self.queue.peek() {
+            if next.time > end {
+                break;
+            }
+            let Some(Reverse(Scheduled { time, event, .. })) = self.queue.pop() else {
+                break;
+            };
+            self.handle(time, event, out);
+        }
+        for node in 0..self.node_names.len() {
+            for source in ["kernel", "kubelet"] {
+                self.push(
+                    out,
+                    Observation::Heartbeat(Heartbeat {
+                        source: source.into(),
+                        node: self.node_names[node].clone(),
+                        upto_ns: end,
+                    }),
+                );
+            }
+        }
+        self.push(
+            out,
+            Observation::Heartbeat(Heartbeat {
+                source: "kubernetes".into(),
+                node: "cluster".into(),
+                upto_ns: end,
+            }),
+        );
+        self.tick_end = end;
+        self.stats.ticks += 1;
+    }
+
+    fn push(&mut self, out: &mut Vec<Observation>, observation: Observation) {
+        let stats = &mut self.stats;
+        stats.observations += 1;
+        match &observation {
+            Observation::Fact(fact) => {
+                stats.facts += 1;
+                match &fact.payload {
+                    FactPayload::ProcessExec(_) => stats.execs += 1,
+                    FactPayload::OomKill(_) => stats.oom_kills += 1,
+                    FactPayload::ContainerExit(exit) if exit.reason == "OOMKilled" => {
+                        stats.oom_sequences += 1;
+                    }
+                    _ => {}
+                }
+            }
+            Observation::State(update) => {
+                stats.state_updates += 1;
+                if update.diff < 0 {
+                    stats.retractions += 1;
+                }
+            }
+            Observation::Heartbeat(_) => stats.heartbeats += 1,
+        }
+        out.push(observation);
+    }
+
+    fn schedule(&mut self, time: TimeNs, event: Event) {
+        self.order += 1;
+        self.queue.push(Reverse(Scheduled {
+            time,
+            order: self.order,
+            event,
+        }));
+    }
+
+    fn emit_at(&mut self, time: TimeNs, observation: Observation) {
+        self.schedule(time, Event::Emit(Box::new(observation)));
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Schedules the Poisson arrivals that fall into the tick ending at `end`.
+    fn spontaneous(&mut self, end: TimeNs) {
+        let spec = self.spec.clone();
+        while self.next_exec <= end {
+            self.schedule(self.next_exec, Event::SideExec);
+            self.next_exec += self.rng.exp_ns(rate_mean(spec.exec_per_s)).max(1);
+        }
+        while self.next_oom <= end {
+            self.schedule(self.next_oom, Event::Oom);
+            self.next_oom += self.rng.exp_ns(rate_mean(spec.oom_per_s)).max(1);
+        }
+        while self.next_delete <= end {
+            self.schedule(self.next_delete, Event::DeleteRandomPod);
+            self.next_delete += self.rng.exp_ns(rate_mean(spec.pod_deletes_per_s)).max(1);
+        }
+        while self.next_rollout <= end {
+            self.schedule(self.next_rollout, Event::Rollout);
+            self.next_rollout += self.rng.exp_ns(rate_mean(spec.rollouts_per_s)).max(1);
+        }
+    }
+
+    fn handle(&mut self, time: TimeNs, event: Event, out: &mut Vec<Observation>) {
+        match event {
+            Event::Emit(observation) => self.push(out, *observation),
+            Event::SideExec => self.side_exec(time),
+            Event::Oom => self.oom(time),
+            Event::DeleteRandomPod => {
+                if let Some(pod) = self.random_pod() {
+                    self.delete_pod(time, pod, true);
+                }
+            }
+            Event::Rollout => self.rollout(time),
+            Event::ProcessExit(process) => {
+                if let Some(process) = self.end_process(process) {
+                    let exit = self.exit_fact(time, &process, 0, 0);
+                    self.push(out, exit);
+                }
+            }
+            Event::ContainerStart {
+                pod,
+                container,
+                incarnation,
+            } => self.start_container(time, pod, container, incarnation),
+            Event::CreatePod {
+                deployment,
+                replica_set,
+            } => {
+                self.stats.pods_created += 1;
+                self.create_pod(time, deployment, replica_set);
+            }
+            Event::RemovePod(pod) => self.remove_pod(time, pod),
+            Event::RolloutStep(deployment) => self.rollout_step(time, deployment),
+            Event::RetireReplicaSets(deployment) => self.retire_replica_sets(time, deployment),
+        }
+    }
+
+    fn kube_record(&mut self, time: TimeNs, object: StateObject) -> StateRecord {
+        self.kube_seq += 1;
+        StateRecord {
+            evidence: FactId::new("kubernetes", "cluster", self.kube_seq),
+            since_ns: time,
+            object,
+        }
+    }
+
+    fn insert(&mut self, time: TimeNs, record: StateRecord) {
+        self.emit_at(
+            time,
+            Observation::State(StateUpdate {
+                time_ns: time,
+                diff: 1,
+                record,
+            }),
+        );
+    }
+
+    fn retract(&mut self, time: TimeNs, record: StateRecord) {
+        self.emit_at(
+            time,
+            Observation::State(StateUpdate {
+                time_ns: time,
+                diff: -1,
+                record,
+            }),
+        );
+    }
+
+    fn kernel_fact(&mut self, node: usize, time: TimeNs, payload: FactPayload) -> Observation {
+        self.kernel_seq[node] += 1;
+        Observation::Fact(Fact {
+            id: FactId::new("kernel", self.node_names[node].clone(), self.kernel_seq[node]),
+            time_ns: time,
+            payload,
+        })
+    }
+
+    fn initial_listing(&mut self) {
+        let time = self.spec.start_ns + 1_000;
+        let namespaces = self.spec.namespaces.max(1);
+        for index in 0..self.spec.deployments {
+            let namespace = format!("team-{:02}", index % namespaces);
+            let name = format!("svc-{index:03}");
+            let entity = EntityId::Deployment {
+                namespace: namespace.clone(),
+                name: name.clone(),
+            };
+            let uid = uid(&mut self.rng);
+            let object = StateObject::Workload(WorkloadObject {
+                entity,
+                uid: uid.clone(),
+                owner: None,
+            });
+            let record = self.kube_record(time, object);
+            self.insert(time, record);
+            let containers = match self.rng.below(10) {
+                0..=5 => 1,
+                6..=8 => 2,
+                _ => 3,
+            };
+            let replicas = self.rng.between(1, self.spec.max_replicas.max(1) as u64) as usize;
+            self.deployments.push(Deployment {
+                namespace,
+                name,
+                uid,
+                containers,
+                replicas,
+                replica_sets: Vec::new(),
+                current: 0,
+                pods: Vec::new(),
+                rolling: false,
+            });
+            let replica_set = self.new_replica_set(time, index);
+            for _ in 0..replicas {
+                self.create_pod(time, index, replica_set);
+            }
+        }
+    }
+
+    fn new_replica_set(&mut self, time: TimeNs, deployment: usize) -> u64 {
+        let id = self.id();
+        let hash = self.rng.name_suffix(10);
+        let uid = uid(&mut self.rng);
+        let d = &self.deployments[deployment];
+        let entity = EntityId::ReplicaSet {
+            namespace: d.namespace.clone(),
+            name: format!("{}-{hash}", d.name),
+        };
+        let object = StateObject::Workload(WorkloadObject {
+            entity: entity.clone(),
+            uid: uid.clone(),
+            owner: Some(OwnerRef {
+                entity: EntityId::Deployment {
+                    namespace: d.namespace.clone(),
+                    name: d.name.clone(),
+                },
+                uid: d.uid.clone(),
+            }),
+        });
+        let record = self.kube_record(time, object);
+        self.insert(time, record.clone());
+        let d = &mut self.deployments[deployment];
+        d.replica_sets.push(ReplicaSet {
+            id,
+            record,
+            entity,
+            uid,
+            hash,
+        });
+        d.current = id;
+        id
+    }
+
+    fn create_pod(&mut self, time: TimeNs, deployment: usize, replica_set: u64) {
+        let suffix = self.rng.name_suffix(5);
+        let pod_uid = uid(&mut self.rng);
+        let node = self.rng.below(self.node_names.len() as u64) as usize;
+        let d = &self.deployments[deployment];
+        let Some(rs) = d.replica_sets.iter().find(|rs| rs.id == replica_set) else {
+            return;
+        };
+        let entity = EntityId::Pod {
+            namespace: d.namespace.clone(),
+            name: format!("{}-{}-{suffix}", d.name, rs.hash),
+        };
+        let object = StateObject::Workload(WorkloadObject {
+            entity: entity.clone(),
+            uid: pod_uid.clone(),
+            owner: Some(OwnerRef {
+                entity: rs.entity.clone(),
+                uid: rs.uid.clone(),
+            }),
+        });
+        let containers = d.containers;
+        let record = self.kube_record(time, object);
+        self.insert(time, record.clone());
+        let id = self.id();
+        let pod = Pod {
+            deployment,
+            replica_set,
+            entity,
+            uid: pod_uid,
+            node,
+            record,
+            containers: (0..containers)
+                .map(|index| Container {
+                    name: CONTAINER_NAMES[index % CONTAINER_NAMES.len()],
+                    id: String::new(),
+                    record: None,
+                    running: false,
+                    incarnation: 0,
+                    restarts: 0,
+                    main: None,
+                    processes: Vec::new(),
+                })
+                .collect(),
+            terminating: false,
+        };
+        self.pods.insert(id, pod);
+        self.live_pods.push(id);
+        self.deployments[deployment].pods.push(id);
+        for container in 0..containers {
+            let start = time + self.rng.between(500, 2_000) * NS_PER_MS;
+            self.schedule(
+                start,
+                Event::ContainerStart {
+                    pod: id,
+                    container,
+                    incarnation: 0,
+                },
+            );
+        }
+    }
+
+    /// Starts (or restarts) a container: a new runtime id, its status record, its main process.
+    fn start_container(&mut self, time: TimeNs, pod: u64, container: usize, incarnation: u32) {
+        let new_id = self.rng.hex(64);
+        let Some(p) = self.pods.get_mut(&pod) else {
+            return;
+        };
+        if p.terminating {
+            return;
+        }
+        let c = &mut p.containers[container];
+        if c.incarnation != incarnation || c.running {
+            return;
+        }
+        let old = c.record.take();
+        c.id = new_id.clone();
+        c.running = true;
+        let object = StateObject::PodContainer(PodContainer {
+            pod: p.entity.clone(),
+            pod_uid: p.uid.clone(),
+            container_name: c.name.to_string(),
+            container_id: new_id.clone(),
+        });
+        let node = p.node;
+        let comm = self.deployments[p.deployment].name.clone();
+        if let Some(old) = old {
+            self.retract(time, old);
+        }
+        let record = self.kube_record(time, object);
+        self.insert(time, record.clone());
+        if let Some(p) = self.pods.get_mut(&pod) {
+            p.containers[container].record = Some(record);
+        }
+        let exec_time = time + self.rng.between(1, 20) * NS_PER_MS;
+        let main = self.exec(
+            exec_time,
+            pod,
+            container,
+            node,
+            (comm, "/usr/local/bin/server".into(), vec!["server".into()]),
+        );
+        if let Some(p) = self.pods.get_mut(&pod) {
+            p.containers[container].main = Some(main);
+        }
+    }
+
+    /// Emits the exec of a new process in a running container; returns the process's id.
+    fn exec(
+        &mut self,
+        time: TimeNs,
+        pod: u64,
+        container: usize,
+        node: usize,
+        (comm, filename, args): (String, String, Vec<String>),
+    ) -> u64 {
+        let pid = self.next_pid[node];
+        self.next_pid[node] = if pid >= 4_194_000 { 300 } else { pid + 1 };
+        let start_ns = time.saturating_sub(self.rng.between(10_000, 200_000));
+        let container_id = self
+            .pods
+            .get(&pod)
+            .map(|p| p.containers[container].id.clone())
+            .unwrap_or_default();
+        let fact = self.kernel_fact(
+            node,
+            time,
+            FactPayload::ProcessExec(ProcessExec {
+                pid,
+                ppid: 1,
+                uid: 0,
+                start_ns,
+                comm: comm.clone(),
+                filename,
+                args,
+                container_id: Some(container_id.clone()),
+            }),
+        );
+        self.emit_at(time, fact);
+        let id = self.id();
+        self.processes.insert(
+            id,
+            Process {
+                node,
+                pid,
+                start_ns,
+                comm,
+                container_id,
+                pod,
+                container,
+            },
+        );
+        if let Some(p) = self.pods.get_mut(&pod) {
+            p.containers[container].processes.push(id);
+        }
+        id
+    }
+
+    fn random_pod(&mut self) -> Option<u64> {
+        if self.live_pods.is_empty() {
+            return None;
+        }
+        let index = self.rng.below(self.live_pods.len() as u64) as usize;
+        Some(self.live_pods[index])
+    }
+
+    /// A random running container: (pod, container index).
+    fn random_container(&mut self) -> Option<(u64, usize)> {
+        for _ in 0..8 {
+            let pod = self.random_pod()?;
+            let p = &self.pods[&pod];
+            let container = self.rng.below(p.containers.len() as u64) as usize;
+            if !p.terminating && p.containers[container].running {
+                return Some((pod, container));
+            }
+        }
+        None
+    }
+
+    fn side_exec(&mut self, time: TimeNs) {
+        let Some((pod, container)) = self.random_container() else {
+            return;
+        };
+        let node = self.pods[&pod].node;
+        let (comm, filename, args) =
+            SIDE_COMMANDS[self.rng.below(SIDE_COMMANDS.len() as u64) as usize];
+        let process = self.exec(
+            time,
+            pod,
+            container,
+            node,
+            (
+                comm.into(),
+                filename.into(),
+                args.iter().map(|arg| (*arg).to_string()).collect(),
+            ),
+        );
+        let life = self
+            .rng
+            .exp_ns(self.spec.process_life_ms * NS_PER_MS as f64)
+            .clamp(NS_PER_MS, 60 * NS_PER_S);
+        self.schedule(time + life, Event::ProcessExit(process));
+    }
+
+    /// Forgets a process; returns it if it was still running.
+    fn end_process(&mut self, id: u64) -> Option<Process> {
+        let process = self.processes.remove(&id)?;
+        if let Some(p) = self.pods.get_mut(&process.pod) {
+            p.containers[process.container]
+                .processes
+                .retain(|other| *other != id);
+        }
+        Some(process)
+    }
+
+    fn exit_fact(
+        &mut self,
+        time: TimeNs,
+        process: &Process,
+        exit_code: i32,
+        signal: u32,
+    ) -> Observation {
+        self.kernel_fact(
+            process.node,
+            time,
+            FactPayload::ProcessExit(ProcessExit {
+                pid: process.pid,
+                start_ns: process.start_ns,
+                comm: process.comm.clone(),
+                exit_code,
+                signal,
+                container_id: Some(process.container_id.clone()),
+            }),
+        )
+    }
+
+    /// Stops every process of a container on `signal`, within 50 ms of `time`.
+    fn kill_processes(&mut self, time: TimeNs, pod: u64, container: usize, signal: u32) {
+        let Some(p) = self.pods.get_mut(&pod) else {
+            return;
+        };
+        let c = &mut p.containers[container];
+        c.running = false;
+        c.main = None;
+        let processes = std::mem::take(&mut c.processes);
+        for id in processes {
+            if let Some(process) = self.processes.remove(&id) {
+                let at = time + self.rng.between(1, 50) * NS_PER_MS;
+                let exit = self.exit_fact(at, &process, 0, signal);
+                self.emit_at(at, exit);
+            }
+        }
+    }
+
+    fn container_exit(
+        &mut self,
+        time: TimeNs,
+        pod: u64,
+        container: usize,
+        (exit_code, reason): (i32, &str),
+    ) {
+        let Some(p) = self.pods.get_mut(&pod) else {
+            return;
+        };
+        let node = p.node;
+        let pod_entity = p.entity.clone();
+        let c = &mut p.containers[container];
+        if reason == "OOMKilled" {
+            c.restarts += 1;
+        }
+        let payload = FactPayload::ContainerExit(ContainerExit {
+            container_id: c.id.clone(),
+            container_name: c.name.to_string(),
+            pod: Some(pod_entity),
+            exit_code,
+            reason: reason.to_string(),
+            restart_count: c.restarts,
+        });
+        self.kubelet_seq[node] += 1;
+        let fact = Observation::Fact(Fact {
+            id: FactId::new("kubelet", self.node_names[node].clone(), self.kubelet_seq[node]),
+            time_ns: time,
+            payload,
+        });
+        self.emit_at(time, fact);
+    }
+
+    fn oom(&mut self, time: TimeNs) {
+        let Some((pod, container)) = self.random_container() else {
+            return;
+        };
+        let Some(main) = self.pods[&pod].containers[container].main else {
+            return;
+        };
+        let Some(victim) = self.end_process(main) else {
+            return;
+        };
+        let p = &self.pods[&pod];
+        let memcg = format!("/kubepods/burstable/pod{}/{}", p.uid, victim.container_id);
+        let pod_uid = p.uid.clone();
+        let rss_pages = self.rng.between(50_000, 500_000);
+        let kill = self.kernel_fact(
+            victim.node,
+            time,
+            FactPayload::OomKill(OomKill {
+                pid: victim.pid,
+                start_ns: victim.start_ns,
+                comm: victim.comm.clone(),
+                container_id: Some(victim.container_id.clone()),
+                pod_uid: Some(pod_uid),
+                memcg,
+                rss_pages,
+            }),
+        );
+        self.emit_at(time, kill);
+        let at = time + self.rng.between(1, 50) * NS_PER_MS;
+        let exit = self.exit_fact(at, &victim, 0, 9);
+        self.emit_at(at, exit);
+        self.kill_processes(time, pod, container, 9);
+        let stop = time + self.rng.between(100, 400) * NS_PER_MS;
+        self.container_exit(stop, pod, container, (137, "OOMKilled"));
+        let incarnation = {
+            let c = &mut self.pods.get_mut(&pod).expect("pod exists").containers[container];
+            c.incarnation += 1;
+            c.incarnation
+        };
+        // CrashLoopBackOff's first delay.
+        self.schedule(
+            time + 10 * NS_PER_S,
+            Event::ContainerStart {
+                pod,
+                container,
+                incarnation,
+            },
+        );
+    }
+
+    /// Deletes a pod: its containers stop, its records are retracted 1.5 s later; with
+    /// `replace`, its ReplicaSet's controller creates a replacement.
+    fn delete_pod(&mut self, time: TimeNs, pod: u64, replace: bool) {
+        let Some(p) = self.pods.get_mut(&pod) else {
+            return;
+        };
+        if p.terminating {
+            return;
+        }
+        p.terminating = true;
+        let deployment = p.deployment;
+        let containers = p.containers.len();
+        self.live_pods.retain(|other| *other != pod);
+        self.stats.pods_deleted += 1;
+        for container in 0..containers {
+            let running = self.pods[&pod].containers[container].running;
+            if running {
+                let at = time + self.rng.between(10, 500) * NS_PER_MS;
+                self.kill_processes(at, pod, container, 15);
+                let stop = at + self.rng.between(50, 500) * NS_PER_MS;
+                self.container_exit(stop, pod, container, (0, "Completed"));
+            }
+        }
+        self.schedule(time + 1_500 * NS_PER_MS, Event::RemovePod(pod));
+        if replace {
+            let replica_set = self.deployments[deployment].current;
+            let at = time + self.rng.between(5, 1_000) * NS_PER_MS;
+            self.schedule(
+                at,
+                Event::CreatePod {
+                    deployment,
+                    replica_set,
+                },
+            );
+        }
+    }
+
+    fn remove_pod(&mut self, time: TimeNs, pod: u64) {
+        let Some(mut p) = self.pods.remove(&pod) else {
+            return;
+        };
+        for container in &mut p.containers {
+            for id in std::mem::take(&mut container.processes) {
+                self.processes.remove(&id);
+            }
+            if let Some(record) = container.record.take() {
+                self.retract(time, record);
+            }
+        }
+        self.retract(time, p.record);
+        self.deployments[p.deployment]
+            .pods
+            .retain(|other| *other != pod);
+    }
+
+    fn rollout(&mut self, time: TimeNs) {
+        if self.deployments.is_empty() {
+            return;
+        }
+        let deployment = self.rng.below(self.deployments.len() as u64) as usize;
+        if self.deployments[deployment].rolling {
+            return;
+        }
+        self.stats.rollouts += 1;
+        self.new_replica_set(time, deployment);
+        self.deployments[deployment].rolling = true;
+        self.schedule(time + NS_PER_S, Event::RolloutStep(deployment));
+    }
+
+    fn rollout_step(&mut self, time: TimeNs, deployment: usize) {
+        let d = &self.deployments[deployment];
+        let current = d.current;
+        let old = d.pods.iter().copied().find(|pod| {
+            self.pods
+                .get(pod)
+                .is_some_and(|p| p.replica_set != current && !p.terminating)
+        });
+        match old {
+            Some(pod) => {
+                self.stats.pods_created += 1;
+                self.create_pod(time, deployment, current);
+                self.delete_pod(time + 200 * NS_PER_MS, pod, false);
+                let next = time + self.rng.between(1_000, 3_000) * NS_PER_MS;
+                self.schedule(next, Event::RolloutStep(deployment));
+            }
+            None => {
+                // Top up to the desired replica count (deletions may have raced the rollout).
+                let replicas = d.replicas;
+                let live = d
+                    .pods
+                    .iter()
+                    .filter(|pod| self.pods.get(pod).is_some_and(|p| !p.terminating))
+                    .count();
+                for _ in live..replicas {
+                    self.stats.pods_created += 1;
+                    self.create_pod(time, deployment, current);
+                }
+                self.schedule(time + 5 * NS_PER_S, Event::RetireReplicaSets(deployment));
+            }
+        }
+    }
+
+    fn retire_replica_sets(&mut self, time: TimeNs, deployment: usize) {
+        let d = &mut self.deployments[deployment];
+        let current = d.current;
+        let in_use: Vec<u64> = d
+            .pods
+            .iter()
+            .filter_map(|pod| self.pods.get(pod).map(|p| p.replica_set))
+            .collect();
+        let (keep, retire): (Vec<ReplicaSet>, Vec<ReplicaSet>) =
+            std::mem::take(&mut d.replica_sets)
+                .into_iter()
+                .partition(|rs| rs.id == current || in_use.contains(&rs.id));
+        d.replica_sets = keep;
+        d.rolling = false;
+        for rs in retire {
+            self.retract(time, rs.record);
+        }
+    }
+}
+
+fn uid(rng: &mut Rng) -> String {
+    let hex = rng.hex(32);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+fn rate_mean(per_s: f64) -> f64 {
+    if per_s > 0.0 {
+        NS_PER_S as f64 / per_s
+    } else {
+        f64::INFINITY
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_stream_in_any_chunking() {
+        let mut whole = Cluster::new(ClusterSpec::default());
+        let mut all = Vec::new();
+        whole.fill(&mut all, 50_000);
+        let mut chunked = Cluster::new(ClusterSpec::default());
+        let mut parts = Vec::new();
+        while parts.len() < all.len() {
+            let mut chunk = Vec::new();
+            chunked.fill(&mut chunk, 7_000);
+            parts.extend(chunk);
+        }
+        parts.truncate(all.len());
+        assert_eq!(all, parts);
+    }
+
+    #[test]
+    fn retractions_match_inserts_and_times_do_not_go_back() {
+        let mut cluster = Cluster::new(ClusterSpec {
+            pod_deletes_per_s: 5.0,
+            rollouts_per_s: 0.5,
+            oom_per_s: 5.0,
+            ..ClusterSpec::default()
+        });
+        let mut out = Vec::new();
+        cluster.fill(&mut out, 300_000);
+        let mut live = std::collections::HashSet::new();
+        let mut last_beat = 0;
+        for observation in &out {
+            match observation {
+                Observation::State(update) if update.diff > 0 => {
+                    assert!(live.insert(update.record.clone()));
+                }
+                Observation::State(update) => assert!(live.remove(&update.record)),
+                Observation::Heartbeat(beat) => last_beat = beat.upto_ns,
+                Observation::Fact(_) => {}
+            }
+            assert!(observation.time_ns() >= last_beat);
+        }
+        let stats = cluster.stats();
+        assert!(stats.oom_sequences > 0 && stats.pods_deleted > 0 && stats.rollouts > 0);
+    }
+}
