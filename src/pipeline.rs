@@ -161,15 +161,19 @@ async fn wait_for_sources(sources: Vec<RunningSource>) -> Result<()> {
                 "Source finished."
             ),
             Err(error) => {
-                tracing::error!(source = source.kind, error = format!("{error:#}"), "Source failed.");
+                tracing::error!(
+                    source = source.kind,
+                    error = format!("{error:#}"),
+                    "Source failed."
+                );
                 failures.push(error);
             }
         }
     }
-    if failures.len() == total {
-        if let Some(first) = failures.into_iter().next() {
-            return Err(first);
-        }
+    if failures.len() == total
+        && let Some(first) = failures.into_iter().next()
+    {
+        return Err(first);
     }
     Ok(())
 }

@@ -17,9 +17,9 @@
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 use tapio_model::{
-    ContainerExit, EntityId, Fact, FactId, FactPayload, Heartbeat, KubeEvent, Observation,
-    OomKill, OwnerRef, PodContainer, ProcessExec, ProcessExit, StateObject, StateRecord,
-    StateUpdate, TimeNs, WorkloadObject,
+    ContainerExit, EntityId, Fact, FactId, FactPayload, Heartbeat, KubeEvent, Observation, OomKill,
+    OwnerRef, PodContainer, ProcessExec, ProcessExit, StateObject, StateRecord, StateUpdate,
+    TimeNs, WorkloadObject,
 };
 
 /// Node of the kind cluster the rollout was recorded on.
@@ -78,7 +78,11 @@ fn object_state(object: &Value, received: TimeNs, ids: &mut Ids) -> Result<Vec<O
         .find(|owner| owner["controller"].as_bool() == Some(true))
         .and_then(|owner| {
             Some(OwnerRef {
-                entity: EntityId::namespaced(owner["kind"].as_str()?, namespace, owner["name"].as_str()?)?,
+                entity: EntityId::namespaced(
+                    owner["kind"].as_str()?,
+                    namespace,
+                    owner["name"].as_str()?,
+                )?,
                 uid: owner["uid"].as_str()?.to_string(),
             })
         });
@@ -117,9 +121,13 @@ fn object_state(object: &Value, received: TimeNs, ids: &mut Ids) -> Result<Vec<O
 fn event_fact(event: &Value, received: TimeNs, ids: &mut Ids) -> Result<Observation> {
     let involved = &event["involvedObject"];
     let entity = EntityId::namespaced(
-        involved["kind"].as_str().context("event without involvedObject.kind")?,
+        involved["kind"]
+            .as_str()
+            .context("event without involvedObject.kind")?,
         involved["namespace"].as_str().unwrap_or("default"),
-        involved["name"].as_str().context("event without involvedObject.name")?,
+        involved["name"]
+            .as_str()
+            .context("event without involvedObject.name")?,
     )
     .context("event about an unexpected kind")?;
     let component = text(event, &["source", "component"])
@@ -259,7 +267,11 @@ pub fn oom_scenario() -> Result<Vec<Observation>> {
                 start_ns: helper_start,
                 comm: "sh".into(),
                 filename: "/bin/sh".into(),
-                args: vec!["sh".into(), "-c".into(), "cat /dev/zero | head -c 2G | tail".into()],
+                args: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "cat /dev/zero | head -c 2G | tail".into(),
+                ],
                 container_id: container(SURVIVING_CONTAINER),
             }),
         ),

@@ -156,7 +156,13 @@ impl Generator {
         )
     }
 
-    fn start_pod(&mut self, time: TimeNs, replicaset: &EntityId, rs_uid: &str, index: usize) -> Pod {
+    fn start_pod(
+        &mut self,
+        time: TimeNs,
+        replicaset: &EntityId,
+        rs_uid: &str,
+        index: usize,
+    ) -> Pod {
         let EntityId::ReplicaSet { namespace, name } = replicaset else {
             unreachable!("pods are created by ReplicaSets");
         };
@@ -193,7 +199,13 @@ impl Generator {
         }
     }
 
-    fn replicaset(&mut self, time: TimeNs, deployment: &EntityId, uid: &str, version: u64) -> (EntityId, String, StateRecord) {
+    fn replicaset(
+        &mut self,
+        time: TimeNs,
+        deployment: &EntityId,
+        uid: &str,
+        version: u64,
+    ) -> (EntityId, String, StateRecord) {
         let EntityId::Deployment { namespace, name } = deployment else {
             unreachable!("ReplicaSets belong to Deployments");
         };
@@ -307,34 +319,56 @@ pub fn stream(shape: &Shape) -> Vec<Observation> {
             let at = base + 500 * MS;
             let (node, container, (pid, start), entity, uid, old) = {
                 let pod = &deployments[d].pods[p];
-                (pod.node, container_id(&pod.container), pod.main, pod.entity.clone(), pod.uid.clone(), pod.container.clone())
+                (
+                    pod.node,
+                    container_id(&pod.container),
+                    pod.main,
+                    pod.entity.clone(),
+                    pod.uid.clone(),
+                    pod.container.clone(),
+                )
             };
-            g.fact("kernel", node, at, FactPayload::OomKill(OomKill {
-                pid,
-                start_ns: start,
-                comm: "app".into(),
-                container_id: Some(container.clone()),
-                pod_uid: Some(uid.clone()),
-                memcg: format!("/kubepods/burstable/pod{uid}/{container}"),
-                rss_pages: 65_536,
-            }));
-            g.fact("kernel", node, at + 3 * MS, FactPayload::ProcessExit(ProcessExit {
-                pid,
-                start_ns: start,
-                comm: "app".into(),
-                exit_code: 0,
-                signal: 9,
-                container_id: Some(container.clone()),
-            }));
+            g.fact(
+                "kernel",
+                node,
+                at,
+                FactPayload::OomKill(OomKill {
+                    pid,
+                    start_ns: start,
+                    comm: "app".into(),
+                    container_id: Some(container.clone()),
+                    pod_uid: Some(uid.clone()),
+                    memcg: format!("/kubepods/burstable/pod{uid}/{container}"),
+                    rss_pages: 65_536,
+                }),
+            );
+            g.fact(
+                "kernel",
+                node,
+                at + 3 * MS,
+                FactPayload::ProcessExit(ProcessExit {
+                    pid,
+                    start_ns: start,
+                    comm: "app".into(),
+                    exit_code: 0,
+                    signal: 9,
+                    container_id: Some(container.clone()),
+                }),
+            );
             let restarts = deployments[d].pods[p].restarts + 1;
-            g.fact("cri", node, at + 30 * MS, FactPayload::ContainerExit(ContainerExit {
-                container_id: container,
-                container_name: "app".into(),
-                pod: Some(entity.clone()),
-                exit_code: 137,
-                reason: "OOMKilled".into(),
-                restart_count: restarts,
-            }));
+            g.fact(
+                "cri",
+                node,
+                at + 30 * MS,
+                FactPayload::ContainerExit(ContainerExit {
+                    container_id: container,
+                    container_name: "app".into(),
+                    pod: Some(entity.clone()),
+                    exit_code: 137,
+                    reason: "OOMKilled".into(),
+                    restart_count: restarts,
+                }),
+            );
             g.state(at + 200 * MS, -1, old);
             let fresh = g.container_record(at + 200 * MS, &entity, &uid);
             g.state(at + 200 * MS, 1, fresh.clone());
@@ -353,20 +387,30 @@ pub fn stream(shape: &Shape) -> Vec<Observation> {
             let replicaset = g.replicaset(at, &entity, &uid, version);
             let old_pods = std::mem::take(&mut deployments[d].pods);
             for (i, old) in old_pods.into_iter().enumerate() {
-                let new = g.start_pod(at + (i as u64 + 1) * 20 * MS, &replicaset.0, &replicaset.1, i);
+                let new = g.start_pod(
+                    at + (i as u64 + 1) * 20 * MS,
+                    &replicaset.0,
+                    &replicaset.1,
+                    i,
+                );
                 deployments[d].pods.push(new);
                 let gone = at + (i as u64 + 1) * 20 * MS + 10 * MS;
                 let old_container = container_id(&old.container);
                 g.state(gone, -1, old.container);
                 g.state(gone, -1, old.workload);
-                g.fact("kernel", old.node, gone, FactPayload::ProcessExit(ProcessExit {
-                    pid: old.main.0,
-                    start_ns: old.main.1,
-                    comm: "app".into(),
-                    exit_code: 0,
-                    signal: 15,
-                    container_id: Some(old_container),
-                }));
+                g.fact(
+                    "kernel",
+                    old.node,
+                    gone,
+                    FactPayload::ProcessExit(ProcessExit {
+                        pid: old.main.0,
+                        start_ns: old.main.1,
+                        comm: "app".into(),
+                        exit_code: 0,
+                        signal: 15,
+                        container_id: Some(old_container),
+                    }),
+                );
             }
             let old_rs = std::mem::replace(&mut deployments[d].replicaset, replicaset);
             g.state(at + 900 * MS, -1, old_rs.2);
@@ -395,6 +439,12 @@ pub fn stream(shape: &Shape) -> Vec<Observation> {
         }
         beat += 100 * MS;
     }
-    generator.out.sort_by_key(|(time, order, _)| (*time, *order));
-    generator.out.into_iter().map(|(_, _, observation)| observation).collect()
+    generator
+        .out
+        .sort_by_key(|(time, order, _)| (*time, *order));
+    generator
+        .out
+        .into_iter()
+        .map(|(_, _, observation)| observation)
+        .collect()
 }

@@ -38,9 +38,15 @@ fn bad_lines_are_reported_by_position_and_the_rest_is_correlated() {
         .output()
         .expect("run");
     let log = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "bad lines must not fail the run:\n{log}");
+    assert!(
+        output.status.success(),
+        "bad lines must not fail the run:\n{log}"
+    );
     for line in [6, 7, 8, 9] {
-        assert!(log.contains(&format!("line {line} (byte")), "line {line} not reported:\n{log}");
+        assert!(
+            log.contains(&format!("line {line} (byte")),
+            "line {line} not reported:\n{log}"
+        );
     }
     assert!(log.contains("impossible event time 5 ns"), "{log}");
     assert!(log.contains("teleport"), "{log}");
@@ -49,7 +55,12 @@ fn bad_lines_are_reported_by_position_and_the_rest_is_correlated() {
     // Everything else still correlates.
     let now = current(&read_changes(&out));
     assert!(now.iter().any(|c| c.kind == CorrelationKind::OomRestart));
-    assert!(now.iter().filter(|c| c.kind == CorrelationKind::Ownership).count() >= 8);
+    assert!(
+        now.iter()
+            .filter(|c| c.kind == CorrelationKind::Ownership)
+            .count()
+            >= 8
+    );
     std::fs::remove_dir_all(dir).expect("clean");
 }
 
@@ -90,7 +101,15 @@ fn a_missing_file_names_the_file() {
 fn every_prefix_of_a_recording_replays_without_a_panic() {
     let good = std::fs::read(kspan_recording()).expect("read recording");
     let dir = scratch("prefixes");
-    for cut in [1usize, 25, 400, 1_000, 5_000, good.len() / 2, good.len() - 7] {
+    for cut in [
+        1usize,
+        25,
+        400,
+        1_000,
+        5_000,
+        good.len() / 2,
+        good.len() - 7,
+    ] {
         let path = dir.join(format!("cut-{cut}.jsonl"));
         std::fs::write(&path, &good[..cut.min(good.len())]).expect("write");
         let output = tapio().arg("replay").arg(&path).output().expect("run");

@@ -20,16 +20,26 @@ fn config_errors_name_the_key_path_and_line() {
     let dir = scratch("bad-config");
     let path = dir.join("tapio.yaml");
     std::fs::write(&path, "correlation:\n  engine:\n    worker_count: 0\n").expect("write");
-    let output = tapio().args(["config", "check"]).arg(&path).output().expect("run");
+    let output = tapio()
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .expect("run");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr.contains("tapio.yaml:3:"), "{stderr}");
-    assert!(stderr.contains("correlation.engine.worker_count"), "{stderr}");
+    assert!(
+        stderr.contains("correlation.engine.worker_count"),
+        "{stderr}"
+    );
     std::fs::write(&path, "correlation:\n  engine:\n    workers: 2\n").expect("write");
     let output = tapio().arg("--config").arg(&path).output().expect("run");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr.contains("correlation.engine.workers: unknown key"), "{stderr}");
+    assert!(
+        stderr.contains("correlation.engine.workers: unknown key"),
+        "{stderr}"
+    );
     std::fs::remove_dir_all(dir).expect("clean");
 }
 
@@ -51,7 +61,14 @@ fn config_alone_runs_like_run() {
     let dir = scratch("config-alone");
     let config = config_replaying(&dir, 0.0);
     let out = dir.join("out.jsonl");
-    succeed(tapio().arg("--config").arg(&config).arg("run").arg("--output").arg(&out));
+    succeed(
+        tapio()
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .arg("--output")
+            .arg(&out),
+    );
     let via_run = read_changes(&out);
     let output = succeed(tapio().arg("--config").arg(&config));
     let human = String::from_utf8_lossy(&output.stdout);
@@ -79,7 +96,10 @@ fn run_for_stops_cleanly() {
     assert!(log.contains("Run time is up"), "{log}");
     // Two seconds of the rollout at its own pace: the first ReplicaSet and pod are owned.
     let now = current(&read_changes(&out));
-    assert!(now.iter().any(|c| c.kind == CorrelationKind::Ownership), "{now:#?}");
+    assert!(
+        now.iter().any(|c| c.kind == CorrelationKind::Ownership),
+        "{now:#?}"
+    );
     assert!(!now.iter().any(|c| c.kind == CorrelationKind::OomRestart));
     std::fs::remove_dir_all(dir).expect("clean");
 }

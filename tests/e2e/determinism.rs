@@ -27,7 +27,10 @@ fn write(path: &Path, observations: &[Observation]) {
 fn recordings() -> Vec<(String, std::path::PathBuf)> {
     let dir = scratch("synthetic-recording");
     let synthetic = dir.join("synthetic.jsonl");
-    write(&synthetic, &tapio_tests::synthetic::stream(&tapio_tests::synthetic::Shape::small()));
+    write(
+        &synthetic,
+        &tapio_tests::synthetic::stream(&tapio_tests::synthetic::Shape::small()),
+    );
     vec![
         ("kspan".into(), kspan_recording()),
         ("synthetic".into(), synthetic),
@@ -38,9 +41,17 @@ fn recordings() -> Vec<(String, std::path::PathBuf)> {
 fn worker_count_does_not_change_the_output() {
     for (name, recording) in recordings() {
         let (one, _) = replay(&recording, &["--workers", "1"], &format!("{name}-w1"));
-        assert!(one.len() > 10, "{name}: too little output to compare: {}", one.len());
+        assert!(
+            one.len() > 10,
+            "{name}: too little output to compare: {}",
+            one.len()
+        );
         for workers in ["2", "4"] {
-            let (many, _) = replay(&recording, &["--workers", workers], &format!("{name}-w{workers}"));
+            let (many, _) = replay(
+                &recording,
+                &["--workers", workers],
+                &format!("{name}-w{workers}"),
+            );
             assert!(one == many, "{name}: {workers} workers differ from 1");
         }
     }
@@ -118,13 +129,21 @@ fn reorder_within_lateness(observations: &[Observation], seed: u64) -> Vec<Obser
                 if !same_round {
                     stretches.push((vec![], vec![]));
                 }
-                stretches.last_mut().expect("one stretch").1.push(observation.clone());
+                stretches
+                    .last_mut()
+                    .expect("one stretch")
+                    .1
+                    .push(observation.clone());
             }
             _ => {
                 if !last.1.is_empty() {
                     stretches.push((vec![], vec![]));
                 }
-                stretches.last_mut().expect("one stretch").0.push(observation.clone());
+                stretches
+                    .last_mut()
+                    .expect("one stretch")
+                    .0
+                    .push(observation.clone());
             }
         }
     }
@@ -154,14 +173,23 @@ fn arrival_order_within_the_lateness_bound_does_not_change_the_output() {
         let observations = read(&recording);
         for seed in [7u64, 1_000_003, 99_991] {
             let shuffled = reorder_within_lateness(&observations, seed);
-            assert_ne!(shuffled, observations, "the permutation must move something");
+            assert_ne!(
+                shuffled, observations,
+                "the permutation must move something"
+            );
             assert_eq!(shuffled.len(), observations.len());
             let dir = scratch(&format!("{name}-shuffled-{seed}"));
             let path = dir.join("shuffled.jsonl");
             write(&path, &shuffled);
             let (output, log) = replay(&path, &["--workers", "2"], &format!("{name}-run-{seed}"));
-            assert!(log.contains("late=0"), "{name}: nothing may be late:\n{log}");
-            assert!(output == reference, "{name}: seed {seed} changed the output");
+            assert!(
+                log.contains("late=0"),
+                "{name}: nothing may be late:\n{log}"
+            );
+            assert!(
+                output == reference,
+                "{name}: seed {seed} changed the output"
+            );
             std::fs::remove_dir_all(dir).expect("clean");
         }
     }
@@ -188,7 +216,10 @@ fn a_fact_beyond_the_lateness_bound_is_clamped_and_counted() {
     let path = dir.join("late.jsonl");
     write(&path, &observations);
     let (changes, log) = replay(&path, &[], "late-run");
-    assert!(log.contains("late=1"), "one late fact must be counted:\n{log}");
+    assert!(
+        log.contains("late=1"),
+        "one late fact must be counted:\n{log}"
+    );
     // Clamped, it still completes the sequence, at the tick it was taken in.
     let first = changes
         .iter()

@@ -39,7 +39,13 @@ fn allowed(name: &str) -> Option<&'static [&'static str]> {
 #[test]
 fn internal_dependencies_follow_the_layer_table() {
     let output = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(tapio_tests::repo_root())
         .output()
         .expect("run cargo metadata");
@@ -73,14 +79,30 @@ fn internal_dependencies_follow_the_layer_table() {
             }
         }
     }
-    assert!(violations.is_empty(), "layering violations:\n{}", violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "layering violations:\n{}",
+        violations.join("\n")
+    );
 }
 
 #[test]
 fn the_table_rejects_upward_and_sibling_edges() {
     assert!(!allowed("tapio-model").unwrap().contains(&"tapio-dataflow"));
-    assert!(!allowed("tapio-dataflow").unwrap().contains(&"tapio-sources"));
-    assert!(!allowed("tapio-sources-recording").unwrap().contains(&"tapio-sinks"));
-    assert!(!allowed("tapio-sinks-jsonl").unwrap().contains(&"tapio-sinks-neo4j"));
+    assert!(
+        !allowed("tapio-dataflow")
+            .unwrap()
+            .contains(&"tapio-sources")
+    );
+    assert!(
+        !allowed("tapio-sources-recording")
+            .unwrap()
+            .contains(&"tapio-sinks")
+    );
+    assert!(
+        !allowed("tapio-sinks-jsonl")
+            .unwrap()
+            .contains(&"tapio-sinks-neo4j")
+    );
     assert!(allowed("tapio-unknown").is_none());
 }

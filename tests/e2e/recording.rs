@@ -8,10 +8,9 @@ use crate::support::{current, kspan_recording, replay};
 
 #[test]
 fn shipped_recording_is_built_from_the_kspan_fixture() {
-    let fixture = std::fs::read_to_string(
-        tapio_tests::fixtures().join("k8s/kspan/deployment-2-pods.yaml"),
-    )
-    .expect("read the kspan fixture");
+    let fixture =
+        std::fs::read_to_string(tapio_tests::fixtures().join("k8s/kspan/deployment-2-pods.yaml"))
+            .expect("read the kspan fixture");
     let observations = tapio_tests::kspan::recording(&fixture).expect("convert the fixture");
     let mut bytes = Vec::new();
     let mut writer = RecordingWriter::new(&mut bytes).expect("header");
@@ -100,7 +99,11 @@ fn replay_yields_ownership_chains_and_the_oom_sequence() {
     assert_eq!(evidence[1], "kernel/kind-control-plane/3");
     assert_eq!(evidence[2], "cri/kind-control-plane/1");
     assert_eq!(oom.confidence, 95);
-    assert!(oom.explanation.contains("OOM killer"), "{}", oom.explanation);
+    assert!(
+        oom.explanation.contains("OOM killer"),
+        "{}",
+        oom.explanation
+    );
 
     // The OOM kill was seen before its pod was listed: the match first appears with the pod
     // named by the container runtime, then is refined when the ownership chain arrives.
@@ -110,7 +113,11 @@ fn replay_yields_ownership_chains_and_the_oom_sequence() {
         .collect();
     assert_eq!(oom_changes.len(), 3, "{oom_changes:#?}");
     assert_eq!(
-        (oom_changes[0].diff, oom_changes[1].diff, oom_changes[2].diff),
+        (
+            oom_changes[0].diff,
+            oom_changes[1].diff,
+            oom_changes[2].diff
+        ),
         (1, -1, 1)
     );
     assert_eq!(oom_changes[0].correlation.chain.len(), 4);
@@ -120,6 +127,11 @@ fn replay_yields_ownership_chains_and_the_oom_sequence() {
     assert!(!now.iter().any(|c| c.kind == CorrelationKind::OomRestart
         && c.chain[0].entity.to_string().contains("/2460/")));
     // The process whose container exists has a chain too.
-    assert!(now.iter().any(|c| c.kind == CorrelationKind::Ownership
-        && c.chain[0].entity.to_string().starts_with("process/kind-control-plane/2460/")));
+    assert!(now.iter().any(|c| {
+        c.kind == CorrelationKind::Ownership
+            && c.chain[0]
+                .entity
+                .to_string()
+                .starts_with("process/kind-control-plane/2460/")
+    }));
 }

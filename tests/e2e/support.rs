@@ -51,7 +51,10 @@ pub fn replay(recording: &Path, extra: &[&str], name: &str) -> (Vec<CorrelationC
     );
     let changes = read_changes(&out);
     std::fs::remove_dir_all(dir).expect("clean scratch dir");
-    (changes, String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        changes,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// Parses a JSON-lines output file.
@@ -77,7 +80,10 @@ pub fn current(changes: &[CorrelationChange]) -> Vec<tapio_model::Correlation> {
     counts
         .into_values()
         .filter(|(count, _)| {
-            assert!(*count == 0 || *count == 1, "a correlation counted {count} times");
+            assert!(
+                *count == 0 || *count == 1,
+                "a correlation counted {count} times"
+            );
             *count == 1
         })
         .map(|(_, correlation)| correlation)

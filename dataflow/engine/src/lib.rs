@@ -83,12 +83,10 @@ impl EngineSettings {
         let engine = &config.correlation.engine;
         let ownership = &config.correlation.ownership;
         let oom = &config.correlation.oom_sequence;
-        let ms = |duration: std::time::Duration| {
-            u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-        };
-        let ns = |duration: std::time::Duration| {
-            u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
-        };
+        let ms =
+            |duration: std::time::Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        let ns =
+            |duration: std::time::Duration| u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
         EngineSettings {
             tick_ms: ms(engine.tick).max(1),
             lateness_ns: ns(engine.lateness),

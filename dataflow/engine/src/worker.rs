@@ -28,8 +28,11 @@ pub(crate) fn correlate<'scope>(
     let clock = TickClock::new(settings.tick_ms);
     let mut outputs = Vec::new();
     let chains = settings.ownership.as_ref().map(|rule| {
-        let links = ownership::state_links(state.clone())
-            .concat(ownership::process_links(facts.clone(), clock, rule));
+        let links = ownership::state_links(state.clone()).concat(ownership::process_links(
+            facts.clone(),
+            clock,
+            rule,
+        ));
         let chains = ownership::chains(links, rule.max_depth);
         outputs.push(ownership::correlations(chains.clone()));
         chains
@@ -83,8 +86,7 @@ pub(crate) fn drive(
                                 facts_in.update_at(fact, tick, 1);
                             }
                             Observation::State(update) => {
-                                let tick =
-                                    on_time(&mut report, clock, &watermark, update.time_ns);
+                                let tick = on_time(&mut report, clock, &watermark, update.time_ns);
                                 report.state_updates += 1;
                                 facts_in_state(&mut state_in, update.record, tick, update.diff);
                             }

@@ -63,7 +63,10 @@ pub enum SinkError {
 
 /// Copies every batch from `input` to every output, in order; closes the outputs when the input
 /// closes. Slow outputs slow the input down (bounded channels), nothing is dropped.
-pub async fn fan_out(mut input: mpsc::Receiver<ClosedBatch>, outputs: Vec<mpsc::Sender<ClosedBatch>>) {
+pub async fn fan_out(
+    mut input: mpsc::Receiver<ClosedBatch>,
+    outputs: Vec<mpsc::Sender<ClosedBatch>>,
+) {
     while let Some(batch) = input.recv().await {
         let Some((last, rest)) = outputs.split_last() else {
             continue;

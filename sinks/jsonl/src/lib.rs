@@ -102,13 +102,14 @@ impl Sink for JsonlSink {
     fn healthcheck(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
             if let Target::File(path) = &self.target {
-                let file = tokio::fs::File::create(path)
-                    .await
-                    .map_err(|error| SinkError::Write {
-                        sink: "jsonl",
-                        target: path.display().to_string(),
-                        source: Box::new(error),
-                    })?;
+                let file =
+                    tokio::fs::File::create(path)
+                        .await
+                        .map_err(|error| SinkError::Write {
+                            sink: "jsonl",
+                            target: path.display().to_string(),
+                            source: Box::new(error),
+                        })?;
                 self.file = Some(file);
             }
             Ok(())
@@ -128,8 +129,7 @@ impl Sink for JsonlSink {
                 (Target::File(path), None) => Err(SinkError::Write {
                     sink: "jsonl",
                     target,
-                    source: format!("{} was not opened by the health check", path.display())
-                        .into(),
+                    source: format!("{} was not opened by the health check", path.display()).into(),
                 }),
                 (Target::StdoutJson, _) => {
                     write_all(BufWriter::new(tokio::io::stdout()), batches, false, target).await
@@ -177,7 +177,13 @@ mod tests {
         tx.send(batch()).await.unwrap();
         drop(tx);
         let report = sink.run(rx).await.unwrap();
-        assert_eq!(report, SinkReport { batches: 1, changes: 1 });
+        assert_eq!(
+            report,
+            SinkReport {
+                batches: 1,
+                changes: 1
+            }
+        );
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with(r#"{"diff":-1,"time":1621417387000000000,"correlation":{"kind":"ownership","root_cause":"deployment/default/px""#));
         assert_eq!(text.lines().count(), 1);

@@ -30,7 +30,11 @@ impl RecordingSource {
     pub fn new(path: impl Into<PathBuf>, speed: f64) -> RecordingSource {
         RecordingSource {
             path: path.into(),
-            speed: if speed.is_finite() && speed > 0.0 { speed } else { 0.0 },
+            speed: if speed.is_finite() && speed > 0.0 {
+                speed
+            } else {
+                0.0
+            },
             start_ns: None,
             end_ns: None,
         }
@@ -157,7 +161,9 @@ mod tests {
     async fn replays_good_lines_and_counts_bad_ones() {
         let path = write(
             "mixed",
-            &format!("{{\"tapio_recording\":1}}\n{BEAT}\nnot json\n{BEAT}\n{{\"kind\":\"heartbeat\""),
+            &format!(
+                "{{\"tapio_recording\":1}}\n{BEAT}\nnot json\n{BEAT}\n{{\"kind\":\"heartbeat\""
+            ),
         );
         let source = Box::new(RecordingSource::new(&path, 0.0));
         let (seen, stats) = tapio_sources::run_for_test(source, "n1", Duration::from_secs(5))
@@ -185,10 +191,12 @@ mod tests {
         let error = tapio_sources::run_for_test(source, "n1", Duration::from_secs(5))
             .await
             .unwrap_err();
-        assert!(std::error::Error::source(&error)
-            .unwrap()
-            .to_string()
-            .contains("not a Tapio recording"));
+        assert!(
+            std::error::Error::source(&error)
+                .unwrap()
+                .to_string()
+                .contains("not a Tapio recording")
+        );
         std::fs::remove_file(path).unwrap();
     }
 }

@@ -91,7 +91,11 @@ pub fn correlations<'scope>(
                         "{} (pid {}) OOM-killed in memory cgroup {} at {} pages resident",
                         kill.comm,
                         kill.pid,
-                        if kill.memcg.is_empty() { "/" } else { &kill.memcg },
+                        if kill.memcg.is_empty() {
+                            "/"
+                        } else {
+                            &kill.memcg
+                        },
                         kill.rss_pages
                     ),
                     fact_id: fact.id.clone(),
@@ -143,9 +147,7 @@ pub fn correlations<'scope>(
     // Kill → the same process's first exit within Δ.
     let killed_and_exited = kills
         .join(exits)
-        .filter(move |(_, (kill, exit))| {
-            exit.time >= kill.time && exit.time - kill.time <= within
-        })
+        .filter(move |(_, (kill, exit))| exit.time >= kill.time && exit.time - kill.time <= within)
         .map(|(process, (kill, exit))| ((process, kill), exit))
         .reduce(|_, exits, output| output.push((exits[0].0.clone(), 1isize)))
         .flat_map(|((process, kill), exit)| {

@@ -126,9 +126,12 @@ pub fn process_links<'scope>(
     let live = retain(execs, max_age, move |(_, link)| {
         clock.tick_of(link.evidence.time)
     });
-    let gone = shift(exits, settings.process_exit_grace_ms, max_age, move |(_, time)| {
-        clock.tick_of(*time)
-    })
+    let gone = shift(
+        exits,
+        settings.process_exit_grace_ms,
+        max_age,
+        move |(_, time)| clock.tick_of(*time),
+    )
     .map(|(process, _)| process)
     .distinct();
     live.antijoin(gone)
