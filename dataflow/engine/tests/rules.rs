@@ -261,3 +261,99 @@ fn an_exited_process_stays_owned_for_the_grace_period() {
     // Exit at +2 s; the default grace is 30 s.
     assert_eq!(process, vec![(0, 1), (32 * SECOND, -1)]);
 }
+
+/// The ownership rule against a from-scratch recomputation: random histories of objects gaining,
+/// changing and losing owners (cycles included) must leave exactly the chains a naive walk of
+/// the final state finds.
+#[test]
+fn ownership_matches_a_naive_walk_of_the_final_state() {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    let names: Vec<String> = (0..24)
+        .map(|i| match i % 3 {
+            0 => format!("deployment/ns/d{i}"),
+            1 => format!("replicaset/ns/r{i}"),
+            _ => format!("pod/ns/p{i}"),
+        })
+        .collect();
+    for seed in [3u64, 17, 2024] {
+        let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut next = move |below: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % below as u64) as usize
+        };
+        // entity -> (evidence seq, owner) currently inserted
+        let mut current: BTreeMap<String, (u64, Option<String>)> = BTreeMap::new();
+        let mut stream = Vec::new();
+        let mut time = T0;
+        for seq in 1..=400u64 {
+            time += next(300) as u64 * 1_000_000;
+            let entity = names[next(names.len())].clone();
+            if let Some((old_seq, old_owner)) = current.remove(&entity) {
+                let mut retract = state(old_seq, time, -1, workload(&entity, old_owner.as_deref()));
+                if let Observation::State(update) = &mut retract {
+                    update.record.since_ns = T0 + old_seq;
+                }
+                stream.push(retract);
+            }
+            if next(5) > 0 {
+                let owner = (next(4) > 0).then(|| names[next(names.len())].clone());
+                let mut insert = state(seq, time, 1, workload(&entity, owner.as_deref()));
+                if let Observation::State(update) = &mut insert {
+                    update.record.since_ns = T0 + seq;
+                }
+                stream.push(insert);
+                current.insert(entity, (seq, owner));
+            }
+        }
+        let end = time + 3 * SECOND;
+        stream.extend(beats(T0, end));
+
+        // The naive walk: follow owners up to 8 links.
+        let mut expected = BTreeSet::new();
+        for entity in current.keys() {
+            let mut path = vec![entity.clone()];
+            let mut at = entity.clone();
+            while path.len() <= 8 {
+                match current.get(&at).and_then(|(_, owner)| owner.clone()) {
+                    Some(owner) => {
+                        path.push(owner.clone());
+                        at = owner;
+                    }
+                    None => break,
+                }
+            }
+            if path.len() > 1 {
+                expected.insert(path);
+            }
+        }
+
+        assert!(expected.len() > 5, "seed {seed}: too few chains to compare");
+        assert!(expected.iter().any(|path| path.len() >= 3), "seed {seed}: no deep chain");
+        for workers in [1, 3] {
+            let mut counts: BTreeMap<Vec<String>, i64> = BTreeMap::new();
+            for (_, diff, correlation) in changes(
+                &run(timeline(stream.clone()), workers),
+                CorrelationKind::Ownership,
+            ) {
+                let path = correlation
+                    .chain
+                    .iter()
+                    .map(|h| h.entity.to_string())
+                    .collect();
+                *counts.entry(path).or_default() += diff;
+            }
+            let actual: BTreeSet<Vec<String>> = counts
+                .into_iter()
+                .filter(|(_, count)| {
+                    assert!(*count == 0 || *count == 1, "count {count}");
+                    *count == 1
+                })
+                .map(|(path, _)| path)
+                .collect();
+            assert_eq!(actual, expected, "seed {seed}, {workers} workers");
+        }
+    }
+}
