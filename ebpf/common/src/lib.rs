@@ -315,7 +315,10 @@ impl std::fmt::Display for PrefixError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PrefixError::TooMany { given } => {
-                write!(f, "{given} path prefixes given, at most {MAX_PREFIXES} are supported")
+                write!(
+                    f,
+                    "{given} path prefixes given, at most {MAX_PREFIXES} are supported"
+                )
             }
             PrefixError::BadLength { prefix } => write!(
                 f,
@@ -534,22 +537,90 @@ mod tests {
     fn rust_layouts() -> HashMap<(String, Option<String>), usize> {
         let mut map = HashMap::new();
         layout!(map, "tapio_header", Header, [ts_ns, kind, cpu]);
-        layout!(map, "tapio_task", Task, [start_ns, cgroup_id, pid, tid, ppid, uid, comm]);
-        layout!(map, "tapio_exec_event", ExecEvent,
-            [hdr, task, argc, args_read, flags, _pad, filename, args, cgroup]);
-        layout!(map, "tapio_fork_event", ForkEvent,
-            [hdr, parent_start_ns, child_start_ns, parent_pid, child_pid, comm]);
-        layout!(map, "tapio_exit_event", ExitEvent, [hdr, task, exit_code, _pad, cgroup]);
-        layout!(map, "tapio_oom_event", OomEvent,
-            [hdr, task, rss_pages, total_vm_pages, uid, levels, cgroup]);
-        layout!(map, "tapio_tcp_event", TcpEvent,
-            [hdr, start_ns, duration_ns, bytes_sent, bytes_received, saddr, daddr, pid, uid,
-             comm, sport, dport, family, op, outcome, error, count, flags, _pad]);
-        layout!(map, "tapio_file_event", FileEvent,
-            [hdr, task, ret, op, count, flags, path, path2]);
-        layout!(map, "tapio_config", Config,
-            [file_window_ns, retransmit_window_ns, prefix_count, _pad, prefix_value,
-             prefix_mask]);
+        layout!(
+            map,
+            "tapio_task",
+            Task,
+            [start_ns, cgroup_id, pid, tid, ppid, uid, comm]
+        );
+        layout!(
+            map,
+            "tapio_exec_event",
+            ExecEvent,
+            [
+                hdr, task, argc, args_read, flags, _pad, filename, args, cgroup
+            ]
+        );
+        layout!(
+            map,
+            "tapio_fork_event",
+            ForkEvent,
+            [
+                hdr,
+                parent_start_ns,
+                child_start_ns,
+                parent_pid,
+                child_pid,
+                comm
+            ]
+        );
+        layout!(
+            map,
+            "tapio_exit_event",
+            ExitEvent,
+            [hdr, task, exit_code, _pad, cgroup]
+        );
+        layout!(
+            map,
+            "tapio_oom_event",
+            OomEvent,
+            [hdr, task, rss_pages, total_vm_pages, uid, levels, cgroup]
+        );
+        layout!(
+            map,
+            "tapio_tcp_event",
+            TcpEvent,
+            [
+                hdr,
+                start_ns,
+                duration_ns,
+                bytes_sent,
+                bytes_received,
+                saddr,
+                daddr,
+                pid,
+                uid,
+                comm,
+                sport,
+                dport,
+                family,
+                op,
+                outcome,
+                error,
+                count,
+                flags,
+                _pad
+            ]
+        );
+        layout!(
+            map,
+            "tapio_file_event",
+            FileEvent,
+            [hdr, task, ret, op, count, flags, path, path2]
+        );
+        layout!(
+            map,
+            "tapio_config",
+            Config,
+            [
+                file_window_ns,
+                retransmit_window_ns,
+                prefix_count,
+                _pad,
+                prefix_value,
+                prefix_mask
+            ]
+        );
         map
     }
 
@@ -565,7 +636,11 @@ mod tests {
             } else {
                 continue;
             };
-            let args: Vec<&str> = rest.trim_end_matches(");").split(',').map(str::trim).collect();
+            let args: Vec<&str> = rest
+                .trim_end_matches(");")
+                .split(',')
+                .map(str::trim)
+                .collect();
             let value = args.last().unwrap().parse().unwrap();
             let field = (!is_size).then(|| args[1].to_string());
             found.push((args[0].to_string(), field, value));
@@ -577,7 +652,11 @@ mod tests {
     fn rust_layouts_match_the_c_header() {
         let rust = rust_layouts();
         let c = c_layouts();
-        assert_eq!(c.len(), rust.len(), "every Rust field has a C assert and back");
+        assert_eq!(
+            c.len(),
+            rust.len(),
+            "every Rust field has a C assert and back"
+        );
         for (ty, field, value) in c {
             let key = (ty.clone(), field.clone());
             assert_eq!(rust.get(&key), Some(&value), "{ty}.{field:?}");
@@ -610,7 +689,10 @@ mod tests {
             ("TAPIO_EXEC_ARGS_TRUNCATED", EXEC_ARGS_TRUNCATED as usize),
             ("TAPIO_CTR_DROP_BASE", CTR_DROP_BASE as usize),
             ("TAPIO_CTR_FILE_AGGREGATED", CTR_FILE_AGGREGATED as usize),
-            ("TAPIO_CTR_RETRANSMIT_AGGREGATED", CTR_RETRANSMIT_AGGREGATED as usize),
+            (
+                "TAPIO_CTR_RETRANSMIT_AGGREGATED",
+                CTR_RETRANSMIT_AGGREGATED as usize,
+            ),
             ("TAPIO_CTR_COUNT", CTR_COUNT as usize),
             ("TAPIO_COMM_LEN", COMM_LEN),
             ("TAPIO_FILENAME_LEN", FILENAME_LEN),
