@@ -367,7 +367,9 @@ static __always_inline void fill_addresses(struct tapio_tcp_event *e, const stru
 	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
 	__builtin_memset(e->daddr, 0, sizeof(e->daddr));
 	e->family = family;
-	e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	/* inet_sport, not skc_num: at TCP_CLOSE the port has already been released (skc_num 0). */
+	const struct inet_sock *inet = (const struct inet_sock *)sk;
+	e->sport = bpf_ntohs(BPF_CORE_READ(inet, inet_sport));
 	e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	if (family == AF_INET) {
 		BPF_CORE_READ_INTO((__u32 *)e->saddr, sk, __sk_common.skc_rcv_saddr);
@@ -396,8 +398,12 @@ static __always_inline void emit_tcp(const struct sock *sk, __u16 family, __u8 o
 	e->bytes_received = 0;
 	if (with_bytes) {
 		const struct tcp_sock *tp = (const struct tcp_sock *)sk;
-		e->bytes_sent = BPF_CORE_READ(tp, bytes_acked);
+		/* Payload bytes: bytes_sent counts data segments (retransmits included);
+		 * bytes_received counts sequence space, which includes a received FIN. */
+		e->bytes_sent = BPF_CORE_READ(tp, bytes_sent);
 		e->bytes_received = BPF_CORE_READ(tp, bytes_received);
+		if (e->bytes_received > 0 && (BPF_CORE_READ(sk, sk_shutdown) & 1 /* RCV_SHUTDOWN */))
+			e->bytes_received -= 1;
 	}
 	if (info) {
 		e->start_ns = info->start_ns;

@@ -128,8 +128,8 @@ struct tapio_tcp_event {
 	struct tapio_header hdr;
 	__u64 start_ns;    /* owning process start (when TAPIO_TCP_OWNER_KNOWN) */
 	__u64 duration_ns; /* connect: time to the outcome; close: connection lifetime */
-	__u64 bytes_sent;  /* close only: bytes acked by the peer */
-	__u64 bytes_received;
+	__u64 bytes_sent;  /* close only: payload bytes sent, retransmits included */
+	__u64 bytes_received; /* close only: payload bytes received */
 	__u8 saddr[16]; /* IPv4 in the first 4 bytes, network order */
 	__u8 daddr[16];
 	__u32 pid;

@@ -492,9 +492,9 @@ pub struct TcpClose {
     pub remote: std::net::SocketAddr,
     /// Lifetime of the connection, ns (0 when it began before the collector started).
     pub duration_ns: u64,
-    /// Bytes the peer acknowledged.
+    /// Payload bytes sent, retransmissions included.
     pub bytes_sent: u64,
-    /// Bytes received.
+    /// Payload bytes received.
     pub bytes_received: u64,
     /// Segments retransmitted over the connection's life (as far as seen).
     pub retransmits: u32,

@@ -222,9 +222,9 @@ pub struct TcpEvent {
     pub start_ns: u64,
     /// Connect: time to the outcome; close: connection lifetime (0 when unknown).
     pub duration_ns: u64,
-    /// Close: bytes acknowledged by the peer.
+    /// Close: payload bytes sent, retransmits included.
     pub bytes_sent: u64,
-    /// Close: bytes received.
+    /// Close: payload bytes received.
     pub bytes_received: u64,
     /// Local address; IPv4 in the first 4 bytes, network order.
     pub saddr: [u8; 16],
