@@ -111,7 +111,11 @@ async fn run(ring_buffer_bytes: u32, channel: usize, blocked: bool) -> (Tally, [
     let after = stats.snapshot();
     let dropped: [u64; 8] = std::array::from_fn(|i| after.dropped[i] - before.dropped[i]);
     assert_eq!(after.decode_errors, 0);
-    (tally(&observations, &pids), dropped, after.records[EXEC_KIND] - before.records[EXEC_KIND])
+    (
+        tally(&observations, &pids),
+        dropped,
+        after.records[EXEC_KIND] - before.records[EXEC_KIND],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,8 +129,14 @@ async fn ten_thousand_execs_add_up() {
         "reader keeps up: seen exec {} exit {}, dropped exec {} exit {}, missing exec {missing_exec} exit {missing_exit}",
         tally.seen_exec, tally.seen_exit, dropped[EXEC_KIND], dropped[EXIT_KIND]
     );
-    assert!(missing_exec as u64 <= dropped[EXEC_KIND], "execs lost without a drop count");
-    assert!(missing_exit as u64 <= dropped[EXIT_KIND], "exits lost without a drop count");
+    assert!(
+        missing_exec as u64 <= dropped[EXEC_KIND],
+        "execs lost without a drop count"
+    );
+    assert!(
+        missing_exit as u64 <= dropped[EXIT_KIND],
+        "exits lost without a drop count"
+    );
 
     // A blocked reader and a small ring buffer: most records are dropped, and counted.
     let (tally, dropped, read) = run(1 << 16, 16, true).await;
@@ -136,9 +146,18 @@ async fn ten_thousand_execs_add_up() {
         "blocked reader: seen exec {} exit {}, dropped exec {} exit {}, missing exec {missing_exec} exit {missing_exit}, exec records read {read}",
         tally.seen_exec, tally.seen_exit, dropped[EXEC_KIND], dropped[EXIT_KIND]
     );
-    assert!(dropped[EXEC_KIND] > 0, "a blocked reader must overflow a 64 KiB ring");
-    assert!(missing_exec as u64 <= dropped[EXEC_KIND], "execs lost without a drop count");
-    assert!(missing_exit as u64 <= dropped[EXIT_KIND], "exits lost without a drop count");
+    assert!(
+        dropped[EXEC_KIND] > 0,
+        "a blocked reader must overflow a 64 KiB ring"
+    );
+    assert!(
+        missing_exec as u64 <= dropped[EXEC_KIND],
+        "execs lost without a drop count"
+    );
+    assert!(
+        missing_exit as u64 <= dropped[EXIT_KIND],
+        "exits lost without a drop count"
+    );
     // Other processes on the machine also exec, so drops can exceed what we miss, but
     // seen + dropped covers the storm.
     assert!(tally.seen_exec as u64 + dropped[EXEC_KIND] >= EXECS as u64);
