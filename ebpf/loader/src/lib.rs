@@ -83,7 +83,7 @@ impl Hook {
 
     /// `(program, attach point)` pairs; for tp_btf the point is the tracepoint name, for
     /// classic tracepoints `category/name`.
-    fn programs(self) -> &'static [(&'static str, &'static str)] {
+    fn programs(self) -> Points {
         match self {
             Hook::Exec => &[("tapio_exec", "sched_process_exec")],
             Hook::Fork => &[("tapio_fork", "sched_process_fork")],
@@ -369,6 +369,15 @@ impl KernelProbes {
     /// [`LoadError`] when the machine cannot run the probes at all. A single optional hook
     /// that cannot attach is not an error: it is listed in [`KernelProbes::disabled`].
     pub fn load(options: &ProbeOptions) -> Result<KernelProbes, LoadError> {
+        KernelProbes::load_with(options, Hook::programs)
+    }
+
+    /// [`KernelProbes::load`] with the attach points of each hook given by `points`, so a
+    /// test can ask for a tracepoint the kernel does not have.
+    fn load_with(
+        options: &ProbeOptions,
+        points: fn(Hook) -> Points,
+    ) -> Result<KernelProbes, LoadError> {
         check_requirements()?;
         let btf = Btf::from_sys_fs().map_err(LoadError::Btf)?;
         let stats = enable_bpf_stats();
@@ -421,7 +430,13 @@ impl KernelProbes {
                 });
                 continue;
             }
-            match attach(&mut ebpf, &btf, hook) {
+            let result = attach(&mut ebpf, &btf, points(hook));
+            if result.is_err() {
+                // Half a hook is worse than none (an enter program without its exit would
+                // only fill FILE_CALLS): unload what did attach.
+                unload(&mut ebpf, points(hook));
+            }
+            match result {
                 Ok(()) => attached.push(hook),
                 Err((point, err)) if hook.mandatory() => {
                     return Err(LoadError::Mandatory {
@@ -522,12 +537,15 @@ impl KernelProbes {
     }
 }
 
+/// `(program, attach point)` pairs of one hook.
+type Points = &'static [(&'static str, &'static str)];
+
 fn attach(
     ebpf: &mut Ebpf,
     btf: &Btf,
-    hook: Hook,
+    points: Points,
 ) -> Result<(), (&'static str, aya::programs::ProgramError)> {
-    for (name, point) in hook.programs() {
+    for (name, point) in points {
         let program = ebpf
             .program_mut(name)
             .ok_or((*point, aya::programs::ProgramError::UnexpectedProgramType))?;
@@ -546,6 +564,19 @@ fn attach(
     Ok(())
 }
 
+fn unload(ebpf: &mut Ebpf, points: Points) {
+    for (name, point) in points {
+        let result = match ebpf.program_mut(name) {
+            Some(aya::programs::Program::TracePoint(program)) => program.unload(),
+            Some(aya::programs::Program::BtfTracePoint(program)) => program.unload(),
+            _ => Ok(()),
+        };
+        if let Err(err) = result {
+            debug!(program = name, point, error = %err, "Unloading a program of a failed hook failed.");
+        }
+    }
+}
+
 /// An error and its sources on one line, for a warning.
 fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
@@ -556,4 +587,69 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    //! These load real programs into the running kernel: they need root.
+
+    use super::*;
+
+    fn with_missing(hook: Hook) -> Points {
+        match hook {
+            Hook::TcpReset => &[("tapio_tcp_reset", "no_such_tracepoint_tapio")],
+            Hook::FileRename => &[
+                ("tapio_rename_enter", "syscalls/sys_enter_rename"),
+                ("tapio_rename_exit", "syscalls/sys_exit_no_such_tapio"),
+            ],
+            other => other.programs(),
+        }
+    }
+
+    fn with_missing_exec(hook: Hook) -> Points {
+        match hook {
+            Hook::Exec => &[("tapio_exec", "no_such_exec_tracepoint_tapio")],
+            other => other.programs(),
+        }
+    }
+
+    fn options() -> ProbeOptions {
+        ProbeOptions {
+            ring_buffer_bytes: 1 << 16,
+            hooks: Hooks::all(),
+            config: common::Config::new(1, 1, &["/etc/".into()]).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_missing_tracepoint_disables_only_its_hook() {
+        let probes = KernelProbes::load_with(&options(), with_missing).expect("loads");
+        let disabled: Vec<Hook> = probes.disabled().iter().map(|d| d.hook).collect();
+        assert_eq!(disabled, [Hook::TcpReset, Hook::FileRename]);
+        assert!(
+            probes.disabled()[0]
+                .reason
+                .contains("no_such_tracepoint_tapio")
+        );
+        assert_eq!(probes.attached().len(), Hook::ALL.len() - 2);
+        assert!(probes.attached().contains(&Hook::Exec));
+        assert!(probes.counters().is_ok());
+        assert!(!probes.program_stats().is_empty());
+    }
+
+    #[test]
+    fn a_missing_mandatory_hook_is_an_error() {
+        let err = KernelProbes::load_with(&options(), with_missing_exec).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LoadError::Mandatory {
+                    hook: Hook::Exec,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("no_such_exec_tracepoint_tapio"));
+    }
 }
