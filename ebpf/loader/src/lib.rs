@@ -330,19 +330,23 @@ pub fn ensure_tracefs() -> Result<(), String> {
     if events.join("syscalls").exists() {
         return Ok(());
     }
-    let status = std::process::Command::new("mount")
-        .args(["-t", "tracefs", "nodev", TRACEFS])
-        .status();
-    match status {
-        Ok(done) if done.success() && events.exists() => {
+    // mount(2) directly: container images need not ship a `mount` binary.
+    let mounted = nix::mount::mount(
+        Some("nodev"),
+        TRACEFS,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    );
+    match mounted {
+        Ok(()) if events.exists() => {
             info!(path = TRACEFS, "Mounted tracefs.");
             Ok(())
         }
-        Ok(done) => Err(format!(
-            "`mount -t tracefs nodev {TRACEFS}` failed ({done})"
-        )),
-        Err(err) => Err(format!(
-            "cannot run `mount -t tracefs nodev {TRACEFS}`: {err}"
+        Ok(()) => Err(format!("tracefs mounted at {TRACEFS} but has no events directory")),
+        Err(errno) => Err(format!(
+            "cannot mount tracefs at {TRACEFS} ({errno}); mount it on the host \
+             (`mount -t tracefs nodev {TRACEFS}`) or run with CAP_SYS_ADMIN"
         )),
     }
 }
