@@ -25,7 +25,10 @@ use tapio_sources_kernel::{KernelSource, KernelSourceConfig};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(at) = args.iter().position(|a| a == "--storm") {
-        let n: usize = args.get(at + 1).and_then(|n| n.parse().ok()).unwrap_or(20_000);
+        let n: usize = args
+            .get(at + 1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(20_000);
         storm_child(n);
         return;
     }
@@ -56,7 +59,10 @@ fn main() {
         base2.as_secs_f64(),
         base.as_secs_f64()
     );
-    for (name, run) in [("tapio kernel source", &tapio), ("bpftrace one-liner", &bpftrace)] {
+    for (name, run) in [
+        ("tapio kernel source", &tapio),
+        ("bpftrace one-liner", &bpftrace),
+    ] {
         println!(
             "| {name} | {:.2} s | {:.2}× | {} | {} | {} | {} | {} | {} |",
             run.storm.as_secs_f64(),
@@ -154,7 +160,9 @@ fn with_tapio(n: usize) -> Run {
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let before = stats.snapshot();
         let cpu_before = cpu_ns(std::process::id());
-        let storm = tokio::task::spawn_blocking(move || storm(n)).await.expect("storm");
+        let storm = tokio::task::spawn_blocking(move || storm(n))
+            .await
+            .expect("storm");
         // Wait until the storm's records are through.
         let mut last = u64::MAX;
         while seen.load(Ordering::Relaxed) != last {
@@ -175,6 +183,23 @@ fn with_tapio(n: usize) -> Run {
                 .map_or(0, |p| p.run_count)
         };
         let execs = exec_runs(&after) - exec_runs(&before);
+        for program in &after.programs {
+            let earlier = before.programs.iter().find(|p| p.name == program.name);
+            let runs = program.run_count - earlier.map_or(0, |p| p.run_count);
+            let time = program.run_time - earlier.map_or(Duration::ZERO, |p| p.run_time);
+            if runs > 0 {
+                eprintln!(
+                    "  {:<24} {:>8} runs {:>8} ns/run",
+                    program.name,
+                    runs,
+                    time.as_nanos() / u128::from(runs)
+                );
+            }
+        }
+        eprintln!(
+            "  consumer CPU {} ms for {records} records",
+            cpu / 1_000_000
+        );
         let bpf_ns = (after.program_time() - before.program_time()).as_nanos() as u64;
         Run {
             storm,
