@@ -343,7 +343,9 @@ pub fn ensure_tracefs() -> Result<(), String> {
             info!(path = TRACEFS, "Mounted tracefs.");
             Ok(())
         }
-        Ok(()) => Err(format!("tracefs mounted at {TRACEFS} but has no events directory")),
+        Ok(()) => Err(format!(
+            "tracefs mounted at {TRACEFS} but has no events directory"
+        )),
         Err(errno) => Err(format!(
             "cannot mount tracefs at {TRACEFS} ({errno}); mount it on the host \
              (`mount -t tracefs nodev {TRACEFS}`) or run with CAP_SYS_ADMIN"

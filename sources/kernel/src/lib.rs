@@ -650,7 +650,8 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let cases: Vec<(Box<dyn FnOnce(&mut KernelSourceConfig)>, &str)> = vec![
+        type Change = Box<dyn FnOnce(&mut KernelSourceConfig)>;
+        let cases: Vec<(Change, &str)> = vec![
             (
                 Box::new(|c| c.ring_buffer_bytes = 100_000),
                 "ring_buffer_bytes",

@@ -11,13 +11,14 @@ use tapio_sources::{Source, SourceContext};
 use tapio_sources_kernel::{KernelSource, KernelSourceConfig};
 
 const EXECS: usize = 10_000;
+const BLOCKED_EXECS: usize = 3_000;
 const EXEC_KIND: usize = 1;
 const EXIT_KIND: usize = 3;
 
-/// Runs /bin/true EXECS times, one after the other, and returns the pids.
-fn storm() -> HashSet<u32> {
-    let mut pids = HashSet::with_capacity(EXECS);
-    for _ in 0..EXECS {
+/// Runs /bin/true `n` times, one after the other, and returns the pids.
+fn storm(n: usize) -> HashSet<u32> {
+    let mut pids = HashSet::with_capacity(n);
+    for _ in 0..n {
         let mut child = std::process::Command::new("/bin/true")
             .spawn()
             .expect("spawn /bin/true");
@@ -55,7 +56,12 @@ fn tally(observations: &[Observation], pids: &HashSet<u32>) -> Tally {
     }
 }
 
-async fn run(ring_buffer_bytes: u32, channel: usize, blocked: bool) -> (Tally, [u64; 8], u64) {
+async fn run(
+    execs: usize,
+    ring_buffer_bytes: u32,
+    channel: usize,
+    blocked: bool,
+) -> (Tally, [u64; 8], u64) {
     let config = KernelSourceConfig {
         ring_buffer_bytes,
         ..KernelSourceConfig::default()
@@ -76,7 +82,7 @@ async fn run(ring_buffer_bytes: u32, channel: usize, blocked: bool) -> (Tally, [
     }
     let before = stats.snapshot();
 
-    let storm = tokio::task::spawn_blocking(storm);
+    let storm = tokio::task::spawn_blocking(move || storm(execs));
     let pids = if blocked {
         // Nobody reads: the channel fills, the source waits, the ring buffer overflows.
         storm.await.expect("storm")
@@ -122,7 +128,7 @@ async fn run(ring_buffer_bytes: u32, channel: usize, blocked: bool) -> (Tally, [
 async fn ten_thousand_execs_add_up() {
     // A reader that keeps up. Drops are allowed (the machine is shared), but every exec is
     // either seen or counted as dropped.
-    let (tally, dropped, _) = run(8 << 20, 65_536, false).await;
+    let (tally, dropped, _) = run(EXECS, 8 << 20, 65_536, false).await;
     let missing_exec = EXECS - tally.seen_exec;
     let missing_exit = EXECS - tally.seen_exit;
     println!(
@@ -139,9 +145,10 @@ async fn ten_thousand_execs_add_up() {
     );
 
     // A blocked reader and a small ring buffer: most records are dropped, and counted.
-    let (tally, dropped, read) = run(1 << 16, 16, true).await;
-    let missing_exec = EXECS - tally.seen_exec;
-    let missing_exit = EXECS - tally.seen_exit;
+    // 3000 execs are plenty to overflow 64 KiB (about 64 exec records).
+    let (tally, dropped, read) = run(BLOCKED_EXECS, 1 << 16, 16, true).await;
+    let missing_exec = BLOCKED_EXECS - tally.seen_exec;
+    let missing_exit = BLOCKED_EXECS - tally.seen_exit;
     println!(
         "blocked reader: seen exec {} exit {}, dropped exec {} exit {}, missing exec {missing_exec} exit {missing_exit}, exec records read {read}",
         tally.seen_exec, tally.seen_exit, dropped[EXEC_KIND], dropped[EXIT_KIND]
@@ -160,5 +167,5 @@ async fn ten_thousand_execs_add_up() {
     );
     // Other processes on the machine also exec, so drops can exceed what we miss, but
     // seen + dropped covers the storm.
-    assert!(tally.seen_exec as u64 + dropped[EXEC_KIND] >= EXECS as u64);
+    assert!(tally.seen_exec as u64 + dropped[EXEC_KIND] >= BLOCKED_EXECS as u64);
 }
