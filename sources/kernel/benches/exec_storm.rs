@@ -7,10 +7,13 @@
 //! (pid, ppid, uid, comm, filename, first argument). For each it prints the storm duration,
 //! the slowdown against no agent, the events seen and dropped, the consumer's userspace CPU
 //! per event (on-CPU time of all its threads, from `/proc/<pid>/task/*/schedstat`) and, for
-//! Tapio, the kernel-side run time of its programs per exec.
+//! Tapio, the kernel-side run time of its programs per exec (the three process hooks, and all
+//! hooks, which also pay for every `openat` on the machine). Each configuration runs
+//! `TAPIO_BENCH_ROUNDS` times (default 3) in rotating order and the medians are compared, so
+//! drifting foreign load on a shared machine hits all of them alike.
 //!
 //! Run (as root): `cargo bench -p tapio-sources-kernel --bench exec_storm`
-//! (`TAPIO_BENCH_EXECS=N` changes the storm size).
+//! (`TAPIO_BENCH_EXECS=N` changes the storm size, `TAPIO_BENCH_ROUNDS=N` the rounds).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -36,45 +39,112 @@ fn main() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(20_000);
-    eprintln!("exec storm: {execs} fork+exec of /bin/true per run");
+    let rounds: usize = std::env::var("TAPIO_BENCH_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    eprintln!("exec storm: {execs} fork+exec of /bin/true per run, {rounds} rounds");
+    let load_before = loadavg();
 
-    let base1 = storm(execs);
-    eprintln!("no agent: {:.2} s", base1.as_secs_f64());
-    let tapio = with_tapio(execs);
-    eprintln!("tapio: {:.2} s", tapio.storm.as_secs_f64());
-    let bpftrace = with_bpftrace(execs);
-    eprintln!("bpftrace: {:.2} s", bpftrace.storm.as_secs_f64());
-    let base2 = storm(execs);
-    eprintln!("no agent again: {:.2} s", base2.as_secs_f64());
-    let base = (base1 + base2) / 2;
+    // Rounds rotate the order, so slow drift in foreign load hits every configuration alike.
+    let mut base = Vec::new();
+    let mut tapio = Vec::new();
+    let mut bpftrace = Vec::new();
+    for round in 0..rounds {
+        for step in 0..3 {
+            match (round + step) % 3 {
+                0 => {
+                    let run = storm(execs);
+                    eprintln!("round {round}: no agent {:.2} s", run.as_secs_f64());
+                    base.push(run);
+                }
+                1 => {
+                    let run = with_tapio(execs);
+                    eprintln!("round {round}: tapio {:.2} s", run.storm.as_secs_f64());
+                    tapio.push(run);
+                }
+                _ => {
+                    let run = with_bpftrace(execs);
+                    eprintln!("round {round}: bpftrace {:.2} s", run.storm.as_secs_f64());
+                    bpftrace.push(run);
+                }
+            }
+        }
+    }
+    let base_median = median(base.clone());
 
     println!();
     println!(
-        "| run ({execs} execs) | storm | slowdown | exec events seen | records handled | dropped | consumer CPU / record | consumer CPU / exec | BPF run time / exec |"
+        "load average before/after: {load_before} / {}; medians of {rounds} rounds",
+        loadavg()
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| no agent (mean of 2: {:.2} s, {:.2} s) | {:.2} s | 1.00× | – | – | – | – | – | – |",
-        base1.as_secs_f64(),
-        base2.as_secs_f64(),
-        base.as_secs_f64()
+        "| run ({execs} execs) | storm (median) | slowdown | exec events seen | records handled | dropped | consumer CPU / record | consumer CPU / exec | BPF time / exec (process hooks) | BPF time / exec (all hooks) |"
     );
-    for (name, run) in [
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| no agent ({}) | {:.2} s | 1.00× | – | – | – | – | – | – | – |",
+        seconds(&base),
+        base_median.as_secs_f64()
+    );
+    for (name, runs) in [
         ("tapio kernel source", &tapio),
         ("bpftrace one-liner", &bpftrace),
     ] {
+        let storms: Vec<Duration> = runs.iter().map(|r| r.storm).collect();
+        let storm = median(storms.clone());
+        let sum = |f: fn(&Run) -> u64| runs.iter().map(f).sum::<u64>();
+        let (seen, records, dropped, cpu) = (
+            sum(|r| r.seen),
+            sum(|r| r.records),
+            sum(|r| r.dropped),
+            sum(|r| r.cpu_ns),
+        );
+        let per_round = |total: u64| total / runs.len() as u64;
         println!(
-            "| {name} | {:.2} s | {:.2}× | {} | {} | {} | {} | {} | {} |",
-            run.storm.as_secs_f64(),
-            run.storm.as_secs_f64() / base.as_secs_f64(),
-            run.seen,
-            run.records,
-            run.dropped,
-            micros(run.cpu_ns.checked_div(run.records)),
-            micros(run.cpu_ns.checked_div(run.seen)),
-            micros(run.bpf_ns_per_exec),
+            "| {name} ({}) | {:.2} s | {:.2}× | {} | {} | {} | {} | {} | {} | {} |",
+            seconds(&storms),
+            storm.as_secs_f64(),
+            storm.as_secs_f64() / base_median.as_secs_f64(),
+            per_round(seen),
+            per_round(records),
+            per_round(dropped),
+            micros(cpu.checked_div(records)),
+            micros(cpu.checked_div(seen)),
+            micros(mean(runs.iter().filter_map(|r| r.bpf_process_ns_per_exec))),
+            micros(mean(runs.iter().filter_map(|r| r.bpf_all_ns_per_exec))),
         );
     }
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
+fn mean(values: impl Iterator<Item = u64>) -> Option<u64> {
+    let values: Vec<u64> = values.collect();
+    (!values.is_empty()).then(|| values.iter().sum::<u64>() / values.len() as u64)
+}
+
+fn seconds(values: &[Duration]) -> String {
+    values
+        .iter()
+        .map(|d| format!("{:.1}", d.as_secs_f64()))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
 }
 
 fn micros(ns: Option<u64>) -> String {
@@ -87,7 +157,8 @@ struct Run {
     records: u64,
     dropped: u64,
     cpu_ns: u64,
-    bpf_ns_per_exec: Option<u64>,
+    bpf_process_ns_per_exec: Option<u64>,
+    bpf_all_ns_per_exec: Option<u64>,
 }
 
 /// The child side: `n` fork+exec+wait of /bin/true; prints the elapsed ns.
@@ -201,13 +272,22 @@ fn with_tapio(n: usize) -> Run {
             cpu / 1_000_000
         );
         let bpf_ns = (after.program_time() - before.program_time()).as_nanos() as u64;
+        let process_time = |s: &tapio_sources_kernel::KernelStatsSnapshot| {
+            s.programs
+                .iter()
+                .filter(|p| ["tapio_exec", "tapio_fork", "tapio_exit"].contains(&p.name.as_str()))
+                .map(|p| p.run_time)
+                .sum::<Duration>()
+        };
+        let bpf_process_ns = (process_time(&after) - process_time(&before)).as_nanos() as u64;
         Run {
             storm,
             seen: seen.load(Ordering::Relaxed),
             records,
             dropped: after.dropped_total() - before.dropped_total(),
             cpu_ns: cpu,
-            bpf_ns_per_exec: (execs > 0).then(|| bpf_ns / execs),
+            bpf_process_ns_per_exec: bpf_process_ns.checked_div(execs),
+            bpf_all_ns_per_exec: bpf_ns.checked_div(execs),
         }
     })
 }
@@ -287,6 +367,7 @@ fn with_bpftrace(n: usize) -> Run {
         records: seen,
         dropped: lost.load(Ordering::Relaxed),
         cpu_ns: cpu,
-        bpf_ns_per_exec: None,
+        bpf_process_ns_per_exec: None,
+        bpf_all_ns_per_exec: None,
     }
 }
