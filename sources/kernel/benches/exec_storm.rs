@@ -56,23 +56,37 @@ fn main() {
             match (round + step) % 3 {
                 0 => {
                     let run = storm(execs);
-                    eprintln!("round {round}: no agent {:.2} s", run.as_secs_f64());
+                    eprintln!(
+                        "round {round}: no agent {:.2} s (CPU {:.2} s)",
+                        run.wall.as_secs_f64(),
+                        run.cpu.as_secs_f64()
+                    );
                     base.push(run);
                 }
                 1 => {
                     let run = with_tapio(execs);
-                    eprintln!("round {round}: tapio {:.2} s", run.storm.as_secs_f64());
+                    eprintln!(
+                        "round {round}: tapio {:.2} s (CPU {:.2} s)",
+                        run.storm.wall.as_secs_f64(),
+                        run.storm.cpu.as_secs_f64()
+                    );
                     tapio.push(run);
                 }
                 _ => {
                     let run = with_bpftrace(execs);
-                    eprintln!("round {round}: bpftrace {:.2} s", run.storm.as_secs_f64());
+                    eprintln!(
+                        "round {round}: bpftrace {:.2} s (CPU {:.2} s)",
+                        run.storm.wall.as_secs_f64(),
+                        run.storm.cpu.as_secs_f64()
+                    );
                     bpftrace.push(run);
                 }
             }
         }
     }
-    let base_median = median(base.clone());
+    let base_wall: Vec<Duration> = base.iter().map(|s| s.wall).collect();
+    let base_cpu: Vec<Duration> = base.iter().map(|s| s.cpu).collect();
+    let (base_median, base_cpu_median) = (median(base_wall.clone()), median(base_cpu.clone()));
 
     println!();
     println!(
@@ -80,20 +94,22 @@ fn main() {
         loadavg()
     );
     println!(
-        "| run ({execs} execs) | storm (median) | slowdown | exec events seen | records handled | dropped | consumer CPU / record | consumer CPU / exec | BPF time / exec (process hooks) | BPF time / exec (all hooks) |"
+        "| run ({execs} execs) | storm wall (median) | wall slowdown | storm CPU (median) | CPU slowdown | exec events seen | records handled | dropped | consumer CPU / record | consumer CPU / exec | BPF time / exec (process hooks) | BPF time / exec (all hooks) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| no agent ({}) | {:.2} s | 1.00× | – | – | – | – | – | – | – |",
-        seconds(&base),
-        base_median.as_secs_f64()
+        "| no agent (wall {}) | {:.2} s | 1.00× | {:.2} s | 1.00× | – | – | – | – | – | – | – |",
+        seconds(&base_wall),
+        base_median.as_secs_f64(),
+        base_cpu_median.as_secs_f64()
     );
     for (name, runs) in [
         ("tapio kernel source", &tapio),
         ("bpftrace one-liner", &bpftrace),
     ] {
-        let storms: Vec<Duration> = runs.iter().map(|r| r.storm).collect();
+        let storms: Vec<Duration> = runs.iter().map(|r| r.storm.wall).collect();
         let storm = median(storms.clone());
+        let storm_cpu = median(runs.iter().map(|r| r.storm.cpu).collect());
         let sum = |f: fn(&Run) -> u64| runs.iter().map(f).sum::<u64>();
         let (seen, records, dropped, cpu) = (
             sum(|r| r.seen),
@@ -103,10 +119,12 @@ fn main() {
         );
         let per_round = |total: u64| total / runs.len() as u64;
         println!(
-            "| {name} ({}) | {:.2} s | {:.2}× | {} | {} | {} | {} | {} | {} | {} |",
+            "| {name} (wall {}) | {:.2} s | {:.2}× | {:.2} s | {:.2}× | {} | {} | {} | {} | {} | {} | {} |",
             seconds(&storms),
             storm.as_secs_f64(),
             storm.as_secs_f64() / base_median.as_secs_f64(),
+            storm_cpu.as_secs_f64(),
+            storm_cpu.as_secs_f64() / base_cpu_median.as_secs_f64(),
             per_round(seen),
             per_round(records),
             per_round(dropped),
@@ -152,7 +170,7 @@ fn micros(ns: Option<u64>) -> String {
 }
 
 struct Run {
-    storm: Duration,
+    storm: Storm,
     seen: u64,
     records: u64,
     dropped: u64,
@@ -171,21 +189,52 @@ fn storm_child(n: usize) {
             .expect("run /bin/true");
         assert!(status.success());
     }
-    println!("{}", start.elapsed().as_nanos());
+    println!(
+        "{} {}",
+        start.elapsed().as_nanos(),
+        own_and_children_cpu_ns()
+    );
+}
+
+/// utime + stime of this process and of its waited-for children, from /proc/self/stat
+/// (clock ticks of 10 ms). The children's share includes the eBPF programs that ran in their
+/// context (exec and exit hooks run in the exec'ing and exiting task).
+fn own_and_children_cpu_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the `(comm)`: state is field 3, utime 14, stime 15, cutime 16, cstime 17.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    fields.iter().sum::<u64>() * 10_000_000
+}
+
+/// One storm: wall time and the CPU time it consumed (with its children).
+#[derive(Clone, Copy)]
+struct Storm {
+    wall: Duration,
+    cpu: Duration,
 }
 
 /// Runs the storm in a child process and returns its own measurement.
-fn storm(n: usize) -> Duration {
+fn storm(n: usize) -> Storm {
     let exe = std::env::current_exe().expect("own path");
     let output = Command::new(exe)
         .args(["--storm", &n.to_string()])
         .output()
         .expect("storm child");
-    let ns: u64 = String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .expect("storm child prints its duration");
-    Duration::from_nanos(ns)
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut numbers = text.split_whitespace().map(|n| n.parse::<u64>());
+    let (Some(Ok(wall)), Some(Ok(cpu))) = (numbers.next(), numbers.next()) else {
+        panic!("storm child prints wall and CPU ns, got {text:?}");
+    };
+    Storm {
+        wall: Duration::from_nanos(wall),
+        cpu: Duration::from_nanos(cpu),
+    }
 }
 
 /// On-CPU ns of every thread of `pid`.
