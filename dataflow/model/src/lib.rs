@@ -25,6 +25,10 @@ mod time;
 pub use correlation::{ClosedBatch, Correlation, CorrelationChange, CorrelationKind, Hop};
 pub use entity::{EntityId, EntityIdError};
 pub use observation::{
+    ConnectOutcome, FileChanged, FileOp, FileOpenFailed, ProcessFork, ProcessRef, TcpAccept,
+    TcpClose, TcpConnect, TcpRetransmit,
+};
+pub use observation::{
     ContainerExit, Fact, FactId, FactPayload, Heartbeat, InvalidObservation, KubeEvent,
     Observation, OomKill, OwnerRef, PodContainer, ProcessContainer, ProcessExec, ProcessExit,
     StateObject, StateRecord, StateUpdate, WorkloadObject,

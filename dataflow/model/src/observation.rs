@@ -98,6 +98,20 @@ pub enum FactPayload {
     ContainerExit(ContainerExit),
     /// A Kubernetes core/v1 Event.
     KubeEvent(KubeEvent),
+    /// A process created a new process.
+    ProcessFork(ProcessFork),
+    /// An outgoing TCP connection attempt ended: established, refused, timed out, ...
+    TcpConnect(TcpConnect),
+    /// An incoming TCP connection was established.
+    TcpAccept(TcpAccept),
+    /// A TCP connection closed.
+    TcpClose(TcpClose),
+    /// A TCP connection retransmitted segments.
+    TcpRetransmit(TcpRetransmit),
+    /// Opening a file failed because it was missing or not allowed.
+    FileOpenFailed(FileOpenFailed),
+    /// A file was unlinked or renamed.
+    FileChanged(FileChanged),
 }
 
 impl FactPayload {
@@ -109,6 +123,13 @@ impl FactPayload {
             FactPayload::OomKill(_) => "oom_kill",
             FactPayload::ContainerExit(_) => "container_exit",
             FactPayload::KubeEvent(_) => "kube_event",
+            FactPayload::ProcessFork(_) => "process_fork",
+            FactPayload::TcpConnect(_) => "tcp_connect",
+            FactPayload::TcpAccept(_) => "tcp_accept",
+            FactPayload::TcpClose(_) => "tcp_close",
+            FactPayload::TcpRetransmit(_) => "tcp_retransmit",
+            FactPayload::FileOpenFailed(_) => "file_open_failed",
+            FactPayload::FileChanged(_) => "file_changed",
         }
     }
 }
@@ -396,6 +417,166 @@ impl Observation {
             }
         }
     }
+}
+
+/// A process that did something, named as Tapio names processes: `(node, pid, start_ns)`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ProcessRef {
+    /// Thread-group id.
+    pub pid: u32,
+    /// Process start time, ns since the Unix epoch.
+    pub start_ns: TimeNs,
+    /// Command name.
+    pub comm: String,
+}
+
+/// `fork`/`clone` of a new process (threads are not reported).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ProcessFork {
+    /// The new process's thread-group id.
+    pub pid: u32,
+    /// The new process's start time, ns since the Unix epoch.
+    pub start_ns: TimeNs,
+    /// Parent's thread-group id.
+    pub ppid: u32,
+    /// Parent's start time, ns since the Unix epoch.
+    pub parent_start_ns: TimeNs,
+    /// Command name (inherited from the parent).
+    pub comm: String,
+    /// Container the process runs in, when it runs in one.
+    pub container_id: Option<String>,
+}
+
+/// How an outgoing TCP connection attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectOutcome {
+    /// The handshake completed.
+    Established,
+    /// The peer answered with a reset (nothing listening, or rejected).
+    Refused,
+    /// No answer before the SYN retries ran out.
+    TimedOut,
+    /// Another error, e.g. host unreachable (see `error`).
+    Failed,
+    /// The owner gave up (closed the socket) before an answer.
+    Aborted,
+}
+
+/// An outgoing TCP connection attempt and its outcome.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TcpConnect {
+    /// The connecting process, when known.
+    pub process: Option<ProcessRef>,
+    /// Local address and port.
+    pub local: std::net::SocketAddr,
+    /// Remote address and port.
+    pub remote: std::net::SocketAddr,
+    /// How it ended.
+    pub outcome: ConnectOutcome,
+    /// The socket error (errno) for a failed attempt, 0 otherwise.
+    pub error: i32,
+    /// Time from `connect` to the outcome, ns.
+    pub latency_ns: u64,
+    /// Container of the connecting process, when it runs in one.
+    pub container_id: Option<String>,
+}
+
+/// An incoming TCP connection was established.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TcpAccept {
+    /// The process listening on the local port, when known.
+    pub process: Option<ProcessRef>,
+    /// Local address and port.
+    pub local: std::net::SocketAddr,
+    /// Remote address and port.
+    pub remote: std::net::SocketAddr,
+    /// Container of the listening process, when it runs in one.
+    pub container_id: Option<String>,
+}
+
+/// A TCP connection closed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TcpClose {
+    /// The owning process, when known.
+    pub process: Option<ProcessRef>,
+    /// Local address and port.
+    pub local: std::net::SocketAddr,
+    /// Remote address and port.
+    pub remote: std::net::SocketAddr,
+    /// Lifetime of the connection, ns (0 when it began before the collector started).
+    pub duration_ns: u64,
+    /// Payload bytes sent, retransmissions included.
+    pub bytes_sent: u64,
+    /// Payload bytes received.
+    pub bytes_received: u64,
+    /// Segments retransmitted over the connection's life (as far as seen).
+    pub retransmits: u32,
+    /// A reset was received.
+    pub reset: bool,
+    /// The socket error (errno) at close, 0 when none.
+    pub error: i32,
+    /// Container of the owning process, when it runs in one.
+    pub container_id: Option<String>,
+}
+
+/// A TCP connection retransmitted segments. Retransmits are folded: one fact stands for
+/// `count` retransmits of the same connection.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TcpRetransmit {
+    /// The owning process, when known.
+    pub process: Option<ProcessRef>,
+    /// Local address and port.
+    pub local: std::net::SocketAddr,
+    /// Remote address and port.
+    pub remote: std::net::SocketAddr,
+    /// Retransmits this fact stands for.
+    pub count: u32,
+    /// Container of the owning process, when it runs in one.
+    pub container_id: Option<String>,
+}
+
+/// Opening a file failed with ENOENT or EACCES. Identical failures are folded: one fact
+/// stands for `count` of them.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FileOpenFailed {
+    /// The process that tried.
+    pub process: ProcessRef,
+    /// The path as the process passed it (may be relative).
+    pub path: String,
+    /// The errno (2 = ENOENT, 13 = EACCES).
+    pub errno: i32,
+    /// Failures this fact stands for.
+    pub count: u32,
+    /// Container of the process, when it runs in one.
+    pub container_id: Option<String>,
+}
+
+/// What happened to a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileOp {
+    /// It was unlinked.
+    Unlink,
+    /// It was renamed (see `new_path`).
+    Rename,
+}
+
+/// A file was unlinked or renamed. Identical changes are folded: one fact stands for `count`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FileChanged {
+    /// The process that did it.
+    pub process: ProcessRef,
+    /// What happened.
+    pub op: FileOp,
+    /// The path as the process passed it (may be relative).
+    pub path: String,
+    /// The new path of a rename.
+    pub new_path: Option<String>,
+    /// Changes this fact stands for.
+    pub count: u32,
+    /// Container of the process, when it runs in one.
+    pub container_id: Option<String>,
 }
 
 #[cfg(test)]

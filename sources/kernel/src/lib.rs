@@ -1,0 +1,730 @@
+//! Tapio's kernel collector (layer L2; depends on `tapio-sources`, `tapio-model`,
+//! `tapio-ebpf` and `tapio-ebpf-common`).
+//!
+//! [`KernelSource`] attaches Tapio's eBPF programs and turns their ring-buffer records into
+//! facts: process exec (with the first arguments), fork and exit (exit code, signal); OOM kills
+//! (victim, memory cgroup, pod and container); TCP connects with their outcome (established,
+//! refused, timed out), accepts, closes and retransmits; failed opens (ENOENT, EACCES),
+//! unlinks and renames under configured path prefixes. Every process is named by
+//! `(node, pid, start_ns)`, with `start_ns` the kernel's task start time on the wall clock, the
+//! same in every fact about that process. Containers and pods come from cgroup paths
+//! ([`cgroup`]). A heartbeat goes out at least every 100 ms so the dataflow's watermark moves.
+//!
+//! Building the source does no I/O; [`tapio_sources::Source::run`] checks the machine, loads
+//! the programs and reads. Health is in [`KernelStats`] ([`KernelSource::stats`]).
+//!
+//! # Minimum kernel version
+//! 5.8 with BTF. Needs root (or CAP_BPF + CAP_PERFMON).
+//!
+//! ```
+//! use tapio_sources_kernel::{KernelSource, KernelSourceConfig};
+//! let source = KernelSource::new(KernelSourceConfig::default()).unwrap();
+//! let stats = source.stats();
+//! assert!(!stats.snapshot().ready);
+//! ```
+
+pub mod cgroup;
+mod identity;
+mod stats;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tapio_ebpf::{KernelProbes, LoadError, ProbeOptions, clock};
+use tapio_ebpf_common::{self as common, Record, c_str};
+use tapio_model::{
+    ConnectOutcome, Fact, FactPayload, FileChanged, FileOp, FileOpenFailed, Observation, OomKill,
+    ProcessExec, ProcessExit, ProcessFork, ProcessRef, TcpAccept, TcpClose, TcpConnect,
+    TcpRetransmit, TimeNs,
+};
+use tapio_sources::{BoxFuture, Source, SourceContext, SourceError};
+use tokio::io::unix::AsyncFd;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::identity::Identity;
+pub use crate::stats::{KernelStats, KernelStatsSnapshot, ProgramCost};
+
+/// The source kind.
+pub const KIND: &str = "kernel";
+
+/// Settings of the kernel collector (`collectors.kernel` in the configuration).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelSourceConfig {
+    /// Ring buffer size in bytes: a power of two, at least 64 KiB. Default 8 MiB.
+    pub ring_buffer_bytes: u32,
+    /// How often a heartbeat goes out: more than 0, at most 100 ms. Default 100 ms.
+    pub heartbeat_interval: Duration,
+    /// Fork events. Default on.
+    pub forks: bool,
+    /// OOM kill events. Default on.
+    pub oom: bool,
+    /// TCP events. Default on.
+    pub network: bool,
+    /// File events (failed opens, unlinks, renames) for paths under these prefixes, as the
+    /// process passed them; at most 8, each 1 to 64 bytes. Empty turns file events off.
+    pub file_path_prefixes: Vec<String>,
+    /// Identical file events (same process, operation, result, path) within this window are
+    /// folded into one fact with a count. Default 1 s.
+    pub file_aggregation_window: Duration,
+    /// At most one retransmit fact per connection per window. Default 1 s.
+    pub retransmit_aggregation_window: Duration,
+    /// Processes remembered for container lookups (pid → container). Default 65536.
+    pub process_cache_capacity: usize,
+    /// After the ring buffer signals data, wait this long before reading, so one wakeup reads
+    /// many records instead of one (less CPU per event, this much more latency). At most
+    /// 50 ms. Default 5 ms.
+    pub batch_delay: Duration,
+}
+
+impl Default for KernelSourceConfig {
+    fn default() -> KernelSourceConfig {
+        KernelSourceConfig {
+            ring_buffer_bytes: 8 << 20,
+            heartbeat_interval: Duration::from_millis(100),
+            forks: true,
+            oom: true,
+            network: true,
+            file_path_prefixes: vec![
+                "/etc/".into(),
+                "/var/run/secrets/".into(),
+                "/run/secrets/".into(),
+            ],
+            file_aggregation_window: Duration::from_secs(1),
+            retransmit_aggregation_window: Duration::from_secs(1),
+            process_cache_capacity: 65_536,
+            batch_delay: Duration::from_millis(5),
+        }
+    }
+}
+
+/// A configuration value the kernel collector cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `ring_buffer_bytes` is not a power of two of at least 64 KiB.
+    #[error("`collectors.kernel.ring_buffer_bytes` must be a power of two ≥ 65536, got {0}")]
+    RingBuffer(u32),
+    /// `heartbeat_interval` is 0 or above 100 ms.
+    #[error("`collectors.kernel.heartbeat_interval` must be > 0 and ≤ 100ms, got {0:?}")]
+    Heartbeat(Duration),
+    /// A path prefix is unusable.
+    #[error("`collectors.kernel.file_path_prefixes` is invalid")]
+    Prefixes(#[source] common::PrefixError),
+    /// `process_cache_capacity` is 0.
+    #[error("`collectors.kernel.process_cache_capacity` must be > 0")]
+    Cache,
+    /// `batch_delay` is above 50 ms.
+    #[error("`collectors.kernel.batch_delay` must be ≤ 50ms, got {0:?}")]
+    BatchDelay(Duration),
+}
+
+/// The kernel collector.
+#[derive(Debug)]
+pub struct KernelSource {
+    config: KernelSourceConfig,
+    probe_config: common::Config,
+    stats: Arc<KernelStats>,
+}
+
+impl KernelSource {
+    /// Validates `config`. Does no I/O.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the bad key.
+    pub fn new(config: KernelSourceConfig) -> Result<KernelSource, ConfigError> {
+        let ring = config.ring_buffer_bytes;
+        if !ring.is_power_of_two() || ring < 65_536 {
+            return Err(ConfigError::RingBuffer(ring));
+        }
+        if config.heartbeat_interval.is_zero()
+            || config.heartbeat_interval > Duration::from_millis(100)
+        {
+            return Err(ConfigError::Heartbeat(config.heartbeat_interval));
+        }
+        if config.process_cache_capacity == 0 {
+            return Err(ConfigError::Cache);
+        }
+        if config.batch_delay > Duration::from_millis(50) {
+            return Err(ConfigError::BatchDelay(config.batch_delay));
+        }
+        let probe_config = common::Config::new(
+            duration_ns(config.file_aggregation_window),
+            duration_ns(config.retransmit_aggregation_window),
+            &config.file_path_prefixes,
+        )
+        .map_err(ConfigError::Prefixes)?;
+        Ok(KernelSource {
+            config,
+            probe_config,
+            stats: Arc::new(KernelStats::default()),
+        })
+    }
+
+    /// The live health counters; keep the handle to log them while the source runs.
+    pub fn stats(&self) -> Arc<KernelStats> {
+        Arc::clone(&self.stats)
+    }
+}
+
+fn duration_ns(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Source for KernelSource {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn run(self: Box<Self>, cx: SourceContext) -> BoxFuture<Result<(), SourceError>> {
+        Box::pin(async move { self.run_inner(cx).await })
+    }
+}
+
+/// Records read per pass before the loop looks at its timers again.
+const BATCH: usize = 4096;
+/// A heartbeat promises everything older than the last time the ring was seen empty, less
+/// this margin for a record still being written by a program that started before.
+const HEARTBEAT_SLACK_NS: u64 = 10_000_000;
+const REFRESH: Duration = Duration::from_secs(1);
+
+/// Registers the ring buffer's fd with tokio's reactor.
+#[allow(
+    unsafe_code,
+    reason = "tokio's AsyncFd::register is unsafe: the caller promises the fd stays open"
+)]
+fn register<T: std::os::fd::AsRawFd>(ring: T) -> std::io::Result<AsyncFd<T>> {
+    // SAFETY: the RingBuf owns its map fd and closes it only when dropped, which happens
+    // after AsyncFd deregisters it (AsyncFd drops its registration before its inner value).
+    unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from)
+}
+
+fn unsupported(err: &LoadError) -> SourceError {
+    let mut requirement = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        requirement.push_str(": ");
+        requirement.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    SourceError::Unsupported {
+        kind: KIND,
+        requirement,
+    }
+}
+
+impl KernelSource {
+    async fn run_inner(self: Box<Self>, cx: SourceContext) -> Result<(), SourceError> {
+        let options = ProbeOptions {
+            ring_buffer_bytes: self.config.ring_buffer_bytes,
+            hooks: tapio_ebpf::Hooks {
+                fork: self.config.forks,
+                oom: self.config.oom,
+                network: self.config.network,
+                files: !self.config.file_path_prefixes.is_empty(),
+            },
+            config: self.probe_config,
+        };
+        // Verifying and attaching takes a moment of CPU: keep it off the async threads.
+        let loaded = tokio::task::spawn_blocking(move || KernelProbes::load(&options))
+            .await
+            .map_err(|join| SourceError::Input {
+                kind: KIND,
+                what: "the eBPF loader task".into(),
+                source: Box::new(join),
+            })?;
+        let mut probes = loaded.map_err(|err| unsupported(&err))?;
+        let ring = probes.take_ring().ok_or_else(|| SourceError::Input {
+            kind: KIND,
+            what: "the EVENTS ring buffer".into(),
+            source: "ring buffer already taken".into(),
+        })?;
+        let mut ring = register(ring).map_err(|err| SourceError::Input {
+            kind: KIND,
+            what: "the EVENTS ring buffer fd".into(),
+            source: Box::new(err),
+        })?;
+        if let Ok(mut hooks) = self.stats.hooks.lock() {
+            hooks.0 = probes.attached().iter().map(ToString::to_string).collect();
+            hooks.1 = probes
+                .disabled()
+                .iter()
+                .map(|d| format!("{}: {}", d.hook, d.reason))
+                .collect();
+        }
+
+        let mut reader = Reader {
+            identity: Identity::new(self.config.process_cache_capacity),
+            start_offset: clock::realtime_offset_ns(),
+            offset: 0,
+        };
+        reader.offset = reader.start_offset;
+        reader.identity.discover();
+        self.stats.ready.store(true, Ordering::Relaxed);
+        info!(node = %cx.node, "Kernel source started.");
+
+        let interval = self.config.heartbeat_interval;
+        let mut next_heartbeat = Instant::now() + interval;
+        let mut next_refresh = Instant::now() + REFRESH;
+        let mut records_at_refresh = 0u64;
+        let mut safe_mono = clock::monotonic_ns();
+        let mut last_beat = 0u64;
+        let mut batch: Vec<Record> = Vec::with_capacity(BATCH);
+
+        let outcome = loop {
+            // Drain what is there. Decoding copies the record out, so the ring slot is released
+            // before anything awaits.
+            let pass_start = clock::monotonic_ns();
+            batch.clear();
+            let ring_ref = ring.get_mut();
+            while batch.len() < BATCH {
+                let Some(item) = ring_ref.next() else {
+                    safe_mono = pass_start;
+                    break;
+                };
+                match common::decode(&item) {
+                    Ok(record) => batch.push(record),
+                    Err(err) => {
+                        self.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                        cx.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        debug!(error = %err, len = item.len(), "Skipped an undecodable ring-buffer record.");
+                    }
+                }
+            }
+            let full = batch.len() == BATCH;
+            let mut closed = false;
+            for record in batch.drain(..) {
+                cx.stats.received.fetch_add(1, Ordering::Relaxed);
+                let kind = record.header().kind as usize;
+                if let Some(counter) = self.stats.records.get(kind) {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                let time_ns = record.header().ts_ns.saturating_add(reader.offset);
+                let Some(payload) = reader.convert(record) else {
+                    continue;
+                };
+                let fact = Observation::Fact(Fact {
+                    id: cx.next_fact_id(),
+                    time_ns,
+                    payload,
+                });
+                if cx.send(fact).await.is_err() {
+                    closed = true;
+                    break;
+                }
+                self.stats.facts.fetch_add(1, Ordering::Relaxed);
+            }
+            if closed {
+                break Ok(());
+            }
+
+            let now = Instant::now();
+            if now >= next_heartbeat {
+                let upto = safe_mono
+                    .saturating_add(reader.offset)
+                    .saturating_sub(HEARTBEAT_SLACK_NS)
+                    .max(last_beat);
+                if cx.heartbeat(upto).await.is_err() {
+                    break Ok(());
+                }
+                last_beat = upto;
+                self.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+                self.stats.watermark_ns.store(upto, Ordering::Relaxed);
+                next_heartbeat = now + interval;
+            }
+            if now >= next_refresh {
+                reader.offset = clock::realtime_offset_ns();
+                let records = self.stats.snapshot().records_total();
+                let elapsed = REFRESH.as_secs_f64().max(1e-3);
+                self.stats.records_per_sec.store(
+                    ((records - records_at_refresh) as f64 / elapsed) as u64,
+                    Ordering::Relaxed,
+                );
+                records_at_refresh = records;
+                self.refresh_kernel_stats(&probes, &reader, &cx);
+                next_refresh = now + REFRESH;
+            }
+
+            if full {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            tokio::select! {
+                biased;
+                () = cx.shutdown.cancelled() => break Ok(()),
+                guard = ring.readable_mut() => {
+                    if let Ok(mut guard) = guard {
+                        guard.clear_ready();
+                    }
+                    if !self.config.batch_delay.is_zero() {
+                        let until = (Instant::now() + self.config.batch_delay).min(next_heartbeat);
+                        tokio::time::sleep_until(until).await;
+                    }
+                }
+                () = tokio::time::sleep_until(next_heartbeat.min(next_refresh)) => {}
+            }
+        };
+        self.refresh_kernel_stats(&probes, &reader, &cx);
+        self.stats.ready.store(false, Ordering::Relaxed);
+        info!(stats = %self.stats.snapshot(), "Kernel source stopped.");
+        drop(ring);
+        drop(probes);
+        outcome
+    }
+
+    fn refresh_kernel_stats(&self, probes: &KernelProbes, reader: &Reader, cx: &SourceContext) {
+        match probes.counters() {
+            Ok(counters) => {
+                let before: u64 = self.stats.snapshot().dropped_total();
+                for (slot, value) in self.stats.dropped.iter().zip(counters.dropped_by_kind) {
+                    slot.store(value, Ordering::Relaxed);
+                }
+                let after = counters.dropped();
+                if after > before {
+                    cx.stats
+                        .dropped
+                        .fetch_add(after - before, Ordering::Relaxed);
+                    warn!(
+                        dropped = after - before,
+                        total = after,
+                        "Kernel ring buffer full, records lost."
+                    );
+                }
+                self.stats
+                    .file_aggregated
+                    .store(counters.file_aggregated, Ordering::Relaxed);
+                self.stats
+                    .retransmit_aggregated
+                    .store(counters.retransmit_aggregated, Ordering::Relaxed);
+            }
+            Err(err) => debug!(error = %err, "Cannot read the kernel counters."),
+        }
+        let programs = probes
+            .program_stats()
+            .into_iter()
+            .map(|p| ProgramCost {
+                name: p.name.to_string(),
+                run_count: p.run_count,
+                run_time: p.run_time,
+            })
+            .collect();
+        if let Ok(mut slot) = self.stats.programs.lock() {
+            *slot = programs;
+        }
+        self.stats
+            .pid_cache
+            .store(reader.identity.pid_cache_len() as u64, Ordering::Relaxed);
+        self.stats
+            .proc_reads
+            .store(reader.identity.proc_reads, Ordering::Relaxed);
+    }
+}
+
+/// Turns records into fact payloads.
+struct Reader {
+    identity: Identity,
+    /// Offset for process start times: fixed for the run, so start_ns is stable.
+    start_offset: u64,
+    /// Offset for event times: refreshed every second.
+    offset: u64,
+}
+
+fn names<const N: usize>(cgroup: &[[u8; common::CGROUP_NAME_LEN]; N]) -> Vec<String> {
+    cgroup.iter().map(|name| c_str(name)).collect()
+}
+
+fn container_id(resolved: &identity::Resolved) -> Option<String> {
+    resolved.as_ref().map(|c| c.container_id.clone())
+}
+
+fn socket(family: u16, addr: &[u8; 16], port: u16) -> SocketAddr {
+    let ip = if family == 10 {
+        IpAddr::V6(Ipv6Addr::from(*addr))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+    };
+    SocketAddr::new(ip, port)
+}
+
+impl Reader {
+    fn start(&self, monotonic: u64) -> TimeNs {
+        monotonic.saturating_add(self.start_offset)
+    }
+
+    fn convert(&mut self, record: Record) -> Option<FactPayload> {
+        Some(match record {
+            Record::Exec(e) => {
+                let names = names(&e.cgroup);
+                let resolved = if names.iter().any(|n| !n.is_empty()) {
+                    self.identity.learn(
+                        e.task.pid,
+                        e.task.start_ns,
+                        cgroup::parse_names(names.iter().map(String::as_str)),
+                    )
+                } else {
+                    self.identity
+                        .resolve(e.task.pid, Some(e.task.start_ns), e.task.cgroup_id)
+                };
+                let args = e
+                    .args
+                    .iter()
+                    .take((e.args_read as usize).min(common::MAX_ARGS))
+                    .map(|arg| c_str(arg))
+                    .collect();
+                FactPayload::ProcessExec(ProcessExec {
+                    pid: e.task.pid,
+                    ppid: e.task.ppid,
+                    uid: e.task.uid,
+                    start_ns: self.start(e.task.start_ns),
+                    comm: c_str(&e.task.comm),
+                    filename: c_str(&e.filename),
+                    args,
+                    container_id: container_id(&resolved),
+                })
+            }
+            Record::Fork(e) => {
+                let resolved = self
+                    .identity
+                    .fork(e.parent_pid, e.child_pid, e.child_start_ns);
+                FactPayload::ProcessFork(ProcessFork {
+                    pid: e.child_pid,
+                    start_ns: self.start(e.child_start_ns),
+                    ppid: e.parent_pid,
+                    parent_start_ns: self.start(e.parent_start_ns),
+                    comm: c_str(&e.comm),
+                    container_id: container_id(&resolved),
+                })
+            }
+            Record::Exit(e) => {
+                let names = names(&e.cgroup);
+                let resolved = if names.iter().any(|n| !n.is_empty()) {
+                    cgroup::parse_names(names.iter().map(String::as_str)).map(Arc::new)
+                } else {
+                    self.identity
+                        .resolve(e.task.pid, Some(e.task.start_ns), e.task.cgroup_id)
+                };
+                self.identity.exit(e.task.pid);
+                let code = e.exit_code;
+                let signal = (code & 0x7f) as u32;
+                FactPayload::ProcessExit(ProcessExit {
+                    pid: e.task.pid,
+                    start_ns: self.start(e.task.start_ns),
+                    comm: c_str(&e.task.comm),
+                    exit_code: if signal == 0 { (code >> 8) & 0xff } else { 0 },
+                    signal,
+                    container_id: container_id(&resolved),
+                })
+            }
+            Record::Oom(e) => {
+                let levels = (e.levels as usize).min(common::OOM_CGROUP_LEVELS);
+                let names: Vec<String> = e.cgroup[..levels].iter().map(|n| c_str(n)).collect();
+                let parsed = cgroup::parse_names(names.iter().map(String::as_str));
+                let memcg = cgroup::path_from_names(names.iter().map(String::as_str));
+                FactPayload::OomKill(OomKill {
+                    pid: e.task.pid,
+                    start_ns: self.start(e.task.start_ns),
+                    comm: c_str(&e.task.comm),
+                    container_id: parsed.as_ref().map(|c| c.container_id.clone()),
+                    pod_uid: parsed.and_then(|c| c.pod_uid),
+                    memcg,
+                    rss_pages: e.rss_pages,
+                })
+            }
+            Record::Tcp(e) => {
+                let known = e.flags & common::TCP_OWNER_KNOWN != 0 && e.pid != 0;
+                let process = known.then(|| ProcessRef {
+                    pid: e.pid,
+                    start_ns: self.start(e.start_ns),
+                    comm: c_str(&e.comm),
+                });
+                let resolved = if known {
+                    self.identity.resolve(e.pid, Some(e.start_ns), 0)
+                } else {
+                    None
+                };
+                let local = socket(e.family, &e.saddr, e.sport);
+                let remote = socket(e.family, &e.daddr, e.dport);
+                let container_id = container_id(&resolved);
+                match e.op {
+                    common::TCP_CONNECT => FactPayload::TcpConnect(TcpConnect {
+                        process,
+                        local,
+                        remote,
+                        outcome: match e.outcome {
+                            common::CONNECT_ESTABLISHED => ConnectOutcome::Established,
+                            common::CONNECT_REFUSED => ConnectOutcome::Refused,
+                            common::CONNECT_TIMED_OUT => ConnectOutcome::TimedOut,
+                            common::CONNECT_ABORTED => ConnectOutcome::Aborted,
+                            _ => ConnectOutcome::Failed,
+                        },
+                        error: e.error,
+                        latency_ns: e.duration_ns,
+                        container_id,
+                    }),
+                    common::TCP_ACCEPT => FactPayload::TcpAccept(TcpAccept {
+                        process,
+                        local,
+                        remote,
+                        container_id,
+                    }),
+                    common::TCP_CLOSE => FactPayload::TcpClose(TcpClose {
+                        process,
+                        local,
+                        remote,
+                        duration_ns: e.duration_ns,
+                        bytes_sent: e.bytes_sent,
+                        bytes_received: e.bytes_received,
+                        retransmits: e.count,
+                        reset: e.flags & common::TCP_RESET_SEEN != 0,
+                        error: e.error,
+                        container_id,
+                    }),
+                    common::TCP_RETRANSMIT => FactPayload::TcpRetransmit(TcpRetransmit {
+                        process,
+                        local,
+                        remote,
+                        count: e.count,
+                        container_id,
+                    }),
+                    _ => return None,
+                }
+            }
+            Record::File(e) => {
+                let resolved =
+                    self.identity
+                        .resolve(e.task.pid, Some(e.task.start_ns), e.task.cgroup_id);
+                let process = ProcessRef {
+                    pid: e.task.pid,
+                    start_ns: self.start(e.task.start_ns),
+                    comm: c_str(&e.task.comm),
+                };
+                let path = c_str(&e.path);
+                let container_id = container_id(&resolved);
+                match e.op {
+                    common::FILE_OPEN => FactPayload::FileOpenFailed(FileOpenFailed {
+                        process,
+                        path,
+                        errno: -e.ret,
+                        count: e.count,
+                        container_id,
+                    }),
+                    common::FILE_UNLINK => FactPayload::FileChanged(FileChanged {
+                        process,
+                        op: FileOp::Unlink,
+                        path,
+                        new_path: None,
+                        count: e.count,
+                        container_id,
+                    }),
+                    common::FILE_RENAME => FactPayload::FileChanged(FileChanged {
+                        process,
+                        op: FileOp::Rename,
+                        path,
+                        new_path: Some(c_str(&e.path2)),
+                        count: e.count,
+                        container_id,
+                    }),
+                    _ => return None,
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(change: impl FnOnce(&mut KernelSourceConfig)) -> Result<KernelSource, ConfigError> {
+        let mut config = KernelSourceConfig::default();
+        change(&mut config);
+        KernelSource::new(config)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(KernelSource::new(KernelSourceConfig::default()).is_ok());
+        assert_eq!(with(|_| {}).unwrap().kind(), "kernel");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        type Change = Box<dyn FnOnce(&mut KernelSourceConfig)>;
+        let cases: Vec<(Change, &str)> = vec![
+            (
+                Box::new(|c| c.ring_buffer_bytes = 100_000),
+                "ring_buffer_bytes",
+            ),
+            (
+                Box::new(|c| c.ring_buffer_bytes = 4096),
+                "ring_buffer_bytes",
+            ),
+            (
+                Box::new(|c| c.heartbeat_interval = Duration::ZERO),
+                "heartbeat_interval",
+            ),
+            (
+                Box::new(|c| c.heartbeat_interval = Duration::from_millis(101)),
+                "heartbeat_interval",
+            ),
+            (
+                Box::new(|c| c.file_path_prefixes = vec![String::new()]),
+                "file_path_prefixes",
+            ),
+            (
+                Box::new(|c| c.file_path_prefixes = vec!["/x".into(); 9]),
+                "file_path_prefixes",
+            ),
+            (
+                Box::new(|c| c.process_cache_capacity = 0),
+                "process_cache_capacity",
+            ),
+            (
+                Box::new(|c| c.batch_delay = Duration::from_millis(51)),
+                "batch_delay",
+            ),
+        ];
+        for (change, key) in cases {
+            let err = with(change).unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn exit_codes_and_signals_split() {
+        // Records are plain bytes: build an exit record and convert it.
+        let mut reader = Reader {
+            identity: Identity::new(8),
+            start_offset: 1_000,
+            offset: 1_000,
+        };
+        let mut exit = common::ExitEvent {
+            hdr: common::Header {
+                ts_ns: 5,
+                kind: common::EV_EXIT,
+                cpu: 0,
+            },
+            task: common::Task::default(),
+            exit_code: 3 << 8,
+            _pad: 0,
+            cgroup: [[0; common::CGROUP_NAME_LEN]; common::CGROUP_LEVELS],
+        };
+        exit.task.pid = 7;
+        exit.task.start_ns = 2;
+        let Some(FactPayload::ProcessExit(normal)) = reader.convert(Record::Exit(Box::new(exit)))
+        else {
+            panic!("an exit")
+        };
+        assert_eq!(
+            (normal.exit_code, normal.signal, normal.start_ns),
+            (3, 0, 1_002)
+        );
+        exit.exit_code = 9 | 0x80;
+        let Some(FactPayload::ProcessExit(killed)) = reader.convert(Record::Exit(Box::new(exit)))
+        else {
+            panic!("an exit")
+        };
+        assert_eq!((killed.exit_code, killed.signal), (0, 9));
+    }
+}

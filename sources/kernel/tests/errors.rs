@@ -1,0 +1,57 @@
+//! Without the privileges to load eBPF, the source fails with one clear `Unsupported` error
+//! that names the requirement and the remedy. Checked by re-running this test as `nobody`
+//! with every capability dropped.
+
+use std::time::Duration;
+
+use tapio_sources::{SourceError, run_for_test};
+use tapio_sources_kernel::{KernelSource, KernelSourceConfig};
+
+const CHILD: &str = "TAPIO_KERNEL_TEST_UNPRIVILEGED_CHILD";
+
+#[tokio::test]
+async fn unprivileged_is_unsupported_with_a_remedy() {
+    if std::env::var_os(CHILD).is_some() {
+        // The unprivileged side: run the source and report its error.
+        let source = KernelSource::new(KernelSourceConfig::default()).unwrap();
+        let result = run_for_test(Box::new(source), "node", Duration::from_secs(5)).await;
+        match result {
+            Err(SourceError::Unsupported { kind, requirement }) => {
+                assert_eq!(kind, "kernel");
+                println!("UNSUPPORTED: {requirement}");
+            }
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let output = tokio::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(exe)
+        .args([
+            "--exact",
+            "unprivileged_is_unsupported_with_a_remedy",
+            "--nocapture",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .await
+        .expect("setpriv from util-linux");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("UNSUPPORTED: "))
+        .expect("the child printed the error");
+    assert!(line.contains("CAP_BPF") && line.contains("root"), "{line}");
+}
