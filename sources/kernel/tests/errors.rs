@@ -24,7 +24,10 @@ async fn unprivileged_is_unsupported_with_a_remedy() {
         }
         return;
     }
-    let exe = std::env::current_exe().unwrap();
+    // A copy in the temp dir: `nobody` may not be allowed into the checkout (e.g. under /root).
+    let exe = std::env::temp_dir().join(format!("tapio-errors-test-{}", std::process::id()));
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let output = tokio::process::Command::new("setpriv")
         .args([
             "--reuid=65534",
@@ -33,7 +36,7 @@ async fn unprivileged_is_unsupported_with_a_remedy() {
             "--inh-caps=-all",
             "--bounding-set=-all",
         ])
-        .arg(exe)
+        .arg(&exe)
         .args([
             "--exact",
             "unprivileged_is_unsupported_with_a_remedy",
@@ -43,6 +46,7 @@ async fn unprivileged_is_unsupported_with_a_remedy() {
         .output()
         .await
         .expect("setpriv from util-linux");
+    std::fs::remove_file(&exe).unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
