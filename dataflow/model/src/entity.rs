@@ -216,9 +216,13 @@ impl FromStr for EntityId {
             }
         };
         Ok(match kind {
-            "node" => EntityId::Node { name: single(rest)? },
+            "node" => EntityId::Node {
+                name: single(rest)?,
+            },
             "container" => EntityId::Container { id: single(rest)? },
-            "dns" => EntityId::Dns { name: single(rest)? },
+            "dns" => EntityId::Dns {
+                name: single(rest)?,
+            },
             "endpoint" => EntityId::Endpoint {
                 address: single(rest)?,
             },

@@ -69,7 +69,9 @@ pub enum RecordingError {
         position: Position,
     },
     /// A header with a version this build does not understand.
-    #[error("{position}: recording format version {version} is not supported (this build reads version 1)")]
+    #[error(
+        "{position}: recording format version {version} is not supported (this build reads version 1)"
+    )]
     UnsupportedVersion {
         /// The header line.
         position: Position,
@@ -269,7 +271,8 @@ impl<R: BufRead> Iterator for RecordingReader<R> {
 mod tests {
     use super::*;
 
-    const BEAT: &str = r#"{"kind":"heartbeat","source":"kernel","node":"n1","upto_ns":1700000000000000000}"#;
+    const BEAT: &str =
+        r#"{"kind":"heartbeat","source":"kernel","node":"n1","upto_ns":1700000000000000000}"#;
 
     fn read(text: &[u8]) -> Vec<Result<(Position, Observation), RecordingError>> {
         RecordingReader::new(text).collect()
@@ -295,7 +298,13 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         };
         assert_eq!(line_of(&items[1]), 3);
-        assert!(items[1].as_ref().unwrap_err().to_string().contains("teleport"));
+        assert!(
+            items[1]
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .contains("teleport")
+        );
         assert_eq!(line_of(&items[2]), 6);
         assert_eq!(line_of(&items[3]), 7);
         assert_eq!(line_of(&items[4]), 8);

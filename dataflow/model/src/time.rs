@@ -67,7 +67,10 @@ mod tests {
     fn formats_epoch_and_leap_day() {
         assert_eq!(format_time(0), "1970-01-01T00:00:00.000Z");
         // 2024-02-29T12:00:00.5Z
-        assert_eq!(format_time(1_709_208_000_500_000_000), "2024-02-29T12:00:00.500Z");
+        assert_eq!(
+            format_time(1_709_208_000_500_000_000),
+            "2024-02-29T12:00:00.500Z"
+        );
     }
 
     #[test]
