@@ -212,7 +212,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 .between(args.start, args.end);
             runtime.block_on(pipeline::correlate(
                 &config,
-                vec![Box::new(source)],
+                (vec![Box::new(source)], Vec::new()),
                 layout,
                 target(&args.output),
                 None,

@@ -16,9 +16,34 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// The collectors the configuration enables, built without I/O.
-pub(crate) fn enabled_sources(config: &TapioConfig) -> Result<Vec<Box<dyn Source>>> {
+/// A collector's own health line, logged with the progress and at the end.
+pub(crate) type Health = Box<dyn Fn() -> String + Send + Sync>;
+
+/// The collectors the configuration enables, built without I/O, with their health reporters.
+pub(crate) fn enabled_sources(config: &TapioConfig) -> Result<(Vec<Box<dyn Source>>, Vec<Health>)> {
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    let mut health: Vec<Health> = Vec::new();
+    let kernel = &config.collectors.kernel;
+    if kernel.enabled {
+        let source = tapio_sources_kernel::KernelSource::new(
+            tapio_sources_kernel::KernelSourceConfig {
+                ring_buffer_bytes: kernel.ring_buffer_bytes,
+                heartbeat_interval: kernel.heartbeat_interval,
+                batch_delay: kernel.batch_delay,
+                forks: kernel.forks,
+                oom: kernel.oom,
+                network: kernel.network,
+                containers: kernel.containers,
+                file_path_prefixes: kernel.file_path_prefixes.clone(),
+                file_aggregation_window: kernel.file_aggregation_window,
+                retransmit_aggregation_window: kernel.retransmit_aggregation_window,
+                process_cache_capacity: kernel.process_cache_capacity,
+            },
+        )?;
+        let stats = source.stats();
+        health.push(Box::new(move || stats.snapshot().to_string()));
+        sources.push(Box::new(source));
+    }
     let recording = &config.collectors.recording;
     if recording.enabled {
         sources.push(Box::new(tapio_sources_recording::RecordingSource::new(
@@ -33,7 +58,7 @@ pub(crate) fn enabled_sources(config: &TapioConfig) -> Result<Vec<Box<dyn Source
              or replay a recording with `tapio replay FILE`"
         );
     }
-    Ok(sources)
+    Ok((sources, health))
 }
 
 /// This node's name: the configured one, or the host name.
@@ -108,8 +133,12 @@ fn start_sources(
         .collect()
 }
 
-/// Logs progress every few seconds while sources run.
-fn report_progress(sources: &[RunningSource], shutdown: &CancellationToken) -> JoinHandle<()> {
+/// Logs progress every few seconds while sources run, with each collector's health.
+fn report_progress(
+    sources: &[RunningSource],
+    health: Arc<Vec<Health>>,
+    shutdown: &CancellationToken,
+) -> JoinHandle<()> {
     let watched: Vec<(&'static str, Arc<SourceStats>)> = sources
         .iter()
         .map(|source| (source.kind, Arc::clone(&source.stats)))
@@ -135,6 +164,9 @@ fn report_progress(sources: &[RunningSource], shutdown: &CancellationToken) -> J
                     "Progress."
                 );
                 last = now.sent;
+            }
+            for report in health.iter() {
+                tracing::info!(health = %report(), "Collector health.");
             }
         }
     })
@@ -181,7 +213,7 @@ async fn wait_for_sources(sources: Vec<RunningSource>) -> Result<()> {
 /// Runs `sources` through the correlation dataflow into `target`.
 pub(crate) async fn correlate(
     config: &TapioConfig,
-    sources: Vec<Box<dyn Source>>,
+    (sources, health): (Vec<Box<dyn Source>>, Vec<Health>),
     layout: ClusterLayout,
     target: Target,
     run_for: Option<Duration>,
@@ -211,8 +243,12 @@ pub(crate) async fn correlate(
     let router = tokio::spawn(Router::new(layout, inputs).run(observations_rx));
 
     let running = start_sources(sources, &node_name(config), observations_tx, &shutdown);
-    let progress = report_progress(&running, &shutdown);
+    let health = Arc::new(health);
+    let progress = report_progress(&running, Arc::clone(&health), &shutdown);
     let sources_result = wait_for_sources(running).await;
+    for report in health.iter() {
+        tracing::info!(health = %report(), "Collector health at exit.");
+    }
     router.await.context("the input router failed")?;
     let report = tokio::task::spawn_blocking(move || engine.join())
         .await
@@ -234,7 +270,7 @@ pub(crate) async fn correlate(
 /// Records what `sources` observe into `path`.
 pub(crate) async fn record(
     config: &TapioConfig,
-    sources: Vec<Box<dyn Source>>,
+    (sources, health): (Vec<Box<dyn Source>>, Vec<Health>),
     path: &Path,
     record_for: Option<Duration>,
 ) -> Result<()> {
@@ -261,8 +297,12 @@ pub(crate) async fn record(
         Ok(written)
     });
     let running = start_sources(sources, &node_name(config), observations_tx, &shutdown);
-    let progress = report_progress(&running, &shutdown);
+    let health = Arc::new(health);
+    let progress = report_progress(&running, Arc::clone(&health), &shutdown);
     let sources_result = wait_for_sources(running).await;
+    for report in health.iter() {
+        tracing::info!(health = %report(), "Collector health at exit.");
+    }
     let written = writer.await.context("the recording writer failed")??;
     shutdown.cancel();
     progress.abort();

@@ -4,7 +4,9 @@
 //! Every Deployment owns a current ReplicaSet, which owns pods, which own one to three
 //! containers. Everything Kubernetes knows is emitted as [`StateUpdate`]s from the
 //! `kubernetes/cluster` source; everything the kernel sees is emitted as facts from `kernel/<node>`
-//! and container stops from `kubelet/<node>`. Each of those (source, node) pairs sends a
+//! and container stops from `kubelet/<node>`; the node agent (`kernel/<node>`) also publishes
+//! each process's place in its container as a `ProcessContainer` state record, inserted at the
+//! exec and retracted verbatim at the exit. Each of those (source, node) pairs sends a
 //! heartbeat at the end of every tick.
 //!
 //! Over event time the cluster lives:
@@ -28,8 +30,8 @@ use std::collections::{BinaryHeap, HashMap};
 
 use tapio_model::{
     ContainerExit, EntityId, Fact, FactId, FactPayload, Heartbeat, Observation, OomKill, OwnerRef,
-    PodContainer, ProcessExec, ProcessExit, StateObject, StateRecord, StateUpdate, TimeNs,
-    WorkloadObject,
+    PodContainer, ProcessContainer, ProcessExec, ProcessExit, StateObject, StateRecord,
+    StateUpdate, TimeNs, WorkloadObject,
 };
 
 const NS_PER_MS: u64 = 1_000_000;
@@ -251,6 +253,7 @@ struct Process {
     container_id: String,
     pod: u64,
     container: usize,
+    membership: StateRecord,
 }
 
 #[derive(Debug)]
@@ -490,8 +493,7 @@ impl Cluster {
             Event::Rollout => self.rollout(time),
             Event::ProcessExit(process) => {
                 if let Some(process) = self.end_process(process) {
-                    let exit = self.exit_fact(time, &process, 0, 0);
-                    self.push(out, exit);
+                    self.exit(time, process, 0);
                 }
             }
             Event::ContainerStart {
@@ -764,12 +766,31 @@ impl Cluster {
                 uid: 0,
                 start_ns,
                 comm: comm.clone(),
-                filename,
+                filename: filename.clone(),
                 args,
                 container_id: Some(container_id.clone()),
             }),
         );
         self.emit_at(time, fact);
+        self.kernel_seq[node] += 1;
+        let membership = StateRecord {
+            evidence: FactId::new(
+                "kernel",
+                self.node_names[node].clone(),
+                self.kernel_seq[node],
+            ),
+            since_ns: time,
+            object: StateObject::ProcessContainer(ProcessContainer {
+                process: EntityId::Process {
+                    node: self.node_names[node].clone(),
+                    pid,
+                    start_ns,
+                },
+                container_id: container_id.clone(),
+                filename,
+            }),
+        };
+        self.insert(time, membership.clone());
         let id = self.id();
         self.processes.insert(
             id,
@@ -781,6 +802,7 @@ impl Cluster {
                 container_id,
                 pod,
                 container,
+                membership,
             },
         );
         if let Some(p) = self.pods.get_mut(&pod) {
@@ -867,6 +889,13 @@ impl Cluster {
         )
     }
 
+    /// Emits a process's exit (on `signal`, or code 0) and the retraction of its membership.
+    fn exit(&mut self, time: TimeNs, process: Process, signal: u32) {
+        let exit = self.exit_fact(time, &process, 0, signal);
+        self.emit_at(time, exit);
+        self.retract(time, process.membership);
+    }
+
     /// Stops every process of a container on `signal`, within 50 ms of `time`.
     fn kill_processes(&mut self, time: TimeNs, pod: u64, container: usize, signal: u32) {
         let Some(p) = self.pods.get_mut(&pod) else {
@@ -879,8 +908,7 @@ impl Cluster {
         for id in processes {
             if let Some(process) = self.processes.remove(&id) {
                 let at = time + self.rng.between(1, 50) * NS_PER_MS;
-                let exit = self.exit_fact(at, &process, 0, signal);
-                self.emit_at(at, exit);
+                self.exit(at, process, signal);
             }
         }
     }
@@ -951,8 +979,7 @@ impl Cluster {
         );
         self.emit_at(time, kill);
         let at = time + self.rng.between(1, 50) * NS_PER_MS;
-        let exit = self.exit_fact(at, &victim, 0, 9);
-        self.emit_at(at, exit);
+        self.exit(at, victim, 9);
         self.kill_processes(time, pod, container, 9);
         let stop = time + self.rng.between(100, 400) * NS_PER_MS;
         self.container_exit(stop, pod, container, (137, "OOMKilled"));
@@ -1015,7 +1042,16 @@ impl Cluster {
         };
         for container in &mut p.containers {
             for id in std::mem::take(&mut container.processes) {
-                self.processes.remove(&id);
+                if let Some(process) = self.processes.remove(&id) {
+                    self.emit_at(
+                        time,
+                        Observation::State(StateUpdate {
+                            time_ns: time,
+                            diff: -1,
+                            record: process.membership,
+                        }),
+                    );
+                }
             }
             if let Some(record) = container.record.take() {
                 self.retract(time, record);

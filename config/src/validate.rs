@@ -20,6 +20,64 @@ const NATS_SCHEMES: [&str; 4] = ["nats", "tls", "ws", "wss"];
 
 /// Runs every check in document order and returns the first failure, without location.
 pub(crate) fn validate(config: &TapioConfig) -> Result<(), ConfigError> {
+    let kernel = &config.collectors.kernel;
+    let ring = kernel.ring_buffer_bytes;
+    if !ring.is_power_of_two() || !(65_536..=1 << 30).contains(&ring) {
+        return Err(invalid(
+            "collectors.kernel.ring_buffer_bytes",
+            format!("must be a power of two between 65536 and 1073741824, got {ring}"),
+        ));
+    }
+    duration_in(
+        "collectors.kernel.heartbeat_interval",
+        kernel.heartbeat_interval,
+        Duration::from_nanos(1),
+        Duration::from_millis(100),
+    )?;
+    duration_in(
+        "collectors.kernel.batch_delay",
+        kernel.batch_delay,
+        Duration::ZERO,
+        Duration::from_millis(50),
+    )?;
+    if kernel.file_path_prefixes.len() > 8 {
+        return Err(invalid(
+            "collectors.kernel.file_path_prefixes",
+            format!(
+                "at most 8 prefixes, got {}",
+                kernel.file_path_prefixes.len()
+            ),
+        ));
+    }
+    if let Some(prefix) = kernel
+        .file_path_prefixes
+        .iter()
+        .find(|prefix| prefix.is_empty() || prefix.len() > 64)
+    {
+        return Err(invalid(
+            "collectors.kernel.file_path_prefixes",
+            format!("each prefix must be 1 to 64 bytes, got `{prefix}`"),
+        ));
+    }
+    duration_in(
+        "collectors.kernel.file_aggregation_window",
+        kernel.file_aggregation_window,
+        Duration::ZERO,
+        HOUR,
+    )?;
+    duration_in(
+        "collectors.kernel.retransmit_aggregation_window",
+        kernel.retransmit_aggregation_window,
+        Duration::ZERO,
+        HOUR,
+    )?;
+    count_in(
+        "collectors.kernel.process_cache_capacity",
+        kernel.process_cache_capacity,
+        1,
+        10_000_000,
+    )?;
+
     let recording = &config.collectors.recording;
     if recording.enabled && recording.path.trim().is_empty() {
         return Err(invalid(

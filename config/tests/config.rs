@@ -321,14 +321,47 @@ fn wrong_types_name_the_key_path_and_line() {
 #[test]
 fn wrong_types_under_same_named_keys_find_the_right_one() {
     let enabled_true = lines_of(SHIPPED, "enabled: true");
-    assert_eq!(enabled_true.len(), 2, "ownership and oom_sequence");
+    assert_eq!(enabled_true.len(), 3, "kernel, ownership and oom_sequence");
     let mut lines: Vec<String> = SHIPPED.lines().map(str::to_owned).collect();
-    let oom_line = enabled_true[1];
+    let oom_line = enabled_true[2];
     lines[oom_line - 1] = lines[oom_line - 1].replace("true", "yes");
     let error = parse_err(&lines.join("\n"));
     assert_eq!(error.key_path, "correlation.oom_sequence.enabled");
     assert_eq!(error.line, Some(oom_line));
     assert_eq!(error.message, "expected true or false, got `yes`");
+}
+
+#[test]
+fn kernel_collector_values_are_checked_with_their_key_path() {
+    for (text, key_path) in [
+        (
+            "collectors:\n  kernel:\n    ring_buffer_bytes: 100000\n",
+            "collectors.kernel.ring_buffer_bytes",
+        ),
+        (
+            "collectors:\n  kernel:\n    heartbeat_interval: 1s\n",
+            "collectors.kernel.heartbeat_interval",
+        ),
+        (
+            "collectors:\n  kernel:\n    file_path_prefixes: [\"\"]\n",
+            "collectors.kernel.file_path_prefixes",
+        ),
+        (
+            "collectors:\n  kernel:\n    process_cache_capacity: 0\n",
+            "collectors.kernel.process_cache_capacity",
+        ),
+    ] {
+        let error = parse_err(text);
+        assert_eq!(error.key_path, key_path, "{error}");
+        assert_eq!(error.line, Some(3), "{error}");
+    }
+    let config = TapioConfig::from_yaml_str(
+        "collectors:\n  kernel:\n    enabled: false\n    file_path_prefixes: []\n",
+        "tapio.yaml",
+    )
+    .expect("valid");
+    assert!(!config.collectors.kernel.enabled);
+    assert!(config.collectors.kernel.file_path_prefixes.is_empty());
 }
 
 #[test]

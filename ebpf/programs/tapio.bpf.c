@@ -321,6 +321,31 @@ int BPF_PROG(tapio_exit, struct task_struct *p)
 	return 0;
 }
 
+/* ===== Containers ===== */
+
+/* A cgroup that becomes empty. Container cgroups sit at least three levels deep
+ * (kubepods/<qos>/pod<uid>/<id> or the systemd slices), so shallower ones are skipped here and
+ * userspace keeps only paths that name a container. */
+SEC("tp_btf/cgroup_notify_populated")
+int BPF_PROG(tapio_cgroup_empty, struct cgroup *cgrp, const char *path, int val)
+{
+	if (val != 0)
+		return 0;
+	int level = BPF_CORE_READ(cgrp, level);
+	if (level < 2)
+		return 0;
+	struct tapio_cgroup_event *e = reserve(sizeof(*e), TAPIO_EV_CGROUP_EMPTY);
+	if (!e)
+		return 0;
+	e->cgroup_id = BPF_CORE_READ(cgrp, kn, id);
+	e->root = BPF_CORE_READ(cgrp, root, hierarchy_id);
+	e->level = level;
+	if (bpf_probe_read_kernel_str(e->path, sizeof(e->path), path) < 0)
+		e->path[0] = 0;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
 /* ===== OOM ===== */
 
 SEC("tp_btf/mark_victim")

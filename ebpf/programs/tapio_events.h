@@ -33,6 +33,7 @@
 #define TAPIO_EV_OOM 4
 #define TAPIO_EV_TCP 5
 #define TAPIO_EV_FILE 6
+#define TAPIO_EV_CGROUP_EMPTY 7
 
 /* struct tapio_exec_event.flags */
 #define TAPIO_EXEC_ARGS_TRUNCATED 1 /* more args than TAPIO_MAX_ARGS, or one was cut */
@@ -157,6 +158,16 @@ struct tapio_file_event {
 	char path2[TAPIO_PATH_LEN]; /* rename: the new name */
 };
 
+/* A cgroup lost its last process (cgroup:cgroup_notify_populated with val 0). For a container's
+ * cgroup this is the container's end, seen by the kernel. */
+struct tapio_cgroup_event {
+	struct tapio_header hdr;
+	__u64 cgroup_id; /* kernfs id of the cgroup */
+	__s32 root;      /* hierarchy id: 0 is cgroup v2, others are v1 hierarchies */
+	__s32 level;     /* depth below the hierarchy's root */
+	char path[TAPIO_PATH_LEN]; /* path from the hierarchy's root */
+};
+
 /* The single value of the CONFIG array map, written by the loader before attaching. */
 struct tapio_config {
 	__u64 file_window_ns;       /* identical file events within this window are folded */
@@ -172,6 +183,13 @@ struct tapio_config {
 #define TAPIO_ASSERT_SIZE(type, size) _Static_assert(sizeof(struct type) == size, #type " size")
 #define TAPIO_ASSERT_OFFSET(type, field, off)                                                      \
 	_Static_assert(__builtin_offsetof(struct type, field) == off, #type "." #field " offset")
+
+TAPIO_ASSERT_SIZE(tapio_cgroup_event, 288);
+TAPIO_ASSERT_OFFSET(tapio_cgroup_event, hdr, 0);
+TAPIO_ASSERT_OFFSET(tapio_cgroup_event, cgroup_id, 16);
+TAPIO_ASSERT_OFFSET(tapio_cgroup_event, root, 24);
+TAPIO_ASSERT_OFFSET(tapio_cgroup_event, level, 28);
+TAPIO_ASSERT_OFFSET(tapio_cgroup_event, path, 32);
 
 TAPIO_ASSERT_SIZE(tapio_header, 16);
 TAPIO_ASSERT_OFFSET(tapio_header, ts_ns, 0);

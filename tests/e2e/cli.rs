@@ -48,7 +48,7 @@ fn config_replaying(dir: &std::path::Path, speed: f64) -> std::path::PathBuf {
     std::fs::write(
         &path,
         format!(
-            "collectors:\n  recording:\n    enabled: true\n    path: {}\n    speed: {speed}\n",
+            "collectors:\n  kernel:\n    enabled: false\n  recording:\n    enabled: true\n    path: {}\n    speed: {speed}\n",
             kspan_recording().display()
         ),
     )

@@ -57,6 +57,8 @@ pub const EV_OOM: u32 = 4;
 pub const EV_TCP: u32 = 5;
 /// `Header::kind` of a [`FileEvent`].
 pub const EV_FILE: u32 = 6;
+/// `Header::kind` of a [`CgroupEvent`].
+pub const EV_CGROUP_EMPTY: u32 = 7;
 
 /// `ExecEvent::flags`: more arguments than [`MAX_ARGS`], or one was cut at [`ARG_LEN`].
 pub const EXEC_ARGS_TRUNCATED: u32 = 1;
@@ -190,6 +192,22 @@ pub struct ExitEvent {
     pub _pad: u32,
     /// Memory-cgroup directory names: leaf, parent, grandparent.
     pub cgroup: [[u8; CGROUP_NAME_LEN]; CGROUP_LEVELS],
+}
+
+/// `cgroup:cgroup_notify_populated` with val 0: a cgroup lost its last process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupEvent {
+    /// Record header.
+    pub hdr: Header,
+    /// Kernfs id of the cgroup.
+    pub cgroup_id: u64,
+    /// Hierarchy id: 0 is cgroup v2, others are v1 hierarchies.
+    pub root: i32,
+    /// Depth below the hierarchy's root.
+    pub level: i32,
+    /// Path from the hierarchy's root.
+    pub path: [u8; PATH_LEN],
 }
 
 /// `oom:mark_victim`.
@@ -385,7 +403,9 @@ impl Config {
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{Config, ExecEvent, ExitEvent, FileEvent, ForkEvent, Header, OomEvent, TcpEvent};
+    use super::{
+        CgroupEvent, Config, ExecEvent, ExitEvent, FileEvent, ForkEvent, Header, OomEvent, TcpEvent,
+    };
 
     // SAFETY: each type is #[repr(C)], made only of integers and integer arrays, with explicit
     // padding fields (the layout test checks there are no hidden gaps), so every bit pattern is
@@ -403,6 +423,8 @@ mod pod {
     unsafe impl aya::Pod for TcpEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FileEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for CgroupEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Config {}
 }
@@ -422,6 +444,8 @@ pub enum Record {
     Tcp(TcpEvent),
     /// A file event.
     File(Box<FileEvent>),
+    /// A cgroup lost its last process.
+    CgroupEmpty(Box<CgroupEvent>),
 }
 
 impl Record {
@@ -434,6 +458,7 @@ impl Record {
             Record::Oom(e) => &e.hdr,
             Record::Tcp(e) => &e.hdr,
             Record::File(e) => &e.hdr,
+            Record::CgroupEmpty(e) => &e.hdr,
         }
     }
 }
@@ -479,6 +504,7 @@ impl Plain for ExitEvent {}
 impl Plain for OomEvent {}
 impl Plain for TcpEvent {}
 impl Plain for FileEvent {}
+impl Plain for CgroupEvent {}
 
 fn read<T: Plain>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
     if bytes.len() < size_of::<T>() {
@@ -507,6 +533,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         EV_OOM => Record::Oom(Box::new(read(bytes, header.kind)?)),
         EV_TCP => Record::Tcp(read(bytes, header.kind)?),
         EV_FILE => Record::File(Box::new(read(bytes, header.kind)?)),
+        EV_CGROUP_EMPTY => Record::CgroupEmpty(Box::new(read(bytes, header.kind)?)),
         kind => return Err(DecodeError::UnknownKind { kind }),
     })
 }
@@ -610,6 +637,12 @@ mod tests {
         );
         layout!(
             map,
+            "tapio_cgroup_event",
+            CgroupEvent,
+            [hdr, cgroup_id, root, level, path]
+        );
+        layout!(
+            map,
             "tapio_config",
             Config,
             [
@@ -672,6 +705,7 @@ mod tests {
             ("TAPIO_EV_OOM", EV_OOM as usize),
             ("TAPIO_EV_TCP", EV_TCP as usize),
             ("TAPIO_EV_FILE", EV_FILE as usize),
+            ("TAPIO_EV_CGROUP_EMPTY", EV_CGROUP_EMPTY as usize),
             ("TAPIO_TCP_CONNECT", TCP_CONNECT as usize),
             ("TAPIO_TCP_ACCEPT", TCP_ACCEPT as usize),
             ("TAPIO_TCP_CLOSE", TCP_CLOSE as usize),

@@ -64,11 +64,13 @@ pub enum Hook {
     FileUnlink,
     /// `syscalls:sys_{enter,exit}_rename{,at,at2}`.
     FileRename,
+    /// `cgroup:cgroup_notify_populated` (tp_btf): a cgroup, such as a container's, emptied.
+    CgroupEmpty,
 }
 
 impl Hook {
     /// Every hook.
-    pub const ALL: [Hook; 10] = [
+    pub const ALL: [Hook; 11] = [
         Hook::Exec,
         Hook::Fork,
         Hook::Exit,
@@ -79,6 +81,7 @@ impl Hook {
         Hook::FileOpen,
         Hook::FileUnlink,
         Hook::FileRename,
+        Hook::CgroupEmpty,
     ];
 
     /// `(program, attach point)` pairs; for tp_btf the point is the tracepoint name, for
@@ -89,6 +92,7 @@ impl Hook {
             Hook::Fork => &[("tapio_fork", "sched_process_fork")],
             Hook::Exit => &[("tapio_exit", "sched_process_exit")],
             Hook::Oom => &[("tapio_oom", "mark_victim")],
+            Hook::CgroupEmpty => &[("tapio_cgroup_empty", "cgroup_notify_populated")],
             Hook::TcpState => &[("tapio_sock_state", "inet_sock_set_state")],
             Hook::TcpReset => &[("tapio_tcp_reset", "tcp_receive_reset")],
             Hook::TcpRetransmit => &[("tapio_tcp_retransmit", "tcp_retransmit_skb")],
@@ -135,6 +139,7 @@ impl fmt::Display for Hook {
             Hook::FileOpen => "file_open",
             Hook::FileUnlink => "file_unlink",
             Hook::FileRename => "file_rename",
+            Hook::CgroupEmpty => "cgroup_empty",
         };
         f.write_str(name)
     }
@@ -151,6 +156,8 @@ pub struct Hooks {
     pub network: bool,
     /// Failed opens, unlinks and renames under the configured prefixes.
     pub files: bool,
+    /// Containers ending (their cgroup losing its last process).
+    pub containers: bool,
 }
 
 impl Hooks {
@@ -161,6 +168,7 @@ impl Hooks {
             oom: true,
             network: true,
             files: true,
+            containers: true,
         }
     }
 
@@ -171,6 +179,7 @@ impl Hooks {
             Hook::Oom => self.oom,
             Hook::TcpState | Hook::TcpReset | Hook::TcpRetransmit => self.network,
             Hook::FileOpen | Hook::FileUnlink | Hook::FileRename => self.files,
+            Hook::CgroupEmpty => self.containers,
         }
     }
 }

@@ -5,10 +5,14 @@
 //! facts: process exec (with the first arguments), fork and exit (exit code, signal); OOM kills
 //! (victim, memory cgroup, pod and container); TCP connects with their outcome (established,
 //! refused, timed out), accepts, closes and retransmits; failed opens (ENOENT, EACCES),
-//! unlinks and renames under configured path prefixes. Every process is named by
+//! unlinks and renames under configured path prefixes; container exits, seen when a
+//! container's cgroup loses its last process. Every process is named by
 //! `(node, pid, start_ns)`, with `start_ns` the kernel's task start time on the wall clock, the
 //! same in every fact about that process. Containers and pods come from cgroup paths
-//! ([`cgroup`]). A heartbeat goes out at least every 100 ms so the dataflow's watermark moves.
+//! ([`cgroup`]). A process that runs in a container is also reported as state: a
+//! `process_container` record inserted at its exec and retracted at its exit, so the dataflow's
+//! ownership graph holds only live processes. A heartbeat goes out at least every 100 ms so the
+//! dataflow's watermark moves.
 //!
 //! Building the source does no I/O; [`tapio_sources::Source::run`] checks the machine, loads
 //! the programs and reads. Health is in [`KernelStats`] ([`KernelSource::stats`]).
@@ -35,8 +39,9 @@ use std::time::Duration;
 use tapio_ebpf::{KernelProbes, LoadError, ProbeOptions, clock};
 use tapio_ebpf_common::{self as common, Record, c_str};
 use tapio_model::{
-    ConnectOutcome, Fact, FactPayload, FileChanged, FileOp, FileOpenFailed, Observation, OomKill,
-    ProcessExec, ProcessExit, ProcessFork, ProcessRef, TcpAccept, TcpClose, TcpConnect,
+    ConnectOutcome, ContainerExit, EntityId, Fact, FactPayload, FileChanged, FileOp,
+    FileOpenFailed, Observation, OomKill, ProcessContainer, ProcessExec, ProcessExit, ProcessFork,
+    ProcessRef, StateObject, StateRecord, StateUpdate, TcpAccept, TcpClose, TcpConnect,
     TcpRetransmit, TimeNs,
 };
 use tapio_sources::{BoxFuture, Source, SourceContext, SourceError};
@@ -63,6 +68,8 @@ pub struct KernelSourceConfig {
     pub oom: bool,
     /// TCP events. Default on.
     pub network: bool,
+    /// Container exits (a container's cgroup losing its last process). Default on.
+    pub containers: bool,
     /// File events (failed opens, unlinks, renames) for paths under these prefixes, as the
     /// process passed them; at most 8, each 1 to 64 bytes. Empty turns file events off.
     pub file_path_prefixes: Vec<String>,
@@ -87,6 +94,7 @@ impl Default for KernelSourceConfig {
             forks: true,
             oom: true,
             network: true,
+            containers: true,
             file_path_prefixes: vec![
                 "/etc/".into(),
                 "/var/run/secrets/".into(),
@@ -223,6 +231,7 @@ impl KernelSource {
                 oom: self.config.oom,
                 network: self.config.network,
                 files: !self.config.file_path_prefixes.is_empty(),
+                containers: self.config.containers,
             },
             config: self.probe_config,
         };
@@ -256,6 +265,7 @@ impl KernelSource {
 
         let mut reader = Reader {
             identity: Identity::new(self.config.process_cache_capacity),
+            containers: Containers::new(self.config.process_cache_capacity),
             start_offset: clock::realtime_offset_ns(),
             offset: 0,
         };
@@ -301,9 +311,10 @@ impl KernelSource {
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
                 let time_ns = record.header().ts_ns.saturating_add(reader.offset);
-                let Some(payload) = reader.convert(record) else {
+                let Some(payload) = reader.convert(record, time_ns) else {
                     continue;
                 };
+                let membership = reader.containers.membership(&payload, time_ns, &cx);
                 let fact = Observation::Fact(Fact {
                     id: cx.next_fact_id(),
                     time_ns,
@@ -314,6 +325,12 @@ impl KernelSource {
                     break;
                 }
                 self.stats.facts.fetch_add(1, Ordering::Relaxed);
+                if let Some(update) = membership
+                    && cx.send(Observation::State(update)).await.is_err()
+                {
+                    closed = true;
+                    break;
+                }
             }
             if closed {
                 break Ok(());
@@ -421,9 +438,129 @@ impl KernelSource {
     }
 }
 
+/// What the source remembers per container and per process in a container, to report
+/// membership as retractable state and to say how a container ended.
+struct Containers {
+    /// (pid, start_ns) → the membership record inserted for that process.
+    members: identity::Bounded<(u32, TimeNs), StateRecord>,
+    /// container id → (time of the last OOM kill in it, last process exit status as a shell
+    /// would report it: code, or 128 + signal).
+    history: identity::Bounded<String, (Option<TimeNs>, Option<i32>)>,
+    /// container id → when its exit was last reported (each v1 hierarchy and v2 report the
+    /// same emptying).
+    reported: identity::Bounded<String, TimeNs>,
+}
+
+/// An OOM kill this long before a container's end makes the end `OOMKilled`.
+const OOM_BLAME_NS: u64 = 30_000_000_000;
+/// Reports of one container's end within this window are one end.
+const EXIT_DEDUP_NS: u64 = 5_000_000_000;
+
+impl Containers {
+    fn new(capacity: usize) -> Containers {
+        Containers {
+            members: identity::Bounded::new(capacity),
+            history: identity::Bounded::new(capacity),
+            reported: identity::Bounded::new(capacity),
+        }
+    }
+
+    /// The state change a fact implies: a process in a container joined (exec) or left (exit).
+    fn membership(
+        &mut self,
+        payload: &FactPayload,
+        time_ns: TimeNs,
+        cx: &SourceContext,
+    ) -> Option<StateUpdate> {
+        match payload {
+            FactPayload::ProcessExec(exec) => {
+                let container_id = exec.container_id.clone()?;
+                // A second exec in the same process keeps its place in the container.
+                if self.members.get(&(exec.pid, exec.start_ns)).is_some() {
+                    return None;
+                }
+                let record = StateRecord {
+                    evidence: cx.next_fact_id(),
+                    since_ns: time_ns,
+                    object: StateObject::ProcessContainer(ProcessContainer {
+                        process: EntityId::Process {
+                            node: cx.node.clone(),
+                            pid: exec.pid,
+                            start_ns: exec.start_ns,
+                        },
+                        container_id,
+                        filename: exec.filename.clone(),
+                    }),
+                };
+                self.members
+                    .insert((exec.pid, exec.start_ns), record.clone());
+                Some(StateUpdate {
+                    time_ns,
+                    diff: 1,
+                    record,
+                })
+            }
+            FactPayload::ProcessExit(exit) => {
+                if let Some(container) = &exit.container_id {
+                    let status = if exit.signal != 0 {
+                        128 + exit.signal as i32
+                    } else {
+                        exit.exit_code
+                    };
+                    let oom = self.history.get(container).and_then(|(oom, _)| *oom);
+                    self.history.insert(container.clone(), (oom, Some(status)));
+                }
+                let record = self.members.remove(&(exit.pid, exit.start_ns))?;
+                Some(StateUpdate {
+                    time_ns,
+                    diff: -1,
+                    record,
+                })
+            }
+            FactPayload::OomKill(kill) => {
+                let container = kill.container_id.clone()?;
+                let last = self.history.get(&container).and_then(|(_, last)| *last);
+                self.history.insert(container, (Some(time_ns), last));
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// The end of a container whose cgroup emptied, once per container.
+    fn ended(&mut self, container: cgroup::ContainerRef, time_ns: TimeNs) -> Option<FactPayload> {
+        let id = container.container_id;
+        if let Some(last) = self.reported.get(&id)
+            && time_ns.saturating_sub(*last) < EXIT_DEDUP_NS
+        {
+            return None;
+        }
+        self.reported.insert(id.clone(), time_ns);
+        let (oom, status) = self.history.remove(&id).unwrap_or((None, None));
+        let oom_killed = oom.is_some_and(|at| time_ns.saturating_sub(at) <= OOM_BLAME_NS);
+        let exit_code = status.unwrap_or(if oom_killed { 137 } else { 0 });
+        let reason = if oom_killed {
+            "OOMKilled"
+        } else if exit_code == 0 {
+            "Completed"
+        } else {
+            "Error"
+        };
+        Some(FactPayload::ContainerExit(ContainerExit {
+            container_id: id,
+            container_name: String::new(),
+            pod: None,
+            exit_code,
+            reason: reason.into(),
+            restart_count: 0,
+        }))
+    }
+}
+
 /// Turns records into fact payloads.
 struct Reader {
     identity: Identity,
+    containers: Containers,
     /// Offset for process start times: fixed for the run, so start_ns is stable.
     start_offset: u64,
     /// Offset for event times: refreshed every second.
@@ -452,8 +589,12 @@ impl Reader {
         monotonic.saturating_add(self.start_offset)
     }
 
-    fn convert(&mut self, record: Record) -> Option<FactPayload> {
+    fn convert(&mut self, record: Record, time_ns: TimeNs) -> Option<FactPayload> {
         Some(match record {
+            Record::CgroupEmpty(e) => {
+                let container = cgroup::parse_path(&c_str(&e.path))?;
+                return self.containers.ended(container, time_ns);
+            }
             Record::Exec(e) => {
                 let names = names(&e.cgroup);
                 let resolved = if names.iter().any(|n| !n.is_empty()) {

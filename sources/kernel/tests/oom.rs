@@ -6,7 +6,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tapio_model::FactPayload;
+use tapio_model::{EntityId, FactPayload, Observation, StateObject};
 use tapio_sources_kernel::KernelSourceConfig;
 
 /// Creates the cgroup directories and removes them (and only them) again.
@@ -151,6 +151,54 @@ async fn oom_kill_in_a_pod_cgroup() {
     };
     assert_eq!(exec.start_ns, oom.start_ns);
     assert_eq!(exec.container_id.as_deref(), Some(container_id.as_str()));
+
+    // The container's cgroup lost its only process: the kernel reports the container's end,
+    // blamed on the OOM kill, once (both the v1 memory and the v2 hierarchy empty).
+    let ended = running
+        .wait_for(
+            Duration::from_secs(5),
+            |p| matches!(p, FactPayload::ContainerExit(c) if c.container_id == container_id),
+        )
+        .await
+        .expect("container exit fact");
+    let FactPayload::ContainerExit(ended) = ended.payload else {
+        unreachable!()
+    };
+    assert_eq!(ended.reason, "OOMKilled");
+    assert_eq!(ended.exit_code, 137);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let container_exits = running
+        .facts()
+        .into_iter()
+        .filter(|f| matches!(&f.payload, FactPayload::ContainerExit(c) if c.container_id == container_id))
+        .count();
+    assert_eq!(container_exits, 1, "one end per container");
+
+    // The process was in the container from its exec to its exit, as retractable state.
+    let process = EntityId::Process {
+        node: "test-node".into(),
+        pid,
+        start_ns: oom.start_ns,
+    };
+    let membership: Vec<i8> = running
+        .observations()
+        .iter()
+        .filter_map(|o| match o {
+            Observation::State(update) => match &update.record.object {
+                StateObject::ProcessContainer(member) if member.process == process => {
+                    assert_eq!(member.container_id, container_id);
+                    Some(update.diff)
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        membership,
+        vec![1, -1],
+        "inserted at exec, retracted at exit"
+    );
     running.stop().await.expect("clean stop");
     drop(cgroups);
     assert!(
