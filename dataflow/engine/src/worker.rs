@@ -29,8 +29,9 @@ pub(crate) fn correlate<'scope>(
     let mut outputs = Vec::new();
     let chains = settings.ownership.as_ref().map(|rule| {
         let links = ownership::links(state, rule);
-        let chains = ownership::chains(links, rule.max_depth);
-        outputs.push(ownership::correlations(chains.clone()));
+        let chains = ownership::chains(links.objects, rule.max_depth);
+        let processes = ownership::process_chains(links.processes, chains.clone());
+        outputs.push(ownership::correlations(chains.clone().concat(processes)));
         chains
     });
     if let Some(rule) = &settings.oom_sequence {

@@ -16,6 +16,9 @@ use super::ownership::Chains;
 use super::window::retain;
 use crate::clock::{Tick, TickClock};
 
+/// The signal the OOM killer ends its victims with.
+const SIGKILL: u32 = 9;
+
 /// Settings of the OOM sequence rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OomSequenceSettings {
@@ -75,7 +78,15 @@ pub fn correlations<'scope>(
     clock: TickClock,
     settings: &OomSequenceSettings,
 ) -> VecCollection<'scope, Tick, Correlation, isize> {
-    let kept = retain(facts, settings.keep_for_ms, move |fact| {
+    // Only what a sequence is made of is kept for `keep_for`: kills, container exits, and the
+    // exits of processes that were killed (the OOM killer sends SIGKILL). Everything else is
+    // dropped before it costs state.
+    let relevant = facts.filter(|fact| match &fact.payload {
+        FactPayload::OomKill(_) | FactPayload::ContainerExit(_) => true,
+        FactPayload::ProcessExit(exit) => exit.signal == SIGKILL,
+        _ => false,
+    });
+    let kept = retain(relevant, settings.keep_for_ms, move |fact| {
         clock.tick_of(fact.time_ns)
     });
     let within = settings.within_ns;

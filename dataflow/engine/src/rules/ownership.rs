@@ -4,7 +4,9 @@
 //! links transitively, so that for any entity Tapio knows the whole chain up to the top-most
 //! owner, with the observation behind every link: the Kubernetes object that named its
 //! controlling owner, the pod status that listed the container, the node agent's record of the
-//! process inside the container. A link holds while the state behind it holds; when a process
+//! process inside the container. Objects and containers form a small graph that is closed
+//! transitively; processes, many and short-lived and never owners, are then joined onto their
+//! container's chain. A link holds while the state behind it holds; when a process
 //! exits, its link is kept for a grace period so that late events about it still find their
 //! owners. When a link goes away, every chain through it is retracted. Chains are cut at a
 //! maximum depth, so an ownership cycle in bad data cannot run away.
@@ -39,61 +41,101 @@ pub struct Link {
 /// Chains keyed by the entity they start at: `(entity, [hop(entity), hop(owner), ...])`.
 pub type Chains<'scope> = VecCollection<'scope, Tick, (EntityId, Vec<Hop>), isize>;
 
-/// Direct ownership links from state: Kubernetes owners, pod containers, and processes in
-/// containers. A process link's retraction (its exit) takes effect `process_exit_grace_ms`
-/// later.
+/// Direct ownership links, split by what the closure needs to follow.
+pub struct Links<'scope> {
+    /// Kubernetes objects to their owners, containers to their pods: a small graph that
+    /// changes slowly, closed transitively.
+    pub objects: VecCollection<'scope, Tick, (EntityId, Link), isize>,
+    /// Processes to their containers: many and short-lived, and never owners themselves, so
+    /// they join onto the containers' chains instead of entering the closure.
+    pub processes: VecCollection<'scope, Tick, (EntityId, Link), isize>,
+}
+
+/// Direct ownership links from state. A process link's retraction (its exit) takes effect
+/// `process_exit_grace_ms` later.
 pub fn links<'scope>(
     state: VecCollection<'scope, Tick, StateRecord, isize>,
     settings: &OwnershipSettings,
-) -> VecCollection<'scope, Tick, (EntityId, Link), isize> {
-    let grace = settings.process_exit_grace_ms;
-    let graced = state
-        .inner
-        .map(move |(record, tick, diff)| {
-            let delay = match record.object {
-                StateObject::ProcessContainer(_) if diff < 0 => grace,
-                _ => 0,
-            };
-            (record, tick.saturating_add(delay), diff)
-        })
-        .as_collection();
-    graced.flat_map(|record| {
-        let (child, parent, what) = match record.object {
-            StateObject::Workload(object) => {
-                let owner = object.owner?;
-                let what = format!("owned by {}", owner.entity);
-                (object.entity, owner.entity, what)
-            }
-            StateObject::PodContainer(container) => {
-                let what = format!(
-                    "container {} of {}",
-                    container.container_name, container.pod
-                );
-                let child = EntityId::Container {
-                    id: container.container_id,
-                };
-                (child, container.pod, what)
-            }
-            StateObject::ProcessContainer(member) => {
-                let what = format!("runs {} in the container", member.filename);
-                let parent = EntityId::Container {
-                    id: member.container_id,
-                };
-                (member.process, parent, what)
-            }
-        };
-        Some((
+) -> Links<'scope> {
+    let link = |child, parent, record: &StateRecord, what| {
+        (
             child,
             Link {
                 parent,
                 evidence: Evidence {
                     time: record.since_ns,
-                    fact_id: record.evidence,
+                    fact_id: record.evidence.clone(),
                     what,
                 },
             },
-        ))
-    })
+        )
+    };
+    let objects = state.clone().flat_map(move |record| match &record.object {
+        StateObject::Workload(object) => {
+            let owner = object.owner.as_ref()?;
+            let what = format!("owned by {}", owner.entity);
+            Some(link(
+                object.entity.clone(),
+                owner.entity.clone(),
+                &record,
+                what,
+            ))
+        }
+        StateObject::PodContainer(container) => {
+            let what = format!(
+                "container {} of {}",
+                container.container_name, container.pod
+            );
+            let child = EntityId::Container {
+                id: container.container_id.clone(),
+            };
+            Some(link(child, container.pod.clone(), &record, what))
+        }
+        StateObject::ProcessContainer(_) => None,
+    });
+    let grace = settings.process_exit_grace_ms;
+    let processes = state
+        .inner
+        .flat_map(move |(record, tick, diff)| {
+            let StateObject::ProcessContainer(member) = &record.object else {
+                return None;
+            };
+            let what = format!("runs {} in the container", member.filename);
+            let parent = EntityId::Container {
+                id: member.container_id.clone(),
+            };
+            let delay = if diff < 0 { grace } else { 0 };
+            let linked = link(member.process.clone(), parent, &record, what);
+            Some((linked, tick.saturating_add(delay), diff))
+        })
+        .as_collection();
+    Links { objects, processes }
+}
+
+/// Chains of processes: each process's link to its container, then the container's chain (or
+/// just the container, when nothing is known about its owners).
+pub fn process_chains<'scope>(
+    processes: VecCollection<'scope, Tick, (EntityId, Link), isize>,
+    chains: Chains<'scope>,
+) -> Chains<'scope> {
+    let by_container = processes.map(|(process, link)| (link.parent.clone(), (process, link)));
+    let owned =
+        by_container
+            .clone()
+            .join_map(chains.clone(), |_container, (process, link), chain| {
+                let mut hops = Vec::with_capacity(chain.len() + 1);
+                hops.push(link.evidence.hop(process));
+                hops.extend(chain.iter().cloned());
+                (process.clone(), hops)
+            });
+    let unowned = by_container.antijoin(chains.map(|(entity, _)| entity)).map(
+        |(container, (process, link))| {
+            let mut top = link.evidence.hop(&container);
+            top.what = format!("top-level owner, named by {}", link.evidence.fact_id);
+            (process.clone(), vec![link.evidence.hop(&process), top])
+        },
+    );
+    owned.concat(unowned)
 }
 
 /// Every entity's chain of owners, from the entity itself up to its top-most owner.
