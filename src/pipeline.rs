@@ -25,8 +25,8 @@ pub(crate) fn enabled_sources(config: &TapioConfig) -> Result<(Vec<Box<dyn Sourc
     let mut health: Vec<Health> = Vec::new();
     let kernel = &config.collectors.kernel;
     if kernel.enabled {
-        let source = tapio_sources_kernel::KernelSource::new(
-            tapio_sources_kernel::KernelSourceConfig {
+        let source =
+            tapio_sources_kernel::KernelSource::new(tapio_sources_kernel::KernelSourceConfig {
                 ring_buffer_bytes: kernel.ring_buffer_bytes,
                 heartbeat_interval: kernel.heartbeat_interval,
                 batch_delay: kernel.batch_delay,
@@ -38,8 +38,7 @@ pub(crate) fn enabled_sources(config: &TapioConfig) -> Result<(Vec<Box<dyn Sourc
                 file_aggregation_window: kernel.file_aggregation_window,
                 retransmit_aggregation_window: kernel.retransmit_aggregation_window,
                 process_cache_capacity: kernel.process_cache_capacity,
-            },
-        )?;
+            })?;
         let stats = source.stats();
         health.push(Box::new(move || stats.snapshot().to_string()));
         sources.push(Box::new(source));
