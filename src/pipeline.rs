@@ -26,6 +26,20 @@ pub(crate) fn enabled_sources(config: &TapioConfig) -> Result<Vec<Box<dyn Source
             recording.speed,
         )));
     }
+    let tick = config.correlation.engine.tick;
+    if config.collectors.kubernetes.enabled {
+        sources.push(Box::new(tapio_sources_kubernetes::KubernetesSource::new(
+            tapio_sources_kubernetes::KubernetesSettings::from_config(
+                &config.collectors.kubernetes,
+                tick,
+            ),
+        )));
+    }
+    if config.collectors.kubelet.enabled {
+        sources.push(Box::new(tapio_sources_kubelet::KubeletSource::new(
+            tapio_sources_kubelet::KubeletSettings::from_config(&config.collectors.kubelet, tick),
+        )));
+    }
     if sources.is_empty() {
         bail!(
             "no collectors are enabled; enable one in the configuration, e.g. \

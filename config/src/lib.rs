@@ -21,8 +21,9 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrorKind};
 pub use model::{
-    CollectorsConfig, CorrelationConfig, EngineConfig, IntegrationsConfig, NatsConfig, Neo4jConfig,
-    OomSequenceConfig, OwnershipConfig, RecordingCollectorConfig, TapioConfig,
+    CollectorsConfig, CorrelationConfig, EngineConfig, IntegrationsConfig, KubeletCollectorConfig,
+    KubernetesCollectorConfig, NatsConfig, Neo4jConfig, OomSequenceConfig, OwnershipConfig,
+    RecordingCollectorConfig, TapioConfig,
 };
 
 impl TapioConfig {

@@ -4,6 +4,7 @@
 mod bad_input;
 mod cli;
 mod determinism;
+mod kubernetes;
 mod layering;
 mod recording;
 mod support;

@@ -25,8 +25,9 @@ mod time;
 pub use correlation::{ClosedBatch, Correlation, CorrelationChange, CorrelationKind, Hop};
 pub use entity::{EntityId, EntityIdError};
 pub use observation::{
-    ContainerExit, Fact, FactId, FactPayload, Heartbeat, InvalidObservation, KubeEvent,
-    Observation, OomKill, OwnerRef, PodContainer, ProcessContainer, ProcessExec, ProcessExit,
-    StateObject, StateRecord, StateUpdate, WorkloadObject,
+    ContainerExit, ContainerReady, Fact, FactId, FactPayload, Heartbeat, InvalidObservation,
+    KubeEvent, NodeCondition, Observation, OomKill, OwnerRef, PodContainer, ProcessContainer,
+    ProcessExec, ProcessExit, ResourceUsage, ServiceEndpoint, ServiceObject, StateObject,
+    StateRecord, StateUpdate, WorkloadObject,
 };
 pub use time::{MAX_PLAUSIBLE_NS, MIN_PLAUSIBLE_NS, TimeNs, format_time, stable_hash};

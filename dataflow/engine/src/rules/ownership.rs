@@ -81,6 +81,10 @@ pub fn links<'scope>(
                 };
                 (member.process, parent, what)
             }
+            // Services, their endpoints and node conditions are not ownership links.
+            StateObject::Service(_)
+            | StateObject::ServiceEndpoint(_)
+            | StateObject::NodeCondition(_) => return None,
         };
         Some((
             child,
