@@ -129,6 +129,15 @@ async fn register_node(admin: &Client, name: &str) -> Result<()> {
     nodes
         .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
         .await?;
+    // The TaintNodesByCondition admission taints a new node not-ready until a kubelet reports
+    // in; the status above is that report, so lift the taint as the node controller would.
+    nodes
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"taints": null}})),
+        )
+        .await?;
     Ok(())
 }
 

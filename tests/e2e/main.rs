@@ -4,6 +4,7 @@
 mod bad_input;
 mod cli;
 mod determinism;
+mod kspan_tree;
 mod kubernetes;
 mod layering;
 mod recording;

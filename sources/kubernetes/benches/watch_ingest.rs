@@ -49,7 +49,7 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// The first Pod of the kspan fixture, as JSON.
+/// The first running Pod of the kspan fixture, as JSON.
 fn template() -> serde_json::Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../../shared/fixtures/k8s/kspan/deployment-2-pods.yaml");
@@ -64,7 +64,7 @@ fn template() -> serde_json::Value {
             Ok(value) => value,
             Err(_) => continue,
         };
-        if value["kind"] == "Pod" {
+        if value["kind"] == "Pod" && value["status"]["containerStatuses"][0]["containerID"].is_string() {
             return value;
         }
     }
