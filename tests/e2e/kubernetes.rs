@@ -143,6 +143,7 @@ async fn register_node(admin: &Client, name: &str) -> Result<()> {
 
 /// Marks every bound pod that has no container status yet as running and ready, with a
 /// container id derived from its uid: what the kubelet reports once the runtime started it.
+/// Confirms the deletion of pods being deleted, as the kubelet does once they stopped.
 async fn drive_pods(admin: &Client, namespace: &str) -> Result<usize> {
     let pods: Api<Pod> = Api::namespaced(admin.clone(), namespace);
     let mut driven = 0;
@@ -157,10 +158,23 @@ async fn drive_pods(admin: &Client, namespace: &str) -> Result<usize> {
             .as_ref()
             .and_then(|status| status.container_statuses.as_ref())
             .is_some_and(|statuses| !statuses.is_empty());
-        if !bound || started || pod.metadata.deletion_timestamp.is_some() {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        if pod.metadata.deletion_timestamp.is_some() {
+            // A kubelet stops the containers, then confirms the deletion with grace 0.
+            let confirm = kube::api::DeleteParams {
+                grace_period_seconds: Some(0),
+                ..kube::api::DeleteParams::default()
+            };
+            if let Err(error) = pods.delete(&name, &confirm).await
+                && !matches!(&error, kube::Error::Api(status) if status.code == 404)
+            {
+                return Err(error.into());
+            }
             continue;
         }
-        let name = pod.metadata.name.clone().unwrap_or_default();
+        if !bound || started {
+            continue;
+        }
         let uid = pod
             .metadata
             .uid
