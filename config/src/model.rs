@@ -117,6 +117,10 @@ pub struct KubernetesCollectorConfig {
     pub label_selector: String,
 }
 
+#[expect(
+    clippy::derivable_impls,
+    reason = "hand-written so that every default is stated and explained in one place"
+)]
 impl Default for KubernetesCollectorConfig {
     fn default() -> Self {
         KubernetesCollectorConfig {

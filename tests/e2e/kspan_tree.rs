@@ -121,13 +121,20 @@ fn kspan_events_group_into_the_expected_tree() {
             (label(event), up)
         })
         .collect();
-    let scale_up_1 = "deployment/default/px ScalingReplicaSet Scaled up replica set px-5d567cc74c to 1";
-    let scale_up_2 = "deployment/default/px ScalingReplicaSet Scaled up replica set px-5d567cc74c to 2";
-    let scale_down_0 = "deployment/default/px ScalingReplicaSet Scaled down replica set px-7df978b9bf to 0";
-    let create_ss4lb = "replicaset/default/px-5d567cc74c SuccessfulCreate Created pod: px-5d567cc74c-ss4lb";
-    let create_pmvzr = "replicaset/default/px-5d567cc74c SuccessfulCreate Created pod: px-5d567cc74c-pmvzr";
-    let delete_jm22q = "replicaset/default/px-7df978b9bf SuccessfulDelete Deleted pod: px-7df978b9bf-jm22q";
-    let delete_bfdrj = "replicaset/default/px-7df978b9bf SuccessfulDelete Deleted pod: px-7df978b9bf-bfdrj";
+    let scale_up_1 =
+        "deployment/default/px ScalingReplicaSet Scaled up replica set px-5d567cc74c to 1";
+    let scale_up_2 =
+        "deployment/default/px ScalingReplicaSet Scaled up replica set px-5d567cc74c to 2";
+    let scale_down_0 =
+        "deployment/default/px ScalingReplicaSet Scaled down replica set px-7df978b9bf to 0";
+    let create_ss4lb =
+        "replicaset/default/px-5d567cc74c SuccessfulCreate Created pod: px-5d567cc74c-ss4lb";
+    let create_pmvzr =
+        "replicaset/default/px-5d567cc74c SuccessfulCreate Created pod: px-5d567cc74c-pmvzr";
+    let delete_jm22q =
+        "replicaset/default/px-7df978b9bf SuccessfulDelete Deleted pod: px-7df978b9bf-jm22q";
+    let delete_bfdrj =
+        "replicaset/default/px-7df978b9bf SuccessfulDelete Deleted pod: px-7df978b9bf-bfdrj";
     let under = |parent: &str| -> Vec<String> {
         let mut children: Vec<String> = edges
             .iter()
@@ -160,9 +167,18 @@ fn kspan_events_group_into_the_expected_tree() {
     assert_eq!(
         under(create_ss4lb),
         sorted(vec![
-            &pod(ss4lb, "Scheduled Successfully assigned default/px-5d567cc74c-ss4lb to kind-control-plane"),
-            &pod(ss4lb, "Pulling Pulling image \"ghcr.io/stefanprodan/podinfo:5.0.0\""),
-            &pod(ss4lb, "Pulled Successfully pulled image \"ghcr.io/stefanprodan/podinfo:5.0.0\" in 5.870196872s"),
+            &pod(
+                ss4lb,
+                "Scheduled Successfully assigned default/px-5d567cc74c-ss4lb to kind-control-plane"
+            ),
+            &pod(
+                ss4lb,
+                "Pulling Pulling image \"ghcr.io/stefanprodan/podinfo:5.0.0\""
+            ),
+            &pod(
+                ss4lb,
+                "Pulled Successfully pulled image \"ghcr.io/stefanprodan/podinfo:5.0.0\" in 5.870196872s"
+            ),
             &pod(ss4lb, "Created Created container podinfo"),
             &pod(ss4lb, "Started Started container podinfo"),
         ])
@@ -171,14 +187,32 @@ fn kspan_events_group_into_the_expected_tree() {
     assert_eq!(
         under(create_pmvzr),
         sorted(vec![
-            &pod(pmvzr, "Pulled Container image \"ghcr.io/stefanprodan/podinfo:5.0.0\" already present on machine"),
+            &pod(
+                pmvzr,
+                "Pulled Container image \"ghcr.io/stefanprodan/podinfo:5.0.0\" already present on machine"
+            ),
             &pod(pmvzr, "Created Created container podinfo"),
             &pod(pmvzr, "Started Started container podinfo"),
-            &pod(pmvzr, "Scheduled Successfully assigned default/px-5d567cc74c-pmvzr to kind-control-plane"),
+            &pod(
+                pmvzr,
+                "Scheduled Successfully assigned default/px-5d567cc74c-pmvzr to kind-control-plane"
+            ),
         ])
     );
-    assert_eq!(under(delete_jm22q), [pod("px-7df978b9bf-jm22q", "Killing Stopping container podinfo")]);
-    assert_eq!(under(delete_bfdrj), [pod("px-7df978b9bf-bfdrj", "Killing Stopping container podinfo")]);
+    assert_eq!(
+        under(delete_jm22q),
+        [pod(
+            "px-7df978b9bf-jm22q",
+            "Killing Stopping container podinfo"
+        )]
+    );
+    assert_eq!(
+        under(delete_bfdrj),
+        [pod(
+            "px-7df978b9bf-bfdrj",
+            "Killing Stopping container podinfo"
+        )]
+    );
     // 19 edges in all, none orphaned: 5 under the root and 14 below.
     assert_eq!(edges.len(), 19);
 
@@ -189,5 +223,10 @@ fn kspan_events_group_into_the_expected_tree() {
         assert_eq!(event.count, 1);
         assert_eq!(event.first_ns, event.last_ns);
     }
-    assert!(events.iter().filter(|event| event.reason == "Pulled").all(|event| event.component == "kubelet"));
+    assert!(
+        events
+            .iter()
+            .filter(|event| event.reason == "Pulled")
+            .all(|event| event.component == "kubelet")
+    );
 }

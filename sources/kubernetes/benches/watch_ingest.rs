@@ -64,7 +64,9 @@ fn template() -> serde_json::Value {
             Ok(value) => value,
             Err(_) => continue,
         };
-        if value["kind"] == "Pod" && value["status"]["containerStatuses"][0]["containerID"].is_string() {
+        if value["kind"] == "Pod"
+            && value["status"]["containerStatuses"][0]["containerID"].is_string()
+        {
             return value;
         }
     }
