@@ -653,3 +653,69 @@ async fn unexpected_objects_are_counted_and_skipped() -> Result<()> {
     watching.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tapio_run_with_the_kubernetes_collector_reports_ownership() -> Result<()> {
+    let plane = ControlPlane::start("tapio-run", false)?;
+    let admin = client(&plane, "admin").await?;
+    wait_ready(&admin).await?;
+    apply_rbac(&admin).await?;
+    let dir = scratch("kubernetes-run");
+    let config = dir.join("tapio.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "node_name: test-node\ncollectors:\n  kubernetes:\n    enabled: true\n    kubeconfig: {}\n    namespaces: [default]\n",
+            plane.kubeconfig("tapio").display()
+        ),
+    )?;
+    let out = dir.join("out.jsonl");
+    let mut run = tokio::process::Command::new(env!("CARGO_BIN_EXE_tapio"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .arg("--for")
+        .arg("20s")
+        .arg("--output")
+        .arg(&out)
+        .env("TAPIO_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+
+    // A ReplicaSet and a Pod it controls, created directly (no controller manager runs here).
+    let replicasets: Api<ReplicaSet> = Api::namespaced(admin.clone(), "default");
+    let replicaset: ReplicaSet = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "api-1"},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "api"}},
+            "template": {"metadata": {"labels": {"app": "api"}},
+                "spec": {"containers": [{"name": "app", "image": "registry.local/api:1"}]}}}
+    }))?;
+    let replicaset = replicasets.create(&PostParams::default(), &replicaset).await?;
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "api-1-x", "labels": {"app": "other"}, "ownerReferences": [{
+            "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "api-1",
+            "uid": replicaset.metadata.uid, "controller": true}]},
+        "spec": {"containers": [{"name": "app", "image": "registry.local/api:1"}]}
+    }))?;
+    Api::<Pod>::namespaced(admin.clone(), "default")
+        .create(&PostParams::default(), &pod)
+        .await?;
+
+    let output = tokio::time::timeout(Duration::from_secs(120), run.wait_with_output()).await??;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "tapio run failed:\n{stderr}");
+    let changes = crate::support::read_changes(&out);
+    let chain = current(&changes)
+        .into_iter()
+        .find(|correlation| {
+            correlation.kind == CorrelationKind::Ownership
+                && correlation.chain[0].entity.to_string() == "pod/default/api-1-x"
+        })
+        .unwrap_or_else(|| panic!("no ownership chain for the pod in {changes:#?}\n{stderr}"));
+    assert_eq!(chain.root_cause.to_string(), "replicaset/default/api-1");
+    assert!(chain.chain[0].fact_id.to_string().starts_with("kubernetes/cluster/"));
+    std::fs::remove_dir_all(dir)?;
+    Ok(())
+}

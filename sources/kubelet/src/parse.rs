@@ -384,7 +384,7 @@ mod tests {
             usage[&("u".to_string(), "stopped".to_string())],
             Usage::default()
         );
-        assert!(summary(b"[]").is_err());
+        assert!(summary(b"7").is_err());
     }
 
     #[test]
