@@ -265,6 +265,136 @@ impl ControlPlane {
     }
 }
 
+/// A real kubelet (from the same binary) registered with a [`ControlPlane`], with a private
+/// containerd as its runtime. Needs root and `containerd` on `PATH` (`.ci/install`).
+pub struct Kubelet {
+    dir: PathBuf,
+    containerd: Option<Child>,
+    kubelet: Option<Child>,
+    /// The kubelet API's port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl ControlPlane {
+    /// Starts a private containerd and a kubelet that registers as node `node`, authenticates
+    /// requests with bearer tokens through the API server (TokenReview) and authorizes them
+    /// there (SubjectAccessReview, so RBAC's `nodes/proxy` and `nodes/stats` apply). It serves
+    /// TLS with the API server's certificate (valid for 127.0.0.1, signed by `pki/ca.crt`).
+    ///
+    /// # Errors
+    /// When containerd or the kubelet does not start.
+    pub fn start_kubelet(&self, node: &str) -> Result<Kubelet> {
+        let dir = self.dir.join(format!("kubelet-{node}"));
+        let containerd = dir.join("containerd");
+        std::fs::create_dir_all(containerd.join("root"))?;
+        std::fs::create_dir_all(containerd.join("state"))?;
+        let socket = containerd.join("containerd.sock");
+        let defaults = Command::new("containerd")
+            .args(["config", "default"])
+            .output()
+            .context("run `containerd config default` (is containerd installed? .ci/install)")?;
+        let config = String::from_utf8_lossy(&defaults.stdout)
+            .lines()
+            .map(|line| {
+                let trimmed = line.trim_start();
+                if trimmed.starts_with("root = ") && !line.starts_with(' ') {
+                    format!("root = \"{}\"", containerd.join("root").display())
+                } else if trimmed.starts_with("state = ") && !line.starts_with(' ') {
+                    format!("state = \"{}\"", containerd.join("state").display())
+                } else if trimmed == "address = \"/run/containerd/containerd.sock\"" {
+                    format!("  address = \"{}\"", socket.display())
+                } else if trimmed == "restrict_oom_score_adj = false" {
+                    // This machine cannot lower oom_score_adj (no CAP_SYS_RESOURCE).
+                    line.replace("false", "true")
+                } else {
+                    line.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(containerd.join("config.toml"), config)?;
+        let log = std::fs::File::create(dir.join("containerd.log"))?;
+        let mut kubelet = Kubelet {
+            dir: dir.clone(),
+            containerd: Some(
+                Command::new("containerd")
+                    .arg("--config")
+                    .arg(containerd.join("config.toml"))
+                    .stdin(Stdio::null())
+                    .stdout(log.try_clone()?)
+                    .stderr(log)
+                    .spawn()
+                    .context("start containerd")?,
+            ),
+            kubelet: None,
+            port: free_port()?,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            if Instant::now() > deadline {
+                bail!("containerd did not create {}", socket.display());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let pki = self.dir.join("pki");
+        let config = format!(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\naddress: 127.0.0.1\nport: {port}\nreadOnlyPort: 0\nhealthzPort: {healthz}\nfailCgroupV1: false\nfailSwapOn: false\ncgroupDriver: cgroupfs\ncgroupsPerQOS: false\nenforceNodeAllocatable: []\ncontainerRuntimeEndpoint: unix://{socket}\ntlsCertFile: {cert}\ntlsPrivateKeyFile: {key}\nauthentication:\n  anonymous: {{enabled: false}}\n  webhook: {{enabled: true}}\n  x509: {{clientCAFile: {ca}}}\nauthorization:\n  mode: Webhook\n  webhook: {{cacheAuthorizedTTL: 1s, cacheUnauthorizedTTL: 1s}}\n",
+            port = kubelet.port,
+            healthz = free_port()?,
+            socket = socket.display(),
+            cert = pki.join("apiserver.crt").display(),
+            key = pki.join("apiserver.key").display(),
+            ca = pki.join("ca.crt").display(),
+        );
+        std::fs::write(dir.join("kubelet.yaml"), config)?;
+        let log = std::fs::File::create(dir.join("kubelet.log"))?;
+        kubelet.kubelet = Some(
+            Command::new(&self.binary)
+                .arg("kubelet")
+                .arg(format!("--config={}", dir.join("kubelet.yaml").display()))
+                .arg(format!(
+                    "--kubeconfig={}",
+                    self.kubeconfig("admin").display()
+                ))
+                .arg(format!("--hostname-override={node}"))
+                .arg(format!("--root-dir={}", dir.join("root").display()))
+                .arg(format!("--cert-dir={}", dir.join("certs").display()))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("start the kubelet")?,
+        );
+        wait_for_port(
+            kubelet.port,
+            Duration::from_secs(120),
+            "the kubelet",
+            &dir.join("kubelet.log"),
+        )?;
+        Ok(kubelet)
+    }
+}
+
+impl Kubelet {
+    /// The directory holding the kubelet's and containerd's logs and state.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        for child in [self.kubelet.take(), self.containerd.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         for child in [

@@ -1,14 +1,15 @@
 // Command controlplane is a multi-call binary holding a real Kubernetes control plane for
-// Tapio's tests: the upstream etcd server, kube-apiserver, kube-controller-manager and
-// kube-scheduler, each run through its own upstream command, plus `pki`, which writes the
+// Tapio's tests: the upstream etcd server, kube-apiserver, kube-controller-manager,
+// kube-scheduler and kubelet, each run through its own upstream command, plus `pki`, which writes the
 // certificates, token file and kubeconfig the launcher in tests/ starts them with.
 //
-// Usage: controlplane etcd|kube-apiserver|kube-controller-manager|kube-scheduler [flags...]
+// Usage: controlplane etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubelet [flags...]
 //
 //	controlplane pki DIR
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	_ "time/tzdata" // for timeZone support in CronJob, as in upstream's main
@@ -21,11 +22,12 @@ import (
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: controlplane etcd|kube-apiserver|kube-controller-manager|kube-scheduler|pki ...")
+		fmt.Fprintln(os.Stderr, "usage: controlplane etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|pki ...")
 		os.Exit(2)
 	}
 	sub := os.Args[1]
@@ -40,6 +42,8 @@ func main() {
 		os.Exit(cli.Run(controllermanager.NewControllerManagerCommand()))
 	case "kube-scheduler":
 		os.Exit(cli.Run(scheduler.NewSchedulerCommand()))
+	case "kubelet":
+		os.Exit(cli.Run(kubelet.NewKubeletCommand(context.Background())))
 	case "pki":
 		if len(os.Args) != 2 {
 			fmt.Fprintln(os.Stderr, "usage: controlplane pki DIR")

@@ -34,7 +34,7 @@ use crate::support::{current, replay, scratch};
 
 type Result<T> = anyhow::Result<T>;
 
-async fn client(plane: &ControlPlane, user: &str) -> Result<Client> {
+pub(crate) async fn client(plane: &ControlPlane, user: &str) -> Result<Client> {
     let file = kube::config::Kubeconfig::read_from(plane.kubeconfig(user))?;
     let config =
         kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
@@ -43,7 +43,7 @@ async fn client(plane: &ControlPlane, user: &str) -> Result<Client> {
 }
 
 /// Waits until the API server answers lists (it listens before it is ready).
-async fn wait_ready(admin: &Client) -> Result<()> {
+pub(crate) async fn wait_ready(admin: &Client) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let nodes: Api<Node> = Api::all(admin.clone());
@@ -65,7 +65,7 @@ async fn wait_ready(admin: &Client) -> Result<()> {
 }
 
 /// Applies the shipped RBAC, then binds its ClusterRole to the test's `tapio` token user too.
-async fn apply_rbac(admin: &Client) -> Result<()> {
+pub(crate) async fn apply_rbac(admin: &Client) -> Result<()> {
     use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
     let text =
@@ -670,7 +670,7 @@ async fn tapio_run_with_the_kubernetes_collector_reports_ownership() -> Result<(
         ),
     )?;
     let out = dir.join("out.jsonl");
-    let mut run = tokio::process::Command::new(env!("CARGO_BIN_EXE_tapio"))
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_tapio"))
         .arg("run")
         .arg("--config")
         .arg(&config)
@@ -691,7 +691,9 @@ async fn tapio_run_with_the_kubernetes_collector_reports_ownership() -> Result<(
             "template": {"metadata": {"labels": {"app": "api"}},
                 "spec": {"containers": [{"name": "app", "image": "registry.local/api:1"}]}}}
     }))?;
-    let replicaset = replicasets.create(&PostParams::default(), &replicaset).await?;
+    let replicaset = replicasets
+        .create(&PostParams::default(), &replicaset)
+        .await?;
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "api-1-x", "labels": {"app": "other"}, "ownerReferences": [{
@@ -715,7 +717,12 @@ async fn tapio_run_with_the_kubernetes_collector_reports_ownership() -> Result<(
         })
         .unwrap_or_else(|| panic!("no ownership chain for the pod in {changes:#?}\n{stderr}"));
     assert_eq!(chain.root_cause.to_string(), "replicaset/default/api-1");
-    assert!(chain.chain[0].fact_id.to_string().starts_with("kubernetes/cluster/"));
+    assert!(
+        chain.chain[0]
+            .fact_id
+            .to_string()
+            .starts_with("kubernetes/cluster/")
+    );
     std::fs::remove_dir_all(dir)?;
     Ok(())
 }

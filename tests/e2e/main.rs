@@ -5,6 +5,7 @@ mod bad_input;
 mod cli;
 mod determinism;
 mod kspan_tree;
+mod kubelet;
 mod kubernetes;
 mod layering;
 mod recording;

@@ -53,7 +53,9 @@ pub struct PodsSnapshot {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum PodListShape {
-    List { items: Vec<serde_json::Value> },
+    List {
+        items: Option<Vec<serde_json::Value>>,
+    },
     Bare(Vec<serde_json::Value>),
 }
 
@@ -101,8 +103,10 @@ pub fn pods(body: &[u8]) -> Result<PodsSnapshot, ParseError> {
         what: "pod list",
         source,
     })?;
+    // A kubelet with no pods answers `"items": null`.
     let items = match list {
-        PodListShape::List { items } | PodListShape::Bare(items) => items,
+        PodListShape::List { items } => items.unwrap_or_default(),
+        PodListShape::Bare(items) => items,
     };
     let mut snapshot = PodsSnapshot::default();
     for item in items {
@@ -390,6 +394,8 @@ mod tests {
     #[test]
     fn a_bad_list_is_an_error_and_bad_pods_are_counted() {
         assert!(pods(b"{\"kind\": 3}").is_err());
+        let empty = br#"{"kind":"PodList","apiVersion":"v1","metadata":{},"items":null}"#;
+        assert_eq!(pods(empty).unwrap(), PodsSnapshot::default());
         let snapshot =
             pods(br#"{"items": [{"metadata": {}}, {"metadata": {"name": 5}}]}"#).unwrap();
         assert_eq!(snapshot.skipped, 2);
