@@ -265,6 +265,11 @@ impl ControlPlane {
     }
 }
 
+/// The pod sandbox image the test kubelet's containerd uses (imported locally).
+pub const PAUSE_IMAGE: &str = "localhost/tapio/pause:local";
+/// A busybox image for test containers (imported locally; use `imagePullPolicy: Never`).
+pub const BUSYBOX_IMAGE: &str = "localhost/tapio/busybox:local";
+
 /// A real kubelet (from the same binary) registered with a [`ControlPlane`], with a private
 /// containerd as its runtime. Needs root and `containerd` on `PATH` (`.ci/install`).
 pub struct Kubelet {
@@ -303,6 +308,8 @@ impl ControlPlane {
                     format!("state = \"{}\"", containerd.join("state").display())
                 } else if trimmed == "address = \"/run/containerd/containerd.sock\"" {
                     format!("  address = \"{}\"", socket.display())
+                } else if trimmed.starts_with("sandbox_image = ") {
+                    format!("    sandbox_image = \"{PAUSE_IMAGE}\"")
                 } else if trimmed == "restrict_oom_score_adj = false" {
                     // This machine cannot lower oom_score_adj (no CAP_SYS_RESOURCE).
                     line.replace("false", "true")
@@ -335,6 +342,35 @@ impl ControlPlane {
                 bail!("containerd did not create {}", socket.display());
             }
             std::thread::sleep(Duration::from_millis(100));
+        }
+        // No registry is reachable: import local images of Debian's static busybox, one as the
+        // pod sandbox ("pause") image, one for containers.
+        for (file, image, entrypoint) in [
+            ("pause.tar", PAUSE_IMAGE, &["/bin/sleep", "2147483647"][..]),
+            ("busybox.tar", BUSYBOX_IMAGE, &["/bin/sh"][..]),
+        ] {
+            let tar = dir.join(file);
+            let status = Command::new("python3")
+                .arg(crate::repo_root().join("tests/kubelet/mkimage.py"))
+                .arg(&tar)
+                .arg(image)
+                .args(entrypoint)
+                .status()
+                .context("run tests/kubelet/mkimage.py (needs busybox-static, .ci/install)")?;
+            if !status.success() {
+                bail!("mkimage.py failed for {image}: {status}");
+            }
+            let status = Command::new("ctr")
+                .arg("--address")
+                .arg(&socket)
+                .args(["--namespace", "k8s.io", "images", "import"])
+                .arg(&tar)
+                .stdout(Stdio::null())
+                .status()
+                .context("run ctr images import")?;
+            if !status.success() {
+                bail!("ctr images import {image} failed: {status}");
+            }
         }
         let pki = self.dir.join("pki");
         let config = format!(
@@ -383,14 +419,44 @@ impl Kubelet {
 }
 
 impl Drop for Kubelet {
+    /// Stops the kubelet, kills and deletes every container task it started (their shims
+    /// outlive containerd otherwise), stops containerd, and unmounts what they mounted under
+    /// the test directory (the kubelet's shared root, container root filesystems, shm).
     fn drop(&mut self) {
-        for child in [self.kubelet.take(), self.containerd.take()]
-            .into_iter()
-            .flatten()
-        {
-            let mut child = child;
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut kubelet) = self.kubelet.take() {
+            let _ = kubelet.kill();
+            let _ = kubelet.wait();
+        }
+        let socket = self.dir.join("containerd").join("containerd.sock");
+        let ctr = |args: &[&str]| {
+            Command::new("ctr")
+                .arg("--address")
+                .arg(&socket)
+                .args(["--namespace", "k8s.io"])
+                .args(args)
+                .stderr(Stdio::null())
+                .output()
+        };
+        if let Ok(listed) = ctr(&["tasks", "ls", "-q"]) {
+            for task in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
+                let _ = ctr(&["tasks", "kill", "--signal", "SIGKILL", task]);
+                let _ = ctr(&["tasks", "delete", "--force", task]);
+            }
+        }
+        if let Some(mut containerd) = self.containerd.take() {
+            let _ = containerd.kill();
+            let _ = containerd.wait();
+        }
+        let prefix = self.dir.display().to_string();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.split(' ').nth(4).map(String::from))
+            .filter(|point| point.starts_with(&prefix))
+            .collect();
+        mounts.sort_by_key(|point| std::cmp::Reverse(point.len()));
+        for point in mounts {
+            let _ = Command::new("umount").arg("-l").arg(&point).status();
         }
     }
 }
@@ -411,7 +477,13 @@ impl Drop for ControlPlane {
             let _ = child.wait();
         }
         if std::env::var_os("TAPIO_KEEP_CONTROLPLANE").is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
+            // etcd may still be flushing as it dies; retry briefly.
+            for _ in 0..10 {
+                if std::fs::remove_dir_all(&self.dir).is_ok() || !self.dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
         }
     }
 }

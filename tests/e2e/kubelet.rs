@@ -6,11 +6,13 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
-use tapio_model::Observation;
+use kube::api::PostParams;
+use serde_json::json;
+use tapio_model::{FactPayload, Observation};
 use tapio_sources_kubelet::{KubeletSettings, KubeletSource};
-use tapio_tests::control_plane::ControlPlane;
+use tapio_tests::control_plane::{BUSYBOX_IMAGE, ControlPlane};
 
 use crate::kubernetes::{apply_rbac, client, wait_ready};
 
@@ -62,6 +64,64 @@ async fn polls_a_real_kubelet_over_tls_with_an_rbac_token() -> anyhow::Result<()
         .filter(|observation| matches!(observation, Observation::Heartbeat(h) if h.source == "kubelet" && h.node == "node-kl"))
         .count();
     assert!(heartbeats >= 10, "{heartbeats} heartbeats in 6 s");
+
+    // A pod whose container exits with code 3 after a second, on the kubelet's node (host
+    // network: the node has no CNI). The kubelet restarts it; the collector reports the exit.
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "crasher"},
+        "spec": {"nodeName": "node-kl", "hostNetwork": true, "restartPolicy": "Always",
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "app", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                "command": ["/bin/sh", "-c", "sleep 1; exit 3"]}]}
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    let source = KubeletSource::new(KubeletSettings {
+        url: format!("https://127.0.0.1:{}", kubelet.port),
+        token_path: pki.join("tapio.token"),
+        ca_path: Some(pki.join("ca.crt")),
+        insecure_skip_tls_verify: false,
+        poll_interval: Duration::from_secs(1),
+        usage_threshold_percent: 90,
+        heartbeat: Duration::from_millis(100),
+    });
+    let (seen, stats) =
+        tapio_sources::run_for_test(Box::new(source), "node-kl", Duration::from_secs(40)).await?;
+    let exits: Vec<_> = seen
+        .iter()
+        .filter_map(|observation| match observation {
+            Observation::Fact(fact) => match &fact.payload {
+                FactPayload::ContainerExit(exit) => Some(exit.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !exits.is_empty(),
+        "no container exit reported ({stats:?}); see {}",
+        kubelet.dir().display()
+    );
+    let exit = &exits[0];
+    assert_eq!(
+        exit.pod.as_ref().map(ToString::to_string).as_deref(),
+        Some("pod/default/crasher")
+    );
+    assert_eq!(exit.container_name, "app");
+    assert_eq!(exit.exit_code, 3);
+    assert_eq!(exit.reason, "Error");
+    assert!(
+        exit.restart_count >= 1 && exit.container_id.len() == 64,
+        "{exit:?}"
+    );
+    // Each termination is reported once.
+    let mut ids: Vec<&str> = exits
+        .iter()
+        .map(|exit| exit.container_id.as_str())
+        .collect();
+    ids.dedup();
+    assert_eq!(ids.len(), exits.len(), "{exits:#?}");
 
     // Without the RBAC grant the kubelet refuses the same token: the manifest is what matters.
     let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(admin.clone());
