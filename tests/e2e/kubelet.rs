@@ -77,6 +77,18 @@ async fn polls_a_real_kubelet_over_tls_with_an_rbac_token() -> anyhow::Result<()
                 "command": ["/bin/sh", "-c", "sleep 1; exit 3"]}]}
     }))?;
     pods.create(&PostParams::default(), &pod).await?;
+    // A pod whose container is OOM-killed by the kernel (64 MiB into a 16 MiB limit).
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "hog"},
+        "spec": {"nodeName": "node-kl", "hostNetwork": true, "restartPolicy": "Always",
+            "terminationGracePeriodSeconds": 0,
+            "containers": [
+                {"name": "oom", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                    "resources": {"limits": {"memory": "16Mi"}},
+                    "command": ["/bin/sh", "-c", "sleep 2; head -c 64m /dev/zero | tail"]}]}
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
     let source = KubeletSource::new(KubeletSettings {
         url: format!("https://127.0.0.1:{}", kubelet.port),
         token_path: pki.join("tapio.token"),
@@ -103,6 +115,25 @@ async fn polls_a_real_kubelet_over_tls_with_an_rbac_token() -> anyhow::Result<()
         "no container exit reported ({stats:?}); see {}",
         kubelet.dir().display()
     );
+    // The kernel's OOM kill, as the kubelet reports it: 137, OOMKilled.
+    let oom = exits
+        .iter()
+        .find(|exit| exit.container_name == "oom")
+        .unwrap_or_else(|| panic!("no OOM kill reported: {exits:#?}"));
+    assert_eq!(
+        oom.pod.as_ref().map(ToString::to_string).as_deref(),
+        Some("pod/default/hog")
+    );
+    assert_eq!((oom.exit_code, oom.reason.as_str()), (137, "OOMKilled"));
+    let exits: Vec<_> = exits
+        .into_iter()
+        .filter(|exit| {
+            exit.pod
+                .as_ref()
+                .is_some_and(|pod| pod.to_string() == "pod/default/crasher")
+        })
+        .collect();
+    anyhow::ensure!(!exits.is_empty(), "no exit of the crasher");
     let exit = &exits[0];
     assert_eq!(
         exit.pod.as_ref().map(ToString::to_string).as_deref(),
