@@ -368,7 +368,7 @@ mod tests {
     }
 
     /// The shape of `k8s.io/kubelet/pkg/apis/stats/v1alpha1.Summary` (field names from its JSON
-    /// tags); values made up: no kubelet runs on the build machine, see the README.
+    /// tags), with made-up values; the live test reads a real kubelet's summary too.
     #[test]
     fn summary_usage_per_container() {
         let body = br#"{"node": {"nodeName": "n1", "memory": {"workingSetBytes": 5}},
