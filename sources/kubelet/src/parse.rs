@@ -53,9 +53,8 @@ pub struct PodsSnapshot {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum PodListShape {
-    List {
-        items: Option<Vec<serde_json::Value>>,
-    },
+    // Required, but `null` for a kubelet with no pods.
+    List { items: serde_json::Value },
     Bare(Vec<serde_json::Value>),
 }
 
@@ -105,8 +104,19 @@ pub fn pods(body: &[u8]) -> Result<PodsSnapshot, ParseError> {
     })?;
     // A kubelet with no pods answers `"items": null`.
     let items = match list {
-        PodListShape::List { items } => items.unwrap_or_default(),
-        PodListShape::Bare(items) => items,
+        PodListShape::List {
+            items: serde_json::Value::Array(items),
+        }
+        | PodListShape::Bare(items) => items,
+        PodListShape::List {
+            items: serde_json::Value::Null,
+        } => Vec::new(),
+        PodListShape::List { items } => {
+            return Err(ParseError::Json {
+                what: "pod list",
+                source: serde::de::Error::custom(format!("`items` is not a list: {items}")),
+            });
+        }
     };
     let mut snapshot = PodsSnapshot::default();
     for item in items {
