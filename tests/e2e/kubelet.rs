@@ -77,13 +77,18 @@ async fn polls_a_real_kubelet_over_tls_with_an_rbac_token() -> anyhow::Result<()
                 "command": ["/bin/sh", "-c", "sleep 1; exit 3"]}]}
     }))?;
     pods.create(&PostParams::default(), &pod).await?;
-    // A pod whose container is OOM-killed by the kernel (64 MiB into a 16 MiB limit).
+    // A pod with a container that, after 8 s, fills 24 MiB of tmpfs charged to its 32 MiB
+    // limit (75%, above the 70% threshold below), and a container the kernel OOM-kills
+    // (64 MiB into a 16 MiB limit).
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "hog"},
         "spec": {"nodeName": "node-kl", "hostNetwork": true, "restartPolicy": "Always",
             "terminationGracePeriodSeconds": 0,
             "containers": [
+                {"name": "grow", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                    "resources": {"limits": {"memory": "32Mi"}},
+                    "command": ["/bin/sh", "-c", "sleep 8; head -c 24m /dev/zero > /dev/shm/fill; sleep 1000"]},
                 {"name": "oom", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
                     "resources": {"limits": {"memory": "16Mi"}},
                     "command": ["/bin/sh", "-c", "sleep 2; head -c 64m /dev/zero | tail"]}]}
@@ -95,11 +100,33 @@ async fn polls_a_real_kubelet_over_tls_with_an_rbac_token() -> anyhow::Result<()
         ca_path: Some(pki.join("ca.crt")),
         insecure_skip_tls_verify: false,
         poll_interval: Duration::from_secs(1),
-        usage_threshold_percent: 90,
+        usage_threshold_percent: 70,
         heartbeat: Duration::from_millis(100),
     });
     let (seen, stats) =
         tapio_sources::run_for_test(Box::new(source), "node-kl", Duration::from_secs(40)).await?;
+    // The growth crossed 70% of the limit once, read from /stats/summary against the pod spec.
+    let usage: Vec<_> = seen
+        .iter()
+        .filter_map(|observation| match observation {
+            Observation::Fact(fact) => match &fact.payload {
+                FactPayload::ResourceUsage(usage) => Some(usage.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    let grow: Vec<_> = usage
+        .iter()
+        .filter(|usage| usage.container_name == "grow")
+        .collect();
+    assert_eq!(grow.len(), 1, "{usage:#?}");
+    assert_eq!(grow[0].pod.to_string(), "pod/default/hog");
+    assert_eq!(
+        (grow[0].resource.as_str(), grow[0].limit, grow[0].above),
+        ("memory", 32 << 20, true)
+    );
+    assert!(grow[0].used >= 24 << 20, "{:?}", grow[0]);
     let exits: Vec<_> = seen
         .iter()
         .filter_map(|observation| match observation {

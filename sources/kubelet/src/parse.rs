@@ -402,6 +402,26 @@ mod tests {
     }
 
     #[test]
+    fn readiness_flips_are_reported() {
+        let list = |ready: bool| {
+            format!(
+                r#"{{"items": [{{"metadata": {{"name": "p", "namespace": "n", "uid": "u"}},
+                "status": {{"containerStatuses": [{{"name": "c", "containerID": "containerd://abc",
+                "image": "i", "imageID": "", "ready": {ready}, "restartCount": 2}}]}}}}]}}"#
+            )
+        };
+        let ready = pods(list(true).as_bytes()).unwrap();
+        let failing = pods(list(false).as_bytes()).unwrap();
+        let changes = pod_changes(&ready, &failing);
+        assert!(
+            matches!(&changes[..], [FactPayload::ContainerReady(c)]
+                if !c.ready && c.container_id == "abc" && c.restart_count == 2 && c.pod.to_string() == "pod/n/p"),
+            "{changes:?}"
+        );
+        assert!(pod_changes(&failing, &failing).is_empty());
+    }
+
+    #[test]
     fn a_bad_list_is_an_error_and_bad_pods_are_counted() {
         assert!(pods(b"{\"kind\": 3}").is_err());
         let empty = br#"{"kind":"PodList","apiVersion":"v1","metadata":{},"items":null}"#;
