@@ -212,7 +212,10 @@ fn real_main(cli: Cli) -> Result<()> {
                 .between(args.start, args.end);
             runtime.block_on(pipeline::correlate(
                 &config,
-                (vec![Box::new(source)], Vec::new()),
+                pipeline::Collectors {
+                    sources: vec![Box::new(source)],
+                    health: Vec::new(),
+                },
                 layout,
                 target(&args.output),
                 None,

@@ -19,8 +19,16 @@ use tokio_util::sync::CancellationToken;
 /// A collector's own health line, logged with the progress and at the end.
 pub(crate) type Health = Box<dyn Fn() -> String + Send + Sync>;
 
-/// The collectors the configuration enables, built without I/O, with their health reporters.
-pub(crate) fn enabled_sources(config: &TapioConfig) -> Result<(Vec<Box<dyn Source>>, Vec<Health>)> {
+/// Collectors to run, with the health reporters of those that have one.
+pub(crate) struct Collectors {
+    /// The sources, built without I/O.
+    pub(crate) sources: Vec<Box<dyn Source>>,
+    /// Health lines logged with the progress and at exit.
+    pub(crate) health: Vec<Health>,
+}
+
+/// The collectors the configuration enables.
+pub(crate) fn enabled_sources(config: &TapioConfig) -> Result<Collectors> {
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
     let mut health: Vec<Health> = Vec::new();
     let kernel = &config.collectors.kernel;
@@ -50,6 +58,20 @@ pub(crate) fn enabled_sources(config: &TapioConfig) -> Result<(Vec<Box<dyn Sourc
             recording.speed,
         )));
     }
+    let tick = config.correlation.engine.tick;
+    if config.collectors.kubernetes.enabled {
+        sources.push(Box::new(tapio_sources_kubernetes::KubernetesSource::new(
+            tapio_sources_kubernetes::KubernetesSettings::from_config(
+                &config.collectors.kubernetes,
+                tick,
+            ),
+        )));
+    }
+    if config.collectors.kubelet.enabled {
+        sources.push(Box::new(tapio_sources_kubelet::KubeletSource::new(
+            tapio_sources_kubelet::KubeletSettings::from_config(&config.collectors.kubelet, tick),
+        )));
+    }
     if sources.is_empty() {
         bail!(
             "no collectors are enabled; enable one in the configuration, e.g. \
@@ -57,7 +79,7 @@ pub(crate) fn enabled_sources(config: &TapioConfig) -> Result<(Vec<Box<dyn Sourc
              or replay a recording with `tapio replay FILE`"
         );
     }
-    Ok((sources, health))
+    Ok(Collectors { sources, health })
 }
 
 /// This node's name: the configured one, or the host name.
@@ -212,7 +234,7 @@ async fn wait_for_sources(sources: Vec<RunningSource>) -> Result<()> {
 /// Runs `sources` through the correlation dataflow into `target`.
 pub(crate) async fn correlate(
     config: &TapioConfig,
-    (sources, health): (Vec<Box<dyn Source>>, Vec<Health>),
+    Collectors { sources, health }: Collectors,
     layout: ClusterLayout,
     target: Target,
     run_for: Option<Duration>,
@@ -269,7 +291,7 @@ pub(crate) async fn correlate(
 /// Records what `sources` observe into `path`.
 pub(crate) async fn record(
     config: &TapioConfig,
-    (sources, health): (Vec<Box<dyn Source>>, Vec<Health>),
+    Collectors { sources, health }: Collectors,
     path: &Path,
     record_for: Option<Duration>,
 ) -> Result<()> {

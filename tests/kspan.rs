@@ -15,12 +15,14 @@
 //! stream.
 
 use anyhow::{Context, Result, anyhow, bail};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Event, Pod};
 use serde_json::Value;
 use tapio_model::{
-    ContainerExit, EntityId, Fact, FactId, FactPayload, Heartbeat, KubeEvent, Observation, OomKill,
-    OwnerRef, PodContainer, ProcessContainer, ProcessExec, ProcessExit, StateObject, StateRecord,
-    StateUpdate, TimeNs, WorkloadObject,
+    ContainerExit, EntityId, Fact, FactId, FactPayload, Heartbeat, Observation, OomKill,
+    ProcessContainer, ProcessExec, ProcessExit, StateObject, StateRecord, StateUpdate, TimeNs,
 };
+use tapio_sources_kubernetes::{StateTracker, WatchedKind, kube_event};
 
 /// Node of the kind cluster the rollout was recorded on.
 pub const NODE: &str = "kind-control-plane";
@@ -52,105 +54,36 @@ impl Ids {
     }
 }
 
-fn state(time_ns: TimeNs, evidence: FactId, object: StateObject) -> Observation {
-    Observation::State(StateUpdate {
-        time_ns,
-        diff: 1,
-        record: StateRecord {
-            evidence,
-            since_ns: time_ns,
-            object,
-        },
-    })
-}
-
+/// An `initial` object through the Kubernetes source's own conversion and watch tracker, as
+/// the live source would have inserted it when it first saw the object.
 fn object_state(object: &Value, received: TimeNs, ids: &mut Ids) -> Result<Vec<Observation>> {
-    let kind = text(object, &["kind"]).context("object without kind")?;
-    let namespace = text(object, &["metadata", "namespace"]).unwrap_or("default");
-    let name = text(object, &["metadata", "name"]).context("object without name")?;
-    let uid = text(object, &["metadata", "uid"]).context("object without uid")?;
-    let entity = EntityId::namespaced(kind, namespace, name)
-        .ok_or_else(|| anyhow!("unexpected kind `{kind}`"))?;
-    let owner = object["metadata"]["ownerReferences"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|owner| owner["controller"].as_bool() == Some(true))
-        .and_then(|owner| {
-            Some(OwnerRef {
-                entity: EntityId::namespaced(
-                    owner["kind"].as_str()?,
-                    namespace,
-                    owner["name"].as_str()?,
-                )?,
-                uid: owner["uid"].as_str()?.to_string(),
-            })
-        });
-    let mut out = vec![state(
-        received,
-        ids.next(),
-        StateObject::Workload(WorkloadObject {
-            entity: entity.clone(),
-            uid: uid.to_string(),
-            owner,
-        }),
-    )];
-    for status in object["status"]["containerStatuses"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        let Some(id) = status["containerID"].as_str() else {
-            continue;
-        };
-        let container_id = id.split_once("://").map_or(id, |(_, id)| id);
-        out.push(state(
-            received,
-            ids.next(),
-            StateObject::PodContainer(PodContainer {
-                pod: entity.clone(),
-                pod_uid: uid.to_string(),
-                container_name: status["name"].as_str().unwrap_or_default().to_string(),
-                container_id: container_id.to_string(),
-            }),
-        ));
+    fn records<K: WatchedKind>(object: &Value) -> Result<Vec<StateObject>> {
+        let object: K =
+            serde_json::from_value(object.clone()).with_context(|| format!("not a {}", K::KIND))?;
+        Ok(object.records()?)
     }
-    Ok(out)
+    let kind = text(object, &["kind"]).context("object without kind")?;
+    let uid = text(object, &["metadata", "uid"]).context("object without uid")?;
+    let objects = match kind {
+        "Pod" => records::<Pod>(object)?,
+        "ReplicaSet" => records::<ReplicaSet>(object)?,
+        "Deployment" => records::<Deployment>(object)?,
+        other => bail!("unexpected kind `{other}`"),
+    };
+    let mut tracker = StateTracker::new();
+    let mut updates = Vec::new();
+    tracker.apply(uid, objects, received, &mut || ids.next(), &mut updates);
+    Ok(updates.into_iter().map(Observation::State).collect())
 }
 
+/// An `event` document through the Kubernetes source's own Event conversion.
 fn event_fact(event: &Value, received: TimeNs, ids: &mut Ids) -> Result<Observation> {
-    let involved = &event["involvedObject"];
-    let entity = EntityId::namespaced(
-        involved["kind"]
-            .as_str()
-            .context("event without involvedObject.kind")?,
-        involved["namespace"].as_str().unwrap_or("default"),
-        involved["name"]
-            .as_str()
-            .context("event without involvedObject.name")?,
-    )
-    .context("event about an unexpected kind")?;
-    let component = text(event, &["source", "component"])
-        .filter(|component| !component.is_empty())
-        .or_else(|| text(event, &["reportingComponent"]))
-        .unwrap_or_default();
-    let event_time = text(event, &["eventTime"]).map(time).transpose()?;
-    let first = text(event, &["firstTimestamp"]).map(time).transpose()?;
-    let last = text(event, &["lastTimestamp"]).map(time).transpose()?;
-    let first_ns = first.or(event_time).unwrap_or(received);
+    let event: Event = serde_json::from_value(event.clone()).context("not an Event")?;
+    let payload = kube_event(&event, received)?;
     Ok(Observation::Fact(Fact {
         id: ids.next(),
         time_ns: received,
-        payload: FactPayload::KubeEvent(KubeEvent {
-            involved: entity,
-            reason: text(event, &["reason"]).unwrap_or_default().to_string(),
-            message: text(event, &["message"]).unwrap_or_default().to_string(),
-            component: component.to_string(),
-            event_type: text(event, &["type"]).unwrap_or_default().to_string(),
-            count: event["count"].as_u64().unwrap_or(1) as u32,
-            first_ns,
-            last_ns: last.or(event_time).unwrap_or(first_ns),
-        }),
+        payload: FactPayload::KubeEvent(payload),
     }))
 }
 

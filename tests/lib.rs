@@ -4,6 +4,7 @@
 //! Kubernetes rollout recorded by the kspan project (`../shared/fixtures/k8s/kspan/`), plus the
 //! kernel and container-runtime facts of an OOM kill in one of its pods.
 
+pub mod control_plane;
 pub mod kspan;
 pub mod synthetic;
 

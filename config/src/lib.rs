@@ -22,8 +22,8 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrorKind};
 pub use model::{
     CollectorsConfig, CorrelationConfig, EngineConfig, IntegrationsConfig, KernelCollectorConfig,
-    NatsConfig, Neo4jConfig, OomSequenceConfig, OwnershipConfig, RecordingCollectorConfig,
-    TapioConfig,
+    KubeletCollectorConfig, KubernetesCollectorConfig, NatsConfig, Neo4jConfig, OomSequenceConfig,
+    OwnershipConfig, RecordingCollectorConfig, TapioConfig,
 };
 
 impl TapioConfig {

@@ -55,6 +55,12 @@ pub struct CollectorsConfig {
     /// Replays a Tapio recording file as a live source. Default: disabled.
     #[serde(deserialize_with = "null_as_default")]
     pub recording: RecordingCollectorConfig,
+    /// Watches the Kubernetes API server. Default: disabled.
+    #[serde(deserialize_with = "null_as_default")]
+    pub kubernetes: KubernetesCollectorConfig,
+    /// Polls this node's kubelet. Default: disabled.
+    #[serde(deserialize_with = "null_as_default")]
+    pub kubelet: KubeletCollectorConfig,
 }
 
 #[expect(
@@ -66,6 +72,8 @@ impl Default for CollectorsConfig {
         CollectorsConfig {
             kernel: KernelCollectorConfig::default(),
             recording: RecordingCollectorConfig::default(),
+            kubernetes: KubernetesCollectorConfig::default(),
+            kubelet: KubeletCollectorConfig::default(),
         }
     }
 }
@@ -162,6 +170,88 @@ impl Default for RecordingCollectorConfig {
             path: String::new(),
             // As fast as possible: replays are mostly used for tests and offline analysis.
             speed: 0.0,
+        }
+    }
+}
+
+/// Watches Pods, ReplicaSets, Deployments, StatefulSets, DaemonSets, Jobs, Services,
+/// EndpointSlices, Nodes and core/v1 Events on the Kubernetes API server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubernetesCollectorConfig {
+    /// Whether the API server is watched. Default: `false`.
+    pub enabled: bool,
+    /// Path of a kubeconfig file. Empty: the in-cluster service account when running in a pod,
+    /// else `$KUBECONFIG` or `~/.kube/config` (kube-rs `Config::infer`). Default: empty.
+    pub kubeconfig: String,
+    /// Namespaces to watch; empty means every namespace. Nodes are cluster-scoped and always
+    /// watched. Each must be a DNS-1123 label. Default: empty.
+    pub namespaces: Vec<String>,
+    /// Label selector (`app=web,tier!=db`) applied to the namespaced objects (not to Events or
+    /// Nodes). Empty selects everything. Default: empty.
+    pub label_selector: String,
+}
+
+#[expect(
+    clippy::derivable_impls,
+    reason = "hand-written so that every default is stated and explained in one place"
+)]
+impl Default for KubernetesCollectorConfig {
+    fn default() -> Self {
+        KubernetesCollectorConfig {
+            // Off: needs API access and RBAC (sources/kubernetes/rbac.yaml).
+            enabled: false,
+            // Empty: the usual kube-rs inference, right both in a pod and on a workstation.
+            kubeconfig: String::new(),
+            // Everything: ownership chains need every namespace's controllers.
+            namespaces: Vec::new(),
+            // Everything.
+            label_selector: String::new(),
+        }
+    }
+}
+
+/// Polls the node's kubelet API for pod status and resource usage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubeletCollectorConfig {
+    /// Whether the kubelet is polled. Default: `false`.
+    pub enabled: bool,
+    /// Base URL of the kubelet API, `https://host:port`. Default: `https://127.0.0.1:10250`.
+    pub url: String,
+    /// File holding the bearer token sent to the kubelet. Default: the pod's service-account
+    /// token, `/var/run/secrets/kubernetes.io/serviceaccount/token`.
+    pub token_path: String,
+    /// PEM file of the CA that signed the kubelet's serving certificate. Empty: the system
+    /// roots. Default: the service-account CA, `/var/run/secrets/kubernetes.io/serviceaccount/ca.crt`.
+    pub ca_path: String,
+    /// Accept any serving certificate (kubelets often serve a self-signed one). Default: `false`.
+    pub insecure_skip_tls_verify: bool,
+    /// How often `/pods` and `/stats/summary` are read, `1s..=10m`. Default: `10s`.
+    #[serde(with = "humantime_str")]
+    pub poll_interval: Duration,
+    /// Share of a container's limit, in percent, at or above which its use is reported,
+    /// `1..=100`. Default: `90`.
+    pub usage_threshold_percent: u8,
+}
+
+impl Default for KubeletCollectorConfig {
+    fn default() -> Self {
+        KubeletCollectorConfig {
+            // Off: needs a kubelet and a token with `nodes/proxy` and `nodes/stats` access.
+            enabled: false,
+            // The kubelet's default secure port on the same node (the agent runs host-networked).
+            url: "https://127.0.0.1:10250".into(),
+            // Where Kubernetes mounts the pod's service-account token.
+            token_path: "/var/run/secrets/kubernetes.io/serviceaccount/token".into(),
+            // The cluster CA mounted with that token.
+            ca_path: "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt".into(),
+            // Verify: skipping is an explicit, visible choice.
+            insecure_skip_tls_verify: false,
+            // The kubelet's own housekeeping runs every 10s; polling faster reads the same numbers.
+            poll_interval: Duration::from_secs(10),
+            // 90%: close enough to the limit that an OOM kill or throttling is likely next.
+            usage_threshold_percent: 90,
         }
     }
 }

@@ -92,6 +92,46 @@ pub(crate) fn validate(config: &TapioConfig) -> Result<(), ConfigError> {
         ));
     }
 
+    let kubernetes = &config.collectors.kubernetes;
+    for (index, namespace) in kubernetes.namespaces.iter().enumerate() {
+        if !is_dns_label(namespace) {
+            return Err(invalid(
+                &format!("collectors.kubernetes.namespaces[{index}]"),
+                format!(
+                    "must be a DNS-1123 label (lowercase letters, digits and '-', at most 63), got `{namespace}`"
+                ),
+            ));
+        }
+    }
+    if let Some(problem) = selector_problem(&kubernetes.label_selector) {
+        return Err(invalid("collectors.kubernetes.label_selector", problem));
+    }
+
+    let kubelet = &config.collectors.kubelet;
+    if kubelet.enabled {
+        if let Err(problem) = check_url(&kubelet.url, &["https", "http"]) {
+            return Err(invalid("collectors.kubelet.url", problem));
+        }
+        if kubelet.token_path.trim().is_empty() {
+            return Err(invalid(
+                "collectors.kubelet.token_path",
+                "is required when collectors.kubelet.enabled is true",
+            ));
+        }
+    }
+    duration_in(
+        "collectors.kubelet.poll_interval",
+        kubelet.poll_interval,
+        Duration::from_secs(1),
+        Duration::from_secs(600),
+    )?;
+    count_in(
+        "collectors.kubelet.usage_threshold_percent",
+        usize::from(kubelet.usage_threshold_percent),
+        1,
+        100,
+    )?;
+
     let engine = &config.correlation.engine;
     count_in(
         "correlation.engine.worker_count",
@@ -219,6 +259,66 @@ fn duration_in(
 
 /// Checks `scheme://host[:port][/...]` with a scheme from `schemes` (case-insensitive) and a
 /// non-empty host. Returns what is wrong, as a message fragment.
+/// Whether `name` is a DNS-1123 label, the form of a namespace name.
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// What is wrong with a label selector, if anything: each comma-separated requirement must
+/// have a key (`key`, `!key`, `key=v`, `key==v`, `key!=v`, `key in (a,b)`, `key notin (a)`).
+fn selector_problem(selector: &str) -> Option<String> {
+    if selector.trim().is_empty() {
+        return None;
+    }
+    let mut depth = 0_i32;
+    let mut part = String::new();
+    let mut parts = Vec::new();
+    for c in selector.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(std::mem::take(&mut part));
+                continue;
+            }
+            _ => {}
+        }
+        if depth < 0 {
+            return Some(format!("unbalanced `)` in `{selector}`"));
+        }
+        part.push(c);
+    }
+    if depth != 0 {
+        return Some(format!("unbalanced `(` in `{selector}`"));
+    }
+    parts.push(part);
+    for requirement in parts {
+        let key = requirement
+            .trim()
+            .trim_start_matches('!')
+            .split(['=', '!', ' '])
+            .next()
+            .unwrap_or_default();
+        let valid = !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+        if !valid {
+            return Some(format!(
+                "`{}` is not a label requirement",
+                requirement.trim()
+            ));
+        }
+    }
+    None
+}
+
 fn check_url(url: &str, schemes: &[&str]) -> Result<(), String> {
     let expected = || format!("scheme must be one of {}", schemes.join(", "));
     let Some((scheme, rest)) = url.split_once("://") else {

@@ -290,9 +290,9 @@ fn wrong_types_name_the_key_path_and_line() {
         ),
         ("speed: 0", "speed: fast", "collectors.recording.speed"),
         (
-            "enabled: false",
-            "enabled: maybe",
-            "collectors.recording.enabled",
+            "insecure_skip_tls_verify: false",
+            "insecure_skip_tls_verify: maybe",
+            "collectors.kubelet.insecure_skip_tls_verify",
         ),
         ("node_name: \"\"", "node_name: {first: a}", "node_name"),
         ("stream: TAPIO", "stream:", "integrations.nats.stream"),
@@ -377,10 +377,28 @@ fn duration_without_unit_says_what_to_write() {
 /// `None` = the changed line).
 const RULES: &[(&str, &str, &str, Option<&str>)] = &[
     (
-        "enabled: false",
-        "enabled: true",
-        "collectors.recording.path",
-        Some("path: \"\""),
+        "label_selector: \"\"",
+        "label_selector: \"=web\"",
+        "collectors.kubernetes.label_selector",
+        None,
+    ),
+    (
+        "namespaces: []",
+        "namespaces: [default, Bad_Name]",
+        "collectors.kubernetes.namespaces[1]",
+        None,
+    ),
+    (
+        "usage_threshold_percent: 90",
+        "usage_threshold_percent: 0",
+        "collectors.kubelet.usage_threshold_percent",
+        None,
+    ),
+    (
+        "poll_interval: 10s",
+        "poll_interval: 100ms",
+        "collectors.kubelet.poll_interval",
+        None,
     ),
     (
         "speed: 0",

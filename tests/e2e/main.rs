@@ -4,6 +4,9 @@
 mod bad_input;
 mod cli;
 mod determinism;
+mod kspan_tree;
+mod kubelet;
+mod kubernetes;
 mod layering;
 mod recording;
 mod support;

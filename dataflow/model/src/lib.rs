@@ -25,12 +25,10 @@ mod time;
 pub use correlation::{ClosedBatch, Correlation, CorrelationChange, CorrelationKind, Hop};
 pub use entity::{EntityId, EntityIdError};
 pub use observation::{
-    ConnectOutcome, FileChanged, FileOp, FileOpenFailed, ProcessFork, ProcessRef, TcpAccept,
-    TcpClose, TcpConnect, TcpRetransmit,
-};
-pub use observation::{
-    ContainerExit, Fact, FactId, FactPayload, Heartbeat, InvalidObservation, KubeEvent,
-    Observation, OomKill, OwnerRef, PodContainer, ProcessContainer, ProcessExec, ProcessExit,
-    StateObject, StateRecord, StateUpdate, WorkloadObject,
+    ConnectOutcome, ContainerExit, ContainerReady, Fact, FactId, FactPayload, FileChanged, FileOp,
+    FileOpenFailed, Heartbeat, InvalidObservation, KubeEvent, NodeCondition, Observation, OomKill,
+    OwnerRef, PodContainer, ProcessContainer, ProcessExec, ProcessExit, ProcessFork, ProcessRef,
+    ResourceUsage, ServiceEndpoint, ServiceObject, StateObject, StateRecord, StateUpdate,
+    TcpAccept, TcpClose, TcpConnect, TcpRetransmit, WorkloadObject,
 };
 pub use time::{MAX_PLAUSIBLE_NS, MIN_PLAUSIBLE_NS, TimeNs, format_time, stable_hash};

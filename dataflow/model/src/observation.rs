@@ -112,6 +112,12 @@ pub enum FactPayload {
     FileOpenFailed(FileOpenFailed),
     /// A file was unlinked or renamed.
     FileChanged(FileChanged),
+    /// A container's readiness changed (reported by the kubelet): a readiness probe started or
+    /// stopped failing.
+    ContainerReady(ContainerReady),
+    /// A container's use of a resource crossed the configured share of its limit, upwards or
+    /// back down (reported by the kubelet's `/stats/summary`).
+    ResourceUsage(ResourceUsage),
 }
 
 impl FactPayload {
@@ -130,6 +136,8 @@ impl FactPayload {
             FactPayload::TcpRetransmit(_) => "tcp_retransmit",
             FactPayload::FileOpenFailed(_) => "file_open_failed",
             FactPayload::FileChanged(_) => "file_changed",
+            FactPayload::ContainerReady(_) => "container_ready",
+            FactPayload::ResourceUsage(_) => "resource_usage",
         }
     }
 }
@@ -229,6 +237,38 @@ pub struct KubeEvent {
     pub last_ns: TimeNs,
 }
 
+/// A container of a pod became ready or stopped being ready.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ContainerReady {
+    /// The pod.
+    pub pod: EntityId,
+    /// Container name in the pod spec.
+    pub container_name: String,
+    /// Runtime container id (without the scheme), empty while the container has none.
+    pub container_id: String,
+    /// Whether it is ready now.
+    pub ready: bool,
+    /// The pod's restart count for this container.
+    pub restart_count: u32,
+}
+
+/// A container's use of a resource crossed a share of its limit.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ResourceUsage {
+    /// The pod.
+    pub pod: EntityId,
+    /// Container name in the pod spec.
+    pub container_name: String,
+    /// `memory` (bytes of working set) or `cpu` (nanocores).
+    pub resource: String,
+    /// Current use, in the resource's unit.
+    pub used: u64,
+    /// The container's limit, in the same unit.
+    pub limit: u64,
+    /// `true` when the use rose to or above the threshold, `false` when it fell back below.
+    pub above: bool,
+}
+
 /// A retractable change to the state of the world: `diff` +1 inserts `record`, -1 retracts it.
 ///
 /// A Kubernetes watch maps one to one: apply = retract the old record + insert the new one;
@@ -265,6 +305,13 @@ pub enum StateObject {
     /// A process running in a container, from the node agent's process table: inserted when
     /// the agent first sees the process, retracted when it exits.
     ProcessContainer(ProcessContainer),
+    /// A Kubernetes Service and the cluster IPs it answers on.
+    Service(ServiceObject),
+    /// One address and port a Service routes to, from its EndpointSlices.
+    ServiceEndpoint(ServiceEndpoint),
+    /// One condition of a node (`Ready`, `MemoryPressure`, ...), without its heartbeat times so
+    /// that the kubelet's status updates do not churn it.
+    NodeCondition(NodeCondition),
 }
 
 /// A Kubernetes object in the ownership graph.
@@ -309,6 +356,43 @@ pub struct ProcessContainer {
     pub container_id: String,
     /// The executable the process runs.
     pub filename: String,
+}
+
+/// A Kubernetes Service.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServiceObject {
+    /// The service.
+    pub entity: EntityId,
+    /// Its `metadata.uid`.
+    pub uid: String,
+    /// `spec.clusterIPs` (empty for a headless service).
+    pub cluster_ips: Vec<String>,
+}
+
+/// An address and port that a Service routes to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServiceEndpoint {
+    /// The service (the slice's `kubernetes.io/service-name` label).
+    pub service: EntityId,
+    /// The endpoint (`endpoint/<ip>:<port>`).
+    pub endpoint: EntityId,
+    /// The pod behind it, when the slice names one.
+    pub pod: Option<EntityId>,
+    /// Whether the endpoint is ready to serve.
+    pub ready: bool,
+}
+
+/// A node condition.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeCondition {
+    /// The node.
+    pub node: EntityId,
+    /// Condition type: `Ready`, `MemoryPressure`, `DiskPressure`, `PIDPressure`, ...
+    pub condition: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// Machine-readable reason of the last transition.
+    pub reason: String,
 }
 
 /// "Source `source` on node `node` has published everything with event time < `upto_ns`."

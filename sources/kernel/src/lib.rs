@@ -837,6 +837,7 @@ mod tests {
         // Records are plain bytes: build an exit record and convert it.
         let mut reader = Reader {
             identity: Identity::new(8),
+            containers: Containers::new(8),
             start_offset: 1_000,
             offset: 1_000,
         };
@@ -853,7 +854,8 @@ mod tests {
         };
         exit.task.pid = 7;
         exit.task.start_ns = 2;
-        let Some(FactPayload::ProcessExit(normal)) = reader.convert(Record::Exit(Box::new(exit)))
+        let Some(FactPayload::ProcessExit(normal)) =
+            reader.convert(Record::Exit(Box::new(exit)), 5)
         else {
             panic!("an exit")
         };
@@ -862,10 +864,92 @@ mod tests {
             (3, 0, 1_002)
         );
         exit.exit_code = 9 | 0x80;
-        let Some(FactPayload::ProcessExit(killed)) = reader.convert(Record::Exit(Box::new(exit)))
+        let Some(FactPayload::ProcessExit(killed)) =
+            reader.convert(Record::Exit(Box::new(exit)), 5)
         else {
             panic!("an exit")
         };
         assert_eq!((killed.exit_code, killed.signal), (0, 9));
+    }
+
+    #[test]
+    fn a_container_end_is_reported_once_and_blamed_on_a_recent_oom_kill() {
+        let (cx, _rx) = SourceContext::for_test(KIND, "n", 8);
+        let mut containers = Containers::new(8);
+        let id = "c".repeat(64);
+        let container = || cgroup::ContainerRef {
+            container_id: "c".repeat(64),
+            pod_uid: None,
+        };
+        let kill = FactPayload::OomKill(OomKill {
+            pid: 7,
+            start_ns: 1,
+            comm: "java".into(),
+            container_id: Some(id.clone()),
+            pod_uid: None,
+            memcg: String::new(),
+            rss_pages: 1,
+        });
+        let exit = FactPayload::ProcessExit(ProcessExit {
+            pid: 7,
+            start_ns: 1,
+            comm: "java".into(),
+            exit_code: 0,
+            signal: 9,
+            container_id: Some(id.clone()),
+        });
+        assert!(containers.membership(&kill, 1_000, &cx).is_none());
+        assert!(containers.membership(&exit, 2_000, &cx).is_none());
+        let Some(FactPayload::ContainerExit(end)) = containers.ended(container(), 3_000) else {
+            panic!("a container exit")
+        };
+        assert_eq!((end.exit_code, end.reason.as_str()), (137, "OOMKilled"));
+        // The other hierarchies report the same emptying: once is enough.
+        assert!(containers.ended(container(), 3_500).is_none());
+        // Much later, a container that just completed is not blamed on the old kill.
+        let done = FactPayload::ProcessExit(ProcessExit {
+            pid: 8,
+            start_ns: 2,
+            comm: "sh".into(),
+            exit_code: 0,
+            signal: 0,
+            container_id: Some(id.clone()),
+        });
+        assert!(containers.membership(&done, 100_000_000_000, &cx).is_none());
+        let Some(FactPayload::ContainerExit(end)) = containers.ended(container(), 100_000_000_001)
+        else {
+            panic!("a container exit")
+        };
+        assert_eq!((end.exit_code, end.reason.as_str()), (0, "Completed"));
+    }
+
+    #[test]
+    fn a_process_in_a_container_joins_at_exec_and_leaves_at_exit() {
+        let (cx, _rx) = SourceContext::for_test(KIND, "n", 8);
+        let mut containers = Containers::new(8);
+        let exec = FactPayload::ProcessExec(ProcessExec {
+            pid: 7,
+            ppid: 1,
+            uid: 0,
+            start_ns: 1,
+            comm: "app".into(),
+            filename: "/app".into(),
+            args: vec![],
+            container_id: Some("c1".into()),
+        });
+        let joined = containers.membership(&exec, 10, &cx).expect("joins");
+        assert_eq!(joined.diff, 1);
+        // A second exec of the same process keeps its place.
+        assert!(containers.membership(&exec, 11, &cx).is_none());
+        let exit = FactPayload::ProcessExit(ProcessExit {
+            pid: 7,
+            start_ns: 1,
+            comm: "app".into(),
+            exit_code: 0,
+            signal: 0,
+            container_id: Some("c1".into()),
+        });
+        let left = containers.membership(&exit, 20, &cx).expect("leaves");
+        assert_eq!((left.diff, &left.record), (-1, &joined.record));
     }
 }

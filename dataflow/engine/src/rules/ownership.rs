@@ -91,7 +91,12 @@ pub fn links<'scope>(
             };
             Some(link(child, container.pod.clone(), &record, what))
         }
-        StateObject::ProcessContainer(_) => None,
+        // Processes join later; services, their endpoints and node conditions are not
+        // ownership links.
+        StateObject::ProcessContainer(_)
+        | StateObject::Service(_)
+        | StateObject::ServiceEndpoint(_)
+        | StateObject::NodeCondition(_) => None,
     });
     let grace = settings.process_exit_grace_ms;
     let processes = state
