@@ -163,7 +163,11 @@ fn main() -> ExitCode {
 fn real_main(cli: Cli) -> Result<()> {
     let command = cli.command.unwrap_or(Command::Run(RunArgs::default()));
     if let Command::Config(ConfigCommand::Check { file }) = &command {
-        let config = TapioConfig::load(file)?;
+        let mut config = TapioConfig::load(file)?;
+        if !config.integrations.neo4j.password.is_empty() {
+            // The effective configuration is for reading, not for leaking the secret.
+            config.integrations.neo4j.password = "<redacted>".into();
+        }
         print!("{}", config.to_yaml());
         eprintln!("{}: valid", file.display());
         return Ok(());

@@ -18,8 +18,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 use tapio_model::{
     ContainerExit, EntityId, Fact, FactId, FactPayload, Heartbeat, KubeEvent, Observation, OomKill,
-    OwnerRef, PodContainer, ProcessExec, ProcessExit, StateObject, StateRecord, StateUpdate,
-    TimeNs, WorkloadObject,
+    OwnerRef, PodContainer, ProcessContainer, ProcessExec, ProcessExit, StateObject, StateRecord,
+    StateUpdate, TimeNs, WorkloadObject,
 };
 
 /// Node of the kind cluster the rollout was recorded on.
@@ -182,6 +182,38 @@ pub fn rollout(fixture: &str) -> Result<Vec<Observation>> {
     Ok(out)
 }
 
+/// The node agent's record that a process runs in a container; inserted at `since`.
+fn membership(
+    seq: u64,
+    since: TimeNs,
+    pid: u32,
+    start_ns: TimeNs,
+    container: &str,
+    filename: &str,
+) -> StateRecord {
+    StateRecord {
+        evidence: FactId::new("kernel", NODE, seq),
+        since_ns: since,
+        object: StateObject::ProcessContainer(ProcessContainer {
+            process: EntityId::Process {
+                node: NODE.into(),
+                pid,
+                start_ns,
+            },
+            container_id: container.into(),
+            filename: filename.into(),
+        }),
+    }
+}
+
+fn membership_change(time_ns: TimeNs, diff: i8, record: &StateRecord) -> Observation {
+    Observation::State(StateUpdate {
+        time_ns,
+        diff,
+        record: record.clone(),
+    })
+}
+
 fn kernel_fact(seq: u64, time_ns: TimeNs, payload: FactPayload) -> Observation {
     Observation::Fact(Fact {
         id: FactId::new("kernel", NODE, seq),
@@ -202,7 +234,27 @@ pub fn oom_scenario() -> Result<Vec<Observation>> {
     let pod_uid = "ac780302-1895-43b1-89e0-80f85c8e5457";
     let survivor_pod_uid = "5d7c3aa2-2d0c-4bc5-a6ea-0b6b6c1b0f1e";
     let container = |id: &str| Some(id.to_string());
+    let podinfo = membership(
+        7,
+        agent_scan,
+        2315,
+        podinfo_start,
+        OOM_CONTAINER,
+        "/home/app/podinfo",
+    );
+    let helper = membership(
+        8,
+        helper_start,
+        2460,
+        helper_start,
+        SURVIVING_CONTAINER,
+        "/bin/sh",
+    );
     Ok(vec![
+        membership_change(agent_scan, 1, &podinfo),
+        membership_change(kill + 4_000_000, -1, &podinfo),
+        membership_change(helper_start, 1, &helper),
+        membership_change(helper_start + 88_000_000, -1, &helper),
         kernel_fact(
             1,
             agent_scan,

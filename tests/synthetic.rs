@@ -6,8 +6,8 @@
 
 use tapio_model::{
     ContainerExit, EntityId, Fact, FactId, FactPayload, Heartbeat, Observation, OomKill, OwnerRef,
-    PodContainer, ProcessExec, ProcessExit, StateObject, StateRecord, StateUpdate, TimeNs,
-    WorkloadObject,
+    PodContainer, ProcessContainer, ProcessExec, ProcessExit, StateObject, StateRecord,
+    StateUpdate, TimeNs, WorkloadObject,
 };
 
 /// 2026-01-01T00:00:00Z.
@@ -36,19 +36,25 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// About 20 thousand observations: small enough for tests.
+    /// About 12 thousand observations: small enough for tests.
     pub fn small() -> Shape {
         Shape {
             nodes: 3,
             deployments: 6,
             pods: 3,
-            seconds: 40,
-            execs_per_second: 200,
+            seconds: 24,
+            execs_per_second: 100,
             oom_every_seconds: 3,
             rollout_every_seconds: 7,
             seed: 42,
         }
     }
+}
+
+struct Proc {
+    pid: u32,
+    start: TimeNs,
+    membership: StateRecord,
 }
 
 struct Pod {
@@ -57,7 +63,7 @@ struct Pod {
     node: usize,
     workload: StateRecord,
     container: StateRecord,
-    main: (u32, TimeNs),
+    main: Proc,
     restarts: u32,
 }
 
@@ -122,7 +128,8 @@ impl Generator {
         );
     }
 
-    fn exec(&mut self, node: usize, time: TimeNs, container: &str) -> (u32, TimeNs) {
+    /// Starts a process in `container`: the exec fact and the agent's membership record.
+    fn exec(&mut self, node: usize, time: TimeNs, container: &str) -> Proc {
         self.next_pid += 1;
         let pid = self.next_pid;
         self.fact(
@@ -140,7 +147,45 @@ impl Generator {
                 container_id: Some(container.into()),
             }),
         );
-        (pid, time)
+        let seq = &mut self.node_seq[node];
+        *seq += 1;
+        let membership = StateRecord {
+            evidence: FactId::new("kernel", format!("node-{node}"), *seq),
+            since_ns: time,
+            object: StateObject::ProcessContainer(ProcessContainer {
+                process: EntityId::Process {
+                    node: format!("node-{node}"),
+                    pid,
+                    start_ns: time,
+                },
+                container_id: container.into(),
+                filename: "/usr/bin/app".into(),
+            }),
+        };
+        self.state(time, 1, membership.clone());
+        Proc {
+            pid,
+            start: time,
+            membership,
+        }
+    }
+
+    /// Ends a process: the exit fact and the retraction of its membership record.
+    fn exit(&mut self, node: usize, time: TimeNs, process: Proc, signal: u32, container: &str) {
+        self.fact(
+            "kernel",
+            node,
+            time,
+            FactPayload::ProcessExit(ProcessExit {
+                pid: process.pid,
+                start_ns: process.start,
+                comm: "app".into(),
+                exit_code: 0,
+                signal,
+                container_id: Some(container.into()),
+            }),
+        );
+        self.state(time, -1, process.membership);
     }
 
     fn container_record(&mut self, time: TimeNs, pod: &EntityId, uid: &str) -> StateRecord {
@@ -233,7 +278,7 @@ impl Generator {
 fn container_id(record: &StateRecord) -> String {
     match &record.object {
         StateObject::PodContainer(container) => container.container_id.clone(),
-        StateObject::Workload(_) => unreachable!("a container record"),
+        _ => unreachable!("a container record"),
     }
 }
 
@@ -296,45 +341,35 @@ pub fn stream(shape: &Shape) -> Vec<Observation> {
                 let pod = &deployments[d].pods[p];
                 (pod.node, container_id(&pod.container))
             };
-            let (pid, start) = g.exec(node, at, &container);
+            let process = g.exec(node, at, &container);
             let exit_at = at + (g.random() % 80 + 1) * MS;
-            g.fact(
-                "kernel",
-                node,
-                exit_at,
-                FactPayload::ProcessExit(ProcessExit {
-                    pid,
-                    start_ns: start,
-                    comm: "app".into(),
-                    exit_code: 0,
-                    signal: 0,
-                    container_id: Some(container),
-                }),
-            );
+            g.exit(node, exit_at, process, 0, &container);
         }
         // An OOM kill: kill → exit → container exit → restart under a new container id.
         if shape.oom_every_seconds > 0 && second % shape.oom_every_seconds == 0 {
             let d = (g.random() % deployments.len() as u64) as usize;
             let p = (g.random() % deployments[d].pods.len() as u64) as usize;
             let at = base + 500 * MS;
-            let (node, container, (pid, start), entity, uid, old) = {
+            let (node, container, entity, uid, old) = {
                 let pod = &deployments[d].pods[p];
                 (
                     pod.node,
                     container_id(&pod.container),
-                    pod.main,
                     pod.entity.clone(),
                     pod.uid.clone(),
                     pod.container.clone(),
                 )
             };
+            let fresh = g.container_record(at + 200 * MS, &entity, &uid);
+            let restarted = g.exec(node, at + 210 * MS, &container_id(&fresh));
+            let killed = std::mem::replace(&mut deployments[d].pods[p].main, restarted);
             g.fact(
                 "kernel",
                 node,
                 at,
                 FactPayload::OomKill(OomKill {
-                    pid,
-                    start_ns: start,
+                    pid: killed.pid,
+                    start_ns: killed.start,
                     comm: "app".into(),
                     container_id: Some(container.clone()),
                     pod_uid: Some(uid.clone()),
@@ -342,19 +377,7 @@ pub fn stream(shape: &Shape) -> Vec<Observation> {
                     rss_pages: 65_536,
                 }),
             );
-            g.fact(
-                "kernel",
-                node,
-                at + 3 * MS,
-                FactPayload::ProcessExit(ProcessExit {
-                    pid,
-                    start_ns: start,
-                    comm: "app".into(),
-                    exit_code: 0,
-                    signal: 9,
-                    container_id: Some(container.clone()),
-                }),
-            );
+            g.exit(node, at + 3 * MS, killed, 9, &container);
             let restarts = deployments[d].pods[p].restarts + 1;
             g.fact(
                 "cri",
@@ -363,19 +386,16 @@ pub fn stream(shape: &Shape) -> Vec<Observation> {
                 FactPayload::ContainerExit(ContainerExit {
                     container_id: container,
                     container_name: "app".into(),
-                    pod: Some(entity.clone()),
+                    pod: Some(entity),
                     exit_code: 137,
                     reason: "OOMKilled".into(),
                     restart_count: restarts,
                 }),
             );
             g.state(at + 200 * MS, -1, old);
-            let fresh = g.container_record(at + 200 * MS, &entity, &uid);
             g.state(at + 200 * MS, 1, fresh.clone());
-            let main = g.exec(node, at + 210 * MS, &container_id(&fresh));
             let pod = &mut deployments[d].pods[p];
             pod.container = fresh;
-            pod.main = main;
             pod.restarts = restarts;
         }
         // A rollout: a new ReplicaSet replaces every pod of one Deployment.
@@ -398,19 +418,7 @@ pub fn stream(shape: &Shape) -> Vec<Observation> {
                 let old_container = container_id(&old.container);
                 g.state(gone, -1, old.container);
                 g.state(gone, -1, old.workload);
-                g.fact(
-                    "kernel",
-                    old.node,
-                    gone,
-                    FactPayload::ProcessExit(ProcessExit {
-                        pid: old.main.0,
-                        start_ns: old.main.1,
-                        comm: "app".into(),
-                        exit_code: 0,
-                        signal: 15,
-                        container_id: Some(old_container),
-                    }),
-                );
+                g.exit(old.node, gone, old.main, 15, &old_container);
             }
             let old_rs = std::mem::replace(&mut deployments[d].replicaset, replicaset);
             g.state(at + 900 * MS, -1, old_rs.2);

@@ -172,10 +172,6 @@ pub struct OwnershipConfig {
     /// a humantime string. Default: `30s`.
     #[serde(with = "humantime_str")]
     pub process_exit_grace: Duration,
-    /// Upper bound on a process's presence when its exit is never seen, at least `1s`. Written
-    /// as a humantime string. Default: `24h`.
-    #[serde(with = "humantime_str")]
-    pub process_max_age: Duration,
 }
 
 impl Default for OwnershipConfig {
@@ -187,8 +183,6 @@ impl Default for OwnershipConfig {
             max_depth: 8,
             // Lets late events about a just-exited process still find its owner.
             process_exit_grace: Duration::from_secs(30),
-            // A day bounds memory if exits are lost, yet keeps long-running processes.
-            process_max_age: Duration::from_secs(24 * 60 * 60),
         }
     }
 }

@@ -79,15 +79,6 @@ pub(crate) fn validate(config: &TapioConfig) -> Result<(), ConfigError> {
         Duration::ZERO,
         HOUR,
     )?;
-    if ownership.process_max_age < Duration::from_secs(1) {
-        return Err(invalid(
-            "correlation.ownership.process_max_age",
-            format!(
-                "must be at least 1s, got {}",
-                duration::format(ownership.process_max_age)
-            ),
-        ));
-    }
 
     let oom = &config.correlation.oom_sequence;
     duration_in(

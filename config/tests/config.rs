@@ -90,7 +90,6 @@ fn defaults_have_the_documented_values() {
     assert!(ownership.enabled);
     assert_eq!(ownership.max_depth, 8);
     assert_eq!(ownership.process_exit_grace, Duration::from_secs(30));
-    assert_eq!(ownership.process_max_age, Duration::from_secs(24 * 3600));
     let oom = &config.correlation.oom_sequence;
     assert!(oom.enabled);
     assert_eq!(oom.within, Duration::from_secs(30));
@@ -122,7 +121,6 @@ fn to_yaml_writes_every_key_and_durations_as_humantime() {
         "ownership:",
         "max_depth:",
         "process_exit_grace: 30s",
-        "process_max_age: 24h",
         "oom_sequence:",
         "within: 30s",
         "keep_for: 10m",
@@ -156,7 +154,6 @@ fn non_default_values_round_trip() {
     config.correlation.ownership.enabled = false;
     config.correlation.ownership.max_depth = 64;
     config.correlation.ownership.process_exit_grace = Duration::from_secs(3600);
-    config.correlation.ownership.process_max_age = Duration::new(u64::MAX, 999_999_999);
     config.correlation.oom_sequence.within = Duration::from_nanos(1_000_001);
     config.correlation.oom_sequence.keep_for = Duration::from_secs(90);
     config.integrations.neo4j.uri = "neo4j+s://db.example.com:7687".to_owned();
@@ -252,7 +249,7 @@ fn unknown_keys_name_their_full_path_line_and_the_valid_keys() {
     assert!(
         error
             .message
-            .contains("enabled, max_depth, process_exit_grace, process_max_age"),
+            .contains("enabled, max_depth, process_exit_grace"),
         "{error}"
     );
 }
@@ -282,9 +279,9 @@ fn wrong_types_name_the_key_path_and_line() {
             "correlation.engine.lateness",
         ),
         (
-            "process_max_age: 24h",
-            "process_max_age: [24h]",
-            "correlation.ownership.process_max_age",
+            "process_exit_grace: 30s",
+            "process_exit_grace: [30s]",
+            "correlation.ownership.process_exit_grace",
         ),
         (
             "max_depth: 8",
@@ -439,12 +436,6 @@ const RULES: &[(&str, &str, &str, Option<&str>)] = &[
         None,
     ),
     (
-        "process_max_age: 24h",
-        "process_max_age: 999ms",
-        "correlation.ownership.process_max_age",
-        None,
-    ),
-    (
         "within: 30s",
         "within: 0s",
         "correlation.oom_sequence.within",
@@ -570,8 +561,6 @@ fn bounds_themselves_are_accepted() {
         ("max_depth: 8", "max_depth: 64"),
         ("process_exit_grace: 30s", "process_exit_grace: 0s"),
         ("process_exit_grace: 30s", "process_exit_grace: 1h"),
-        ("process_max_age: 24h", "process_max_age: 1s"),
-        ("process_max_age: 24h", "process_max_age: 365days"),
         ("within: 30s", "within: 10m"),
         ("keep_for: 10m", "keep_for: 30s"),
         ("speed: 0", "speed: 1.0"),

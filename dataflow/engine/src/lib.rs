@@ -95,7 +95,6 @@ impl EngineSettings {
             ownership: ownership.enabled.then(|| OwnershipSettings {
                 max_depth: ownership.max_depth,
                 process_exit_grace_ms: ms(ownership.process_exit_grace),
-                process_max_age_ms: ms(ownership.process_max_age),
             }),
             oom_sequence: oom.enabled.then(|| OomSequenceSettings {
                 within_ns: ns(oom.within),

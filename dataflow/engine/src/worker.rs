@@ -28,11 +28,7 @@ pub(crate) fn correlate<'scope>(
     let clock = TickClock::new(settings.tick_ms);
     let mut outputs = Vec::new();
     let chains = settings.ownership.as_ref().map(|rule| {
-        let links = ownership::state_links(state.clone()).concat(ownership::process_links(
-            facts.clone(),
-            clock,
-            rule,
-        ));
+        let links = ownership::links(state, rule);
         let chains = ownership::chains(links, rule.max_depth);
         outputs.push(ownership::correlations(chains.clone()));
         chains
@@ -88,7 +84,7 @@ pub(crate) fn drive(
                             Observation::State(update) => {
                                 let tick = on_time(&mut report, clock, &watermark, update.time_ns);
                                 report.state_updates += 1;
-                                facts_in_state(&mut state_in, update.record, tick, update.diff);
+                                state_in.update_at(update.record, tick, isize::from(update.diff));
                             }
                             Observation::Heartbeat(heartbeat) => {
                                 report.heartbeats += 1;
@@ -146,15 +142,6 @@ pub(crate) fn drive(
     }
     report.last_tick = end;
     report
-}
-
-fn facts_in_state(
-    state_in: &mut differential_dataflow::input::InputSession<Tick, StateRecord, isize>,
-    record: StateRecord,
-    tick: Tick,
-    diff: i8,
-) {
-    state_in.update_at(record, tick, isize::from(diff));
 }
 
 /// The tick an observation enters at: its own, or the current input tick if it is late.

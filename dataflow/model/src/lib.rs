@@ -26,7 +26,7 @@ pub use correlation::{ClosedBatch, Correlation, CorrelationChange, CorrelationKi
 pub use entity::{EntityId, EntityIdError};
 pub use observation::{
     ContainerExit, Fact, FactId, FactPayload, Heartbeat, InvalidObservation, KubeEvent,
-    Observation, OomKill, OwnerRef, PodContainer, ProcessExec, ProcessExit, StateObject,
-    StateRecord, StateUpdate, WorkloadObject,
+    Observation, OomKill, OwnerRef, PodContainer, ProcessContainer, ProcessExec, ProcessExit,
+    StateObject, StateRecord, StateUpdate, WorkloadObject,
 };
 pub use time::{MAX_PLAUSIBLE_NS, MIN_PLAUSIBLE_NS, TimeNs, format_time, stable_hash};

@@ -241,6 +241,9 @@ pub enum StateObject {
     Workload(WorkloadObject),
     /// A container of a pod, from the pod's status.
     PodContainer(PodContainer),
+    /// A process running in a container, from the node agent's process table: inserted when
+    /// the agent first sees the process, retracted when it exits.
+    ProcessContainer(ProcessContainer),
 }
 
 /// A Kubernetes object in the ownership graph.
@@ -274,6 +277,17 @@ pub struct PodContainer {
     pub container_name: String,
     /// Runtime container id (without the `containerd://` scheme).
     pub container_id: String,
+}
+
+/// A process that runs inside a container.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ProcessContainer {
+    /// The process (`process/<node>/<pid>/<start_ns>`).
+    pub process: EntityId,
+    /// Runtime container id.
+    pub container_id: String,
+    /// The executable the process runs.
+    pub filename: String,
 }
 
 /// "Source `source` on node `node` has published everything with event time < `upto_ns`."

@@ -3,22 +3,20 @@
 //! controller may itself be owned (a ReplicaSet by its Deployment). This rule follows those
 //! links transitively, so that for any entity Tapio knows the whole chain up to the top-most
 //! owner, with the observation behind every link: the Kubernetes object that named its
-//! controlling owner, the pod status that listed the container, the exec that started the
-//! process inside the container's cgroup. Links from Kubernetes hold while the object holds;
-//! a process's link holds from its exec until a grace period after it exits (or, if its exit is
-//! never seen, until a maximum age). When a link goes away, every chain through it is retracted.
-//! Chains are cut at a maximum depth, so an ownership cycle in bad data cannot run away.
+//! controlling owner, the pod status that listed the container, the node agent's record of the
+//! process inside the container. A link holds while the state behind it holds; when a process
+//! exits, its link is kept for a grace period so that late events about it still find their
+//! owners. When a link goes away, every chain through it is retracted. Chains are cut at a
+//! maximum depth, so an ownership cycle in bad data cannot run away.
 
-use differential_dataflow::VecCollection;
 use differential_dataflow::operators::Iterate;
+use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
-use tapio_model::{
-    Correlation, CorrelationKind, EntityId, Fact, FactPayload, Hop, StateObject, StateRecord,
-};
+use tapio_model::{Correlation, CorrelationKind, EntityId, Hop, StateObject, StateRecord};
+use timely::dataflow::operators::vec::Map;
 
 use super::Evidence;
-use super::window::{retain, shift};
-use crate::clock::{Tick, TickClock};
+use crate::clock::Tick;
 
 /// Settings of the ownership rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,8 +25,6 @@ pub struct OwnershipSettings {
     pub max_depth: u32,
     /// How long a process stays linked to its container after it exits, ms.
     pub process_exit_grace_ms: u64,
-    /// Longest a process stays linked when its exit is never seen, ms.
-    pub process_max_age_ms: u64,
 }
 
 /// "`child` is owned by `parent`", with the evidence.
@@ -43,11 +39,25 @@ pub struct Link {
 /// Chains keyed by the entity they start at: `(entity, [hop(entity), hop(owner), ...])`.
 pub type Chains<'scope> = VecCollection<'scope, Tick, (EntityId, Vec<Hop>), isize>;
 
-/// Direct ownership links from Kubernetes state.
-pub fn state_links<'scope>(
+/// Direct ownership links from state: Kubernetes owners, pod containers, and processes in
+/// containers. A process link's retraction (its exit) takes effect `process_exit_grace_ms`
+/// later.
+pub fn links<'scope>(
     state: VecCollection<'scope, Tick, StateRecord, isize>,
+    settings: &OwnershipSettings,
 ) -> VecCollection<'scope, Tick, (EntityId, Link), isize> {
-    state.flat_map(|record| {
+    let grace = settings.process_exit_grace_ms;
+    let graced = state
+        .inner
+        .map(move |(record, tick, diff)| {
+            let delay = match record.object {
+                StateObject::ProcessContainer(_) if diff < 0 => grace,
+                _ => 0,
+            };
+            (record, tick.saturating_add(delay), diff)
+        })
+        .as_collection();
+    graced.flat_map(|record| {
         let (child, parent, what) = match record.object {
             StateObject::Workload(object) => {
                 let owner = object.owner?;
@@ -59,13 +69,17 @@ pub fn state_links<'scope>(
                     "container {} of {}",
                     container.container_name, container.pod
                 );
-                (
-                    EntityId::Container {
-                        id: container.container_id,
-                    },
-                    container.pod,
-                    what,
-                )
+                let child = EntityId::Container {
+                    id: container.container_id,
+                };
+                (child, container.pod, what)
+            }
+            StateObject::ProcessContainer(member) => {
+                let what = format!("runs {} in the container", member.filename);
+                let parent = EntityId::Container {
+                    id: member.container_id,
+                };
+                (member.process, parent, what)
             }
         };
         Some((
@@ -80,61 +94,6 @@ pub fn state_links<'scope>(
             },
         ))
     })
-}
-
-/// Process → container links from execs, valid until the process has been gone for a while.
-pub fn process_links<'scope>(
-    facts: VecCollection<'scope, Tick, Fact, isize>,
-    clock: TickClock,
-    settings: &OwnershipSettings,
-) -> VecCollection<'scope, Tick, (EntityId, Link), isize> {
-    let execs = facts.clone().flat_map(|fact| match &fact.payload {
-        FactPayload::ProcessExec(exec) => {
-            let container = exec.container_id.clone()?;
-            let process = EntityId::Process {
-                node: fact.id.node.clone(),
-                pid: exec.pid,
-                start_ns: exec.start_ns,
-            };
-            let what = format!("exec {} in container {}", exec.filename, container);
-            Some((
-                process,
-                Link {
-                    parent: EntityId::Container { id: container },
-                    evidence: Evidence {
-                        time: fact.time_ns,
-                        fact_id: fact.id,
-                        what,
-                    },
-                },
-            ))
-        }
-        _ => None,
-    });
-    let exits = facts.flat_map(|fact| match &fact.payload {
-        FactPayload::ProcessExit(exit) => Some((
-            EntityId::Process {
-                node: fact.id.node.clone(),
-                pid: exit.pid,
-                start_ns: exit.start_ns,
-            },
-            fact.time_ns,
-        )),
-        _ => None,
-    });
-    let max_age = settings.process_max_age_ms;
-    let live = retain(execs, max_age, move |(_, link)| {
-        clock.tick_of(link.evidence.time)
-    });
-    let gone = shift(
-        exits,
-        settings.process_exit_grace_ms,
-        max_age,
-        move |(_, time)| clock.tick_of(*time),
-    )
-    .map(|(process, _)| process)
-    .distinct();
-    live.antijoin(gone)
 }
 
 /// Every entity's chain of owners, from the entity itself up to its top-most owner.

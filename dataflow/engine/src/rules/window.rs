@@ -19,25 +19,12 @@ pub fn retain<'scope, D>(
 where
     D: Clone + 'static,
 {
-    shift(records, 0, width, event_tick)
-}
-
-/// Makes each record visible during `[event_tick + delay, event_tick + delay + width)`.
-pub fn shift<'scope, D>(
-    records: VecCollection<'scope, Tick, D, isize>,
-    delay: Tick,
-    width: Tick,
-    event_tick: impl Fn(&D) -> Tick + 'static,
-) -> VecCollection<'scope, Tick, D, isize>
-where
-    D: Clone + 'static,
-{
     records
         .inner
         .flat_map(move |(record, arrival, diff)| {
-            let begin = event_tick(&record).saturating_add(delay);
-            let start = arrival.max(begin);
-            let end = begin.saturating_add(width);
+            let event = event_tick(&record);
+            let start = arrival.max(event);
+            let end = event.saturating_add(width);
             let live = if start < end { 2 } else { 0 };
             [(record.clone(), start, diff), (record, end, -diff)]
                 .into_iter()
