@@ -173,6 +173,9 @@ async fn write_all(
             added = applied.added,
             removed = applied.removed,
             relationships = applied.relationships,
+            read_ms = applied.read_time.as_secs_f64() * 1e3,
+            write_ms = applied.write_time.as_secs_f64() * 1e3,
+            commit_ms = applied.commit_time.as_secs_f64() * 1e3,
             "Batch committed."
         );
         progress.send_modify(|progress| {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use neo4rs::{BoltType, ConfigBuilder, Graph, Query, Txn, query};
 use tapio_model::{ClosedBatch, Correlation, TimeNs};
+use tokio::time::Instant;
 
 use crate::cypher;
 use crate::error::Neo4jError;
@@ -73,6 +74,12 @@ pub struct Applied {
     /// Changes that disagreed with the graph (adding a correlation already there, removing one
     /// that is not) and were left out.
     pub inconsistent: usize,
+    /// Time spent reading the cursor and which correlations are present.
+    pub read_time: Duration,
+    /// Time spent in the write statement.
+    pub write_time: Duration,
+    /// Time spent committing.
+    pub commit_time: Duration,
 }
 
 /// Writes closed ticks into Neo4j, one transaction each, keeping a cursor per writer.
@@ -139,7 +146,9 @@ impl Neo4jWriter {
             .map(|(correlation, _)| correlation_id(correlation))
             .collect();
         let mut txn = self.begin().await?;
+        let started = Instant::now();
         let (cursor, present) = self.read_state(&mut txn, ids.clone()).await?;
+        let read_time = started.elapsed();
         if cursor.is_some_and(|cursor| cursor >= batch.time) {
             rollback(txn).await;
             return Ok(Applied {
@@ -159,17 +168,16 @@ impl Neo4jWriter {
             }
         }
         let delta = Delta::build(added, removed);
+        let started = Instant::now();
         self.write_delta(&mut txn, &delta, time).await?;
-        run(
-            &mut txn,
-            "cursor",
-            query(cypher::SET_CURSOR)
-                .param("writer", self.settings.writer.as_str())
-                .param("time", time),
-        )
-        .await?;
+        let write_time = started.elapsed();
+        let started = Instant::now();
         commit(txn).await?;
+        let commit_time = started.elapsed();
         Ok(Applied {
+            read_time,
+            write_time,
+            commit_time,
             skipped: false,
             added: delta.added.len(),
             removed: delta.removed.len(),
@@ -227,77 +235,43 @@ impl Neo4jWriter {
     }
 
     async fn write_delta(&self, txn: &mut Txn, delta: &Delta, time: i64) -> Result<(), Neo4jError> {
-        if !delta.entities.is_empty() {
-            let rows: Vec<BoltType> = delta
-                .entities
-                .iter()
-                .map(|(id, kind)| map([("id", id.as_str().into()), ("kind", (*kind).into())]))
-                .collect();
-            run(
-                txn,
-                "entities",
-                query(cypher::MERGE_ENTITIES).param("rows", rows),
-            )
-            .await?;
-        }
-        if !delta.facts.is_empty() {
-            let rows = delta
-                .facts
-                .iter()
-                .map(|fact| {
-                    let source = fact.item.id.split('/').next().unwrap_or_default();
-                    Ok(map([
-                        ("id", fact.item.id.as_str().into()),
-                        ("time", int(fact.item.time)?),
-                        ("source", source.into()),
-                        ("delta", fact.delta.into()),
-                    ]))
-                })
-                .collect::<Result<Vec<BoltType>, Neo4jError>>()?;
-            run(
-                txn,
-                "facts",
-                query(cypher::UPDATE_FACTS).param("rows", rows),
-            )
-            .await?;
-        }
-        if !delta.added.is_empty() {
-            let rows = delta
-                .added
-                .iter()
-                .map(|new| correlation_row(&new.id, &new.correlation))
-                .collect::<Result<Vec<BoltType>, Neo4jError>>()?;
-            run(
-                txn,
-                "correlations",
-                query(cypher::CREATE_CORRELATIONS)
-                    .param("rows", rows)
-                    .param("time", time),
-            )
-            .await?;
-        }
-        if !delta.about.is_empty() {
-            let rows: Vec<BoltType> = delta
-                .about
-                .iter()
-                .map(|about| {
-                    map([
-                        ("fact", about.item.fact_id.as_str().into()),
-                        ("entity", about.item.entity.as_str().into()),
-                        ("what", about.item.what.as_str().into()),
-                        ("delta", about.delta.into()),
-                    ])
-                })
-                .collect();
-            run(
-                txn,
-                "about",
-                query(cypher::UPDATE_ABOUT).param("rows", rows),
-            )
-            .await?;
-        }
-        for kind in LinkType::ALL {
-            let rows = delta
+        let entities: Vec<BoltType> = delta
+            .entities
+            .iter()
+            .map(|(id, kind)| map([("id", id.as_str().into()), ("kind", (*kind).into())]))
+            .collect();
+        let facts = delta
+            .facts
+            .iter()
+            .map(|fact| {
+                let source = fact.item.id.split('/').next().unwrap_or_default();
+                Ok(map([
+                    ("id", fact.item.id.as_str().into()),
+                    ("time", int(fact.item.time)?),
+                    ("source", source.into()),
+                    ("delta", fact.delta.into()),
+                ]))
+            })
+            .collect::<Result<Vec<BoltType>, Neo4jError>>()?;
+        let correlations = delta
+            .added
+            .iter()
+            .map(|new| correlation_row(&new.id, &new.correlation))
+            .collect::<Result<Vec<BoltType>, Neo4jError>>()?;
+        let about: Vec<BoltType> = delta
+            .about
+            .iter()
+            .map(|about| {
+                map([
+                    ("fact", about.item.fact_id.as_str().into()),
+                    ("entity", about.item.entity.as_str().into()),
+                    ("what", about.item.what.as_str().into()),
+                    ("delta", about.delta.into()),
+                ])
+            })
+            .collect();
+        let links = |kind: LinkType| {
+            delta
                 .links
                 .iter()
                 .filter(|link| link.item.kind == kind)
@@ -311,33 +285,20 @@ impl Neo4jWriter {
                         ("delta", link.delta.into()),
                     ]))
                 })
-                .collect::<Result<Vec<BoltType>, Neo4jError>>()?;
-            if rows.is_empty() {
-                continue;
-            }
-            let statement = match kind {
-                LinkType::OwnedBy => cypher::UPDATE_OWNED_BY,
-                LinkType::Caused => cypher::UPDATE_CAUSED,
-            };
-            run(txn, kind.as_str(), query(statement).param("rows", rows)).await?;
-        }
-        if !delta.removed.is_empty() {
-            run(
-                txn,
-                "delete correlations",
-                query(cypher::DELETE_CORRELATIONS).param("ids", delta.removed.clone()),
-            )
-            .await?;
-        }
-        if !delta.touched.is_empty() {
-            run(
-                txn,
-                "delete orphans",
-                query(cypher::DELETE_ORPHANS).param("ids", delta.touched.clone()),
-            )
-            .await?;
-        }
-        Ok(())
+                .collect::<Result<Vec<BoltType>, Neo4jError>>()
+        };
+        let statement = query(cypher::APPLY)
+            .param("entities", entities)
+            .param("facts", facts)
+            .param("correlations", correlations)
+            .param("about", about)
+            .param("owned_by", links(LinkType::OwnedBy)?)
+            .param("caused", links(LinkType::Caused)?)
+            .param("removed", delta.removed.clone())
+            .param("touched", delta.touched.clone())
+            .param("writer", self.settings.writer.as_str())
+            .param("time", time);
+        run(txn, "apply", statement).await
     }
 }
 
