@@ -343,11 +343,14 @@ async fn main() {
     let graph = Graph::new(server.uri(), harness::USERNAME, harness::PASSWORD)
         .await
         .expect("connect");
-    // Warm up the server (JIT, page cache, query plans) with one untimed pass.
-    let warm = add_only_ticks(100);
-    sink_rate(server.uri(), &warm[..10]).await;
-    raw_rate(&graph, &raw_rows(&warm[..10])).await;
-    clear(&graph).await;
+    // Warm up the server (JIT, page cache, query plans) with untimed passes of both loops.
+    let warm = add_only_ticks(50);
+    for _ in 0..2 {
+        sink_rate(server.uri(), &warm[..60]).await;
+        clear(&graph).await;
+        raw_rate(&graph, &raw_rows(&warm[..60])).await;
+        clear(&graph).await;
+    }
 
     println!(
         "| correlations per tick | ticks | relationships | sink rel/s | raw UNWIND MERGE rel/s | ratio | commit delay p50 | p99 |"

@@ -235,56 +235,87 @@ impl Neo4jWriter {
     }
 
     async fn write_delta(&self, txn: &mut Txn, delta: &Delta, time: i64) -> Result<(), Neo4jError> {
-        let entities: Vec<BoltType> = delta
-            .entities
-            .iter()
-            .map(|(id, kind)| map([("id", id.as_str().into()), ("kind", (*kind).into())]))
+        // Every list starts with a sentinel row that APPLY skips (see its documentation).
+        let entity_row = |id: &str, kind: &str| map([("id", id.into()), ("kind", kind.into())]);
+        let entities: Vec<BoltType> = std::iter::once(entity_row("", ""))
+            .chain(delta.entities.iter().map(|(id, kind)| entity_row(id, kind)))
             .collect();
-        let facts = delta
-            .facts
-            .iter()
-            .map(|fact| {
-                let source = fact.item.id.split('/').next().unwrap_or_default();
-                Ok(map([
-                    ("id", fact.item.id.as_str().into()),
-                    ("time", int(fact.item.time)?),
-                    ("source", source.into()),
-                    ("delta", fact.delta.into()),
-                ]))
-            })
+        let facts = std::iter::once(Ok(map([
+            ("id", "".into()),
+            ("time", 0i64.into()),
+            ("source", "".into()),
+            ("delta", 0i64.into()),
+        ])))
+        .chain(delta.facts.iter().map(|fact| {
+            let source = fact.item.id.split('/').next().unwrap_or_default();
+            Ok(map([
+                ("id", fact.item.id.as_str().into()),
+                ("time", int(fact.item.time)?),
+                ("source", source.into()),
+                ("delta", fact.delta.into()),
+            ]))
+        }))
+        .collect::<Result<Vec<BoltType>, Neo4jError>>()?;
+        let sentinel = map([
+            ("id", "".into()),
+            ("kind", "".into()),
+            ("root_cause", "".into()),
+            ("explanation", "".into()),
+            ("confidence", 0i64.into()),
+            ("hops", Vec::<BoltType>::new().into()),
+        ]);
+        let correlations = std::iter::once(Ok(sentinel))
+            .chain(
+                delta
+                    .added
+                    .iter()
+                    .map(|new| correlation_row(&new.id, &new.correlation)),
+            )
             .collect::<Result<Vec<BoltType>, Neo4jError>>()?;
-        let correlations = delta
-            .added
-            .iter()
-            .map(|new| correlation_row(&new.id, &new.correlation))
-            .collect::<Result<Vec<BoltType>, Neo4jError>>()?;
-        let about: Vec<BoltType> = delta
-            .about
-            .iter()
-            .map(|about| {
-                map([
-                    ("fact", about.item.fact_id.as_str().into()),
-                    ("entity", about.item.entity.as_str().into()),
-                    ("what", about.item.what.as_str().into()),
-                    ("delta", about.delta.into()),
-                ])
-            })
+        let about_row = |fact: &str, entity: &str, what: &str, delta: i64| {
+            map([
+                ("fact", fact.into()),
+                ("entity", entity.into()),
+                ("what", what.into()),
+                ("delta", delta.into()),
+            ])
+        };
+        let about: Vec<BoltType> = std::iter::once(about_row("", "", "", 0))
+            .chain(delta.about.iter().map(|about| {
+                about_row(
+                    &about.item.fact_id,
+                    &about.item.entity,
+                    &about.item.what,
+                    about.delta,
+                )
+            }))
             .collect();
         let links = |kind: LinkType| {
-            delta
-                .links
-                .iter()
-                .filter(|link| link.item.kind == kind)
-                .map(|link| {
-                    Ok(map([
-                        ("from", link.item.from.as_str().into()),
-                        ("to", link.item.to.as_str().into()),
-                        ("fact_id", link.item.fact_id.as_str().into()),
-                        ("time", int(link.item.time)?),
-                        ("what", link.item.what.as_str().into()),
-                        ("delta", link.delta.into()),
-                    ]))
-                })
+            let sentinel = map([
+                ("from", "".into()),
+                ("to", "".into()),
+                ("fact_id", "".into()),
+                ("time", 0i64.into()),
+                ("what", "".into()),
+                ("delta", 0i64.into()),
+            ]);
+            std::iter::once(Ok(sentinel))
+                .chain(
+                    delta
+                        .links
+                        .iter()
+                        .filter(|link| link.item.kind == kind)
+                        .map(|link| {
+                            Ok(map([
+                                ("from", link.item.from.as_str().into()),
+                                ("to", link.item.to.as_str().into()),
+                                ("fact_id", link.item.fact_id.as_str().into()),
+                                ("time", int(link.item.time)?),
+                                ("what", link.item.what.as_str().into()),
+                                ("delta", link.delta.into()),
+                            ]))
+                        }),
+                )
                 .collect::<Result<Vec<BoltType>, Neo4jError>>()
         };
         let statement = query(cypher::APPLY)
@@ -294,8 +325,8 @@ impl Neo4jWriter {
             .param("about", about)
             .param("owned_by", links(LinkType::OwnedBy)?)
             .param("caused", links(LinkType::Caused)?)
-            .param("removed", delta.removed.clone())
-            .param("touched", delta.touched.clone())
+            .param("removed", with_sentinel(&delta.removed))
+            .param("touched", with_sentinel(&delta.touched))
             .param("writer", self.settings.writer.as_str())
             .param("time", time);
         run(txn, "apply", statement).await
@@ -361,6 +392,12 @@ fn correlation_row(id: &str, correlation: &Correlation) -> Result<BoltType, Neo4
         ("confidence", i64::from(correlation.confidence).into()),
         ("hops", hops.into()),
     ]))
+}
+
+fn with_sentinel(ids: &[String]) -> Vec<String> {
+    std::iter::once(String::new())
+        .chain(ids.iter().cloned())
+        .collect()
 }
 
 fn map<const N: usize>(entries: [(&str, BoltType); N]) -> BoltType {
