@@ -1,9 +1,10 @@
 //! End-to-end tests: the `tapio` binary against recordings, across worker and process counts,
-//! with bad input; the layering rule of the workspace.
+//! with bad input; with a real Neo4j; the layering rule of the workspace.
 
 mod bad_input;
 mod cli;
 mod determinism;
 mod layering;
+mod neo4j;
 mod recording;
 mod support;

@@ -72,8 +72,10 @@ impl Neo4jServer {
             .filter(|java| java.exists())
             .unwrap_or_else(|| PathBuf::from("java"));
         let mut child = Command::new(java)
-            .arg("-Xmx1g")
-            .arg("-XX:+UseSerialGC")
+            // G1 (the default) rather than a stop-the-world collector: the benchmark measures
+            // commit delays, and full collections showed up as second-long stalls.
+            .arg("-Xms512m")
+            .arg("-Xmx2g")
             .arg("-cp")
             .arg(format!("{}:{}", classes.display(), classpath.trim()))
             .arg("tapio.Neo4jHarness")
