@@ -34,6 +34,8 @@ RETURN tick, present";
 /// (empty id, skipped by the first `WHERE`), so the parameter types never change between an
 /// empty and a filled list, and `replan=skip` keeps Neo4j from planning this large statement
 /// again whenever the graph's statistics drift (planning it takes about a second).
+/// `expressionEngine=interpreted` avoids the one-off compilation of its expressions once the
+/// plan is hot, which stalled a commit for one to two seconds in the benchmark.
 ///
 /// 1. `$entities` `{id, kind}`: entities mentioned by added correlations.
 /// 2. `$facts` `{id, time, source, delta}`: fact support changes; a fact no hop cites any more
@@ -47,7 +49,7 @@ RETURN tick, present";
 /// 7. `$touched`: entities a retraction touched; deleted when no relationship is left.
 /// 8. The writer's cursor moves to `$time`, in the same transaction as the changes.
 pub const APPLY: &str = "\
-CYPHER replan=skip
+CYPHER replan=skip expressionEngine=interpreted
 CALL {
   UNWIND $entities AS r
   WITH r WHERE r.id <> ''
