@@ -331,7 +331,10 @@ fn ownership_matches_a_naive_walk_of_the_final_state() {
         }
 
         assert!(expected.len() > 5, "seed {seed}: too few chains to compare");
-        assert!(expected.iter().any(|path| path.len() >= 3), "seed {seed}: no deep chain");
+        assert!(
+            expected.iter().any(|path| path.len() >= 3),
+            "seed {seed}: no deep chain"
+        );
         for workers in [1, 3] {
             let mut counts: BTreeMap<Vec<String>, i64> = BTreeMap::new();
             for (_, diff, correlation) in changes(
