@@ -1,7 +1,9 @@
 //! `tapio`: the composition root. Parses the command line, loads the configuration, and wires
 //! sources → dataflow → sinks. Everything else lives in the library crates.
 
+mod outputs;
 mod pipeline;
+mod query;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -46,6 +48,8 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Ask the correlation graph in Neo4j a question (needs integrations.neo4j in --config).
+    Query(query::QueryArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -230,6 +234,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 args.record_for,
             ))
         }
+        Command::Query(args) => runtime.block_on(query::run(&config, args)),
         Command::Config(_) => Ok(()),
     }
 }

@@ -9,12 +9,13 @@ use tapio_config::TapioConfig;
 use tapio_dataflow::{ClusterLayout, Engine, EngineSettings, Router};
 use tapio_model::Observation;
 use tapio_model::recording::RecordingWriter;
-use tapio_sinks::Sink;
-use tapio_sinks_jsonl::{JsonlSink, Target};
+use tapio_sinks_jsonl::Target;
 use tapio_sources::{Source, SourceContext, SourceStats};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::outputs;
 
 /// A collector's own health line, logged with the progress and at the end.
 pub(crate) type Health = Box<dyn Fn() -> String + Send + Sync>;
@@ -243,10 +244,7 @@ pub(crate) async fn correlate(
     stop_on_signal_or_timer(&shutdown, run_for);
     let engine_config = &config.correlation.engine;
 
-    let mut sink = Box::new(JsonlSink::new(target));
-    sink.healthcheck().await?;
-    let (batches_tx, batches_rx) = mpsc::channel(engine_config.output_buffer_size);
-    let sink_task = tokio::spawn(sink.run(batches_rx));
+    let (batches_tx, outputs) = outputs::start(config, target).await?;
 
     let settings = EngineSettings::from_config(config);
     let engine_layout = layout.clone();
@@ -274,7 +272,7 @@ pub(crate) async fn correlate(
     let report = tokio::task::spawn_blocking(move || engine.join())
         .await
         .context("the dataflow thread failed")??;
-    let written = sink_task.await.context("the output task failed")??;
+    let written = outputs.finish().await?;
     shutdown.cancel();
     progress.abort();
     tracing::info!(

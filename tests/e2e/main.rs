@@ -1,5 +1,5 @@
 //! End-to-end tests: the `tapio` binary against recordings, across worker and process counts,
-//! with bad input; the layering rule of the workspace.
+//! with bad input; with a real Neo4j; the layering rule of the workspace.
 
 mod bad_input;
 mod cli;
@@ -8,5 +8,6 @@ mod kspan_tree;
 mod kubelet;
 mod kubernetes;
 mod layering;
+mod neo4j;
 mod recording;
 mod support;

@@ -1,0 +1,482 @@
+//! The question catalog: named questions about the correlation graph, answered with Cypher on
+//! the Neo4j graph that the Neo4j sink keeps (layer L3; may depend on `tapio-dataflow`,
+//! `tapio-model` and `tapio-config`; it talks Bolt through `neo4rs` itself, so it needs no sink).
+//!
+//! | question | function | Cypher |
+//! | --- | --- | --- |
+//! | why did ENTITY fail | [`why`] | [`catalog::WHY`] |
+//! | what does ENTITY take down | [`blast_radius`] | [`catalog::BLAST_RADIUS`] |
+//! | what happened to ENTITY | [`timeline`] | [`catalog::TIMELINE`] |
+//! | how are A and B connected | [`path`] | [`catalog::PATH`] |
+//!
+//! Every answer is a serializable value ([`Answer`]) that prints as a table for people
+//! ([`Answer::to_table`]) or as JSON for machines.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), tapio_queries::QueryError> {
+//! let mut config = tapio_config::Neo4jConfig::default();
+//! config.uri = "bolt://127.0.0.1:7687".into();
+//! config.password = "secret".into();
+//! let graph = tapio_queries::connect(&config).await?;
+//! let pod = "pod/default/px-7df978b9bf-jm22q".parse().expect("an entity id");
+//! let answer = tapio_queries::why(&graph, &pod).await?;
+//! print!("{}", answer.to_table());
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod catalog;
+mod table;
+
+use std::time::Duration;
+
+use neo4rs::{ConfigBuilder, Graph, Query, query};
+use serde::{Deserialize, Serialize};
+use tapio_model::{EntityId, TimeNs};
+
+/// The Bolt connection every question takes (a `neo4rs` connection pool).
+pub use neo4rs::Graph as Connection;
+
+/// Why a question could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// `integrations.neo4j.uri` is empty.
+    #[error(
+        "no Neo4j configured: set integrations.neo4j.uri (and username, password) in the \
+         configuration file given with --config"
+    )]
+    NotConfigured,
+    /// Neo4j refused the user name or password.
+    #[error("Neo4j at {uri} refused the user name or password (user `{username}`): {message}")]
+    Unauthorized {
+        /// Bolt URI.
+        uri: String,
+        /// The refused user.
+        username: String,
+        /// The server's message.
+        message: String,
+    },
+    /// Neo4j could not be reached or did not answer in time.
+    #[error("cannot reach Neo4j at {uri}: {reason}")]
+    Unreachable {
+        /// Bolt URI.
+        uri: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The entity is not in the graph: no current correlation mentions it.
+    #[error("{entity} is not in the graph: no current correlation mentions it")]
+    UnknownEntity {
+        /// The entity id.
+        entity: String,
+    },
+    /// The query failed or returned something unexpected.
+    #[error("the `{question}` query failed: {reason}")]
+    Failed {
+        /// Which question.
+        question: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Connects to the Neo4j in `config` and checks the credentials, within 10 seconds.
+///
+/// # Errors
+/// [`QueryError::NotConfigured`], [`QueryError::Unauthorized`] or [`QueryError::Unreachable`].
+pub async fn connect(config: &tapio_config::Neo4jConfig) -> Result<Graph, QueryError> {
+    if config.uri.is_empty() {
+        return Err(QueryError::NotConfigured);
+    }
+    let unreachable = |reason: String| QueryError::Unreachable {
+        uri: config.uri.clone(),
+        reason,
+    };
+    let attempt = async {
+        let neo4j = ConfigBuilder::default()
+            .uri(config.uri.as_str())
+            .user(config.username.as_str())
+            .password(config.password.as_str())
+            .max_connections(2)
+            .build()
+            .map_err(|error| unreachable(error.to_string()))?;
+        let graph = Graph::connect(neo4j)
+            .await
+            .map_err(|error| unreachable(error.to_string()))?;
+        let mut txn = graph.start_txn().await.map_err(|error| match error {
+            neo4rs::Error::AuthenticationError(message) => QueryError::Unauthorized {
+                uri: config.uri.clone(),
+                username: config.username.clone(),
+                message,
+            },
+            other => unreachable(other.to_string()),
+        })?;
+        txn.run(query("RETURN 1"))
+            .await
+            .map_err(|error| unreachable(error.to_string()))?;
+        txn.commit()
+            .await
+            .map_err(|error| unreachable(error.to_string()))?;
+        Ok(graph)
+    };
+    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(unreachable("no answer within 10 s".into())),
+    }
+}
+
+// === Answers ===
+
+/// One hop of an evidence chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvidenceHop {
+    /// Entity id.
+    pub entity: String,
+    /// The observation behind the hop.
+    pub fact_id: String,
+    /// Its event time, ns since the Unix epoch.
+    pub time: TimeNs,
+    /// What it says.
+    pub what: String,
+}
+
+/// A root-cause chain through the asked entity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cause {
+    /// Correlation id in the graph.
+    pub id: String,
+    /// Rule (`oom_restart`, …).
+    pub kind: String,
+    /// Where the chain starts.
+    pub root_cause: String,
+    /// Percent.
+    pub confidence: u8,
+    /// One sentence.
+    pub explanation: String,
+    /// Tick in which it became current, ns.
+    pub since: TimeNs,
+    /// The chain, hop by hop.
+    pub chain: Vec<EvidenceHop>,
+}
+
+/// An entity the asked one takes down.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Impact {
+    /// Entity id.
+    pub entity: String,
+    /// Its kind (`pod`, …).
+    pub kind: String,
+    /// How it is hit: `caused`, `inside`, `inside affected`, `owner of affected`.
+    pub how: String,
+    /// Relationships between the two.
+    pub distance: u32,
+    /// The fact ids along the way.
+    pub evidence: Vec<String>,
+}
+
+/// A fact on a timeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Event time, ns since the Unix epoch.
+    pub time: TimeNs,
+    /// The entity it is about (the asked one or something it owns).
+    pub entity: String,
+    /// Fact id.
+    pub fact_id: String,
+    /// What it says about the entity.
+    pub what: String,
+}
+
+/// One step of a path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// `OWNED_BY` or `CAUSED`.
+    pub relation: String,
+    /// Start of the relationship.
+    pub from: String,
+    /// End of the relationship.
+    pub to: String,
+    /// Its evidence.
+    pub fact_id: String,
+    /// Event time of the evidence, ns.
+    pub time: TimeNs,
+    /// What the evidence says.
+    pub what: String,
+}
+
+/// An answer to one question.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "question", rename_all = "kebab-case")]
+pub enum Answer {
+    /// `why ENTITY`.
+    Why {
+        /// The asked entity.
+        entity: String,
+        /// Root-cause chains, surest and newest first.
+        causes: Vec<Cause>,
+    },
+    /// `blast-radius ENTITY`.
+    BlastRadius {
+        /// The asked entity.
+        entity: String,
+        /// What it takes down, nearest first.
+        impacts: Vec<Impact>,
+    },
+    /// `timeline ENTITY`.
+    Timeline {
+        /// The asked entity.
+        entity: String,
+        /// Facts, oldest first.
+        events: Vec<Event>,
+    },
+    /// `path A B`.
+    Path {
+        /// Start.
+        from: String,
+        /// End.
+        to: String,
+        /// Entities along the shortest path (empty when there is none).
+        nodes: Vec<String>,
+        /// Relationships along it.
+        steps: Vec<Step>,
+    },
+}
+
+impl Answer {
+    /// The answer as a table for a terminal.
+    pub fn to_table(&self) -> String {
+        table::render(self)
+    }
+}
+
+// === Questions ===
+
+/// Root-cause chains through `entity`.
+///
+/// # Errors
+/// [`QueryError::UnknownEntity`] when no current correlation mentions it, or
+/// [`QueryError::Failed`].
+pub async fn why(graph: &Graph, entity: &EntityId) -> Result<Answer, QueryError> {
+    let id = entity.to_string();
+    ensure_exists(graph, &id).await?;
+    let rows = fetch(
+        graph,
+        "why",
+        query(catalog::WHY).param("entity", id.as_str()),
+    )
+    .await?;
+    let causes = rows
+        .iter()
+        .map(|row| {
+            let chain: Vec<HopRow> = get(row, "why", "chain")?;
+            Ok(Cause {
+                id: get(row, "why", "id")?,
+                kind: get(row, "why", "kind")?,
+                root_cause: get(row, "why", "root_cause")?,
+                confidence: u8::try_from(get::<i64>(row, "why", "confidence")?).unwrap_or(0),
+                explanation: get(row, "why", "explanation")?,
+                since: ns(get(row, "why", "since")?),
+                chain: chain
+                    .into_iter()
+                    .map(|hop| EvidenceHop {
+                        entity: hop.entity,
+                        fact_id: hop.fact_id,
+                        time: ns(hop.time),
+                        what: hop.what,
+                    })
+                    .collect(),
+            })
+        })
+        .collect::<Result<Vec<Cause>, QueryError>>()?;
+    Ok(Answer::Why { entity: id, causes })
+}
+
+/// What `entity` takes down with it.
+///
+/// # Errors
+/// As [`why`].
+pub async fn blast_radius(graph: &Graph, entity: &EntityId) -> Result<Answer, QueryError> {
+    let id = entity.to_string();
+    ensure_exists(graph, &id).await?;
+    let rows = fetch(
+        graph,
+        "blast-radius",
+        query(catalog::BLAST_RADIUS).param("entity", id.as_str()),
+    )
+    .await?;
+    let impacts = rows
+        .iter()
+        .map(|row| {
+            Ok(Impact {
+                entity: get(row, "blast-radius", "entity")?,
+                kind: get(row, "blast-radius", "kind")?,
+                how: get(row, "blast-radius", "how")?,
+                distance: u32::try_from(get::<i64>(row, "blast-radius", "distance")?)
+                    .unwrap_or(u32::MAX),
+                evidence: get(row, "blast-radius", "evidence")?,
+            })
+        })
+        .collect::<Result<Vec<Impact>, QueryError>>()?;
+    Ok(Answer::BlastRadius {
+        entity: id,
+        impacts,
+    })
+}
+
+/// Facts about `entity` and everything it owns, from `since` (ns) on.
+///
+/// # Errors
+/// As [`why`].
+pub async fn timeline(
+    graph: &Graph,
+    entity: &EntityId,
+    since: Option<TimeNs>,
+) -> Result<Answer, QueryError> {
+    let id = entity.to_string();
+    ensure_exists(graph, &id).await?;
+    let since = since
+        .map(|since| i64::try_from(since).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let rows = fetch(
+        graph,
+        "timeline",
+        query(catalog::TIMELINE)
+            .param("entity", id.as_str())
+            .param("since", since),
+    )
+    .await?;
+    let events = rows
+        .iter()
+        .map(|row| {
+            Ok(Event {
+                time: ns(get(row, "timeline", "time")?),
+                entity: get(row, "timeline", "entity")?,
+                fact_id: get(row, "timeline", "fact_id")?,
+                what: get(row, "timeline", "what")?,
+            })
+        })
+        .collect::<Result<Vec<Event>, QueryError>>()?;
+    Ok(Answer::Timeline { entity: id, events })
+}
+
+/// The shortest chain of relationships between `from` and `to`.
+///
+/// # Errors
+/// As [`why`], for either entity.
+pub async fn path(graph: &Graph, from: &EntityId, to: &EntityId) -> Result<Answer, QueryError> {
+    let (from, to) = (from.to_string(), to.to_string());
+    ensure_exists(graph, &from).await?;
+    ensure_exists(graph, &to).await?;
+    if from == to {
+        return Ok(Answer::Path {
+            nodes: vec![from.clone()],
+            from,
+            to,
+            steps: Vec::new(),
+        });
+    }
+    let rows = fetch(
+        graph,
+        "path",
+        query(catalog::PATH)
+            .param("from", from.as_str())
+            .param("to", to.as_str()),
+    )
+    .await?;
+    let (nodes, steps) = match rows.first() {
+        Some(row) => {
+            let steps: Vec<StepRow> = get(row, "path", "steps")?;
+            (
+                get(row, "path", "nodes")?,
+                steps
+                    .into_iter()
+                    .map(|step| Step {
+                        relation: step.relation,
+                        from: step.from,
+                        to: step.to,
+                        fact_id: step.fact_id,
+                        time: ns(step.time),
+                        what: step.what,
+                    })
+                    .collect(),
+            )
+        }
+        None => (Vec::new(), Vec::new()),
+    };
+    Ok(Answer::Path {
+        from,
+        to,
+        nodes,
+        steps,
+    })
+}
+
+// === Plumbing ===
+
+#[derive(Deserialize)]
+struct HopRow {
+    entity: String,
+    fact_id: String,
+    time: i64,
+    what: String,
+}
+
+#[derive(Deserialize)]
+struct StepRow {
+    relation: String,
+    from: String,
+    to: String,
+    fact_id: String,
+    time: i64,
+    what: String,
+}
+
+fn ns(value: i64) -> TimeNs {
+    u64::try_from(value).unwrap_or(0)
+}
+
+async fn ensure_exists(graph: &Graph, entity: &str) -> Result<(), QueryError> {
+    let rows = fetch(
+        graph,
+        "entity",
+        query(catalog::ENTITY_EXISTS).param("entity", entity),
+    )
+    .await?;
+    if rows.is_empty() {
+        return Err(QueryError::UnknownEntity {
+            entity: entity.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Runs a read query in its own transaction and collects its rows.
+async fn fetch(
+    graph: &Graph,
+    question: &'static str,
+    statement: Query,
+) -> Result<Vec<neo4rs::Row>, QueryError> {
+    let failed = |error: neo4rs::Error| QueryError::Failed {
+        question,
+        reason: error.to_string(),
+    };
+    let mut txn = graph.start_txn().await.map_err(failed)?;
+    let mut stream = txn.execute(statement).await.map_err(failed)?;
+    let mut rows = Vec::new();
+    while let Some(row) = stream.next(txn.handle()).await.map_err(failed)? {
+        rows.push(row);
+    }
+    txn.commit().await.map_err(failed)?;
+    Ok(rows)
+}
+
+fn get<T: serde::de::DeserializeOwned>(
+    row: &neo4rs::Row,
+    question: &'static str,
+    column: &str,
+) -> Result<T, QueryError> {
+    row.get::<T>(column).map_err(|error| QueryError::Failed {
+        question,
+        reason: format!("column `{column}`: {error}"),
+    })
+}

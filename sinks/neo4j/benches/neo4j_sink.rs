@@ -1,0 +1,380 @@
+//! Neo4j sink throughput and commit delay against a real Neo4j 5.26 (the test harness).
+//!
+//! For each batch size (correlations per closed tick) it measures, in the same run and against
+//! the same server:
+//!
+//! - **sink**: relationships written per second by [`Neo4jSink`] (every tick one transaction:
+//!   state read, `UNWIND` statements, cursor), fed as fast as it takes batches;
+//! - **raw**: relationships written per second by a bare `UNWIND $rows AS r MERGE (a:Raw {id:
+//!   r.a}) MERGE (b:Raw {id: r.b}) MERGE (a)-[:R]->(b)` loop, one transaction per tick with
+//!   exactly as many rows as the sink wrote relationships in that tick, on a label with the
+//!   same uniqueness constraint;
+//! - **delay**: from handing a closed tick to the sink to its transaction committing, with ticks
+//!   closing every 100 ms (the default tick) and a quarter of the earlier correlations
+//!   retracted along the way; p50 and p99.
+//!
+//! Run: `.ci/install` (builds the Neo4j launcher), then
+//! `cargo bench -p tapio-sinks-neo4j --bench neo4j_sink` (optionally `-- SIZE...`, default
+//! `10 100 500`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use neo4rs::{BoltType, Graph, query};
+use tapio_model::{ClosedBatch, Correlation, CorrelationKind, FactId, Hop};
+use tapio_sinks::Sink;
+use tapio_sinks_neo4j::harness::{self, Neo4jServer};
+use tapio_sinks_neo4j::model::Delta;
+use tapio_sinks_neo4j::{Neo4jSettings, Neo4jSink};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+const T0: u64 = 1_700_000_000_000_000_000;
+const TOTAL_CORRELATIONS: usize = 6_000;
+const PACED_TICKS: usize = 100;
+
+fn hop(entity: String, source: &str, seq: u64, what: &str) -> Hop {
+    Hop {
+        entity: entity.parse().expect("entity id"),
+        fact_id: FactId::new(source, "bench-node", seq),
+        time: T0 + seq * 1_000,
+        what: what.into(),
+    }
+}
+
+/// Correlation `n`: container `n` of pod `n`, of one of 20 ReplicaSets of 10 Deployments
+/// (shared entities and facts), as an ownership chain, and every third one also as an OOM
+/// restart of one of its processes.
+fn correlations(n: usize) -> Vec<Correlation> {
+    let n = n as u64;
+    let (rs, deployment) = (n % 20, n % 10);
+    let owners = vec![
+        hop(
+            format!("container/c{n}"),
+            "cri",
+            1_000_000 + n,
+            "container of pod",
+        ),
+        hop(
+            format!("pod/bench/p{n}"),
+            "kubernetes",
+            2_000_000 + n,
+            "pod of replicaset",
+        ),
+        hop(
+            format!("replicaset/bench/r{rs}"),
+            "kubernetes",
+            3_000_000 + rs,
+            "rs of deployment",
+        ),
+        hop(
+            format!("deployment/bench/d{deployment}"),
+            "kubernetes",
+            3_000_000 + rs,
+            "top-level owner",
+        ),
+    ];
+    let mut out = vec![Correlation {
+        kind: CorrelationKind::Ownership,
+        root_cause: owners[3].entity.clone(),
+        chain: owners.clone(),
+        explanation: format!("container/c{n} is owned by its pod, rs and deployment"),
+        confidence: 100,
+    }];
+    if n.is_multiple_of(3) {
+        let process = format!("process/bench-node/{n}/{}", T0 + n);
+        let mut chain = vec![
+            hop(process.clone(), "kernel", 4_000_000 + n, "OOM-killed"),
+            hop(
+                process.clone(),
+                "kernel",
+                5_000_000 + n,
+                "exited on signal 9",
+            ),
+            hop(
+                format!("container/c{n}"),
+                "cri",
+                6_000_000 + n,
+                "exited 137",
+            ),
+        ];
+        chain.extend(owners);
+        out.push(Correlation {
+            kind: CorrelationKind::OomRestart,
+            root_cause: chain[0].entity.clone(),
+            chain,
+            explanation: format!("{process} was OOM-killed"),
+            confidence: 95,
+        });
+    }
+    out
+}
+
+/// Ticks of `size` new correlations each, `TOTAL_CORRELATIONS` in all.
+fn add_only_ticks(size: usize) -> Vec<ClosedBatch> {
+    let all: Vec<Correlation> = (0..)
+        .flat_map(correlations)
+        .take(TOTAL_CORRELATIONS)
+        .collect();
+    all.chunks(size)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut changes: Vec<(Correlation, i64)> =
+                chunk.iter().map(|c| (c.clone(), 1)).collect();
+            changes.sort();
+            ClosedBatch {
+                time: T0 + (i as u64 + 1) * 100_000_000,
+                changes,
+            }
+        })
+        .collect()
+}
+
+/// The rows a raw loop writes for the same ticks: one (a, b) pair per relationship the sink
+/// writes in that tick ([`Delta::relationship_writes`]): HOP and ROOT_CAUSE per correlation,
+/// one per ABOUT and per link whose support changes.
+fn raw_rows(ticks: &[ClosedBatch]) -> Vec<Vec<(String, String)>> {
+    ticks
+        .iter()
+        .map(|tick| {
+            let added = tick.changes.iter().map(|(c, _)| c.clone()).collect();
+            let delta = Delta::build(added, Vec::new());
+            let mut rows = Vec::with_capacity(delta.relationship_writes());
+            for new in &delta.added {
+                rows.push((new.id.clone(), new.correlation.root_cause.to_string()));
+                for hop in &new.correlation.chain {
+                    rows.push((new.id.clone(), hop.entity.to_string()));
+                }
+            }
+            for about in &delta.about {
+                rows.push((about.item.fact_id.clone(), about.item.entity.clone()));
+            }
+            for link in &delta.links {
+                rows.push((link.item.from.clone(), link.item.to.clone()));
+            }
+            rows
+        })
+        .collect()
+}
+
+async fn clear(graph: &Graph) {
+    loop {
+        let mut rows = graph
+            .execute(query(
+                "MATCH (n) WITH n LIMIT 20000 DETACH DELETE n RETURN count(*) AS deleted",
+            ))
+            .await
+            .expect("clear");
+        let deleted: i64 = rows
+            .next()
+            .await
+            .expect("row")
+            .and_then(|row| row.get("deleted").ok())
+            .unwrap_or(0);
+        if deleted == 0 {
+            return;
+        }
+    }
+}
+
+fn settings(uri: &str, writer: &str) -> Neo4jSettings {
+    let mut settings = Neo4jSettings::new(uri, harness::USERNAME, harness::PASSWORD);
+    settings.writer = writer.into();
+    settings
+}
+
+/// Sink throughput: relationships per second, all ticks queued as fast as the sink takes them.
+async fn sink_rate(uri: &str, ticks: &[ClosedBatch]) -> (f64, u64) {
+    let mut sink = Box::new(Neo4jSink::new(settings(uri, "bench-throughput")));
+    sink.healthcheck().await.expect("health check");
+    let progress = sink.progress();
+    let (tx, rx) = mpsc::channel(64);
+    let started = Instant::now();
+    let task = tokio::spawn(sink.run(rx));
+    for tick in ticks {
+        tx.send(tick.clone()).await.expect("sink running");
+    }
+    drop(tx);
+    task.await.expect("sink task").expect("sink run");
+    let elapsed = started.elapsed().as_secs_f64();
+    let relationships = progress.borrow().relationships;
+    (relationships as f64 / elapsed, relationships)
+}
+
+/// The raw `UNWIND … MERGE` loop, one transaction per tick.
+async fn raw_rate(graph: &Graph, rows: &[Vec<(String, String)>]) -> (f64, u64) {
+    graph
+        .run(query(
+            "CREATE CONSTRAINT bench_raw_id IF NOT EXISTS FOR (n:Raw) REQUIRE n.id IS UNIQUE",
+        ))
+        .await
+        .expect("raw constraint");
+    let started = Instant::now();
+    let mut written = 0u64;
+    for tick in rows {
+        let params: Vec<BoltType> = tick
+            .iter()
+            .map(|(a, b)| {
+                let row: std::collections::HashMap<&str, BoltType> =
+                    [("a", a.as_str().into()), ("b", b.as_str().into())]
+                        .into_iter()
+                        .collect();
+                row.into()
+            })
+            .collect();
+        let mut txn = graph.start_txn().await.expect("begin");
+        txn.run(
+            query(
+                "UNWIND $rows AS r MERGE (a:Raw {id: r.a}) MERGE (b:Raw {id: r.b}) \
+                 MERGE (a)-[:R]->(b)",
+            )
+            .param("rows", params),
+        )
+        .await
+        .expect("raw merge");
+        txn.commit().await.expect("commit");
+        written += tick.len() as u64;
+    }
+    (written as f64 / started.elapsed().as_secs_f64(), written)
+}
+
+/// Commit delay with ticks closing every 100 ms: `size` new correlations per tick, and a
+/// quarter of the earlier ones retracted.
+async fn delays(uri: &str, size: usize) -> (Duration, Duration) {
+    let mut sink = Box::new(Neo4jSink::new(settings(uri, "bench-delay")));
+    sink.healthcheck().await.expect("health check");
+    let mut progress = sink.progress();
+    let (tx, rx) = mpsc::channel(64);
+    let task = tokio::spawn(sink.run(rx));
+    let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<(u64, Instant)>();
+    let observer = tokio::spawn(async move {
+        let mut waiting: std::collections::VecDeque<(u64, Instant)> = Default::default();
+        let mut delays = Vec::new();
+        loop {
+            tokio::select! {
+                sent = sent_rx.recv() => match sent {
+                    Some(sent) => waiting.push_back(sent),
+                    None => break,
+                },
+                changed = progress.changed() => {
+                    if changed.is_err() { break; }
+                    let cursor = progress.borrow().cursor.unwrap_or(0);
+                    while waiting.front().is_some_and(|(time, _)| *time <= cursor) {
+                        if let Some((_, at)) = waiting.pop_front() {
+                            delays.push(at.elapsed());
+                        }
+                    }
+                }
+            }
+        }
+        // Batches still waiting when the sender closed: wait for their commits.
+        while !waiting.is_empty() {
+            if progress.changed().await.is_err() {
+                break;
+            }
+            let cursor = progress.borrow().cursor.unwrap_or(0);
+            while waiting.front().is_some_and(|(time, _)| *time <= cursor) {
+                if let Some((_, at)) = waiting.pop_front() {
+                    delays.push(at.elapsed());
+                }
+            }
+        }
+        delays
+    });
+    let mut live: Vec<Correlation> = Vec::new();
+    let mut next = 0usize;
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    for tick in 0..PACED_TICKS {
+        every.tick().await;
+        let mut changes: Vec<(Correlation, i64)> = Vec::new();
+        let mut added = 0;
+        while added < size {
+            for correlation in correlations(100_000 + next) {
+                changes.push((correlation.clone(), 1));
+                live.push(correlation);
+                added += 1;
+            }
+            next += 1;
+        }
+        if tick % 4 == 3 {
+            let retract = live.len() / 4;
+            for correlation in live.drain(..retract) {
+                changes.push((correlation, -1));
+            }
+        }
+        changes.sort();
+        let time = T0 + 10_000_000_000 + tick as u64 * 100_000_000;
+        sent_tx
+            .send((time, Instant::now()))
+            .expect("observer running");
+        tx.send(ClosedBatch { time, changes })
+            .await
+            .expect("sink running");
+    }
+    drop(sent_tx);
+    drop(tx);
+    task.await.expect("sink task").expect("sink run");
+    let mut delays = observer.await.expect("observer");
+    delays.sort();
+    let at = |q: f64| delays[((delays.len() as f64 - 1.0) * q).round() as usize];
+    (at(0.50), at(0.99))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if let Ok(filter) = std::env::var("TAPIO_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|arg| arg.parse().ok())
+        .filter(|size| *size > 0)
+        .collect();
+    let sizes = if sizes.is_empty() {
+        vec![10, 100, 500]
+    } else {
+        sizes
+    };
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/neo4j-harness");
+    let server = Neo4jServer::start(&dir, Duration::from_secs(300)).expect("Neo4j starts");
+    let graph = Graph::new(server.uri(), harness::USERNAME, harness::PASSWORD)
+        .await
+        .expect("connect");
+    // Warm up the server (JIT, page cache, query plans) with untimed passes of both loops.
+    let warm = add_only_ticks(50);
+    for _ in 0..2 {
+        sink_rate(server.uri(), &warm[..60]).await;
+        clear(&graph).await;
+        raw_rate(&graph, &raw_rows(&warm[..60])).await;
+        clear(&graph).await;
+    }
+
+    println!(
+        "| correlations per tick | ticks | relationships | sink rel/s | raw UNWIND MERGE rel/s | ratio | commit delay p50 | p99 |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for size in sizes {
+        let ticks = add_only_ticks(size);
+        let (sink, written) = sink_rate(server.uri(), &ticks).await;
+        clear(&graph).await;
+        let rows = raw_rows(&ticks);
+        let (raw, raw_written) = raw_rate(&graph, &rows).await;
+        clear(&graph).await;
+        assert_eq!(
+            written, raw_written,
+            "both loops write the same relationships"
+        );
+        let (p50, p99) = delays(server.uri(), size).await;
+        clear(&graph).await;
+        println!(
+            "| {size} | {} | {written} | {sink:.0} | {raw:.0} | {:.2} | {:.1} ms | {:.1} ms |",
+            ticks.len(),
+            sink / raw,
+            p50.as_secs_f64() * 1000.0,
+            p99.as_secs_f64() * 1000.0
+        );
+    }
+}

@@ -1,0 +1,262 @@
+//! Writes the set of current correlations to Neo4j as a graph, one transaction per closed tick
+//! (layer L2; depends on `tapio-sinks`, `tapio-model` and `tapio-config` only).
+//!
+//! Each [`ClosedBatch`] becomes one transaction of `UNWIND` statements ([`cypher`]): the
+//! correlations that became current are created with their chain, those that stopped being
+//! current are deleted, and the entities, facts and relationships they share are reference
+//! counted, so an element goes only when nothing supports it any more ([`model`]). The same
+//! transaction moves this writer's cursor (`(:TapioCursor {writer, tick})`) to the batch's tick;
+//! a batch at or below the cursor is skipped, so a restart that replays batches writes no
+//! duplicates and leaves no gaps.
+//!
+//! When Neo4j is slow or down, the sink retries the batch with exponential backoff and logs its
+//! status; batches wait in the bounded channel in front of it, which slows the dataflow down.
+//! Nothing is dropped silently: if a batch cannot be written within
+//! [`Neo4jSettings::give_up_after`], or fails for a reason retrying cannot fix, the sink stops
+//! with an error naming the tick.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use tapio_sinks::Sink;
+//! use tapio_sinks_neo4j::{Neo4jSettings, Neo4jSink};
+//!
+//! let mut sink = Box::new(Neo4jSink::new(Neo4jSettings::new(
+//!     "bolt://127.0.0.1:7687",
+//!     "neo4j",
+//!     "secret",
+//! )));
+//! sink.healthcheck().await?; // one clear error for a wrong password or an unreachable URI
+//! let (batches, receiver) = tokio::sync::mpsc::channel(64);
+//! let task = tokio::spawn(sink.run(receiver));
+//! drop(batches); // the dataflow sends closed ticks here; closing the channel flushes and stops
+//! task.await??;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod cypher;
+mod error;
+pub mod harness;
+pub mod model;
+mod writer;
+
+use tapio_model::{ClosedBatch, TimeNs, format_time};
+use tapio_sinks::{BoxFuture, Sink, SinkError, SinkReport};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+pub use error::Neo4jError;
+pub use writer::{Applied, Neo4jSettings, Neo4jWriter};
+
+/// Where the sink is: the last tick committed and what it wrote so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The cursor: the last tick committed (or found committed at start), if any.
+    pub cursor: Option<TimeNs>,
+    /// Batches committed by this run.
+    pub batches: u64,
+    /// Batches skipped because they were at or below the cursor.
+    pub skipped: u64,
+    /// Relationships written by this run (see [`model::Delta::relationship_writes`]).
+    pub relationships: u64,
+}
+
+/// The Neo4j sink.
+pub struct Neo4jSink {
+    settings: Neo4jSettings,
+    writer: Option<Neo4jWriter>,
+    progress: watch::Sender<Progress>,
+}
+
+impl Neo4jSink {
+    /// A sink for `settings`. Nothing is opened until [`Sink::healthcheck`].
+    pub fn new(settings: Neo4jSettings) -> Neo4jSink {
+        Neo4jSink {
+            settings,
+            writer: None,
+            progress: watch::Sender::new(Progress::default()),
+        }
+    }
+
+    /// Follows the sink's progress, e.g. to measure the delay from a tick closing to its commit.
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    fn failed(&self, error: Neo4jError) -> SinkError {
+        SinkError::Write {
+            sink: "neo4j",
+            target: self.settings.uri.clone(),
+            source: Box::new(error),
+        }
+    }
+}
+
+impl Sink for Neo4jSink {
+    fn name(&self) -> &'static str {
+        "neo4j"
+    }
+
+    fn healthcheck(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move {
+            let writer = Neo4jWriter::connect(&self.settings)
+                .await
+                .map_err(|error| self.failed(error))?;
+            writer
+                .ensure_schema()
+                .await
+                .map_err(|error| self.failed(error))?;
+            let cursor = writer.cursor().await.map_err(|error| self.failed(error))?;
+            tracing::info!(
+                uri = %self.settings.uri,
+                writer = %self.settings.writer,
+                cursor = %cursor.map_or_else(|| "none".to_string(), format_time),
+                "Neo4j is reachable; schema ready."
+            );
+            self.progress
+                .send_modify(|progress| progress.cursor = cursor);
+            self.writer = Some(writer);
+            Ok(())
+        })
+    }
+
+    fn run(
+        self: Box<Self>,
+        batches: mpsc::Receiver<ClosedBatch>,
+    ) -> BoxFuture<'static, Result<SinkReport, SinkError>> {
+        Box::pin(async move {
+            let Some(writer) = self.writer.as_ref() else {
+                return Err(SinkError::Write {
+                    sink: "neo4j",
+                    target: self.settings.uri.clone(),
+                    source: "the health check did not run or failed".into(),
+                });
+            };
+            write_all(writer, &self.settings, &self.progress, batches)
+                .await
+                .map_err(|error| self.failed(error))
+        })
+    }
+}
+
+async fn write_all(
+    writer: &Neo4jWriter,
+    settings: &Neo4jSettings,
+    progress: &watch::Sender<Progress>,
+    mut batches: mpsc::Receiver<ClosedBatch>,
+) -> Result<SinkReport, Neo4jError> {
+    let mut report = SinkReport::default();
+    let mut skipped = 0u64;
+    while let Some(batch) = batches.recv().await {
+        let applied = apply_with_retry(writer, settings, &batch, &batches).await?;
+        if applied.skipped {
+            skipped += 1;
+            if skipped == 1 {
+                tracing::info!(
+                    tick = %format_time(batch.time),
+                    "Batch at or below the Neo4j cursor skipped (written before a restart)."
+                );
+            }
+        } else {
+            report.batches += 1;
+            report.changes += batch.changes.len() as u64;
+        }
+        if applied.inconsistent > 0 {
+            tracing::warn!(
+                tick = %format_time(batch.time),
+                changes = applied.inconsistent,
+                "Changes disagreed with the graph (already added or already removed) and were left out."
+            );
+        }
+        tracing::debug!(
+            tick = %format_time(batch.time),
+            added = applied.added,
+            removed = applied.removed,
+            relationships = applied.relationships,
+            read_ms = applied.read_time.as_secs_f64() * 1e3,
+            write_ms = applied.write_time.as_secs_f64() * 1e3,
+            commit_ms = applied.commit_time.as_secs_f64() * 1e3,
+            "Batch committed."
+        );
+        progress.send_modify(|progress| {
+            progress.cursor = Some(progress.cursor.map_or(batch.time, |c| c.max(batch.time)));
+            if applied.skipped {
+                progress.skipped += 1;
+            } else {
+                progress.batches += 1;
+                progress.relationships += applied.relationships as u64;
+            }
+        });
+    }
+    if skipped > 0 {
+        tracing::info!(
+            skipped,
+            "Batches at or below the Neo4j cursor were skipped."
+        );
+    }
+    Ok(report)
+}
+
+/// Applies one batch, retrying retryable failures with exponential backoff until
+/// `give_up_after`. Logs the first failure, then every tenth, and the recovery.
+async fn apply_with_retry(
+    writer: &Neo4jWriter,
+    settings: &Neo4jSettings,
+    batch: &ClosedBatch,
+    queue: &mpsc::Receiver<ClosedBatch>,
+) -> Result<Applied, Neo4jError> {
+    let started = Instant::now();
+    let mut wait = settings.retry_initial;
+    let mut failures = 0u32;
+    loop {
+        match writer.apply(batch).await {
+            Ok(applied) => {
+                if failures > 0 {
+                    tracing::info!(
+                        tick = %format_time(batch.time),
+                        failures,
+                        down_for_ms = started.elapsed().as_millis() as u64,
+                        "Neo4j is writable again."
+                    );
+                }
+                return Ok(applied);
+            }
+            Err(error) if error.is_retryable() && started.elapsed() < settings.give_up_after => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(10) {
+                    tracing::warn!(
+                        error = %error_chain(&error),
+                        tick = %format_time(batch.time),
+                        failures,
+                        queued = queue.len(),
+                        retry_in_ms = wait.as_millis() as u64,
+                        "Neo4j write failed; retrying the batch."
+                    );
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(settings.retry_max);
+            }
+            Err(error) => {
+                tracing::error!(
+                    error = %error_chain(&error),
+                    tick = %format_time(batch.time),
+                    failures,
+                    queued = queue.len(),
+                    "Neo4j write failed for good; this batch and the ones after it are not written."
+                );
+                return Err(error);
+            }
+        }
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

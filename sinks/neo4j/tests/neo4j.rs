@@ -1,0 +1,568 @@
+//! The Neo4j sink against a real Neo4j 5.26 (the test harness, started once for this test
+//! binary): random apply/retract sequences, a sink killed mid-batch, refused credentials, an
+//! unreachable server, and Neo4j going away and coming back.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use neo4rs::{Graph, query};
+use tapio_model::{ClosedBatch, Correlation, CorrelationKind, EntityId, FactId, Hop};
+use tapio_sinks::Sink;
+use tapio_sinks_neo4j::harness::{self, Neo4jServer};
+use tapio_sinks_neo4j::model::correlation_id;
+use tapio_sinks_neo4j::{Neo4jSettings, Neo4jSink};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Mutex, mpsc};
+
+// === Shared server ===
+
+fn server() -> &'static Neo4jServer {
+    static SERVER: OnceLock<Neo4jServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/neo4j-harness");
+        Neo4jServer::start(&dir, Duration::from_secs(180)).expect("the Neo4j test server starts")
+    })
+}
+
+/// One test at a time uses the database (Neo4j community has one user database).
+static DATABASE: Mutex<()> = Mutex::const_new(());
+
+fn settings(writer: &str) -> Neo4jSettings {
+    let mut settings = Neo4jSettings::new(server().uri(), harness::USERNAME, harness::PASSWORD);
+    settings.writer = writer.into();
+    settings.retry_initial = Duration::from_millis(50);
+    settings.retry_max = Duration::from_millis(500);
+    settings
+}
+
+async fn graph() -> Graph {
+    Graph::new(server().uri(), harness::USERNAME, harness::PASSWORD)
+        .await
+        .expect("connect")
+}
+
+async fn clear(graph: &Graph) {
+    graph
+        .run(query("MATCH (n) DETACH DELETE n"))
+        .await
+        .expect("clear the database");
+}
+
+/// Writes `batches` through a fresh sink and returns when all are committed.
+async fn write(writer: &str, batches: Vec<ClosedBatch>) {
+    let mut sink = Box::new(Neo4jSink::new(settings(writer)));
+    sink.healthcheck().await.expect("health check");
+    let (tx, rx) = mpsc::channel(4);
+    let task = tokio::spawn(sink.run(rx));
+    for batch in batches {
+        tx.send(batch).await.expect("sink running");
+    }
+    drop(tx);
+    task.await.expect("sink task").expect("sink run");
+}
+
+/// Every node and relationship except cursors, as sorted text; `since` (the tick a
+/// correlation was written in) is left out because it depends on the history.
+async fn dump(graph: &Graph) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut rows = graph
+        .execute(query(
+            "MATCH (n) WHERE NOT n:TapioCursor
+             RETURN labels(n) AS labels, properties(n) AS props",
+        ))
+        .await
+        .expect("dump nodes");
+    while let Some(row) = rows.next().await.expect("row") {
+        let labels: Vec<String> = row.get("labels").expect("labels");
+        let mut props: BTreeMap<String, serde_json::Value> = row.get("props").expect("props");
+        props.remove("since");
+        lines.push(format!("{labels:?} {props:?}"));
+    }
+    let mut rows = graph
+        .execute(query(
+            "MATCH (a)-[r]->(b)
+             RETURN coalesce(a.id, '') AS a, type(r) AS type, properties(r) AS props,
+                    coalesce(b.id, '') AS b",
+        ))
+        .await
+        .expect("dump relationships");
+    while let Some(row) = rows.next().await.expect("row") {
+        let a: String = row.get("a").expect("a");
+        let b: String = row.get("b").expect("b");
+        let kind: String = row.get("type").expect("type");
+        let props: BTreeMap<String, serde_json::Value> = row.get("props").expect("props");
+        lines.push(format!("({a})-[{kind} {props:?}]->({b})"));
+    }
+    lines.sort();
+    lines
+}
+
+/// The graph's correlations, each with its chain read back from its HOP relationships.
+async fn correlations_in(graph: &Graph) -> BTreeMap<String, Vec<(String, String)>> {
+    let mut rows = graph
+        .execute(query(
+            "MATCH (c:Correlation)-[h:HOP]->(e:Entity)
+             WITH c, h, e ORDER BY h.index
+             RETURN c.id AS id, collect([e.id, h.fact_id]) AS chain",
+        ))
+        .await
+        .expect("read correlations");
+    let mut found = BTreeMap::new();
+    while let Some(row) = rows.next().await.expect("row") {
+        let id: String = row.get("id").expect("id");
+        let chain: Vec<Vec<String>> = row.get("chain").expect("chain");
+        found.insert(
+            id,
+            chain
+                .into_iter()
+                .map(|pair| (pair[0].clone(), pair[1].clone()))
+                .collect(),
+        );
+    }
+    found
+}
+
+// === Random correlations over a small world, so that chains share entities and facts ===
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn hop(entity: &str, fact: u64, source: &str) -> Hop {
+    Hop {
+        entity: entity.parse().expect("entity id"),
+        fact_id: FactId::new(source, "n1", fact),
+        time: 1_700_000_000_000_000_000 + fact * 1_000_000,
+        what: format!("fact {fact} about {entity}"),
+    }
+}
+
+/// Container `c` of pod `c % 4`, of ReplicaSet `c % 4 % 2`, of Deployment 0; the link facts
+/// are fixed per object, like Kubernetes state records.
+fn ownership_hops(container: u64) -> Vec<Hop> {
+    let pod = container % 4;
+    let rs = pod % 2;
+    vec![
+        hop(
+            &format!("container/c{container}"),
+            100 + container,
+            "kubernetes",
+        ),
+        hop(&format!("pod/default/p{pod}"), 200 + pod, "kubernetes"),
+        hop(&format!("replicaset/default/r{rs}"), 300 + rs, "kubernetes"),
+        hop("deployment/default/d0", 300 + rs, "kubernetes"),
+    ]
+}
+
+fn random_correlation(rng: &mut Rng) -> Correlation {
+    let container = rng.below(6);
+    if rng.below(2) == 0 {
+        let start = rng.below(3) as usize;
+        let chain = ownership_hops(container)[start..].to_vec();
+        let root = chain.last().expect("non-empty").entity.clone();
+        Correlation {
+            kind: CorrelationKind::Ownership,
+            root_cause: root,
+            chain,
+            explanation: "owned".into(),
+            confidence: 100,
+        }
+    } else {
+        let pid = rng.below(3);
+        let process = format!("process/n1/{pid}/{container}");
+        let kill = 1000 + rng.below(4);
+        let mut chain = vec![
+            hop(&process, kill, "kernel"),
+            hop(&process, kill + 10, "kernel"),
+            hop(&format!("container/c{container}"), kill + 20, "cri"),
+        ];
+        chain.extend(ownership_hops(container));
+        Correlation {
+            kind: CorrelationKind::OomRestart,
+            root_cause: process.parse::<EntityId>().expect("entity id"),
+            chain,
+            explanation: format!("OOM {kill}"),
+            confidence: 95,
+        }
+    }
+}
+
+/// Random ticks of additions and retractions, each consolidated like the dataflow's output;
+/// returns the batches and the set current after the last one.
+fn random_history(seed: u64, ticks: u64) -> (Vec<ClosedBatch>, BTreeSet<Correlation>) {
+    let mut rng = Rng(seed);
+    let mut current: BTreeSet<Correlation> = BTreeSet::new();
+    let mut batches = Vec::new();
+    for tick in 1..=ticks {
+        let mut changes: BTreeMap<Correlation, i64> = BTreeMap::new();
+        for _ in 0..rng.below(6) {
+            let correlation = random_correlation(&mut rng);
+            if !current.contains(&correlation) && !changes.contains_key(&correlation) {
+                changes.insert(correlation, 1);
+            }
+        }
+        let present: Vec<Correlation> = current.iter().cloned().collect();
+        for correlation in present {
+            if rng.below(4) == 0 {
+                changes.insert(correlation, -1);
+            }
+        }
+        for (correlation, diff) in &changes {
+            if *diff > 0 {
+                current.insert(correlation.clone());
+            } else {
+                current.remove(correlation);
+            }
+        }
+        if !changes.is_empty() {
+            batches.push(ClosedBatch {
+                time: 1_700_000_000_000_000_000 + tick * 100_000_000,
+                changes: changes.into_iter().collect(),
+            });
+        }
+    }
+    (batches, current)
+}
+
+/// The graph a fresh writer makes from `current` in one batch.
+async fn reference_dump(graph: &Graph, current: &BTreeSet<Correlation>) -> Vec<String> {
+    clear(graph).await;
+    write(
+        "reference",
+        vec![ClosedBatch {
+            time: 1,
+            changes: current.iter().map(|c| (c.clone(), 1)).collect(),
+        }],
+    )
+    .await;
+    dump(graph).await
+}
+
+fn expected_chains(current: &BTreeSet<Correlation>) -> BTreeMap<String, Vec<(String, String)>> {
+    current
+        .iter()
+        .map(|c| {
+            (
+                correlation_id(c),
+                c.chain
+                    .iter()
+                    .map(|h| (h.entity.to_string(), h.fact_id.to_string()))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+// === Tests ===
+
+#[tokio::test]
+async fn random_apply_retract_sequences_leave_the_current_set() {
+    let _db = DATABASE.lock().await;
+    let graph = graph().await;
+    for seed in [7u64, 1234, 99_991] {
+        clear(&graph).await;
+        let (batches, current) = random_history(seed, 40);
+        write("random", batches).await;
+        assert_eq!(
+            correlations_in(&graph).await,
+            expected_chains(&current),
+            "seed {seed}: correlations and chains"
+        );
+        let orphans: i64 = graph
+            .execute(query(
+                "MATCH (e:Entity) WHERE NOT (e)--() RETURN count(e) AS n",
+            ))
+            .await
+            .expect("orphans")
+            .next()
+            .await
+            .expect("row")
+            .expect("one row")
+            .get("n")
+            .expect("n");
+        assert_eq!(orphans, 0, "seed {seed}: no entity without support");
+        let incremental = dump(&graph).await;
+        for needle in [
+            "OWNED_BY",
+            "CAUSED",
+            "ABOUT",
+            "HOP",
+            "ROOT_CAUSE",
+            "support",
+        ] {
+            assert!(
+                incremental.iter().any(|line| line.contains(needle)),
+                "seed {seed}: the graph has {needle}: {incremental:#?}"
+            );
+        }
+        assert_eq!(
+            incremental,
+            reference_dump(&graph, &current).await,
+            "seed {seed}: the incremental graph equals a fresh write of the current set"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_entity_shared_by_two_correlations_survives_the_retraction_of_one() {
+    let _db = DATABASE.lock().await;
+    let graph = graph().await;
+    clear(&graph).await;
+    let chain = ownership_hops(1);
+    let pod_chain = Correlation {
+        kind: CorrelationKind::Ownership,
+        root_cause: chain[3].entity.clone(),
+        chain: chain[1..].to_vec(),
+        explanation: "pod".into(),
+        confidence: 100,
+    };
+    let container_chain = Correlation {
+        kind: CorrelationKind::Ownership,
+        root_cause: chain[3].entity.clone(),
+        chain: chain.clone(),
+        explanation: "container".into(),
+        confidence: 100,
+    };
+    write(
+        "shared",
+        vec![
+            ClosedBatch {
+                time: 10,
+                changes: vec![(pod_chain.clone(), 1), (container_chain.clone(), 1)],
+            },
+            ClosedBatch {
+                time: 20,
+                changes: vec![(container_chain, -1)],
+            },
+        ],
+    )
+    .await;
+    let remaining = reference_dump(&graph, &BTreeSet::from([pod_chain])).await;
+    let owned_by = remaining.iter().filter(|l| l.contains("OWNED_BY")).count();
+    assert_eq!(owned_by, 2, "pod → rs → deployment survive: {remaining:#?}");
+    assert!(!remaining.iter().any(|l| l.contains("container/c1")));
+}
+
+#[tokio::test]
+async fn killed_mid_batch_then_restarted_gives_the_same_graph() {
+    let _db = DATABASE.lock().await;
+    let graph = graph().await;
+    let (batches, current) = random_history(4242, 60);
+    let reference = reference_dump(&graph, &current).await;
+    for kill_after in [1u64, 7, 23] {
+        clear(&graph).await;
+        let mut sink = Box::new(Neo4jSink::new(settings("restart")));
+        sink.healthcheck().await.expect("health check");
+        let mut progress = sink.progress();
+        let (tx, rx) = mpsc::channel(batches.len());
+        for batch in &batches {
+            tx.send(batch.clone()).await.expect("queued");
+        }
+        let task = tokio::spawn(sink.run(rx));
+        // The queue is full, so when batch `kill_after` commits the next transaction starts at
+        // once: abort the sink then, in the middle of that transaction.
+        progress
+            .wait_for(|p| p.batches >= kill_after)
+            .await
+            .expect("progress");
+        task.abort();
+        assert!(task.await.is_err(), "the sink was killed");
+        // Restart: the new sink sees every batch again, as a restarted replay would send them.
+        let mut sink = Box::new(Neo4jSink::new(settings("restart")));
+        sink.healthcheck()
+            .await
+            .expect("health check after the restart");
+        let progress = sink.progress();
+        let (tx, rx) = mpsc::channel(batches.len());
+        for batch in &batches {
+            tx.send(batch.clone()).await.expect("queued");
+        }
+        drop(tx);
+        sink.run(rx).await.expect("restarted sink");
+        let after = *progress.borrow();
+        assert!(
+            after.skipped >= kill_after && after.batches > 0,
+            "the restart skipped what was committed and wrote the rest: {after:?}"
+        );
+        assert_eq!(after.skipped + after.batches, batches.len() as u64);
+        assert_eq!(
+            dump(&graph).await,
+            reference,
+            "killed after {kill_after} commits"
+        );
+        assert_eq!(correlations_in(&graph).await, expected_chains(&current));
+    }
+}
+
+#[tokio::test]
+async fn batches_at_or_below_the_cursor_are_skipped() {
+    let _db = DATABASE.lock().await;
+    let graph = graph().await;
+    clear(&graph).await;
+    let (batches, _) = random_history(77, 20);
+    write("cursor", batches.clone()).await;
+    let first = dump(&graph).await;
+    let mut sink = Box::new(Neo4jSink::new(settings("cursor")));
+    sink.healthcheck().await.expect("health check");
+    let progress = sink.progress();
+    let (tx, rx) = mpsc::channel(batches.len());
+    for batch in &batches {
+        tx.send(batch.clone()).await.expect("queued");
+    }
+    drop(tx);
+    sink.run(rx).await.expect("second run");
+    let seen = *progress.borrow();
+    assert_eq!(seen.skipped, batches.len() as u64);
+    assert_eq!(seen.batches, 0);
+    assert_eq!(dump(&graph).await, first, "no duplicates");
+    let cursor: i64 = graph
+        .execute(query(
+            "MATCH (w:TapioCursor {writer: 'cursor'}) RETURN w.tick AS tick",
+        ))
+        .await
+        .expect("cursor")
+        .next()
+        .await
+        .expect("row")
+        .expect("one row")
+        .get("tick")
+        .expect("tick");
+    assert_eq!(cursor as u64, batches.last().expect("batches").time);
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_one_clear_error() {
+    let mut settings = settings("auth");
+    settings.password = "not-the-password".into();
+    let mut sink = Neo4jSink::new(settings);
+    let error = sink.healthcheck().await.expect_err("refused");
+    let text = error_chain(&error);
+    assert!(
+        text.contains("refused the user name or password") && text.contains(server().uri()),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_uri_is_one_clear_error() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address").port()
+    };
+    let uri = format!("bolt://127.0.0.1:{port}");
+    let mut sink = Neo4jSink::new(Neo4jSettings::new(&uri, "neo4j", "x"));
+    let error = sink.healthcheck().await.expect_err("unreachable");
+    let text = error_chain(&error);
+    assert!(
+        text.contains(&format!("cannot reach Neo4j at {uri}")),
+        "{text}"
+    );
+}
+
+/// A TCP relay in front of the real server that can be switched off (connections refused and
+/// open ones cut) and on again.
+async fn relay(target: String) -> (String, tokio::sync::watch::Sender<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+    let address = listener.local_addr().expect("address");
+    let (up, up_rx) = tokio::sync::watch::channel(true);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            if !*up_rx.borrow() {
+                drop(client);
+                continue;
+            }
+            let mut down = up_rx.clone();
+            let target = target.clone();
+            tokio::spawn(async move {
+                let Ok(mut upstream) = TcpStream::connect(&target).await else {
+                    return;
+                };
+                let (mut a, mut b) = (vec![0u8; 65536], vec![0u8; 65536]);
+                loop {
+                    tokio::select! {
+                        n = client.read(&mut a) => match n {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => if upstream.write_all(&a[..n]).await.is_err() { return },
+                        },
+                        n = upstream.read(&mut b) => match n {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => if client.write_all(&b[..n]).await.is_err() { return },
+                        },
+                        () = async { let _ = down.wait_for(|up| !*up).await; } => return,
+                    }
+                }
+            });
+        }
+    });
+    (format!("bolt://{address}"), up)
+}
+
+#[tokio::test]
+async fn neo4j_going_away_delays_batches_and_loses_none() {
+    let _db = DATABASE.lock().await;
+    let graph = graph().await;
+    let (batches, current) = random_history(555, 30);
+    let total = batches.len() as u64;
+    let reference = reference_dump(&graph, &current).await;
+    clear(&graph).await;
+    let target = server().uri().trim_start_matches("bolt://").to_string();
+    let (uri, up) = relay(target).await;
+    let mut settings = settings("outage");
+    settings.uri = uri;
+    let mut sink = Box::new(Neo4jSink::new(settings));
+    sink.healthcheck()
+        .await
+        .expect("health check through the relay");
+    let mut progress = sink.progress();
+    let (tx, rx) = mpsc::channel(4);
+    let task = tokio::spawn(sink.run(rx));
+    let feeder = tokio::spawn(async move {
+        for batch in batches {
+            tx.send(batch).await.expect("sink running");
+        }
+    });
+    progress
+        .wait_for(|p| p.batches >= 5)
+        .await
+        .expect("progress");
+    up.send(false).expect("relay off");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = progress.borrow().batches;
+    up.send(true).expect("relay on");
+    feeder.await.expect("every batch accepted");
+    task.await.expect("sink task").expect("sink run");
+    assert!(during < total, "the outage held batches back");
+    assert_eq!(
+        dump(&graph).await,
+        reference,
+        "nothing lost, nothing doubled"
+    );
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
