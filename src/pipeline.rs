@@ -109,7 +109,10 @@ pub(crate) fn start_sources(
 }
 
 /// Logs progress every few seconds while sources run.
-pub(crate) fn report_progress(sources: &[RunningSource], shutdown: &CancellationToken) -> JoinHandle<()> {
+pub(crate) fn report_progress(
+    sources: &[RunningSource],
+    shutdown: &CancellationToken,
+) -> JoinHandle<()> {
     let watched: Vec<(&'static str, Arc<SourceStats>)> = sources
         .iter()
         .map(|source| (source.kind, Arc::clone(&source.stats)))

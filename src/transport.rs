@@ -247,5 +247,7 @@ pub(crate) fn replay_source(
     end: Option<TimeNs>,
 ) -> Result<Box<dyn Source>> {
     let endpoint = NatsEndpoint::parse_replay_url(address)?;
-    Ok(Box::new(NatsReplaySource::new(endpoint).between(start, end)))
+    Ok(Box::new(
+        NatsReplaySource::new(endpoint).between(start, end),
+    ))
 }

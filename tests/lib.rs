@@ -5,6 +5,7 @@
 //! kernel and container-runtime facts of an OOM kill in one of its pods.
 
 pub mod kspan;
+pub mod nats;
 pub mod synthetic;
 
 use std::path::PathBuf;

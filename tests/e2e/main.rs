@@ -5,5 +5,6 @@ mod bad_input;
 mod cli;
 mod determinism;
 mod layering;
+mod nats;
 mod recording;
 mod support;

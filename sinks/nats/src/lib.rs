@@ -36,7 +36,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, context::PublishError, publish::PublishAck};
+use async_nats::jetstream::{self, publish::PublishAck};
 use async_nats::{HeaderMap, connection::State};
 use bytes::Bytes;
 use tapio_config::NatsConfig;
@@ -91,11 +91,12 @@ pub struct Publisher {
     settings: StreamSettings,
     prefix: String,
     max_pending: usize,
+    timeout: Duration,
     spool_path: PathBuf,
     spool_max_bytes: u64,
 }
 
-type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>;
+type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, async_nats::Error>> + Send>>;
 
 struct InFlight {
     ack: AckFuture,
@@ -140,6 +141,7 @@ impl Publisher {
             settings: StreamSettings::from_config(config),
             prefix: config.subject_prefix.clone(),
             max_pending: config.max_pending_publishes,
+            timeout: config.publish_timeout,
             spool_path: PathBuf::from(&config.spool_path),
             spool_max_bytes: config.spool_max_bytes,
         })
@@ -149,13 +151,17 @@ impl Publisher {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", wire::message_id(observation).as_str());
         let subject = wire::subject(&self.prefix, observation);
-        match self
-            .js
-            .publish_with_headers(subject, headers, payload)
-            .await
-        {
-            Ok(ack) => Box::pin(ack.into_future()),
-            Err(error) => Box::pin(std::future::ready(Err(error))),
+        // Handing the message to the client can wait while it is disconnected and its buffer is
+        // full: bound that wait like the acknowledgement.
+        let sent = tokio::time::timeout(
+            self.timeout,
+            self.js.publish_with_headers(subject, headers, payload),
+        )
+        .await;
+        match sent {
+            Ok(Ok(ack)) => Box::pin(async move { ack.into_future().await.map_err(Into::into) }),
+            Ok(Err(error)) => Box::pin(std::future::ready(Err(error.into()))),
+            Err(elapsed) => Box::pin(std::future::ready(Err(elapsed.into()))),
         }
     }
 
@@ -290,8 +296,11 @@ impl Publisher {
         if report.left_in_spool > 0 {
             tracing::warn!(spool = %self.spool_path.display(), bytes = report.left_in_spool, "NATS is unreachable; unpublished observations stay in the spool for the next start.");
         }
-        // Make sure the last acknowledged publishes are not stuck in the client's buffer.
-        let _ = self.client.flush().await;
+        // Nothing is waiting in the client's buffer that matters (every publish kept is either
+        // acknowledged or in the spool), but leave the connection tidily when there is one.
+        if self.client.connection_state() == State::Connected {
+            let _ = tokio::time::timeout(self.timeout, self.client.flush()).await;
+        }
         Ok(report)
     }
 }

@@ -132,7 +132,9 @@ impl Spool {
     /// Everything is delivered: empties the file.
     pub(crate) fn clear(&mut self) -> Result<(), SpoolError> {
         self.file.set_len(0).map_err(|e| self.fail(e))?;
-        self.reader.seek(SeekFrom::Start(0)).map_err(|e| self.fail(e))?;
+        self.reader
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| self.fail(e))?;
         self.len = 0;
         self.read = 0;
         self.committed = 0;

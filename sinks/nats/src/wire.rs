@@ -33,7 +33,9 @@ use tapio_model::Observation;
 pub fn subject(prefix: &str, observation: &Observation) -> String {
     let (source, node) = match observation {
         Observation::Fact(fact) => (&fact.id.source, &fact.id.node),
-        Observation::State(update) => (&update.record.evidence.source, &update.record.evidence.node),
+        Observation::State(update) => {
+            (&update.record.evidence.source, &update.record.evidence.node)
+        }
         Observation::Heartbeat(beat) => (&beat.source, &beat.node),
     };
     format!("{prefix}.{}.{}", token(source), token(node))

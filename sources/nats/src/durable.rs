@@ -101,7 +101,10 @@ impl DurableReader {
                 continue;
             }
             let sender = out.as_ref().expect("present until shutdown");
-            let stream = match self.prepare(&js, &mut next, sender, &stats, &shutdown).await {
+            let stream = match self
+                .prepare(&js, &mut next, sender, &stats, &shutdown)
+                .await
+            {
                 Ok(stream) => stream,
                 Err(error) => {
                     tracing::warn!(error = %error, "Cannot set up the durable consumer; retrying.");
@@ -183,7 +186,10 @@ impl DurableReader {
         }
         let position = *taken_in.borrow();
         acknowledge(&mut unacked, position).await;
-        let _ = client.flush().await;
+        if client.connection_state() == State::Connected {
+            // Send the last acknowledgement out before the client is dropped.
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+        }
         Ok(())
     }
 
@@ -213,8 +219,15 @@ impl DurableReader {
             };
             if floor > 0 {
                 tracing::info!(consumer = %self.durable, acknowledged = floor, "Rebuilding the dataflow's state from the stream up to the consumer's acknowledged floor.");
-                rebuild(&stream, &self.endpoint.filter_subject, floor, out, stats, shutdown)
-                    .await?;
+                rebuild(
+                    &stream,
+                    &self.endpoint.filter_subject,
+                    floor,
+                    out,
+                    stats,
+                    shutdown,
+                )
+                .await?;
             }
             *next = Some(floor + 1);
         }
@@ -293,7 +306,9 @@ async fn rebuild(
             return Ok(());
         }
         if sent {
-            stats.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            stats
+                .sent
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         if position == floor {
             return Ok(());

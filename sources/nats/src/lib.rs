@@ -199,8 +199,8 @@ mod tests {
 
     #[test]
     fn replay_addresses_parse_and_reject() {
-        let endpoint = NatsEndpoint::parse_replay_url("nats://h:4222/S?since=2021-05-19T09:43:00Z")
-            .unwrap();
+        let endpoint =
+            NatsEndpoint::parse_replay_url("nats://h:4222/S?since=2021-05-19T09:43:00Z").unwrap();
         assert_eq!(endpoint.url, "nats://h:4222");
         assert_eq!(endpoint.since_ns, Some(1_621_417_380_000_000_000));
         for bad in [
@@ -218,7 +218,13 @@ mod tests {
 
     #[test]
     fn decoding_never_panics_and_validates() {
-        for bad in [&b""[..], b"{", b"\xff\xfe", b"{\"kind\":\"heartbeat\"}", b"null"] {
+        for bad in [
+            &b""[..],
+            b"{",
+            b"\xff\xfe",
+            b"{\"kind\":\"heartbeat\"}",
+            b"null",
+        ] {
             assert!(decode(bad).is_err());
         }
         let impossible = br#"{"kind":"heartbeat","source":"k","node":"n","upto_ns":5}"#;

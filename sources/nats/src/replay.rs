@@ -117,7 +117,7 @@ impl NatsReplaySource {
             let messages = match stream.create_consumer(config).await {
                 Ok(mut consumer) => match consumer.info().await {
                     // Nothing at or after the start position: the range is empty.
-                    Ok(info) if info.num_pending == 0 && info.delivered.stream_sequence == 0 => {
+                    Ok(info) if info.num_pending == 0 => {
                         return Ok(());
                     }
                     _ => consumer.messages().await.map_err(async_nats::Error::from),
