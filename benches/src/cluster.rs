@@ -179,8 +179,16 @@ pub struct ClusterStats {
 /// Commands of the side processes: (comm, filename, args).
 const SIDE_COMMANDS: &[(&str, &str, &[&str])] = &[
     ("sh", "/bin/sh", &["sh", "-c", "test -f /tmp/healthy"]),
-    ("curl", "/usr/bin/curl", &["curl", "-sf", "http://localhost:8080/healthz"]),
-    ("grpc_health_pro", "/bin/grpc_health_probe", &["grpc_health_probe", "-addr=:9000"]),
+    (
+        "curl",
+        "/usr/bin/curl",
+        &["curl", "-sf", "http://localhost:8080/healthz"],
+    ),
+    (
+        "grpc_health_pro",
+        "/bin/grpc_health_probe",
+        &["grpc_health_probe", "-addr=:9000"],
+    ),
     ("cat", "/bin/cat", &["cat", "/proc/meminfo"]),
     ("pg_isready", "/usr/bin/pg_isready", &["pg_isready", "-q"]),
     ("nginx", "/usr/sbin/nginx", &["nginx", "-s", "reload"]),
@@ -253,8 +261,15 @@ enum Event {
     DeleteRandomPod,
     Rollout,
     ProcessExit(u64),
-    ContainerStart { pod: u64, container: usize, incarnation: u32 },
-    CreatePod { deployment: usize, replica_set: u64 },
+    ContainerStart {
+        pod: u64,
+        container: usize,
+        incarnation: u32,
+    },
+    CreatePod {
+        deployment: usize,
+        replica_set: u64,
+    },
     RemovePod(u64),
     RolloutStep(usize),
     RetireReplicaSets(usize),
@@ -320,7 +335,9 @@ impl Cluster {
             kernel_seq: vec![0; nodes],
             kubelet_seq: vec![0; nodes],
             kube_seq: 0,
-            next_pid: (0..nodes).map(|_| 1_000 + rng.below(10_000) as u32).collect(),
+            next_pid: (0..nodes)
+                .map(|_| 1_000 + rng.below(10_000) as u32)
+                .collect(),
             deployments: Vec::new(),
             pods: HashMap::new(),
             live_pods: Vec::new(),
@@ -529,7 +546,11 @@ impl Cluster {
     fn kernel_fact(&mut self, node: usize, time: TimeNs, payload: FactPayload) -> Observation {
         self.kernel_seq[node] += 1;
         Observation::Fact(Fact {
-            id: FactId::new("kernel", self.node_names[node].clone(), self.kernel_seq[node]),
+            id: FactId::new(
+                "kernel",
+                self.node_names[node].clone(),
+                self.kernel_seq[node],
+            ),
             time_ns: time,
             payload,
         })
@@ -890,7 +911,11 @@ impl Cluster {
         });
         self.kubelet_seq[node] += 1;
         let fact = Observation::Fact(Fact {
-            id: FactId::new("kubelet", self.node_names[node].clone(), self.kubelet_seq[node]),
+            id: FactId::new(
+                "kubelet",
+                self.node_names[node].clone(),
+                self.kubelet_seq[node],
+            ),
             time_ns: time,
             payload,
         });
