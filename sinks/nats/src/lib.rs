@@ -1,5 +1,6 @@
-//! Publishes a node agent's observations and heartbeats to NATS JetStream (layer L2; depends on
-//! `tapio-sinks`, `tapio-model` and `tapio-config` only).
+//! Publishes a node agent's observations and heartbeats to NATS JetStream (layer L2; may depend
+//! on `tapio-sinks`, `tapio-model` and `tapio-config`; uses only the last two, since it carries
+//! observations rather than the correlation batches of the `tapio_sinks::Sink` contract).
 //!
 //! `tapio run --mode collectors` hands every observation its collectors produce to a
 //! [`Publisher`], which publishes it to `<subject_prefix>.<source>.<node>` with a `Nats-Msg-Id`

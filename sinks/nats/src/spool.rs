@@ -50,7 +50,8 @@ impl Spool {
             .open(path)
             .map_err(fail)?;
         let len = file.metadata().map_err(fail)?.len();
-        let reader = BufReader::new(file.try_clone().map_err(fail)?);
+        // A handle of its own: a cloned one would share the file offset that appends move.
+        let reader = BufReader::new(File::open(path).map_err(fail)?);
         Ok(Spool {
             path: path.to_path_buf(),
             file,
@@ -99,9 +100,14 @@ impl Spool {
             .read_until(b'\n', &mut line)
             .map_err(|e| self.fail(e))?;
         if read == 0 {
-            // The file is shorter than we wrote: treat the rest as gone.
-            self.read = self.len;
-            return Ok(None);
+            // The file is shorter than what was appended: someone truncated it.
+            return Err(self.fail(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the spool ends at byte {} but {} were written",
+                    self.read, self.len
+                ),
+            )));
         }
         self.read += read as u64;
         if line.last() == Some(&b'\n') {
@@ -152,10 +158,11 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let mut spool = Spool::open(&path, 12).unwrap();
         assert!(spool.append(b"abc").unwrap());
-        assert!(spool.append(b"defg").unwrap());
-        assert!(!spool.append(b"too long").unwrap());
         let (first, end) = spool.next().unwrap().unwrap();
         assert_eq!((first.as_slice(), end), (&b"abc"[..], 4));
+        // Appends between reads do not disturb the reader.
+        assert!(spool.append(b"defg").unwrap());
+        assert!(!spool.append(b"too long").unwrap());
         spool.commit(end);
         assert_eq!(spool.next().unwrap().unwrap().0, b"defg");
         assert!(spool.exhausted());
