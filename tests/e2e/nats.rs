@@ -169,6 +169,29 @@ fn wait_acknowledged(url: &str, messages: u64, stderr: &Path) {
     });
 }
 
+/// Waits until the correlation job has acknowledged at least one message.
+fn wait_acknowledged_some(url: &str, stderr: &Path) {
+    runtime().block_on(async {
+        let client = async_nats::connect(url).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(stream) = js.get_stream("TAPIO").await
+                && let Ok(info) = stream.consumer_info(CONSUMER).await
+                && info.ack_floor.stream_sequence > 0
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the correlation job acknowledged nothing\n{}",
+                std::fs::read_to_string(stderr).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
+
 /// The `name=N` count in the line of `stderr` containing `line`.
 fn count(stderr: &str, line: &str, name: &str) -> u64 {
     let found = stderr
@@ -300,7 +323,8 @@ fn a_killed_correlation_job_restarts_without_loss() {
         &agent_config(&dir, &nats.url(), &recording, 10.0),
         &dir.join("agent.stderr"),
     );
-    std::thread::sleep(Duration::from_millis(2000));
+    // Kill the first job once it has acknowledged part of the stream.
+    wait_acknowledged_some(&nats.url(), &dir.join("first.stderr"));
     signal(&first, "-KILL");
     let mut first = first;
     first.wait().expect("reap the killed job");

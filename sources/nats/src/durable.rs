@@ -37,7 +37,8 @@ pub struct Delivery {
 /// dataflow holds the same state, then re-creates the durable consumer to start at `F + 1`
 /// (deleting the old one, so that messages the old run received but never acknowledged come
 /// again at once and in order, not after the acknowledgement timeout). The same happens after
-/// a lost connection, from the first position not yet delivered.
+/// a lost connection, from the first position the dataflow has not taken in (positions already
+/// sent are skipped when they come again).
 #[derive(Clone, Debug)]
 pub struct DurableReader {
     endpoint: NatsEndpoint,
@@ -101,8 +102,9 @@ impl DurableReader {
                 continue;
             }
             let sender = out.as_ref().expect("present until shutdown");
+            let taken = *taken_in.borrow();
             let stream = match self
-                .prepare(&js, &mut next, sender, &stats, &shutdown)
+                .prepare(&js, &mut next, taken, sender, &stats, &shutdown)
                 .await
             {
                 Ok(stream) => stream,
@@ -199,12 +201,18 @@ impl DurableReader {
         &self,
         js: &jetstream::Context,
         next: &mut Option<u64>,
+        taken: u64,
         out: &mpsc::Sender<Delivery>,
         stats: &Arc<SourceStats>,
         shutdown: &CancellationToken,
     ) -> Result<consumer::pull::Stream, async_nats::Error> {
         let stream = js.get_stream(&self.endpoint.stream).await?;
-        if next.is_none() {
+        let start_sequence = if let Some(next) = *next {
+            // Start at the first position the dataflow has not taken in, so that the new
+            // consumer's acknowledged floor never runs ahead of the dataflow; positions already
+            // routed are skipped when they come again.
+            next.min(taken + 1).max(1)
+        } else {
             let floor = match stream.consumer_info(&self.durable).await {
                 Ok(info) => info.ack_floor.stream_sequence,
                 Err(error)
@@ -230,8 +238,8 @@ impl DurableReader {
                 .await?;
             }
             *next = Some(floor + 1);
-        }
-        let start_sequence = next.unwrap_or(1);
+            floor + 1
+        };
         match stream.delete_consumer(&self.durable).await {
             Ok(_) => {}
             Err(error)
