@@ -14,7 +14,8 @@
 //! 3. **latency**: the agent publishing at a fixed rate while the correlation job's path reads
 //!    the stream (durable consumer → router → dataflow worker): the time from handing an
 //!    observation to the publisher to the moment the worker that owns it has taken it in
-//!    ([`tapio_dataflow::TakenIn`]), p50/p99/max.
+//!    ([`tapio_dataflow::TakenIn`]), p50/p99/max; and, to separate the transport from the
+//!    dataflow, the time to the router.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -136,7 +137,15 @@ async fn tapio(config: &NatsConfig, observations: Vec<Observation>) -> Result<f6
 /// Positions routed, with the event time (the publish time) of the observation at each.
 type Sent = Arc<Mutex<VecDeque<(u64, u64)>>>;
 
-async fn route(mut router: Router, mut input: mpsc::Receiver<Delivery>, sent: Sent) {
+/// Routes deliveries like the correlation job; returns the latencies (ns) from hand-over to
+/// the router (the transport alone).
+async fn route(
+    mut router: Router,
+    mut input: mpsc::Receiver<Delivery>,
+    sent: Sent,
+    warm_up_end: Arc<std::sync::atomic::AtomicU64>,
+) -> Vec<u64> {
+    let mut routed = Vec::new();
     let mut unmarked = None;
     loop {
         let delivery = match input.try_recv() {
@@ -145,7 +154,7 @@ async fn route(mut router: Router, mut input: mpsc::Receiver<Delivery>, sent: Se
                 if let Some(position) = unmarked.take()
                     && !router.mark(position).await
                 {
-                    return;
+                    return routed;
                 }
                 match input.recv().await {
                     Some(delivery) => delivery,
@@ -156,12 +165,15 @@ async fn route(mut router: Router, mut input: mpsc::Receiver<Delivery>, sent: Se
         };
         if let Some(observation) = delivery.observation {
             if let Observation::Fact(fact) = &observation {
+                if fact.time_ns > warm_up_end.load(std::sync::atomic::Ordering::Relaxed) {
+                    routed.push(now_ns().saturating_sub(fact.time_ns));
+                }
                 sent.lock()
                     .expect("not poisoned")
                     .push_back((delivery.position, fact.time_ns));
             }
             if !router.route(observation).await {
-                return;
+                return routed;
             }
         }
         unmarked = Some(delivery.position);
@@ -170,11 +182,12 @@ async fn route(mut router: Router, mut input: mpsc::Receiver<Delivery>, sent: Se
         router.mark(position).await;
     }
     router.finish().await;
+    routed
 }
 
 /// Publishes at `rate` for `seconds` through the agent and reads through the correlation path;
-/// returns the sorted latencies (ns) from hand-over to taken in.
-async fn latency(config: &NatsConfig, rate: u64, seconds: u64) -> Result<Vec<u64>> {
+/// returns the sorted latencies (ns) from hand-over to the router, and to taken in.
+async fn latency(config: &NatsConfig, rate: u64, seconds: u64) -> Result<(Vec<u64>, Vec<u64>)> {
     let (batches_tx, mut batches_rx) = mpsc::channel(64);
     tokio::spawn(async move { while batches_rx.recv().await.is_some() {} });
     let (engine, inputs) = tokio::task::spawn_blocking(move || {
@@ -187,11 +200,13 @@ async fn latency(config: &NatsConfig, rate: u64, seconds: u64) -> Result<Vec<u64
     .await??;
     let taken_in = engine.taken_in();
     let sent: Sent = Arc::default();
+    let warm_up_end = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
     let (deliveries_tx, deliveries_rx) = mpsc::channel(10_000);
     let router = tokio::spawn(route(
         Router::new(ClusterLayout::single(1), inputs),
         deliveries_rx,
         Arc::clone(&sent),
+        Arc::clone(&warm_up_end),
     ));
     let (ack_tx, ack_rx) = watch::channel(0);
     let stop_reading = CancellationToken::new();
@@ -210,19 +225,24 @@ async fn latency(config: &NatsConfig, rate: u64, seconds: u64) -> Result<Vec<u64
     ));
 
     // Sample: every 100 µs, everything at or below the taken-in position is in the dataflow.
+    // The first second of observations warms up and is not counted.
     let total = rate * seconds;
     let sampler = {
         let sent = Arc::clone(&sent);
+        let warm_up_end = Arc::clone(&warm_up_end);
         std::thread::spawn(move || {
             let mut latencies = Vec::with_capacity(total as usize);
             let deadline = Instant::now() + Duration::from_secs(seconds + 30);
-            while (latencies.len() as u64) < total && Instant::now() < deadline {
+            let measured = total.saturating_sub(rate + 1);
+            while (latencies.len() as u64) < measured && Instant::now() < deadline {
                 let position = taken_in.position();
                 let now = now_ns();
                 let mut sent = sent.lock().expect("not poisoned");
                 while sent.front().is_some_and(|(seq, _)| *seq <= position) {
                     let (_, time_ns) = sent.pop_front().expect("non-empty");
-                    latencies.push(now.saturating_sub(time_ns));
+                    if time_ns > warm_up_end.load(std::sync::atomic::Ordering::Relaxed) {
+                        latencies.push(now.saturating_sub(time_ns));
+                    }
                 }
                 drop(sent);
                 let _ = ack_tx.send(position);
@@ -233,11 +253,13 @@ async fn latency(config: &NatsConfig, rate: u64, seconds: u64) -> Result<Vec<u64
     };
 
     let publisher = Publisher::connect(config).await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let (tx, rx) = mpsc::channel(10_000);
     let publishing = tokio::spawn(publisher.run(rx, CancellationToken::new()));
+    // Let the publisher connect and check the stream, and the reader create its consumer.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let started = Instant::now();
     let interval = Duration::from_nanos(1_000_000_000 / rate);
+    let warmed_up = Arc::clone(&warm_up_end);
     let mut last_beat = 0;
     for seq in 1..=total {
         let due = started + interval * u32::try_from(seq).unwrap_or(u32::MAX);
@@ -247,6 +269,9 @@ async fn latency(config: &NatsConfig, rate: u64, seconds: u64) -> Result<Vec<u64
         }
         let time = now_ns();
         tx.send(exec(seq, time)).await?;
+        if seq == rate {
+            warmed_up.store(time, std::sync::atomic::Ordering::Relaxed);
+        }
         if time / 100_000_000 != last_beat {
             last_beat = time / 100_000_000;
             tx.send(heartbeat(time)).await?;
@@ -259,10 +284,11 @@ async fn latency(config: &NatsConfig, rate: u64, seconds: u64) -> Result<Vec<u64
         .map_err(|_| anyhow::anyhow!("the sampler panicked"))?;
     stop_reading.cancel();
     reader.await??;
-    router.await?;
+    let mut routed = router.await?;
     tokio::task::spawn_blocking(move || engine.join()).await??;
     latencies.sort_unstable();
-    Ok(latencies)
+    routed.sort_unstable();
+    Ok((routed, latencies))
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -304,7 +330,7 @@ fn main() -> Result<()> {
         let bare_rate = bare(&server.url(), &observations, pending).await?;
         let tapio_rate = tapio(&tapio_config, observations).await?;
         let latency_config = config(&server.url(), "LATENCY", "latency", &dir);
-        let latencies = latency(&latency_config, rate, seconds).await?;
+        let (routed, latencies) = latency(&latency_config, rate, seconds).await?;
         println!(
             "payload: {} bytes on average; {messages} messages per throughput run; at most \
              {pending} unacknowledged publishes",
@@ -316,6 +342,12 @@ fn main() -> Result<()> {
         println!("| bare async-nats publish loop | {bare_rate:.0} messages/s |");
         println!("| tapio agent publisher | {tapio_rate:.0} observations/s |");
         println!("| ratio tapio / bare | {:.2} |", tapio_rate / bare_rate);
+        println!(
+            "| publish → routed to its worker (JetStream and the consumer) at {rate}/s | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms |",
+            percentile(&routed, 0.5),
+            percentile(&routed, 0.99),
+            percentile(&routed, 1.0)
+        );
         println!(
             "| publish → taken in by the dataflow at {rate}/s for {seconds} s ({} samples) | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms |",
             latencies.len(),

@@ -259,18 +259,7 @@ impl Publisher {
                         }
                     }
                 }
-                received = input.recv(), if accept => match received {
-                    None => input_open = false,
-                    Some(observation) => {
-                        let payload = wire::encode(&observation);
-                        if spooling {
-                            spool_one(&mut spool, &payload, &mut report)?;
-                        } else {
-                            let ack = self.publish(&observation, payload.clone()).await;
-                            inflight.push_back(InFlight { ack, payload, spool_end: None });
-                        }
-                    }
-                },
+                // Before the input: a steady input must not starve the reconnection check.
                 () = tokio::time::sleep_until(next_check), if spooling && !ready => {
                     if self.client.connection_state() == State::Connected {
                         match ensure_stream(&self.js, &self.settings).await {
@@ -290,6 +279,18 @@ impl Publisher {
                     next_check = tokio::time::Instant::now() + backoff;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
+                received = input.recv(), if accept => match received {
+                    None => input_open = false,
+                    Some(observation) => {
+                        let payload = wire::encode(&observation);
+                        if spooling {
+                            spool_one(&mut spool, &payload, &mut report)?;
+                        } else {
+                            let ack = self.publish(&observation, payload.clone()).await;
+                            inflight.push_back(InFlight { ack, payload, spool_end: None });
+                        }
+                    }
+                },
                 () = shutdown.cancelled(), if !stopping => stopping = true,
             }
         }
