@@ -4,6 +4,7 @@
 mod outputs;
 mod pipeline;
 mod query;
+mod transport;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -112,7 +113,9 @@ struct RunArgs {
 
 #[derive(Args, Debug)]
 struct ReplayArgs {
-    /// The recording to replay (a file written by `tapio record`).
+    /// What to replay: a recording file written by `tapio record`, or a JetStream stream,
+    /// `nats://HOST:PORT/STREAM` (optionally `?from_seq=N` or `?since=RFC3339` to start at a
+    /// stream sequence or store time).
     source: String,
     /// Replay only facts at or after this time (RFC 3339, e.g. 2021-05-19T09:43:00Z).
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
@@ -186,38 +189,46 @@ fn real_main(cli: Cli) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     match command {
-        Command::Run(args) => {
-            if args.mode != Mode::All {
-                bail!(
-                    "--mode {:?} needs the NATS JetStream transport, which this build does not \
-                     include; run with --mode all",
-                    args.mode
-                );
+        Command::Run(args) => match args.mode {
+            Mode::All => {
+                let layout = layout(&args.cluster, &config)?;
+                let sources = pipeline::enabled_sources(&config)?;
+                runtime.block_on(pipeline::correlate(
+                    &config,
+                    sources,
+                    layout,
+                    target(&args.output),
+                    args.run_for,
+                ))
             }
-            let layout = layout(&args.cluster, &config)?;
-            let sources = pipeline::enabled_sources(&config)?;
-            runtime.block_on(pipeline::correlate(
-                &config,
-                sources,
-                layout,
-                target(&args.output),
-                args.run_for,
-            ))
-        }
+            Mode::Collectors => {
+                let sources = pipeline::enabled_sources(&config)?;
+                runtime.block_on(transport::collect(&config, sources, args.run_for))
+            }
+            Mode::Correlation => {
+                let layout = layout(&args.cluster, &config)?;
+                runtime.block_on(transport::correlate(
+                    &config,
+                    layout,
+                    target(&args.output),
+                    args.run_for,
+                ))
+            }
+        },
         Command::Replay(args) => {
-            if args.source.starts_with("nats://") {
-                bail!(
-                    "replaying from NATS JetStream needs the NATS transport, which this build \
-                     does not include; replay a recording file instead"
-                );
-            }
             let layout = layout(&args.cluster, &config)?;
-            let source = tapio_sources_recording::RecordingSource::new(&args.source, 0.0)
-                .between(args.start, args.end);
+            let source: Box<dyn tapio_sources::Source> = if args.source.starts_with("nats://") {
+                transport::replay_source(&args.source, args.start, args.end)?
+            } else {
+                Box::new(
+                    tapio_sources_recording::RecordingSource::new(&args.source, 0.0)
+                        .between(args.start, args.end),
+                )
+            };
             runtime.block_on(pipeline::correlate(
                 &config,
                 pipeline::Collectors {
-                    sources: vec![Box::new(source)],
+                    sources: vec![source],
                     health: Vec::new(),
                 },
                 layout,

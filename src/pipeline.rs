@@ -84,7 +84,7 @@ pub(crate) fn enabled_sources(config: &TapioConfig) -> Result<Collectors> {
 }
 
 /// This node's name: the configured one, or the host name.
-fn node_name(config: &TapioConfig) -> String {
+pub(crate) fn node_name(config: &TapioConfig) -> String {
     if !config.node_name.is_empty() {
         return config.node_name.clone();
     }
@@ -96,7 +96,7 @@ fn node_name(config: &TapioConfig) -> String {
 }
 
 /// Cancels `shutdown` on SIGINT, SIGTERM, or after `run_for`.
-fn stop_on_signal_or_timer(shutdown: &CancellationToken, run_for: Option<Duration>) {
+pub(crate) fn stop_on_signal_or_timer(shutdown: &CancellationToken, run_for: Option<Duration>) {
     let token = shutdown.clone();
     tokio::spawn(async move {
         let mut terminate =
@@ -125,15 +125,15 @@ fn stop_on_signal_or_timer(shutdown: &CancellationToken, run_for: Option<Duratio
     });
 }
 
-struct RunningSource {
-    kind: &'static str,
-    stats: Arc<SourceStats>,
-    task: JoinHandle<Result<(), tapio_sources::SourceError>>,
+pub(crate) struct RunningSource {
+    pub(crate) kind: &'static str,
+    pub(crate) stats: Arc<SourceStats>,
+    pub(crate) task: JoinHandle<Result<(), tapio_sources::SourceError>>,
 }
 
 /// Starts every source on `out`; the caller keeps no sender, so the channel closes when the
 /// last source ends.
-fn start_sources(
+pub(crate) fn start_sources(
     sources: Vec<Box<dyn Source>>,
     node: &str,
     out: mpsc::Sender<Observation>,
@@ -156,7 +156,7 @@ fn start_sources(
 }
 
 /// Logs progress every few seconds while sources run, with each collector's health.
-fn report_progress(
+pub(crate) fn report_progress(
     sources: &[RunningSource],
     health: Arc<Vec<Health>>,
     shutdown: &CancellationToken,
@@ -195,7 +195,7 @@ fn report_progress(
 }
 
 /// Waits for every source; logs failures. Fails only when every source failed.
-async fn wait_for_sources(sources: Vec<RunningSource>) -> Result<()> {
+pub(crate) async fn wait_for_sources(sources: Vec<RunningSource>) -> Result<()> {
     let total = sources.len();
     let mut failures = Vec::new();
     for source in sources {

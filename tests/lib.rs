@@ -6,6 +6,7 @@
 
 pub mod control_plane;
 pub mod kspan;
+pub mod nats;
 pub mod synthetic;
 
 use std::path::PathBuf;

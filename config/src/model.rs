@@ -432,7 +432,9 @@ impl Default for Neo4jConfig {
     }
 }
 
-/// Connection to a NATS server with JetStream.
+/// Connection to a NATS server with JetStream: the transport between node agents
+/// (`tapio run --mode collectors`) and the correlation job (`--mode correlation`), and the
+/// store that `tapio replay nats://…` backtests from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NatsConfig {
@@ -441,6 +443,39 @@ pub struct NatsConfig {
     pub url: String,
     /// JetStream stream name: non-empty, only `A-Z a-z 0-9 _ -`. Default: `TAPIO`.
     pub stream: String,
+    /// Subject prefix: observations are published to `<prefix>.<source>.<node>` and the stream
+    /// captures `<prefix>.>`. Dot-separated tokens of `A-Z a-z 0-9 _ -`. Default:
+    /// `tapio.observations`.
+    pub subject_prefix: String,
+    /// Stream retention: `limits` (keep until `max_age`/`max_bytes`; needed for backtests and
+    /// restarts) or `interest` (drop what every consumer acknowledged). Default: `limits`.
+    pub retention: String,
+    /// Oldest message the stream keeps; `0s` keeps messages forever. Written as a humantime
+    /// string. Default: `168h` (a week).
+    #[serde(with = "humantime_str")]
+    pub max_age: Duration,
+    /// Most bytes the stream keeps (the oldest go first); `0` means no limit. Default:
+    /// `10737418240` (10 GiB).
+    pub max_bytes: u64,
+    /// How long the server remembers message ids to drop re-published duplicates, `1s..=24h`,
+    /// at most `max_age` when that is set. Written as a humantime string. Default: `2m`.
+    #[serde(with = "humantime_str")]
+    pub duplicate_window: Duration,
+    /// Durable consumer name of the correlation job; process `I` of a cluster uses
+    /// `<consumer>-<I>`. Only `A-Z a-z 0-9 _ -`. Default: `tapio-correlation`.
+    pub consumer: String,
+    /// Publishes a node agent keeps unacknowledged at once, `1..=1000000`. Default: `1024`.
+    pub max_pending_publishes: usize,
+    /// How long a node agent waits for the server to acknowledge a publish before it treats
+    /// NATS as unreachable and spools, `10ms..=1m`. Written as a humantime string. Default: `2s`.
+    #[serde(with = "humantime_str")]
+    pub publish_timeout: Duration,
+    /// File where a node agent keeps observations while NATS is unreachable; drained in order
+    /// when NATS is back. Must not be empty. Default: `/var/lib/tapio/nats-spool.jsonl`.
+    pub spool_path: String,
+    /// Largest size of the spool file in bytes, at least `1024`; beyond it observations are
+    /// dropped, counted and reported. Default: `1073741824` (1 GiB).
+    pub spool_max_bytes: u64,
 }
 
 impl Default for NatsConfig {
@@ -450,6 +485,26 @@ impl Default for NatsConfig {
             url: String::new(),
             // Upper case by JetStream convention, named after the product.
             stream: "TAPIO".to_owned(),
+            // Namespaced, so the stream never captures another application's subjects.
+            subject_prefix: "tapio.observations".to_owned(),
+            // Backtesting and restarts re-read the stream, so it must outlive consumption.
+            retention: "limits".to_owned(),
+            // A week of history to backtest incidents after a weekend.
+            max_age: Duration::from_secs(7 * 24 * 60 * 60),
+            // Bounds the server's disk use on busy clusters.
+            max_bytes: 10 * 1024 * 1024 * 1024,
+            // JetStream's own default: covers a reconnect and a re-publish of the spool.
+            duplicate_window: Duration::from_secs(2 * 60),
+            // One durable cursor per correlation job.
+            consumer: "tapio-correlation".to_owned(),
+            // Keeps a loopback link busy without buffering much if the server goes away.
+            max_pending_publishes: 1024,
+            // Far above a healthy ack round trip, short enough to start spooling quickly.
+            publish_timeout: Duration::from_secs(2),
+            // The conventional state directory of a system daemon.
+            spool_path: "/var/lib/tapio/nats-spool.jsonl".to_owned(),
+            // Hours of a busy node's observations, small against a node's disk.
+            spool_max_bytes: 1024 * 1024 * 1024,
         }
     }
 }

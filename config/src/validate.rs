@@ -216,6 +216,78 @@ pub(crate) fn validate(config: &TapioConfig) -> Result<(), ConfigError> {
         })?;
     }
     check_stream_name(&nats.stream)?;
+    check_subject_prefix(&nats.subject_prefix)?;
+    if !["limits", "interest"].contains(&nats.retention.as_str()) {
+        return Err(invalid(
+            "integrations.nats.retention",
+            format!("must be `limits` or `interest`, got `{}`", nats.retention),
+        ));
+    }
+    duration_in(
+        "integrations.nats.duplicate_window",
+        nats.duplicate_window,
+        Duration::from_secs(1),
+        Duration::from_secs(24 * 60 * 60),
+    )?;
+    if !nats.max_age.is_zero() && nats.duplicate_window > nats.max_age {
+        return Err(invalid(
+            "integrations.nats.duplicate_window",
+            format!(
+                "must not exceed integrations.nats.max_age ({}), got {}",
+                duration::format(nats.max_age),
+                duration::format(nats.duplicate_window)
+            ),
+        ));
+    }
+    if i64::try_from(nats.max_bytes).is_err() {
+        return Err(invalid(
+            "integrations.nats.max_bytes",
+            format!("must be at most {}, got {}", i64::MAX, nats.max_bytes),
+        ));
+    }
+    check_name("integrations.nats.consumer", &nats.consumer)?;
+    count_in(
+        "integrations.nats.max_pending_publishes",
+        nats.max_pending_publishes,
+        1,
+        1_000_000,
+    )?;
+    duration_in(
+        "integrations.nats.publish_timeout",
+        nats.publish_timeout,
+        Duration::from_millis(10),
+        Duration::from_secs(60),
+    )?;
+    if nats.spool_path.trim().is_empty() {
+        return Err(invalid("integrations.nats.spool_path", "must not be empty"));
+    }
+    if nats.spool_max_bytes < 1024 {
+        return Err(invalid(
+            "integrations.nats.spool_max_bytes",
+            format!("must be at least 1024, got {}", nats.spool_max_bytes),
+        ));
+    }
+    Ok(())
+}
+
+/// Dot-separated subject tokens of ASCII letters, digits, `_` and `-`.
+fn check_subject_prefix(prefix: &str) -> Result<(), ConfigError> {
+    const KEY: &str = "integrations.nats.subject_prefix";
+    if prefix.split('.').any(str::is_empty) {
+        return Err(invalid(
+            KEY,
+            format!("must be dot-separated non-empty tokens, got `{prefix}`"),
+        ));
+    }
+    if let Some(bad) = prefix
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        return Err(invalid(
+            KEY,
+            format!("may contain only A-Z, a-z, 0-9, _, - and ., got {bad:?} in `{prefix}`"),
+        ));
+    }
     Ok(())
 }
 
@@ -374,17 +446,21 @@ fn check_url(url: &str, schemes: &[&str]) -> Result<(), String> {
 
 /// JetStream stream names: non-empty, ASCII letters, digits, `_` and `-` only.
 fn check_stream_name(stream: &str) -> Result<(), ConfigError> {
-    const KEY: &str = "integrations.nats.stream";
-    if stream.is_empty() {
-        return Err(invalid(KEY, "must not be empty"));
+    check_name("integrations.nats.stream", stream)
+}
+
+/// JetStream names (streams, consumers): non-empty, ASCII letters, digits, `_` and `-` only.
+fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() {
+        return Err(invalid(key, "must not be empty"));
     }
-    if let Some(bad) = stream
+    if let Some(bad) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
     {
         return Err(invalid(
-            KEY,
-            format!("may contain only A-Z, a-z, 0-9, _ and -, got {bad:?} in `{stream}`"),
+            key,
+            format!("may contain only A-Z, a-z, 0-9, _ and -, got {bad:?} in `{name}`"),
         ));
     }
     Ok(())

@@ -98,7 +98,18 @@ fn defaults_have_the_documented_values() {
     assert_eq!(config.integrations.neo4j.username, "neo4j");
     assert_eq!(config.integrations.neo4j.password, "");
     assert_eq!(config.integrations.nats.url, "");
-    assert_eq!(config.integrations.nats.stream, "TAPIO");
+    let nats = &config.integrations.nats;
+    assert_eq!(nats.stream, "TAPIO");
+    assert_eq!(nats.subject_prefix, "tapio.observations");
+    assert_eq!(nats.retention, "limits");
+    assert_eq!(nats.max_age, Duration::from_secs(7 * 24 * 3600));
+    assert_eq!(nats.max_bytes, 10 << 30);
+    assert_eq!(nats.duplicate_window, Duration::from_secs(120));
+    assert_eq!(nats.consumer, "tapio-correlation");
+    assert_eq!(nats.max_pending_publishes, 1024);
+    assert_eq!(nats.publish_timeout, Duration::from_secs(2));
+    assert_eq!(nats.spool_path, "/var/lib/tapio/nats-spool.jsonl");
+    assert_eq!(nats.spool_max_bytes, 1 << 30);
 }
 
 #[test]
@@ -132,6 +143,16 @@ fn to_yaml_writes_every_key_and_durations_as_humantime() {
         "nats:",
         "url:",
         "stream:",
+        "subject_prefix: tapio.observations",
+        "retention: limits",
+        "max_age: 168h",
+        "max_bytes:",
+        "duplicate_window: 2m",
+        "consumer:",
+        "max_pending_publishes:",
+        "publish_timeout: 2s",
+        "spool_path:",
+        "spool_max_bytes:",
     ] {
         assert!(text.contains(key), "`{key}` missing from:\n{text}");
     }
@@ -551,6 +572,72 @@ const RULES: &[(&str, &str, &str, Option<&str>)] = &[
         "stream: TAPIO",
         "stream: \"a b\"",
         "integrations.nats.stream",
+        None,
+    ),
+    (
+        "subject_prefix: tapio.observations",
+        "subject_prefix: tapio..observations",
+        "integrations.nats.subject_prefix",
+        None,
+    ),
+    (
+        "subject_prefix: tapio.observations",
+        "subject_prefix: tapio.*",
+        "integrations.nats.subject_prefix",
+        None,
+    ),
+    (
+        "retention: limits",
+        "retention: workqueue",
+        "integrations.nats.retention",
+        None,
+    ),
+    (
+        "duplicate_window: 2m",
+        "duplicate_window: 0s",
+        "integrations.nats.duplicate_window",
+        None,
+    ),
+    (
+        "max_age: 168h",
+        "max_age: 1m",
+        "integrations.nats.duplicate_window",
+        Some("duplicate_window: 2m"),
+    ),
+    (
+        "max_bytes: 10737418240",
+        "max_bytes: 18446744073709551615",
+        "integrations.nats.max_bytes",
+        None,
+    ),
+    (
+        "consumer: tapio-correlation",
+        "consumer: tapio.correlation",
+        "integrations.nats.consumer",
+        None,
+    ),
+    (
+        "max_pending_publishes: 1024",
+        "max_pending_publishes: 0",
+        "integrations.nats.max_pending_publishes",
+        None,
+    ),
+    (
+        "publish_timeout: 2s",
+        "publish_timeout: 5m",
+        "integrations.nats.publish_timeout",
+        None,
+    ),
+    (
+        "spool_path: /var/lib/tapio/nats-spool.jsonl",
+        "spool_path: \"\"",
+        "integrations.nats.spool_path",
+        None,
+    ),
+    (
+        "spool_max_bytes: 1073741824",
+        "spool_max_bytes: 10",
+        "integrations.nats.spool_max_bytes",
         None,
     ),
 ];

@@ -9,6 +9,7 @@ mod kspan_tree;
 mod kubelet;
 mod kubernetes;
 mod layering;
+mod nats;
 mod neo4j;
 mod recording;
 mod support;

@@ -38,6 +38,7 @@
 
 mod clock;
 mod output;
+mod progress;
 mod router;
 pub mod rules;
 mod worker;
@@ -50,6 +51,7 @@ use tapio_model::ClosedBatch;
 use tokio::sync::mpsc;
 
 pub use clock::{Tick, TickClock, Watermark};
+pub use progress::TakenIn;
 pub use router::{ClusterLayout, Ingest, Router};
 pub use rules::oom_sequence::OomSequenceSettings;
 pub use rules::ownership::OwnershipSettings;
@@ -163,6 +165,7 @@ pub enum EngineError {
 pub struct Engine {
     guards: timely::communication::initialize::WorkerGuards<WorkerReport>,
     emitted: Arc<AtomicU64>,
+    taken_in: TakenIn,
 }
 
 impl Engine {
@@ -195,6 +198,8 @@ impl Engine {
             worker: timely::WorkerConfig::default(),
         };
         let worker_emitted = Arc::clone(&emitted);
+        let taken_in = TakenIn::new(layout.workers);
+        let worker_taken_in = taken_in.clone();
         let guards = timely::execute(config, move |worker| {
             let local = worker.index() - first_local;
             let receiver = receivers[local]
@@ -211,10 +216,23 @@ impl Engine {
                 output.clone(),
                 Arc::clone(&horizon),
                 Arc::clone(&worker_emitted),
+                (local, worker_taken_in.clone()),
             )
         })
         .map_err(|reason| EngineError::Start { reason })?;
-        Ok((Engine { guards, emitted }, senders))
+        Ok((
+            Engine {
+                guards,
+                emitted,
+                taken_in,
+            },
+            senders,
+        ))
+    }
+
+    /// How far this process's workers have taken in their input (see [`TakenIn`]).
+    pub fn taken_in(&self) -> TakenIn {
+        self.taken_in.clone()
     }
 
     /// Waits for every local worker to finish and sums their reports.

@@ -43,6 +43,8 @@ impl ClusterLayout {
 pub enum Ingest {
     /// Observations, in stream order.
     Batch(Vec<Observation>),
+    /// Everything before this in the channel is up to input position `0` (see [`crate::TakenIn`]).
+    Mark(u64),
     /// The stream ended; `last_ns` is the latest event time in it. Everything up to that time is
     /// reported, nothing later.
     End {
@@ -131,6 +133,22 @@ impl Router {
     pub async fn flush(&mut self) -> bool {
         for local in 0..self.pending.len() {
             if !self.pending[local].is_empty() && !self.send(local).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Flushes, then tells every local worker that the input is complete up to `position`;
+    /// [`crate::TakenIn::position`] reaches it once every worker has taken that input in.
+    ///
+    /// Returns `false` once the dataflow has stopped accepting input.
+    pub async fn mark(&mut self, position: u64) -> bool {
+        if !self.flush().await {
+            return false;
+        }
+        for output in &self.outputs {
+            if output.send(Ingest::Mark(position)).await.is_err() {
                 return false;
             }
         }

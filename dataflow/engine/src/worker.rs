@@ -12,6 +12,7 @@ use tokio::sync::mpsc::{self, error::TryRecvError};
 
 use crate::clock::{Tick, TickClock, Watermark};
 use crate::output::{Horizon, emit_closed_ticks};
+use crate::progress::TakenIn;
 use crate::router::Ingest;
 use crate::rules::{oom_sequence, ownership};
 use crate::{EngineSettings, WorkerReport};
@@ -54,6 +55,7 @@ pub(crate) fn drive(
     out: mpsc::Sender<ClosedBatch>,
     horizon: Arc<Horizon>,
     emitted: Arc<AtomicU64>,
+    (local, taken_in): (usize, TakenIn),
 ) -> WorkerReport {
     let mut input = input;
     let clock = TickClock::new(settings.tick_ms);
@@ -71,6 +73,7 @@ pub(crate) fn drive(
     let end = loop {
         let mut taken = 0;
         let mut end = None;
+        let mut mark = None;
         while taken < INGEST_BUDGET {
             match input.try_recv() {
                 Ok(Ingest::Batch(batch)) => {
@@ -94,6 +97,7 @@ pub(crate) fn drive(
                         }
                     }
                 }
+                Ok(Ingest::Mark(position)) => mark = Some(position),
                 Ok(Ingest::End { last_ns }) => {
                     end = Some(clock.tick_of(last_ns).max(watermark.input_tick()));
                     break;
@@ -112,6 +116,10 @@ pub(crate) fn drive(
         }
         facts_in.flush();
         state_in.flush();
+        if let Some(position) = mark {
+            // Everything before the mark is now in the flushed input sessions.
+            taken_in.record(local, position);
+        }
         if let Some(end) = end {
             break end;
         }

@@ -1,0 +1,362 @@
+//! The NATS JetStream transport on loopback: node agent → JetStream → correlation job.
+//!
+//! Run with `cargo bench -p tapio-benches --bench transport` (needs `nats-server`, see
+//! `.ci/install`; `TAPIO_NATS_SERVER` picks another binary). Optional arguments after `--`:
+//! `--messages N` for the throughput runs (default 200000), `--rate R` and `--seconds S` for the
+//! latency run (default 50000 observations/s for 5 s).
+//!
+//! It measures, against one `nats-server` started for the run:
+//!
+//! 1. **bare**: a plain async-nats loop publishing the same payloads (same sizes, subjects and
+//!    `Nats-Msg-Id` headers) to a stream, with the same bound on unacknowledged publishes;
+//! 2. **tapio**: the agent's [`Publisher`] publishing the same observations from its input
+//!    channel, until every one is acknowledged;
+//! 3. **latency**: the agent publishing at a fixed rate while the correlation job's path reads
+//!    the stream (durable consumer → router → dataflow worker): the time from handing an
+//!    observation to the publisher to the moment the worker that owns it has taken it in
+//!    ([`tapio_dataflow::TakenIn`]), p50/p99/max; and, to separate the transport from the
+//!    dataflow, the time to the router.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use tapio_config::NatsConfig;
+use tapio_dataflow::{ClusterLayout, Engine, EngineSettings, Router};
+use tapio_model::{Fact, FactId, FactPayload, Heartbeat, Observation, ProcessExec};
+use tapio_sinks_nats::{Publisher, wire};
+use tapio_sources::SourceStats;
+use tapio_sources_nats::{Delivery, DurableReader, NatsEndpoint};
+use tapio_tests::nats::NatsServer;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64)
+}
+
+/// A process exec fact of a realistic size (about 300 bytes of JSON).
+fn exec(seq: u64, time_ns: u64) -> Observation {
+    Observation::Fact(Fact {
+        id: FactId::new("kernel", "bench-node-1", seq),
+        time_ns,
+        payload: FactPayload::ProcessExec(ProcessExec {
+            pid: 1000 + (seq % 30_000) as u32,
+            ppid: 1,
+            uid: 0,
+            start_ns: time_ns,
+            comm: "nginx".into(),
+            filename: "/usr/sbin/nginx".into(),
+            args: vec!["nginx".into(), "-g".into(), "daemon off;".into()],
+            container_id: Some(
+                "4f0072b3c9a1d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3".into(),
+            ),
+        }),
+    })
+}
+
+fn heartbeat(upto_ns: u64) -> Observation {
+    Observation::Heartbeat(Heartbeat {
+        source: "kernel".into(),
+        node: "bench-node-1".into(),
+        upto_ns,
+    })
+}
+
+fn config(url: &str, stream: &str, prefix: &str, dir: &std::path::Path) -> NatsConfig {
+    NatsConfig {
+        url: url.into(),
+        stream: stream.into(),
+        subject_prefix: prefix.into(),
+        spool_path: dir.join(format!("{stream}.spool")).display().to_string(),
+        ..NatsConfig::default()
+    }
+}
+
+/// Bare async-nats: the same payloads, subjects and headers, at most `pending` unacknowledged.
+async fn bare(url: &str, observations: &[Observation], pending: usize) -> Result<f64> {
+    let client = async_nats::connect(url).await?;
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "BARE".into(),
+        subjects: vec!["bare.>".into()],
+        ..Default::default()
+    })
+    .await?;
+    let messages: Vec<(String, String, Bytes)> = observations
+        .iter()
+        .map(|o| {
+            (
+                wire::subject("bare", o),
+                wire::message_id(o),
+                wire::encode(o),
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    let mut inflight = VecDeque::with_capacity(pending);
+    for (subject, id, payload) in messages {
+        if inflight.len() >= pending {
+            let ack: async_nats::jetstream::context::PublishAckFuture =
+                inflight.pop_front().context("non-empty")?;
+            ack.await?;
+        }
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        inflight.push_back(js.publish_with_headers(subject, headers, payload).await?);
+    }
+    for ack in inflight {
+        ack.await?;
+    }
+    Ok(observations.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Tapio's publisher: hand every observation over, wait until all are acknowledged.
+async fn tapio(config: &NatsConfig, observations: Vec<Observation>) -> Result<f64> {
+    let count = observations.len();
+    let publisher = Publisher::connect(config).await?;
+    // Let the client connect so that the run does not start by spooling.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (tx, rx) = mpsc::channel(10_000);
+    let started = Instant::now();
+    let task = tokio::spawn(publisher.run(rx, CancellationToken::new()));
+    for observation in observations {
+        tx.send(observation).await?;
+    }
+    drop(tx);
+    let report = task.await??;
+    let elapsed = started.elapsed().as_secs_f64();
+    anyhow::ensure!(report.published as usize == count, "published {report:?}");
+    Ok(count as f64 / elapsed)
+}
+
+/// Positions routed, with the event time (the publish time) of the observation at each.
+type Sent = Arc<Mutex<VecDeque<(u64, u64)>>>;
+
+/// Routes deliveries like the correlation job; returns the latencies (ns) from hand-over to
+/// the router (the transport alone).
+async fn route(
+    mut router: Router,
+    mut input: mpsc::Receiver<Delivery>,
+    sent: Sent,
+    warm_up_end: Arc<std::sync::atomic::AtomicU64>,
+) -> Vec<u64> {
+    let mut routed = Vec::new();
+    let mut unmarked = None;
+    loop {
+        let delivery = match input.try_recv() {
+            Ok(delivery) => delivery,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                if let Some(position) = unmarked.take()
+                    && !router.mark(position).await
+                {
+                    return routed;
+                }
+                match input.recv().await {
+                    Some(delivery) => delivery,
+                    None => break,
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+        };
+        if let Some(observation) = delivery.observation {
+            if let Observation::Fact(fact) = &observation {
+                if fact.time_ns > warm_up_end.load(std::sync::atomic::Ordering::Relaxed) {
+                    routed.push(now_ns().saturating_sub(fact.time_ns));
+                }
+                sent.lock()
+                    .expect("not poisoned")
+                    .push_back((delivery.position, fact.time_ns));
+            }
+            if !router.route(observation).await {
+                return routed;
+            }
+        }
+        unmarked = Some(delivery.position);
+    }
+    if let Some(position) = unmarked {
+        router.mark(position).await;
+    }
+    router.finish().await;
+    routed
+}
+
+/// Publishes at `rate` for `seconds` through the agent and reads through the correlation path;
+/// returns the sorted latencies (ns) from hand-over to the router, and to taken in.
+async fn latency(config: &NatsConfig, rate: u64, seconds: u64) -> Result<(Vec<u64>, Vec<u64>)> {
+    let (batches_tx, mut batches_rx) = mpsc::channel(64);
+    tokio::spawn(async move { while batches_rx.recv().await.is_some() {} });
+    let (engine, inputs) = tokio::task::spawn_blocking(move || {
+        Engine::start(
+            EngineSettings::default(),
+            ClusterLayout::single(1),
+            batches_tx,
+        )
+    })
+    .await??;
+    let taken_in = engine.taken_in();
+    let sent: Sent = Arc::default();
+    let warm_up_end = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+    let (deliveries_tx, deliveries_rx) = mpsc::channel(10_000);
+    let router = tokio::spawn(route(
+        Router::new(ClusterLayout::single(1), inputs),
+        deliveries_rx,
+        Arc::clone(&sent),
+        Arc::clone(&warm_up_end),
+    ));
+    let (ack_tx, ack_rx) = watch::channel(0);
+    let stop_reading = CancellationToken::new();
+    let endpoint = NatsEndpoint {
+        url: config.url.clone(),
+        stream: config.stream.clone(),
+        filter_subject: wire::stream_subject(&config.subject_prefix),
+        from_seq: None,
+        since_ns: None,
+    };
+    let reader = tokio::spawn(DurableReader::new(endpoint, "bench").run(
+        deliveries_tx,
+        ack_rx,
+        stop_reading.clone(),
+        Arc::new(SourceStats::default()),
+    ));
+
+    // Sample: every 100 µs, everything at or below the taken-in position is in the dataflow.
+    // The first second of observations warms up and is not counted.
+    let total = rate * seconds;
+    let sampler = {
+        let sent = Arc::clone(&sent);
+        let warm_up_end = Arc::clone(&warm_up_end);
+        std::thread::spawn(move || {
+            let mut latencies = Vec::with_capacity(total as usize);
+            let deadline = Instant::now() + Duration::from_secs(seconds + 30);
+            let measured = total.saturating_sub(rate + 1);
+            while (latencies.len() as u64) < measured && Instant::now() < deadline {
+                let position = taken_in.position();
+                let now = now_ns();
+                let mut sent = sent.lock().expect("not poisoned");
+                while sent.front().is_some_and(|(seq, _)| *seq <= position) {
+                    let (_, time_ns) = sent.pop_front().expect("non-empty");
+                    if time_ns > warm_up_end.load(std::sync::atomic::Ordering::Relaxed) {
+                        latencies.push(now.saturating_sub(time_ns));
+                    }
+                }
+                drop(sent);
+                let _ = ack_tx.send(position);
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            latencies
+        })
+    };
+
+    let publisher = Publisher::connect(config).await?;
+    let (tx, rx) = mpsc::channel(10_000);
+    let publishing = tokio::spawn(publisher.run(rx, CancellationToken::new()));
+    // Let the publisher connect and check the stream, and the reader create its consumer.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    let interval = Duration::from_nanos(1_000_000_000 / rate);
+    let warmed_up = Arc::clone(&warm_up_end);
+    let mut last_beat = 0;
+    for seq in 1..=total {
+        let due = started + interval * u32::try_from(seq).unwrap_or(u32::MAX);
+        let now = Instant::now();
+        if due > now {
+            tokio::time::sleep(due - now).await;
+        }
+        let time = now_ns();
+        tx.send(exec(seq, time)).await?;
+        if seq == rate {
+            warmed_up.store(time, std::sync::atomic::Ordering::Relaxed);
+        }
+        if time / 100_000_000 != last_beat {
+            last_beat = time / 100_000_000;
+            tx.send(heartbeat(time)).await?;
+        }
+    }
+    drop(tx);
+    publishing.await??;
+    let mut latencies = tokio::task::spawn_blocking(move || sampler.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the sampler panicked"))?;
+    stop_reading.cancel();
+    reader.await??;
+    let mut routed = router.await?;
+    tokio::task::spawn_blocking(move || engine.join()).await??;
+    latencies.sort_unstable();
+    routed.sort_unstable();
+    Ok((routed, latencies))
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[index] as f64 / 1e6
+}
+
+fn argument(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|arg| arg == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() -> Result<()> {
+    let messages = argument("--messages", 200_000);
+    let rate = argument("--rate", 50_000);
+    let seconds = argument("--seconds", 5);
+    let server = NatsServer::start("bench-transport");
+    let dir = std::env::temp_dir().join(format!("tapio-bench-transport-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let base = now_ns();
+    let observations: Vec<Observation> = (1..=messages)
+        .map(|seq| exec(seq, base + seq * 1_000))
+        .collect();
+    let size: usize = observations.iter().map(|o| wire::encode(o).len()).sum();
+    let tapio_config = config(&server.url(), "TAPIO", "tapio.observations", &dir);
+    let pending = tapio_config.max_pending_publishes;
+    runtime.block_on(async {
+        let bare_rate = bare(&server.url(), &observations, pending).await?;
+        let tapio_rate = tapio(&tapio_config, observations).await?;
+        let latency_config = config(&server.url(), "LATENCY", "latency", &dir);
+        let (routed, latencies) = latency(&latency_config, rate, seconds).await?;
+        println!(
+            "payload: {} bytes on average; {messages} messages per throughput run; at most \
+             {pending} unacknowledged publishes",
+            size / messages.max(1) as usize
+        );
+        println!();
+        println!("| measurement | value |");
+        println!("| --- | --- |");
+        println!("| bare async-nats publish loop | {bare_rate:.0} messages/s |");
+        println!("| tapio agent publisher | {tapio_rate:.0} observations/s |");
+        println!("| ratio tapio / bare | {:.2} |", tapio_rate / bare_rate);
+        println!(
+            "| publish → routed to its worker (JetStream and the consumer) at {rate}/s | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms |",
+            percentile(&routed, 0.5),
+            percentile(&routed, 0.99),
+            percentile(&routed, 1.0)
+        );
+        println!(
+            "| publish → taken in by the dataflow at {rate}/s for {seconds} s ({} samples) | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms |",
+            latencies.len(),
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            percentile(&latencies, 1.0)
+        );
+        anyhow::Ok(())
+    })?;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}

@@ -1,0 +1,328 @@
+//! Publishes a node agent's observations and heartbeats to NATS JetStream (layer L2; may depend
+//! on `tapio-sinks`, `tapio-model` and `tapio-config`; uses only the last two, since it carries
+//! observations rather than the correlation batches of the `tapio_sinks::Sink` contract).
+//!
+//! `tapio run --mode collectors` hands every observation its collectors produce to a
+//! [`Publisher`], which publishes it to `<subject_prefix>.<source>.<node>` with a `Nats-Msg-Id`
+//! for server-side de-duplication ([`wire`] documents the format) and keeps at most
+//! `max_pending_publishes` publishes unacknowledged. When NATS is unreachable (not connected, or
+//! a publish is not acknowledged within `publish_timeout`) observations go, in order, to a
+//! bounded spool file; when NATS is back the spool is drained in order before anything new is
+//! published, and the client reconnects with a capped exponential backoff. Nothing is lost and
+//! nothing is stored twice: unacknowledged publishes are re-sent from the spool and the server
+//! drops the duplicates. A full spool drops observations, counts them and says so in an error
+//! log. [`stream::ensure_stream`] creates or checks the stream.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use tapio_sinks_nats::Publisher;
+//! let mut config = tapio_config::NatsConfig::default();
+//! config.url = "nats://127.0.0.1:4222".into();
+//! let (tx, rx) = tokio::sync::mpsc::channel(1024);
+//! let publisher = Publisher::connect(&config).await?;
+//! let task = tokio::spawn(publisher.run(rx, tokio_util::sync::CancellationToken::new()));
+//! drop(tx); // sources done: the publisher flushes and returns
+//! let report = task.await??;
+//! assert_eq!(report.dropped, 0);
+//! # Ok(()) }
+//! ```
+
+mod spool;
+pub mod stream;
+pub mod wire;
+
+use std::collections::VecDeque;
+use std::future::{Future, IntoFuture};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, publish::PublishAck};
+use async_nats::{HeaderMap, connection::State};
+use bytes::Bytes;
+use tapio_config::NatsConfig;
+use tapio_model::Observation;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use spool::SpoolError;
+pub use stream::{StreamError, StreamSettings, ensure_stream};
+
+/// Why the publisher stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum PublisherError {
+    /// The client could not be set up (bad URL or options). Not retryable.
+    #[error("cannot set up the NATS client for `{url}`")]
+    Connect {
+        /// The configured URL.
+        url: String,
+        /// The client's error.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// The spool file cannot be opened or written. Not retryable.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// The stream exists with other settings. Not retryable.
+    #[error(transparent)]
+    Stream(StreamError),
+}
+
+/// What a publisher did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PublisherReport {
+    /// Observations the server stored (acknowledged, not duplicates).
+    pub published: u64,
+    /// Re-published observations the server had already stored.
+    pub duplicates: u64,
+    /// Observations written to the spool.
+    pub spooled: u64,
+    /// Observations dropped because the spool was full.
+    pub dropped: u64,
+    /// Spool lines that could not be decoded (a torn last line after a crash), skipped.
+    pub errors: u64,
+    /// Bytes left in the spool at exit (published at the next start).
+    pub left_in_spool: u64,
+}
+
+/// Publishes observations to JetStream, spooling while NATS is unreachable.
+pub struct Publisher {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    settings: StreamSettings,
+    prefix: String,
+    max_pending: usize,
+    timeout: Duration,
+    spool_path: PathBuf,
+    spool_max_bytes: u64,
+}
+
+type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, async_nats::Error>> + Send>>;
+
+struct InFlight {
+    ack: AckFuture,
+    /// The publish, kept to re-send it if it is not acknowledged.
+    payload: Bytes,
+    /// For a line read from the spool: the spool offset just after it.
+    spool_end: Option<u64>,
+}
+
+/// Longest wait between checks of a lost connection.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// First wait between checks of a lost connection.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+
+impl Publisher {
+    /// Sets up a client for `config.url`. Returns at once: the connection is established in the
+    /// background and re-established with backoff whenever it drops.
+    ///
+    /// # Errors
+    /// When the URL or options are unusable.
+    pub async fn connect(config: &NatsConfig) -> Result<Publisher, PublisherError> {
+        let client = async_nats::ConnectOptions::new()
+            .name("tapio-agent")
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .reconnect_delay_callback(|attempts| {
+                let exponent = u32::try_from(attempts.min(8)).unwrap_or(8);
+                (MIN_BACKOFF * 2u32.pow(exponent)).min(MAX_BACKOFF)
+            })
+            .connect(config.url.as_str())
+            .await
+            .map_err(|source| PublisherError::Connect {
+                url: config.url.clone(),
+                source,
+            })?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(config.publish_timeout)
+            .build(client.clone());
+        Ok(Publisher {
+            client,
+            js,
+            settings: StreamSettings::from_config(config),
+            prefix: config.subject_prefix.clone(),
+            max_pending: config.max_pending_publishes,
+            timeout: config.publish_timeout,
+            spool_path: PathBuf::from(&config.spool_path),
+            spool_max_bytes: config.spool_max_bytes,
+        })
+    }
+
+    async fn publish(&self, observation: &Observation, payload: Bytes) -> AckFuture {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", wire::message_id(observation).as_str());
+        let subject = wire::subject(&self.prefix, observation);
+        // Handing the message to the client can wait while it is disconnected and its buffer is
+        // full: bound that wait like the acknowledgement.
+        let sent = tokio::time::timeout(
+            self.timeout,
+            self.js.publish_with_headers(subject, headers, payload),
+        )
+        .await;
+        match sent {
+            Ok(Ok(ack)) => Box::pin(async move { ack.into_future().await.map_err(Into::into) }),
+            Ok(Err(error)) => Box::pin(std::future::ready(Err(error.into()))),
+            Err(elapsed) => Box::pin(std::future::ready(Err(elapsed.into()))),
+        }
+    }
+
+    /// Publishes everything from `input` until it closes, then waits for the last
+    /// acknowledgements and drains the spool. After `shutdown` is cancelled it stops as soon as
+    /// NATS is unreachable, leaving what is unpublished in the spool for the next start.
+    ///
+    /// # Errors
+    /// When the spool file cannot be used or the stream does not match the configuration.
+    pub async fn run(
+        self,
+        mut input: mpsc::Receiver<Observation>,
+        shutdown: CancellationToken,
+    ) -> Result<PublisherReport, PublisherError> {
+        let mut spool = spool::Spool::open(&self.spool_path, self.spool_max_bytes)?;
+        let mut report = PublisherReport::default();
+        if spool.len() > 0 {
+            tracing::info!(spool = %self.spool_path.display(), bytes = spool.len(), "Draining the spool left by an earlier run.");
+        }
+        let mut inflight: VecDeque<InFlight> = VecDeque::new();
+        // Everything goes through the spool until the stream is known to be usable.
+        let mut spooling = true;
+        let mut ready = false;
+        let mut input_open = true;
+        let mut backoff = MIN_BACKOFF;
+        let mut next_check = tokio::time::Instant::now();
+        let mut stopping = false;
+        loop {
+            if spooling && ready {
+                while inflight.len() < self.max_pending {
+                    let Some((line, end)) = spool.next()? else {
+                        break;
+                    };
+                    match serde_json::from_slice::<Observation>(&line) {
+                        Ok(observation) => {
+                            let payload = Bytes::from(line);
+                            let ack = self.publish(&observation, payload.clone()).await;
+                            inflight.push_back(InFlight {
+                                ack,
+                                payload,
+                                spool_end: Some(end),
+                            });
+                        }
+                        Err(error) => {
+                            report.errors += 1;
+                            spool.commit(end);
+                            tracing::warn!(spool = %self.spool_path.display(), error = %error, "Skipped an undecodable spool line.");
+                        }
+                    }
+                }
+                if spool.exhausted() && inflight.is_empty() {
+                    spool.clear()?;
+                    spooling = false;
+                    tracing::debug!("Spool drained; publishing directly.");
+                }
+            }
+            if !input_open && !spooling && inflight.is_empty() {
+                break;
+            }
+            if stopping && !input_open && !ready {
+                break;
+            }
+            let accept = input_open && (spooling || inflight.len() < self.max_pending);
+            tokio::select! {
+                biased;
+                result = async { inflight.front_mut().expect("checked non-empty").ack.as_mut().await }, if !inflight.is_empty() => {
+                    match result {
+                        Ok(ack) => {
+                            let done = inflight.pop_front().expect("checked non-empty");
+                            if let Some(end) = done.spool_end {
+                                spool.commit(end);
+                            }
+                            if ack.duplicate {
+                                report.duplicates += 1;
+                            } else {
+                                report.published += 1;
+                            }
+                            backoff = MIN_BACKOFF;
+                        }
+                        Err(error) => {
+                            tracing::warn!(error = %error, unacknowledged = inflight.len(), "NATS did not acknowledge a publish; spooling until it is back.");
+                            if spooling {
+                                spool.rewind()?;
+                            } else {
+                                for pending in inflight.iter() {
+                                    spool_one(&mut spool, &pending.payload, &mut report)?;
+                                }
+                            }
+                            inflight.clear();
+                            spooling = true;
+                            ready = false;
+                            next_check = tokio::time::Instant::now() + backoff;
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                        }
+                    }
+                }
+                // Before the input: a steady input must not starve the reconnection check.
+                () = tokio::time::sleep_until(next_check), if spooling && !ready => {
+                    if self.client.connection_state() == State::Connected {
+                        match ensure_stream(&self.js, &self.settings).await {
+                            Ok(_) => {
+                                ready = true;
+                                spool.rewind()?;
+                                if spool.len() > 0 {
+                                    tracing::info!(bytes = spool.len(), "NATS is reachable; draining the spool.");
+                                }
+                            }
+                            Err(error) if error.is_retryable() => {
+                                tracing::warn!(error = %error, "Cannot set up the stream yet; retrying.");
+                            }
+                            Err(error) => return Err(PublisherError::Stream(error)),
+                        }
+                    }
+                    next_check = tokio::time::Instant::now() + backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                received = input.recv(), if accept => match received {
+                    None => input_open = false,
+                    Some(observation) => {
+                        let payload = wire::encode(&observation);
+                        if spooling {
+                            spool_one(&mut spool, &payload, &mut report)?;
+                        } else {
+                            let ack = self.publish(&observation, payload.clone()).await;
+                            inflight.push_back(InFlight { ack, payload, spool_end: None });
+                        }
+                    }
+                },
+                () = shutdown.cancelled(), if !stopping => stopping = true,
+            }
+        }
+        report.left_in_spool = spool.len();
+        if report.left_in_spool > 0 {
+            tracing::warn!(spool = %self.spool_path.display(), bytes = report.left_in_spool, "NATS is unreachable; unpublished observations stay in the spool for the next start.");
+        }
+        // Nothing is waiting in the client's buffer that matters (every publish kept is either
+        // acknowledged or in the spool), but leave the connection tidily when there is one.
+        if self.client.connection_state() == State::Connected {
+            let _ = tokio::time::timeout(self.timeout, self.client.flush()).await;
+        }
+        Ok(report)
+    }
+}
+
+fn spool_one(
+    spool: &mut spool::Spool,
+    payload: &[u8],
+    report: &mut PublisherReport,
+) -> Result<(), SpoolError> {
+    if spool.append(payload)? {
+        report.spooled += 1;
+    } else {
+        report.dropped += 1;
+        if report.dropped == 1 || report.dropped.is_multiple_of(10_000) {
+            tracing::error!(
+                dropped = report.dropped,
+                spool_bytes = spool.len(),
+                "The spool is full and NATS is unreachable; dropping observations."
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,254 @@
+//! The NATS JetStream transport modes: node agent (`run --mode collectors`), correlation job
+//! (`run --mode correlation`) and backtest source (`replay nats://…`). Kept apart from
+//! `pipeline.rs`, which wires the single-process modes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tapio_config::{NatsConfig, TapioConfig};
+use tapio_dataflow::{ClusterLayout, Engine, EngineSettings, Router, TakenIn};
+use tapio_model::TimeNs;
+use tapio_sinks_jsonl::Target;
+use tapio_sinks_nats::{Publisher, StreamSettings, ensure_stream, wire};
+use tapio_sources::{Source, SourceStats};
+use tapio_sources_nats::{Delivery, DurableReader, NatsEndpoint, NatsReplaySource};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::outputs;
+use crate::pipeline::{
+    Collectors, RunningSource, node_name, report_progress, start_sources, stop_on_signal_or_timer,
+    wait_for_sources,
+};
+
+fn nats_config(config: &TapioConfig, mode: &str) -> Result<NatsConfig> {
+    let nats = &config.integrations.nats;
+    if nats.url.is_empty() {
+        bail!(
+            "{mode} needs NATS JetStream: set integrations.nats.url (e.g. nats://127.0.0.1:4222) \
+             in the configuration"
+        );
+    }
+    Ok(nats.clone())
+}
+
+/// Node agent: runs `sources` and publishes what they observe to JetStream.
+pub(crate) async fn collect(
+    config: &TapioConfig,
+    Collectors { sources, health }: Collectors,
+    run_for: Option<Duration>,
+) -> Result<()> {
+    let nats = nats_config(config, "--mode collectors")?;
+    let shutdown = CancellationToken::new();
+    stop_on_signal_or_timer(&shutdown, run_for);
+    let publisher = Publisher::connect(&nats).await?;
+    let (observations_tx, observations_rx) =
+        mpsc::channel(config.correlation.engine.event_buffer_size);
+    let publishing = tokio::spawn(publisher.run(observations_rx, shutdown.clone()));
+    tracing::info!(url = %nats.url, stream = %nats.stream, subjects = %wire::stream_subject(&nats.subject_prefix), "Publishing to NATS JetStream.");
+    let running = start_sources(sources, &node_name(config), observations_tx, &shutdown);
+    let health = Arc::new(health);
+    let progress = report_progress(&running, Arc::clone(&health), &shutdown);
+    let sources_result = wait_for_sources(running).await;
+    for report in health.iter() {
+        tracing::info!(health = %report(), "Collector health at exit.");
+    }
+    let report = publishing.await.context("the NATS publisher crashed")??;
+    shutdown.cancel();
+    progress.abort();
+    tracing::info!(
+        published = report.published,
+        duplicates = report.duplicates,
+        spooled = report.spooled,
+        dropped = report.dropped,
+        errors = report.errors,
+        left_in_spool = report.left_in_spool,
+        "Publishing finished."
+    );
+    sources_result
+}
+
+/// Connects to NATS and creates or checks the stream, waiting while the server is unreachable.
+async fn setup_stream(nats: &NatsConfig, shutdown: &CancellationToken) -> Result<()> {
+    let client = async_nats::ConnectOptions::new()
+        .name("tapio-setup")
+        .retry_on_initial_connect()
+        .connect(nats.url.as_str())
+        .await
+        .with_context(|| format!("cannot set up a NATS client for {}", nats.url))?;
+    let js = async_nats::jetstream::new(client);
+    let settings = StreamSettings::from_config(nats);
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match ensure_stream(&js, &settings).await {
+            Ok(_) => return Ok(()),
+            Err(error) if error.is_retryable() => {
+                tracing::warn!(url = %nats.url, error = %error, "NATS is not ready; retrying.");
+            }
+            Err(error) => return Err(error.into()),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => bail!("stopped before NATS at {} was reachable", nats.url),
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Correlation job: the stream through a durable consumer → dataflow → outputs.
+pub(crate) async fn correlate(
+    config: &TapioConfig,
+    layout: ClusterLayout,
+    target: Target,
+    run_for: Option<Duration>,
+) -> Result<()> {
+    let nats = nats_config(config, "--mode correlation")?;
+    let shutdown = CancellationToken::new();
+    stop_on_signal_or_timer(&shutdown, run_for);
+    setup_stream(&nats, &shutdown).await?;
+    let engine_config = &config.correlation.engine;
+
+    let (batches_tx, outputs) = outputs::start(config, target).await?;
+    let settings = EngineSettings::from_config(config);
+    let engine_layout = layout.clone();
+    let (engine, inputs) =
+        tokio::task::spawn_blocking(move || Engine::start(settings, engine_layout, batches_tx))
+            .await
+            .context("the dataflow start-up thread failed")??;
+
+    // Process I of a cluster reads every message through its own durable consumer.
+    let durable = if layout.processes > 1 {
+        format!("{}-{}", nats.consumer, layout.process)
+    } else {
+        nats.consumer.clone()
+    };
+    let endpoint = NatsEndpoint {
+        url: nats.url.clone(),
+        stream: nats.stream.clone(),
+        filter_subject: wire::stream_subject(&nats.subject_prefix),
+        from_seq: None,
+        since_ns: None,
+    };
+    let (deliveries_tx, deliveries_rx) = mpsc::channel(engine_config.event_buffer_size);
+    let (taken_in_tx, taken_in_rx) = watch::channel(0u64);
+    let router = tokio::spawn(route_deliveries(
+        Router::new(layout.clone(), inputs),
+        deliveries_rx,
+    ));
+    let forwarder = tokio::spawn(forward_taken_in(engine.taken_in(), taken_in_tx));
+    let stats = Arc::new(SourceStats::default());
+    let reader = DurableReader::new(endpoint, durable.clone());
+    let running = vec![RunningSource {
+        kind: "nats",
+        stats: Arc::clone(&stats),
+        task: tokio::spawn(reader.run(deliveries_tx, taken_in_rx, shutdown.clone(), stats)),
+    }];
+    tracing::info!(
+        workers = layout.workers,
+        processes = layout.processes,
+        process = layout.process,
+        stream = %nats.stream,
+        consumer = %durable,
+        "Correlating the NATS stream."
+    );
+    let progress = report_progress(&running, Arc::new(Vec::new()), &shutdown);
+    let sources_result = wait_for_sources(running).await;
+    router.await.context("the input router failed")?;
+    let report = tokio::task::spawn_blocking(move || engine.join())
+        .await
+        .context("the dataflow thread failed")??;
+    let written = outputs.finish().await?;
+    forwarder.abort();
+    shutdown.cancel();
+    progress.abort();
+    tracing::info!(
+        facts = report.facts,
+        state_updates = report.state_updates,
+        late = report.late,
+        changes = written.changes,
+        ticks_with_changes = written.batches,
+        "Dataflow finished."
+    );
+    sources_result
+}
+
+/// Observations routed between two marks at most; a mark also flushes every worker's batch.
+const MARK_EVERY: u32 = 4096;
+
+/// Routes deliveries to the workers and marks their positions, so that the engine can say
+/// what it has taken in; ends the stream when the reader stops.
+async fn route_deliveries(mut router: Router, mut deliveries: mpsc::Receiver<Delivery>) {
+    let mut unmarked: Option<u64> = None;
+    let mut since_mark = 0u32;
+    loop {
+        let delivery = match deliveries.try_recv() {
+            Ok(delivery) => delivery,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                // Idle: hand everything over and mark it.
+                if let Some(position) = unmarked.take() {
+                    since_mark = 0;
+                    if !router.mark(position).await {
+                        return;
+                    }
+                }
+                match deliveries.recv().await {
+                    Some(delivery) => delivery,
+                    None => break,
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+        };
+        if let Some(observation) = delivery.observation
+            && !router.route(observation).await
+        {
+            return;
+        }
+        unmarked = Some(delivery.position);
+        since_mark += 1;
+        if since_mark >= MARK_EVERY {
+            since_mark = 0;
+            if let Some(position) = unmarked.take()
+                && !router.mark(position).await
+            {
+                return;
+            }
+        }
+    }
+    if let Some(position) = unmarked {
+        router.mark(position).await;
+    }
+    router.finish().await;
+}
+
+/// Publishes the engine's taken-in position to the reader until the reader is gone.
+async fn forward_taken_in(taken_in: TakenIn, to_reader: watch::Sender<u64>) {
+    let mut every = tokio::time::interval(Duration::from_millis(2));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = to_reader.closed() => return,
+        }
+        let position = taken_in.position();
+        to_reader.send_if_modified(|current| {
+            let advanced = position > *current;
+            if advanced {
+                *current = position;
+            }
+            advanced
+        });
+    }
+}
+
+/// The source of `tapio replay nats://HOST:PORT/STREAM[?from_seq=N|since=TIME]`.
+pub(crate) fn replay_source(
+    address: &str,
+    start: Option<TimeNs>,
+    end: Option<TimeNs>,
+) -> Result<Box<dyn Source>> {
+    let endpoint = NatsEndpoint::parse_replay_url(address)?;
+    Ok(Box::new(
+        NatsReplaySource::new(endpoint).between(start, end),
+    ))
+}

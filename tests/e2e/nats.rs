@@ -1,0 +1,501 @@
+//! The NATS JetStream transport against a real `nats-server`: node agent → JetStream →
+//! correlation job, and replays of the stream, give exactly the correlations of replaying the
+//! recording directly, with and without faults (NATS restarted mid-run, the correlation job
+//! killed and restarted, NATS down when the agent starts, a malformed message on the subject).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tapio_model::recording::RecordingWriter;
+use tapio_tests::nats::NatsServer;
+
+use crate::support::{kspan_recording, scratch, succeed, tapio};
+
+const CONSUMER: &str = "tapio-correlation";
+
+/// The synthetic stream (about 20 thousand observations over 40 s of event time) as a
+/// recording in `dir`, and its number of observations.
+fn synthetic(dir: &Path) -> (PathBuf, u64) {
+    let path = dir.join("synthetic.jsonl");
+    let observations = tapio_tests::synthetic::stream(&tapio_tests::synthetic::Shape::small());
+    let mut writer =
+        RecordingWriter::new(std::fs::File::create(&path).expect("create")).expect("header");
+    for observation in &observations {
+        writer.write(observation).expect("write");
+    }
+    writer.flush().expect("flush");
+    (path, observations.len() as u64)
+}
+
+/// What `tapio replay FILE` writes: the fault-free correlations.
+fn reference(recording: &Path, extra: &[&str], dir: &Path) -> String {
+    let out = dir.join("reference.jsonl");
+    succeed(
+        tapio()
+            .arg("replay")
+            .arg(recording)
+            .arg("--output")
+            .arg(&out)
+            .args(extra),
+    );
+    std::fs::read_to_string(out).expect("read the reference output")
+}
+
+fn write_config(dir: &Path, name: &str, url: &str, extra: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "node_name: agent-1\n{extra}integrations:\n  nats:\n    url: {url}\n    spool_path: {}\n",
+            dir.join(format!("{name}.spool")).display()
+        ),
+    )
+    .expect("write config");
+    path
+}
+
+fn agent_config(dir: &Path, url: &str, recording: &Path, speed: f64) -> PathBuf {
+    write_config(
+        dir,
+        "agent.yaml",
+        url,
+        &format!(
+            "collectors:\n  recording:\n    enabled: true\n    path: {}\n    speed: {speed}\n",
+            recording.display()
+        ),
+    )
+}
+
+fn spawn(args: &[&str], config: &Path, stderr: &Path) -> Child {
+    tapio()
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(stderr).expect("create stderr file"))
+        .spawn()
+        .expect("start tapio")
+}
+
+fn spawn_correlation(dir: &Path, config: &Path, name: &str) -> (Child, PathBuf) {
+    let out = dir.join(format!("{name}.jsonl"));
+    let child = spawn(
+        &[
+            "run",
+            "--mode",
+            "correlation",
+            "--output",
+            out.to_str().expect("utf-8"),
+        ],
+        config,
+        &dir.join(format!("{name}.stderr")),
+    );
+    (child, out)
+}
+
+fn wait_success(mut child: Child, what: &str, stderr: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(
+                status.success(),
+                "{what} failed: {status}\n{}",
+                std::fs::read_to_string(stderr).unwrap_or_default()
+            );
+            return;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "{what} did not finish\n{}",
+                std::fs::read_to_string(stderr).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {signal} failed");
+}
+
+/// Stops a correlation job with SIGTERM (it flushes) and returns its output.
+fn stop_correlation(child: Child, out: &Path, stderr: &Path) -> String {
+    signal(&child, "-TERM");
+    wait_success(child, "the correlation job", stderr);
+    std::fs::read_to_string(out).expect("read the correlation output")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Waits until the stream holds `messages` and the correlation job acknowledged all of them.
+fn wait_acknowledged(url: &str, messages: u64, stderr: &Path) {
+    runtime().block_on(async {
+        let client = async_nats::connect(url).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let last = match js.get_stream("TAPIO").await {
+                Ok(mut stream) => stream.info().await.map_or(0, |info| info.state.last_sequence),
+                Err(_) => 0,
+            };
+            let floor = match js.get_stream("TAPIO").await {
+                Ok(stream) => stream
+                    .consumer_info(CONSUMER)
+                    .await
+                    .map_or(0, |info| info.ack_floor.stream_sequence),
+                Err(_) => 0,
+            };
+            if last >= messages && floor >= last {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the correlation job acknowledged {floor} of {last} messages (expected {messages})\n{}",
+                std::fs::read_to_string(stderr).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
+
+/// Waits until the correlation job has acknowledged at least one message.
+fn wait_acknowledged_some(url: &str, stderr: &Path) {
+    runtime().block_on(async {
+        let client = async_nats::connect(url).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(stream) = js.get_stream("TAPIO").await
+                && let Ok(info) = stream.consumer_info(CONSUMER).await
+                && info.ack_floor.stream_sequence > 0
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the correlation job acknowledged nothing\n{}",
+                std::fs::read_to_string(stderr).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
+
+/// The `name=N` count in the line of `stderr` containing `line`.
+fn count(stderr: &str, line: &str, name: &str) -> u64 {
+    let found = stderr
+        .lines()
+        .find(|l| l.contains(line))
+        .unwrap_or_else(|| panic!("no `{line}` in:\n{stderr}"));
+    found
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix(&format!("{name}=")))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}= in `{found}`"))
+}
+
+fn replay_stream(url: &str, extra: &[&str], dir: &Path) -> (String, String) {
+    let out = dir.join("replayed.jsonl");
+    let address = format!("{url}/TAPIO");
+    let output: Output = succeed(
+        tapio()
+            .args(["replay", &address, "--output"])
+            .arg(&out)
+            .args(extra),
+    );
+    (
+        std::fs::read_to_string(out).expect("read the replay output"),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn live_correlation_and_stream_replays_equal_the_recording() {
+    let nats = NatsServer::start("live");
+    let dir = scratch("nats-live");
+    let (recording, messages) = synthetic(&dir);
+    let expected = reference(&recording, &[], &dir);
+    assert!(
+        expected.lines().count() > 10,
+        "the synthetic stream correlates"
+    );
+    let agent = agent_config(&dir, &nats.url(), &recording, 0.0);
+    let published = succeed(
+        tapio()
+            .args(["run", "--mode", "collectors", "--config"])
+            .arg(&agent),
+    );
+    let agent_log = String::from_utf8_lossy(&published.stderr);
+    assert_eq!(
+        count(&agent_log, "Publishing finished.", "published"),
+        messages
+    );
+    assert_eq!(count(&agent_log, "Publishing finished.", "dropped"), 0);
+
+    let config = write_config(&dir, "correlation.yaml", &nats.url(), "");
+    let (job, out) = spawn_correlation(&dir, &config, "live");
+    let stderr = dir.join("live.stderr");
+    wait_acknowledged(&nats.url(), messages, &stderr);
+    let live = stop_correlation(job, &out, &stderr);
+    assert!(
+        live == expected,
+        "the live correlation run differs from the recording's"
+    );
+
+    // Backtest: the whole stream, then a range, give what the recording gives.
+    let (replayed, _) = replay_stream(&nats.url(), &[], &dir);
+    assert!(
+        replayed == live,
+        "the stream replay differs from the live run"
+    );
+    let range = [
+        "--start",
+        "2026-01-01T00:00:10Z",
+        "--end",
+        "2026-01-01T00:00:30Z",
+    ];
+    let (ranged, _) = replay_stream(&nats.url(), &range, &dir);
+    assert!(ranged != live, "the range changes the correlations");
+    assert!(
+        ranged == reference(&recording, &range, &dir),
+        "a range of the stream differs from the same range of the recording"
+    );
+    // Starting at a stream sequence past the end replays nothing.
+    let beyond = format!("{}/TAPIO?from_seq={}", nats.url(), messages + 1);
+    let output = succeed(tapio().args(["replay", &beyond, "--output", "-"]));
+    assert!(output.stdout.is_empty());
+    std::fs::remove_dir_all(dir).expect("clean scratch dir");
+}
+
+#[test]
+fn nats_restarted_in_the_middle_of_a_run_loses_nothing() {
+    let mut nats = NatsServer::start("restart");
+    let dir = scratch("nats-restart");
+    let (recording, messages) = synthetic(&dir);
+    let expected = reference(&recording, &[], &dir);
+    let config = write_config(&dir, "correlation.yaml", &nats.url(), "");
+    let (job, out) = spawn_correlation(&dir, &config, "job");
+    // 40 s of event time at 10x: about 4 s of publishing.
+    let agent = spawn(
+        &["run", "--mode", "collectors"],
+        &agent_config(&dir, &nats.url(), &recording, 10.0),
+        &dir.join("agent.stderr"),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    nats.stop();
+    std::thread::sleep(Duration::from_millis(1000));
+    nats.restart();
+    wait_success(agent, "the agent", &dir.join("agent.stderr"));
+    let agent_log = std::fs::read_to_string(dir.join("agent.stderr")).expect("agent log");
+    assert!(
+        count(&agent_log, "Publishing finished.", "spooled") > 0,
+        "the agent spooled during the outage:\n{agent_log}"
+    );
+    assert_eq!(count(&agent_log, "Publishing finished.", "dropped"), 0);
+    let stderr = dir.join("job.stderr");
+    wait_acknowledged(&nats.url(), messages, &stderr);
+    let live = stop_correlation(job, &out, &stderr);
+    assert!(live == expected, "a NATS restart changed the correlations");
+    std::fs::remove_dir_all(dir).expect("clean scratch dir");
+}
+
+#[test]
+fn a_killed_correlation_job_restarts_without_loss() {
+    let nats = NatsServer::start("kill");
+    let dir = scratch("nats-kill");
+    let (recording, messages) = synthetic(&dir);
+    let expected = reference(&recording, &[], &dir);
+    let config = write_config(&dir, "correlation.yaml", &nats.url(), "");
+    let (first, _) = spawn_correlation(&dir, &config, "first");
+    let agent = spawn(
+        &["run", "--mode", "collectors"],
+        &agent_config(&dir, &nats.url(), &recording, 10.0),
+        &dir.join("agent.stderr"),
+    );
+    // Kill the first job once it has acknowledged part of the stream.
+    wait_acknowledged_some(&nats.url(), &dir.join("first.stderr"));
+    signal(&first, "-KILL");
+    let mut first = first;
+    first.wait().expect("reap the killed job");
+    let (second, out) = spawn_correlation(&dir, &config, "second");
+    wait_success(agent, "the agent", &dir.join("agent.stderr"));
+    let stderr = dir.join("second.stderr");
+    wait_acknowledged(&nats.url(), messages, &stderr);
+    let restarted = stop_correlation(second, &out, &stderr);
+    let log = std::fs::read_to_string(&stderr).expect("log");
+    assert!(
+        log.contains("Rebuilding the dataflow's state"),
+        "the restarted job resumed from an acknowledged floor:\n{log}"
+    );
+    assert!(
+        restarted == expected,
+        "the restarted job's correlations differ"
+    );
+    std::fs::remove_dir_all(dir).expect("clean scratch dir");
+}
+
+#[test]
+fn an_agent_started_while_nats_is_down_spools_then_publishes() {
+    let mut nats = NatsServer::stopped("down");
+    let dir = scratch("nats-down");
+    let (recording, messages) = synthetic(&dir);
+    let expected = reference(&recording, &[], &dir);
+    // 40 s of event time at 20x: about 2 s of publishing, the first second with no NATS.
+    let agent = spawn(
+        &["run", "--mode", "collectors"],
+        &agent_config(&dir, &nats.url(), &recording, 20.0),
+        &dir.join("agent.stderr"),
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    nats.restart();
+    wait_success(agent, "the agent", &dir.join("agent.stderr"));
+    let agent_log = std::fs::read_to_string(dir.join("agent.stderr")).expect("agent log");
+    assert!(count(&agent_log, "Publishing finished.", "spooled") > 0);
+    assert_eq!(count(&agent_log, "Publishing finished.", "dropped"), 0);
+    assert_eq!(
+        count(&agent_log, "Publishing finished.", "left_in_spool"),
+        0
+    );
+    let config = write_config(&dir, "correlation.yaml", &nats.url(), "");
+    let (job, out) = spawn_correlation(&dir, &config, "job");
+    let stderr = dir.join("job.stderr");
+    wait_acknowledged(&nats.url(), messages, &stderr);
+    let live = stop_correlation(job, &out, &stderr);
+    assert!(live == expected, "spooling changed the correlations");
+    std::fs::remove_dir_all(dir).expect("clean scratch dir");
+}
+
+#[test]
+fn a_full_spool_drops_counts_and_says_so() {
+    let nats = NatsServer::stopped("full");
+    let dir = scratch("nats-full");
+    let agent = write_config(
+        &dir,
+        "agent.yaml",
+        &nats.url(),
+        &format!(
+            "collectors:\n  recording:\n    enabled: true\n    path: {}\n",
+            kspan_recording().display()
+        ),
+    );
+    std::fs::write(
+        &agent,
+        std::fs::read_to_string(&agent).expect("config") + "    spool_max_bytes: 2048\n",
+    )
+    .expect("config");
+    let output = succeed(
+        tapio()
+            .args(["run", "--mode", "collectors", "--for", "1500ms", "--config"])
+            .arg(&agent),
+    );
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("The spool is full"), "{log}");
+    let dropped = count(&log, "Publishing finished.", "dropped");
+    let spooled = count(&log, "Publishing finished.", "spooled");
+    assert!(dropped > 0 && spooled > 0, "{log}");
+    assert_eq!(dropped + spooled, 104, "{log}");
+    assert!(count(&log, "Publishing finished.", "left_in_spool") <= 2048);
+    std::fs::remove_dir_all(dir).expect("clean scratch dir");
+}
+
+#[test]
+fn a_malformed_message_is_counted_skipped_and_reported_with_its_sequence() {
+    let nats = NatsServer::start("malformed");
+    let dir = scratch("nats-malformed");
+    let recording = kspan_recording();
+    let expected = reference(&recording, &[], &dir);
+    // Sequence 1 is garbage on an agent's subject; the agent's 104 observations follow.
+    runtime().block_on(async {
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let settings =
+            tapio_sinks_nats::StreamSettings::from_config(&tapio_config::NatsConfig::default());
+        tapio_sinks_nats::ensure_stream(&js, &settings)
+            .await
+            .expect("create the stream");
+        js.publish(
+            "tapio.observations.kernel.agent-1",
+            "{\"kind\":\"fact\",".into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    });
+    succeed(
+        tapio()
+            .args(["run", "--mode", "collectors", "--config"])
+            .arg(agent_config(&dir, &nats.url(), &recording, 0.0)),
+    );
+    let config = write_config(&dir, "correlation.yaml", &nats.url(), "");
+    let (job, out) = spawn_correlation(&dir, &config, "job");
+    let stderr = dir.join("job.stderr");
+    wait_acknowledged(&nats.url(), 105, &stderr);
+    let live = stop_correlation(job, &out, &stderr);
+    assert!(
+        live == expected,
+        "the malformed message changed the correlations"
+    );
+    let log = std::fs::read_to_string(&stderr).expect("log");
+    let skipped = log
+        .lines()
+        .find(|line| line.contains("Skipped a malformed message."))
+        .unwrap_or_else(|| panic!("no report of the malformed message:\n{log}"));
+    assert!(skipped.contains("stream_sequence=1 "), "{skipped}");
+    assert_eq!(count(&log, "Source finished.", "errors"), 1);
+    let (replayed, replay_log) = replay_stream(&nats.url(), &[], &dir);
+    assert!(replayed == expected);
+    assert!(replay_log.contains("stream_sequence=1 "), "{replay_log}");
+    std::fs::remove_dir_all(dir).expect("clean scratch dir");
+}
+
+#[test]
+fn a_mismatched_stream_is_refused_with_the_differences() {
+    let nats = NatsServer::start("mismatch");
+    let dir = scratch("nats-mismatch");
+    succeed(
+        tapio()
+            .args(["run", "--mode", "collectors", "--config"])
+            .arg(agent_config(&dir, &nats.url(), &kspan_recording(), 0.0)),
+    );
+    let config = write_config(&dir, "correlation.yaml", &nats.url(), "");
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config).expect("config") + "    max_age: 1h\n",
+    )
+    .expect("config");
+    let output = tapio()
+        .args(["run", "--mode", "correlation", "--for", "10s", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run tapio");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the JetStream stream `TAPIO` exists with settings")
+            && stderr.contains("integrations.nats.max_age"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(dir).expect("clean scratch dir");
+}
+
+#[test]
+fn transport_modes_need_a_nats_url() {
+    let output = tapio()
+        .args(["run", "--mode", "correlation"])
+        .output()
+        .expect("run tapio");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("integrations.nats.url"));
+}

@@ -1,0 +1,144 @@
+//! A real `nats-server` with JetStream for tests and benchmarks: a free loopback port, a fresh
+//! store directory, stopped (and its directory removed) on drop.
+//!
+//! The binary is `$TAPIO_NATS_SERVER` when set, else Debian's `/usr/sbin/nats-server` (the
+//! package `nats-server`, which `.ci/install` installs), else `nats-server` on `PATH`.
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running (or stopped) `nats-server`.
+pub struct NatsServer {
+    binary: PathBuf,
+    /// The client port on 127.0.0.1.
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// The `nats-server` binary to run.
+pub fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("TAPIO_NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    let debian = PathBuf::from("/usr/sbin/nats-server");
+    if debian.exists() {
+        debian
+    } else {
+        PathBuf::from("nats-server")
+    }
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+impl NatsServer {
+    /// Starts a server on a free port with a fresh store directory named after `name`.
+    pub fn start(name: &str) -> NatsServer {
+        let mut server = NatsServer::stopped(name);
+        server.restart();
+        server
+    }
+
+    /// A server that is not running yet (its port is chosen): start it with
+    /// [`NatsServer::restart`].
+    pub fn stopped(name: &str) -> NatsServer {
+        let dir = std::env::temp_dir().join(format!("tapio-nats-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("js")).expect("create the store directory");
+        NatsServer {
+            binary: binary(),
+            port: free_port(),
+            dir,
+            child: None,
+        }
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on the same port and store directory, and waits until it
+    /// accepts clients with JetStream enabled.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the server is already running");
+        let log = std::fs::File::create(self.dir.join("log")).expect("create the server log");
+        let child = Command::new(&self.binary)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.dir.join("js"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!(
+                    "cannot start {} ({error}); install the Debian package nats-server or set \
+                     TAPIO_NATS_SERVER",
+                    self.binary.display()
+                )
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(stream) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let mut info = String::new();
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                if BufReader::new(stream).read_line(&mut info).is_ok()
+                    && info.contains("\"jetstream\":true")
+                {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start; its log:\n{}",
+                std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server gracefully (SIGTERM) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
