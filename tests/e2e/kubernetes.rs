@@ -665,7 +665,7 @@ async fn tapio_run_with_the_kubernetes_collector_reports_ownership() -> Result<(
     std::fs::write(
         &config,
         format!(
-            "node_name: test-node\ncollectors:\n  kubernetes:\n    enabled: true\n    kubeconfig: {}\n    namespaces: [default]\n",
+            "node_name: test-node\ncollectors:\n  kernel:\n    enabled: false\n  kubernetes:\n    enabled: true\n    kubeconfig: {}\n    namespaces: [default]\n",
             plane.kubeconfig("tapio").display()
         ),
     )?;

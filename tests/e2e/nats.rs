@@ -61,7 +61,7 @@ fn agent_config(dir: &Path, url: &str, recording: &Path, speed: f64) -> PathBuf 
         "agent.yaml",
         url,
         &format!(
-            "collectors:\n  recording:\n    enabled: true\n    path: {}\n    speed: {speed}\n",
+            "collectors:\n  kernel:\n    enabled: false\n  recording:\n    enabled: true\n    path: {}\n    speed: {speed}\n",
             recording.display()
         ),
     )
@@ -385,7 +385,7 @@ fn a_full_spool_drops_counts_and_says_so() {
         "agent.yaml",
         &nats.url(),
         &format!(
-            "collectors:\n  recording:\n    enabled: true\n    path: {}\n",
+            "collectors:\n  kernel:\n    enabled: false\n  recording:\n    enabled: true\n    path: {}\n",
             kspan_recording().display()
         ),
     );
