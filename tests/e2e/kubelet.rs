@@ -104,29 +104,7 @@ async fn polls_a_real_kubelet_over_tls_with_an_rbac_token() -> anyhow::Result<()
         heartbeat: Duration::from_millis(100),
     });
     let (seen, stats) =
-        tapio_sources::run_for_test(Box::new(source), "node-kl", Duration::from_secs(40)).await?;
-    // The growth crossed 70% of the limit once, read from /stats/summary against the pod spec.
-    let usage: Vec<_> = seen
-        .iter()
-        .filter_map(|observation| match observation {
-            Observation::Fact(fact) => match &fact.payload {
-                FactPayload::ResourceUsage(usage) => Some(usage.clone()),
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect();
-    let grow: Vec<_> = usage
-        .iter()
-        .filter(|usage| usage.container_name == "grow")
-        .collect();
-    assert_eq!(grow.len(), 1, "{usage:#?}");
-    assert_eq!(grow[0].pod.to_string(), "pod/default/hog");
-    assert_eq!(
-        (grow[0].resource.as_str(), grow[0].limit, grow[0].above),
-        ("memory", 32 << 20, true)
-    );
-    assert!(grow[0].used >= 24 << 20, "{:?}", grow[0]);
+        tapio_sources::run_for_test(Box::new(source), "node-kl", Duration::from_secs(75)).await?;
     let exits: Vec<_> = seen
         .iter()
         .filter_map(|observation| match observation {
