@@ -269,12 +269,18 @@ pub(crate) async fn correlate(
         tracing::info!(health = %report(), "Collector health at exit.");
     }
     router.await.context("the input router failed")?;
+    finish_dataflow(engine, outputs).await?;
+    shutdown.cancel();
+    progress.abort();
+    sources_result
+}
+
+/// Waits for the dataflow and every output to finish, then logs what went through.
+pub(crate) async fn finish_dataflow(engine: Engine, outputs: outputs::Outputs) -> Result<()> {
     let report = tokio::task::spawn_blocking(move || engine.join())
         .await
         .context("the dataflow thread failed")??;
     let written = outputs.finish().await?;
-    shutdown.cancel();
-    progress.abort();
     tracing::info!(
         facts = report.facts,
         state_updates = report.state_updates,
@@ -283,7 +289,7 @@ pub(crate) async fn correlate(
         ticks_with_changes = written.batches,
         "Dataflow finished."
     );
-    sources_result
+    Ok(())
 }
 
 /// Records what `sources` observe into `path`.

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::outputs;
 use crate::pipeline::{
-    Collectors, RunningSource, node_name, report_progress, start_sources, stop_on_signal_or_timer,
-    wait_for_sources,
+    Collectors, RunningSource, finish_dataflow, node_name, report_progress, start_sources,
+    stop_on_signal_or_timer, wait_for_sources,
 };
 
 fn nats_config(config: &TapioConfig, mode: &str) -> Result<NatsConfig> {
@@ -155,21 +155,10 @@ pub(crate) async fn correlate(
     let progress = report_progress(&running, Arc::new(Vec::new()), &shutdown);
     let sources_result = wait_for_sources(running).await;
     router.await.context("the input router failed")?;
-    let report = tokio::task::spawn_blocking(move || engine.join())
-        .await
-        .context("the dataflow thread failed")??;
-    let written = outputs.finish().await?;
+    finish_dataflow(engine, outputs).await?;
     forwarder.abort();
     shutdown.cancel();
     progress.abort();
-    tracing::info!(
-        facts = report.facts,
-        state_updates = report.state_updates,
-        late = report.late,
-        changes = written.changes,
-        ticks_with_changes = written.batches,
-        "Dataflow finished."
-    );
     sources_result
 }
 

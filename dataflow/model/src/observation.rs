@@ -457,6 +457,17 @@ impl Observation {
         }
     }
 
+    /// Whether a replay limited to facts in `[start_ns, end_ns)` keeps this observation. State
+    /// updates and heartbeats are always kept: state accumulates from the beginning, and
+    /// heartbeats drive the watermark.
+    pub fn kept_between(&self, start_ns: Option<TimeNs>, end_ns: Option<TimeNs>) -> bool {
+        let Observation::Fact(fact) = self else {
+            return true;
+        };
+        start_ns.is_none_or(|start| fact.time_ns >= start)
+            && end_ns.is_none_or(|end| fact.time_ns < end)
+    }
+
     /// Checks what JSON decoding cannot: plausible times, ±1 diffs, non-empty names.
     ///
     /// # Errors

@@ -42,11 +42,7 @@ impl NatsReplaySource {
     }
 
     fn wanted(&self, observation: &Observation) -> bool {
-        let Observation::Fact(fact) = observation else {
-            return true;
-        };
-        self.start_ns.is_none_or(|start| fact.time_ns >= start)
-            && self.end_ns.is_none_or(|end| fact.time_ns < end)
+        observation.kept_between(self.start_ns, self.end_ns)
     }
 
     fn deliver_policy(&self, next: Option<u64>) -> Result<consumer::DeliverPolicy, SourceError> {

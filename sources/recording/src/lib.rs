@@ -50,11 +50,7 @@ impl RecordingSource {
     }
 
     fn wanted(&self, observation: &Observation) -> bool {
-        let Observation::Fact(fact) = observation else {
-            return true;
-        };
-        self.start_ns.is_none_or(|start| fact.time_ns >= start)
-            && self.end_ns.is_none_or(|end| fact.time_ns < end)
+        observation.kept_between(self.start_ns, self.end_ns)
     }
 }
 
