@@ -374,7 +374,7 @@ impl ControlPlane {
         }
         let pki = self.dir.join("pki");
         let config = format!(
-            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\naddress: 127.0.0.1\nport: {port}\nreadOnlyPort: 0\nhealthzPort: {healthz}\nfailCgroupV1: false\nfailSwapOn: false\ncgroupDriver: cgroupfs\ncgroupsPerQOS: false\nenforceNodeAllocatable: []\ncontainerRuntimeEndpoint: unix://{socket}\ntlsCertFile: {cert}\ntlsPrivateKeyFile: {key}\nauthentication:\n  anonymous: {{enabled: false}}\n  webhook: {{enabled: true}}\n  x509: {{clientCAFile: {ca}}}\nauthorization:\n  mode: Webhook\n  webhook: {{cacheAuthorizedTTL: 1s, cacheUnauthorizedTTL: 1s}}\n",
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\naddress: 127.0.0.1\nport: {port}\nreadOnlyPort: 0\nhealthzPort: {healthz}\nfailCgroupV1: false\nfailSwapOn: false\ncgroupDriver: cgroupfs\ncgroupsPerQOS: false\nenforceNodeAllocatable: []\nevictionHard: {{memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}}\ncontainerRuntimeEndpoint: unix://{socket}\ntlsCertFile: {cert}\ntlsPrivateKeyFile: {key}\nauthentication:\n  anonymous: {{enabled: false}}\n  webhook: {{enabled: true}}\n  x509: {{clientCAFile: {ca}}}\nauthorization:\n  mode: Webhook\n  webhook: {{cacheAuthorizedTTL: 1s, cacheUnauthorizedTTL: 1s}}\n",
             port = kubelet.port,
             healthz = free_port()?,
             socket = socket.display(),
@@ -393,6 +393,9 @@ impl ControlPlane {
                     self.kubeconfig("admin").display()
                 ))
                 .arg(format!("--hostname-override={node}"))
+                // cAdvisor finds containers through its own containerd client, which dials the
+                // default socket unless told otherwise; without it /stats/summary lists no pods.
+                .arg(format!("--containerd={}", socket.display()))
                 .arg(format!("--root-dir={}", dir.join("root").display()))
                 .arg(format!("--cert-dir={}", dir.join("certs").display()))
                 .stdin(Stdio::null())

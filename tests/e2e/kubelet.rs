@@ -104,7 +104,34 @@ async fn polls_a_real_kubelet_over_tls_with_an_rbac_token() -> anyhow::Result<()
         heartbeat: Duration::from_millis(100),
     });
     let (seen, stats) =
-        tapio_sources::run_for_test(Box::new(source), "node-kl", Duration::from_secs(75)).await?;
+        tapio_sources::run_for_test(Box::new(source), "node-kl", Duration::from_secs(40)).await?;
+    // The growth crossed 70% of the limit once, read from /stats/summary against the pod spec.
+    let usage: Vec<_> = seen
+        .iter()
+        .filter_map(|observation| match observation {
+            Observation::Fact(fact) => match &fact.payload {
+                FactPayload::ResourceUsage(usage) => Some(usage.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    let grow: Vec<_> = usage
+        .iter()
+        .filter(|usage| usage.container_name == "grow")
+        .collect();
+    assert_eq!(
+        grow.len(),
+        1,
+        "{usage:#?}\n/stats/summary now: {}",
+        summary_now(kubelet.port, &pki)
+    );
+    assert_eq!(grow[0].pod.to_string(), "pod/default/hog");
+    assert_eq!(
+        (grow[0].resource.as_str(), grow[0].limit, grow[0].above),
+        ("memory", 32 << 20, true)
+    );
+    assert!(grow[0].used >= 24 << 20, "{:?}", grow[0]);
     let exits: Vec<_> = seen
         .iter()
         .filter_map(|observation| match observation {
@@ -183,4 +210,18 @@ async fn polls_a_real_kubelet_over_tls_with_an_rbac_token() -> anyhow::Result<()
     );
     drop(kubelet);
     Ok(())
+}
+
+/// The kubelet's `/stats/summary` pod section read with curl, for a failure message.
+fn summary_now(port: u16, pki: &std::path::Path) -> String {
+    let token = std::fs::read_to_string(pki.join("tapio.token")).unwrap_or_default();
+    let output = std::process::Command::new("curl")
+        .args(["-sk", "-H"])
+        .arg(format!("Authorization: Bearer {}", token.trim()))
+        .arg(format!("https://127.0.0.1:{port}/stats/summary?only_cpu_and_memory=true"))
+        .output();
+    match output {
+        Ok(output) => String::from_utf8_lossy(&output.stdout).into_owned(),
+        Err(error) => format!("curl failed: {error}"),
+    }
 }
