@@ -17,6 +17,11 @@ use tapio_config::TapioConfig;
 use tapio_dataflow::ClusterLayout;
 use tapio_sinks_jsonl::Target;
 
+/// The dataflow allocates and frees many small records per observation; mimalloc keeps that
+/// cheaper and less fragmented than the system allocator (measured by the `spine` benchmark).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Tapio explains why things break in Kubernetes.
 ///
 /// It correlates what the kernel, the container runtime and the control plane report into

@@ -283,6 +283,7 @@ pub(crate) async fn finish_dataflow(engine: Engine, outputs: outputs::Outputs) -
     let written = outputs.finish().await?;
     tracing::info!(
         facts = report.facts,
+        facts_unread = report.facts_unread,
         state_updates = report.state_updates,
         late = report.late,
         changes = written.changes,

@@ -73,6 +73,10 @@ use tapio_dataflow::{
 use tapio_model::{ClosedBatch, CorrelationKind, EntityId, Fact, FactPayload, Observation, TimeNs};
 use tokio::sync::mpsc;
 
+/// The allocator the `tapio` binary uses, so the engine is measured as it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEFAULT_CASES: &str = "w1,w2,w2-paced,w2-short,w2-long";
 
 /// Command-line options.

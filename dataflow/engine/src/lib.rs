@@ -111,6 +111,8 @@ impl EngineSettings {
 pub struct WorkerReport {
     /// Facts taken in.
     pub facts: u64,
+    /// Facts no enabled rule reads, counted in `facts` but kept out of the dataflow.
+    pub facts_unread: u64,
     /// State updates taken in.
     pub state_updates: u64,
     /// Heartbeats seen.
@@ -126,6 +128,8 @@ pub struct WorkerReport {
 pub struct EngineReport {
     /// Facts taken in.
     pub facts: u64,
+    /// Facts no enabled rule reads, counted in `facts` but kept out of the dataflow.
+    pub facts_unread: u64,
     /// State updates taken in.
     pub state_updates: u64,
     /// Heartbeats seen (each worker sees every heartbeat; this is per worker).
@@ -244,6 +248,7 @@ impl Engine {
         for result in self.guards.join() {
             let report = result.map_err(|reason| EngineError::Worker { reason })?;
             total.facts += report.facts;
+            total.facts_unread += report.facts_unread;
             total.state_updates += report.state_updates;
             total.heartbeats = total.heartbeats.max(report.heartbeats);
             total.late += report.late;

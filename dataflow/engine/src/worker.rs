@@ -83,7 +83,11 @@ pub(crate) fn drive(
                             Observation::Fact(fact) => {
                                 let tick = on_time(&mut report, clock, &watermark, fact.time_ns);
                                 report.facts += 1;
-                                facts_in.update_at(fact, tick, 1);
+                                if reads_facts(settings, &fact) {
+                                    facts_in.update_at(fact, tick, 1);
+                                } else {
+                                    report.facts_unread += 1;
+                                }
                             }
                             Observation::State(update) => {
                                 let tick = on_time(&mut report, clock, &watermark, update.time_ns);
@@ -151,6 +155,13 @@ pub(crate) fn drive(
     }
     report.last_tick = end;
     report
+}
+
+/// Whether an enabled rule reads `fact`. Facts no rule reads (most process execs and exits,
+/// connections, file events today) are counted and kept out of the dataflow, where they would
+/// only cost input batching and progress tracking.
+fn reads_facts(settings: &EngineSettings, fact: &Fact) -> bool {
+    settings.oom_sequence.is_some() && oom_sequence::reads(fact)
 }
 
 /// The tick an observation enters at: its own, or the current input tick if it is late.

@@ -71,6 +71,16 @@ fn process_of(fact: &Fact, pid: u32, start_ns: TimeNs) -> EntityId {
     }
 }
 
+/// Whether a fact can be part of a sequence: kills, container exits, and the exits of processes
+/// that were killed (the OOM killer sends SIGKILL).
+pub(crate) fn reads(fact: &Fact) -> bool {
+    match &fact.payload {
+        FactPayload::OomKill(_) | FactPayload::ContainerExit(_) => true,
+        FactPayload::ProcessExit(exit) => exit.signal == SIGKILL,
+        _ => false,
+    }
+}
+
 /// OOM sequences as correlations, enriched with the container's ownership chain when known.
 pub fn correlations<'scope>(
     facts: VecCollection<'scope, Tick, Fact, isize>,
@@ -81,11 +91,7 @@ pub fn correlations<'scope>(
     // Only what a sequence is made of is kept for `keep_for`: kills, container exits, and the
     // exits of processes that were killed (the OOM killer sends SIGKILL). Everything else is
     // dropped before it costs state.
-    let relevant = facts.filter(|fact| match &fact.payload {
-        FactPayload::OomKill(_) | FactPayload::ContainerExit(_) => true,
-        FactPayload::ProcessExit(exit) => exit.signal == SIGKILL,
-        _ => false,
-    });
+    let relevant = facts.filter(reads);
     let kept = retain(relevant, settings.keep_for_ms, move |fact| {
         clock.tick_of(fact.time_ns)
     });
