@@ -35,7 +35,7 @@ impl Horizon {
 }
 
 /// Routes every correlation change to worker 0, waits until a tick is closed (the frontier has
-/// passed it), then hands that tick's consolidated, sorted changes to `out`.
+/// passed it), then consolidates that tick's changes and hands them, sorted, to `out`.
 ///
 /// `out.blocking_send` back-pressures the dataflow when the sinks are slow; if the receiver is
 /// gone the batches are discarded (the process is shutting down).
@@ -46,7 +46,9 @@ pub(crate) fn emit_closed_ticks(
     emitted: Arc<AtomicU64>,
 ) {
     let mut pending: BTreeMap<Tick, Vec<(Correlation, i64)>> = BTreeMap::new();
-    correlations.consolidate().inner.sink(
+    // No `consolidate()` before the exchange: it would keep an arranged copy of every current
+    // correlation only to cancel changes that the per-tick consolidation below cancels anyway.
+    correlations.inner.sink(
         Exchange::new(|_: &(Correlation, Tick, isize)| 0u64),
         "EmitClosedTicks",
         move |(input, frontier)| {

@@ -11,6 +11,8 @@
 //! owners. When a link goes away, every chain through it is retracted. Chains are cut at a
 //! maximum depth, so an ownership cycle in bad data cannot run away.
 
+use std::fmt::Write;
+
 use differential_dataflow::operators::Iterate;
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
@@ -119,27 +121,37 @@ pub fn links<'scope>(
 
 /// Chains of processes: each process's link to its container, then the container's chain (or
 /// just the container, when nothing is known about its owners).
+///
+/// Processes are by far the most numerous records here, so their links are arranged by
+/// container once and that one index serves both the join with known chains and the check for
+/// containers without one.
 pub fn process_chains<'scope>(
     processes: VecCollection<'scope, Tick, (EntityId, Link), isize>,
     chains: Chains<'scope>,
 ) -> Chains<'scope> {
-    let by_container = processes.map(|(process, link)| (link.parent.clone(), (process, link)));
-    let owned =
-        by_container
-            .clone()
-            .join_map(chains.clone(), |_container, (process, link), chain| {
-                let mut hops = Vec::with_capacity(chain.len() + 1);
-                hops.push(link.evidence.hop(process));
-                hops.extend(chain.iter().cloned());
-                (process.clone(), hops)
-            });
-    let unowned = by_container.antijoin(chains.map(|(entity, _)| entity)).map(
-        |(container, (process, link))| {
-            let mut top = link.evidence.hop(&container);
-            top.what = format!("top-level owner, named by {}", link.evidence.fact_id);
-            (process.clone(), vec![link.evidence.hop(&process), top])
+    // The container is the key; the value keeps only what the key does not already say.
+    let by_container = processes.map(|(process, link)| (link.parent, (process, link.evidence)));
+    let arranged = by_container.clone().arrange_by_key();
+    let owned = arranged.clone().join_core(
+        chains.clone().arrange_by_key(),
+        |_container, (process, evidence), chain| {
+            let mut hops = Vec::with_capacity(chain.len() + 1);
+            hops.push(evidence.hop(process));
+            hops.extend(chain.iter().cloned());
+            Some((process.clone(), hops))
         },
     );
+    let known = arranged.join_core(
+        chains.map(|(entity, _)| entity).arrange_by_self(),
+        |container, link, ()| Some((container.clone(), link.clone())),
+    );
+    let unowned = by_container
+        .concat(known.negate())
+        .map(|(container, (process, evidence))| {
+            let mut top = evidence.hop(&container);
+            top.what = format!("top-level owner, named by {}", evidence.fact_id);
+            (process.clone(), vec![evidence.hop(&process), top])
+        });
     owned.concat(unowned)
 }
 
@@ -197,11 +209,19 @@ pub fn correlations<'scope>(
         let root = hops
             .last()
             .map_or_else(|| entity.clone(), |hop| hop.entity.clone());
-        let path: Vec<String> = hops.iter().map(|hop| hop.entity.to_string()).collect();
+        // Written in place: this runs once per chain change, processes included.
+        let mut explanation = String::with_capacity(48 * hops.len());
+        let _ = write!(explanation, "{entity} is owned by: ");
+        for (index, hop) in hops.iter().enumerate().skip(1) {
+            if index > 1 {
+                explanation.push_str(" → ");
+            }
+            let _ = write!(explanation, "{}", hop.entity);
+        }
         Correlation {
             kind: CorrelationKind::Ownership,
             root_cause: root,
-            explanation: format!("{entity} is owned by: {}", path[1..].join(" → ")),
+            explanation,
             chain: hops,
             confidence: 100,
         }
