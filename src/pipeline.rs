@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use tapio_config::TapioConfig;
-use tapio_dataflow::{ClusterLayout, Engine, EngineSettings, Router};
+use tapio_dataflow::{ClusterLayout, Engine, EngineSettings, Ingest, Router};
 use tapio_model::Observation;
 use tapio_model::recording::RecordingWriter;
 use tapio_sinks_jsonl::Target;
@@ -232,6 +232,23 @@ pub(crate) async fn wait_for_sources(sources: Vec<RunningSource>) -> Result<()> 
     Ok(())
 }
 
+/// Starts the outputs, then the dataflow feeding them: the engine, its input channels (one per
+/// local worker) and the outputs to finish at the end.
+pub(crate) async fn start_dataflow(
+    config: &TapioConfig,
+    layout: &ClusterLayout,
+    target: Target,
+) -> Result<(Engine, Vec<mpsc::Sender<Ingest>>, outputs::Outputs)> {
+    let (batches_tx, outputs) = outputs::start(config, target).await?;
+    let settings = EngineSettings::from_config(config);
+    let engine_layout = layout.clone();
+    let (engine, inputs) =
+        tokio::task::spawn_blocking(move || Engine::start(settings, engine_layout, batches_tx))
+            .await
+            .context("the dataflow start-up thread failed")??;
+    Ok((engine, inputs, outputs))
+}
+
 /// Runs `sources` through the correlation dataflow into `target`.
 pub(crate) async fn correlate(
     config: &TapioConfig,
@@ -244,14 +261,7 @@ pub(crate) async fn correlate(
     stop_on_signal_or_timer(&shutdown, run_for);
     let engine_config = &config.correlation.engine;
 
-    let (batches_tx, outputs) = outputs::start(config, target).await?;
-
-    let settings = EngineSettings::from_config(config);
-    let engine_layout = layout.clone();
-    let (engine, inputs) =
-        tokio::task::spawn_blocking(move || Engine::start(settings, engine_layout, batches_tx))
-            .await
-            .context("the dataflow start-up thread failed")??;
+    let (engine, inputs, outputs) = start_dataflow(config, &layout, target).await?;
     tracing::info!(
         workers = layout.workers,
         processes = layout.processes,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tapio_config::{NatsConfig, TapioConfig};
-use tapio_dataflow::{ClusterLayout, Engine, EngineSettings, Router, TakenIn};
+use tapio_dataflow::{ClusterLayout, Router, TakenIn};
 use tapio_model::TimeNs;
 use tapio_sinks_jsonl::Target;
 use tapio_sinks_nats::{Publisher, StreamSettings, ensure_stream, wire};
@@ -16,10 +16,9 @@ use tapio_sources_nats::{Delivery, DurableReader, NatsEndpoint, NatsReplaySource
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::outputs;
 use crate::pipeline::{
-    Collectors, RunningSource, finish_dataflow, node_name, report_progress, start_sources,
-    stop_on_signal_or_timer, wait_for_sources,
+    Collectors, RunningSource, finish_dataflow, node_name, report_progress, start_dataflow,
+    start_sources, stop_on_signal_or_timer, wait_for_sources,
 };
 
 fn nats_config(config: &TapioConfig, mode: &str) -> Result<NatsConfig> {
@@ -109,13 +108,7 @@ pub(crate) async fn correlate(
     setup_stream(&nats, &shutdown).await?;
     let engine_config = &config.correlation.engine;
 
-    let (batches_tx, outputs) = outputs::start(config, target).await?;
-    let settings = EngineSettings::from_config(config);
-    let engine_layout = layout.clone();
-    let (engine, inputs) =
-        tokio::task::spawn_blocking(move || Engine::start(settings, engine_layout, batches_tx))
-            .await
-            .context("the dataflow start-up thread failed")??;
+    let (engine, inputs, outputs) = start_dataflow(config, &layout, target).await?;
 
     // Process I of a cluster reads every message through its own durable consumer.
     let durable = if layout.processes > 1 {

@@ -35,15 +35,7 @@ async fn polls_a_real_kubelet_over_tls_with_an_rbac_token() -> anyhow::Result<()
     }
 
     let pki = plane.dir().join("pki");
-    let source = KubeletSource::new(KubeletSettings {
-        url: format!("https://127.0.0.1:{}", kubelet.port),
-        token_path: pki.join("tapio.token"),
-        ca_path: Some(pki.join("ca.crt")),
-        insecure_skip_tls_verify: false,
-        poll_interval: Duration::from_secs(1),
-        usage_threshold_percent: 90,
-        heartbeat: Duration::from_millis(100),
-    });
+    let source = KubeletSource::new(settings(kubelet.port, &pki, 90));
     let (seen, stats) =
         tapio_sources::run_for_test(Box::new(source), "node-kl", Duration::from_secs(6)).await?;
     // Every poll read both endpoints and both parsed: TLS verified against the cluster CA, the
@@ -94,15 +86,7 @@ async fn polls_a_real_kubelet_over_tls_with_an_rbac_token() -> anyhow::Result<()
                     "command": ["/bin/sh", "-c", "sleep 2; head -c 64m /dev/zero | tail"]}]}
     }))?;
     pods.create(&PostParams::default(), &pod).await?;
-    let source = KubeletSource::new(KubeletSettings {
-        url: format!("https://127.0.0.1:{}", kubelet.port),
-        token_path: pki.join("tapio.token"),
-        ca_path: Some(pki.join("ca.crt")),
-        insecure_skip_tls_verify: false,
-        poll_interval: Duration::from_secs(1),
-        usage_threshold_percent: 70,
-        heartbeat: Duration::from_millis(100),
-    });
+    let source = KubeletSource::new(settings(kubelet.port, &pki, 70));
     let (seen, stats) =
         tapio_sources::run_for_test(Box::new(source), "node-kl", Duration::from_secs(40)).await?;
     // The growth crossed 70% of the limit once, read from /stats/summary against the pod spec.
@@ -191,15 +175,7 @@ async fn polls_a_real_kubelet_over_tls_with_an_rbac_token() -> anyhow::Result<()
     bindings
         .delete("tapio-collectors-test-user", &Default::default())
         .await?;
-    let source = KubeletSource::new(KubeletSettings {
-        url: format!("https://127.0.0.1:{}", kubelet.port),
-        token_path: pki.join("tapio.token"),
-        ca_path: Some(pki.join("ca.crt")),
-        insecure_skip_tls_verify: false,
-        poll_interval: Duration::from_secs(1),
-        usage_threshold_percent: 90,
-        heartbeat: Duration::from_millis(100),
-    });
+    let source = KubeletSource::new(settings(kubelet.port, &pki, 90));
     // The kubelet caches authorization decisions for 1 s (its configuration); wait it out.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (_, stats) =
@@ -218,10 +194,26 @@ fn summary_now(port: u16, pki: &std::path::Path) -> String {
     let output = std::process::Command::new("curl")
         .args(["-sk", "-H"])
         .arg(format!("Authorization: Bearer {}", token.trim()))
-        .arg(format!("https://127.0.0.1:{port}/stats/summary?only_cpu_and_memory=true"))
+        .arg(format!(
+            "https://127.0.0.1:{port}/stats/summary?only_cpu_and_memory=true"
+        ))
         .output();
     match output {
         Ok(output) => String::from_utf8_lossy(&output.stdout).into_owned(),
         Err(error) => format!("curl failed: {error}"),
+    }
+}
+
+/// The collector's settings for the test kubelet: verified TLS, the `tapio` user's token, a
+/// poll a second.
+fn settings(port: u16, pki: &std::path::Path, usage_threshold_percent: u8) -> KubeletSettings {
+    KubeletSettings {
+        url: format!("https://127.0.0.1:{port}"),
+        token_path: pki.join("tapio.token"),
+        ca_path: Some(pki.join("ca.crt")),
+        insecure_skip_tls_verify: false,
+        poll_interval: Duration::from_secs(1),
+        usage_threshold_percent,
+        heartbeat: Duration::from_millis(100),
     }
 }
