@@ -73,16 +73,23 @@ impl NatsServer {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "the server is already running");
         let log = std::fs::File::create(self.dir.join("log")).expect("create the server log");
+        // JetStream reserves each stream's `max_bytes` (10 GiB by Tapio's default) against its
+        // storage limit, which by default follows the free disk space: on a machine whose disk
+        // is filling with build output the second stream would be refused. A test server's
+        // limit is set far above what any test writes instead.
+        let config = self.dir.join("nats-server.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: \"127.0.0.1:{}\"\njetstream {{\n  store_dir: {:?}\n  max_file_store: 1TB\n}}\n",
+                self.port,
+                self.dir.join("js").display().to_string()
+            ),
+        )
+        .expect("write the server configuration");
         let child = Command::new(&self.binary)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.dir.join("js"))
+            .arg("-c")
+            .arg(&config)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -272,6 +272,9 @@ async fn latency(config: &NatsConfig, rate: u64, seconds: u64) -> Result<(Vec<u6
         if seq == rate {
             warmed_up.store(time, std::sync::atomic::Ordering::Relaxed);
         }
+        if seq % rate == 0 {
+            eprintln!("latency: {seq} of {total} handed to the publisher");
+        }
         if time / 100_000_000 != last_beat {
             last_beat = time / 100_000_000;
             tx.send(heartbeat(time)).await?;
@@ -279,12 +282,15 @@ async fn latency(config: &NatsConfig, rate: u64, seconds: u64) -> Result<(Vec<u6
     }
     drop(tx);
     publishing.await??;
+    eprintln!("latency: {total} observations published and acknowledged");
     let mut latencies = tokio::task::spawn_blocking(move || sampler.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the sampler panicked"))?;
+    eprintln!("latency: {} samples taken", latencies.len());
     stop_reading.cancel();
     reader.await??;
     let mut routed = router.await?;
+    eprintln!("latency: reader and router stopped");
     tokio::task::spawn_blocking(move || engine.join()).await??;
     latencies.sort_unstable();
     routed.sort_unstable();
@@ -309,6 +315,13 @@ fn argument(name: &str, default: u64) -> u64 {
 }
 
 fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let messages = argument("--messages", 200_000);
     let rate = argument("--rate", 50_000);
     let seconds = argument("--seconds", 5);
@@ -328,7 +341,9 @@ fn main() -> Result<()> {
     let pending = tapio_config.max_pending_publishes;
     runtime.block_on(async {
         let bare_rate = bare(&server.url(), &observations, pending).await?;
+        eprintln!("bare publish loop: {bare_rate:.0} messages/s");
         let tapio_rate = tapio(&tapio_config, observations).await?;
+        eprintln!("tapio publisher: {tapio_rate:.0} observations/s");
         let latency_config = config(&server.url(), "LATENCY", "latency", &dir);
         let (routed, latencies) = latency(&latency_config, rate, seconds).await?;
         println!(
