@@ -271,7 +271,10 @@ impl Publisher {
                                 }
                             }
                             Err(error) if error.is_retryable() => {
-                                tracing::warn!(error = %error, "Cannot set up the stream yet; retrying.");
+                                let cause = std::error::Error::source(&error)
+                                    .map(ToString::to_string)
+                                    .unwrap_or_default();
+                                tracing::warn!(error = %error, %cause, "Cannot set up the stream yet; retrying.");
                             }
                             Err(error) => return Err(PublisherError::Stream(error)),
                         }
