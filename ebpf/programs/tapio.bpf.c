@@ -5,7 +5,7 @@
  * Hooks (this kernel has tracepoints, raw_tp and tp_btf, but no kprobes and no fentry):
  *   tp_btf sched_process_exec / sched_process_fork / sched_process_exit, tp_btf mark_victim,
  *   tp_btf inet_sock_set_state / tcp_receive_reset / tcp_retransmit_skb, and classic syscall
- *   tracepoints for openat, unlink(at) and rename(at,at2) (enter + exit).
+ *   tracepoints for openat, unlink(at) and rename(at,at2) (exit only, see "Files").
  *
  * Every record goes to the EVENTS ring buffer (layouts in tapio_events.h). A failed
  * bpf_ringbuf_reserve is counted per kind in the per-CPU COUNTERS array, so userspace can
@@ -82,21 +82,6 @@ struct {
 	__type(value, struct sock_info);
 } LISTENERS SEC(".maps");
 
-/* A file syscall in flight: its arguments, kept from enter to exit. Keyed by pid_tgid. */
-struct file_call {
-	__u64 path;  /* user pointer */
-	__u64 path2; /* user pointer (rename) */
-	__u32 op;
-	__u32 _pad;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
-	__type(value, struct file_call);
-} FILE_CALLS SEC(".maps");
-
 /* Folding of identical file events (same process, op, result and path) within a window. */
 struct file_agg_key {
 	__u64 path_hash;
@@ -156,6 +141,11 @@ static __always_inline void *reserve(__u64 size, __u32 kind)
 	hdr->kind = kind;
 	hdr->cpu = bpf_get_smp_processor_id();
 	return record;
+}
+
+static __always_inline void submit(void *record)
+{
+	bpf_ringbuf_submit(record, 0);
 }
 
 static __always_inline void fill_task(struct tapio_task *t, struct task_struct *task)
@@ -281,7 +271,7 @@ int BPF_PROG(tapio_exec, struct task_struct *p, pid_t old_pid, struct linux_binp
 	if (e->argc > e->args_read)
 		e->flags |= TAPIO_EXEC_ARGS_TRUNCATED;
 	read_cgroup_names(p, e->cgroup, TAPIO_CGROUP_LEVELS);
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -300,7 +290,7 @@ int BPF_PROG(tapio_fork, struct task_struct *parent, struct task_struct *child)
 	e->child_pid = BPF_CORE_READ(child, tgid);
 	if (BPF_CORE_READ_STR_INTO(&e->comm, child, comm) < 0)
 		e->comm[0] = 0;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -317,7 +307,7 @@ int BPF_PROG(tapio_exit, struct task_struct *p)
 	e->exit_code = BPF_CORE_READ(p, exit_code);
 	e->_pad = 0;
 	read_cgroup_names(p, e->cgroup, TAPIO_CGROUP_LEVELS);
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -342,7 +332,7 @@ int BPF_PROG(tapio_cgroup_empty, struct cgroup *cgrp, const char *path, int val)
 	e->level = level;
 	if (bpf_probe_read_kernel_str(e->path, sizeof(e->path), path) < 0)
 		e->path[0] = 0;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -369,7 +359,7 @@ int BPF_PROG(tapio_oom, struct task_struct *task, uid_t uid)
 	}
 	e->uid = uid;
 	e->levels = read_cgroup_names(task, e->cgroup, TAPIO_OOM_CGROUP_LEVELS);
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -443,7 +433,7 @@ static __always_inline void emit_tcp(const struct sock *sk, __u16 family, __u8 o
 		e->flags = 0;
 		e->comm[0] = 0;
 	}
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 }
 
 static __always_inline struct listener_key listener_of(const struct sock *sk, __u16 family)
@@ -585,6 +575,14 @@ int BPF_PROG(tapio_tcp_retransmit, const struct sock *sk)
 
 /* ===== Files ===== */
 
+/*
+ * Only the sys_exit tracepoints are attached. The result is checked first, so the common case
+ * (an open that succeeded, an unlink or rename that failed) costs one comparison and reads
+ * nothing. Only then are the arguments read back from the syscall's saved user registers
+ * (bpf_task_pt_regs: they are unchanged at sys_exit) and the path compared with the prefixes.
+ * Nothing is kept between enter and exit, and no sys_enter program runs on every open.
+ */
+
 /* Prefixes are compared a word at a time against masks prepared by the loader: no data-dependent
  * branches, so the verifier walks it once instead of once per possible mismatch position.
  * `path` must be zero-filled past its NUL (see read_path). */
@@ -601,6 +599,26 @@ static __always_inline int path_selected(const struct scratch *s, const struct t
 			selected = 1;
 	}
 	return selected;
+}
+
+/* A cheap first look: the path's first 8 bytes against each prefix's first word, which is
+ * necessary for a match (bytes past the path's NUL are either masked out or come after a NUL
+ * that already differs from the prefix). Most paths stop here, before the whole path is read. */
+static __always_inline int maybe_selected(const struct tapio_config *cfg, __u64 ptr)
+{
+	__u64 word = 0;
+	if (!ptr)
+		return 0;
+	/* A short path at the very end of a mapping cannot be read as 8 bytes: the full read
+	 * decides then. */
+	if (bpf_probe_read_user(&word, sizeof(word), (void *)ptr) < 0)
+		return 1;
+	__u32 n = cfg->prefix_count;
+	int maybe = 0;
+	for (__u32 i = 0; i < TAPIO_MAX_PREFIXES; i++)
+		if (i < n && (word & cfg->prefix_mask[i][0]) == cfg->prefix_value[i][0])
+			maybe = 1;
+	return maybe;
 }
 
 /* Reads a user path into scratch, zero-filled past the NUL. */
@@ -623,21 +641,6 @@ static __always_inline int user_path_selected(struct scratch *s, const struct ta
 	return path_selected(s, cfg);
 }
 
-static __always_inline int file_enter(__u32 op, __u64 path, __u64 path2)
-{
-	__u32 zero = 0;
-	struct tapio_config *cfg = bpf_map_lookup_elem(&CONFIG, &zero);
-	struct scratch *s = bpf_map_lookup_elem(&SCRATCH, &zero);
-	if (!cfg || !s || cfg->prefix_count == 0)
-		return 0;
-	if (!user_path_selected(s, cfg, path) && !user_path_selected(s, cfg, path2))
-		return 0;
-	struct file_call call = {.path = path, .path2 = path2, .op = op};
-	__u64 id = bpf_get_current_pid_tgid();
-	bpf_map_update_elem(&FILE_CALLS, &id, &call, BPF_ANY);
-	return 0;
-}
-
 /* FNV-1a over the zero-filled path, a word at a time. */
 static __always_inline __u64 hash_path(const struct scratch *s)
 {
@@ -650,35 +653,33 @@ static __always_inline __u64 hash_path(const struct scratch *s)
 	return hash;
 }
 
-static __always_inline int file_exit(long ret)
+/* The user registers the running syscall was entered with. */
+static __always_inline struct pt_regs *syscall_regs(void)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct file_call *pending = bpf_map_lookup_elem(&FILE_CALLS, &id);
-	if (!pending)
-		return 0;
-	struct file_call call = *pending;
-	bpf_map_delete_elem(&FILE_CALLS, &id);
+	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+}
 
-	/* Failed opens: only "not there" and "not allowed". Unlink/rename: only what happened. */
-	if (call.op == TAPIO_FILE_OPEN) {
-		if (ret != -ENOENT && ret != -EACCES)
-			return 0;
-	} else if (ret != 0) {
-		return 0;
-	}
-
+/* A file syscall whose result is worth reporting: filter on the paths, fold, emit. `path2` is
+ * the new name of a rename, 0 otherwise. */
+static __always_inline int file_event(__u32 op, long ret, __u64 path, __u64 path2)
+{
 	__u32 zero = 0;
 	struct tapio_config *cfg = bpf_map_lookup_elem(&CONFIG, &zero);
 	struct scratch *s = bpf_map_lookup_elem(&SCRATCH, &zero);
-	if (!cfg || !s)
+	if (!cfg || !s || cfg->prefix_count == 0)
 		return 0;
-	read_path(s, call.path);
+	if (!maybe_selected(cfg, path) && !(path2 && maybe_selected(cfg, path2)))
+		return 0;
+	/* A rename is selected by either name; `s->path` ends up holding the first one. */
+	int selected = path2 && user_path_selected(s, cfg, path2);
+	if (!user_path_selected(s, cfg, path) && !selected)
+		return 0;
 
 	__u64 now = bpf_ktime_get_ns();
 	struct file_agg_key akey = {};
 	akey.path_hash = hash_path(s);
-	akey.tgid = id >> 32;
-	akey.op = call.op;
+	akey.tgid = bpf_get_current_pid_tgid() >> 32;
+	akey.op = op;
 	akey.ret = ret;
 	struct file_agg *agg = bpf_map_lookup_elem(&FILE_AGG, &akey);
 	__u32 folded = 0;
@@ -701,87 +702,79 @@ static __always_inline int file_exit(long ret)
 		return 0;
 	fill_task(&e->task, (struct task_struct *)bpf_get_current_task_btf());
 	e->ret = ret;
-	e->op = call.op;
+	e->op = op;
 	e->count = folded + 1;
 	e->flags = 0;
 	if (bpf_probe_read_kernel_str(e->path, TAPIO_PATH_LEN, s->path) < 0)
 		e->path[0] = 0;
 	e->path2[0] = 0;
-	if (call.path2 &&
-	    bpf_probe_read_user_str(e->path2, TAPIO_PATH_LEN, (void *)call.path2) < 0)
+	if (path2 && bpf_probe_read_user_str(e->path2, TAPIO_PATH_LEN, (void *)path2) < 0)
 		e->path2[0] = 0;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_openat")
-int tapio_openat_enter(struct trace_event_raw_sys_enter *ctx)
+/* Failed opens: only "not there" and "not allowed". */
+static __always_inline int open_failed(long ret)
 {
-	return file_enter(TAPIO_FILE_OPEN, BPF_CORE_READ(ctx, args[1]), 0);
+	return ret == -ENOENT || ret == -EACCES;
 }
 
 SEC("tracepoint/syscalls/sys_exit_openat")
 int tapio_openat_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	return file_exit(BPF_CORE_READ(ctx, ret));
+	long ret = ctx->ret;
+	if (!open_failed(ret))
+		return 0;
+	struct pt_regs *regs = syscall_regs();
+	return file_event(TAPIO_FILE_OPEN, ret, PT_REGS_PARM2_SYSCALL(regs), 0);
 }
 
-SEC("tracepoint/syscalls/sys_enter_unlink")
-int tapio_unlink_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	return file_enter(TAPIO_FILE_UNLINK, BPF_CORE_READ(ctx, args[0]), 0);
-}
-
+/* Unlinks and renames: only what happened. */
 SEC("tracepoint/syscalls/sys_exit_unlink")
 int tapio_unlink_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	return file_exit(BPF_CORE_READ(ctx, ret));
-}
-
-SEC("tracepoint/syscalls/sys_enter_unlinkat")
-int tapio_unlinkat_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	return file_enter(TAPIO_FILE_UNLINK, BPF_CORE_READ(ctx, args[1]), 0);
+	if (ctx->ret != 0)
+		return 0;
+	struct pt_regs *regs = syscall_regs();
+	return file_event(TAPIO_FILE_UNLINK, 0, PT_REGS_PARM1_SYSCALL(regs), 0);
 }
 
 SEC("tracepoint/syscalls/sys_exit_unlinkat")
 int tapio_unlinkat_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	return file_exit(BPF_CORE_READ(ctx, ret));
-}
-
-SEC("tracepoint/syscalls/sys_enter_rename")
-int tapio_rename_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	return file_enter(TAPIO_FILE_RENAME, BPF_CORE_READ(ctx, args[0]), BPF_CORE_READ(ctx, args[1]));
+	if (ctx->ret != 0)
+		return 0;
+	struct pt_regs *regs = syscall_regs();
+	return file_event(TAPIO_FILE_UNLINK, 0, PT_REGS_PARM2_SYSCALL(regs), 0);
 }
 
 SEC("tracepoint/syscalls/sys_exit_rename")
 int tapio_rename_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	return file_exit(BPF_CORE_READ(ctx, ret));
-}
-
-SEC("tracepoint/syscalls/sys_enter_renameat")
-int tapio_renameat_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	return file_enter(TAPIO_FILE_RENAME, BPF_CORE_READ(ctx, args[1]), BPF_CORE_READ(ctx, args[3]));
+	if (ctx->ret != 0)
+		return 0;
+	struct pt_regs *regs = syscall_regs();
+	return file_event(TAPIO_FILE_RENAME, 0, PT_REGS_PARM1_SYSCALL(regs),
+			  PT_REGS_PARM2_SYSCALL(regs));
 }
 
 SEC("tracepoint/syscalls/sys_exit_renameat")
 int tapio_renameat_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	return file_exit(BPF_CORE_READ(ctx, ret));
-}
-
-SEC("tracepoint/syscalls/sys_enter_renameat2")
-int tapio_renameat2_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	return file_enter(TAPIO_FILE_RENAME, BPF_CORE_READ(ctx, args[1]), BPF_CORE_READ(ctx, args[3]));
+	if (ctx->ret != 0)
+		return 0;
+	struct pt_regs *regs = syscall_regs();
+	return file_event(TAPIO_FILE_RENAME, 0, PT_REGS_PARM2_SYSCALL(regs),
+			  PT_REGS_PARM4_SYSCALL(regs));
 }
 
 SEC("tracepoint/syscalls/sys_exit_renameat2")
 int tapio_renameat2_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	return file_exit(BPF_CORE_READ(ctx, ret));
+	if (ctx->ret != 0)
+		return 0;
+	struct pt_regs *regs = syscall_regs();
+	return file_event(TAPIO_FILE_RENAME, 0, PT_REGS_PARM2_SYSCALL(regs),
+			  PT_REGS_PARM4_SYSCALL(regs));
 }
