@@ -148,45 +148,48 @@ static __always_inline void submit(void *record)
 	bpf_ringbuf_submit(record, 0);
 }
 
+/*
+ * `task` is a BTF pointer (a tp_btf argument or bpf_get_current_task_btf()): its fields, and
+ * the structs they point to, are read with plain loads, which the verifier turns into guarded
+ * loads (a fault reads 0). That is far cheaper than a bpf_probe_read_kernel call per field.
+ */
 static __always_inline void fill_task(struct tapio_task *t, struct task_struct *task)
 {
-	t->start_ns = BPF_CORE_READ(task, group_leader, start_time);
-	t->cgroup_id = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
-	t->pid = BPF_CORE_READ(task, tgid);
-	t->tid = BPF_CORE_READ(task, pid);
-	t->ppid = BPF_CORE_READ(task, real_parent, tgid);
-	t->uid = BPF_CORE_READ(task, real_cred, uid.val);
-	if (BPF_CORE_READ_STR_INTO(&t->comm, task, comm) < 0)
-		t->comm[0] = 0;
+	t->start_ns = task->group_leader->start_time;
+	t->cgroup_id = task->cgroups->dfl_cgrp->kn->id;
+	t->pid = task->tgid;
+	t->tid = task->pid;
+	t->ppid = task->real_parent->tgid;
+	t->uid = task->real_cred->uid.val;
+	/* comm is NUL-padded (set with strscpy_pad). */
+	__builtin_memcpy(t->comm, task->comm, TAPIO_COMM_LEN);
 }
 
 static __always_inline struct kernfs_node *kn_parent(struct kernfs_node *kn)
 {
 	if (bpf_core_field_exists(kn->__parent))
-		return BPF_CORE_READ(kn, __parent);
+		return kn->__parent;
 	struct kernfs_node___old *old = (void *)kn;
-	return BPF_CORE_READ(old, parent);
+	return old->parent;
 }
 
 /* The cgroup whose names identify a container: the memory controller's one (cgroup v1 memory
  * hierarchy on hybrid hosts, the v2 cgroup on unified hosts), else the v2 cgroup. */
 static __always_inline struct kernfs_node *identity_cgroup(struct task_struct *task)
 {
-	struct css_set *cset = BPF_CORE_READ(task, cgroups);
+	struct css_set *cset = task->cgroups;
 	if (!cset)
 		return 0;
 	if (bpf_core_enum_value_exists(enum cgroup_subsys_id, memory_cgrp_id)) {
+		/* A load-time constant, so the verifier sees a fixed offset into subsys[]. */
 		__u32 id = bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id);
 		struct cgroup_subsys_state *css = 0;
-		if (id < 16) {
-			void *slot = (void *)cset + bpf_core_field_offset(cset->subsys) +
-				     id * sizeof(void *);
-			bpf_probe_read_kernel(&css, sizeof(css), slot);
-		}
+		if (id < bpf_core_enum_value(enum cgroup_subsys_id, CGROUP_SUBSYS_COUNT))
+			css = cset->subsys[id];
 		if (css)
-			return BPF_CORE_READ(css, cgroup, kn);
+			return css->cgroup->kn;
 	}
-	return BPF_CORE_READ(cset, dfl_cgrp, kn);
+	return cset->dfl_cgrp->kn;
 }
 
 /* Reads `levels` directory names, leaf first; returns how many were read. */
@@ -201,7 +204,7 @@ static __always_inline __u32 read_cgroup_names(struct task_struct *task,
 		names[i][0] = 0;
 		if (!kn)
 			continue;
-		const char *name = BPF_CORE_READ(kn, name);
+		const char *name = kn->name;
 		if (bpf_probe_read_kernel_str(names[i], TAPIO_CGROUP_NAME_LEN, name) < 0)
 			names[i][0] = 0;
 		else
@@ -220,18 +223,18 @@ int BPF_PROG(tapio_exec, struct task_struct *p, pid_t old_pid, struct linux_binp
 	if (!e)
 		return 0;
 	fill_task(&e->task, p);
-	e->argc = BPF_CORE_READ(bprm, argc);
+	e->argc = bprm->argc;
 	e->args_read = 0;
 	e->flags = 0;
 	e->_pad = 0;
-	if (bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), BPF_CORE_READ(bprm, filename)) < 0)
+	if (bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), bprm->filename) < 0)
 		e->filename[0] = 0;
 
 	__u32 zero = 0;
 	struct scratch *s = bpf_map_lookup_elem(&SCRATCH, &zero);
-	struct mm_struct *mm = BPF_CORE_READ(p, mm);
-	__u64 arg = BPF_CORE_READ(mm, arg_start);
-	__u64 end = BPF_CORE_READ(mm, arg_end);
+	struct mm_struct *mm = p->mm;
+	__u64 arg = mm->arg_start;
+	__u64 end = mm->arg_end;
 	for (__u32 i = 0; i < TAPIO_MAX_ARGS; i++) {
 		e->args[i][0] = 0;
 		if (arg >= end)
@@ -279,17 +282,16 @@ SEC("tp_btf/sched_process_fork")
 int BPF_PROG(tapio_fork, struct task_struct *parent, struct task_struct *child)
 {
 	/* Threads are not processes. */
-	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
+	if (child->pid != child->tgid)
 		return 0;
 	struct tapio_fork_event *e = reserve(sizeof(*e), TAPIO_EV_FORK);
 	if (!e)
 		return 0;
-	e->parent_start_ns = BPF_CORE_READ(parent, group_leader, start_time);
-	e->child_start_ns = BPF_CORE_READ(child, start_time);
-	e->parent_pid = BPF_CORE_READ(parent, tgid);
-	e->child_pid = BPF_CORE_READ(child, tgid);
-	if (BPF_CORE_READ_STR_INTO(&e->comm, child, comm) < 0)
-		e->comm[0] = 0;
+	e->parent_start_ns = parent->group_leader->start_time;
+	e->child_start_ns = child->start_time;
+	e->parent_pid = parent->tgid;
+	e->child_pid = child->tgid;
+	__builtin_memcpy(e->comm, child->comm, TAPIO_COMM_LEN);
 	submit(e);
 	return 0;
 }
@@ -298,13 +300,13 @@ SEC("tp_btf/sched_process_exit")
 int BPF_PROG(tapio_exit, struct task_struct *p)
 {
 	/* Only the last thread of a thread group ends the process: signal->live is 0 then. */
-	if (BPF_CORE_READ(p, signal, live.counter) != 0)
+	if (p->signal->live.counter != 0)
 		return 0;
 	struct tapio_exit_event *e = reserve(sizeof(*e), TAPIO_EV_EXIT);
 	if (!e)
 		return 0;
 	fill_task(&e->task, p);
-	e->exit_code = BPF_CORE_READ(p, exit_code);
+	e->exit_code = p->exit_code;
 	e->_pad = 0;
 	read_cgroup_names(p, e->cgroup, TAPIO_CGROUP_LEVELS);
 	submit(e);
