@@ -91,8 +91,9 @@ pub struct KernelCollectorConfig {
     /// `100ms`. Default: `100ms`.
     #[serde(with = "humantime_str")]
     pub heartbeat_interval: Duration,
-    /// After the ring buffer signals data, wait this long before reading, so one wakeup reads
-    /// many records: at most `50ms`. Default: `5ms`.
+    /// While records keep coming, read the ring buffer this often, with the eBPF programs
+    /// submitting records without waking the reader; after an idle spell the first record
+    /// wakes it at once. `0s` reads at every wakeup; at most `50ms`. Default: `5ms`.
     #[serde(with = "humantime_str")]
     pub batch_delay: Duration,
     /// Fork events. Default: `true`.

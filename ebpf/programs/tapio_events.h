@@ -60,6 +60,10 @@
 #define TAPIO_FILE_UNLINK 2
 #define TAPIO_FILE_RENAME 3
 
+/* The single value of the READER array map: how the reader wants to hear of new records. */
+#define TAPIO_READER_WAKE 0    /* wake it for the first record after it caught up (default) */
+#define TAPIO_READER_POLLING 1 /* it reads on its own timer: no wakeups unless the ring fills */
+
 /* Indices into the per-CPU COUNTERS array. */
 #define TAPIO_CTR_DROP_BASE 0 /* + kind: bpf_ringbuf_reserve failed for a record of that kind */
 #define TAPIO_CTR_FILE_AGGREGATED 8 /* file events folded into an earlier one */

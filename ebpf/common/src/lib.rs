@@ -16,8 +16,8 @@
 
 #![allow(
     unsafe_code,
-    reason = "records are copied out of ring-buffer bytes with read_unaligned, and the \
-              `user` feature implements aya::Pod; each use has a SAFETY comment"
+    reason = "records are viewed in place in ring-buffer bytes, and the `user` feature \
+              implements aya::Pod; each use has a SAFETY comment"
 )]
 
 use std::mem::size_of;
@@ -94,6 +94,12 @@ pub const FILE_OPEN: u32 = 1;
 pub const FILE_UNLINK: u32 = 2;
 /// `FileEvent::op`: a successful rename.
 pub const FILE_RENAME: u32 = 3;
+
+/// `READER` value: wake the reader for the first record after it caught up (the default).
+pub const READER_WAKE: u32 = 0;
+/// `READER` value: the reader reads on its own timer; records are submitted without a wakeup
+/// unless the ring buffer is filling up.
+pub const READER_POLLING: u32 = 1;
 
 /// Index of the first per-kind drop counter in `COUNTERS` (add the record kind).
 pub const CTR_DROP_BASE: u32 = 0;
@@ -429,26 +435,27 @@ mod pod {
     unsafe impl aya::Pod for Config {}
 }
 
-/// One decoded ring-buffer record.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Record {
+/// One decoded ring-buffer record: a view of the bytes it was decoded from, so reading a
+/// record copies nothing and allocates nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record<'a> {
     /// A process exec.
-    Exec(Box<ExecEvent>),
+    Exec(&'a ExecEvent),
     /// A new process.
-    Fork(ForkEvent),
+    Fork(&'a ForkEvent),
     /// A process exit.
-    Exit(Box<ExitEvent>),
+    Exit(&'a ExitEvent),
     /// An OOM kill.
-    Oom(Box<OomEvent>),
+    Oom(&'a OomEvent),
     /// A TCP connection event.
-    Tcp(TcpEvent),
+    Tcp(&'a TcpEvent),
     /// A file event.
-    File(Box<FileEvent>),
+    File(&'a FileEvent),
     /// A cgroup lost its last process.
-    CgroupEmpty(Box<CgroupEvent>),
+    CgroupEmpty(&'a CgroupEvent),
 }
 
-impl Record {
+impl Record<'_> {
     /// The record's header.
     pub fn header(&self) -> &Header {
         match self {
@@ -480,6 +487,11 @@ pub enum DecodeError {
         /// The kind read from the header.
         kind: u32,
     },
+    /// The bytes do not start at a multiple of 8, as every ring-buffer record does.
+    Misaligned {
+        /// The kind read from the header.
+        kind: u32,
+    },
 }
 
 impl std::fmt::Display for DecodeError {
@@ -489,6 +501,12 @@ impl std::fmt::Display for DecodeError {
                 write!(f, "record of kind {kind} has {len} bytes, needs {needed}")
             }
             DecodeError::UnknownKind { kind } => write!(f, "unknown record kind {kind}"),
+            DecodeError::Misaligned { kind } => {
+                write!(
+                    f,
+                    "record of kind {kind} does not start on an 8-byte boundary"
+                )
+            }
         }
     }
 }
@@ -506,7 +524,7 @@ impl Plain for TcpEvent {}
 impl Plain for FileEvent {}
 impl Plain for CgroupEvent {}
 
-fn read<T: Plain>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
+fn check<T: Plain>(bytes: &[u8], kind: u32) -> Result<(), DecodeError> {
     if bytes.len() < size_of::<T>() {
         return Err(DecodeError::TooShort {
             kind,
@@ -514,34 +532,61 @@ fn read<T: Plain>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
             needed: size_of::<T>(),
         });
     }
+    Ok(())
+}
+
+fn read<T: Plain>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
+    check::<T>(bytes, kind)?;
     // SAFETY: `bytes` holds at least size_of::<T>() bytes (checked above); read_unaligned has
     // no alignment requirement; T is `Plain`: #[repr(C)] integers and integer arrays only, so
     // every bit pattern is a valid T.
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-/// Decodes one ring-buffer record. Extra trailing bytes are ignored.
+fn view<T: Plain>(bytes: &[u8], kind: u32) -> Result<&T, DecodeError> {
+    check::<T>(bytes, kind)?;
+    if !bytes.as_ptr().cast::<T>().is_aligned() {
+        return Err(DecodeError::Misaligned { kind });
+    }
+    // SAFETY: `bytes` holds at least size_of::<T>() bytes (checked above) and starts at an
+    // address aligned for T (checked above); T is `Plain`: #[repr(C)] integers and integer
+    // arrays only, so every bit pattern is a valid T; the reference borrows `bytes`, so the
+    // memory outlives it and is not written through another reference meanwhile.
+    Ok(unsafe { &*bytes.as_ptr().cast::<T>() })
+}
+
+/// Decodes one ring-buffer record without copying it. Extra trailing bytes are ignored.
 ///
 /// # Errors
-/// [`DecodeError`] for a short record or an unknown kind.
-pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+/// [`DecodeError`] for a short record, an unknown kind, or bytes that do not start on an
+/// 8-byte boundary (ring-buffer records always do).
+pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
     let header: Header = read(bytes, 0)?;
     Ok(match header.kind {
-        EV_EXEC => Record::Exec(Box::new(read(bytes, header.kind)?)),
-        EV_FORK => Record::Fork(read(bytes, header.kind)?),
-        EV_EXIT => Record::Exit(Box::new(read(bytes, header.kind)?)),
-        EV_OOM => Record::Oom(Box::new(read(bytes, header.kind)?)),
-        EV_TCP => Record::Tcp(read(bytes, header.kind)?),
-        EV_FILE => Record::File(Box::new(read(bytes, header.kind)?)),
-        EV_CGROUP_EMPTY => Record::CgroupEmpty(Box::new(read(bytes, header.kind)?)),
+        EV_EXEC => Record::Exec(view(bytes, header.kind)?),
+        EV_FORK => Record::Fork(view(bytes, header.kind)?),
+        EV_EXIT => Record::Exit(view(bytes, header.kind)?),
+        EV_OOM => Record::Oom(view(bytes, header.kind)?),
+        EV_TCP => Record::Tcp(view(bytes, header.kind)?),
+        EV_FILE => Record::File(view(bytes, header.kind)?),
+        EV_CGROUP_EMPTY => Record::CgroupEmpty(view(bytes, header.kind)?),
         kind => return Err(DecodeError::UnknownKind { kind }),
     })
 }
 
 /// The text of a NUL-terminated byte buffer (lossy UTF-8; the whole buffer if no NUL).
 pub fn c_str(bytes: &[u8]) -> String {
+    let bytes = c_bytes(bytes);
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
+/// The bytes of a NUL-terminated byte buffer before its NUL (the whole buffer if none).
+pub fn c_bytes(bytes: &[u8]) -> &[u8] {
     let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    bytes.get(..end).unwrap_or(bytes)
 }
 
 #[cfg(test)]
@@ -728,6 +773,8 @@ mod tests {
                 CTR_RETRANSMIT_AGGREGATED as usize,
             ),
             ("TAPIO_CTR_COUNT", CTR_COUNT as usize),
+            ("TAPIO_READER_WAKE", READER_WAKE as usize),
+            ("TAPIO_READER_POLLING", READER_POLLING as usize),
             ("TAPIO_COMM_LEN", COMM_LEN),
             ("TAPIO_FILENAME_LEN", FILENAME_LEN),
             ("TAPIO_MAX_ARGS", MAX_ARGS),
@@ -748,18 +795,24 @@ mod tests {
         }
     }
 
-    fn exec_bytes() -> Vec<u8> {
-        let mut bytes = vec![0u8; size_of::<ExecEvent>()];
+    /// Bytes on an 8-byte boundary, as ring-buffer records are.
+    #[repr(C, align(8))]
+    struct Aligned([u8; 1200]);
+
+    fn exec_bytes() -> Box<Aligned> {
+        let mut aligned = Box::new(Aligned([0; 1200]));
+        let bytes = &mut aligned.0;
         bytes[0..8].copy_from_slice(&123u64.to_le_bytes());
         bytes[8..12].copy_from_slice(&EV_EXEC.to_le_bytes());
         bytes[16 + 16..16 + 20].copy_from_slice(&4242u32.to_le_bytes());
         bytes[80..89].copy_from_slice(b"/bin/true");
-        bytes
+        aligned
     }
 
     #[test]
     fn decodes_an_exec_record() {
-        let Record::Exec(exec) = decode(&exec_bytes()).unwrap() else {
+        let bytes = exec_bytes();
+        let Record::Exec(exec) = decode(&bytes.0[..size_of::<ExecEvent>()]).unwrap() else {
             panic!("not an exec")
         };
         assert_eq!(exec.hdr.ts_ns, 123);
@@ -768,14 +821,24 @@ mod tests {
     }
 
     #[test]
-    fn short_garbled_and_unknown_records_are_errors_not_panics() {
-        let bytes = exec_bytes();
+    fn short_garbled_unknown_and_misaligned_records_are_errors_not_panics() {
+        let aligned = exec_bytes();
+        let bytes = &aligned.0[..size_of::<ExecEvent>()];
         for len in 0..bytes.len() {
             assert!(decode(&bytes[..len]).is_err(), "{len} bytes");
         }
-        let mut unknown = bytes.clone();
-        unknown[8] = 99;
-        assert_eq!(decode(&unknown), Err(DecodeError::UnknownKind { kind: 99 }));
+        let mut unknown = exec_bytes();
+        unknown.0[8] = 99;
+        assert_eq!(
+            decode(&unknown.0),
+            Err(DecodeError::UnknownKind { kind: 99 })
+        );
+        let mut shifted = Box::new(Aligned([0; 1200]));
+        shifted.0[1..1 + bytes.len()].copy_from_slice(bytes);
+        assert_eq!(
+            decode(&shifted.0[1..]),
+            Err(DecodeError::Misaligned { kind: EV_EXEC })
+        );
         // Pseudo-random garbage of every length decodes or fails, never panics.
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
         for len in 0..1200 {
@@ -815,5 +878,7 @@ mod tests {
         assert_eq!(c_str(b"abc\0def"), "abc");
         assert_eq!(c_str(b"abc"), "abc");
         assert_eq!(c_str(b""), "");
+        assert_eq!(c_str(b"a\xffb\0"), "a\u{fffd}b");
+        assert_eq!(c_bytes(b"abc\0def"), b"abc");
     }
 }

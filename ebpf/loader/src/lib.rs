@@ -500,6 +500,30 @@ impl KernelProbes {
         &self.disabled
     }
 
+    /// Tells the programs how the reader wants to hear of new records: `polling` means it
+    /// reads on its own timer, so records are submitted without waking it (except when the
+    /// ring buffer passes a quarter full); otherwise the ring buffer wakes it for the first
+    /// record after it caught up. A reader that switches to `false` must read once more
+    /// afterwards: a record submitted just before the switch woke nobody.
+    ///
+    /// # Errors
+    /// The `READER` map cannot be written.
+    pub fn set_reader_polling(&mut self, polling: bool) -> Result<(), aya::maps::MapError> {
+        let map = self
+            .ebpf
+            .map_mut("READER")
+            .ok_or(aya::maps::MapError::InvalidName {
+                name: "READER".into(),
+            })?;
+        let mut reader: Array<_, u32> = Array::try_from(map)?;
+        let mode = if polling {
+            common::READER_POLLING
+        } else {
+            common::READER_WAKE
+        };
+        reader.set(0, mode, 0)
+    }
+
     /// Reads the per-CPU counters, summed.
     ///
     /// # Errors
