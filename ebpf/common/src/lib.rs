@@ -585,8 +585,8 @@ pub fn c_str(bytes: &[u8]) -> String {
 
 /// The bytes of a NUL-terminated byte buffer before its NUL (the whole buffer if none).
 pub fn c_bytes(bytes: &[u8]) -> &[u8] {
-    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
-    bytes.get(..end).unwrap_or(bytes)
+    // CStr's search for the NUL looks at a word at a time.
+    std::ffi::CStr::from_bytes_until_nul(bytes).map_or(bytes, std::ffi::CStr::to_bytes)
 }
 
 #[cfg(test)]

@@ -670,6 +670,21 @@ mod tests {
     }
 
     #[test]
+    fn the_reader_switches_between_polling_and_wakeups() {
+        let mut probes = KernelProbes::load(&options()).expect("loads");
+        let mode = |probes: &KernelProbes| {
+            let map = probes.ebpf.map("READER").expect("READER map");
+            let reader: Array<_, u32> = Array::try_from(map).expect("an array");
+            reader.get(&0, 0).expect("one value")
+        };
+        assert_eq!(mode(&probes), common::READER_WAKE, "wakeups until told");
+        probes.set_reader_polling(true).expect("switch to polling");
+        assert_eq!(mode(&probes), common::READER_POLLING);
+        probes.set_reader_polling(false).expect("switch back");
+        assert_eq!(mode(&probes), common::READER_WAKE);
+    }
+
+    #[test]
     fn a_missing_mandatory_hook_is_an_error() {
         let err = KernelProbes::load_with(&options(), with_missing_exec).unwrap_err();
         assert!(
