@@ -84,7 +84,7 @@ pub struct KernelSourceConfig {
     /// submit records without waking the reader (a wakeup costs more than the record): one
     /// read takes many records (less CPU per event, up to this much more latency). After an
     /// idle spell the first record wakes the reader at once. Zero reads at every wakeup. At
-    /// most 50 ms. Default 5 ms.
+    /// most 50 ms. Default 50 ms.
     pub batch_delay: Duration,
 }
 
@@ -105,7 +105,7 @@ impl Default for KernelSourceConfig {
             file_aggregation_window: Duration::from_secs(1),
             retransmit_aggregation_window: Duration::from_secs(1),
             process_cache_capacity: 65_536,
-            batch_delay: Duration::from_millis(5),
+            batch_delay: Duration::from_millis(50),
         }
     }
 }
