@@ -3,14 +3,15 @@
 //!
 //! **Storm.** A child process runs 20 000 fork+exec of `/bin/true`, one after the other, and
 //! reports how long that took, (1) with no agent, (2) with Tapio's kernel source running in this
-//! process (default configuration: every hook attached: exec, fork, exit, OOM, TCP, files), and
-//! (3) with a bpftrace one-liner on the same `sched_process_exec` tracepoint printing the same
+//! process (default configuration: every hook attached: exec, fork, exit, OOM, TCP, files),
+//! (3) the same without file events (`file_path_prefixes: []`: no syscall tracepoints), and
+//! (4) with a bpftrace one-liner on the same `sched_process_exec` tracepoint printing the same
 //! exec fields (pid, ppid, uid, comm, filename, first argument). For each it prints the storm
 //! duration, the slowdown against no agent, the events seen and dropped, the consumer's
 //! userspace CPU per record (on-CPU time of all its threads, from `/proc/<pid>/task/*/schedstat`,
 //! over the storm and until its last record is through) and, for Tapio, the kernel-side run time
 //! of its programs per exec (the three process hooks, and all hooks, which also run for every
-//! `openat` on the machine). Each configuration runs `TAPIO_BENCH_ROUNDS` times (default 3) in
+//! `openat` on the machine; for bpftrace, its one program). Each configuration runs `TAPIO_BENCH_ROUNDS` times (default 3) in
 //! rotating order and the medians are compared, so drifting foreign load on a shared machine
 //! hits all of them alike.
 //!
@@ -24,8 +25,9 @@
 //!
 //! Run (as root): `cargo bench -p tapio-sources-kernel --bench exec_storm`
 //! (`TAPIO_BENCH_EXECS=N` changes the storm size, `TAPIO_BENCH_ROUNDS=N` the rounds,
-//! `TAPIO_BENCH_CASES=none,tapio,bpftrace,rate` picks the cases).
+//! `TAPIO_BENCH_CASES=none,tapio,tapio-no-files,bpftrace,rate` picks the cases).
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -58,20 +60,24 @@ fn main() {
     };
     let execs = env("TAPIO_BENCH_EXECS", 20_000);
     let rounds = env("TAPIO_BENCH_ROUNDS", 3).max(1);
-    let cases =
-        std::env::var("TAPIO_BENCH_CASES").unwrap_or_else(|_| "none,tapio,bpftrace,rate".into());
+    let cases = std::env::var("TAPIO_BENCH_CASES")
+        .unwrap_or_else(|_| "none,tapio,tapio-no-files,bpftrace,rate".into());
     let wanted = |case: &str| cases.split(',').any(|c| c.trim() == case);
     let load_before = loadavg();
 
     let mut base = Vec::new();
     let mut tapio = Vec::new();
+    let mut tapio_no_files = Vec::new();
     let mut bpftrace = Vec::new();
-    if wanted("none") || wanted("tapio") || wanted("bpftrace") {
+    if ["none", "tapio", "tapio-no-files", "bpftrace"]
+        .iter()
+        .any(|case| wanted(case))
+    {
         eprintln!("exec storm: {execs} fork+exec of /bin/true per run, {rounds} rounds");
         // Rounds rotate the order, so slow drift in foreign load hits every configuration alike.
         for round in 0..rounds {
-            for step in 0..3 {
-                match (round + step) % 3 {
+            for step in 0..4 {
+                match (round + step) % 4 {
                     0 if wanted("none") => {
                         let run = storm(execs);
                         eprintln!(
@@ -82,13 +88,26 @@ fn main() {
                         base.push(run);
                     }
                     1 if wanted("tapio") => {
-                        let run = with_tapio(Workload::Storm(execs));
+                        let run = with_tapio(Workload::Storm(execs), KernelSourceConfig::default());
                         eprintln!(
                             "round {round}: tapio {:.2} s (CPU {:.2} s)",
                             run.storm.wall.as_secs_f64(),
                             run.storm.cpu.as_secs_f64()
                         );
                         tapio.push(run);
+                    }
+                    3 if wanted("tapio-no-files") => {
+                        let config = KernelSourceConfig {
+                            file_path_prefixes: Vec::new(),
+                            ..KernelSourceConfig::default()
+                        };
+                        let run = with_tapio(Workload::Storm(execs), config);
+                        eprintln!(
+                            "round {round}: tapio without file events {:.2} s (CPU {:.2} s)",
+                            run.storm.wall.as_secs_f64(),
+                            run.storm.cpu.as_secs_f64()
+                        );
+                        tapio_no_files.push(run);
                     }
                     2 if wanted("bpftrace") => {
                         let run = with_bpftrace(execs);
@@ -108,7 +127,8 @@ fn main() {
         let rate = env("TAPIO_BENCH_RATE", 50_000);
         let secs = env("TAPIO_BENCH_RATE_SECS", 5);
         eprintln!("rate: {rate} failed opens per second for {secs} s");
-        (rate, with_tapio(Workload::Opens { rate, secs }))
+        let config = KernelSourceConfig::default();
+        (rate, with_tapio(Workload::Opens { rate, secs }, config))
     });
 
     println!();
@@ -116,15 +136,21 @@ fn main() {
         "load average before/after: {load_before} / {}; storm: medians of {rounds} rounds",
         loadavg()
     );
-    if !(base.is_empty() && tapio.is_empty() && bpftrace.is_empty()) {
-        print_storm_table(execs, &base, &tapio, &bpftrace);
+    if !(base.is_empty() && tapio.is_empty() && tapio_no_files.is_empty() && bpftrace.is_empty()) {
+        print_storm_table(execs, &base, &tapio, &tapio_no_files, &bpftrace);
     }
     if let Some((rate, run)) = rate {
         print_rate_table(rate, &run);
     }
 }
 
-fn print_storm_table(execs: u64, base: &[Storm], tapio: &[Run], bpftrace: &[Run]) {
+fn print_storm_table(
+    execs: u64,
+    base: &[Storm],
+    tapio: &[Run],
+    tapio_no_files: &[Run],
+    bpftrace: &[Run],
+) {
     let base_wall: Vec<Duration> = base.iter().map(|s| s.wall).collect();
     let base_cpu = median(base.iter().map(|s| s.cpu).collect());
     let base_median = median(base_wall.clone());
@@ -148,7 +174,8 @@ fn print_storm_table(execs: u64, base: &[Storm], tapio: &[Run], bpftrace: &[Run]
         );
     }
     for (name, runs) in [
-        ("Tapio kernel source", tapio),
+        ("Tapio kernel source (defaults)", tapio),
+        ("Tapio without file events", tapio_no_files),
         ("bpftrace one-liner", bpftrace),
     ] {
         if runs.is_empty() {
@@ -183,7 +210,7 @@ fn print_storm_table(execs: u64, base: &[Storm], tapio: &[Run], bpftrace: &[Run]
     let idle: Vec<u64> = tapio.iter().filter_map(|r| r.idle_cpu_us_per_s).collect();
     if !idle.is_empty() {
         println!(
-            "Tapio idle (heartbeats only, before each storm): {} µs of CPU per second",
+            "Tapio before each storm (heartbeats and the machine's own events): {} µs of CPU per second",
             idle.iter().sum::<u64>() / idle.len() as u64
         );
     }
@@ -396,13 +423,13 @@ impl Workload {
     }
 }
 
-fn with_tapio(workload: Workload) -> Run {
+fn with_tapio(workload: Workload, config: KernelSourceConfig) -> Run {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async move {
-        let source = KernelSource::new(KernelSourceConfig::default()).expect("config");
+        let source = KernelSource::new(config).expect("config");
         let stats = source.stats();
         let (cx, mut rx) = SourceContext::for_test("kernel", "bench", 65_536);
         let shutdown = cx.shutdown.clone();
@@ -426,9 +453,14 @@ fn with_tapio(workload: Workload) -> Run {
         // what the source costs while only heartbeats (and the machine's own events) flow.
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let idle_start = cpu_ns(std::process::id());
+        let idle_records = stats.snapshot().records_total();
         tokio::time::sleep(Duration::from_secs(2)).await;
         let idle_cpu_us_per_s = (cpu_ns(std::process::id()) - idle_start) / 2_000;
         let before = stats.snapshot();
+        eprintln!(
+            "  before the workload: {idle_cpu_us_per_s} µs of CPU per second, {} records per second",
+            (before.records_total() - idle_records) / 2
+        );
         let cpu_before = cpu_ns(std::process::id());
         let storm = tokio::task::spawn_blocking(move || workload.run())
             .await
@@ -465,10 +497,7 @@ fn with_tapio(workload: Workload) -> Run {
                 );
             }
         }
-        eprintln!(
-            "  idle CPU {idle_cpu_us_per_s} µs/s; CPU {} ms for {records} records",
-            cpu / 1_000_000
-        );
+        eprintln!("  CPU {} ms for {records} records", cpu / 1_000_000);
         let execs = runs(&after, "tapio_exec") - runs(&before, "tapio_exec");
         let bpf_ns = (after.program_time() - before.program_time()).as_nanos() as u64;
         let process_time = |s: &KernelStatsSnapshot| {
@@ -497,6 +526,7 @@ fn with_bpftrace(n: u64) -> Run {
     let script = "tracepoint:sched:sched_process_exec { printf(\"%d %d %d %s %s %s\\n\", pid, \
                   curtask->real_parent->tgid, uid, comm, str(args->filename), \
                   str(uptr(curtask->mm->arg_start))); }";
+    let programs_before = loaded_program_ids();
     let mut child = Command::new("bpftrace")
         .args(["-B", "line", "-e", script])
         // 128, not more: three strings of 200 bytes exceed the 512-byte BPF stack.
@@ -546,6 +576,9 @@ fn with_bpftrace(n: u64) -> Run {
     }
     // bpftrace needs a moment after "Attaching" before events flow.
     std::thread::sleep(Duration::from_secs(2));
+    // Its programs' run time, as Tapio's own is read: BPF statistics are on while `stats` lives.
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
+    let bpf_before = program_time(&programs_before);
     let cpu_before = cpu_ns(pid);
     let storm = storm(n);
     let mut last = u64::MAX;
@@ -554,6 +587,8 @@ fn with_bpftrace(n: u64) -> Run {
         std::thread::sleep(Duration::from_millis(300));
     }
     let cpu = cpu_ns(pid) - cpu_before;
+    let bpf_ns = (program_time(&programs_before) - bpf_before).as_nanos() as u64;
+    drop(stats);
     let stopped = Command::new("kill")
         .args(["-INT", &pid.to_string()])
         .status();
@@ -570,7 +605,23 @@ fn with_bpftrace(n: u64) -> Run {
         dropped: lost.load(Ordering::Relaxed),
         cpu_ns: cpu,
         idle_cpu_us_per_s: None,
-        bpf_process_ns_per_exec: None,
-        bpf_all_ns_per_exec: None,
+        bpf_process_ns_per_exec: bpf_ns.checked_div(storm.events),
+        bpf_all_ns_per_exec: bpf_ns.checked_div(storm.events),
     }
+}
+
+fn loaded_program_ids() -> HashSet<u32> {
+    aya::programs::loaded_programs()
+        .flatten()
+        .map(|program| program.id())
+        .collect()
+}
+
+/// Run time of the BPF programs loaded since `before` was taken (ids not in it).
+fn program_time(before: &HashSet<u32>) -> Duration {
+    aya::programs::loaded_programs()
+        .flatten()
+        .filter(|program| !before.contains(&program.id()))
+        .map(|program| program.run_time())
+        .sum()
 }
