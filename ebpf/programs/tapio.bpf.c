@@ -33,14 +33,6 @@ struct {
 	__uint(max_entries, 8 * 1024 * 1024); /* the loader sets the configured size */
 } EVENTS SEC(".maps");
 
-/* TAPIO_READER_WAKE or TAPIO_READER_POLLING, written by the reader as it switches. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} READER SEC(".maps");
-
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, TAPIO_CTR_COUNT);
@@ -153,18 +145,17 @@ static __always_inline void *reserve(__u64 size, __u32 kind)
 
 /*
  * Waking the reader is the most expensive part of a record: irq_work, a self-IPI and a
- * scheduler wakeup (several microseconds on a VM). While the reader is busy it reads on its own
- * timer and says so in READER; records are then submitted without a wakeup, except the one that
- * takes the ring past a quarter full, so a small ring cannot overflow between two reads. When
- * the reader goes idle it switches back, and the ring buffer wakes it for the first record
- * after it caught up (the default). `size` is the record's size.
+ * scheduler wakeup (several microseconds on a VM). Unless configured otherwise
+ * (`wake_reader`), the reader reads on its own timer and records are submitted without a
+ * wakeup, except the one that takes the ring past a quarter full, so a burst cannot overflow a
+ * small ring between two reads. `size` is the record's size.
  */
 static __always_inline void submit(void *record, __u64 size)
 {
 	__u32 zero = 0;
-	__u32 *mode = bpf_map_lookup_elem(&READER, &zero);
+	struct tapio_config *cfg = bpf_map_lookup_elem(&CONFIG, &zero);
 	__u64 flags = 0;
-	if (mode && *mode == TAPIO_READER_POLLING) {
+	if (!cfg || !cfg->wake_reader) {
 		flags = BPF_RB_NO_WAKEUP;
 		__u64 mark = bpf_ringbuf_query(&EVENTS, BPF_RB_RING_SIZE) / 4;
 		__u64 avail = bpf_ringbuf_query(&EVENTS, BPF_RB_AVAIL_DATA);

@@ -95,12 +95,6 @@ pub const FILE_UNLINK: u32 = 2;
 /// `FileEvent::op`: a successful rename.
 pub const FILE_RENAME: u32 = 3;
 
-/// `READER` value: wake the reader for the first record after it caught up (the default).
-pub const READER_WAKE: u32 = 0;
-/// `READER` value: the reader reads on its own timer; records are submitted without a wakeup
-/// unless the ring buffer is filling up.
-pub const READER_POLLING: u32 = 1;
-
 /// Index of the first per-kind drop counter in `COUNTERS` (add the record kind).
 pub const CTR_DROP_BASE: u32 = 0;
 /// `COUNTERS` index: file events folded into an earlier identical one.
@@ -312,8 +306,9 @@ pub struct Config {
     pub retransmit_window_ns: u64,
     /// Number of prefixes in use; 0 turns the file events off.
     pub prefix_count: u32,
-    /// Padding.
-    pub _pad: u32,
+    /// 1: wake the reader for the first record after it caught up; 0 (the default): the reader
+    /// reads on its own timer and is woken only when the ring buffer passes a quarter full.
+    pub wake_reader: u32,
     /// Prefix bytes, as little-endian words.
     pub prefix_value: [[u64; PREFIX_WORDS]; MAX_PREFIXES],
     /// `0xff` for every byte that belongs to the prefix.
@@ -373,7 +368,7 @@ impl Config {
             file_window_ns,
             retransmit_window_ns,
             prefix_count: prefixes.len() as u32,
-            _pad: 0,
+            wake_reader: 0,
             prefix_value: [[0; PREFIX_WORDS]; MAX_PREFIXES],
             prefix_mask: [[0; PREFIX_WORDS]; MAX_PREFIXES],
         };
@@ -390,6 +385,14 @@ impl Config {
             }
         }
         Ok(config)
+    }
+
+    /// This configuration with the reader woken for the first record after it caught up
+    /// (`true`), or only when the ring buffer passes a quarter full (`false`, the default: the
+    /// reader reads on its own timer).
+    pub fn waking_the_reader(mut self, wake: bool) -> Config {
+        self.wake_reader = u32::from(wake);
+        self
     }
 
     /// Whether `path` is selected, exactly as the kernel decides it.
@@ -694,7 +697,7 @@ mod tests {
                 file_window_ns,
                 retransmit_window_ns,
                 prefix_count,
-                _pad,
+                wake_reader,
                 prefix_value,
                 prefix_mask
             ]
@@ -773,8 +776,6 @@ mod tests {
                 CTR_RETRANSMIT_AGGREGATED as usize,
             ),
             ("TAPIO_CTR_COUNT", CTR_COUNT as usize),
-            ("TAPIO_READER_WAKE", READER_WAKE as usize),
-            ("TAPIO_READER_POLLING", READER_POLLING as usize),
             ("TAPIO_COMM_LEN", COMM_LEN),
             ("TAPIO_FILENAME_LEN", FILENAME_LEN),
             ("TAPIO_MAX_ARGS", MAX_ARGS),

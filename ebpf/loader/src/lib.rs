@@ -500,30 +500,6 @@ impl KernelProbes {
         &self.disabled
     }
 
-    /// Tells the programs how the reader wants to hear of new records: `polling` means it
-    /// reads on its own timer, so records are submitted without waking it (except when the
-    /// ring buffer passes a quarter full); otherwise the ring buffer wakes it for the first
-    /// record after it caught up. A reader that switches to `false` must read once more
-    /// afterwards: a record submitted just before the switch woke nobody.
-    ///
-    /// # Errors
-    /// The `READER` map cannot be written.
-    pub fn set_reader_polling(&mut self, polling: bool) -> Result<(), aya::maps::MapError> {
-        let map = self
-            .ebpf
-            .map_mut("READER")
-            .ok_or(aya::maps::MapError::InvalidName {
-                name: "READER".into(),
-            })?;
-        let mut reader: Array<_, u32> = Array::try_from(map)?;
-        let mode = if polling {
-            common::READER_POLLING
-        } else {
-            common::READER_WAKE
-        };
-        reader.set(0, mode, 0)
-    }
-
     /// Reads the per-CPU counters, summed.
     ///
     /// # Errors
@@ -667,21 +643,6 @@ mod tests {
         assert!(probes.attached().contains(&Hook::Exec));
         assert!(probes.counters().is_ok());
         assert!(!probes.program_stats().is_empty());
-    }
-
-    #[test]
-    fn the_reader_switches_between_polling_and_wakeups() {
-        let mut probes = KernelProbes::load(&options()).expect("loads");
-        let mode = |probes: &KernelProbes| {
-            let map = probes.ebpf.map("READER").expect("READER map");
-            let reader: Array<_, u32> = Array::try_from(map).expect("an array");
-            reader.get(&0, 0).expect("one value")
-        };
-        assert_eq!(mode(&probes), common::READER_WAKE, "wakeups until told");
-        probes.set_reader_polling(true).expect("switch to polling");
-        assert_eq!(mode(&probes), common::READER_POLLING);
-        probes.set_reader_polling(false).expect("switch back");
-        assert_eq!(mode(&probes), common::READER_WAKE);
     }
 
     #[test]

@@ -80,11 +80,12 @@ pub struct KernelSourceConfig {
     pub retransmit_aggregation_window: Duration,
     /// Processes remembered for container lookups (pid → container). Default 65536.
     pub process_cache_capacity: usize,
-    /// While records keep coming, read the ring buffer this often, and have the eBPF programs
-    /// submit records without waking the reader (a wakeup costs more than the record): one
-    /// read takes many records (less CPU per event, up to this much more latency). After an
-    /// idle spell the first record wakes the reader at once. Zero reads at every wakeup. At
-    /// most 50 ms. Default 50 ms.
+    /// The ring buffer is read at every heartbeat, and this often while records keep coming
+    /// (a value above the heartbeat interval changes nothing). The eBPF programs do not wake
+    /// the reader for a record (only when the ring passes a quarter full): a wakeup costs more
+    /// than the record, and a record read at a heartbeat is covered by it, so facts are not
+    /// closed later. Zero instead has the programs wake the reader for every batch of records.
+    /// At most 100 ms. Default 100 ms: one read per heartbeat.
     pub batch_delay: Duration,
 }
 
@@ -105,7 +106,7 @@ impl Default for KernelSourceConfig {
             file_aggregation_window: Duration::from_secs(1),
             retransmit_aggregation_window: Duration::from_secs(1),
             process_cache_capacity: 65_536,
-            batch_delay: Duration::from_millis(50),
+            batch_delay: Duration::from_millis(100),
         }
     }
 }
@@ -125,8 +126,8 @@ pub enum ConfigError {
     /// `process_cache_capacity` is 0.
     #[error("`collectors.kernel.process_cache_capacity` must be > 0")]
     Cache,
-    /// `batch_delay` is above 50 ms.
-    #[error("`collectors.kernel.batch_delay` must be ≤ 50ms, got {0:?}")]
+    /// `batch_delay` is above 100 ms.
+    #[error("`collectors.kernel.batch_delay` must be ≤ 100ms, got {0:?}")]
     BatchDelay(Duration),
 }
 
@@ -156,7 +157,7 @@ impl KernelSource {
         if config.process_cache_capacity == 0 {
             return Err(ConfigError::Cache);
         }
-        if config.batch_delay > Duration::from_millis(50) {
+        if config.batch_delay > Duration::from_millis(100) {
             return Err(ConfigError::BatchDelay(config.batch_delay));
         }
         let probe_config = common::Config::new(
@@ -164,7 +165,9 @@ impl KernelSource {
             duration_ns(config.retransmit_aggregation_window),
             &config.file_path_prefixes,
         )
-        .map_err(ConfigError::Prefixes)?;
+        .map_err(ConfigError::Prefixes)?
+        // Without a read interval the reader relies on being woken for new records.
+        .waking_the_reader(config.batch_delay.is_zero());
         Ok(KernelSource {
             config,
             probe_config,
@@ -228,20 +231,6 @@ impl Tally {
         }
         if self.facts > 0 {
             stats.facts.fetch_add(self.facts, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Switches how the programs tell the reader of new records; returns whether the reader now
-/// polls on its own timer.
-fn switch_reader(probes: &mut KernelProbes, polling: bool) -> bool {
-    match probes.set_reader_polling(polling) {
-        Ok(()) => polling,
-        Err(err) => {
-            // The map starts in wake mode, so a failed switch to polling changes nothing; after
-            // a failed switch back, records wait for the next heartbeat's read at worst.
-            debug!(error = %err, polling, "Cannot switch the ring buffer wakeup mode.");
-            false
         }
     }
 }
@@ -333,8 +322,6 @@ impl KernelSource {
         let mut last_beat = 0u64;
         let mut out: Vec<Observation> = Vec::with_capacity(BATCH);
         let batch_delay = self.config.batch_delay;
-        // Whether the programs submit records without waking us (see below).
-        let mut polling = false;
 
         let outcome = loop {
             // Drain what is there. Each record is turned into observations where it lies in the
@@ -382,29 +369,15 @@ impl KernelSource {
                 break Ok(());
             }
 
-            // While records keep coming, read every `batch_delay` on our own timer and tell the
-            // programs not to wake us: on a VM a wakeup costs the writing program several
-            // microseconds, and this reader tens of microseconds of CPU. Once a read finds
-            // nothing, ask to be woken again, and read once more for a record submitted just
-            // before the switch (one that slips through anyway waits for the next heartbeat).
-            if read > 0 && !batch_delay.is_zero() {
-                if !polling {
-                    polling = switch_reader(&mut probes, true);
-                }
-            } else if polling {
-                polling = switch_reader(&mut probes, false);
-                continue;
-            }
-
-            // Whatever comes due before the next wakeup is done now, so a busy reader wakes
-            // once per `batch_delay` and an idle one once per heartbeat.
+            // The programs do not wake us for a record (a wakeup costs the writing program
+            // several microseconds, and this reader tens of microseconds of CPU on a VM): while
+            // records keep coming we read every `batch_delay`, otherwise at every heartbeat, and
+            // early when the ring passes a quarter full. A record read at a heartbeat is
+            // covered by that heartbeat, so its tick closes no later than if we had been woken
+            // for it. Whatever comes due before the next wakeup is done now.
             let now = Instant::now();
-            let heartbeat_due = if polling {
-                now + batch_delay >= next_heartbeat
-            } else {
-                now >= next_heartbeat
-            };
-            if heartbeat_due {
+            let busy = read > 0 && !batch_delay.is_zero();
+            if now >= next_heartbeat || (busy && now + batch_delay >= next_heartbeat) {
                 let upto = safe_mono
                     .saturating_add(reader.offset)
                     .saturating_sub(HEARTBEAT_SLACK_NS)
@@ -434,7 +407,7 @@ impl KernelSource {
                 tokio::task::yield_now().await;
                 continue;
             }
-            let wake_at = if polling {
+            let wake_at = if busy {
                 (now + batch_delay).min(next_heartbeat)
             } else {
                 next_heartbeat
@@ -442,7 +415,7 @@ impl KernelSource {
             tokio::select! {
                 biased;
                 () = cx.shutdown.cancelled() => break Ok(()),
-                // Only in wake mode, or when the ring passes a quarter full while polling.
+                // When the ring passes a quarter full (or for every batch, with no batch_delay).
                 guard = ring.readable_mut() => {
                     if let Ok(mut guard) = guard {
                         guard.clear_ready();
@@ -929,7 +902,7 @@ mod tests {
                 "process_cache_capacity",
             ),
             (
-                Box::new(|c| c.batch_delay = Duration::from_millis(51)),
+                Box::new(|c| c.batch_delay = Duration::from_millis(101)),
                 "batch_delay",
             ),
         ];
