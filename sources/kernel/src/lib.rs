@@ -646,14 +646,21 @@ impl NameCache {
     }
 
     fn resolve(&mut self, names: &CgroupNames) -> identity::Resolved {
-        if let Some((_, resolved)) = self.entries.iter().find(|(known, _)| known == names) {
+        // The kernel copies each name up to its NUL and leaves whatever was in the ring buffer
+        // after it: compare the names, not the leftovers.
+        let mut key = [[0; common::CGROUP_NAME_LEN]; common::CGROUP_LEVELS];
+        for (slot, name) in key.iter_mut().zip(names) {
+            let name = c_bytes(name);
+            slot[..name.len()].copy_from_slice(name);
+        }
+        if let Some((_, resolved)) = self.entries.iter().find(|(known, _)| *known == key) {
             return resolved.clone();
         }
-        let resolved = cgroup::parse_names(names.iter().map(|name| name_str(name))).map(Arc::new);
+        let resolved = cgroup::parse_names(key.iter().map(|name| name_str(name))).map(Arc::new);
         if self.entries.len() < NAME_CACHE_ENTRIES {
-            self.entries.push((*names, resolved.clone()));
+            self.entries.push((key, resolved.clone()));
         } else {
-            self.entries[self.next] = (*names, resolved.clone());
+            self.entries[self.next] = (key, resolved.clone());
             self.next = (self.next + 1) % NAME_CACHE_ENTRIES;
         }
         resolved
@@ -1028,6 +1035,14 @@ mod tests {
             &first,
             &cache.resolve(&names).expect("remembered")
         ));
+        // Bytes after a name's NUL are leftovers in the ring buffer, not part of the name.
+        let mut leftovers = names;
+        leftovers[1][pod.len() + 1..pod.len() + 4].copy_from_slice(b"old");
+        assert!(Arc::ptr_eq(
+            &first,
+            &cache.resolve(&leftovers).expect("remembered")
+        ));
+        assert_eq!(cache.entries.len(), 1);
         assert_eq!(cache.resolve(&cgroup_names(&["user.slice", "/"])), None);
         // More cgroups than the cache holds: the oldest is parsed again, with the same result.
         for i in 0..NAME_CACHE_ENTRIES {
