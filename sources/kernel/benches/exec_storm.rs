@@ -383,6 +383,30 @@ fn storm(n: u64) -> Storm {
     child(&["--storm".into(), n.to_string()])
 }
 
+/// Context switches (voluntary, involuntary) of every thread of `pid`: a voluntary one is a
+/// sleep, so they count wakeups.
+fn switches(pid: u32) -> (u64, u64) {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (0, 0);
+    };
+    let field = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .map(|text| {
+            (
+                field(&text, "voluntary_ctxt_switches:"),
+                field(&text, "nonvoluntary_ctxt_switches:"),
+            )
+        })
+        .fold((0, 0), |(v, n), (tv, tn)| (v + tv, n + tn))
+}
+
 /// On-CPU ns of every thread of `pid`.
 fn cpu_ns(pid: u32) -> u64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -457,6 +481,7 @@ fn with_tapio(workload: Workload, config: KernelSourceConfig) -> Run {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let idle_cpu_us_per_s = (cpu_ns(std::process::id()) - idle_start) / 2_000;
         let before = stats.snapshot();
+        let switches_before = switches(std::process::id());
         eprintln!(
             "  before the workload: {idle_cpu_us_per_s} µs of CPU per second, {} records per second",
             (before.records_total() - idle_records) / 2
@@ -472,6 +497,12 @@ fn with_tapio(workload: Workload, config: KernelSourceConfig) -> Run {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         let cpu = cpu_ns(std::process::id()) - cpu_before;
+        let switches_after = switches(std::process::id());
+        eprintln!(
+            "  context switches while measured: {} voluntary, {} involuntary",
+            switches_after.0 - switches_before.0,
+            switches_after.1 - switches_before.1
+        );
         // Stopping reads the kernel counters one last time.
         shutdown.cancel();
         task.await.expect("no panic").expect("clean stop");
