@@ -11,9 +11,10 @@
 //! userspace CPU per record (on-CPU time of all its threads, from `/proc/<pid>/task/*/schedstat`,
 //! over the storm and until its last record is through) and, for Tapio, the kernel-side run time
 //! of its programs per exec (the three process hooks, and all hooks, which also run for every
-//! `openat` on the machine; for bpftrace, its one program). Each configuration runs `TAPIO_BENCH_ROUNDS` times (default 3) in
-//! rotating order and the medians are compared, so drifting foreign load on a shared machine
-//! hits all of them alike.
+//! `openat` on the machine; for bpftrace, its one program). Each configuration runs
+//! `TAPIO_BENCH_ROUNDS` times (default 5) in rotating order; a slowdown is the median over
+//! rounds of the ratio to the no-agent run of the same round, so foreign load drifting on a
+//! shared machine hits all configurations alike.
 //!
 //! **Rate.** A child process makes `TAPIO_BENCH_RATE` (default 50 000) failed opens per second
 //! for `TAPIO_BENCH_RATE_SECS` (default 5) seconds, each of a different missing path under
@@ -59,7 +60,7 @@ fn main() {
             .unwrap_or(default)
     };
     let execs = env("TAPIO_BENCH_EXECS", 20_000);
-    let rounds = env("TAPIO_BENCH_ROUNDS", 3).max(1);
+    let rounds = env("TAPIO_BENCH_ROUNDS", 5).max(1);
     let cases = std::env::var("TAPIO_BENCH_CASES")
         .unwrap_or_else(|_| "none,tapio,tapio-no-files,bpftrace,rate".into());
     let wanted = |case: &str| cases.split(',').any(|c| c.trim() == case);
@@ -154,15 +155,21 @@ fn print_storm_table(
     let base_wall: Vec<Duration> = base.iter().map(|s| s.wall).collect();
     let base_cpu = median(base.iter().map(|s| s.cpu).collect());
     let base_median = median(base_wall.clone());
-    let ratio = |value: Duration, base: Duration| {
-        if base.is_zero() {
-            "–".to_string()
-        } else {
-            format!("{:.2}×", value.as_secs_f64() / base.as_secs_f64())
-        }
+    // Each configuration runs once per round, next to the no-agent run of the same round: the
+    // median of those paired ratios cancels the foreign load that drifts between rounds.
+    let slowdown = |runs: &[Run], value: fn(&Storm) -> Duration| {
+        let mut ratios: Vec<f64> = runs
+            .iter()
+            .zip(base)
+            .map(|(run, base)| value(&run.storm).as_secs_f64() / value(base).as_secs_f64())
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        ratios
+            .get(ratios.len() / 2)
+            .map_or("–".to_string(), |ratio| format!("{ratio:.2}×"))
     };
     println!(
-        "| run ({execs} execs) | storm wall (median) | wall slowdown | storm CPU (median) | CPU slowdown | exec events seen | records handled | dropped | userspace CPU / record | BPF time / exec (process hooks) | BPF time / exec (all hooks) |"
+        "| run ({execs} execs) | storm wall (median) | wall slowdown (median of per-round ratios) | storm CPU (median) | CPU slowdown (median of per-round ratios) | exec events seen | records handled | dropped | userspace CPU / record | BPF time / exec (process hooks) | BPF time / exec (all hooks) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     if !base.is_empty() {
@@ -196,9 +203,9 @@ fn print_storm_table(
             "| {name} (wall {}) | {:.2} s | {} | {:.2} s | {} | {} | {} | {} | {} | {} | {} |",
             seconds(&storms),
             storm.as_secs_f64(),
-            ratio(storm, base_median),
+            slowdown(runs, |s| s.wall),
             storm_cpu.as_secs_f64(),
-            ratio(storm_cpu, base_cpu),
+            slowdown(runs, |s| s.cpu),
             per_round(seen),
             per_round(records),
             per_round(dropped),
