@@ -71,7 +71,9 @@ pub struct KernelSourceConfig {
     /// Container exits (a container's cgroup losing its last process). Default on.
     pub containers: bool,
     /// File events (failed opens, unlinks, renames) for paths under these prefixes, as the
-    /// process passed them; at most 8, each 1 to 64 bytes. Empty turns file events off.
+    /// process passed them; at most 8, each 1 to 64 bytes. Empty (the default) turns file
+    /// events off and attaches no syscall tracepoint: with one attached, every system call on
+    /// the machine takes the kernel's slower tracepoint path (about 60 ns more, measured).
     pub file_path_prefixes: Vec<String>,
     /// Identical file events (same process, operation, result, path) within this window are
     /// folded into one fact with a count. Default 1 s.
@@ -98,11 +100,7 @@ impl Default for KernelSourceConfig {
             oom: true,
             network: true,
             containers: true,
-            file_path_prefixes: vec![
-                "/etc/".into(),
-                "/var/run/secrets/".into(),
-                "/run/secrets/".into(),
-            ],
+            file_path_prefixes: Vec::new(),
             file_aggregation_window: Duration::from_secs(1),
             retransmit_aggregation_window: Duration::from_secs(1),
             process_cache_capacity: 65_536,
