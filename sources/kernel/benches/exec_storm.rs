@@ -3,22 +3,24 @@
 //!
 //! **Storm.** A child process runs 20 000 fork+exec of `/bin/true`, one after the other, and
 //! reports how long that took, (1) with no agent, (2) with Tapio's kernel source running in this
-//! process (default configuration: every hook attached: exec, fork, exit, OOM, TCP, files),
-//! (3) the same without file events (`file_path_prefixes: []`: no syscall tracepoints), and
+//! process (default configuration: exec, fork, exit, OOM, TCP and container hooks; file events
+//! are off by default), (3) the same with file events for the configuration and secrets paths
+//! (`/etc/`, `/var/run/secrets/`, `/run/secrets/`: syscall tracepoints), and
 //! (4) with a bpftrace one-liner on the same `sched_process_exec` tracepoint printing the same
 //! exec fields (pid, ppid, uid, comm, filename, first argument). For each it prints the storm
 //! duration, the slowdown against no agent, the events seen and dropped, the consumer's
 //! userspace CPU per record (on-CPU time of all its threads, from `/proc/<pid>/task/*/schedstat`,
 //! over the storm and until its last record is through) and, for Tapio, the kernel-side run time
-//! of its programs per exec (the three process hooks, and all hooks, which also run for every
-//! `openat` on the machine; for bpftrace, its one program). Each configuration runs
+//! of its programs per exec (the three process hooks, and all hooks, which with file events also
+//! run for every `openat` on the machine, the storm's and everyone else's; for bpftrace, its one
+//! program). Each configuration runs
 //! `TAPIO_BENCH_ROUNDS` times (default 5) in rotating order; a slowdown is the median over
 //! rounds of the ratio to the no-agent run of the same round, so foreign load drifting on a
 //! shared machine hits all configurations alike.
 //!
 //! **Rate.** A child process makes `TAPIO_BENCH_RATE` (default 50 000) failed opens per second
 //! for `TAPIO_BENCH_RATE_SECS` (default 5) seconds, each of a different missing path under
-//! `/etc/` (a default file-event prefix), so every one is a ring-buffer record and a fact: no
+//! `/etc/` (file events on for `/etc/`), so every one is a ring-buffer record and a fact: no
 //! two are folded. Opens are the cheapest way to make that many kernel events on two cores;
 //! fork+exec tops out near 1 500 per second here. It reports the rate reached, the records read,
 //! the records the kernel dropped because the ring buffer was full (the collector's health
@@ -26,7 +28,7 @@
 //!
 //! Run (as root): `cargo bench -p tapio-sources-kernel --bench exec_storm`
 //! (`TAPIO_BENCH_EXECS=N` changes the storm size, `TAPIO_BENCH_ROUNDS=N` the rounds,
-//! `TAPIO_BENCH_CASES=none,tapio,tapio-no-files,bpftrace,rate` picks the cases).
+//! `TAPIO_BENCH_CASES=none,tapio,tapio-files,bpftrace,rate` picks the cases).
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
@@ -38,6 +40,17 @@ use std::time::{Duration, Instant};
 use tapio_model::{FactPayload, Observation};
 use tapio_sources::{Source, SourceContext};
 use tapio_sources_kernel::{KernelSource, KernelSourceConfig, KernelStatsSnapshot};
+
+/// The configuration and secrets paths, for the storm with file events.
+const FILE_PATHS: &[&str] = &["/etc/", "/var/run/secrets/", "/run/secrets/"];
+
+/// The default configuration with file events for `prefixes`.
+fn with_file_events(prefixes: &[&str]) -> KernelSourceConfig {
+    KernelSourceConfig {
+        file_path_prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+        ..KernelSourceConfig::default()
+    }
+}
 
 /// Missing paths opened by the rate case start with this.
 const RATE_PREFIX: &str = "/etc/tapio-bench-missing";
@@ -62,15 +75,15 @@ fn main() {
     let execs = env("TAPIO_BENCH_EXECS", 20_000);
     let rounds = env("TAPIO_BENCH_ROUNDS", 5).max(1);
     let cases = std::env::var("TAPIO_BENCH_CASES")
-        .unwrap_or_else(|_| "none,tapio,tapio-no-files,bpftrace,rate".into());
+        .unwrap_or_else(|_| "none,tapio,tapio-files,bpftrace,rate".into());
     let wanted = |case: &str| cases.split(',').any(|c| c.trim() == case);
     let load_before = loadavg();
 
     let mut base = Vec::new();
     let mut tapio = Vec::new();
-    let mut tapio_no_files = Vec::new();
+    let mut tapio_files = Vec::new();
     let mut bpftrace = Vec::new();
-    if ["none", "tapio", "tapio-no-files", "bpftrace"]
+    if ["none", "tapio", "tapio-files", "bpftrace"]
         .iter()
         .any(|case| wanted(case))
     {
@@ -97,18 +110,14 @@ fn main() {
                         );
                         tapio.push(run);
                     }
-                    3 if wanted("tapio-no-files") => {
-                        let config = KernelSourceConfig {
-                            file_path_prefixes: Vec::new(),
-                            ..KernelSourceConfig::default()
-                        };
-                        let run = with_tapio(Workload::Storm(execs), config);
+                    3 if wanted("tapio-files") => {
+                        let run = with_tapio(Workload::Storm(execs), with_file_events(FILE_PATHS));
                         eprintln!(
-                            "round {round}: tapio without file events {:.2} s (CPU {:.2} s)",
+                            "round {round}: tapio with file events {:.2} s (CPU {:.2} s)",
                             run.storm.wall.as_secs_f64(),
                             run.storm.cpu.as_secs_f64()
                         );
-                        tapio_no_files.push(run);
+                        tapio_files.push(run);
                     }
                     2 if wanted("bpftrace") => {
                         let run = with_bpftrace(execs);
@@ -128,7 +137,7 @@ fn main() {
         let rate = env("TAPIO_BENCH_RATE", 50_000);
         let secs = env("TAPIO_BENCH_RATE_SECS", 5);
         eprintln!("rate: {rate} failed opens per second for {secs} s");
-        let config = KernelSourceConfig::default();
+        let config = with_file_events(&["/etc/"]);
         (rate, with_tapio(Workload::Opens { rate, secs }, config))
     });
 
@@ -137,8 +146,8 @@ fn main() {
         "load average before/after: {load_before} / {}; storm: medians of {rounds} rounds",
         loadavg()
     );
-    if !(base.is_empty() && tapio.is_empty() && tapio_no_files.is_empty() && bpftrace.is_empty()) {
-        print_storm_table(execs, &base, &tapio, &tapio_no_files, &bpftrace);
+    if !(base.is_empty() && tapio.is_empty() && tapio_files.is_empty() && bpftrace.is_empty()) {
+        print_storm_table(execs, &base, &tapio, &tapio_files, &bpftrace);
     }
     if let Some((rate, run)) = rate {
         print_rate_table(rate, &run);
@@ -149,7 +158,7 @@ fn print_storm_table(
     execs: u64,
     base: &[Storm],
     tapio: &[Run],
-    tapio_no_files: &[Run],
+    tapio_files: &[Run],
     bpftrace: &[Run],
 ) {
     let base_wall: Vec<Duration> = base.iter().map(|s| s.wall).collect();
@@ -182,7 +191,7 @@ fn print_storm_table(
     }
     for (name, runs) in [
         ("Tapio kernel source (defaults)", tapio),
-        ("Tapio without file events", tapio_no_files),
+        ("Tapio with file events", tapio_files),
         ("bpftrace one-liner", bpftrace),
     ] {
         if runs.is_empty() {
