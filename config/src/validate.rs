@@ -38,7 +38,7 @@ pub(crate) fn validate(config: &TapioConfig) -> Result<(), ConfigError> {
         "collectors.kernel.batch_delay",
         kernel.batch_delay,
         Duration::ZERO,
-        Duration::from_millis(50),
+        Duration::from_millis(100),
     )?;
     if kernel.file_path_prefixes.len() > 8 {
         return Err(invalid(

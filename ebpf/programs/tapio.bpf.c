@@ -5,7 +5,7 @@
  * Hooks (this kernel has tracepoints, raw_tp and tp_btf, but no kprobes and no fentry):
  *   tp_btf sched_process_exec / sched_process_fork / sched_process_exit, tp_btf mark_victim,
  *   tp_btf inet_sock_set_state / tcp_receive_reset / tcp_retransmit_skb, and classic syscall
- *   tracepoints for openat, unlink(at) and rename(at,at2) (enter + exit).
+ *   tracepoints for openat, unlink(at) and rename(at,at2) (exit only, see "Files").
  *
  * Every record goes to the EVENTS ring buffer (layouts in tapio_events.h). A failed
  * bpf_ringbuf_reserve is counted per kind in the per-CPU COUNTERS array, so userspace can
@@ -82,21 +82,6 @@ struct {
 	__type(value, struct sock_info);
 } LISTENERS SEC(".maps");
 
-/* A file syscall in flight: its arguments, kept from enter to exit. Keyed by pid_tgid. */
-struct file_call {
-	__u64 path;  /* user pointer */
-	__u64 path2; /* user pointer (rename) */
-	__u32 op;
-	__u32 _pad;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
-	__type(value, struct file_call);
-} FILE_CALLS SEC(".maps");
-
 /* Folding of identical file events (same process, op, result and path) within a window. */
 struct file_agg_key {
 	__u64 path_hash;
@@ -158,45 +143,71 @@ static __always_inline void *reserve(__u64 size, __u32 kind)
 	return record;
 }
 
+/*
+ * Waking the reader is the most expensive part of a record: irq_work, a self-IPI and a
+ * scheduler wakeup (several microseconds on a VM). Unless configured otherwise
+ * (`wake_reader`), the reader reads on its own timer and records are submitted without a
+ * wakeup, except the one that takes the ring past a quarter full, so a burst cannot overflow a
+ * small ring between two reads. `size` is the record's size.
+ */
+static __always_inline void submit(void *record, __u64 size)
+{
+	__u32 zero = 0;
+	struct tapio_config *cfg = bpf_map_lookup_elem(&CONFIG, &zero);
+	__u64 flags = 0;
+	if (!cfg || !cfg->wake_reader) {
+		flags = BPF_RB_NO_WAKEUP;
+		__u64 mark = bpf_ringbuf_query(&EVENTS, BPF_RB_RING_SIZE) / 4;
+		__u64 avail = bpf_ringbuf_query(&EVENTS, BPF_RB_AVAIL_DATA);
+		/* `avail` includes this record and its 8-byte ring header. */
+		if (avail >= mark && avail < mark + size + 8)
+			flags = BPF_RB_FORCE_WAKEUP;
+	}
+	bpf_ringbuf_submit(record, flags);
+}
+
+/*
+ * `task` is a BTF pointer (a tp_btf argument or bpf_get_current_task_btf()): its fields, and
+ * the structs they point to, are read with plain loads, which the verifier turns into guarded
+ * loads (a fault reads 0). That is far cheaper than a bpf_probe_read_kernel call per field.
+ */
 static __always_inline void fill_task(struct tapio_task *t, struct task_struct *task)
 {
-	t->start_ns = BPF_CORE_READ(task, group_leader, start_time);
-	t->cgroup_id = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
-	t->pid = BPF_CORE_READ(task, tgid);
-	t->tid = BPF_CORE_READ(task, pid);
-	t->ppid = BPF_CORE_READ(task, real_parent, tgid);
-	t->uid = BPF_CORE_READ(task, real_cred, uid.val);
-	if (BPF_CORE_READ_STR_INTO(&t->comm, task, comm) < 0)
-		t->comm[0] = 0;
+	t->start_ns = task->group_leader->start_time;
+	t->cgroup_id = task->cgroups->dfl_cgrp->kn->id;
+	t->pid = task->tgid;
+	t->tid = task->pid;
+	t->ppid = task->real_parent->tgid;
+	t->uid = task->real_cred->uid.val;
+	/* comm is NUL-padded (set with strscpy_pad). */
+	__builtin_memcpy(t->comm, task->comm, TAPIO_COMM_LEN);
 }
 
 static __always_inline struct kernfs_node *kn_parent(struct kernfs_node *kn)
 {
 	if (bpf_core_field_exists(kn->__parent))
-		return BPF_CORE_READ(kn, __parent);
+		return kn->__parent;
 	struct kernfs_node___old *old = (void *)kn;
-	return BPF_CORE_READ(old, parent);
+	return old->parent;
 }
 
 /* The cgroup whose names identify a container: the memory controller's one (cgroup v1 memory
  * hierarchy on hybrid hosts, the v2 cgroup on unified hosts), else the v2 cgroup. */
 static __always_inline struct kernfs_node *identity_cgroup(struct task_struct *task)
 {
-	struct css_set *cset = BPF_CORE_READ(task, cgroups);
+	struct css_set *cset = task->cgroups;
 	if (!cset)
 		return 0;
 	if (bpf_core_enum_value_exists(enum cgroup_subsys_id, memory_cgrp_id)) {
+		/* A load-time constant, so the verifier sees a fixed offset into subsys[]. */
 		__u32 id = bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id);
 		struct cgroup_subsys_state *css = 0;
-		if (id < 16) {
-			void *slot = (void *)cset + bpf_core_field_offset(cset->subsys) +
-				     id * sizeof(void *);
-			bpf_probe_read_kernel(&css, sizeof(css), slot);
-		}
+		if (id < bpf_core_enum_value(enum cgroup_subsys_id, CGROUP_SUBSYS_COUNT))
+			css = cset->subsys[id];
 		if (css)
-			return BPF_CORE_READ(css, cgroup, kn);
+			return css->cgroup->kn;
 	}
-	return BPF_CORE_READ(cset, dfl_cgrp, kn);
+	return cset->dfl_cgrp->kn;
 }
 
 /* Reads `levels` directory names, leaf first; returns how many were read. */
@@ -211,7 +222,7 @@ static __always_inline __u32 read_cgroup_names(struct task_struct *task,
 		names[i][0] = 0;
 		if (!kn)
 			continue;
-		const char *name = BPF_CORE_READ(kn, name);
+		const char *name = kn->name;
 		if (bpf_probe_read_kernel_str(names[i], TAPIO_CGROUP_NAME_LEN, name) < 0)
 			names[i][0] = 0;
 		else
@@ -230,18 +241,18 @@ int BPF_PROG(tapio_exec, struct task_struct *p, pid_t old_pid, struct linux_binp
 	if (!e)
 		return 0;
 	fill_task(&e->task, p);
-	e->argc = BPF_CORE_READ(bprm, argc);
+	e->argc = bprm->argc;
 	e->args_read = 0;
 	e->flags = 0;
 	e->_pad = 0;
-	if (bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), BPF_CORE_READ(bprm, filename)) < 0)
+	if (bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), bprm->filename) < 0)
 		e->filename[0] = 0;
 
 	__u32 zero = 0;
 	struct scratch *s = bpf_map_lookup_elem(&SCRATCH, &zero);
-	struct mm_struct *mm = BPF_CORE_READ(p, mm);
-	__u64 arg = BPF_CORE_READ(mm, arg_start);
-	__u64 end = BPF_CORE_READ(mm, arg_end);
+	struct mm_struct *mm = p->mm;
+	__u64 arg = mm->arg_start;
+	__u64 end = mm->arg_end;
 	for (__u32 i = 0; i < TAPIO_MAX_ARGS; i++) {
 		e->args[i][0] = 0;
 		if (arg >= end)
@@ -281,7 +292,7 @@ int BPF_PROG(tapio_exec, struct task_struct *p, pid_t old_pid, struct linux_binp
 	if (e->argc > e->args_read)
 		e->flags |= TAPIO_EXEC_ARGS_TRUNCATED;
 	read_cgroup_names(p, e->cgroup, TAPIO_CGROUP_LEVELS);
-	bpf_ringbuf_submit(e, 0);
+	submit(e, sizeof(*e));
 	return 0;
 }
 
@@ -289,18 +300,17 @@ SEC("tp_btf/sched_process_fork")
 int BPF_PROG(tapio_fork, struct task_struct *parent, struct task_struct *child)
 {
 	/* Threads are not processes. */
-	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
+	if (child->pid != child->tgid)
 		return 0;
 	struct tapio_fork_event *e = reserve(sizeof(*e), TAPIO_EV_FORK);
 	if (!e)
 		return 0;
-	e->parent_start_ns = BPF_CORE_READ(parent, group_leader, start_time);
-	e->child_start_ns = BPF_CORE_READ(child, start_time);
-	e->parent_pid = BPF_CORE_READ(parent, tgid);
-	e->child_pid = BPF_CORE_READ(child, tgid);
-	if (BPF_CORE_READ_STR_INTO(&e->comm, child, comm) < 0)
-		e->comm[0] = 0;
-	bpf_ringbuf_submit(e, 0);
+	e->parent_start_ns = parent->group_leader->start_time;
+	e->child_start_ns = child->start_time;
+	e->parent_pid = parent->tgid;
+	e->child_pid = child->tgid;
+	__builtin_memcpy(e->comm, child->comm, TAPIO_COMM_LEN);
+	submit(e, sizeof(*e));
 	return 0;
 }
 
@@ -308,16 +318,16 @@ SEC("tp_btf/sched_process_exit")
 int BPF_PROG(tapio_exit, struct task_struct *p)
 {
 	/* Only the last thread of a thread group ends the process: signal->live is 0 then. */
-	if (BPF_CORE_READ(p, signal, live.counter) != 0)
+	if (p->signal->live.counter != 0)
 		return 0;
 	struct tapio_exit_event *e = reserve(sizeof(*e), TAPIO_EV_EXIT);
 	if (!e)
 		return 0;
 	fill_task(&e->task, p);
-	e->exit_code = BPF_CORE_READ(p, exit_code);
+	e->exit_code = p->exit_code;
 	e->_pad = 0;
 	read_cgroup_names(p, e->cgroup, TAPIO_CGROUP_LEVELS);
-	bpf_ringbuf_submit(e, 0);
+	submit(e, sizeof(*e));
 	return 0;
 }
 
@@ -342,7 +352,7 @@ int BPF_PROG(tapio_cgroup_empty, struct cgroup *cgrp, const char *path, int val)
 	e->level = level;
 	if (bpf_probe_read_kernel_str(e->path, sizeof(e->path), path) < 0)
 		e->path[0] = 0;
-	bpf_ringbuf_submit(e, 0);
+	submit(e, sizeof(*e));
 	return 0;
 }
 
@@ -369,7 +379,7 @@ int BPF_PROG(tapio_oom, struct task_struct *task, uid_t uid)
 	}
 	e->uid = uid;
 	e->levels = read_cgroup_names(task, e->cgroup, TAPIO_OOM_CGROUP_LEVELS);
-	bpf_ringbuf_submit(e, 0);
+	submit(e, sizeof(*e));
 	return 0;
 }
 
@@ -443,7 +453,7 @@ static __always_inline void emit_tcp(const struct sock *sk, __u16 family, __u8 o
 		e->flags = 0;
 		e->comm[0] = 0;
 	}
-	bpf_ringbuf_submit(e, 0);
+	submit(e, sizeof(*e));
 }
 
 static __always_inline struct listener_key listener_of(const struct sock *sk, __u16 family)
@@ -585,6 +595,14 @@ int BPF_PROG(tapio_tcp_retransmit, const struct sock *sk)
 
 /* ===== Files ===== */
 
+/*
+ * Only the sys_exit tracepoints are attached. The result is checked first, so the common case
+ * (an open that succeeded, an unlink or rename that failed) costs one comparison and reads
+ * nothing. Only then are the arguments read back from the syscall's saved user registers
+ * (bpf_task_pt_regs: they are unchanged at sys_exit) and the path compared with the prefixes.
+ * Nothing is kept between enter and exit, and no sys_enter program runs on every open.
+ */
+
 /* Prefixes are compared a word at a time against masks prepared by the loader: no data-dependent
  * branches, so the verifier walks it once instead of once per possible mismatch position.
  * `path` must be zero-filled past its NUL (see read_path). */
@@ -601,6 +619,26 @@ static __always_inline int path_selected(const struct scratch *s, const struct t
 			selected = 1;
 	}
 	return selected;
+}
+
+/* A cheap first look: the path's first 8 bytes against each prefix's first word, which is
+ * necessary for a match (bytes past the path's NUL are either masked out or come after a NUL
+ * that already differs from the prefix). Most paths stop here, before the whole path is read. */
+static __always_inline int maybe_selected(const struct tapio_config *cfg, __u64 ptr)
+{
+	__u64 word = 0;
+	if (!ptr)
+		return 0;
+	/* A short path at the very end of a mapping cannot be read as 8 bytes: the full read
+	 * decides then. */
+	if (bpf_probe_read_user(&word, sizeof(word), (void *)ptr) < 0)
+		return 1;
+	__u32 n = cfg->prefix_count;
+	int maybe = 0;
+	for (__u32 i = 0; i < TAPIO_MAX_PREFIXES; i++)
+		if (i < n && (word & cfg->prefix_mask[i][0]) == cfg->prefix_value[i][0])
+			maybe = 1;
+	return maybe;
 }
 
 /* Reads a user path into scratch, zero-filled past the NUL. */
@@ -623,21 +661,6 @@ static __always_inline int user_path_selected(struct scratch *s, const struct ta
 	return path_selected(s, cfg);
 }
 
-static __always_inline int file_enter(__u32 op, __u64 path, __u64 path2)
-{
-	__u32 zero = 0;
-	struct tapio_config *cfg = bpf_map_lookup_elem(&CONFIG, &zero);
-	struct scratch *s = bpf_map_lookup_elem(&SCRATCH, &zero);
-	if (!cfg || !s || cfg->prefix_count == 0)
-		return 0;
-	if (!user_path_selected(s, cfg, path) && !user_path_selected(s, cfg, path2))
-		return 0;
-	struct file_call call = {.path = path, .path2 = path2, .op = op};
-	__u64 id = bpf_get_current_pid_tgid();
-	bpf_map_update_elem(&FILE_CALLS, &id, &call, BPF_ANY);
-	return 0;
-}
-
 /* FNV-1a over the zero-filled path, a word at a time. */
 static __always_inline __u64 hash_path(const struct scratch *s)
 {
@@ -650,35 +673,33 @@ static __always_inline __u64 hash_path(const struct scratch *s)
 	return hash;
 }
 
-static __always_inline int file_exit(long ret)
+/* The user registers the running syscall was entered with. */
+static __always_inline struct pt_regs *syscall_regs(void)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct file_call *pending = bpf_map_lookup_elem(&FILE_CALLS, &id);
-	if (!pending)
-		return 0;
-	struct file_call call = *pending;
-	bpf_map_delete_elem(&FILE_CALLS, &id);
+	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+}
 
-	/* Failed opens: only "not there" and "not allowed". Unlink/rename: only what happened. */
-	if (call.op == TAPIO_FILE_OPEN) {
-		if (ret != -ENOENT && ret != -EACCES)
-			return 0;
-	} else if (ret != 0) {
-		return 0;
-	}
-
+/* A file syscall whose result is worth reporting: filter on the paths, fold, emit. `path2` is
+ * the new name of a rename, 0 otherwise. */
+static __always_inline int file_event(__u32 op, long ret, __u64 path, __u64 path2)
+{
 	__u32 zero = 0;
 	struct tapio_config *cfg = bpf_map_lookup_elem(&CONFIG, &zero);
 	struct scratch *s = bpf_map_lookup_elem(&SCRATCH, &zero);
-	if (!cfg || !s)
+	if (!cfg || !s || cfg->prefix_count == 0)
 		return 0;
-	read_path(s, call.path);
+	if (!maybe_selected(cfg, path) && !(path2 && maybe_selected(cfg, path2)))
+		return 0;
+	/* A rename is selected by either name; `s->path` ends up holding the first one. */
+	int selected = path2 && user_path_selected(s, cfg, path2);
+	if (!user_path_selected(s, cfg, path) && !selected)
+		return 0;
 
 	__u64 now = bpf_ktime_get_ns();
 	struct file_agg_key akey = {};
 	akey.path_hash = hash_path(s);
-	akey.tgid = id >> 32;
-	akey.op = call.op;
+	akey.tgid = bpf_get_current_pid_tgid() >> 32;
+	akey.op = op;
 	akey.ret = ret;
 	struct file_agg *agg = bpf_map_lookup_elem(&FILE_AGG, &akey);
 	__u32 folded = 0;
@@ -701,87 +722,79 @@ static __always_inline int file_exit(long ret)
 		return 0;
 	fill_task(&e->task, (struct task_struct *)bpf_get_current_task_btf());
 	e->ret = ret;
-	e->op = call.op;
+	e->op = op;
 	e->count = folded + 1;
 	e->flags = 0;
 	if (bpf_probe_read_kernel_str(e->path, TAPIO_PATH_LEN, s->path) < 0)
 		e->path[0] = 0;
 	e->path2[0] = 0;
-	if (call.path2 &&
-	    bpf_probe_read_user_str(e->path2, TAPIO_PATH_LEN, (void *)call.path2) < 0)
+	if (path2 && bpf_probe_read_user_str(e->path2, TAPIO_PATH_LEN, (void *)path2) < 0)
 		e->path2[0] = 0;
-	bpf_ringbuf_submit(e, 0);
+	submit(e, sizeof(*e));
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_openat")
-int tapio_openat_enter(struct trace_event_raw_sys_enter *ctx)
+/* Failed opens: only "not there" and "not allowed". */
+static __always_inline int open_failed(long ret)
 {
-	return file_enter(TAPIO_FILE_OPEN, BPF_CORE_READ(ctx, args[1]), 0);
+	return ret == -ENOENT || ret == -EACCES;
 }
 
 SEC("tracepoint/syscalls/sys_exit_openat")
 int tapio_openat_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	return file_exit(BPF_CORE_READ(ctx, ret));
+	long ret = ctx->ret;
+	if (!open_failed(ret))
+		return 0;
+	struct pt_regs *regs = syscall_regs();
+	return file_event(TAPIO_FILE_OPEN, ret, PT_REGS_PARM2_SYSCALL(regs), 0);
 }
 
-SEC("tracepoint/syscalls/sys_enter_unlink")
-int tapio_unlink_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	return file_enter(TAPIO_FILE_UNLINK, BPF_CORE_READ(ctx, args[0]), 0);
-}
-
+/* Unlinks and renames: only what happened. */
 SEC("tracepoint/syscalls/sys_exit_unlink")
 int tapio_unlink_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	return file_exit(BPF_CORE_READ(ctx, ret));
-}
-
-SEC("tracepoint/syscalls/sys_enter_unlinkat")
-int tapio_unlinkat_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	return file_enter(TAPIO_FILE_UNLINK, BPF_CORE_READ(ctx, args[1]), 0);
+	if (ctx->ret != 0)
+		return 0;
+	struct pt_regs *regs = syscall_regs();
+	return file_event(TAPIO_FILE_UNLINK, 0, PT_REGS_PARM1_SYSCALL(regs), 0);
 }
 
 SEC("tracepoint/syscalls/sys_exit_unlinkat")
 int tapio_unlinkat_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	return file_exit(BPF_CORE_READ(ctx, ret));
-}
-
-SEC("tracepoint/syscalls/sys_enter_rename")
-int tapio_rename_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	return file_enter(TAPIO_FILE_RENAME, BPF_CORE_READ(ctx, args[0]), BPF_CORE_READ(ctx, args[1]));
+	if (ctx->ret != 0)
+		return 0;
+	struct pt_regs *regs = syscall_regs();
+	return file_event(TAPIO_FILE_UNLINK, 0, PT_REGS_PARM2_SYSCALL(regs), 0);
 }
 
 SEC("tracepoint/syscalls/sys_exit_rename")
 int tapio_rename_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	return file_exit(BPF_CORE_READ(ctx, ret));
-}
-
-SEC("tracepoint/syscalls/sys_enter_renameat")
-int tapio_renameat_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	return file_enter(TAPIO_FILE_RENAME, BPF_CORE_READ(ctx, args[1]), BPF_CORE_READ(ctx, args[3]));
+	if (ctx->ret != 0)
+		return 0;
+	struct pt_regs *regs = syscall_regs();
+	return file_event(TAPIO_FILE_RENAME, 0, PT_REGS_PARM1_SYSCALL(regs),
+			  PT_REGS_PARM2_SYSCALL(regs));
 }
 
 SEC("tracepoint/syscalls/sys_exit_renameat")
 int tapio_renameat_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	return file_exit(BPF_CORE_READ(ctx, ret));
-}
-
-SEC("tracepoint/syscalls/sys_enter_renameat2")
-int tapio_renameat2_enter(struct trace_event_raw_sys_enter *ctx)
-{
-	return file_enter(TAPIO_FILE_RENAME, BPF_CORE_READ(ctx, args[1]), BPF_CORE_READ(ctx, args[3]));
+	if (ctx->ret != 0)
+		return 0;
+	struct pt_regs *regs = syscall_regs();
+	return file_event(TAPIO_FILE_RENAME, 0, PT_REGS_PARM2_SYSCALL(regs),
+			  PT_REGS_PARM4_SYSCALL(regs));
 }
 
 SEC("tracepoint/syscalls/sys_exit_renameat2")
 int tapio_renameat2_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	return file_exit(BPF_CORE_READ(ctx, ret));
+	if (ctx->ret != 0)
+		return 0;
+	struct pt_regs *regs = syscall_regs();
+	return file_event(TAPIO_FILE_RENAME, 0, PT_REGS_PARM2_SYSCALL(regs),
+			  PT_REGS_PARM4_SYSCALL(regs));
 }

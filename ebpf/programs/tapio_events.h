@@ -173,7 +173,9 @@ struct tapio_config {
 	__u64 file_window_ns;       /* identical file events within this window are folded */
 	__u64 retransmit_window_ns; /* at most one retransmit event per socket per window */
 	__u32 prefix_count;         /* file events only for paths starting with one of these */
-	__u32 _pad;
+	/* 1: wake the reader for the first record after it caught up (the ring buffer's default);
+	 * 0: it reads on its own timer, wake it only when the ring passes a quarter full. */
+	__u32 wake_reader;
 	/* Prefix i matches a zero-filled path p when (word(p, w) & mask[i][w]) == value[i][w] for
 	 * every word w: the prefix bytes, little-endian, and 0xff for each byte of the prefix. */
 	__u64 prefix_value[TAPIO_MAX_PREFIXES][TAPIO_PREFIX_WORDS];
@@ -275,7 +277,7 @@ TAPIO_ASSERT_SIZE(tapio_config, 1048);
 TAPIO_ASSERT_OFFSET(tapio_config, file_window_ns, 0);
 TAPIO_ASSERT_OFFSET(tapio_config, retransmit_window_ns, 8);
 TAPIO_ASSERT_OFFSET(tapio_config, prefix_count, 16);
-TAPIO_ASSERT_OFFSET(tapio_config, _pad, 20);
+TAPIO_ASSERT_OFFSET(tapio_config, wake_reader, 20);
 TAPIO_ASSERT_OFFSET(tapio_config, prefix_value, 24);
 TAPIO_ASSERT_OFFSET(tapio_config, prefix_mask, 536);
 

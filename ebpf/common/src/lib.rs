@@ -16,8 +16,8 @@
 
 #![allow(
     unsafe_code,
-    reason = "records are copied out of ring-buffer bytes with read_unaligned, and the \
-              `user` feature implements aya::Pod; each use has a SAFETY comment"
+    reason = "records are viewed in place in ring-buffer bytes, and the `user` feature \
+              implements aya::Pod; each use has a SAFETY comment"
 )]
 
 use std::mem::size_of;
@@ -306,8 +306,9 @@ pub struct Config {
     pub retransmit_window_ns: u64,
     /// Number of prefixes in use; 0 turns the file events off.
     pub prefix_count: u32,
-    /// Padding.
-    pub _pad: u32,
+    /// 1: wake the reader for the first record after it caught up; 0 (the default): the reader
+    /// reads on its own timer and is woken only when the ring buffer passes a quarter full.
+    pub wake_reader: u32,
     /// Prefix bytes, as little-endian words.
     pub prefix_value: [[u64; PREFIX_WORDS]; MAX_PREFIXES],
     /// `0xff` for every byte that belongs to the prefix.
@@ -367,7 +368,7 @@ impl Config {
             file_window_ns,
             retransmit_window_ns,
             prefix_count: prefixes.len() as u32,
-            _pad: 0,
+            wake_reader: 0,
             prefix_value: [[0; PREFIX_WORDS]; MAX_PREFIXES],
             prefix_mask: [[0; PREFIX_WORDS]; MAX_PREFIXES],
         };
@@ -384,6 +385,14 @@ impl Config {
             }
         }
         Ok(config)
+    }
+
+    /// This configuration with the reader woken for the first record after it caught up
+    /// (`true`), or only when the ring buffer passes a quarter full (`false`, the default: the
+    /// reader reads on its own timer).
+    pub fn waking_the_reader(mut self, wake: bool) -> Config {
+        self.wake_reader = u32::from(wake);
+        self
     }
 
     /// Whether `path` is selected, exactly as the kernel decides it.
@@ -429,26 +438,27 @@ mod pod {
     unsafe impl aya::Pod for Config {}
 }
 
-/// One decoded ring-buffer record.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Record {
+/// One decoded ring-buffer record: a view of the bytes it was decoded from, so reading a
+/// record copies nothing and allocates nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record<'a> {
     /// A process exec.
-    Exec(Box<ExecEvent>),
+    Exec(&'a ExecEvent),
     /// A new process.
-    Fork(ForkEvent),
+    Fork(&'a ForkEvent),
     /// A process exit.
-    Exit(Box<ExitEvent>),
+    Exit(&'a ExitEvent),
     /// An OOM kill.
-    Oom(Box<OomEvent>),
+    Oom(&'a OomEvent),
     /// A TCP connection event.
-    Tcp(TcpEvent),
+    Tcp(&'a TcpEvent),
     /// A file event.
-    File(Box<FileEvent>),
+    File(&'a FileEvent),
     /// A cgroup lost its last process.
-    CgroupEmpty(Box<CgroupEvent>),
+    CgroupEmpty(&'a CgroupEvent),
 }
 
-impl Record {
+impl Record<'_> {
     /// The record's header.
     pub fn header(&self) -> &Header {
         match self {
@@ -480,6 +490,11 @@ pub enum DecodeError {
         /// The kind read from the header.
         kind: u32,
     },
+    /// The bytes do not start at a multiple of 8, as every ring-buffer record does.
+    Misaligned {
+        /// The kind read from the header.
+        kind: u32,
+    },
 }
 
 impl std::fmt::Display for DecodeError {
@@ -489,6 +504,12 @@ impl std::fmt::Display for DecodeError {
                 write!(f, "record of kind {kind} has {len} bytes, needs {needed}")
             }
             DecodeError::UnknownKind { kind } => write!(f, "unknown record kind {kind}"),
+            DecodeError::Misaligned { kind } => {
+                write!(
+                    f,
+                    "record of kind {kind} does not start on an 8-byte boundary"
+                )
+            }
         }
     }
 }
@@ -506,7 +527,7 @@ impl Plain for TcpEvent {}
 impl Plain for FileEvent {}
 impl Plain for CgroupEvent {}
 
-fn read<T: Plain>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
+fn check<T: Plain>(bytes: &[u8], kind: u32) -> Result<(), DecodeError> {
     if bytes.len() < size_of::<T>() {
         return Err(DecodeError::TooShort {
             kind,
@@ -514,34 +535,61 @@ fn read<T: Plain>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
             needed: size_of::<T>(),
         });
     }
+    Ok(())
+}
+
+fn read<T: Plain>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
+    check::<T>(bytes, kind)?;
     // SAFETY: `bytes` holds at least size_of::<T>() bytes (checked above); read_unaligned has
     // no alignment requirement; T is `Plain`: #[repr(C)] integers and integer arrays only, so
     // every bit pattern is a valid T.
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-/// Decodes one ring-buffer record. Extra trailing bytes are ignored.
+fn view<T: Plain>(bytes: &[u8], kind: u32) -> Result<&T, DecodeError> {
+    check::<T>(bytes, kind)?;
+    if !bytes.as_ptr().cast::<T>().is_aligned() {
+        return Err(DecodeError::Misaligned { kind });
+    }
+    // SAFETY: `bytes` holds at least size_of::<T>() bytes (checked above) and starts at an
+    // address aligned for T (checked above); T is `Plain`: #[repr(C)] integers and integer
+    // arrays only, so every bit pattern is a valid T; the reference borrows `bytes`, so the
+    // memory outlives it and is not written through another reference meanwhile.
+    Ok(unsafe { &*bytes.as_ptr().cast::<T>() })
+}
+
+/// Decodes one ring-buffer record without copying it. Extra trailing bytes are ignored.
 ///
 /// # Errors
-/// [`DecodeError`] for a short record or an unknown kind.
-pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+/// [`DecodeError`] for a short record, an unknown kind, or bytes that do not start on an
+/// 8-byte boundary (ring-buffer records always do).
+pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
     let header: Header = read(bytes, 0)?;
     Ok(match header.kind {
-        EV_EXEC => Record::Exec(Box::new(read(bytes, header.kind)?)),
-        EV_FORK => Record::Fork(read(bytes, header.kind)?),
-        EV_EXIT => Record::Exit(Box::new(read(bytes, header.kind)?)),
-        EV_OOM => Record::Oom(Box::new(read(bytes, header.kind)?)),
-        EV_TCP => Record::Tcp(read(bytes, header.kind)?),
-        EV_FILE => Record::File(Box::new(read(bytes, header.kind)?)),
-        EV_CGROUP_EMPTY => Record::CgroupEmpty(Box::new(read(bytes, header.kind)?)),
+        EV_EXEC => Record::Exec(view(bytes, header.kind)?),
+        EV_FORK => Record::Fork(view(bytes, header.kind)?),
+        EV_EXIT => Record::Exit(view(bytes, header.kind)?),
+        EV_OOM => Record::Oom(view(bytes, header.kind)?),
+        EV_TCP => Record::Tcp(view(bytes, header.kind)?),
+        EV_FILE => Record::File(view(bytes, header.kind)?),
+        EV_CGROUP_EMPTY => Record::CgroupEmpty(view(bytes, header.kind)?),
         kind => return Err(DecodeError::UnknownKind { kind }),
     })
 }
 
 /// The text of a NUL-terminated byte buffer (lossy UTF-8; the whole buffer if no NUL).
 pub fn c_str(bytes: &[u8]) -> String {
-    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    let bytes = c_bytes(bytes);
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
+/// The bytes of a NUL-terminated byte buffer before its NUL (the whole buffer if none).
+pub fn c_bytes(bytes: &[u8]) -> &[u8] {
+    // CStr's search for the NUL looks at a word at a time.
+    std::ffi::CStr::from_bytes_until_nul(bytes).map_or(bytes, std::ffi::CStr::to_bytes)
 }
 
 #[cfg(test)]
@@ -649,7 +697,7 @@ mod tests {
                 file_window_ns,
                 retransmit_window_ns,
                 prefix_count,
-                _pad,
+                wake_reader,
                 prefix_value,
                 prefix_mask
             ]
@@ -748,18 +796,24 @@ mod tests {
         }
     }
 
-    fn exec_bytes() -> Vec<u8> {
-        let mut bytes = vec![0u8; size_of::<ExecEvent>()];
+    /// Bytes on an 8-byte boundary, as ring-buffer records are.
+    #[repr(C, align(8))]
+    struct Aligned([u8; 1200]);
+
+    fn exec_bytes() -> Box<Aligned> {
+        let mut aligned = Box::new(Aligned([0; 1200]));
+        let bytes = &mut aligned.0;
         bytes[0..8].copy_from_slice(&123u64.to_le_bytes());
         bytes[8..12].copy_from_slice(&EV_EXEC.to_le_bytes());
         bytes[16 + 16..16 + 20].copy_from_slice(&4242u32.to_le_bytes());
         bytes[80..89].copy_from_slice(b"/bin/true");
-        bytes
+        aligned
     }
 
     #[test]
     fn decodes_an_exec_record() {
-        let Record::Exec(exec) = decode(&exec_bytes()).unwrap() else {
+        let bytes = exec_bytes();
+        let Record::Exec(exec) = decode(&bytes.0[..size_of::<ExecEvent>()]).unwrap() else {
             panic!("not an exec")
         };
         assert_eq!(exec.hdr.ts_ns, 123);
@@ -768,14 +822,24 @@ mod tests {
     }
 
     #[test]
-    fn short_garbled_and_unknown_records_are_errors_not_panics() {
-        let bytes = exec_bytes();
+    fn short_garbled_unknown_and_misaligned_records_are_errors_not_panics() {
+        let aligned = exec_bytes();
+        let bytes = &aligned.0[..size_of::<ExecEvent>()];
         for len in 0..bytes.len() {
             assert!(decode(&bytes[..len]).is_err(), "{len} bytes");
         }
-        let mut unknown = bytes.clone();
-        unknown[8] = 99;
-        assert_eq!(decode(&unknown), Err(DecodeError::UnknownKind { kind: 99 }));
+        let mut unknown = exec_bytes();
+        unknown.0[8] = 99;
+        assert_eq!(
+            decode(&unknown.0),
+            Err(DecodeError::UnknownKind { kind: 99 })
+        );
+        let mut shifted = Box::new(Aligned([0; 1200]));
+        shifted.0[1..1 + bytes.len()].copy_from_slice(bytes);
+        assert_eq!(
+            decode(&shifted.0[1..]),
+            Err(DecodeError::Misaligned { kind: EV_EXEC })
+        );
         // Pseudo-random garbage of every length decodes or fails, never panics.
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
         for len in 0..1200 {
@@ -815,5 +879,7 @@ mod tests {
         assert_eq!(c_str(b"abc\0def"), "abc");
         assert_eq!(c_str(b"abc"), "abc");
         assert_eq!(c_str(b""), "");
+        assert_eq!(c_str(b"a\xffb\0"), "a\u{fffd}b");
+        assert_eq!(c_bytes(b"abc\0def"), b"abc");
     }
 }

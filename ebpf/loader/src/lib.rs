@@ -8,8 +8,9 @@
 //! warning and the others keep running; only the process hooks are mandatory.
 //!
 //! # Minimum kernel version
-//! 5.8 with BTF (`CONFIG_DEBUG_INFO_BTF=y`): ring buffers and tp_btf. The syscall tracepoints
-//! need tracefs, which is mounted at `/sys/kernel/tracing` when it is missing.
+//! 5.8 with BTF (`CONFIG_DEBUG_INFO_BTF=y`): ring buffers and tp_btf. The file hooks (syscall
+//! tracepoints) need 5.15 (`bpf_task_pt_regs`) and tracefs, which is mounted at
+//! `/sys/kernel/tracing` when it is missing; on an older kernel they are disabled with a warning.
 //!
 //! ```no_run
 //! use tapio_ebpf::{Hooks, KernelProbes, ProbeOptions};
@@ -58,11 +59,11 @@ pub enum Hook {
     TcpReset,
     /// `tcp:tcp_retransmit_skb` (tp_btf).
     TcpRetransmit,
-    /// `syscalls:sys_{enter,exit}_openat` (tracepoints, need tracefs).
+    /// `syscalls:sys_exit_openat` (tracepoint, needs tracefs).
     FileOpen,
-    /// `syscalls:sys_{enter,exit}_unlink{,at}`.
+    /// `syscalls:sys_exit_unlink{,at}`.
     FileUnlink,
-    /// `syscalls:sys_{enter,exit}_rename{,at,at2}`.
+    /// `syscalls:sys_exit_rename{,at,at2}`.
     FileRename,
     /// `cgroup:cgroup_notify_populated` (tp_btf): a cgroup, such as a container's, emptied.
     CgroupEmpty,
@@ -96,22 +97,14 @@ impl Hook {
             Hook::TcpState => &[("tapio_sock_state", "inet_sock_set_state")],
             Hook::TcpReset => &[("tapio_tcp_reset", "tcp_receive_reset")],
             Hook::TcpRetransmit => &[("tapio_tcp_retransmit", "tcp_retransmit_skb")],
-            Hook::FileOpen => &[
-                ("tapio_openat_enter", "syscalls/sys_enter_openat"),
-                ("tapio_openat_exit", "syscalls/sys_exit_openat"),
-            ],
+            Hook::FileOpen => &[("tapio_openat_exit", "syscalls/sys_exit_openat")],
             Hook::FileUnlink => &[
-                ("tapio_unlink_enter", "syscalls/sys_enter_unlink"),
                 ("tapio_unlink_exit", "syscalls/sys_exit_unlink"),
-                ("tapio_unlinkat_enter", "syscalls/sys_enter_unlinkat"),
                 ("tapio_unlinkat_exit", "syscalls/sys_exit_unlinkat"),
             ],
             Hook::FileRename => &[
-                ("tapio_rename_enter", "syscalls/sys_enter_rename"),
                 ("tapio_rename_exit", "syscalls/sys_exit_rename"),
-                ("tapio_renameat_enter", "syscalls/sys_enter_renameat"),
                 ("tapio_renameat_exit", "syscalls/sys_exit_renameat"),
-                ("tapio_renameat2_enter", "syscalls/sys_enter_renameat2"),
                 ("tapio_renameat2_exit", "syscalls/sys_exit_renameat2"),
             ],
         }
@@ -447,8 +440,8 @@ impl KernelProbes {
             }
             let result = attach(&mut ebpf, &btf, points(hook));
             if result.is_err() {
-                // Half a hook is worse than none (an enter program without its exit would
-                // only fill FILE_CALLS): unload what did attach.
+                // Half a hook is worse than none (unlink without unlinkat would report some
+                // unlinks and silently miss others): unload what did attach.
                 unload(&mut ebpf, points(hook));
             }
             match result {
@@ -614,8 +607,8 @@ mod tests {
         match hook {
             Hook::TcpReset => &[("tapio_tcp_reset", "no_such_tracepoint_tapio")],
             Hook::FileRename => &[
-                ("tapio_rename_enter", "syscalls/sys_enter_rename"),
-                ("tapio_rename_exit", "syscalls/sys_exit_no_such_tapio"),
+                ("tapio_rename_exit", "syscalls/sys_exit_rename"),
+                ("tapio_renameat_exit", "syscalls/sys_exit_no_such_tapio"),
             ],
             other => other.programs(),
         }

@@ -118,13 +118,7 @@ impl Identity {
     }
 
     /// Records what a process record's own cgroup names said, and returns it.
-    pub(crate) fn learn(
-        &mut self,
-        pid: u32,
-        start_ns: u64,
-        container: Option<ContainerRef>,
-    ) -> Resolved {
-        let resolved = container.map(Arc::new);
+    pub(crate) fn learn(&mut self, pid: u32, start_ns: u64, resolved: Resolved) -> Resolved {
         self.pids.insert(pid, (start_ns, resolved.clone()));
         resolved
     }
@@ -253,7 +247,7 @@ mod tests {
             container_id: "a".repeat(64),
             pod_uid: None,
         };
-        identity.learn(10, 100, Some(container.clone()));
+        identity.learn(10, 100, Some(Arc::new(container.clone())));
         assert_eq!(identity.fork(10, 11, 200).as_deref(), Some(&container));
         assert_eq!(
             identity.resolve(11, Some(200), 0).as_deref(),

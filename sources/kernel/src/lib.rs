@@ -37,7 +37,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tapio_ebpf::{KernelProbes, LoadError, ProbeOptions, clock};
-use tapio_ebpf_common::{self as common, Record, c_str};
+use tapio_ebpf_common::{self as common, Record, c_bytes, c_str};
 use tapio_model::{
     ConnectOutcome, ContainerExit, EntityId, Fact, FactPayload, FileChanged, FileOp,
     FileOpenFailed, Observation, OomKill, ProcessContainer, ProcessExec, ProcessExit, ProcessFork,
@@ -71,7 +71,9 @@ pub struct KernelSourceConfig {
     /// Container exits (a container's cgroup losing its last process). Default on.
     pub containers: bool,
     /// File events (failed opens, unlinks, renames) for paths under these prefixes, as the
-    /// process passed them; at most 8, each 1 to 64 bytes. Empty turns file events off.
+    /// process passed them; at most 8, each 1 to 64 bytes. Empty (the default) turns file
+    /// events off and attaches no syscall tracepoint: with one attached, every system call on
+    /// the machine takes the kernel's slower tracepoint path (about 60 ns more, measured).
     pub file_path_prefixes: Vec<String>,
     /// Identical file events (same process, operation, result, path) within this window are
     /// folded into one fact with a count. Default 1 s.
@@ -80,9 +82,12 @@ pub struct KernelSourceConfig {
     pub retransmit_aggregation_window: Duration,
     /// Processes remembered for container lookups (pid → container). Default 65536.
     pub process_cache_capacity: usize,
-    /// After the ring buffer signals data, wait this long before reading, so one wakeup reads
-    /// many records instead of one (less CPU per event, this much more latency). At most
-    /// 50 ms. Default 5 ms.
+    /// The ring buffer is read at every heartbeat, and this often while records keep coming
+    /// (a value above the heartbeat interval changes nothing). The eBPF programs do not wake
+    /// the reader for a record (only when the ring passes a quarter full): a wakeup costs more
+    /// than the record, and a record read at a heartbeat is covered by it, so facts are not
+    /// closed later. Zero instead has the programs wake the reader for every batch of records.
+    /// At most 100 ms. Default 100 ms: one read per heartbeat.
     pub batch_delay: Duration,
 }
 
@@ -95,15 +100,11 @@ impl Default for KernelSourceConfig {
             oom: true,
             network: true,
             containers: true,
-            file_path_prefixes: vec![
-                "/etc/".into(),
-                "/var/run/secrets/".into(),
-                "/run/secrets/".into(),
-            ],
+            file_path_prefixes: Vec::new(),
             file_aggregation_window: Duration::from_secs(1),
             retransmit_aggregation_window: Duration::from_secs(1),
             process_cache_capacity: 65_536,
-            batch_delay: Duration::from_millis(5),
+            batch_delay: Duration::from_millis(100),
         }
     }
 }
@@ -123,8 +124,8 @@ pub enum ConfigError {
     /// `process_cache_capacity` is 0.
     #[error("`collectors.kernel.process_cache_capacity` must be > 0")]
     Cache,
-    /// `batch_delay` is above 50 ms.
-    #[error("`collectors.kernel.batch_delay` must be ≤ 50ms, got {0:?}")]
+    /// `batch_delay` is above 100 ms.
+    #[error("`collectors.kernel.batch_delay` must be ≤ 100ms, got {0:?}")]
     BatchDelay(Duration),
 }
 
@@ -154,7 +155,7 @@ impl KernelSource {
         if config.process_cache_capacity == 0 {
             return Err(ConfigError::Cache);
         }
-        if config.batch_delay > Duration::from_millis(50) {
+        if config.batch_delay > Duration::from_millis(100) {
             return Err(ConfigError::BatchDelay(config.batch_delay));
         }
         let probe_config = common::Config::new(
@@ -162,7 +163,9 @@ impl KernelSource {
             duration_ns(config.retransmit_aggregation_window),
             &config.file_path_prefixes,
         )
-        .map_err(ConfigError::Prefixes)?;
+        .map_err(ConfigError::Prefixes)?
+        // Without a read interval the reader relies on being woken for new records.
+        .waking_the_reader(config.batch_delay.is_zero());
         Ok(KernelSource {
             config,
             probe_config,
@@ -190,12 +193,48 @@ impl Source for KernelSource {
     }
 }
 
-/// Records read per pass before the loop looks at its timers again.
-const BATCH: usize = 4096;
+/// Records read per pass; their observations are sent before the next pass. Small passes let
+/// the next pass reuse the memory the consumer freed meanwhile (glibc's per-thread cache holds
+/// a few blocks per size): in the exec storm bench 32 cost less CPU per record than 16, 64, 128
+/// or 4096.
+const BATCH: usize = 32;
 /// A heartbeat promises everything older than the last time the ring was seen empty, less
 /// this margin for a record still being written by a program that started before.
 const HEARTBEAT_SLACK_NS: u64 = 10_000_000;
 const REFRESH: Duration = Duration::from_secs(1);
+
+/// What one pass over the ring buffer read, added to the shared counters once per pass rather
+/// than once per record.
+#[derive(Default)]
+struct Tally {
+    read: usize,
+    undecodable: u64,
+    kinds: [u64; 8],
+    facts: u64,
+}
+
+impl Tally {
+    fn add_to(&self, stats: &KernelStats, source: &tapio_sources::SourceStats) {
+        let decoded: u64 = self.kinds.iter().sum();
+        if decoded > 0 {
+            source.received.fetch_add(decoded, Ordering::Relaxed);
+            for (counter, &count) in stats.records.iter().zip(&self.kinds) {
+                if count > 0 {
+                    counter.fetch_add(count, Ordering::Relaxed);
+                }
+            }
+        }
+        if self.undecodable > 0 {
+            stats
+                .decode_errors
+                .fetch_add(self.undecodable, Ordering::Relaxed);
+            source.errors.fetch_add(self.undecodable, Ordering::Relaxed);
+        }
+        if self.facts > 0 {
+            stats.facts.fetch_add(self.facts, Ordering::Relaxed);
+        }
+    }
+}
 
 /// Registers the ring buffer's fd with tokio's reactor.
 #[allow(
@@ -265,6 +304,7 @@ impl KernelSource {
 
         let mut reader = Reader {
             identity: Identity::new(self.config.process_cache_capacity),
+            names: NameCache::new(),
             containers: Containers::new(self.config.process_cache_capacity),
             start_offset: clock::realtime_offset_ns(),
             offset: 0,
@@ -276,68 +316,70 @@ impl KernelSource {
 
         let interval = self.config.heartbeat_interval;
         let mut next_heartbeat = Instant::now() + interval;
-        let mut next_refresh = Instant::now() + REFRESH;
+        let mut last_refresh = Instant::now();
+        let mut next_refresh = last_refresh + REFRESH;
         let mut records_at_refresh = 0u64;
         let mut safe_mono = clock::monotonic_ns();
         let mut last_beat = 0u64;
-        let mut batch: Vec<Record> = Vec::with_capacity(BATCH);
+        let mut out: Vec<Observation> = Vec::with_capacity(BATCH);
+        let batch_delay = self.config.batch_delay;
 
         let outcome = loop {
-            // Drain what is there. Decoding copies the record out, so the ring slot is released
-            // before anything awaits.
+            // Drain what is there. Each record is turned into observations where it lies in the
+            // ring (no copy), and its slot is released before anything awaits.
             let pass_start = clock::monotonic_ns();
-            batch.clear();
+            let mut tally = Tally::default();
             let ring_ref = ring.get_mut();
-            while batch.len() < BATCH {
+            while tally.read < BATCH {
                 let Some(item) = ring_ref.next() else {
                     safe_mono = pass_start;
                     break;
                 };
-                match common::decode(&item) {
-                    Ok(record) => batch.push(record),
+                tally.read += 1;
+                let record = match common::decode(&item) {
+                    Ok(record) => record,
                     Err(err) => {
-                        self.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
-                        cx.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        tally.undecodable += 1;
                         debug!(error = %err, len = item.len(), "Skipped an undecodable ring-buffer record.");
+                        continue;
                     }
+                };
+                let header = record.header();
+                if let Some(count) = tally.kinds.get_mut(header.kind as usize) {
+                    *count += 1;
                 }
-            }
-            let full = batch.len() == BATCH;
-            let mut closed = false;
-            for record in batch.drain(..) {
-                cx.stats.received.fetch_add(1, Ordering::Relaxed);
-                let kind = record.header().kind as usize;
-                if let Some(counter) = self.stats.records.get(kind) {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-                let time_ns = record.header().ts_ns.saturating_add(reader.offset);
+                let time_ns = header.ts_ns.saturating_add(reader.offset);
                 let Some(payload) = reader.convert(record, time_ns) else {
                     continue;
                 };
                 let membership = reader.containers.membership(&payload, time_ns, &cx);
-                let fact = Observation::Fact(Fact {
+                out.push(Observation::Fact(Fact {
                     id: cx.next_fact_id(),
                     time_ns,
                     payload,
-                });
-                if cx.send(fact).await.is_err() {
-                    closed = true;
-                    break;
-                }
-                self.stats.facts.fetch_add(1, Ordering::Relaxed);
-                if let Some(update) = membership
-                    && cx.send(Observation::State(update)).await.is_err()
-                {
-                    closed = true;
-                    break;
+                }));
+                tally.facts += 1;
+                if let Some(update) = membership {
+                    out.push(Observation::State(update));
                 }
             }
-            if closed {
+            let full = tally.read == BATCH;
+            let read = tally.read;
+            tally.add_to(&self.stats, &cx.stats);
+            if cx.send_batch(&mut out).await.is_err() {
                 break Ok(());
             }
 
+            // The programs do not wake us for a record (a wakeup costs the writing program
+            // several microseconds, and this reader tens of microseconds of CPU on a VM): while
+            // records keep coming we read every `batch_delay`, otherwise at every heartbeat, and
+            // early when the ring passes a quarter full. A record read at a heartbeat is
+            // covered by that heartbeat, so its tick closes no later than if we had been woken
+            // for it. Whatever comes due before the next wakeup is done now.
             let now = Instant::now();
-            if now >= next_heartbeat {
+            let busy = read > 0 && !batch_delay.is_zero();
+            let sleeps_past_heartbeat = !full && busy && now + batch_delay >= next_heartbeat;
+            if now >= next_heartbeat || sleeps_past_heartbeat {
                 let upto = safe_mono
                     .saturating_add(reader.offset)
                     .saturating_sub(HEARTBEAT_SLACK_NS)
@@ -353,33 +395,35 @@ impl KernelSource {
             if now >= next_refresh {
                 reader.offset = clock::realtime_offset_ns();
                 let records = self.stats.snapshot().records_total();
-                let elapsed = REFRESH.as_secs_f64().max(1e-3);
+                let elapsed = now.duration_since(last_refresh).as_secs_f64().max(1e-3);
                 self.stats.records_per_sec.store(
                     ((records - records_at_refresh) as f64 / elapsed) as u64,
                     Ordering::Relaxed,
                 );
                 records_at_refresh = records;
                 self.refresh_kernel_stats(&probes, &reader, &cx);
+                last_refresh = now;
                 next_refresh = now + REFRESH;
             }
-
             if full {
                 tokio::task::yield_now().await;
                 continue;
             }
+            let wake_at = if busy {
+                (now + batch_delay).min(next_heartbeat)
+            } else {
+                next_heartbeat
+            };
             tokio::select! {
                 biased;
                 () = cx.shutdown.cancelled() => break Ok(()),
+                // When the ring passes a quarter full (or for every batch, with no batch_delay).
                 guard = ring.readable_mut() => {
                     if let Ok(mut guard) = guard {
                         guard.clear_ready();
                     }
-                    if !self.config.batch_delay.is_zero() {
-                        let until = (Instant::now() + self.config.batch_delay).min(next_heartbeat);
-                        tokio::time::sleep_until(until).await;
-                    }
                 }
-                () = tokio::time::sleep_until(next_heartbeat.min(next_refresh)) => {}
+                () = tokio::time::sleep_until(wake_at) => {}
             }
         };
         self.refresh_kernel_stats(&probes, &reader, &cx);
@@ -560,6 +604,7 @@ impl Containers {
 /// Turns records into fact payloads.
 struct Reader {
     identity: Identity,
+    names: NameCache,
     containers: Containers,
     /// Offset for process start times: fixed for the run, so start_ns is stable.
     start_offset: u64,
@@ -567,8 +612,57 @@ struct Reader {
     offset: u64,
 }
 
-fn names<const N: usize>(cgroup: &[[u8; common::CGROUP_NAME_LEN]; N]) -> Vec<String> {
-    cgroup.iter().map(|name| c_str(name)).collect()
+/// The memory cgroup names of a process record: leaf, parent, grandparent.
+type CgroupNames = [[u8; common::CGROUP_NAME_LEN]; common::CGROUP_LEVELS];
+
+fn has_names(names: &CgroupNames) -> bool {
+    names.iter().any(|name| name[0] != 0)
+}
+
+fn name_str(name: &[u8]) -> &str {
+    // A name that is not UTF-8 cannot name a pod or a container: skip it like an empty one.
+    std::str::from_utf8(c_bytes(name)).unwrap_or("")
+}
+
+/// Containers named by the cgroup names of recent process records. Records mostly come from a
+/// few cgroups at a time, so comparing the raw names with a short list saves parsing them (and
+/// allocating) for every exec and exit.
+struct NameCache {
+    entries: Vec<(CgroupNames, identity::Resolved)>,
+    /// The entry to replace next once the list is full.
+    next: usize,
+}
+
+const NAME_CACHE_ENTRIES: usize = 16;
+
+impl NameCache {
+    fn new() -> NameCache {
+        NameCache {
+            entries: Vec::with_capacity(NAME_CACHE_ENTRIES),
+            next: 0,
+        }
+    }
+
+    fn resolve(&mut self, names: &CgroupNames) -> identity::Resolved {
+        // The kernel copies each name up to its NUL and leaves whatever was in the ring buffer
+        // after it: compare the names, not the leftovers.
+        let mut key = [[0; common::CGROUP_NAME_LEN]; common::CGROUP_LEVELS];
+        for (slot, name) in key.iter_mut().zip(names) {
+            let name = c_bytes(name);
+            slot[..name.len()].copy_from_slice(name);
+        }
+        if let Some((_, resolved)) = self.entries.iter().find(|(known, _)| *known == key) {
+            return resolved.clone();
+        }
+        let resolved = cgroup::parse_names(key.iter().map(|name| name_str(name))).map(Arc::new);
+        if self.entries.len() < NAME_CACHE_ENTRIES {
+            self.entries.push((key, resolved.clone()));
+        } else {
+            self.entries[self.next] = (key, resolved.clone());
+            self.next = (self.next + 1) % NAME_CACHE_ENTRIES;
+        }
+        resolved
+    }
 }
 
 fn container_id(resolved: &identity::Resolved) -> Option<String> {
@@ -589,20 +683,16 @@ impl Reader {
         monotonic.saturating_add(self.start_offset)
     }
 
-    fn convert(&mut self, record: Record, time_ns: TimeNs) -> Option<FactPayload> {
+    fn convert(&mut self, record: Record<'_>, time_ns: TimeNs) -> Option<FactPayload> {
         Some(match record {
             Record::CgroupEmpty(e) => {
                 let container = cgroup::parse_path(&c_str(&e.path))?;
                 return self.containers.ended(container, time_ns);
             }
             Record::Exec(e) => {
-                let names = names(&e.cgroup);
-                let resolved = if names.iter().any(|n| !n.is_empty()) {
-                    self.identity.learn(
-                        e.task.pid,
-                        e.task.start_ns,
-                        cgroup::parse_names(names.iter().map(String::as_str)),
-                    )
+                let resolved = if has_names(&e.cgroup) {
+                    let resolved = self.names.resolve(&e.cgroup);
+                    self.identity.learn(e.task.pid, e.task.start_ns, resolved)
                 } else {
                     self.identity
                         .resolve(e.task.pid, Some(e.task.start_ns), e.task.cgroup_id)
@@ -638,9 +728,8 @@ impl Reader {
                 })
             }
             Record::Exit(e) => {
-                let names = names(&e.cgroup);
-                let resolved = if names.iter().any(|n| !n.is_empty()) {
-                    cgroup::parse_names(names.iter().map(String::as_str)).map(Arc::new)
+                let resolved = if has_names(&e.cgroup) {
+                    self.names.resolve(&e.cgroup)
                 } else {
                     self.identity
                         .resolve(e.task.pid, Some(e.task.start_ns), e.task.cgroup_id)
@@ -822,7 +911,7 @@ mod tests {
                 "process_cache_capacity",
             ),
             (
-                Box::new(|c| c.batch_delay = Duration::from_millis(51)),
+                Box::new(|c| c.batch_delay = Duration::from_millis(101)),
                 "batch_delay",
             ),
         ];
@@ -837,6 +926,7 @@ mod tests {
         // Records are plain bytes: build an exit record and convert it.
         let mut reader = Reader {
             identity: Identity::new(8),
+            names: NameCache::new(),
             containers: Containers::new(8),
             start_offset: 1_000,
             offset: 1_000,
@@ -854,9 +944,7 @@ mod tests {
         };
         exit.task.pid = 7;
         exit.task.start_ns = 2;
-        let Some(FactPayload::ProcessExit(normal)) =
-            reader.convert(Record::Exit(Box::new(exit)), 5)
-        else {
+        let Some(FactPayload::ProcessExit(normal)) = reader.convert(Record::Exit(&exit), 5) else {
             panic!("an exit")
         };
         assert_eq!(
@@ -864,9 +952,7 @@ mod tests {
             (3, 0, 1_002)
         );
         exit.exit_code = 9 | 0x80;
-        let Some(FactPayload::ProcessExit(killed)) =
-            reader.convert(Record::Exit(Box::new(exit)), 5)
-        else {
+        let Some(FactPayload::ProcessExit(killed)) = reader.convert(Record::Exit(&exit), 5) else {
             panic!("an exit")
         };
         assert_eq!((killed.exit_code, killed.signal), (0, 9));
@@ -921,6 +1007,51 @@ mod tests {
             panic!("a container exit")
         };
         assert_eq!((end.exit_code, end.reason.as_str()), (0, "Completed"));
+    }
+
+    fn cgroup_names(leaf_first: &[&str]) -> CgroupNames {
+        let mut names = [[0; common::CGROUP_NAME_LEN]; common::CGROUP_LEVELS];
+        for (slot, name) in names.iter_mut().zip(leaf_first) {
+            slot[..name.len()].copy_from_slice(name.as_bytes());
+        }
+        names
+    }
+
+    #[test]
+    fn cgroup_names_resolve_like_the_parser_and_are_remembered() {
+        let mut cache = NameCache::new();
+        let id = "c".repeat(64);
+        let pod = "pod1b2c3d4e-5f6a-7b8c-9d0e-1f2a3b4c5d6e";
+        let names = cgroup_names(&[&id, pod, "burstable"]);
+        let first = cache.resolve(&names).expect("a container");
+        assert_eq!(first.container_id, id);
+        assert_eq!(
+            first.pod_uid.as_deref(),
+            Some("1b2c3d4e-5f6a-7b8c-9d0e-1f2a3b4c5d6e")
+        );
+        assert!(Arc::ptr_eq(
+            &first,
+            &cache.resolve(&names).expect("remembered")
+        ));
+        // Bytes after a name's NUL are leftovers in the ring buffer, not part of the name.
+        let mut leftovers = names;
+        leftovers[1][pod.len() + 1..pod.len() + 4].copy_from_slice(b"old");
+        assert!(Arc::ptr_eq(
+            &first,
+            &cache.resolve(&leftovers).expect("remembered")
+        ));
+        assert_eq!(cache.entries.len(), 1);
+        assert_eq!(cache.resolve(&cgroup_names(&["user.slice", "/"])), None);
+        // More cgroups than the cache holds: the oldest is parsed again, with the same result.
+        for i in 0..NAME_CACHE_ENTRIES {
+            let other = format!("{i:064}");
+            let resolved = cache.resolve(&cgroup_names(&[&other, pod]));
+            assert_eq!(resolved.map(|c| c.container_id.clone()), Some(other));
+        }
+        assert_eq!(cache.entries.len(), NAME_CACHE_ENTRIES);
+        let again = cache.resolve(&names).expect("a container");
+        assert!(!Arc::ptr_eq(&first, &again));
+        assert_eq!(again, first);
     }
 
     #[test]
