@@ -1,8 +1,9 @@
 //! Every Cypher statement the sink sends, in one place.
 //!
-//! A closed tick is one transaction of two statements: [`READ_STATE`] (the writer's cursor and
-//! which of the batch's correlations are already in the graph), then [`APPLY`] (every change
-//! and the new cursor).
+//! A closed tick is one transaction: [`READ_STATE`] (the writer's cursor and which of the
+//! batch's correlations are already in the graph), then [`APPLY`] (every change and the new
+//! cursor). Both are split into as many statements as keep each message under the driver's
+//! write buffer (see `wire`).
 
 /// Constraints and indexes, created at start (idempotent).
 pub const SCHEMA: &[&str] = &[
@@ -26,9 +27,9 @@ CALL {
 }
 RETURN tick, present";
 
-/// Everything a closed tick changes, in one statement, so that a transaction costs two round
-/// trips beyond BEGIN and COMMIT (this read, then this write) whatever the batch holds. The
-/// blocks run in order.
+/// Everything a closed tick changes. The blocks run in order; a large tick runs this statement
+/// several times in its transaction, each time on the next share of the rows, taken in block
+/// order, so the result is that of one statement with all the rows.
 ///
 /// The plan stays the same from one tick to the next: every list starts with a sentinel row
 /// (empty id, skipped by the first `WHERE`), so the parameter types never change between an

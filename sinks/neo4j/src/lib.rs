@@ -38,6 +38,7 @@ pub mod cypher;
 mod error;
 pub mod harness;
 pub mod model;
+mod wire;
 mod writer;
 
 use tapio_model::{ClosedBatch, TimeNs, format_time};

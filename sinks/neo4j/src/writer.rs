@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use crate::cypher;
 use crate::error::Neo4jError;
 use crate::model::{Delta, LinkType, correlation_id};
+use crate::wire;
 
 /// How to reach Neo4j and who is writing.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -203,33 +204,37 @@ impl Neo4jWriter {
         txn: &mut Txn,
         ids: Vec<String>,
     ) -> Result<(Option<TimeNs>, BTreeSet<String>), Neo4jError> {
-        let statement = query(cypher::READ_STATE)
-            .param("writer", self.settings.writer.as_str())
-            .param("ids", ids);
-        let mut rows = txn
-            .execute(statement)
-            .await
-            .map_err(|error| Neo4jError::query("read state", error))?;
+        // Split like the write (see `wire`): a large tick's ids would not fit one message.
+        let lists = vec![wire::Rows {
+            name: "ids",
+            sentinel: "".into(),
+            rows: ids.into_iter().map(BoltType::from).collect(),
+        }];
+        let fixed = [("writer", self.settings.writer.as_str().into())];
         let mut tick = None;
         let mut present = BTreeSet::new();
-        while let Some(row) = rows
-            .next(txn.handle())
-            .await
-            .map_err(|error| Neo4jError::query("read state", error))?
-        {
-            tick = row
-                .get::<Option<i64>>("tick")
-                .map_err(|error| Neo4jError::BadValue {
-                    what: format!("the stored cursor is not an integer: {error}"),
-                })?
-                .and_then(|tick| u64::try_from(tick).ok());
-            present = row
-                .get::<Vec<String>>("present")
-                .map_err(|error| Neo4jError::BadValue {
-                    what: format!("correlation ids are not strings: {error}"),
-                })?
-                .into_iter()
-                .collect();
+        for statement in wire::split(cypher::READ_STATE, &fixed, lists) {
+            let mut rows = txn
+                .execute(statement.query(cypher::READ_STATE))
+                .await
+                .map_err(|error| Neo4jError::query("read state", error))?;
+            while let Some(row) = rows
+                .next(txn.handle())
+                .await
+                .map_err(|error| Neo4jError::query("read state", error))?
+            {
+                tick = row
+                    .get::<Option<i64>>("tick")
+                    .map_err(|error| Neo4jError::BadValue {
+                        what: format!("the stored cursor is not an integer: {error}"),
+                    })?
+                    .and_then(|tick| u64::try_from(tick).ok());
+                present.extend(row.get::<Vec<String>>("present").map_err(|error| {
+                    Neo4jError::BadValue {
+                        what: format!("correlation ids are not strings: {error}"),
+                    }
+                })?);
+            }
         }
         Ok((tick, present))
     }
@@ -318,18 +323,26 @@ impl Neo4jWriter {
                 )
                 .collect::<Result<Vec<BoltType>, Neo4jError>>()
         };
-        let statement = query(cypher::APPLY)
-            .param("entities", entities)
-            .param("facts", facts)
-            .param("correlations", correlations)
-            .param("about", about)
-            .param("owned_by", links(LinkType::OwnedBy)?)
-            .param("caused", links(LinkType::Caused)?)
-            .param("removed", with_sentinel(&delta.removed))
-            .param("touched", with_sentinel(&delta.touched))
-            .param("writer", self.settings.writer.as_str())
-            .param("time", time);
-        run(txn, "apply", statement).await
+        // Rows in the order APPLY's blocks take them; each statement of the split runs every
+        // block on its share, so the whole tick applies in the same order as one statement.
+        let lists = vec![
+            split_first(entities, "entities"),
+            split_first(facts, "facts"),
+            split_first(correlations, "correlations"),
+            split_first(about, "about"),
+            split_first(links(LinkType::OwnedBy)?, "owned_by"),
+            split_first(links(LinkType::Caused)?, "caused"),
+            split_first(strings(&delta.removed), "removed"),
+            split_first(strings(&delta.touched), "touched"),
+        ];
+        let fixed = [
+            ("writer", self.settings.writer.as_str().into()),
+            ("time", time.into()),
+        ];
+        for statement in wire::split(cypher::APPLY, &fixed, lists) {
+            run(txn, "apply", statement.query(cypher::APPLY)).await?;
+        }
+        Ok(())
     }
 }
 
@@ -394,10 +407,22 @@ fn correlation_row(id: &str, correlation: &Correlation) -> Result<BoltType, Neo4
     ]))
 }
 
-fn with_sentinel(ids: &[String]) -> Vec<String> {
+/// The ids with an empty sentinel first, as `BoltType`s.
+fn strings(ids: &[String]) -> Vec<BoltType> {
     std::iter::once(String::new())
         .chain(ids.iter().cloned())
+        .map(BoltType::from)
         .collect()
+}
+
+/// A list whose first element is its sentinel, as the rows of parameter `name`.
+fn split_first(mut list: Vec<BoltType>, name: &'static str) -> wire::Rows {
+    let rows = list.split_off(1);
+    wire::Rows {
+        name,
+        sentinel: list.pop().unwrap_or_else(|| BoltType::from("")),
+        rows,
+    }
 }
 
 fn map<const N: usize>(entries: [(&str, BoltType); N]) -> BoltType {

@@ -474,11 +474,14 @@ async fn an_unreachable_uri_is_one_clear_error() {
 }
 
 /// A TCP relay in front of the real server that can be switched off (connections refused and
-/// open ones cut) and on again.
-async fn relay(target: String) -> (String, tokio::sync::watch::Sender<bool>) {
+/// open ones cut) and on again, and that records the size of every Bolt message the client
+/// sends.
+async fn relay(target: String) -> (String, tokio::sync::watch::Sender<bool>, MessageSizes) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
     let address = listener.local_addr().expect("address");
     let (up, up_rx) = tokio::sync::watch::channel(true);
+    let sizes = MessageSizes::default();
+    let recorded = sizes.clone();
     tokio::spawn(async move {
         loop {
             let Ok((mut client, _)) = listener.accept().await else {
@@ -490,6 +493,7 @@ async fn relay(target: String) -> (String, tokio::sync::watch::Sender<bool>) {
             }
             let mut down = up_rx.clone();
             let target = target.clone();
+            let mut messages = BoltFraming::new(recorded.clone());
             tokio::spawn(async move {
                 let Ok(mut upstream) = TcpStream::connect(&target).await else {
                     return;
@@ -499,7 +503,10 @@ async fn relay(target: String) -> (String, tokio::sync::watch::Sender<bool>) {
                     tokio::select! {
                         n = client.read(&mut a) => match n {
                             Ok(0) | Err(_) => return,
-                            Ok(n) => if upstream.write_all(&a[..n]).await.is_err() { return },
+                            Ok(n) => {
+                                messages.feed(&a[..n]);
+                                if upstream.write_all(&a[..n]).await.is_err() { return }
+                            }
                         },
                         n = upstream.read(&mut b) => match n {
                             Ok(0) | Err(_) => return,
@@ -511,7 +518,66 @@ async fn relay(target: String) -> (String, tokio::sync::watch::Sender<bool>) {
             });
         }
     });
-    (format!("bolt://{address}"), up)
+    (format!("bolt://{address}"), up, sizes)
+}
+
+/// Sizes of the Bolt messages clients sent through a relay, framing included.
+#[derive(Clone, Default)]
+struct MessageSizes(std::sync::Arc<std::sync::Mutex<Vec<usize>>>);
+
+impl MessageSizes {
+    fn all(&self) -> Vec<usize> {
+        self.0.lock().expect("sizes").clone()
+    }
+}
+
+/// Follows the client side of a Bolt connection: the 20-byte handshake, then messages as
+/// chunks (a 2-byte length, that many bytes) ended by an empty chunk.
+struct BoltFraming {
+    handshake: usize,
+    header: Vec<u8>,
+    chunk_left: usize,
+    message: usize,
+    sizes: MessageSizes,
+}
+
+impl BoltFraming {
+    fn new(sizes: MessageSizes) -> BoltFraming {
+        BoltFraming {
+            handshake: 20,
+            header: Vec::new(),
+            chunk_left: 0,
+            message: 0,
+            sizes,
+        }
+    }
+
+    fn feed(&mut self, mut bytes: &[u8]) {
+        let skip = self.handshake.min(bytes.len());
+        self.handshake -= skip;
+        bytes = &bytes[skip..];
+        while let Some((&first, rest)) = bytes.split_first() {
+            if self.chunk_left > 0 {
+                let n = self.chunk_left.min(bytes.len());
+                self.chunk_left -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            self.header.push(first);
+            bytes = rest;
+            if let [high, low] = self.header[..] {
+                self.header.clear();
+                let len = usize::from(u16::from_be_bytes([high, low]));
+                self.message += 2 + len;
+                if len == 0 {
+                    self.sizes.0.lock().expect("sizes").push(self.message);
+                    self.message = 0;
+                } else {
+                    self.chunk_left = len;
+                }
+            }
+        }
+    }
 }
 
 #[tokio::test]
@@ -523,7 +589,7 @@ async fn neo4j_going_away_delays_batches_and_loses_none() {
     let reference = reference_dump(&graph, &current).await;
     clear(&graph).await;
     let target = server().uri().trim_start_matches("bolt://").to_string();
-    let (uri, up) = relay(target).await;
+    let (uri, up, _) = relay(target).await;
     let mut settings = settings("outage");
     settings.uri = uri;
     let mut sink = Box::new(Neo4jSink::new(settings));
@@ -553,6 +619,64 @@ async fn neo4j_going_away_delays_batches_and_loses_none() {
         dump(&graph).await,
         reference,
         "nothing lost, nothing doubled"
+    );
+}
+
+/// neo4rs 0.8 sends a message in one write only when it fits its 8 KiB write buffer; a larger
+/// one waits about 40 ms on the server's delayed acknowledgement (see the sink's `wire`
+/// module). A tick of dozens of long chains is written as several statements that each fit.
+#[tokio::test]
+async fn every_message_of_a_large_tick_fits_the_driver_write_buffer() {
+    let _db = DATABASE.lock().await;
+    let graph = graph().await;
+    let mut rng = Rng(31337);
+    let mut all: BTreeSet<Correlation> = BTreeSet::new();
+    for _ in 0..2000 {
+        all.insert(random_correlation(&mut rng));
+    }
+    assert!(all.len() >= 60, "{} distinct correlations", all.len());
+    let kept: BTreeSet<Correlation> = all.iter().step_by(3).cloned().collect();
+    let reference = reference_dump(&graph, &kept).await;
+    clear(&graph).await;
+    let target = server().uri().trim_start_matches("bolt://").to_string();
+    let (uri, _up, sizes) = relay(target).await;
+    let mut settings = settings("large");
+    settings.uri = uri;
+    let mut sink = Box::new(Neo4jSink::new(settings));
+    sink.healthcheck()
+        .await
+        .expect("health check through the relay");
+    let (tx, rx) = mpsc::channel(2);
+    tx.send(ClosedBatch {
+        time: 10,
+        changes: all.iter().map(|c| (c.clone(), 1)).collect(),
+    })
+    .await
+    .expect("queued");
+    tx.send(ClosedBatch {
+        time: 20,
+        changes: all
+            .iter()
+            .filter(|c| !kept.contains(*c))
+            .map(|c| (c.clone(), -1))
+            .collect(),
+    })
+    .await
+    .expect("queued");
+    drop(tx);
+    sink.run(rx).await.expect("sink run");
+    assert_eq!(
+        dump(&graph).await,
+        reference,
+        "the split ticks wrote the same graph"
+    );
+    let sizes = sizes.all();
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    assert!(largest <= 8192, "a message of {largest} bytes: {sizes:?}");
+    let full = sizes.iter().filter(|size| **size > 4096).count();
+    assert!(
+        full >= 4,
+        "the ticks were split into several large statements: {sizes:?}"
     );
 }
 
