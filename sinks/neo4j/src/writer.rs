@@ -1,9 +1,10 @@
 //! The transactional writer: one closed tick in, one Neo4j transaction out.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use neo4rs::{BoltType, ConfigBuilder, Graph, Query, Txn, query};
+use neo4rs::{BoltList, BoltType, ConfigBuilder, Graph, Query, Txn, query};
+use sha2::{Digest, Sha256};
 use tapio_model::{ClosedBatch, Correlation, TimeNs};
 use tokio::time::Instant;
 
@@ -75,18 +76,38 @@ pub struct Applied {
     /// Changes that disagreed with the graph (adding a correlation already there, removing one
     /// that is not) and were left out.
     pub inconsistent: usize,
-    /// Time spent reading the cursor and which correlations are present.
+    /// Time spent reading this writer's state (the cursor and which correlations are present)
+    /// before the transaction: only for the first batch and after a failed one, zero otherwise.
     pub read_time: Duration,
-    /// Time spent in the write statement.
+    /// Statements the transaction ran (see `wire`: a large tick is split to fit the driver's
+    /// write buffer).
+    pub statements: usize,
+    /// Time spent in the write statements.
     pub write_time: Duration,
     /// Time spent committing.
     pub commit_time: Duration,
 }
 
 /// Writes closed ticks into Neo4j, one transaction each, keeping a cursor per writer.
+///
+/// The writer reads its state (its cursor and which correlations are in the graph) once, before
+/// its first batch, and then keeps it in memory, updated with every transaction it commits: it
+/// assumes it is the only one changing correlations in the database. Any failed transaction
+/// (including a commit whose outcome is unknown because the connection broke) drops that
+/// knowledge, and the next attempt reads the state again: if the commit did go through, the
+/// cursor has moved and the batch is skipped.
 pub struct Neo4jWriter {
     graph: Graph,
     settings: Neo4jSettings,
+    state: Option<State>,
+}
+
+/// What the writer knows the graph holds.
+struct State {
+    /// The last tick committed.
+    cursor: Option<TimeNs>,
+    /// The correlations in the graph, by [`key`].
+    present: HashSet<u128>,
 }
 
 impl Neo4jWriter {
@@ -100,6 +121,7 @@ impl Neo4jWriter {
         Ok(Neo4jWriter {
             graph,
             settings: settings.clone(),
+            state: None,
         })
     }
 
@@ -121,15 +143,13 @@ impl Neo4jWriter {
         Ok(())
     }
 
-    /// The last tick this writer applied, if any.
+    /// The last tick this writer applied, if any. Reads this writer's state from Neo4j unless
+    /// it is already known.
     ///
     /// # Errors
     /// When Neo4j cannot be read.
-    pub async fn cursor(&self) -> Result<Option<TimeNs>, Neo4jError> {
-        let mut txn = self.begin().await?;
-        let (tick, _) = self.read_state(&mut txn, Vec::new()).await?;
-        commit(txn).await?;
-        Ok(tick)
+    pub async fn cursor(&mut self) -> Result<Option<TimeNs>, Neo4jError> {
+        Ok(self.state().await?.cursor)
     }
 
     /// Applies one closed tick in one transaction: skipped when at or below the cursor.
@@ -137,46 +157,83 @@ impl Neo4jWriter {
     /// # Errors
     /// When the transaction fails; nothing of the batch is then written. See
     /// [`Neo4jError::is_retryable`].
-    pub async fn apply(&self, batch: &ClosedBatch) -> Result<Applied, Neo4jError> {
+    pub async fn apply(&mut self, batch: &ClosedBatch) -> Result<Applied, Neo4jError> {
+        let result = self.try_apply(batch).await;
+        if result.is_err() {
+            // The transaction failed, perhaps after its commit went through: read the state
+            // again before the next attempt rather than guess.
+            self.state = None;
+        }
+        result
+    }
+
+    async fn try_apply(&mut self, batch: &ClosedBatch) -> Result<Applied, Neo4jError> {
         let time = i64::try_from(batch.time).map_err(|_| Neo4jError::BadValue {
             what: format!("tick time {} does not fit a Neo4j integer", batch.time),
         })?;
-        let ids: Vec<String> = batch
-            .changes
-            .iter()
-            .map(|(correlation, _)| correlation_id(correlation))
-            .collect();
-        let mut txn = self.begin().await?;
         let started = Instant::now();
-        let (cursor, present) = self.read_state(&mut txn, ids.clone()).await?;
-        let read_time = started.elapsed();
-        if cursor.is_some_and(|cursor| cursor >= batch.time) {
-            rollback(txn).await;
+        let loaded = self.state.is_none();
+        let state = self.state().await?;
+        let read_time = if loaded {
+            started.elapsed()
+        } else {
+            Duration::ZERO
+        };
+        if state.cursor.is_some_and(|cursor| cursor >= batch.time) {
             return Ok(Applied {
                 skipped: true,
+                read_time,
                 ..Applied::default()
             });
         }
+        // Each change against what the graph holds, including the batch's earlier changes.
+        let mut after: HashMap<u128, bool> = HashMap::new();
         let mut added = Vec::new();
         let mut removed = Vec::new();
         let mut inconsistent = 0;
-        for ((correlation, diff), id) in batch.changes.iter().zip(&ids) {
-            let there = present.contains(id);
+        for (correlation, diff) in &batch.changes {
+            let key = key(&correlation_id(correlation));
+            let there = after
+                .get(&key)
+                .copied()
+                .unwrap_or_else(|| state.present.contains(&key));
             match (*diff > 0, there) {
                 (true, false) => added.push(correlation.clone()),
                 (false, true) => removed.push(correlation.clone()),
-                _ => inconsistent += 1,
+                _ => {
+                    inconsistent += 1;
+                    continue;
+                }
             }
+            after.insert(key, *diff > 0);
         }
         let delta = Delta::build(added, removed);
+        let statements = statements(&delta, &self.settings.writer, time)?;
+        let count = statements.len();
         let started = Instant::now();
-        self.write_delta(&mut txn, &delta, time).await?;
+        let mut txn = self.begin().await?;
+        for statement in statements {
+            run(&mut txn, "apply", statement.query(cypher::APPLY)).await?;
+        }
         let write_time = started.elapsed();
         let started = Instant::now();
         commit(txn).await?;
         let commit_time = started.elapsed();
+        // Only this writer changes correlations, so after the commit the graph holds exactly
+        // what it held before plus this batch's changes.
+        if let Some(state) = self.state.as_mut() {
+            state.cursor = Some(batch.time);
+            for (key, present) in after {
+                if present {
+                    state.present.insert(key);
+                } else {
+                    state.present.remove(&key);
+                }
+            }
+        }
         Ok(Applied {
             read_time,
+            statements: count,
             write_time,
             commit_time,
             skipped: false,
@@ -185,6 +242,63 @@ impl Neo4jWriter {
             relationships: delta.relationship_writes(),
             inconsistent,
         })
+    }
+
+    /// This writer's state, read from Neo4j if it is not known.
+    async fn state(&mut self) -> Result<&State, Neo4jError> {
+        let state = match self.state.take() {
+            Some(state) => state,
+            None => {
+                let state = self.read_state().await?;
+                tracing::debug!(
+                    cursor = ?state.cursor,
+                    correlations = state.present.len(),
+                    "Read the Neo4j writer state."
+                );
+                state
+            }
+        };
+        Ok(self.state.insert(state))
+    }
+
+    async fn read_state(&self) -> Result<State, Neo4jError> {
+        let mut txn = self.begin().await?;
+        let mut cursor = None;
+        let mut rows = txn
+            .execute(query(cypher::READ_CURSOR).param("writer", self.settings.writer.as_str()))
+            .await
+            .map_err(|error| Neo4jError::query("read cursor", error))?;
+        while let Some(row) = rows
+            .next(txn.handle())
+            .await
+            .map_err(|error| Neo4jError::query("read cursor", error))?
+        {
+            cursor = row
+                .get::<Option<i64>>("tick")
+                .map_err(|error| Neo4jError::BadValue {
+                    what: format!("the stored cursor is not an integer: {error}"),
+                })?
+                .and_then(|tick| u64::try_from(tick).ok());
+        }
+        let mut present = HashSet::new();
+        let mut rows = txn
+            .execute(query(cypher::READ_CORRELATIONS))
+            .await
+            .map_err(|error| Neo4jError::query("read correlations", error))?;
+        while let Some(row) = rows
+            .next(txn.handle())
+            .await
+            .map_err(|error| Neo4jError::query("read correlations", error))?
+        {
+            let id = row
+                .get::<String>("id")
+                .map_err(|error| Neo4jError::BadValue {
+                    what: format!("a correlation id is not a string: {error}"),
+                })?;
+            present.insert(key(&id));
+        }
+        commit(txn).await?;
+        Ok(State { cursor, present })
     }
 
     async fn begin(&self) -> Result<Txn, Neo4jError> {
@@ -198,152 +312,116 @@ impl Neo4jWriter {
             }),
         }
     }
+}
 
-    async fn read_state(
-        &self,
-        txn: &mut Txn,
-        ids: Vec<String>,
-    ) -> Result<(Option<TimeNs>, BTreeSet<String>), Neo4jError> {
-        // Split like the write (see `wire`): a large tick's ids would not fit one message.
-        let lists = vec![wire::Rows {
-            name: "ids",
-            sentinel: "".into(),
-            rows: ids.into_iter().map(BoltType::from).collect(),
-        }];
-        let fixed = [("writer", self.settings.writer.as_str().into())];
-        let mut tick = None;
-        let mut present = BTreeSet::new();
-        for statement in wire::split(cypher::READ_STATE, &fixed, lists) {
-            let mut rows = txn
-                .execute(statement.query(cypher::READ_STATE))
-                .await
-                .map_err(|error| Neo4jError::query("read state", error))?;
-            while let Some(row) = rows
-                .next(txn.handle())
-                .await
-                .map_err(|error| Neo4jError::query("read state", error))?
-            {
-                tick = row
-                    .get::<Option<i64>>("tick")
-                    .map_err(|error| Neo4jError::BadValue {
-                        what: format!("the stored cursor is not an integer: {error}"),
-                    })?
-                    .and_then(|tick| u64::try_from(tick).ok());
-                present.extend(row.get::<Vec<String>>("present").map_err(|error| {
-                    Neo4jError::BadValue {
-                        what: format!("correlation ids are not strings: {error}"),
-                    }
-                })?);
-            }
-        }
-        Ok((tick, present))
-    }
-
-    async fn write_delta(&self, txn: &mut Txn, delta: &Delta, time: i64) -> Result<(), Neo4jError> {
-        // Every list starts with a sentinel row that APPLY skips (see its documentation).
-        let entity_row = |id: &str, kind: &str| map([("id", id.into()), ("kind", kind.into())]);
-        let entities: Vec<BoltType> = std::iter::once(entity_row("", ""))
-            .chain(delta.entities.iter().map(|(id, kind)| entity_row(id, kind)))
-            .collect();
-        let facts = std::iter::once(Ok(map([
-            ("id", "".into()),
-            ("time", 0i64.into()),
-            ("source", "".into()),
-            ("delta", 0i64.into()),
-        ])))
-        .chain(delta.facts.iter().map(|fact| {
-            let source = fact.item.id.split('/').next().unwrap_or_default();
-            Ok(map([
-                ("id", fact.item.id.as_str().into()),
-                ("time", int(fact.item.time)?),
-                ("source", source.into()),
-                ("delta", fact.delta.into()),
+/// The tick's rows in the order [`cypher::APPLY`]'s blocks take them, split into statements
+/// that each fit the driver's write buffer (see [`wire`]).
+fn statements(delta: &Delta, writer: &str, time: i64) -> Result<Vec<wire::Statement>, Neo4jError> {
+    let facts = delta
+        .facts
+        .iter()
+        .map(|fact| {
+            Ok(list([
+                fact.item.id.as_str().into(),
+                int(fact.item.time)?,
+                fact.delta.into(),
             ]))
-        }))
+        })
         .collect::<Result<Vec<BoltType>, Neo4jError>>()?;
-        let sentinel = map([
-            ("id", "".into()),
-            ("kind", "".into()),
-            ("root_cause", "".into()),
-            ("explanation", "".into()),
-            ("confidence", 0i64.into()),
-            ("hops", Vec::<BoltType>::new().into()),
-        ]);
-        let correlations = std::iter::once(Ok(sentinel))
-            .chain(
-                delta
-                    .added
-                    .iter()
-                    .map(|new| correlation_row(&new.id, &new.correlation)),
-            )
-            .collect::<Result<Vec<BoltType>, Neo4jError>>()?;
-        let about_row = |fact: &str, entity: &str, what: &str, delta: i64| {
-            map([
-                ("fact", fact.into()),
-                ("entity", entity.into()),
-                ("what", what.into()),
-                ("delta", delta.into()),
-            ])
-        };
-        let about: Vec<BoltType> = std::iter::once(about_row("", "", "", 0))
-            .chain(delta.about.iter().map(|about| {
-                about_row(
-                    &about.item.fact_id,
-                    &about.item.entity,
-                    &about.item.what,
-                    about.delta,
-                )
-            }))
-            .collect();
-        let links = |kind: LinkType| {
-            let sentinel = map([
-                ("from", "".into()),
-                ("to", "".into()),
-                ("fact_id", "".into()),
-                ("time", 0i64.into()),
-                ("what", "".into()),
-                ("delta", 0i64.into()),
-            ]);
-            std::iter::once(Ok(sentinel))
-                .chain(
-                    delta
-                        .links
-                        .iter()
-                        .filter(|link| link.item.kind == kind)
-                        .map(|link| {
-                            Ok(map([
-                                ("from", link.item.from.as_str().into()),
-                                ("to", link.item.to.as_str().into()),
-                                ("fact_id", link.item.fact_id.as_str().into()),
-                                ("time", int(link.item.time)?),
-                                ("what", link.item.what.as_str().into()),
-                                ("delta", link.delta.into()),
-                            ]))
-                        }),
-                )
-                .collect::<Result<Vec<BoltType>, Neo4jError>>()
-        };
-        // Rows in the order APPLY's blocks take them; each statement of the split runs every
-        // block on its share, so the whole tick applies in the same order as one statement.
-        let lists = vec![
-            split_first(entities, "entities"),
-            split_first(facts, "facts"),
-            split_first(correlations, "correlations"),
-            split_first(about, "about"),
-            split_first(links(LinkType::OwnedBy)?, "owned_by"),
-            split_first(links(LinkType::Caused)?, "caused"),
-            split_first(strings(&delta.removed), "removed"),
-            split_first(strings(&delta.touched), "touched"),
-        ];
-        let fixed = [
-            ("writer", self.settings.writer.as_str().into()),
-            ("time", time.into()),
-        ];
-        for statement in wire::split(cypher::APPLY, &fixed, lists) {
-            run(txn, "apply", statement.query(cypher::APPLY)).await?;
-        }
-        Ok(())
-    }
+    let correlations = delta
+        .added
+        .iter()
+        .map(|new| correlation_row(&new.id, &new.correlation))
+        .collect::<Result<Vec<BoltType>, Neo4jError>>()?;
+    let links = |kind: LinkType| {
+        delta
+            .links
+            .iter()
+            .filter(|link| link.item.kind == kind)
+            .map(|link| {
+                Ok(list([
+                    link.item.from.as_str().into(),
+                    link.item.to.as_str().into(),
+                    link.item.fact_id.as_str().into(),
+                    int(link.item.time)?,
+                    link.item.what.as_str().into(),
+                    link.delta.into(),
+                ]))
+            })
+            .collect::<Result<Vec<BoltType>, Neo4jError>>()
+    };
+    // The sentinels: the shape of a row, with an empty id (see APPLY).
+    let empty = || BoltType::from("");
+    let lists = vec![
+        wire::Rows {
+            name: "entities",
+            sentinel: list([empty(), empty()]),
+            rows: delta
+                .entities
+                .iter()
+                .map(|(id, kind)| list([id.as_str().into(), (*kind).into()]))
+                .collect(),
+        },
+        wire::Rows {
+            name: "facts",
+            sentinel: list([empty(), 0i64.into(), 0i64.into()]),
+            rows: facts,
+        },
+        wire::Rows {
+            name: "correlations",
+            sentinel: list([empty(), empty(), empty(), empty(), 0i64.into(), list([])]),
+            rows: correlations,
+        },
+        wire::Rows {
+            name: "about",
+            sentinel: list([empty(), empty(), empty(), 0i64.into()]),
+            rows: delta
+                .about
+                .iter()
+                .map(|about| {
+                    list([
+                        about.item.fact_id.as_str().into(),
+                        about.item.entity.as_str().into(),
+                        about.item.what.as_str().into(),
+                        about.delta.into(),
+                    ])
+                })
+                .collect(),
+        },
+        wire::Rows {
+            name: "owned_by",
+            sentinel: link_sentinel(),
+            rows: links(LinkType::OwnedBy)?,
+        },
+        wire::Rows {
+            name: "caused",
+            sentinel: link_sentinel(),
+            rows: links(LinkType::Caused)?,
+        },
+        wire::Rows {
+            name: "removed",
+            sentinel: empty(),
+            rows: delta.removed.iter().map(|id| id.as_str().into()).collect(),
+        },
+        wire::Rows {
+            name: "touched",
+            sentinel: empty(),
+            rows: delta.touched.iter().map(|id| id.as_str().into()).collect(),
+        },
+    ];
+    let fixed = [("writer", writer.into()), ("time", time.into())];
+    Ok(wire::split(cypher::APPLY, &fixed, lists))
+}
+
+fn link_sentinel() -> BoltType {
+    list([
+        "".into(),
+        "".into(),
+        "".into(),
+        0i64.into(),
+        "".into(),
+        0i64.into(),
+    ])
 }
 
 /// Opens a connection pool and checks it with [`cypher::PING`], within the connect timeout.
@@ -386,48 +464,40 @@ fn correlation_row(id: &str, correlation: &Correlation) -> Result<BoltType, Neo4
     let hops = correlation
         .chain
         .iter()
-        .enumerate()
-        .map(|(index, hop)| {
-            Ok(map([
-                ("index", int(index as u64)?),
-                ("entity", hop.entity.to_string().into()),
-                ("fact_id", hop.fact_id.to_string().into()),
-                ("time", int(hop.time)?),
-                ("what", hop.what.as_str().into()),
+        .map(|hop| {
+            Ok(list([
+                hop.entity.to_string().into(),
+                hop.fact_id.to_string().into(),
+                int(hop.time)?,
+                hop.what.as_str().into(),
             ]))
         })
         .collect::<Result<Vec<BoltType>, Neo4jError>>()?;
-    Ok(map([
-        ("id", id.into()),
-        ("kind", correlation.kind.as_str().into()),
-        ("root_cause", correlation.root_cause.to_string().into()),
-        ("explanation", correlation.explanation.as_str().into()),
-        ("confidence", i64::from(correlation.confidence).into()),
-        ("hops", hops.into()),
+    Ok(list([
+        id.into(),
+        correlation.kind.as_str().into(),
+        correlation.root_cause.to_string().into(),
+        correlation.explanation.as_str().into(),
+        i64::from(correlation.confidence).into(),
+        BoltType::List(BoltList { value: hops }),
     ]))
 }
 
-/// The ids with an empty sentinel first, as `BoltType`s.
-fn strings(ids: &[String]) -> Vec<BoltType> {
-    std::iter::once(String::new())
-        .chain(ids.iter().cloned())
-        .map(BoltType::from)
-        .collect()
+/// The key of a correlation id ([`correlation_id`]: 32 hex digits) in the writer's state. Ids
+/// that are not hex (not written by Tapio) are hashed, so they still never match Tapio's.
+fn key(id: &str) -> u128 {
+    u128::from_str_radix(id, 16).unwrap_or_else(|_| {
+        let digest = Sha256::digest(id.as_bytes());
+        digest[..16]
+            .iter()
+            .fold(0u128, |key, byte| (key << 8) | u128::from(*byte))
+    })
 }
 
-/// A list whose first element is its sentinel, as the rows of parameter `name`.
-fn split_first(mut list: Vec<BoltType>, name: &'static str) -> wire::Rows {
-    let rows = list.split_off(1);
-    wire::Rows {
-        name,
-        sentinel: list.pop().unwrap_or_else(|| BoltType::from("")),
-        rows,
-    }
-}
-
-fn map<const N: usize>(entries: [(&str, BoltType); N]) -> BoltType {
-    let map: HashMap<&str, BoltType> = entries.into_iter().collect();
-    map.into()
+fn list<const N: usize>(items: [BoltType; N]) -> BoltType {
+    BoltType::List(BoltList {
+        value: items.into(),
+    })
 }
 
 fn int(value: u64) -> Result<BoltType, Neo4jError> {
@@ -448,10 +518,4 @@ async fn commit(txn: Txn) -> Result<(), Neo4jError> {
     txn.commit()
         .await
         .map_err(|error| Neo4jError::query("commit", error))
-}
-
-async fn rollback(txn: Txn) {
-    if let Err(error) = txn.rollback().await {
-        tracing::debug!(error = %error, "Rollback of a skipped batch failed; the server drops it.");
-    }
 }

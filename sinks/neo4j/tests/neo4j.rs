@@ -4,7 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use neo4rs::{Graph, query};
@@ -473,15 +474,23 @@ async fn an_unreachable_uri_is_one_clear_error() {
     );
 }
 
-/// A TCP relay in front of the real server that can be switched off (connections refused and
-/// open ones cut) and on again, and that records the size of every Bolt message the client
-/// sends.
-async fn relay(target: String) -> (String, tokio::sync::watch::Sender<bool>, MessageSizes) {
+/// A TCP relay in front of the real server. It can be switched off (connections refused and
+/// open ones cut) and on again, records the size of every Bolt message clients send, and can
+/// lose the answer to a commit: forward the next COMMIT, then cut that connection.
+struct Relay {
+    uri: String,
+    up: tokio::sync::watch::Sender<bool>,
+    sizes: MessageSizes,
+    lose_commit_answer: Arc<AtomicBool>,
+}
+
+async fn relay(target: String) -> Relay {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
     let address = listener.local_addr().expect("address");
     let (up, up_rx) = tokio::sync::watch::channel(true);
     let sizes = MessageSizes::default();
-    let recorded = sizes.clone();
+    let lose_commit_answer = Arc::new(AtomicBool::new(false));
+    let (recorded, lose) = (sizes.clone(), Arc::clone(&lose_commit_answer));
     tokio::spawn(async move {
         loop {
             let Ok((mut client, _)) = listener.accept().await else {
@@ -494,6 +503,7 @@ async fn relay(target: String) -> (String, tokio::sync::watch::Sender<bool>, Mes
             let mut down = up_rx.clone();
             let target = target.clone();
             let mut messages = BoltFraming::new(recorded.clone());
+            let lose = Arc::clone(&lose);
             tokio::spawn(async move {
                 let Ok(mut upstream) = TcpStream::connect(&target).await else {
                     return;
@@ -504,8 +514,14 @@ async fn relay(target: String) -> (String, tokio::sync::watch::Sender<bool>, Mes
                         n = client.read(&mut a) => match n {
                             Ok(0) | Err(_) => return,
                             Ok(n) => {
-                                messages.feed(&a[..n]);
+                                let commit = messages.feed(&a[..n]);
                                 if upstream.write_all(&a[..n]).await.is_err() { return }
+                                if commit && lose.swap(false, Ordering::SeqCst) {
+                                    // Let the server commit, then cut the connection before
+                                    // its answer reaches the client.
+                                    tokio::time::sleep(Duration::from_millis(500)).await;
+                                    return;
+                                }
                             }
                         },
                         n = upstream.read(&mut b) => match n {
@@ -518,12 +534,17 @@ async fn relay(target: String) -> (String, tokio::sync::watch::Sender<bool>, Mes
             });
         }
     });
-    (format!("bolt://{address}"), up, sizes)
+    Relay {
+        uri: format!("bolt://{address}"),
+        up,
+        sizes,
+        lose_commit_answer,
+    }
 }
 
 /// Sizes of the Bolt messages clients sent through a relay, framing included.
 #[derive(Clone, Default)]
-struct MessageSizes(std::sync::Arc<std::sync::Mutex<Vec<usize>>>);
+struct MessageSizes(Arc<std::sync::Mutex<Vec<usize>>>);
 
 impl MessageSizes {
     fn all(&self) -> Vec<usize> {
@@ -538,27 +559,37 @@ struct BoltFraming {
     header: Vec<u8>,
     chunk_left: usize,
     message: usize,
+    /// The first two bytes of the message: structure marker and tag.
+    head: Vec<u8>,
     sizes: MessageSizes,
 }
 
 impl BoltFraming {
+    /// COMMIT: a structure of no fields with tag 0x12.
+    const COMMIT: [u8; 2] = [0xB0, 0x12];
+
     fn new(sizes: MessageSizes) -> BoltFraming {
         BoltFraming {
             handshake: 20,
             header: Vec::new(),
             chunk_left: 0,
             message: 0,
+            head: Vec::new(),
             sizes,
         }
     }
 
-    fn feed(&mut self, mut bytes: &[u8]) {
+    /// Follows `bytes`; true if a COMMIT message ended in them.
+    fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        let mut commit = false;
         let skip = self.handshake.min(bytes.len());
         self.handshake -= skip;
         bytes = &bytes[skip..];
         while let Some((&first, rest)) = bytes.split_first() {
             if self.chunk_left > 0 {
                 let n = self.chunk_left.min(bytes.len());
+                let wanted = 2usize.saturating_sub(self.head.len()).min(n);
+                self.head.extend_from_slice(&bytes[..wanted]);
                 self.chunk_left -= n;
                 bytes = &bytes[n..];
                 continue;
@@ -571,12 +602,15 @@ impl BoltFraming {
                 self.message += 2 + len;
                 if len == 0 {
                     self.sizes.0.lock().expect("sizes").push(self.message);
+                    commit |= self.head == Self::COMMIT;
                     self.message = 0;
+                    self.head.clear();
                 } else {
                     self.chunk_left = len;
                 }
             }
         }
+        commit
     }
 }
 
@@ -589,9 +623,10 @@ async fn neo4j_going_away_delays_batches_and_loses_none() {
     let reference = reference_dump(&graph, &current).await;
     clear(&graph).await;
     let target = server().uri().trim_start_matches("bolt://").to_string();
-    let (uri, up, _) = relay(target).await;
+    let relay = relay(target).await;
+    let up = relay.up;
     let mut settings = settings("outage");
-    settings.uri = uri;
+    settings.uri = relay.uri;
     let mut sink = Box::new(Neo4jSink::new(settings));
     sink.healthcheck()
         .await
@@ -639,9 +674,9 @@ async fn every_message_of_a_large_tick_fits_the_driver_write_buffer() {
     let reference = reference_dump(&graph, &kept).await;
     clear(&graph).await;
     let target = server().uri().trim_start_matches("bolt://").to_string();
-    let (uri, _up, sizes) = relay(target).await;
+    let relay = relay(target).await;
     let mut settings = settings("large");
-    settings.uri = uri;
+    settings.uri = relay.uri;
     let mut sink = Box::new(Neo4jSink::new(settings));
     sink.healthcheck()
         .await
@@ -670,13 +705,64 @@ async fn every_message_of_a_large_tick_fits_the_driver_write_buffer() {
         reference,
         "the split ticks wrote the same graph"
     );
-    let sizes = sizes.all();
+    let sizes = relay.sizes.all();
     let largest = sizes.iter().copied().max().unwrap_or(0);
     assert!(largest <= 8192, "a message of {largest} bytes: {sizes:?}");
     let full = sizes.iter().filter(|size| **size > 4096).count();
     assert!(
         full >= 4,
         "the ticks were split into several large statements: {sizes:?}"
+    );
+}
+
+/// The writer keeps its cursor and the correlations present in memory between ticks; when a
+/// commit's answer is lost, it cannot know whether the commit went through, so it reads them
+/// again before retrying: the batch is then found committed, not written twice.
+#[tokio::test]
+async fn a_commit_whose_answer_is_lost_is_not_written_twice() {
+    let _db = DATABASE.lock().await;
+    let graph = graph().await;
+    let (batches, current) = random_history(2718, 12);
+    let reference = reference_dump(&graph, &current).await;
+    clear(&graph).await;
+    let target = server().uri().trim_start_matches("bolt://").to_string();
+    let relay = relay(target).await;
+    let mut settings = settings("lost-answer");
+    settings.uri = relay.uri.clone();
+    let mut sink = Box::new(Neo4jSink::new(settings));
+    sink.healthcheck()
+        .await
+        .expect("health check through the relay");
+    let mut progress = sink.progress();
+    let (tx, rx) = mpsc::channel(batches.len());
+    let task = tokio::spawn(sink.run(rx));
+    let mut batches = batches.into_iter();
+    for batch in batches.by_ref().take(3) {
+        tx.send(batch).await.expect("sink running");
+    }
+    progress
+        .wait_for(|p| p.batches == 3)
+        .await
+        .expect("progress");
+    relay.lose_commit_answer.store(true, Ordering::SeqCst);
+    for batch in batches {
+        tx.send(batch).await.expect("sink running");
+    }
+    drop(tx);
+    task.await.expect("sink task").expect("sink run");
+    assert!(
+        !relay.lose_commit_answer.load(Ordering::SeqCst),
+        "a commit's answer was lost"
+    );
+    let after = *progress.borrow();
+    assert_eq!(
+        after.skipped, 1,
+        "the retry found the batch committed: {after:?}"
+    );
+    assert_eq!(
+        dump(&graph).await,
+        reference,
+        "nothing lost, nothing doubled"
     );
 }
 
