@@ -31,82 +31,70 @@ pub const READ_CORRELATIONS: &str = "MATCH (c:Correlation) RETURN c.id AS id";
 /// also moves the cursor to `$time` (the same value every time), so the cursor commits with the
 /// changes.
 ///
-/// Rows are lists rather than maps: map keys would be sent again in every row, and the rows are
-/// most of what a tick sends. The plan stays the same from one tick to the next: every list
-/// starts with a sentinel row (empty id, skipped by the first `WHERE`), so the parameter types
-/// never change between an empty and a filled list, and `replan=skip` keeps Neo4j from planning
-/// this statement again whenever the graph's statistics drift. `expressionEngine=interpreted`
-/// avoids the one-off compilation of its expressions once the plan is hot, which stalled a
-/// commit for one to two seconds in the benchmark.
+/// The rows are kept small, because a tick's statements must each fit the driver's write
+/// buffer and every statement costs a round trip and a run of every block: rows are lists
+/// rather than maps (map keys would be repeated in every row), and every string is an index
+/// into the statement's string table `$s` (ids and evidence text recur across rows). The
+/// parameters have the same shape in every statement, so Neo4j plans this statement once (see
+/// `wire`): all rows are in `$rows`, block after block, and block *k* takes
+/// `$rows[$at[k]..$at[k+1]]`. `replan=skip` keeps Neo4j from planning it again when the graph's
+/// statistics drift (planning it takes about a second); `expressionEngine=interpreted` avoids
+/// the one-off compilation of its expressions once the plan is hot, which stalled a commit for
+/// one to two seconds in the benchmark.
 ///
-/// 1. `$entities` `[id, kind]`: entities mentioned by added correlations.
-/// 2. `$facts` `[id, time, delta]`: fact support changes (`source` is the id's first part); a
-///    fact no hop cites any more goes, with its ABOUT relationships.
-/// 3. `$correlations` `[id, kind, root_cause, explanation, confidence, [[entity, fact_id,
-///    time, what], …]]`: new correlations with their root cause and chain (a hop's `index` is
-///    its position).
-/// 4. `$about` `[fact, entity, what, delta]`: ABOUT support changes.
-/// 5. `$owned_by`, `$caused` `[from, to, fact_id, time, what, delta]`: support changes of chain
-///    steps.
-/// 6. `$removed`: ids of retracted correlations, deleted with their HOP and ROOT_CAUSE
-///    relationships.
-/// 7. `$touched`: ids of entities a retraction touched; deleted when no relationship is left.
-/// 8. The writer's cursor moves to `$time`.
+/// The blocks and their rows, with `"…"` for a string's index in `$s`:
+///
+/// 1. `["id", "kind"]`: entities mentioned by added correlations.
+/// 2. `["id", time, delta]`: fact support changes (`source` is the id's first part); a fact no
+///    hop cites any more goes, with its ABOUT relationships.
+/// 3. `["id", "kind", "root_cause", "explanation", confidence, [["entity", "fact_id", time,
+///    "what"], …]]`: new correlations with their root cause and chain (a hop's `index` is its
+///    position).
+/// 4. `["fact", "entity", "what", delta]`: ABOUT support changes.
+/// 5. and 6. `["from", "to", "fact_id", time, "what", delta]`: support changes of OWNED_BY,
+///    then CAUSED steps.
+/// 7. `"id"`: retracted correlations, deleted with their HOP and ROOT_CAUSE relationships.
+/// 8. `"id"`: entities a retraction touched; deleted when no relationship is left.
+///
+/// Then the writer's cursor moves to `$time`.
 pub const APPLY: &str = "\
 CYPHER replan=skip expressionEngine=interpreted
-CALL {
-UNWIND $entities AS r WITH r WHERE r[0] <> ''
-MERGE (e:Entity {id: r[0]}) ON CREATE SET e.kind = r[1]
-}
-CALL {
-UNWIND $facts AS r WITH r WHERE r[0] <> ''
-MERGE (f:Fact {id: r[0]})
-ON CREATE SET f.time = r[1], f.source = split(r[0], '/')[0], f.support = 0
-SET f.support = f.support + r[2]
-WITH f WHERE f.support <= 0 DETACH DELETE f
-}
-CALL {
-UNWIND $correlations AS r WITH r WHERE r[0] <> ''
-CREATE (c:Correlation {id: r[0], kind: r[1], root_cause: r[2], explanation: r[3],
- confidence: r[4], since: $time, hops: size(r[5])})
-WITH c, r MATCH (root:Entity {id: r[2]}) CREATE (c)-[:ROOT_CAUSE]->(root)
-WITH c, r UNWIND range(0, size(r[5]) - 1) AS i
-WITH c, i, r[5][i] AS h MATCH (e:Entity {id: h[0]})
-CREATE (c)-[:HOP {index: i, fact_id: h[1], time: h[2], what: h[3]}]->(e)
-}
-CALL {
-UNWIND $about AS r WITH r WHERE r[0] <> ''
-MATCH (f:Fact {id: r[0]}) MATCH (e:Entity {id: r[1]})
-MERGE (f)-[a:ABOUT]->(e) ON CREATE SET a.what = r[2], a.support = 0
-SET a.support = a.support + r[3]
-WITH a WHERE a.support <= 0 DELETE a
-}
-CALL {
-UNWIND $owned_by AS r WITH r WHERE r[0] <> ''
-MATCH (a:Entity {id: r[0]}) MATCH (b:Entity {id: r[1]})
-MERGE (a)-[l:OWNED_BY {fact_id: r[2]}]->(b)
-ON CREATE SET l.time = r[3], l.what = r[4], l.support = 0
-SET l.support = l.support + r[5]
-WITH l WHERE l.support <= 0 DELETE l
-}
-CALL {
-UNWIND $caused AS r WITH r WHERE r[0] <> ''
-MATCH (a:Entity {id: r[0]}) MATCH (b:Entity {id: r[1]})
-MERGE (a)-[l:CAUSED {fact_id: r[2]}]->(b)
-ON CREATE SET l.time = r[3], l.what = r[4], l.support = 0
-SET l.support = l.support + r[5]
-WITH l WHERE l.support <= 0 DELETE l
-}
-CALL {
-UNWIND $removed AS id WITH id WHERE id <> ''
-MATCH (c:Correlation {id: id}) DETACH DELETE c
-}
-CALL {
-UNWIND $touched AS id WITH id WHERE id <> ''
-MATCH (e:Entity {id: id}) WHERE NOT (e)--() DELETE e
-}
-MERGE (w:TapioCursor {writer: $writer})
-SET w.tick = $time, w.updated_at = datetime()";
+CALL{UNWIND $rows[$at[0]..$at[1]] AS r
+MERGE(e:Entity{id:$s[r[0]]})ON CREATE SET e.kind=$s[r[1]]}
+CALL{UNWIND $rows[$at[1]..$at[2]] AS r
+MERGE(f:Fact{id:$s[r[0]]})
+ON CREATE SET f.time=r[1],f.source=split($s[r[0]],'/')[0],f.support=0
+SET f.support=f.support+r[2]
+WITH f WHERE f.support<=0 DETACH DELETE f}
+CALL{UNWIND $rows[$at[2]..$at[3]] AS r
+CREATE(c:Correlation{id:$s[r[0]],kind:$s[r[1]],root_cause:$s[r[2]],explanation:$s[r[3]],
+confidence:r[4],since:$time,hops:size(r[5])})
+WITH c,r MATCH(x:Entity{id:$s[r[2]]})CREATE(c)-[:ROOT_CAUSE]->(x)
+WITH c,r UNWIND range(0,size(r[5])-1) AS i
+WITH c,i,r[5][i] AS h MATCH(e:Entity{id:$s[h[0]]})
+CREATE(c)-[:HOP{index:i,fact_id:$s[h[1]],time:h[2],what:$s[h[3]]}]->(e)}
+CALL{UNWIND $rows[$at[3]..$at[4]] AS r
+MATCH(f:Fact{id:$s[r[0]]})MATCH(e:Entity{id:$s[r[1]]})
+MERGE(f)-[a:ABOUT]->(e)ON CREATE SET a.what=$s[r[2]],a.support=0
+SET a.support=a.support+r[3]
+WITH a WHERE a.support<=0 DELETE a}
+CALL{UNWIND $rows[$at[4]..$at[5]] AS r
+MATCH(a:Entity{id:$s[r[0]]})MATCH(b:Entity{id:$s[r[1]]})
+MERGE(a)-[l:OWNED_BY{fact_id:$s[r[2]]}]->(b)
+ON CREATE SET l.time=r[3],l.what=$s[r[4]],l.support=0
+SET l.support=l.support+r[5]
+WITH l WHERE l.support<=0 DELETE l}
+CALL{UNWIND $rows[$at[5]..$at[6]] AS r
+MATCH(a:Entity{id:$s[r[0]]})MATCH(b:Entity{id:$s[r[1]]})
+MERGE(a)-[l:CAUSED{fact_id:$s[r[2]]}]->(b)
+ON CREATE SET l.time=r[3],l.what=$s[r[4]],l.support=0
+SET l.support=l.support+r[5]
+WITH l WHERE l.support<=0 DELETE l}
+CALL{UNWIND $rows[$at[6]..$at[7]] AS r
+MATCH(c:Correlation{id:$s[r]})DETACH DELETE c}
+CALL{UNWIND $rows[$at[7]..$at[8]] AS r
+MATCH(e:Entity{id:$s[r]})WHERE NOT(e)--()DELETE e}
+MERGE(w:TapioCursor{writer:$writer})SET w.tick=$time,w.updated_at=datetime()";
 
 /// The health check.
 pub const PING: &str = "RETURN 1 AS ok";

@@ -40,7 +40,7 @@ pub mod cypher;
 mod error;
 pub mod harness;
 pub mod model;
-mod wire;
+pub mod wire;
 mod writer;
 
 use tapio_model::{ClosedBatch, TimeNs, format_time};

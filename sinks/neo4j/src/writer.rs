@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use neo4rs::{BoltList, BoltType, ConfigBuilder, Graph, Query, Txn, query};
+use neo4rs::{ConfigBuilder, Graph, Query, Txn, query};
 use sha2::{Digest, Sha256};
 use tapio_model::{ClosedBatch, Correlation, TimeNs};
 use tokio::time::Instant;
@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use crate::cypher;
 use crate::error::Neo4jError;
 use crate::model::{Delta, LinkType, correlation_id};
-use crate::wire;
+use crate::wire::{self, Cell};
 
 /// How to reach Neo4j and who is writing.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -321,25 +321,25 @@ fn statements(delta: &Delta, writer: &str, time: i64) -> Result<Vec<wire::Statem
         .facts
         .iter()
         .map(|fact| {
-            Ok(list([
+            Ok(Cell::List(vec![
                 fact.item.id.as_str().into(),
                 int(fact.item.time)?,
                 fact.delta.into(),
             ]))
         })
-        .collect::<Result<Vec<BoltType>, Neo4jError>>()?;
+        .collect::<Result<Vec<Cell<'_>>, Neo4jError>>()?;
     let correlations = delta
         .added
         .iter()
         .map(|new| correlation_row(&new.id, &new.correlation))
-        .collect::<Result<Vec<BoltType>, Neo4jError>>()?;
+        .collect::<Result<Vec<Cell<'_>>, Neo4jError>>()?;
     let links = |kind: LinkType| {
         delta
             .links
             .iter()
             .filter(|link| link.item.kind == kind)
             .map(|link| {
-                Ok(list([
+                Ok(Cell::List(vec![
                     link.item.from.as_str().into(),
                     link.item.to.as_str().into(),
                     link.item.fact_id.as_str().into(),
@@ -348,80 +348,35 @@ fn statements(delta: &Delta, writer: &str, time: i64) -> Result<Vec<wire::Statem
                     link.delta.into(),
                 ]))
             })
-            .collect::<Result<Vec<BoltType>, Neo4jError>>()
+            .collect::<Result<Vec<Cell<'_>>, Neo4jError>>()
     };
-    // The sentinels: the shape of a row, with an empty id (see APPLY).
-    let empty = || BoltType::from("");
-    let lists = vec![
-        wire::Rows {
-            name: "entities",
-            sentinel: list([empty(), empty()]),
-            rows: delta
-                .entities
-                .iter()
-                .map(|(id, kind)| list([id.as_str().into(), (*kind).into()]))
-                .collect(),
-        },
-        wire::Rows {
-            name: "facts",
-            sentinel: list([empty(), 0i64.into(), 0i64.into()]),
-            rows: facts,
-        },
-        wire::Rows {
-            name: "correlations",
-            sentinel: list([empty(), empty(), empty(), empty(), 0i64.into(), list([])]),
-            rows: correlations,
-        },
-        wire::Rows {
-            name: "about",
-            sentinel: list([empty(), empty(), empty(), 0i64.into()]),
-            rows: delta
-                .about
-                .iter()
-                .map(|about| {
-                    list([
-                        about.item.fact_id.as_str().into(),
-                        about.item.entity.as_str().into(),
-                        about.item.what.as_str().into(),
-                        about.delta.into(),
-                    ])
-                })
-                .collect(),
-        },
-        wire::Rows {
-            name: "owned_by",
-            sentinel: link_sentinel(),
-            rows: links(LinkType::OwnedBy)?,
-        },
-        wire::Rows {
-            name: "caused",
-            sentinel: link_sentinel(),
-            rows: links(LinkType::Caused)?,
-        },
-        wire::Rows {
-            name: "removed",
-            sentinel: empty(),
-            rows: delta.removed.iter().map(|id| id.as_str().into()).collect(),
-        },
-        wire::Rows {
-            name: "touched",
-            sentinel: empty(),
-            rows: delta.touched.iter().map(|id| id.as_str().into()).collect(),
-        },
+    let blocks = [
+        delta
+            .entities
+            .iter()
+            .map(|(id, kind)| Cell::List(vec![id.as_str().into(), (*kind).into()]))
+            .collect(),
+        facts,
+        correlations,
+        delta
+            .about
+            .iter()
+            .map(|about| {
+                Cell::List(vec![
+                    about.item.fact_id.as_str().into(),
+                    about.item.entity.as_str().into(),
+                    about.item.what.as_str().into(),
+                    about.delta.into(),
+                ])
+            })
+            .collect(),
+        links(LinkType::OwnedBy)?,
+        links(LinkType::Caused)?,
+        delta.removed.iter().map(|id| id.as_str().into()).collect(),
+        delta.touched.iter().map(|id| id.as_str().into()).collect(),
     ];
     let fixed = [("writer", writer.into()), ("time", time.into())];
-    Ok(wire::split(cypher::APPLY, &fixed, lists))
-}
-
-fn link_sentinel() -> BoltType {
-    list([
-        "".into(),
-        "".into(),
-        "".into(),
-        0i64.into(),
-        "".into(),
-        0i64.into(),
-    ])
+    Ok(wire::split(cypher::APPLY, &fixed, blocks))
 }
 
 /// Opens a connection pool and checks it with [`cypher::PING`], within the connect timeout.
@@ -460,26 +415,26 @@ pub(crate) async fn connect(settings: &Neo4jSettings) -> Result<Graph, Neo4jErro
     }
 }
 
-fn correlation_row(id: &str, correlation: &Correlation) -> Result<BoltType, Neo4jError> {
+fn correlation_row<'a>(id: &'a str, correlation: &'a Correlation) -> Result<Cell<'a>, Neo4jError> {
     let hops = correlation
         .chain
         .iter()
         .map(|hop| {
-            Ok(list([
+            Ok(Cell::List(vec![
                 hop.entity.to_string().into(),
                 hop.fact_id.to_string().into(),
                 int(hop.time)?,
                 hop.what.as_str().into(),
             ]))
         })
-        .collect::<Result<Vec<BoltType>, Neo4jError>>()?;
-    Ok(list([
+        .collect::<Result<Vec<Cell<'a>>, Neo4jError>>()?;
+    Ok(Cell::List(vec![
         id.into(),
         correlation.kind.as_str().into(),
         correlation.root_cause.to_string().into(),
         correlation.explanation.as_str().into(),
         i64::from(correlation.confidence).into(),
-        BoltType::List(BoltList { value: hops }),
+        Cell::List(hops),
     ]))
 }
 
@@ -494,15 +449,9 @@ fn key(id: &str) -> u128 {
     })
 }
 
-fn list<const N: usize>(items: [BoltType; N]) -> BoltType {
-    BoltType::List(BoltList {
-        value: items.into(),
-    })
-}
-
-fn int(value: u64) -> Result<BoltType, Neo4jError> {
+fn int(value: u64) -> Result<Cell<'static>, Neo4jError> {
     i64::try_from(value)
-        .map(BoltType::from)
+        .map(Cell::Int)
         .map_err(|_| Neo4jError::BadValue {
             what: format!("{value} does not fit a Neo4j integer"),
         })
