@@ -3,20 +3,27 @@
 //! For each batch size (correlations per closed tick) it measures, in the same run and against
 //! the same server:
 //!
-//! - **sink**: relationships written per second by [`Neo4jSink`] (every tick one transaction:
-//!   state read, `UNWIND` statements, cursor), fed as fast as it takes batches;
+//! - **sink**: relationships written per second by [`Neo4jSink`] (every tick one transaction
+//!   of `UNWIND` statements that also move the cursor), fed as fast as it takes batches;
 //! - **raw**: relationships written per second by a bare `UNWIND $rows AS r MERGE (a:Raw {id:
 //!   r.a}) MERGE (b:Raw {id: r.b}) MERGE (a)-[:R]->(b)` loop, one transaction per tick with
 //!   exactly as many rows as the sink wrote relationships in that tick, on a label with the
-//!   same uniqueness constraint;
+//!   same uniqueness constraint. It runs twice: with all of a tick's rows in one statement, and
+//!   with them split into statements whose messages fit neo4rs's 8 KiB write buffer (larger
+//!   ones wait about 40 ms on the server's delayed acknowledgement; see the sink's `wire`
+//!   module). The ratio is the sink's rate over the faster of the two;
 //! - **delay**: from handing a closed tick to the sink to its transaction committing, with ticks
 //!   closing every 100 ms (the default tick) and a quarter of the earlier correlations
-//!   retracted along the way; p50 and p99.
+//!   retracted every fourth tick; p50 and p99.
+//!
+//! Every loop first runs untimed (the sink also with retractions) to warm the server up. The
+//! load average is printed before and after, since the machine may be shared.
 //!
 //! Run: `.ci/install` (builds the Neo4j launcher), then
 //! `cargo bench -p tapio-sinks-neo4j --bench neo4j_sink` (optionally `-- SIZE...`, default
 //! `10 100 500`).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -25,6 +32,7 @@ use tapio_model::{ClosedBatch, Correlation, CorrelationKind, FactId, Hop};
 use tapio_sinks::Sink;
 use tapio_sinks_neo4j::harness::{self, Neo4jServer};
 use tapio_sinks_neo4j::model::Delta;
+use tapio_sinks_neo4j::wire::{MESSAGE_BUDGET, encoded_len};
 use tapio_sinks_neo4j::{Neo4jSettings, Neo4jSink};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -201,45 +209,110 @@ async fn sink_rate(uri: &str, ticks: &[ClosedBatch]) -> (f64, u64) {
     (relationships as f64 / elapsed, relationships)
 }
 
+/// The raw loop's statement.
+const RAW: &str =
+    "UNWIND $rows AS r MERGE (a:Raw {id: r.a}) MERGE (b:Raw {id: r.b}) MERGE (a)-[:R]->(b)";
+
+/// How the raw loop sends a tick's rows, always in one transaction per tick.
+#[derive(Clone, Copy)]
+enum RawStatements {
+    /// One statement with all the rows.
+    One,
+    /// As many statements as keep each message under neo4rs's 8 KiB write buffer, like the
+    /// sink, so that no statement waits on the server's delayed acknowledgement.
+    Split,
+}
+
+/// A tick's raw rows as the parameter lists of its statements.
+fn raw_statements(tick: &[(String, String)], how: RawStatements) -> Vec<Vec<BoltType>> {
+    let rows: Vec<BoltType> = tick
+        .iter()
+        .map(|(a, b)| {
+            let row: HashMap<&str, BoltType> = [("a", a.as_str().into()), ("b", b.as_str().into())]
+                .into_iter()
+                .collect();
+            row.into()
+        })
+        .collect();
+    match how {
+        RawStatements::One => vec![rows],
+        RawStatements::Split => {
+            // RUN: structure header, text, parameters map {rows: [..]} with the largest
+            // list header.
+            let envelope = 2 + encoded_len(&BoltType::from(RAW)) + 1 + 5 + 5;
+            let mut statements = vec![Vec::new()];
+            let mut size = envelope;
+            for row in rows {
+                let len = encoded_len(&row);
+                if size + len > MESSAGE_BUDGET {
+                    statements.push(Vec::new());
+                    size = envelope;
+                }
+                size += len;
+                statements.last_mut().expect("a statement").push(row);
+            }
+            statements
+        }
+    }
+}
+
 /// The raw `UNWIND … MERGE` loop, one transaction per tick.
-async fn raw_rate(graph: &Graph, rows: &[Vec<(String, String)>]) -> (f64, u64) {
+async fn raw_rate(graph: &Graph, rows: &[Vec<(String, String)>], how: RawStatements) -> (f64, u64) {
     graph
         .run(query(
             "CREATE CONSTRAINT bench_raw_id IF NOT EXISTS FOR (n:Raw) REQUIRE n.id IS UNIQUE",
         ))
         .await
         .expect("raw constraint");
+    let ticks: Vec<Vec<Vec<BoltType>>> =
+        rows.iter().map(|tick| raw_statements(tick, how)).collect();
     let started = Instant::now();
-    let mut written = 0u64;
-    for tick in rows {
-        let params: Vec<BoltType> = tick
-            .iter()
-            .map(|(a, b)| {
-                let row: std::collections::HashMap<&str, BoltType> =
-                    [("a", a.as_str().into()), ("b", b.as_str().into())]
-                        .into_iter()
-                        .collect();
-                row.into()
-            })
-            .collect();
+    for statements in ticks {
         let mut txn = graph.start_txn().await.expect("begin");
-        txn.run(
-            query(
-                "UNWIND $rows AS r MERGE (a:Raw {id: r.a}) MERGE (b:Raw {id: r.b}) \
-                 MERGE (a)-[:R]->(b)",
-            )
-            .param("rows", params),
-        )
-        .await
-        .expect("raw merge");
+        for params in statements {
+            txn.run(query(RAW).param("rows", params))
+                .await
+                .expect("raw merge");
+        }
         txn.commit().await.expect("commit");
-        written += tick.len() as u64;
     }
+    let written: u64 = rows.iter().map(|tick| tick.len() as u64).sum();
     (written as f64 / started.elapsed().as_secs_f64(), written)
 }
 
-/// Commit delay with ticks closing every 100 ms: `size` new correlations per tick, and a
-/// quarter of the earlier ones retracted.
+/// `ticks` ticks of `size` new correlations each, and every fourth tick also retracting a
+/// quarter of the correlations still current.
+fn churn_ticks(size: usize, ticks: usize) -> Vec<ClosedBatch> {
+    let mut live: Vec<Correlation> = Vec::new();
+    let mut next = 0usize;
+    (0..ticks)
+        .map(|tick| {
+            let mut changes: Vec<(Correlation, i64)> = Vec::new();
+            let mut added = 0;
+            while added < size {
+                for correlation in correlations(100_000 + next) {
+                    changes.push((correlation.clone(), 1));
+                    live.push(correlation);
+                    added += 1;
+                }
+                next += 1;
+            }
+            if tick % 4 == 3 {
+                let retract = live.len() / 4;
+                for correlation in live.drain(..retract) {
+                    changes.push((correlation, -1));
+                }
+            }
+            changes.sort();
+            ClosedBatch {
+                time: T0 + 10_000_000_000 + tick as u64 * 100_000_000,
+                changes,
+            }
+        })
+        .collect()
+}
+
+/// Commit delay with ticks closing every 100 ms ([`churn_ticks`]).
 async fn delays(uri: &str, size: usize) -> (Duration, Duration) {
     let mut sink = Box::new(Neo4jSink::new(settings(uri, "bench-delay")));
     sink.healthcheck().await.expect("health check");
@@ -281,35 +354,13 @@ async fn delays(uri: &str, size: usize) -> (Duration, Duration) {
         }
         delays
     });
-    let mut live: Vec<Correlation> = Vec::new();
-    let mut next = 0usize;
     let mut every = tokio::time::interval(Duration::from_millis(100));
-    for tick in 0..PACED_TICKS {
+    for batch in churn_ticks(size, PACED_TICKS) {
         every.tick().await;
-        let mut changes: Vec<(Correlation, i64)> = Vec::new();
-        let mut added = 0;
-        while added < size {
-            for correlation in correlations(100_000 + next) {
-                changes.push((correlation.clone(), 1));
-                live.push(correlation);
-                added += 1;
-            }
-            next += 1;
-        }
-        if tick % 4 == 3 {
-            let retract = live.len() / 4;
-            for correlation in live.drain(..retract) {
-                changes.push((correlation, -1));
-            }
-        }
-        changes.sort();
-        let time = T0 + 10_000_000_000 + tick as u64 * 100_000_000;
         sent_tx
-            .send((time, Instant::now()))
+            .send((batch.time, Instant::now()))
             .expect("observer running");
-        tx.send(ClosedBatch { time, changes })
-            .await
-            .expect("sink running");
+        tx.send(batch).await.expect("sink running");
     }
     drop(sent_tx);
     drop(tx);
@@ -343,38 +394,60 @@ async fn main() {
     let graph = Graph::new(server.uri(), harness::USERNAME, harness::PASSWORD)
         .await
         .expect("connect");
-    // Warm up the server (JIT, page cache, query plans) with untimed passes of both loops.
+    // Warm up the server (JIT, page cache, query plans) with untimed passes of every loop, the
+    // sink's also with retractions, so that every path of its statement has run once.
     let warm = add_only_ticks(50);
     for _ in 0..2 {
         sink_rate(server.uri(), &warm[..60]).await;
         clear(&graph).await;
-        raw_rate(&graph, &raw_rows(&warm[..60])).await;
+        sink_rate(server.uri(), &churn_ticks(50, 40)).await;
         clear(&graph).await;
+        for how in [RawStatements::One, RawStatements::Split] {
+            raw_rate(&graph, &raw_rows(&warm[..60]), how).await;
+            clear(&graph).await;
+        }
     }
 
+    println!("load average before: {}", load_average());
     println!(
-        "| correlations per tick | ticks | relationships | sink rel/s | raw UNWIND MERGE rel/s | ratio | commit delay p50 | p99 |"
+        "| correlations per tick | ticks | relationships | sink rel/s | raw rel/s, one statement per tick | raw rel/s, statements < 8 KiB | ratio sink / faster raw | commit delay p50 | p99 |"
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for size in sizes {
         let ticks = add_only_ticks(size);
         let (sink, written) = sink_rate(server.uri(), &ticks).await;
         clear(&graph).await;
         let rows = raw_rows(&ticks);
-        let (raw, raw_written) = raw_rate(&graph, &rows).await;
+        let (one, one_written) = raw_rate(&graph, &rows, RawStatements::One).await;
+        clear(&graph).await;
+        let (split, split_written) = raw_rate(&graph, &rows, RawStatements::Split).await;
         clear(&graph).await;
         assert_eq!(
-            written, raw_written,
-            "both loops write the same relationships"
+            (written, written),
+            (one_written, split_written),
+            "every loop writes the same relationships"
         );
         let (p50, p99) = delays(server.uri(), size).await;
         clear(&graph).await;
         println!(
-            "| {size} | {} | {written} | {sink:.0} | {raw:.0} | {:.2} | {:.1} ms | {:.1} ms |",
+            "| {size} | {} | {written} | {sink:.0} | {one:.0} | {split:.0} | {:.2} | {:.1} ms | {:.1} ms |",
             ticks.len(),
-            sink / raw,
+            sink / one.max(split),
             p50.as_secs_f64() * 1000.0,
             p99.as_secs_f64() * 1000.0
         );
     }
+    println!("load average after: {}", load_average());
+}
+
+/// The 1, 5 and 15 minute load averages, from `/proc/loadavg`.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|_| "unknown".into())
 }
