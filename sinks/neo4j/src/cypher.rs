@@ -47,12 +47,12 @@ pub const READ_CORRELATIONS: &str = "MATCH (c:Correlation) RETURN c.id AS id";
 /// 1. `["id", "kind"]`: entities mentioned by added correlations.
 /// 2. `["id", time, delta]`: fact support changes (`source` is the id's first part); a fact no
 ///    hop cites any more goes, with its ABOUT relationships.
-/// 3. `["id", "kind", "root_cause", "explanation", confidence, [["entity", "fact_id", time,
+/// 3. `["id", "kind", "root_cause", "explanation", confidence, [["entity", "fact_id",
 ///    "what"], …]]`: new correlations with their root cause and chain (a hop's `index` is its
-///    position).
+///    position; its time is its fact's).
 /// 4. `["fact", "entity", "what", delta]`: ABOUT support changes.
-/// 5. and 6. `["from", "to", "fact_id", time, "what", delta]`: support changes of OWNED_BY,
-///    then CAUSED steps.
+/// 5. and 6. `["from", "to", "fact_id", "what", delta]`: support changes of OWNED_BY, then
+///    CAUSED steps.
 /// 7. `"id"`: retracted correlations, deleted with their HOP and ROOT_CAUSE relationships.
 /// 8. `"id"`: entities a retraction touched; deleted when no relationship is left.
 ///
@@ -72,7 +72,7 @@ confidence:r[4],since:$time,hops:size(r[5])})
 WITH c,r MATCH(x:Entity{id:$s[r[2]]})CREATE(c)-[:ROOT_CAUSE]->(x)
 WITH c,r UNWIND range(0,size(r[5])-1) AS i
 WITH c,i,r[5][i] AS h MATCH(e:Entity{id:$s[h[0]]})
-CREATE(c)-[:HOP{index:i,fact_id:$s[h[1]],time:h[2],what:$s[h[3]]}]->(e)}
+CREATE(c)-[:HOP{index:i,fact_id:$s[h[1]],what:$s[h[2]]}]->(e)}
 CALL{UNWIND $rows[$at[3]..$at[4]] AS r
 MATCH(f:Fact{id:$s[r[0]]})MATCH(e:Entity{id:$s[r[1]]})
 MERGE(f)-[a:ABOUT]->(e)ON CREATE SET a.what=$s[r[2]],a.support=0
@@ -80,15 +80,13 @@ SET a.support=a.support+r[3]
 WITH a WHERE a.support<=0 DELETE a}
 CALL{UNWIND $rows[$at[4]..$at[5]] AS r
 MATCH(a:Entity{id:$s[r[0]]})MATCH(b:Entity{id:$s[r[1]]})
-MERGE(a)-[l:OWNED_BY{fact_id:$s[r[2]]}]->(b)
-ON CREATE SET l.time=r[3],l.what=$s[r[4]],l.support=0
-SET l.support=l.support+r[5]
+MERGE(a)-[l:OWNED_BY{fact_id:$s[r[2]]}]->(b)ON CREATE SET l.what=$s[r[3]],l.support=0
+SET l.support=l.support+r[4]
 WITH l WHERE l.support<=0 DELETE l}
 CALL{UNWIND $rows[$at[5]..$at[6]] AS r
 MATCH(a:Entity{id:$s[r[0]]})MATCH(b:Entity{id:$s[r[1]]})
-MERGE(a)-[l:CAUSED{fact_id:$s[r[2]]}]->(b)
-ON CREATE SET l.time=r[3],l.what=$s[r[4]],l.support=0
-SET l.support=l.support+r[5]
+MERGE(a)-[l:CAUSED{fact_id:$s[r[2]]}]->(b)ON CREATE SET l.what=$s[r[3]],l.support=0
+SET l.support=l.support+r[4]
 WITH l WHERE l.support<=0 DELETE l}
 CALL{UNWIND $rows[$at[6]..$at[7]] AS r
 MATCH(c:Correlation{id:$s[r]})DETACH DELETE c}

@@ -51,10 +51,8 @@ pub struct Link {
     pub kind: LinkType,
     /// End entity id.
     pub to: String,
-    /// The observation that supports the step.
+    /// The observation that supports the step (its event time is on its `Fact` node).
     pub fact_id: String,
-    /// Its event time, ns since the Unix epoch.
-    pub time: u64,
     /// What it says.
     pub what: String,
 }
@@ -101,7 +99,6 @@ pub fn links(correlation: &Correlation) -> Vec<Link> {
             kind,
             to: to.entity.to_string(),
             fact_id: evidence.fact_id.to_string(),
-            time: evidence.time,
             what: evidence.what.clone(),
         });
     }
@@ -173,7 +170,7 @@ impl Delta {
         let mut entities: BTreeMap<String, &'static str> = BTreeMap::new();
         let mut facts: BTreeMap<String, (u64, i64)> = BTreeMap::new();
         let mut about: BTreeMap<(String, String), (String, i64)> = BTreeMap::new();
-        let mut links: BTreeMap<LinkKey, (u64, String, i64)> = BTreeMap::new();
+        let mut links: BTreeMap<LinkKey, (String, i64)> = BTreeMap::new();
         let mut touched: BTreeMap<String, ()> = BTreeMap::new();
         let mut count = |correlation: &Correlation, sign: i64| {
             for hop in &correlation.chain {
@@ -204,8 +201,8 @@ impl Delta {
                         link.to.clone(),
                         link.fact_id.clone(),
                     ))
-                    .or_insert((link.time, link.what, 0))
-                    .2 += sign;
+                    .or_insert((link.what, 0))
+                    .1 += sign;
             }
         };
         for correlation in &added {
@@ -238,14 +235,13 @@ impl Delta {
                 .collect(),
             links: links
                 .into_iter()
-                .filter(|(_, (_, _, delta))| *delta != 0)
-                .map(|((from, kind, to, fact_id), (time, what, delta))| Counted {
+                .filter(|(_, (_, delta))| *delta != 0)
+                .map(|((from, kind, to, fact_id), (what, delta))| Counted {
                     item: Link {
                         from,
                         kind,
                         to,
                         fact_id,
-                        time,
                         what,
                     },
                     delta,

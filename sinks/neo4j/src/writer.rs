@@ -339,16 +339,15 @@ fn statements(delta: &Delta, writer: &str, time: i64) -> Result<Vec<wire::Statem
             .iter()
             .filter(|link| link.item.kind == kind)
             .map(|link| {
-                Ok(Cell::List(vec![
+                Cell::List(vec![
                     link.item.from.as_str().into(),
                     link.item.to.as_str().into(),
                     link.item.fact_id.as_str().into(),
-                    int(link.item.time)?,
                     link.item.what.as_str().into(),
                     link.delta.into(),
-                ]))
+                ])
             })
-            .collect::<Result<Vec<Cell<'_>>, Neo4jError>>()
+            .collect::<Vec<Cell<'_>>>()
     };
     let blocks = [
         delta
@@ -370,8 +369,8 @@ fn statements(delta: &Delta, writer: &str, time: i64) -> Result<Vec<wire::Statem
                 ])
             })
             .collect(),
-        links(LinkType::OwnedBy)?,
-        links(LinkType::Caused)?,
+        links(LinkType::OwnedBy),
+        links(LinkType::Caused),
         delta.removed.iter().map(|id| id.as_str().into()).collect(),
         delta.touched.iter().map(|id| id.as_str().into()).collect(),
     ];
@@ -420,14 +419,13 @@ fn correlation_row<'a>(id: &'a str, correlation: &'a Correlation) -> Result<Cell
         .chain
         .iter()
         .map(|hop| {
-            Ok(Cell::List(vec![
+            Cell::List(vec![
                 hop.entity.to_string().into(),
                 hop.fact_id.to_string().into(),
-                int(hop.time)?,
                 hop.what.as_str().into(),
-            ]))
+            ])
         })
-        .collect::<Result<Vec<Cell<'a>>, Neo4jError>>()?;
+        .collect();
     Ok(Cell::List(vec![
         id.into(),
         correlation.kind.as_str().into(),
