@@ -27,9 +27,8 @@ pub const READ_CORRELATIONS: &str = "MATCH (c:Correlation) RETURN c.id AS id";
 
 /// Everything a closed tick changes, and the cursor. The blocks run in order; a large tick runs
 /// this statement several times in its transaction, each time on the next share of the rows,
-/// taken in block order, so the result is that of one statement with all the rows. Each run
-/// also moves the cursor to `$time` (the same value every time), so the cursor commits with the
-/// changes.
+/// taken in block order, so the result is that of one statement with all the rows. The last
+/// run (`$last`) also moves the cursor to `$time`, so the cursor commits with the changes.
 ///
 /// The rows are kept small, because a tick's statements must each fit the driver's write
 /// buffer and every statement costs a round trip and a run of every block: rows are lists
@@ -44,55 +43,53 @@ pub const READ_CORRELATIONS: &str = "MATCH (c:Correlation) RETURN c.id AS id";
 ///
 /// The blocks and their rows, with `"…"` for a string's index in `$s`:
 ///
-/// 1. `["id", "kind"]`: entities mentioned by added correlations.
-/// 2. `["id", time, delta]`: fact support changes (`source` is the id's first part); a fact no
+/// 1. `["id", time, delta]`: fact support changes (`source` is the id's first part); a fact no
 ///    hop cites any more goes, with its ABOUT relationships.
-/// 3. `["id", "kind", "root_cause", "explanation", confidence, [["entity", "fact_id",
+/// 2. `["id", "kind", "root_cause", "explanation", confidence, [["entity", "fact_id",
 ///    "what"], …]]`: new correlations with their root cause and chain (a hop's `index` is its
-///    position; its time is its fact's).
-/// 4. `["fact", "entity", "what", delta]`: ABOUT support changes.
-/// 5. and 6. `["from", "to", "fact_id", "what", delta]`: support changes of OWNED_BY, then
+///    position; its time is its fact's). The entities they mention are merged here; an
+///    entity's `kind` is its id's first part.
+/// 3. `["fact", "entity", "what", delta]`: ABOUT support changes.
+/// 4. and 5. `["from", "to", "fact_id", "what", delta]`: support changes of OWNED_BY, then
 ///    CAUSED steps.
-/// 7. `"id"`: retracted correlations, deleted with their HOP and ROOT_CAUSE relationships.
-/// 8. `"id"`: entities a retraction touched; deleted when no relationship is left.
-///
-/// Then the writer's cursor moves to `$time`.
+/// 6. `"id"`: retracted correlations, deleted with their HOP and ROOT_CAUSE relationships.
+/// 7. `"id"`: entities a retraction touched; deleted when no relationship is left.
 pub const APPLY: &str = "\
 CYPHER replan=skip expressionEngine=interpreted
 CALL{UNWIND $rows[$at[0]..$at[1]] AS r
-MERGE(e:Entity{id:$s[r[0]]})ON CREATE SET e.kind=$s[r[1]]}
-CALL{UNWIND $rows[$at[1]..$at[2]] AS r
 MERGE(f:Fact{id:$s[r[0]]})
-ON CREATE SET f.time=r[1],f.source=split($s[r[0]],'/')[0],f.support=0
-SET f.support=f.support+r[2]
+ON CREATE SET f.time=r[1],f.source=split($s[r[0]],'/')[0],f.support=r[2]
+ON MATCH SET f.support=f.support+r[2]
 WITH f WHERE f.support<=0 DETACH DELETE f}
-CALL{UNWIND $rows[$at[2]..$at[3]] AS r
+CALL{UNWIND $rows[$at[1]..$at[2]] AS r
 CREATE(c:Correlation{id:$s[r[0]],kind:$s[r[1]],root_cause:$s[r[2]],explanation:$s[r[3]],
 confidence:r[4],since:$time,hops:size(r[5])})
-WITH c,r MATCH(x:Entity{id:$s[r[2]]})CREATE(c)-[:ROOT_CAUSE]->(x)
+WITH c,r MERGE(x:Entity{id:$s[r[2]]})ON CREATE SET x.kind=split($s[r[2]],'/')[0]
+CREATE(c)-[:ROOT_CAUSE]->(x)
 WITH c,r UNWIND range(0,size(r[5])-1) AS i
-WITH c,i,r[5][i] AS h MATCH(e:Entity{id:$s[h[0]]})
+WITH c,i,r[5][i] AS h MERGE(e:Entity{id:$s[h[0]]})ON CREATE SET e.kind=split($s[h[0]],'/')[0]
 CREATE(c)-[:HOP{index:i,fact_id:$s[h[1]],what:$s[h[2]]}]->(e)}
-CALL{UNWIND $rows[$at[3]..$at[4]] AS r
+CALL{UNWIND $rows[$at[2]..$at[3]] AS r
 MATCH(f:Fact{id:$s[r[0]]})MATCH(e:Entity{id:$s[r[1]]})
-MERGE(f)-[a:ABOUT]->(e)ON CREATE SET a.what=$s[r[2]],a.support=0
-SET a.support=a.support+r[3]
+MERGE(f)-[a:ABOUT]->(e)ON CREATE SET a.what=$s[r[2]],a.support=r[3]
+ON MATCH SET a.support=a.support+r[3]
 WITH a WHERE a.support<=0 DELETE a}
+CALL{UNWIND $rows[$at[3]..$at[4]] AS r
+MATCH(a:Entity{id:$s[r[0]]})MATCH(b:Entity{id:$s[r[1]]})
+MERGE(a)-[l:OWNED_BY{fact_id:$s[r[2]]}]->(b)ON CREATE SET l.what=$s[r[3]],l.support=r[4]
+ON MATCH SET l.support=l.support+r[4]
+WITH l WHERE l.support<=0 DELETE l}
 CALL{UNWIND $rows[$at[4]..$at[5]] AS r
 MATCH(a:Entity{id:$s[r[0]]})MATCH(b:Entity{id:$s[r[1]]})
-MERGE(a)-[l:OWNED_BY{fact_id:$s[r[2]]}]->(b)ON CREATE SET l.what=$s[r[3]],l.support=0
-SET l.support=l.support+r[4]
+MERGE(a)-[l:CAUSED{fact_id:$s[r[2]]}]->(b)ON CREATE SET l.what=$s[r[3]],l.support=r[4]
+ON MATCH SET l.support=l.support+r[4]
 WITH l WHERE l.support<=0 DELETE l}
 CALL{UNWIND $rows[$at[5]..$at[6]] AS r
-MATCH(a:Entity{id:$s[r[0]]})MATCH(b:Entity{id:$s[r[1]]})
-MERGE(a)-[l:CAUSED{fact_id:$s[r[2]]}]->(b)ON CREATE SET l.what=$s[r[3]],l.support=0
-SET l.support=l.support+r[4]
-WITH l WHERE l.support<=0 DELETE l}
-CALL{UNWIND $rows[$at[6]..$at[7]] AS r
 MATCH(c:Correlation{id:$s[r]})DETACH DELETE c}
-CALL{UNWIND $rows[$at[7]..$at[8]] AS r
+CALL{UNWIND $rows[$at[6]..$at[7]] AS r
 MATCH(e:Entity{id:$s[r]})WHERE NOT(e)--()DELETE e}
-MERGE(w:TapioCursor{writer:$writer})SET w.tick=$time,w.updated_at=datetime()";
+FOREACH(_ IN CASE WHEN $last THEN [1] ELSE [] END|
+MERGE(w:TapioCursor{writer:$writer})SET w.tick=$time,w.updated_at=datetime())";
 
 /// The health check.
 pub const PING: &str = "RETURN 1 AS ok";

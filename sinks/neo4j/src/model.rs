@@ -146,8 +146,6 @@ pub struct About {
 /// Everything one transaction changes, net: the rows of its `UNWIND` statements.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Delta {
-    /// Entities the added correlations mention, with their kind (merged, never counted).
-    pub entities: Vec<(String, &'static str)>,
     /// Facts whose support changes.
     pub facts: Vec<Counted<FactNode>>,
     /// ABOUT relationships whose support changes.
@@ -167,7 +165,6 @@ impl Delta {
     /// hop for facts and ABOUT, once per step for links; elements whose support does not change
     /// are left out.
     pub fn build(added: Vec<Correlation>, removed: Vec<Correlation>) -> Delta {
-        let mut entities: BTreeMap<String, &'static str> = BTreeMap::new();
         let mut facts: BTreeMap<String, (u64, i64)> = BTreeMap::new();
         let mut about: BTreeMap<(String, String), (String, i64)> = BTreeMap::new();
         let mut links: BTreeMap<LinkKey, (String, i64)> = BTreeMap::new();
@@ -181,17 +178,12 @@ impl Delta {
                     .entry((fact, entity.clone()))
                     .or_insert_with(|| (hop.what.clone(), 0))
                     .1 += sign;
-                if sign > 0 {
-                    entities.insert(entity, hop.entity.kind());
-                } else {
+                if sign < 0 {
                     touched.insert(entity, ());
                 }
             }
-            let root = correlation.root_cause.to_string();
-            if sign > 0 {
-                entities.insert(root, correlation.root_cause.kind());
-            } else {
-                touched.insert(root, ());
+            if sign < 0 {
+                touched.insert(correlation.root_cause.to_string(), ());
             }
             for link in links_deduplicated(correlation) {
                 links
@@ -212,7 +204,6 @@ impl Delta {
             count(correlation, -1);
         }
         Delta {
-            entities: entities.into_iter().collect(),
             facts: facts
                 .into_iter()
                 .filter(|(_, (_, delta))| *delta != 0)
@@ -424,8 +415,6 @@ mod tests {
                 .iter()
                 .any(|f| f.item.id == "kubernetes/cluster/2")
         );
-        let kinds: Vec<&str> = delta.entities.iter().map(|(_, kind)| *kind).collect();
-        assert!(kinds.contains(&"process") && kinds.contains(&"replicaset"));
     }
 
     #[test]

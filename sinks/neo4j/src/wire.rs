@@ -61,7 +61,7 @@ pub(crate) const MIN_LIST: usize = 101;
 pub(crate) const MAX_LIST: usize = 1000;
 
 /// The number of blocks a statement has rows for (see [`crate::cypher::APPLY`]).
-pub(crate) const BLOCKS: usize = 8;
+pub(crate) const BLOCKS: usize = 7;
 
 /// Size of the header of a PackStream string, list or map of `len` bytes or entries.
 fn header(len: usize) -> usize {

@@ -212,8 +212,11 @@ impl Neo4jWriter {
         let count = statements.len();
         let started = Instant::now();
         let mut txn = self.begin().await?;
-        for statement in statements {
-            run(&mut txn, "apply", statement.query(cypher::APPLY)).await?;
+        for (index, statement) in statements.into_iter().enumerate() {
+            // Only the last statement moves the cursor.
+            let last = index + 1 == count;
+            let query = statement.query(cypher::APPLY).param("last", last);
+            run(&mut txn, "apply", query).await?;
         }
         let write_time = started.elapsed();
         let started = Instant::now();
@@ -350,11 +353,6 @@ fn statements(delta: &Delta, writer: &str, time: i64) -> Result<Vec<wire::Statem
             .collect::<Vec<Cell<'_>>>()
     };
     let blocks = [
-        delta
-            .entities
-            .iter()
-            .map(|(id, kind)| Cell::List(vec![id.as_str().into(), (*kind).into()]))
-            .collect(),
         facts,
         correlations,
         delta
@@ -374,7 +372,12 @@ fn statements(delta: &Delta, writer: &str, time: i64) -> Result<Vec<wire::Statem
         delta.removed.iter().map(|id| id.as_str().into()).collect(),
         delta.touched.iter().map(|id| id.as_str().into()).collect(),
     ];
-    let fixed = [("writer", writer.into()), ("time", time.into())];
+    // `last` is set per statement when the statements are sent; it is here for its size.
+    let fixed = [
+        ("writer", writer.into()),
+        ("time", time.into()),
+        ("last", false.into()),
+    ];
     Ok(wire::split(cypher::APPLY, &fixed, blocks))
 }
 
