@@ -18,8 +18,11 @@
 //!
 //! For each batch size every loop first runs once untimed on the same workload (the server's
 //! JIT needs more than a thousand ticks to settle on the sink's statement), then
-//! [`TIMED_ROUNDS`] times, the loops taking turns; each rate is the best of those rounds. The
-//! load average is printed before and after, since the machine may be shared.
+//! [`TIMED_ROUNDS`] times, the loops taking turns; each figure is the best of those rounds.
+//! Besides relationships per second, each loop's relationships per CPU-second (the server's
+//! and the writing process's, from `/proc`) are printed for the sink and for the faster raw
+//! loop: on a shared machine that ratio depends much less on what else runs. The load average
+//! is printed before and after.
 //!
 //! Run: `.ci/install` (builds the Neo4j launcher), then
 //! `cargo bench -p tapio-sinks-neo4j --bench neo4j_sink` (optionally `-- SIZE...`, default
@@ -43,7 +46,7 @@ const T0: u64 = 1_700_000_000_000_000_000;
 const TOTAL_CORRELATIONS: usize = 6_000;
 const PACED_TICKS: usize = 100;
 /// Timed rounds per batch size, after one untimed round.
-const TIMED_ROUNDS: usize = 2;
+const TIMED_ROUNDS: usize = 3;
 
 fn hop(entity: String, source: &str, seq: u64, what: &str) -> Hop {
     Hop {
@@ -195,22 +198,78 @@ fn settings(uri: &str, writer: &str) -> Neo4jSettings {
     settings
 }
 
-/// Sink throughput: relationships per second, all ticks queued as fast as the sink takes them.
-async fn sink_rate(uri: &str, ticks: &[ClosedBatch]) -> (f64, u64) {
+/// What one timed loop did.
+#[derive(Clone, Copy, Debug)]
+struct Measured {
+    /// Relationships written.
+    written: u64,
+    /// Wall-clock seconds.
+    seconds: f64,
+    /// CPU seconds used meanwhile by the server and by this process (the writer).
+    cpu: f64,
+}
+
+impl Measured {
+    fn rate(&self) -> f64 {
+        self.written as f64 / self.seconds
+    }
+
+    fn per_cpu(&self) -> f64 {
+        self.written as f64 / self.cpu
+    }
+}
+
+/// CPU time used so far by the server and this process, in seconds, from `/proc/PID/stat`
+/// (user and system time of all threads, in clock ticks of 1/100 s, Linux's `USER_HZ`).
+struct CpuClock {
+    server: u32,
+}
+
+impl CpuClock {
+    fn seconds(&self) -> f64 {
+        let used = |path: String| -> f64 {
+            let stat = std::fs::read_to_string(&path).unwrap_or_default();
+            // Fields after the command name (which may hold spaces) end with `)`.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.split_whitespace().collect())
+                .unwrap_or_default();
+            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+            // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+            ticks(11).unwrap_or(0.0) + ticks(12).unwrap_or(0.0)
+        };
+        (used(format!("/proc/{}/stat", self.server)) + used("/proc/self/stat".into())) / 100.0
+    }
+
+    async fn measure<F: std::future::Future<Output = u64>>(&self, run: F) -> Measured {
+        let (started, cpu) = (Instant::now(), self.seconds());
+        let written = run.await;
+        Measured {
+            written,
+            seconds: started.elapsed().as_secs_f64(),
+            cpu: self.seconds() - cpu,
+        }
+    }
+}
+
+/// Sink throughput: all ticks queued as fast as the sink takes them; returns the relationships
+/// written.
+async fn sink_run(uri: &str, ticks: &[ClosedBatch], clock: &CpuClock) -> Measured {
     let mut sink = Box::new(Neo4jSink::new(settings(uri, "bench-throughput")));
     sink.healthcheck().await.expect("health check");
     let progress = sink.progress();
-    let (tx, rx) = mpsc::channel(64);
-    let started = Instant::now();
-    let task = tokio::spawn(sink.run(rx));
-    for tick in ticks {
-        tx.send(tick.clone()).await.expect("sink running");
-    }
-    drop(tx);
-    task.await.expect("sink task").expect("sink run");
-    let elapsed = started.elapsed().as_secs_f64();
-    let relationships = progress.borrow().relationships;
-    (relationships as f64 / elapsed, relationships)
+    clock
+        .measure(async {
+            let (tx, rx) = mpsc::channel(64);
+            let task = tokio::spawn(sink.run(rx));
+            for tick in ticks {
+                tx.send(tick.clone()).await.expect("sink running");
+            }
+            drop(tx);
+            task.await.expect("sink task").expect("sink run");
+            progress.borrow().relationships
+        })
+        .await
 }
 
 /// The raw loop's statement.
@@ -261,27 +320,32 @@ fn raw_statements(tick: &[(String, String)], how: RawStatements) -> Vec<Vec<Bolt
 }
 
 /// The raw `UNWIND … MERGE` loop, one transaction per tick.
-async fn raw_rate(graph: &Graph, rows: &[Vec<(String, String)>], how: RawStatements) -> (f64, u64) {
+async fn raw_run(
+    graph: &Graph,
+    rows: &[Vec<(String, String)>],
+    how: RawStatements,
+    clock: &CpuClock,
+) -> Measured {
     graph
         .run(query(
             "CREATE CONSTRAINT bench_raw_id IF NOT EXISTS FOR (n:Raw) REQUIRE n.id IS UNIQUE",
         ))
         .await
         .expect("raw constraint");
-    let ticks: Vec<Vec<Vec<BoltType>>> =
-        rows.iter().map(|tick| raw_statements(tick, how)).collect();
-    let started = Instant::now();
-    for statements in ticks {
-        let mut txn = graph.start_txn().await.expect("begin");
-        for params in statements {
-            txn.run(query(RAW).param("rows", params))
-                .await
-                .expect("raw merge");
-        }
-        txn.commit().await.expect("commit");
-    }
-    let written: u64 = rows.iter().map(|tick| tick.len() as u64).sum();
-    (written as f64 / started.elapsed().as_secs_f64(), written)
+    clock
+        .measure(async {
+            for tick in rows {
+                let mut txn = graph.start_txn().await.expect("begin");
+                for params in raw_statements(tick, how) {
+                    txn.run(query(RAW).param("rows", params))
+                        .await
+                        .expect("raw merge");
+                }
+                txn.commit().await.expect("commit");
+            }
+            rows.iter().map(|tick| tick.len() as u64).sum()
+        })
+        .await
 }
 
 /// `ticks` ticks of `size` new correlations each, and every fourth tick also retracting a
@@ -398,41 +462,48 @@ async fn main() {
     let graph = Graph::new(server.uri(), harness::USERNAME, harness::PASSWORD)
         .await
         .expect("connect");
+    let clock = CpuClock {
+        server: server.pid(),
+    };
     // Let the server plan the sink's statement and run it with retractions before anything is
     // timed (the delay figures include retractions).
-    sink_rate(server.uri(), &churn_ticks(50, 40)).await;
+    sink_run(server.uri(), &churn_ticks(50, 40), &clock).await;
     clear(&graph).await;
 
     println!("load average before: {}", load_average());
     println!(
-        "| correlations per tick | ticks | relationships | sink rel/s | raw rel/s, one statement per tick | raw rel/s, statements < 8 KiB | ratio sink / faster raw | commit delay p50 | p99 |"
+        "| correlations per tick | ticks | relationships | sink rel/s | raw rel/s, one statement per tick | raw rel/s, statements < 8 KiB | ratio sink / faster raw | sink rel per CPU-s | raw rel per CPU-s | CPU ratio | commit delay p50 | p99 |"
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for size in sizes {
         let ticks = add_only_ticks(size);
         let rows = raw_rows(&ticks);
         // Round 0 warms the server up (JIT, page cache, plans) on this very workload and is not
-        // counted; each rate is then the best of the timed rounds, the loops taking turns, so
+        // counted; each figure is then the best of the timed rounds, the loops taking turns, so
         // that load from elsewhere on the machine hurts none of them more than the others.
-        let mut best = [0f64; 3];
+        let mut rate = [0f64; 3];
+        let mut per_cpu = [0f64; 3];
         let mut written = [0u64; 3];
         for round in 0..=TIMED_ROUNDS {
-            let rates = [
-                sink_rate(server.uri(), &ticks).await,
+            let runs = [
+                sink_run(server.uri(), &ticks, &clock).await,
                 {
                     clear(&graph).await;
-                    raw_rate(&graph, &rows, RawStatements::One).await
+                    raw_run(&graph, &rows, RawStatements::One, &clock).await
                 },
                 {
                     clear(&graph).await;
-                    raw_rate(&graph, &rows, RawStatements::Split).await
+                    raw_run(&graph, &rows, RawStatements::Split, &clock).await
                 },
             ];
             clear(&graph).await;
-            for (i, (rate, count)) in rates.into_iter().enumerate() {
-                written[i] = count;
+            for (i, run) in runs.into_iter().enumerate() {
+                written[i] = run.written;
                 if round > 0 {
-                    best[i] = best[i].max(rate);
+                    rate[i] = rate[i].max(run.rate());
+                    per_cpu[i] = per_cpu[i].max(run.per_cpu());
                 }
             }
         }
@@ -440,14 +511,17 @@ async fn main() {
             written.iter().all(|count| *count == written[0]),
             "every loop writes the same relationships: {written:?}"
         );
-        let [sink, one, split] = best;
+        let [sink, one, split] = rate;
+        let raw_cpu = if one >= split { per_cpu[1] } else { per_cpu[2] };
         let (p50, p99) = delays(server.uri(), size).await;
         clear(&graph).await;
         println!(
-            "| {size} | {} | {} | {sink:.0} | {one:.0} | {split:.0} | {:.2} | {:.1} ms | {:.1} ms |",
+            "| {size} | {} | {} | {sink:.0} | {one:.0} | {split:.0} | {:.2} | {:.0} | {raw_cpu:.0} | {:.2} | {:.1} ms | {:.1} ms |",
             ticks.len(),
             written[0],
             sink / one.max(split),
+            per_cpu[0],
+            per_cpu[0] / raw_cpu,
             p50.as_secs_f64() * 1000.0,
             p99.as_secs_f64() * 1000.0
         );
