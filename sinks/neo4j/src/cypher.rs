@@ -3,8 +3,9 @@
 //! The writer reads its state once, at start and again after any failed transaction:
 //! [`READ_CURSOR`] (its cursor) and [`READ_CORRELATIONS`] (which correlations are in the
 //! graph). From then on it keeps both in memory, so a closed tick is one transaction of
-//! [`APPLY`] statements and nothing else: every change, and the new cursor. [`APPLY`] is split
-//! into as many statements as keep each message under the driver's write buffer (see `wire`).
+//! [`APPLY`] statements (every change, and the new cursor), preceded by [`CHECK_REMOVED`] when
+//! the tick retracts correlations. Both are split into as many statements as keep each message
+//! under the driver's write buffer (see `wire`).
 
 /// Constraints and indexes, created at start (idempotent).
 pub const SCHEMA: &[&str] = &[
@@ -24,6 +25,19 @@ RETURN w.tick AS tick";
 
 /// The id of every correlation in the graph.
 pub const READ_CORRELATIONS: &str = "MATCH (c:Correlation) RETURN c.id AS id";
+
+/// Whether every correlation in `$rows[$at[0]..$at[1]]` (indexes into `$s`, as in [`APPLY`]) is
+/// in the graph: one row, `present`.
+///
+/// A tick that retracts correlations runs this first, in its transaction: removing a
+/// correlation that someone else removed already would take the support of what it cites down
+/// twice. (A correlation to add that someone else added fails [`APPLY`]'s `CREATE` on the
+/// uniqueness constraint instead.) Either way the writer rolls back, reads its state again and
+/// retries.
+pub const CHECK_REMOVED: &str = "\
+CYPHER replan=skip
+UNWIND $rows[$at[0]..$at[1]] AS r OPTIONAL MATCH(c:Correlation{id:$s[r]})
+RETURN count(*)=count(c) AS present";
 
 /// Everything a closed tick changes, and the cursor. The blocks run in order; a large tick runs
 /// this statement several times in its transaction, each time on the next share of the rows,

@@ -19,10 +19,10 @@
 //! size bucket (0, 1, up to 10, up to 100, up to 1000, …): a statement whose lists change
 //! bucket is planned again, and planning the sink's write statement takes about a second. So
 //! all of a statement's rows travel in one list, `$rows`, block after block, with the blocks'
-//! boundaries in `$at` (always [`BLOCKS`] + 1 offsets); `$rows` and `$s` are padded to at least
-//! [`MIN_LIST`] entries and hold at most [`MAX_LIST`], which keeps both in the 101–1000 bucket.
-//! The padding (the integer 0 after the last block, empty strings at the end of `$s`) costs a
-//! byte an entry and only in small statements.
+//! boundaries in `$at` (one offset more than the statement has blocks); `$rows` and `$s` are
+//! padded to at least 101 entries and hold at most 1000, which keeps both in the 101–1000
+//! bucket. The padding (the integer 0 after the last block, empty strings at the end of `$s`)
+//! costs a byte an entry and only in small statements.
 //!
 //! Sizes follow the PackStream encoding (<https://neo4j.com/docs/bolt/current/packstream/>):
 //! values are counted at their exact size, and the headers of the lists that grow while a
@@ -59,9 +59,6 @@ pub(crate) const MIN_LIST: usize = 101;
 
 /// Most entries of `$rows` and `$s`: the largest size of that bucket.
 pub(crate) const MAX_LIST: usize = 1000;
-
-/// The number of blocks a statement has rows for (see [`crate::cypher::APPLY`]).
-pub(crate) const BLOCKS: usize = 7;
 
 /// Size of the header of a PackStream string, list or map of `len` bytes or entries.
 fn header(len: usize) -> usize {
@@ -284,9 +281,9 @@ struct Rows {
 }
 
 impl Rows {
-    fn new() -> Rows {
+    fn new(blocks: usize) -> Rows {
         Rows {
-            blocks: vec![Vec::new(); BLOCKS],
+            blocks: vec![Vec::new(); blocks],
             size: 0,
             count: 0,
         }
@@ -295,7 +292,7 @@ impl Rows {
     /// `$rows` as sent: the blocks in order, then padding up to [`MIN_LIST`] entries; and
     /// `$at`, where each block starts, and where the last one ends.
     fn into_params(self) -> (BoltType, BoltType) {
-        let mut at = Vec::with_capacity(BLOCKS + 1);
+        let mut at = Vec::with_capacity(self.blocks.len() + 1);
         let mut rows = Vec::with_capacity(self.count.max(MIN_LIST));
         for block in self.blocks {
             at.push(BoltType::from(rows.len() as i64));
@@ -311,7 +308,7 @@ impl Rows {
     }
 }
 
-/// Splits a tick's rows, [`BLOCKS`] lists in the order the statement's blocks take them, into
+/// Splits a tick's rows, `N` lists in the order the statement's blocks take them, into
 /// as few statements of `text` as keep every message under [`MESSAGE_BUDGET`] and every list
 /// within [`MAX_LIST`] entries.
 ///
@@ -321,13 +318,13 @@ impl Rows {
 /// large to share a statement goes alone; such a statement is larger than the write buffer and
 /// may wait on the delayed acknowledgement, but it is still written. With no rows at all, one
 /// statement with empty blocks is returned.
-pub(crate) fn split<'a>(
+pub(crate) fn split<'a, const N: usize>(
     text: &str,
     fixed: &[(&'static str, BoltType)],
-    blocks: [Vec<Cell<'a>>; BLOCKS],
+    blocks: [Vec<Cell<'a>>; N],
 ) -> Vec<Statement> {
     // RUN: structure marker and tag, the text, the parameter map: the fixed parameters, then
-    // `$s`, `$rows` (largest list headers) and `$at` (BLOCKS + 1 offsets up to MAX_LIST, at
+    // `$s`, `$rows` (largest list headers) and `$at` (N + 1 offsets up to MAX_LIST, at
     // most 3 bytes each).
     let envelope = 2
         + string_len(text)
@@ -340,8 +337,8 @@ pub(crate) fn split<'a>(
         + string_len(ROWS)
         + LARGEST_HEADER
         + string_len(AT)
-        + header(BLOCKS + 1)
-        + 3 * (BLOCKS + 1);
+        + header(N + 1)
+        + 3 * (N + 1);
     let size = |table: &Table<'_>, rows: &Rows| {
         envelope + table.size() + rows.size + MIN_LIST.saturating_sub(rows.count)
     };
@@ -355,7 +352,7 @@ pub(crate) fn split<'a>(
     };
     let mut statements = Vec::new();
     let mut table = Table::new();
-    let mut rows = Rows::new();
+    let mut rows = Rows::new(N);
     for (block, cells) in blocks.into_iter().enumerate() {
         for cell in cells {
             let (len, new_strings, strings_len) = table.added(&cell);
@@ -365,7 +362,7 @@ pub(crate) fn split<'a>(
                 || table.len() + new_strings > MAX_LIST;
             if full && rows.count > 0 {
                 let done = std::mem::replace(&mut table, Table::new());
-                statements.push(statement(done, std::mem::replace(&mut rows, Rows::new())));
+                statements.push(statement(done, std::mem::replace(&mut rows, Rows::new(N))));
             }
             let sent = table.insert(cell);
             rows.size += encoded_len(&sent);
@@ -384,6 +381,9 @@ mod tests {
     use super::*;
 
     const TEXT: &str = "UNWIND $rows[$at[0]..$at[1]] AS r RETURN 1";
+
+    /// Blocks of the statements in these tests.
+    const BLOCKS: usize = 7;
 
     /// Row `id`: its name, a text shared by every row, its own text of `text_len` bytes, and
     /// `id` as an integer.
@@ -564,7 +564,7 @@ mod tests {
             .map(|s| rows_of(s).iter().map(Vec::len).sum())
             .collect();
         assert_eq!(counts, vec![1, 1, 1]);
-        let empty = split(TEXT, &[], Default::default());
+        let empty = split::<BLOCKS>(TEXT, &[], Default::default());
         assert_eq!(empty.len(), 1);
         assert!(rows_of(&empty[0]).iter().all(Vec::is_empty));
         assert_eq!(param(&empty[0], STRINGS).len(), MIN_LIST);

@@ -1,6 +1,6 @@
 //! The transactional writer: one closed tick in, one Neo4j transaction out.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use neo4rs::{ConfigBuilder, Graph, Query, Txn, query};
@@ -91,11 +91,13 @@ pub struct Applied {
 /// Writes closed ticks into Neo4j, one transaction each, keeping a cursor per writer.
 ///
 /// The writer reads its state (its cursor and which correlations are in the graph) once, before
-/// its first batch, and then keeps it in memory, updated with every transaction it commits: it
-/// assumes it is the only one changing correlations in the database. Any failed transaction
-/// (including a commit whose outcome is unknown because the connection broke) drops that
-/// knowledge, and the next attempt reads the state again: if the commit did go through, the
-/// cursor has moved and the batch is skipped.
+/// its first batch, and then keeps it in memory, updated with every transaction it commits.
+/// Any failed transaction (including a commit whose outcome is unknown because the connection
+/// broke) drops that knowledge, and the next attempt reads the state again: if the commit did
+/// go through, the cursor has moved and the batch is skipped. Should someone else (another
+/// writer) add or remove correlations meanwhile, the transaction notices before any support
+/// count is wrong ([`cypher::CHECK_REMOVED`], the uniqueness constraint on correlation ids)
+/// and fails with [`Neo4jError::GraphChanged`], which is retried the same way.
 pub struct Neo4jWriter {
     graph: Graph,
     settings: Neo4jSettings,
@@ -186,44 +188,71 @@ impl Neo4jWriter {
                 ..Applied::default()
             });
         }
-        // Each change against what the graph holds, including the batch's earlier changes.
+        // The batch's net change of each correlation (the dataflow's batches are consolidated
+        // already, so this only guards against a correlation added and removed in one batch),
+        // against what the graph holds.
+        let mut net: BTreeMap<u128, (&Correlation, i64)> = BTreeMap::new();
+        for (correlation, diff) in &batch.changes {
+            net.entry(key(&correlation_id(correlation)))
+                .or_insert((correlation, 0))
+                .1 += diff;
+        }
         let mut after: HashMap<u128, bool> = HashMap::new();
         let mut added = Vec::new();
         let mut removed = Vec::new();
         let mut inconsistent = 0;
-        for (correlation, diff) in &batch.changes {
-            let key = key(&correlation_id(correlation));
-            let there = after
-                .get(&key)
-                .copied()
-                .unwrap_or_else(|| state.present.contains(&key));
-            match (*diff > 0, there) {
-                (true, false) => added.push(correlation.clone()),
-                (false, true) => removed.push(correlation.clone()),
+        for (key, (correlation, diff)) in net {
+            match (diff.signum(), state.present.contains(&key)) {
+                (0, _) => continue,
+                (1, false) => added.push(correlation.clone()),
+                (-1, true) => removed.push(correlation.clone()),
                 _ => {
                     inconsistent += 1;
                     continue;
                 }
             }
-            after.insert(key, *diff > 0);
+            after.insert(key, diff > 0);
         }
         let delta = Delta::build(added, removed);
         let statements = statements(&delta, &self.settings.writer, time)?;
         let count = statements.len();
         let started = Instant::now();
         let mut txn = self.begin().await?;
+        if !delta.removed.is_empty() {
+            let ids = delta.removed.iter().map(|id| id.as_str().into()).collect();
+            for statement in wire::split(cypher::CHECK_REMOVED, &[], [ids]) {
+                if !all_present(&mut txn, statement.query(cypher::CHECK_REMOVED)).await? {
+                    // Dropping the transaction rolls it back (the pool resets the connection).
+                    return Err(Neo4jError::GraphChanged {
+                        what: "a correlation to remove is not in the graph".into(),
+                    });
+                }
+            }
+        }
         for (index, statement) in statements.into_iter().enumerate() {
             // Only the last statement moves the cursor.
             let last = index + 1 == count;
             let query = statement.query(cypher::APPLY).param("last", last);
-            run(&mut txn, "apply", query).await?;
+            txn.run(query).await.map_err(|error| match &error {
+                neo4rs::Error::Neo4j(failure)
+                    if failure.code() == "Neo.ClientError.Schema.ConstraintValidationFailed" =>
+                {
+                    Neo4jError::GraphChanged {
+                        what: format!(
+                            "a correlation to add is in the graph already: {}",
+                            failure.message()
+                        ),
+                    }
+                }
+                _ => Neo4jError::query("apply", error),
+            })?;
         }
         let write_time = started.elapsed();
         let started = Instant::now();
         commit(txn).await?;
         let commit_time = started.elapsed();
-        // Only this writer changes correlations, so after the commit the graph holds exactly
-        // what it held before plus this batch's changes.
+        // The transaction found the correlations it removed and created those it added, so the
+        // graph now holds what the writer knew plus this batch's changes.
         if let Some(state) = self.state.as_mut() {
             state.cursor = Some(batch.time);
             for (key, present) in after {
@@ -456,6 +485,27 @@ fn int(value: u64) -> Result<Cell<'static>, Neo4jError> {
         .map_err(|_| Neo4jError::BadValue {
             what: format!("{value} does not fit a Neo4j integer"),
         })
+}
+
+/// Runs one [`cypher::CHECK_REMOVED`] statement.
+async fn all_present(txn: &mut Txn, query: Query) -> Result<bool, Neo4jError> {
+    let mut rows = txn
+        .execute(query)
+        .await
+        .map_err(|error| Neo4jError::query("check removed", error))?;
+    let mut present = true;
+    while let Some(row) = rows
+        .next(txn.handle())
+        .await
+        .map_err(|error| Neo4jError::query("check removed", error))?
+    {
+        present &= row
+            .get::<bool>("present")
+            .map_err(|error| Neo4jError::BadValue {
+                what: format!("the check of the correlations to remove: {error}"),
+            })?;
+    }
+    Ok(present)
 }
 
 async fn run(txn: &mut Txn, statement: &'static str, query: Query) -> Result<(), Neo4jError> {

@@ -766,6 +766,61 @@ async fn a_commit_whose_answer_is_lost_is_not_written_twice() {
     );
 }
 
+/// A writer keeps what it knows of the graph in memory. When another writer (another Tapio
+/// deployment with its own cursor) removes or adds a correlation behind its back, it notices
+/// before any count drifts, reads the graph again and leaves out the changes that disagree.
+#[tokio::test]
+async fn changes_by_another_writer_are_noticed_not_doubled() {
+    let _db = DATABASE.lock().await;
+    let graph = graph().await;
+    let owned = |container: u64, from: usize| {
+        let chain = ownership_hops(container)[from..].to_vec();
+        Correlation {
+            kind: CorrelationKind::Ownership,
+            root_cause: chain.last().expect("non-empty").entity.clone(),
+            chain,
+            explanation: format!("container {container} from hop {from}"),
+            confidence: 100,
+        }
+    };
+    // x and y share the pod, the ReplicaSet, the Deployment and their facts; z is elsewhere.
+    let (x, y, z) = (owned(1, 1), owned(1, 0), owned(2, 0));
+    let reference = reference_dump(&graph, &BTreeSet::from([y.clone(), z.clone()])).await;
+    clear(&graph).await;
+    let batch = |time: u64, changes: &[(&Correlation, i64)]| ClosedBatch {
+        time,
+        changes: changes
+            .iter()
+            .map(|(c, diff)| ((*c).clone(), *diff))
+            .collect(),
+    };
+    let mut sink = Box::new(Neo4jSink::new(settings("writer-a")));
+    sink.healthcheck().await.expect("health check");
+    let mut progress = sink.progress();
+    let (tx, rx) = mpsc::channel(4);
+    let task = tokio::spawn(sink.run(rx));
+    tx.send(batch(10, &[(&x, 1), (&y, 1)]))
+        .await
+        .expect("sink running");
+    progress
+        .wait_for(|p| p.batches == 1)
+        .await
+        .expect("progress");
+    // The other writer starts now, sees x and y, removes x and adds z.
+    write("writer-b", vec![batch(10, &[(&x, -1), (&z, 1)])]).await;
+    // The first still believes x is there and z is not.
+    tx.send(batch(20, &[(&x, -1)])).await.expect("sink running");
+    tx.send(batch(30, &[(&z, 1)])).await.expect("sink running");
+    drop(tx);
+    task.await.expect("sink task").expect("sink run");
+    assert_eq!(progress.borrow().batches, 3);
+    assert_eq!(
+        dump(&graph).await,
+        reference,
+        "y's shared elements kept their support; z once"
+    );
+}
+
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
