@@ -9,7 +9,8 @@
 //! a batch at or below the cursor is skipped, so a restart that replays batches writes no
 //! duplicates and leaves no gaps. The writer reads its cursor and which correlations are in the
 //! graph once, at start and again after any failed transaction, and otherwise keeps them in
-//! memory, so a tick costs no read.
+//! memory: a tick that only adds correlations reads nothing, one that retracts checks only that
+//! those are still there.
 //!
 //! When Neo4j is slow or down, the sink retries the batch with exponential backoff and logs its
 //! status; batches wait in the bounded channel in front of it, which slows the dataflow down.
