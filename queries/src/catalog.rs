@@ -1,8 +1,9 @@
 //! The Cypher text of every question, in one place. Each query reads the graph the Neo4j sink
 //! writes (see the README's "Neo4j" section): `(:Entity {id, kind})`, `(:Fact {id, time})`,
 //! `(:Correlation {id, kind, root_cause, explanation, confidence, since})`, and the
-//! relationships `HOP {index, fact_id, time, what}`, `ROOT_CAUSE`, `ABOUT {what}`,
-//! `OWNED_BY {fact_id, time, what}` and `CAUSED {fact_id, time, what}`.
+//! relationships `HOP {index, fact_id, what}`, `ROOT_CAUSE`, `ABOUT {what}`,
+//! `OWNED_BY {fact_id, what}` and `CAUSED {fact_id, what}`. The time of a piece of evidence is
+//! on its `Fact` node, found by `fact_id`.
 
 /// Whether an entity is in the graph. `$entity`.
 pub const ENTITY_EXISTS: &str = "\
@@ -17,8 +18,9 @@ MATCH (:Entity {id: $entity})<-[:HOP]-(c:Correlation)
 WHERE c.kind <> 'ownership'
 WITH DISTINCT c
 MATCH (c)-[h:HOP]->(x:Entity)
-WITH c, h, x ORDER BY h.index
-WITH c, collect({entity: x.id, fact_id: h.fact_id, time: h.time, what: h.what}) AS chain
+MATCH (f:Fact {id: h.fact_id})
+WITH c, h, x, f ORDER BY h.index
+WITH c, collect({entity: x.id, fact_id: h.fact_id, time: f.time, what: h.what}) AS chain
 RETURN c.id AS id, c.kind AS kind, c.root_cause AS root_cause, c.confidence AS confidence,
        c.explanation AS explanation, c.since AS since, chain
 ORDER BY confidence DESC, since DESC, id";
@@ -80,4 +82,6 @@ MATCH (a:Entity {id: $from}), (b:Entity {id: $to})
 MATCH p = shortestPath((a)-[:OWNED_BY|CAUSED*..16]-(b))
 RETURN [n IN nodes(p) | n.id] AS nodes,
        [r IN relationships(p) | {relation: type(r), from: startNode(r).id, to: endNode(r).id,
-                                 fact_id: r.fact_id, time: r.time, what: r.what}] AS steps";
+                                 fact_id: r.fact_id,
+                                 time: COLLECT { MATCH (f:Fact {id: r.fact_id}) RETURN f.time }[0],
+                                 what: r.what}] AS steps";

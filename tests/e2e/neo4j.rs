@@ -253,6 +253,17 @@ fn kspan_replay_fills_neo4j_and_every_question_is_answered() {
         ["CAUSED", "OWNED_BY", "OWNED_BY", "OWNED_BY"]
     );
     assert_eq!(path["nodes"][0], PROCESS);
+    // Evidence times come from the facts: the same in why, path and timeline.
+    let container_stop = timeline["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["fact_id"] == "cri/kind-control-plane/1")
+        .map(|e| e["time"].clone())
+        .expect("the container's stop is on the pod's timeline");
+    assert!(container_stop.as_u64().is_some_and(|t| t > 0));
+    assert_eq!(path["steps"][0]["time"], container_stop);
+    assert_eq!(causes[0]["chain"][2]["time"], container_stop);
     let table = query_table(&config, &["path", "deployment/default/px", PROCESS]);
     assert!(
         table.contains("CAUSED") && table.contains("cri/kind-control-plane/1"),

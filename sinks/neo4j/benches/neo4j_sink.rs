@@ -3,20 +3,34 @@
 //! For each batch size (correlations per closed tick) it measures, in the same run and against
 //! the same server:
 //!
-//! - **sink**: relationships written per second by [`Neo4jSink`] (every tick one transaction:
-//!   state read, `UNWIND` statements, cursor), fed as fast as it takes batches;
+//! - **sink**: relationships written per second by [`Neo4jSink`] (every tick one transaction
+//!   of `UNWIND` statements that also move the cursor), fed as fast as it takes batches;
 //! - **raw**: relationships written per second by a bare `UNWIND $rows AS r MERGE (a:Raw {id:
 //!   r.a}) MERGE (b:Raw {id: r.b}) MERGE (a)-[:R]->(b)` loop, one transaction per tick with
 //!   exactly as many rows as the sink wrote relationships in that tick, on a label with the
-//!   same uniqueness constraint;
+//!   same uniqueness constraint. It runs twice: with all of a tick's rows in one statement, and
+//!   with them split into statements whose messages fit neo4rs's 8 KiB write buffer (larger
+//!   ones wait about 40 ms on the server's delayed acknowledgement; see the sink's `wire`
+//!   module). The ratio is the sink's rate over the faster of the two;
 //! - **delay**: from handing a closed tick to the sink to its transaction committing, with ticks
 //!   closing every 100 ms (the default tick) and a quarter of the earlier correlations
-//!   retracted along the way; p50 and p99.
+//!   retracted every fourth tick; p50 and p99.
+//!
+//! For each batch size every loop first runs [`WARM_ROUNDS`] times untimed on the same workload
+//! (the server's JIT needs well over a thousand ticks to settle on the sink's statement: its
+//! CPU per 10-correlation tick falls from about 45 ms to 6 ms over the first 1,500 ticks, the
+//! bare loop's from 16 ms to 5 ms), then [`TIMED_ROUNDS`] times; the loops take turns in every
+//! round, and each figure is the best of the timed rounds.
+//! Besides relationships per second, each loop's relationships per CPU-second (the server's
+//! and the writing process's, from `/proc`) are printed for the sink and for the faster raw
+//! loop: on a shared machine that ratio depends much less on what else runs. The load average
+//! is printed before and after.
 //!
 //! Run: `.ci/install` (builds the Neo4j launcher), then
 //! `cargo bench -p tapio-sinks-neo4j --bench neo4j_sink` (optionally `-- SIZE...`, default
 //! `10 100 500`).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -25,6 +39,7 @@ use tapio_model::{ClosedBatch, Correlation, CorrelationKind, FactId, Hop};
 use tapio_sinks::Sink;
 use tapio_sinks_neo4j::harness::{self, Neo4jServer};
 use tapio_sinks_neo4j::model::Delta;
+use tapio_sinks_neo4j::wire::{MESSAGE_BUDGET, encoded_len};
 use tapio_sinks_neo4j::{Neo4jSettings, Neo4jSink};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -32,6 +47,10 @@ use tokio::time::Instant;
 const T0: u64 = 1_700_000_000_000_000_000;
 const TOTAL_CORRELATIONS: usize = 6_000;
 const PACED_TICKS: usize = 100;
+/// Untimed rounds per batch size, to warm the server up on the workload.
+const WARM_ROUNDS: usize = 3;
+/// Timed rounds per batch size, after the untimed ones.
+const TIMED_ROUNDS: usize = 3;
 
 fn hop(entity: String, source: &str, seq: u64, what: &str) -> Hop {
     Hop {
@@ -183,63 +202,189 @@ fn settings(uri: &str, writer: &str) -> Neo4jSettings {
     settings
 }
 
-/// Sink throughput: relationships per second, all ticks queued as fast as the sink takes them.
-async fn sink_rate(uri: &str, ticks: &[ClosedBatch]) -> (f64, u64) {
+/// What one timed loop did.
+#[derive(Clone, Copy, Debug)]
+struct Measured {
+    /// Relationships written.
+    written: u64,
+    /// Wall-clock seconds.
+    seconds: f64,
+    /// CPU seconds used meanwhile by the server and by this process (the writer).
+    cpu: f64,
+}
+
+impl Measured {
+    fn rate(&self) -> f64 {
+        self.written as f64 / self.seconds
+    }
+
+    fn per_cpu(&self) -> f64 {
+        self.written as f64 / self.cpu
+    }
+}
+
+/// CPU time used so far by the server and this process, in seconds, from `/proc/PID/stat`
+/// (user and system time of all threads, in clock ticks of 1/100 s, Linux's `USER_HZ`).
+struct CpuClock {
+    server: u32,
+}
+
+impl CpuClock {
+    fn seconds(&self) -> f64 {
+        let used = |path: String| -> f64 {
+            let stat = std::fs::read_to_string(&path).unwrap_or_default();
+            // Fields after the command name (which may hold spaces) end with `)`.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.split_whitespace().collect())
+                .unwrap_or_default();
+            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+            // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+            ticks(11).unwrap_or(0.0) + ticks(12).unwrap_or(0.0)
+        };
+        (used(format!("/proc/{}/stat", self.server)) + used("/proc/self/stat".into())) / 100.0
+    }
+
+    async fn measure<F: std::future::Future<Output = u64>>(&self, run: F) -> Measured {
+        let (started, cpu) = (Instant::now(), self.seconds());
+        let written = run.await;
+        Measured {
+            written,
+            seconds: started.elapsed().as_secs_f64(),
+            cpu: self.seconds() - cpu,
+        }
+    }
+}
+
+/// Sink throughput: all ticks queued as fast as the sink takes them; returns the relationships
+/// written.
+async fn sink_run(uri: &str, ticks: &[ClosedBatch], clock: &CpuClock) -> Measured {
     let mut sink = Box::new(Neo4jSink::new(settings(uri, "bench-throughput")));
     sink.healthcheck().await.expect("health check");
     let progress = sink.progress();
-    let (tx, rx) = mpsc::channel(64);
-    let started = Instant::now();
-    let task = tokio::spawn(sink.run(rx));
-    for tick in ticks {
-        tx.send(tick.clone()).await.expect("sink running");
+    clock
+        .measure(async {
+            let (tx, rx) = mpsc::channel(64);
+            let task = tokio::spawn(sink.run(rx));
+            for tick in ticks {
+                tx.send(tick.clone()).await.expect("sink running");
+            }
+            drop(tx);
+            task.await.expect("sink task").expect("sink run");
+            progress.borrow().relationships
+        })
+        .await
+}
+
+/// The raw loop's statement.
+const RAW: &str =
+    "UNWIND $rows AS r MERGE (a:Raw {id: r.a}) MERGE (b:Raw {id: r.b}) MERGE (a)-[:R]->(b)";
+
+/// How the raw loop sends a tick's rows, always in one transaction per tick.
+#[derive(Clone, Copy)]
+enum RawStatements {
+    /// One statement with all the rows.
+    One,
+    /// As many statements as keep each message under neo4rs's 8 KiB write buffer, like the
+    /// sink, so that no statement waits on the server's delayed acknowledgement.
+    Split,
+}
+
+/// A tick's raw rows as the parameter lists of its statements.
+fn raw_statements(tick: &[(String, String)], how: RawStatements) -> Vec<Vec<BoltType>> {
+    let rows: Vec<BoltType> = tick
+        .iter()
+        .map(|(a, b)| {
+            let row: HashMap<&str, BoltType> = [("a", a.as_str().into()), ("b", b.as_str().into())]
+                .into_iter()
+                .collect();
+            row.into()
+        })
+        .collect();
+    match how {
+        RawStatements::One => vec![rows],
+        RawStatements::Split => {
+            // RUN: structure header, text, parameters map {rows: [..]} with the largest
+            // list header.
+            let envelope = 2 + encoded_len(&BoltType::from(RAW)) + 1 + 5 + 5;
+            let mut statements = vec![Vec::new()];
+            let mut size = envelope;
+            for row in rows {
+                let len = encoded_len(&row);
+                if size + len > MESSAGE_BUDGET {
+                    statements.push(Vec::new());
+                    size = envelope;
+                }
+                size += len;
+                statements.last_mut().expect("a statement").push(row);
+            }
+            statements
+        }
     }
-    drop(tx);
-    task.await.expect("sink task").expect("sink run");
-    let elapsed = started.elapsed().as_secs_f64();
-    let relationships = progress.borrow().relationships;
-    (relationships as f64 / elapsed, relationships)
 }
 
 /// The raw `UNWIND … MERGE` loop, one transaction per tick.
-async fn raw_rate(graph: &Graph, rows: &[Vec<(String, String)>]) -> (f64, u64) {
+async fn raw_run(
+    graph: &Graph,
+    rows: &[Vec<(String, String)>],
+    how: RawStatements,
+    clock: &CpuClock,
+) -> Measured {
     graph
         .run(query(
             "CREATE CONSTRAINT bench_raw_id IF NOT EXISTS FOR (n:Raw) REQUIRE n.id IS UNIQUE",
         ))
         .await
         .expect("raw constraint");
-    let started = Instant::now();
-    let mut written = 0u64;
-    for tick in rows {
-        let params: Vec<BoltType> = tick
-            .iter()
-            .map(|(a, b)| {
-                let row: std::collections::HashMap<&str, BoltType> =
-                    [("a", a.as_str().into()), ("b", b.as_str().into())]
-                        .into_iter()
-                        .collect();
-                row.into()
-            })
-            .collect();
-        let mut txn = graph.start_txn().await.expect("begin");
-        txn.run(
-            query(
-                "UNWIND $rows AS r MERGE (a:Raw {id: r.a}) MERGE (b:Raw {id: r.b}) \
-                 MERGE (a)-[:R]->(b)",
-            )
-            .param("rows", params),
-        )
+    clock
+        .measure(async {
+            for tick in rows {
+                let mut txn = graph.start_txn().await.expect("begin");
+                for params in raw_statements(tick, how) {
+                    txn.run(query(RAW).param("rows", params))
+                        .await
+                        .expect("raw merge");
+                }
+                txn.commit().await.expect("commit");
+            }
+            rows.iter().map(|tick| tick.len() as u64).sum()
+        })
         .await
-        .expect("raw merge");
-        txn.commit().await.expect("commit");
-        written += tick.len() as u64;
-    }
-    (written as f64 / started.elapsed().as_secs_f64(), written)
 }
 
-/// Commit delay with ticks closing every 100 ms: `size` new correlations per tick, and a
-/// quarter of the earlier ones retracted.
+/// `ticks` ticks of `size` new correlations each, and every fourth tick also retracting a
+/// quarter of the correlations still current.
+fn churn_ticks(size: usize, ticks: usize) -> Vec<ClosedBatch> {
+    let mut live: Vec<Correlation> = Vec::new();
+    let mut next = 0usize;
+    (0..ticks)
+        .map(|tick| {
+            let mut changes: Vec<(Correlation, i64)> = Vec::new();
+            let mut added = 0;
+            while added < size {
+                for correlation in correlations(100_000 + next) {
+                    changes.push((correlation.clone(), 1));
+                    live.push(correlation);
+                    added += 1;
+                }
+                next += 1;
+            }
+            if tick % 4 == 3 {
+                let retract = live.len() / 4;
+                for correlation in live.drain(..retract) {
+                    changes.push((correlation, -1));
+                }
+            }
+            changes.sort();
+            ClosedBatch {
+                time: T0 + 10_000_000_000 + tick as u64 * 100_000_000,
+                changes,
+            }
+        })
+        .collect()
+}
+
+/// Commit delay with ticks closing every 100 ms ([`churn_ticks`]).
 async fn delays(uri: &str, size: usize) -> (Duration, Duration) {
     let mut sink = Box::new(Neo4jSink::new(settings(uri, "bench-delay")));
     sink.healthcheck().await.expect("health check");
@@ -281,35 +426,13 @@ async fn delays(uri: &str, size: usize) -> (Duration, Duration) {
         }
         delays
     });
-    let mut live: Vec<Correlation> = Vec::new();
-    let mut next = 0usize;
     let mut every = tokio::time::interval(Duration::from_millis(100));
-    for tick in 0..PACED_TICKS {
+    for batch in churn_ticks(size, PACED_TICKS) {
         every.tick().await;
-        let mut changes: Vec<(Correlation, i64)> = Vec::new();
-        let mut added = 0;
-        while added < size {
-            for correlation in correlations(100_000 + next) {
-                changes.push((correlation.clone(), 1));
-                live.push(correlation);
-                added += 1;
-            }
-            next += 1;
-        }
-        if tick % 4 == 3 {
-            let retract = live.len() / 4;
-            for correlation in live.drain(..retract) {
-                changes.push((correlation, -1));
-            }
-        }
-        changes.sort();
-        let time = T0 + 10_000_000_000 + tick as u64 * 100_000_000;
         sent_tx
-            .send((time, Instant::now()))
+            .send((batch.time, Instant::now()))
             .expect("observer running");
-        tx.send(ClosedBatch { time, changes })
-            .await
-            .expect("sink running");
+        tx.send(batch).await.expect("sink running");
     }
     drop(sent_tx);
     drop(tx);
@@ -343,38 +466,82 @@ async fn main() {
     let graph = Graph::new(server.uri(), harness::USERNAME, harness::PASSWORD)
         .await
         .expect("connect");
-    // Warm up the server (JIT, page cache, query plans) with untimed passes of both loops.
-    let warm = add_only_ticks(50);
-    for _ in 0..2 {
-        sink_rate(server.uri(), &warm[..60]).await;
-        clear(&graph).await;
-        raw_rate(&graph, &raw_rows(&warm[..60])).await;
-        clear(&graph).await;
-    }
+    let clock = CpuClock {
+        server: server.pid(),
+    };
+    // Let the server plan the sink's statement and run it with retractions before anything is
+    // timed (the delay figures include retractions).
+    sink_run(server.uri(), &churn_ticks(50, 40), &clock).await;
+    clear(&graph).await;
 
+    println!("load average before: {}", load_average());
     println!(
-        "| correlations per tick | ticks | relationships | sink rel/s | raw UNWIND MERGE rel/s | ratio | commit delay p50 | p99 |"
+        "| correlations per tick | ticks | relationships | sink rel/s | raw rel/s, one statement per tick | raw rel/s, statements < 8 KiB | ratio sink / faster raw | sink rel per CPU-s | raw rel per CPU-s | CPU ratio | commit delay p50 | p99 |"
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for size in sizes {
         let ticks = add_only_ticks(size);
-        let (sink, written) = sink_rate(server.uri(), &ticks).await;
-        clear(&graph).await;
         let rows = raw_rows(&ticks);
-        let (raw, raw_written) = raw_rate(&graph, &rows).await;
-        clear(&graph).await;
-        assert_eq!(
-            written, raw_written,
-            "both loops write the same relationships"
+        // The first rounds warm the server up (JIT, page cache, plans) on this very workload and
+        // are not counted; each figure is then the best of the timed rounds, the loops taking
+        // turns, so that load from elsewhere on the machine hurts none of them more than the
+        // others.
+        let mut rate = [0f64; 3];
+        let mut per_cpu = [0f64; 3];
+        let mut written = [0u64; 3];
+        for round in 0..WARM_ROUNDS + TIMED_ROUNDS {
+            let runs = [
+                sink_run(server.uri(), &ticks, &clock).await,
+                {
+                    clear(&graph).await;
+                    raw_run(&graph, &rows, RawStatements::One, &clock).await
+                },
+                {
+                    clear(&graph).await;
+                    raw_run(&graph, &rows, RawStatements::Split, &clock).await
+                },
+            ];
+            clear(&graph).await;
+            for (i, run) in runs.into_iter().enumerate() {
+                written[i] = run.written;
+                if round >= WARM_ROUNDS {
+                    rate[i] = rate[i].max(run.rate());
+                    per_cpu[i] = per_cpu[i].max(run.per_cpu());
+                }
+            }
+        }
+        assert!(
+            written.iter().all(|count| *count == written[0]),
+            "every loop writes the same relationships: {written:?}"
         );
+        let [sink, one, split] = rate;
+        let raw_cpu = if one >= split { per_cpu[1] } else { per_cpu[2] };
         let (p50, p99) = delays(server.uri(), size).await;
         clear(&graph).await;
         println!(
-            "| {size} | {} | {written} | {sink:.0} | {raw:.0} | {:.2} | {:.1} ms | {:.1} ms |",
+            "| {size} | {} | {} | {sink:.0} | {one:.0} | {split:.0} | {:.2} | {:.0} | {raw_cpu:.0} | {:.2} | {:.1} ms | {:.1} ms |",
             ticks.len(),
-            sink / raw,
+            written[0],
+            sink / one.max(split),
+            per_cpu[0],
+            per_cpu[0] / raw_cpu,
             p50.as_secs_f64() * 1000.0,
             p99.as_secs_f64() * 1000.0
         );
     }
+    println!("load average after: {}", load_average());
+}
+
+/// The 1, 5 and 15 minute load averages, from `/proc/loadavg`.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|_| "unknown".into())
 }

@@ -44,6 +44,14 @@ pub enum Neo4jError {
         #[source]
         source: neo4rs::Error,
     },
+    /// The graph does not hold what the writer expected: a correlation it is adding is there
+    /// already, or one it is removing is gone, so someone else changed correlations. Retried
+    /// after the writer reads its state again.
+    #[error("the Neo4j graph changed under the writer: {what}")]
+    GraphChanged {
+        /// What was found.
+        what: String,
+    },
     /// A value that cannot be stored or read back.
     #[error("bad value: {what}")]
     BadValue {
@@ -57,7 +65,9 @@ impl Neo4jError {
     /// errors, but not refused credentials, bad statements or bad values.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Neo4jError::Unreachable { .. } | Neo4jError::Timeout { .. } => true,
+            Neo4jError::Unreachable { .. }
+            | Neo4jError::Timeout { .. }
+            | Neo4jError::GraphChanged { .. } => true,
             Neo4jError::Unauthorized { .. } | Neo4jError::BadValue { .. } => false,
             Neo4jError::Query { source, .. } => driver_error_is_retryable(source),
         }

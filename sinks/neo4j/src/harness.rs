@@ -119,6 +119,11 @@ impl Neo4jServer {
     pub fn uri(&self) -> &str {
         &self.uri
     }
+
+    /// The process id of the server's JVM, e.g. to read its CPU time from `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Neo4jServer {

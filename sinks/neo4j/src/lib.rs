@@ -7,7 +7,10 @@
 //! counted, so an element goes only when nothing supports it any more ([`model`]). The same
 //! transaction moves this writer's cursor (`(:TapioCursor {writer, tick})`) to the batch's tick;
 //! a batch at or below the cursor is skipped, so a restart that replays batches writes no
-//! duplicates and leaves no gaps.
+//! duplicates and leaves no gaps. The writer reads its cursor and which correlations are in the
+//! graph once, at start and again after any failed transaction, and otherwise keeps them in
+//! memory: a tick that only adds correlations reads nothing, one that retracts checks only that
+//! those are still there.
 //!
 //! When Neo4j is slow or down, the sink retries the batch with exponential backoff and logs its
 //! status; batches wait in the bounded channel in front of it, which slows the dataflow down.
@@ -38,6 +41,7 @@ pub mod cypher;
 mod error;
 pub mod harness;
 pub mod model;
+pub mod wire;
 mod writer;
 
 use tapio_model::{ClosedBatch, TimeNs, format_time};
@@ -99,7 +103,7 @@ impl Sink for Neo4jSink {
 
     fn healthcheck(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
-            let writer = Neo4jWriter::connect(&self.settings)
+            let mut writer = Neo4jWriter::connect(&self.settings)
                 .await
                 .map_err(|error| self.failed(error))?;
             writer
@@ -125,22 +129,23 @@ impl Sink for Neo4jSink {
         batches: mpsc::Receiver<ClosedBatch>,
     ) -> BoxFuture<'static, Result<SinkReport, SinkError>> {
         Box::pin(async move {
-            let Some(writer) = self.writer.as_ref() else {
+            let mut this = *self;
+            let Some(mut writer) = this.writer.take() else {
                 return Err(SinkError::Write {
                     sink: "neo4j",
-                    target: self.settings.uri.clone(),
+                    target: this.settings.uri.clone(),
                     source: "the health check did not run or failed".into(),
                 });
             };
-            write_all(writer, &self.settings, &self.progress, batches)
+            write_all(&mut writer, &this.settings, &this.progress, batches)
                 .await
-                .map_err(|error| self.failed(error))
+                .map_err(|error| this.failed(error))
         })
     }
 }
 
 async fn write_all(
-    writer: &Neo4jWriter,
+    writer: &mut Neo4jWriter,
     settings: &Neo4jSettings,
     progress: &watch::Sender<Progress>,
     mut batches: mpsc::Receiver<ClosedBatch>,
@@ -173,6 +178,7 @@ async fn write_all(
             added = applied.added,
             removed = applied.removed,
             relationships = applied.relationships,
+            statements = applied.statements,
             read_ms = applied.read_time.as_secs_f64() * 1e3,
             write_ms = applied.write_time.as_secs_f64() * 1e3,
             commit_ms = applied.commit_time.as_secs_f64() * 1e3,
@@ -200,7 +206,7 @@ async fn write_all(
 /// Applies one batch, retrying retryable failures with exponential backoff until
 /// `give_up_after`. Logs the first failure, then every tenth, and the recovery.
 async fn apply_with_retry(
-    writer: &Neo4jWriter,
+    writer: &mut Neo4jWriter,
     settings: &Neo4jSettings,
     batch: &ClosedBatch,
     queue: &mpsc::Receiver<ClosedBatch>,
@@ -218,6 +224,12 @@ async fn apply_with_retry(
                         down_for_ms = started.elapsed().as_millis() as u64,
                         "Neo4j is writable again."
                     );
+                    if applied.skipped {
+                        tracing::info!(
+                            tick = %format_time(batch.time),
+                            "The failed attempt had committed the batch; it is not written again."
+                        );
+                    }
                 }
                 return Ok(applied);
             }

@@ -51,10 +51,8 @@ pub struct Link {
     pub kind: LinkType,
     /// End entity id.
     pub to: String,
-    /// The observation that supports the step.
+    /// The observation that supports the step (its event time is on its `Fact` node).
     pub fact_id: String,
-    /// Its event time, ns since the Unix epoch.
-    pub time: u64,
     /// What it says.
     pub what: String,
 }
@@ -101,7 +99,6 @@ pub fn links(correlation: &Correlation) -> Vec<Link> {
             kind,
             to: to.entity.to_string(),
             fact_id: evidence.fact_id.to_string(),
-            time: evidence.time,
             what: evidence.what.clone(),
         });
     }
@@ -149,8 +146,6 @@ pub struct About {
 /// Everything one transaction changes, net: the rows of its `UNWIND` statements.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Delta {
-    /// Entities the added correlations mention, with their kind (merged, never counted).
-    pub entities: Vec<(String, &'static str)>,
     /// Facts whose support changes.
     pub facts: Vec<Counted<FactNode>>,
     /// ABOUT relationships whose support changes.
@@ -170,10 +165,9 @@ impl Delta {
     /// hop for facts and ABOUT, once per step for links; elements whose support does not change
     /// are left out.
     pub fn build(added: Vec<Correlation>, removed: Vec<Correlation>) -> Delta {
-        let mut entities: BTreeMap<String, &'static str> = BTreeMap::new();
         let mut facts: BTreeMap<String, (u64, i64)> = BTreeMap::new();
         let mut about: BTreeMap<(String, String), (String, i64)> = BTreeMap::new();
-        let mut links: BTreeMap<LinkKey, (u64, String, i64)> = BTreeMap::new();
+        let mut links: BTreeMap<LinkKey, (String, i64)> = BTreeMap::new();
         let mut touched: BTreeMap<String, ()> = BTreeMap::new();
         let mut count = |correlation: &Correlation, sign: i64| {
             for hop in &correlation.chain {
@@ -184,17 +178,12 @@ impl Delta {
                     .entry((fact, entity.clone()))
                     .or_insert_with(|| (hop.what.clone(), 0))
                     .1 += sign;
-                if sign > 0 {
-                    entities.insert(entity, hop.entity.kind());
-                } else {
+                if sign < 0 {
                     touched.insert(entity, ());
                 }
             }
-            let root = correlation.root_cause.to_string();
-            if sign > 0 {
-                entities.insert(root, correlation.root_cause.kind());
-            } else {
-                touched.insert(root, ());
+            if sign < 0 {
+                touched.insert(correlation.root_cause.to_string(), ());
             }
             for link in links_deduplicated(correlation) {
                 links
@@ -204,8 +193,8 @@ impl Delta {
                         link.to.clone(),
                         link.fact_id.clone(),
                     ))
-                    .or_insert((link.time, link.what, 0))
-                    .2 += sign;
+                    .or_insert((link.what, 0))
+                    .1 += sign;
             }
         };
         for correlation in &added {
@@ -215,7 +204,6 @@ impl Delta {
             count(correlation, -1);
         }
         Delta {
-            entities: entities.into_iter().collect(),
             facts: facts
                 .into_iter()
                 .filter(|(_, (_, delta))| *delta != 0)
@@ -238,14 +226,13 @@ impl Delta {
                 .collect(),
             links: links
                 .into_iter()
-                .filter(|(_, (_, _, delta))| *delta != 0)
-                .map(|((from, kind, to, fact_id), (time, what, delta))| Counted {
+                .filter(|(_, (_, delta))| *delta != 0)
+                .map(|((from, kind, to, fact_id), (what, delta))| Counted {
                     item: Link {
                         from,
                         kind,
                         to,
                         fact_id,
-                        time,
                         what,
                     },
                     delta,
@@ -428,8 +415,6 @@ mod tests {
                 .iter()
                 .any(|f| f.item.id == "kubernetes/cluster/2")
         );
-        let kinds: Vec<&str> = delta.entities.iter().map(|(_, kind)| *kind).collect();
-        assert!(kinds.contains(&"process") && kinds.contains(&"replicaset"));
     }
 
     #[test]
