@@ -131,9 +131,28 @@ pub(crate) struct RunningSource {
     pub(crate) task: JoinHandle<Result<(), tapio_sources::SourceError>>,
 }
 
+/// Runs the collectors on `out` until every one has ended, logging progress and each
+/// collector's health every few seconds and its health once more at the end. Returns how the
+/// sources ended and the progress task, which the caller stops once it has drained `out`.
+pub(crate) async fn run_collectors(
+    Collectors { sources, health }: Collectors,
+    node: &str,
+    out: mpsc::Sender<Observation>,
+    shutdown: &CancellationToken,
+) -> (Result<()>, JoinHandle<()>) {
+    let running = start_sources(sources, node, out, shutdown);
+    let health = Arc::new(health);
+    let progress = report_progress(&running, Arc::clone(&health), shutdown);
+    let result = wait_for_sources(running).await;
+    for report in health.iter() {
+        tracing::info!(health = %report(), "Collector health at exit.");
+    }
+    (result, progress)
+}
+
 /// Starts every source on `out`; the caller keeps no sender, so the channel closes when the
 /// last source ends.
-pub(crate) fn start_sources(
+fn start_sources(
     sources: Vec<Box<dyn Source>>,
     node: &str,
     out: mpsc::Sender<Observation>,
@@ -252,7 +271,7 @@ pub(crate) async fn start_dataflow(
 /// Runs `sources` through the correlation dataflow into `target`.
 pub(crate) async fn correlate(
     config: &TapioConfig,
-    Collectors { sources, health }: Collectors,
+    collectors: Collectors,
     layout: ClusterLayout,
     target: Target,
     run_for: Option<Duration>,
@@ -271,13 +290,8 @@ pub(crate) async fn correlate(
     let (observations_tx, observations_rx) = mpsc::channel(engine_config.event_buffer_size);
     let router = tokio::spawn(Router::new(layout, inputs).run(observations_rx));
 
-    let running = start_sources(sources, &node_name(config), observations_tx, &shutdown);
-    let health = Arc::new(health);
-    let progress = report_progress(&running, Arc::clone(&health), &shutdown);
-    let sources_result = wait_for_sources(running).await;
-    for report in health.iter() {
-        tracing::info!(health = %report(), "Collector health at exit.");
-    }
+    let (sources_result, progress) =
+        run_collectors(collectors, &node_name(config), observations_tx, &shutdown).await;
     router.await.context("the input router failed")?;
     finish_dataflow(engine, outputs).await?;
     shutdown.cancel();
@@ -306,7 +320,7 @@ pub(crate) async fn finish_dataflow(engine: Engine, outputs: outputs::Outputs) -
 /// Records what `sources` observe into `path`.
 pub(crate) async fn record(
     config: &TapioConfig,
-    Collectors { sources, health }: Collectors,
+    collectors: Collectors,
     path: &Path,
     record_for: Option<Duration>,
 ) -> Result<()> {
@@ -332,13 +346,8 @@ pub(crate) async fn record(
             .with_context(|| format!("cannot write to {display}"))?;
         Ok(written)
     });
-    let running = start_sources(sources, &node_name(config), observations_tx, &shutdown);
-    let health = Arc::new(health);
-    let progress = report_progress(&running, Arc::clone(&health), &shutdown);
-    let sources_result = wait_for_sources(running).await;
-    for report in health.iter() {
-        tracing::info!(health = %report(), "Collector health at exit.");
-    }
+    let (sources_result, progress) =
+        run_collectors(collectors, &node_name(config), observations_tx, &shutdown).await;
     let written = writer.await.context("the recording writer failed")??;
     shutdown.cancel();
     progress.abort();

@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::{
-    Collectors, RunningSource, finish_dataflow, node_name, report_progress, start_dataflow,
-    start_sources, stop_on_signal_or_timer, wait_for_sources,
+    Collectors, RunningSource, finish_dataflow, node_name, report_progress, run_collectors,
+    start_dataflow, stop_on_signal_or_timer, wait_for_sources,
 };
 
 fn nats_config(config: &TapioConfig, mode: &str) -> Result<NatsConfig> {
@@ -35,7 +35,7 @@ fn nats_config(config: &TapioConfig, mode: &str) -> Result<NatsConfig> {
 /// Node agent: runs `sources` and publishes what they observe to JetStream.
 pub(crate) async fn collect(
     config: &TapioConfig,
-    Collectors { sources, health }: Collectors,
+    collectors: Collectors,
     run_for: Option<Duration>,
 ) -> Result<()> {
     let nats = nats_config(config, "--mode collectors")?;
@@ -46,13 +46,8 @@ pub(crate) async fn collect(
         mpsc::channel(config.correlation.engine.event_buffer_size);
     let publishing = tokio::spawn(publisher.run(observations_rx, shutdown.clone()));
     tracing::info!(url = %nats.url, stream = %nats.stream, subjects = %wire::stream_subject(&nats.subject_prefix), "Publishing to NATS JetStream.");
-    let running = start_sources(sources, &node_name(config), observations_tx, &shutdown);
-    let health = Arc::new(health);
-    let progress = report_progress(&running, Arc::clone(&health), &shutdown);
-    let sources_result = wait_for_sources(running).await;
-    for report in health.iter() {
-        tracing::info!(health = %report(), "Collector health at exit.");
-    }
+    let (sources_result, progress) =
+        run_collectors(collectors, &node_name(config), observations_tx, &shutdown).await;
     let report = publishing.await.context("the NATS publisher crashed")??;
     shutdown.cancel();
     progress.abort();
