@@ -122,37 +122,43 @@ pub fn links<'scope>(
 /// Chains of processes: each process's link to its container, then the container's chain (or
 /// just the container, when nothing is known about its owners).
 ///
-/// Processes are by far the most numerous records here, so their links are arranged by
-/// container once and that one index serves both the join with known chains and the check for
-/// containers without one.
+/// Processes are by far the most numerous records here, so each process change costs one
+/// join against a small index: for every container some process runs in, its chain, or a
+/// marker that it has none. Containers without a chain are found among the containers (few),
+/// not among the processes (many), so no per-process record is built only to be cancelled.
 pub fn process_chains<'scope>(
     processes: VecCollection<'scope, Tick, (EntityId, Link), isize>,
     chains: Chains<'scope>,
 ) -> Chains<'scope> {
     // The container is the key; the value keeps only what the key does not already say.
     let by_container = processes.map(|(process, link)| (link.parent, (process, link.evidence)));
-    let arranged = by_container.clone().arrange_by_key();
-    let owned = arranged.clone().join_core(
-        chains.clone().arrange_by_key(),
-        |_container, (process, evidence), chain| {
-            let mut hops = Vec::with_capacity(chain.len() + 1);
+    let container_chains =
+        chains.filter(|(entity, _)| matches!(entity, EntityId::Container { .. }));
+    let running = by_container
+        .clone()
+        .map(|(container, _)| container)
+        .distinct()
+        .map(|container| (container, ()));
+    let unowned = running.antijoin(container_chains.clone().map(|(container, _)| container));
+    let owners = container_chains
+        .map(|(container, hops)| (container, Some(hops)))
+        .concat(unowned.map(|(container, ())| (container, None)));
+    by_container.arrange_by_key().join_core(
+        owners.arrange_by_key(),
+        |container, (process, evidence), owners: &Option<Vec<Hop>>| {
+            let mut hops = Vec::with_capacity(owners.as_ref().map_or(2, |chain| chain.len() + 1));
             hops.push(evidence.hop(process));
-            hops.extend(chain.iter().cloned());
+            match owners {
+                Some(chain) => hops.extend(chain.iter().cloned()),
+                None => {
+                    let mut top = evidence.hop(container);
+                    top.what = format!("top-level owner, named by {}", evidence.fact_id);
+                    hops.push(top);
+                }
+            }
             Some((process.clone(), hops))
         },
-    );
-    let known = arranged.join_core(
-        chains.map(|(entity, _)| entity).arrange_by_self(),
-        |container, link, ()| Some((container.clone(), link.clone())),
-    );
-    let unowned = by_container
-        .concat(known.negate())
-        .map(|(container, (process, evidence))| {
-            let mut top = evidence.hop(&container);
-            top.what = format!("top-level owner, named by {}", evidence.fact_id);
-            (process.clone(), vec![evidence.hop(&process), top])
-        });
-    owned.concat(unowned)
+    )
 }
 
 /// Every entity's chain of owners, from the entity itself up to its top-most owner.
