@@ -31,8 +31,11 @@ pub(crate) fn correlate<'scope>(
     let chains = settings.ownership.as_ref().map(|rule| {
         let links = ownership::links(state, rule);
         let chains = ownership::chains(links.objects, rule.max_depth);
-        let processes = ownership::process_chains(links.processes, chains.clone());
-        outputs.push(ownership::correlations(chains.clone().concat(processes)));
+        outputs.push(ownership::correlations(chains.clone()));
+        outputs.push(ownership::process_correlations(
+            links.processes,
+            chains.clone(),
+        ));
         chains
     });
     if let Some(rule) = &settings.oom_sequence {

@@ -262,6 +262,94 @@ fn an_exited_process_stays_owned_for_the_grace_period() {
     assert_eq!(process, vec![(0, 1), (32 * SECOND, -1)]);
 }
 
+#[test]
+fn a_process_takes_its_containers_chain_once_the_container_is_known() {
+    let process = EntityId::Process {
+        node: "n".into(),
+        pid: 7,
+        start_ns: T0,
+    };
+    let member = StateObject::ProcessContainer(ProcessContainer {
+        process: process.clone(),
+        container_id: "c1".into(),
+        filename: "/bin/app".into(),
+    });
+    let container = StateObject::PodContainer(PodContainer {
+        pod: "pod/a/p".parse().expect("pod"),
+        pod_uid: "uid-p".into(),
+        container_name: "app".into(),
+        container_id: "c1".into(),
+    });
+    // The process is seen first; its container's pod is listed 2 s later.
+    let mut stream = vec![
+        state(1, T0, 1, member),
+        state(
+            2,
+            T0 + 2 * SECOND,
+            1,
+            workload("pod/a/p", Some("replicaset/a/web-1")),
+        ),
+        state(3, T0 + 2 * SECOND, 1, workload("replicaset/a/web-1", None)),
+        state(4, T0 + 2 * SECOND, 1, container),
+    ];
+    stream.extend(beats(T0, T0 + 5 * SECOND));
+    for workers in [1, 2] {
+        let out = changes(
+            &run(timeline(stream.clone()), workers),
+            CorrelationKind::Ownership,
+        );
+        let of_process: Vec<_> = out
+            .iter()
+            .filter(|(_, _, c)| c.chain[0].entity == process)
+            .map(|(t, d, c)| {
+                let entities: Vec<String> = c.chain.iter().map(|h| h.entity.to_string()).collect();
+                (
+                    *t - T0,
+                    *d,
+                    c.root_cause.to_string(),
+                    entities,
+                    c.explanation.clone(),
+                )
+            })
+            .collect();
+        let unowned = (
+            "container/c1".to_string(),
+            vec![process.to_string(), "container/c1".to_string()],
+            format!("{process} is owned by: container/c1"),
+        );
+        let owned = (
+            "replicaset/a/web-1".to_string(),
+            vec![
+                process.to_string(),
+                "container/c1".to_string(),
+                "pod/a/p".to_string(),
+                "replicaset/a/web-1".to_string(),
+            ],
+            format!("{process} is owned by: container/c1 → pod/a/p → replicaset/a/web-1"),
+        );
+        let expected = vec![
+            (
+                0,
+                1,
+                unowned.0.clone(),
+                unowned.1.clone(),
+                unowned.2.clone(),
+            ),
+            (2 * SECOND, -1, unowned.0, unowned.1, unowned.2),
+            (2 * SECOND, 1, owned.0, owned.1, owned.2),
+        ];
+        let mut got = of_process;
+        got.sort_by_key(|(t, d, ..)| (*t, *d));
+        assert_eq!(got, expected, "{workers} workers");
+        // The hop for the process carries the membership evidence.
+        let first = out
+            .iter()
+            .find(|(_, _, c)| c.chain[0].entity == process)
+            .expect("a process correlation");
+        assert_eq!(first.2.chain[0].what, "runs /bin/app in the container");
+    }
+}
+
 /// The ownership rule against a from-scratch recomputation: random histories of objects gaining,
 /// changing and losing owners (cycles included) must leave exactly the chains a naive walk of
 /// the final state finds.

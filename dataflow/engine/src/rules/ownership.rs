@@ -119,17 +119,39 @@ pub fn links<'scope>(
     Links { objects, processes }
 }
 
-/// Chains of processes: each process's link to its container, then the container's chain (or
-/// just the container, when nothing is known about its owners).
+/// What a process inherits from its container: the container's chain, its top-most owner and
+/// the chain written out for the explanation. Built once per container chain, not per process.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ContainerOwners {
+    /// The container's chain, from the container up.
+    pub chain: Vec<Hop>,
+    /// The top-most owner.
+    pub root: EntityId,
+    /// `container → pod → ...`, as the explanation writes it.
+    pub path: String,
+}
+
+impl ContainerOwners {
+    fn new(chain: Vec<Hop>) -> Option<ContainerOwners> {
+        let root = chain.last()?.entity.clone();
+        let mut path = String::with_capacity(48 * chain.len());
+        write_path(&mut path, &chain);
+        Some(ContainerOwners { chain, root, path })
+    }
+}
+
+/// One `ownership` correlation per process: the process's link to its container, then the
+/// container's chain (or just the container, when nothing is known about its owners).
 ///
 /// Processes are by far the most numerous records here, so each process change costs one
-/// join against a small index: for every container some process runs in, its chain, or a
-/// marker that it has none. Containers without a chain are found among the containers (few),
-/// not among the processes (many), so no per-process record is built only to be cancelled.
-pub fn process_chains<'scope>(
+/// join against a small index: for every container some process runs in, what it passes on
+/// to its processes ([`ContainerOwners`]), or a marker that it has no chain. Containers
+/// without a chain are found among the containers (few), not among the processes (many), so
+/// no per-process record is built only to be cancelled.
+pub fn process_correlations<'scope>(
     processes: VecCollection<'scope, Tick, (EntityId, Link), isize>,
     chains: Chains<'scope>,
-) -> Chains<'scope> {
+) -> VecCollection<'scope, Tick, Correlation, isize> {
     // The container is the key; the value keeps only what the key does not already say.
     let by_container = processes.map(|(process, link)| (link.parent, (process, link.evidence)));
     let container_chains =
@@ -141,22 +163,35 @@ pub fn process_chains<'scope>(
         .map(|container| (container, ()));
     let unowned = running.antijoin(container_chains.clone().map(|(container, _)| container));
     let owners = container_chains
-        .map(|(container, hops)| (container, Some(hops)))
+        .flat_map(|(container, hops)| Some((container, Some(ContainerOwners::new(hops)?))))
         .concat(unowned.map(|(container, ())| (container, None)));
     by_container.arrange_by_key().join_core(
         owners.arrange_by_key(),
-        |container, (process, evidence), owners: &Option<Vec<Hop>>| {
-            let mut hops = Vec::with_capacity(owners.as_ref().map_or(2, |chain| chain.len() + 1));
-            hops.push(evidence.hop(process));
-            match owners {
-                Some(chain) => hops.extend(chain.iter().cloned()),
+        |container, (process, evidence), owners: &Option<ContainerOwners>| {
+            let mut explanation = String::with_capacity(128);
+            let _ = write!(explanation, "{process} is owned by: ");
+            let (root, chain) = match owners {
+                Some(owners) => {
+                    explanation.push_str(&owners.path);
+                    let mut chain = Vec::with_capacity(owners.chain.len() + 1);
+                    chain.push(evidence.hop(process));
+                    chain.extend(owners.chain.iter().cloned());
+                    (owners.root.clone(), chain)
+                }
                 None => {
+                    let _ = write!(explanation, "{container}");
                     let mut top = evidence.hop(container);
                     top.what = format!("top-level owner, named by {}", evidence.fact_id);
-                    hops.push(top);
+                    (container.clone(), vec![evidence.hop(process), top])
                 }
-            }
-            Some((process.clone(), hops))
+            };
+            Some(Correlation {
+                kind: CorrelationKind::Ownership,
+                root_cause: root,
+                explanation,
+                chain,
+                confidence: 100,
+            })
         },
     )
 }
@@ -215,15 +250,9 @@ pub fn correlations<'scope>(
         let root = hops
             .last()
             .map_or_else(|| entity.clone(), |hop| hop.entity.clone());
-        // Written in place: this runs once per chain change, processes included.
         let mut explanation = String::with_capacity(48 * hops.len());
         let _ = write!(explanation, "{entity} is owned by: ");
-        for (index, hop) in hops.iter().enumerate().skip(1) {
-            if index > 1 {
-                explanation.push_str(" → ");
-            }
-            let _ = write!(explanation, "{}", hop.entity);
-        }
+        write_path(&mut explanation, hops.get(1..).unwrap_or_default());
         Correlation {
             kind: CorrelationKind::Ownership,
             root_cause: root,
@@ -232,4 +261,14 @@ pub fn correlations<'scope>(
             confidence: 100,
         }
     })
+}
+
+/// Writes the entities of `hops` as `a → b → c`.
+fn write_path(out: &mut String, hops: &[Hop]) {
+    for (index, hop) in hops.iter().enumerate() {
+        if index > 0 {
+            out.push_str(" → ");
+        }
+        let _ = write!(out, "{}", hop.entity);
+    }
 }
