@@ -132,9 +132,11 @@ pub(crate) fn drive(
         }
         // Keep at most `max_inflight_ticks` of event time in flight, so memory stays flat when
         // the input runs far ahead (a replay).
+        // While waiting, park rather than spin: the work that moves the probe may belong to
+        // another worker on the same core, and messages from it wake this one.
         let behind = facts_in.time().saturating_sub(max_lag);
         while probe.less_than(&behind) {
-            worker.step();
+            worker.step_or_park(Some(Duration::from_millis(1)));
         }
         let park = if taken == 0 {
             Some(Duration::from_millis(1))
