@@ -46,13 +46,16 @@ pub enum EntityId {
         id: String,
     },
     /// A process on a node.
+    ///
+    /// The numbers come first so that ordering two processes (which the dataflow does
+    /// constantly) rarely has to compare node names.
     Process {
-        /// Node the process runs on.
-        node: String,
-        /// Thread-group id.
-        pid: u32,
         /// Process start time, ns since the Unix epoch.
         start_ns: u64,
+        /// Thread-group id.
+        pid: u32,
+        /// Node the process runs on.
+        node: String,
     },
     /// A Kubernetes Service.
     Service {

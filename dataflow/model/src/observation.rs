@@ -12,14 +12,17 @@ use crate::time::{MAX_PLAUSIBLE_NS, MIN_PLAUSIBLE_NS, TimeNs};
 /// there. Evidence in a correlation points back at observations by this id.
 ///
 /// String form: `<source>/<node>/<seq>`, e.g. `kernel/node-1/42`.
+///
+/// The sequence number comes first so that ordering ids (which the dataflow does constantly)
+/// rarely has to compare the strings.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FactId {
+    /// Sequence number, unique per (source, node).
+    pub seq: u64,
     /// Source kind that produced the observation (`kernel`, `kubernetes`, ...).
     pub source: String,
     /// Node the source ran on (`cluster` for cluster-wide sources).
     pub node: String,
-    /// Sequence number, unique per (source, node).
-    pub seq: u64,
 }
 
 impl FactId {
