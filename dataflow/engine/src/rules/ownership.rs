@@ -17,7 +17,7 @@ use differential_dataflow::operators::Iterate;
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
 use tapio_model::{Correlation, CorrelationKind, EntityId, Hop, StateObject, StateRecord};
-use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::vec::{Map, Partition};
 
 use super::Evidence;
 use crate::clock::Tick;
@@ -55,68 +55,75 @@ pub struct Links<'scope> {
 
 /// Direct ownership links from state. A process link's retraction (its exit) takes effect
 /// `process_exit_grace_ms` later.
+///
+/// One pass over the state splits it in two without copying a record: most state updates are
+/// processes, and a second reader of the whole state would get a copy of every one.
 pub fn links<'scope>(
     state: VecCollection<'scope, Tick, StateRecord, isize>,
     settings: &OwnershipSettings,
 ) -> Links<'scope> {
-    let link = |child, parent, record: &StateRecord, what| {
-        (
-            child,
-            Link {
-                parent,
-                evidence: Evidence {
-                    time: record.since_ns,
-                    fact_id: record.evidence.clone(),
-                    what,
-                },
-            },
-        )
-    };
-    let objects = state.clone().flat_map(move |record| match &record.object {
-        StateObject::Workload(object) => {
-            let owner = object.owner.as_ref()?;
-            let what = format!("owned by {}", owner.entity);
-            Some(link(
-                object.entity.clone(),
-                owner.entity.clone(),
-                &record,
-                what,
-            ))
-        }
-        StateObject::PodContainer(container) => {
-            let what = format!(
-                "container {} of {}",
-                container.container_name, container.pod
-            );
-            let child = EntityId::Container {
-                id: container.container_id.clone(),
-            };
-            Some(link(child, container.pod.clone(), &record, what))
-        }
-        // Processes join later; services, their endpoints and node conditions are not
-        // ownership links.
-        StateObject::ProcessContainer(_)
-        | StateObject::Service(_)
-        | StateObject::ServiceEndpoint(_)
-        | StateObject::NodeCondition(_) => None,
-    });
+    const OBJECT: u64 = 0;
+    const PROCESS: u64 = 1;
     let grace = settings.process_exit_grace_ms;
-    let processes = state
+    let mut parts = state
         .inner
         .flat_map(move |(record, tick, diff)| {
-            let StateObject::ProcessContainer(member) = &record.object else {
-                return None;
+            let StateRecord {
+                evidence,
+                since_ns,
+                object,
+            } = record;
+            let link = |parent, what| Link {
+                parent,
+                evidence: Evidence {
+                    time: since_ns,
+                    fact_id: evidence,
+                    what,
+                },
             };
-            let what = format!("runs {} in the container", member.filename);
-            let parent = EntityId::Container {
-                id: member.container_id.clone(),
-            };
-            let delay = if diff < 0 { grace } else { 0 };
-            let linked = link(member.process.clone(), parent, &record, what);
-            Some((linked, tick.saturating_add(delay), diff))
+            match object {
+                StateObject::Workload(object) => {
+                    let owner = object.owner?;
+                    let what = format!("owned by {}", owner.entity);
+                    Some((
+                        OBJECT,
+                        ((object.entity, link(owner.entity, what)), tick, diff),
+                    ))
+                }
+                StateObject::PodContainer(container) => {
+                    let what = format!(
+                        "container {} of {}",
+                        container.container_name, container.pod
+                    );
+                    let child = EntityId::Container {
+                        id: container.container_id,
+                    };
+                    Some((OBJECT, ((child, link(container.pod, what)), tick, diff)))
+                }
+                StateObject::ProcessContainer(member) => {
+                    let what = format!("runs {} in the container", member.filename);
+                    let parent = EntityId::Container {
+                        id: member.container_id,
+                    };
+                    let delay = if diff < 0 { grace } else { 0 };
+                    let linked = (member.process, link(parent, what));
+                    Some((PROCESS, (linked, tick.saturating_add(delay), diff)))
+                }
+                // Services, their endpoints and node conditions are not ownership links.
+                StateObject::Service(_)
+                | StateObject::ServiceEndpoint(_)
+                | StateObject::NodeCondition(_) => None,
+            }
         })
-        .as_collection();
-    Links { objects, processes }
+        .partition(2, |routed| routed)
+        .into_iter();
+    let (Some(objects), Some(processes)) = (parts.next(), parts.next()) else {
+        unreachable!("partition into 2 gives 2 streams")
+    };
+    Links {
+        objects: objects.as_collection(),
+        processes: processes.as_collection(),
+    }
 }
 
 /// What a process inherits from its container: the container's chain, its top-most owner and
