@@ -13,8 +13,9 @@
 //! ```
 //! use tapio_sources::SourceContext;
 //! let (cx, mut rx) = SourceContext::for_test("example", "node-1", 16);
-//! let id = cx.next_fact_id();
-//! assert_eq!(id.to_string(), "example/node-1/1");
+//! let first = cx.next_fact_id();
+//! assert!(first.to_string().starts_with("example/node-1/"));
+//! assert_eq!(cx.next_fact_id().seq, first.seq + 1);
 //! drop(rx.try_recv());
 //! ```
 
@@ -116,6 +117,24 @@ pub const SEND_CHUNK: usize = 128;
 #[error("the dataflow stopped accepting observations")]
 pub struct Closed;
 
+/// The first sequence number of a source run: the wall-clock time the run started, in ns since
+/// the Unix epoch.
+///
+/// Fact ids must stay unique when a node agent restarts: NATS drops a message whose id it has
+/// seen within the stream's duplicate window, and a fact's message id is its fact id, so ids
+/// that started again at 1 would make the restarted agent's first facts vanish as duplicates.
+/// A source makes far fewer than one fact per nanosecond, so a later run starts above every
+/// number an earlier run used (unless the clock was set back by more than the time between the
+/// two starts).
+pub fn first_sequence() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |since| {
+            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX / 2)
+        })
+        .max(1)
+}
+
 /// Everything a running source needs.
 pub struct SourceContext {
     /// Source kind, used in fact ids and logs.
@@ -145,7 +164,7 @@ impl SourceContext {
             out,
             shutdown,
             stats: Arc::new(SourceStats::default()),
-            next_seq: AtomicU64::new(1),
+            next_seq: AtomicU64::new(first_sequence()),
         }
     }
 
@@ -162,7 +181,8 @@ impl SourceContext {
         )
     }
 
-    /// The next fact id of this source on this node (sequence numbers start at 1).
+    /// The next fact id of this source on this node. Sequence numbers start at
+    /// [`first_sequence`] and count up by one.
     pub fn next_fact_id(&self) -> FactId {
         FactId::new(
             self.kind,
@@ -275,6 +295,23 @@ mod tests {
             node: "n".into(),
             upto_ns,
         })
+    }
+
+    #[test]
+    fn a_restarted_source_numbers_its_facts_above_the_previous_run() {
+        let (first_run, _rx) = SourceContext::for_test("kernel", "n", 1);
+        let last_of_first = (0..10_000)
+            .map(|_| first_run.next_fact_id().seq)
+            .last()
+            .expect("ids");
+        drop(first_run);
+        let (second_run, _rx) = SourceContext::for_test("kernel", "n", 1);
+        let first_of_second = second_run.next_fact_id();
+        assert!(
+            first_of_second.seq > last_of_first,
+            "{first_of_second} reuses a number of the previous run (last {last_of_first})"
+        );
+        assert_eq!(second_run.next_fact_id().seq, first_of_second.seq + 1);
     }
 
     #[tokio::test]

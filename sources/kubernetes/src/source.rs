@@ -17,7 +17,9 @@ use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, Resource};
 use tapio_config::KubernetesCollectorConfig;
 use tapio_model::{Fact, FactId, FactPayload, Heartbeat, Observation, StateObject, TimeNs};
-use tapio_sources::{BoxFuture, Closed, Source, SourceContext, SourceError, now_ns};
+use tapio_sources::{
+    BoxFuture, Closed, Source, SourceContext, SourceError, first_sequence, now_ns,
+};
 
 use crate::convert::{ConvertError, WatchedKind, kube_event};
 use crate::tracker::{EventTracker, StateTracker};
@@ -456,7 +458,8 @@ impl Source for KubernetesSource {
             let mut work = Loop {
                 cx: &cx,
                 stats: &self.stats,
-                seq: 0,
+                // `next_id` adds one before use, so the first id is `first_sequence()`.
+                seq: first_sequence() - 1,
                 updates: Vec::new(),
             };
             loop {
