@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use tapio_config::TapioConfig;
-use tapio_dataflow::{ClusterLayout, Engine, EngineSettings, Ingest, Router};
+use tapio_dataflow::{ClusterLayout, Engine, EngineSettings, Router, WorkerInput};
 use tapio_model::Observation;
 use tapio_model::recording::RecordingWriter;
 use tapio_sinks_jsonl::Target;
@@ -257,7 +257,7 @@ pub(crate) async fn start_dataflow(
     config: &TapioConfig,
     layout: &ClusterLayout,
     target: Target,
-) -> Result<(Engine, Vec<mpsc::Sender<Ingest>>, outputs::Outputs)> {
+) -> Result<(Engine, Vec<WorkerInput>, outputs::Outputs)> {
     let (batches_tx, outputs) = outputs::start(config, target).await?;
     let settings = EngineSettings::from_config(config);
     let engine_layout = layout.clone();

@@ -29,7 +29,7 @@
 //!     node: "n".into(),
 //!     upto_ns: 1_700_000_000_000_000_000,
 //! });
-//! inputs[0].blocking_send(Ingest::Batch(vec![beat])).unwrap();
+//! assert!(inputs[0].blocking_send(Ingest::Batch(vec![beat])));
 //! drop(inputs);
 //! let report = engine.join().unwrap();
 //! assert_eq!(report.heartbeats, 1);
@@ -52,7 +52,7 @@ use tokio::sync::mpsc;
 
 pub use clock::{Tick, TickClock, Watermark};
 pub use progress::TakenIn;
-pub use router::{ClusterLayout, Ingest, Router};
+pub use router::{ClusterLayout, Ingest, Router, WorkerInput};
 pub use rules::oom_sequence::OomSequenceSettings;
 pub use rules::ownership::OwnershipSettings;
 
@@ -183,12 +183,12 @@ impl Engine {
         settings: EngineSettings,
         layout: ClusterLayout,
         output: mpsc::Sender<ClosedBatch>,
-    ) -> Result<(Engine, Vec<mpsc::Sender<Ingest>>), EngineError> {
+    ) -> Result<(Engine, Vec<WorkerInput>), EngineError> {
         let communication = timely_communication(&layout)?;
         let mut senders = Vec::with_capacity(layout.workers);
         let mut receivers = Vec::with_capacity(layout.workers);
         for _ in 0..layout.workers {
-            let (tx, rx) = mpsc::channel(settings.input_buffer.max(1));
+            let (tx, rx) = WorkerInput::pair(settings.input_buffer);
             senders.push(tx);
             receivers.push(Mutex::new(Some(rx)));
         }

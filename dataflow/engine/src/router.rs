@@ -5,6 +5,9 @@
 //! forwards what belongs to its own workers. Heartbeats go to every local worker, so every
 //! worker computes the same watermark and none stalls the others.
 
+use std::sync::{Arc, OnceLock};
+use std::thread::Thread;
+
 use tapio_model::{Observation, TimeNs, stable_hash};
 use tokio::sync::mpsc;
 
@@ -53,20 +56,78 @@ pub enum Ingest {
     },
 }
 
+/// The input side of one local worker: its bounded channel, and the worker's thread, which is
+/// woken after every send so that an idle worker does not first sleep out its park timeout.
+#[derive(Clone, Debug)]
+pub struct WorkerInput {
+    channel: mpsc::Sender<Ingest>,
+    thread: Arc<OnceLock<Thread>>,
+}
+
+/// The worker's end of a [`WorkerInput`].
+pub(crate) struct WorkerOutput {
+    pub(crate) channel: mpsc::Receiver<Ingest>,
+    pub(crate) thread: Arc<OnceLock<Thread>>,
+}
+
+impl WorkerInput {
+    /// A channel of `capacity` between the router and one worker.
+    pub(crate) fn pair(capacity: usize) -> (WorkerInput, WorkerOutput) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let thread = Arc::new(OnceLock::new());
+        (
+            WorkerInput {
+                channel: tx,
+                thread: Arc::clone(&thread),
+            },
+            WorkerOutput {
+                channel: rx,
+                thread,
+            },
+        )
+    }
+
+    /// Sends `ingest`, waiting while the worker is behind, then wakes the worker. Returns
+    /// `false` once the worker no longer accepts input.
+    pub async fn send(&self, ingest: Ingest) -> bool {
+        if self.channel.send(ingest).await.is_err() {
+            return false;
+        }
+        self.wake();
+        true
+    }
+
+    /// [`WorkerInput::send`] for callers outside an async runtime: blocks the thread while
+    /// the worker is behind. Must not be called from within an async runtime.
+    pub fn blocking_send(&self, ingest: Ingest) -> bool {
+        if self.channel.blocking_send(ingest).is_err() {
+            return false;
+        }
+        self.wake();
+        true
+    }
+
+    fn wake(&self) {
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
+        }
+    }
+}
+
 /// Observations per batch handed to a worker.
 const BATCH: usize = 1024;
 
 /// Routes a process's observations to its local workers' channels.
 pub struct Router {
     layout: ClusterLayout,
-    outputs: Vec<mpsc::Sender<Ingest>>,
+    outputs: Vec<WorkerInput>,
     pending: Vec<Vec<Observation>>,
     last_ns: TimeNs,
 }
 
 impl Router {
     /// A router feeding `outputs`, one channel per local worker (in local worker order).
-    pub fn new(layout: ClusterLayout, outputs: Vec<mpsc::Sender<Ingest>>) -> Router {
+    pub fn new(layout: ClusterLayout, outputs: Vec<WorkerInput>) -> Router {
         let pending = outputs.iter().map(|_| Vec::with_capacity(BATCH)).collect();
         Router {
             layout,
@@ -126,7 +187,7 @@ impl Router {
 
     async fn send(&mut self, local: usize) -> bool {
         let batch = std::mem::replace(&mut self.pending[local], Vec::with_capacity(BATCH));
-        self.outputs[local].send(Ingest::Batch(batch)).await.is_ok()
+        self.outputs[local].send(Ingest::Batch(batch)).await
     }
 
     /// Sends whatever is buffered (call when the input is momentarily idle).
@@ -148,7 +209,7 @@ impl Router {
             return false;
         }
         for output in &self.outputs {
-            if output.send(Ingest::Mark(position)).await.is_err() {
+            if !output.send(Ingest::Mark(position)).await {
                 return false;
             }
         }

@@ -13,7 +13,7 @@ use tokio::sync::mpsc::{self, error::TryRecvError};
 use crate::clock::{Tick, TickClock, Watermark};
 use crate::output::{Horizon, emit_closed_ticks};
 use crate::progress::TakenIn;
-use crate::router::Ingest;
+use crate::router::{Ingest, WorkerOutput};
 use crate::rules::{oom_sequence, ownership};
 use crate::{EngineSettings, WorkerReport};
 
@@ -53,14 +53,16 @@ pub(crate) fn correlate<'scope>(
 
 pub(crate) fn drive(
     worker: &mut Worker,
-    input: mpsc::Receiver<Ingest>,
+    input: WorkerOutput,
     settings: &EngineSettings,
     out: mpsc::Sender<ClosedBatch>,
     horizon: Arc<Horizon>,
     emitted: Arc<AtomicU64>,
     (local, taken_in): (usize, TakenIn),
 ) -> WorkerReport {
-    let mut input = input;
+    // From now on the router wakes this thread when it sends.
+    let _ = input.thread.set(std::thread::current());
+    let mut input = input.channel;
     let clock = TickClock::new(settings.tick_ms);
     let (mut facts_in, mut state_in, probe) = worker.dataflow::<Tick, _, _>(|scope| {
         let (facts_in, facts) = scope.new_collection::<Fact, isize>();
