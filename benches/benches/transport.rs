@@ -11,18 +11,29 @@
 //!    `Nats-Msg-Id` headers) to a stream, with the same bound on unacknowledged publishes;
 //! 2. **tapio**: the agent's [`Publisher`] publishing the same observations from its input
 //!    channel, until every one is acknowledged;
-//! 3. **latency**: the agent publishing at a fixed rate while the correlation job's path reads
+//! 3. **bare latency**: the floor of the machine and server: bare async-nats publishing the
+//!    same payloads at the latency run's rate while a bare pull consumer (same pull batch, no
+//!    acknowledgements) reads them in the same process; the time from the publish call to the
+//!    consumer's receipt;
+//! 4. **latency**: the agent publishing at a fixed rate while the correlation job's path reads
 //!    the stream (durable consumer → router → dataflow worker): the time from handing an
 //!    observation to the publisher to the moment the worker that owns it has taken it in
-//!    ([`tapio_dataflow::TakenIn`]), p50/p99/max; and, to separate the transport from the
-//!    dataflow, the time to the router.
+//!    ([`tapio_dataflow::TakenIn`], sampled every 250 µs, forwarded to the reader for
+//!    acknowledgement every 2 ms like the correlation job does), p50/p99/max, split into
+//!    stages: to stored by the server (the message's JetStream timestamp), to routed, to taken
+//!    in. The first second of each latency run warms up and is not counted.
+//!
+//! Like the `tapio` binary, the benchmark runs on mimalloc.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use async_nats::jetstream::context::PublishAckFuture;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use tapio_config::NatsConfig;
 use tapio_dataflow::{ClusterLayout, Engine, EngineSettings, Router};
 use tapio_model::{Fact, FactId, FactPayload, Heartbeat, Observation, ProcessExec};
@@ -32,6 +43,10 @@ use tapio_sources_nats::{Delivery, DurableReader, NatsEndpoint};
 use tapio_tests::nats::NatsServer;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+/// The `tapio` binary runs on mimalloc; the agent and the correlation job measured here must too.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn now_ns() -> u64 {
     std::time::SystemTime::now()
@@ -101,8 +116,7 @@ async fn bare(url: &str, observations: &[Observation], pending: usize) -> Result
     let mut inflight = VecDeque::with_capacity(pending);
     for (subject, id, payload) in messages {
         if inflight.len() >= pending {
-            let ack: async_nats::jetstream::context::PublishAckFuture =
-                inflight.pop_front().context("non-empty")?;
+            let ack: PublishAckFuture = inflight.pop_front().context("non-empty")?;
             ack.await?;
         }
         let mut headers = async_nats::HeaderMap::new();
@@ -134,18 +148,34 @@ async fn tapio(config: &NatsConfig, observations: Vec<Observation>) -> Result<f6
     Ok(count as f64 / elapsed)
 }
 
-/// Positions routed, with the event time (the publish time) of the observation at each.
-type Sent = Arc<Mutex<VecDeque<(u64, u64)>>>;
+/// Positions routed: (position, hand-over time = the observation's event time, routed time).
+type Sent = Arc<Mutex<VecDeque<(u64, u64, u64)>>>;
+
+/// Latencies (ns) of one run, each sorted.
+#[derive(Default)]
+struct Latencies {
+    /// Hand-over to the publisher → stored by the server (the agent and JetStream's write).
+    stored: Vec<u64>,
+    /// Stored → routed to its worker (delivery, the consumer, decoding, the channel).
+    delivered: Vec<u64>,
+    /// Routed → taken in by its worker (the dataflow's input).
+    entered: Vec<u64>,
+    /// Hand-over → routed.
+    routed: Vec<u64>,
+    /// Hand-over → taken in.
+    taken_in: Vec<u64>,
+}
 
 /// Routes deliveries like the correlation job; returns the latencies (ns) from hand-over to
-/// the router (the transport alone).
+/// stored by the server and from stored to routed.
 async fn route(
     mut router: Router,
     mut input: mpsc::Receiver<Delivery>,
     sent: Sent,
-    warm_up_end: Arc<std::sync::atomic::AtomicU64>,
-) -> Vec<u64> {
-    let mut routed = Vec::new();
+    warm_up_end: Arc<AtomicU64>,
+) -> (Vec<u64>, Vec<u64>) {
+    let mut stored = Vec::new();
+    let mut delivered = Vec::new();
     let mut unmarked = None;
     loop {
         let delivery = match input.try_recv() {
@@ -154,7 +184,7 @@ async fn route(
                 if let Some(position) = unmarked.take()
                     && !router.mark(position).await
                 {
-                    return routed;
+                    return (stored, delivered);
                 }
                 match input.recv().await {
                     Some(delivery) => delivery,
@@ -165,15 +195,19 @@ async fn route(
         };
         if let Some(observation) = delivery.observation {
             if let Observation::Fact(fact) = &observation {
-                if fact.time_ns > warm_up_end.load(std::sync::atomic::Ordering::Relaxed) {
-                    routed.push(now_ns().saturating_sub(fact.time_ns));
+                let now = now_ns();
+                if fact.time_ns > warm_up_end.load(Ordering::Relaxed) {
+                    stored.push(delivery.stored_ns.saturating_sub(fact.time_ns));
+                    delivered.push(now.saturating_sub(delivery.stored_ns));
                 }
-                sent.lock()
-                    .expect("not poisoned")
-                    .push_back((delivery.position, fact.time_ns));
+                sent.lock().expect("not poisoned").push_back((
+                    delivery.position,
+                    fact.time_ns,
+                    now,
+                ));
             }
             if !router.route(observation).await {
-                return routed;
+                return (stored, delivered);
             }
         }
         unmarked = Some(delivery.position);
@@ -182,12 +216,17 @@ async fn route(
         router.mark(position).await;
     }
     router.finish().await;
-    routed
+    (stored, delivered)
 }
 
-/// Publishes at `rate` for `seconds` through the agent and reads through the correlation path;
-/// returns the sorted latencies (ns) from hand-over to the router, and to taken in.
-async fn latency(config: &NatsConfig, rate: u64, seconds: u64) -> Result<(Vec<u64>, Vec<u64>)> {
+/// How often the sampler looks at the taken-in position: the resolution of "taken in".
+const SAMPLE_EVERY: Duration = Duration::from_micros(250);
+/// How often the taken-in position goes to the reader for acknowledgement, as in the
+/// correlation job (`forward_taken_in` in `src/transport.rs`).
+const FORWARD_EVERY: u32 = 8;
+
+/// Publishes at `rate` for `seconds` through the agent and reads through the correlation path.
+async fn latency(config: &NatsConfig, rate: u64, seconds: u64) -> Result<Latencies> {
     let (batches_tx, mut batches_rx) = mpsc::channel(64);
     tokio::spawn(async move { while batches_rx.recv().await.is_some() {} });
     let (engine, inputs) = tokio::task::spawn_blocking(move || {
@@ -200,7 +239,7 @@ async fn latency(config: &NatsConfig, rate: u64, seconds: u64) -> Result<(Vec<u6
     .await??;
     let taken_in = engine.taken_in();
     let sent: Sent = Arc::default();
-    let warm_up_end = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+    let warm_up_end = Arc::new(AtomicU64::new(u64::MAX));
     let (deliveries_tx, deliveries_rx) = mpsc::channel(10_000);
     let router = tokio::spawn(route(
         Router::new(ClusterLayout::single(1), inputs),
@@ -224,31 +263,41 @@ async fn latency(config: &NatsConfig, rate: u64, seconds: u64) -> Result<(Vec<u6
         Arc::new(SourceStats::default()),
     ));
 
-    // Sample: every 100 µs, everything at or below the taken-in position is in the dataflow.
-    // The first second of observations warms up and is not counted.
+    // Sample: every SAMPLE_EVERY, everything at or below the taken-in position is in the
+    // dataflow. The first second of observations warms up and is not counted.
     let total = rate * seconds;
     let sampler = {
         let sent = Arc::clone(&sent);
         let warm_up_end = Arc::clone(&warm_up_end);
         std::thread::spawn(move || {
-            let mut latencies = Vec::with_capacity(total as usize);
+            let mut taken = Vec::with_capacity(total as usize);
+            let mut entered = Vec::with_capacity(total as usize);
             let deadline = Instant::now() + Duration::from_secs(seconds + 30);
             let measured = total.saturating_sub(rate + 1);
-            while (latencies.len() as u64) < measured && Instant::now() < deadline {
+            let mut samples = 0u32;
+            while (taken.len() as u64) < measured && Instant::now() < deadline {
                 let position = taken_in.position();
                 let now = now_ns();
                 let mut sent = sent.lock().expect("not poisoned");
-                while sent.front().is_some_and(|(seq, _)| *seq <= position) {
-                    let (_, time_ns) = sent.pop_front().expect("non-empty");
-                    if time_ns > warm_up_end.load(std::sync::atomic::Ordering::Relaxed) {
-                        latencies.push(now.saturating_sub(time_ns));
+                while sent.front().is_some_and(|(seq, _, _)| *seq <= position) {
+                    let (_, time_ns, routed_ns) = sent.pop_front().expect("non-empty");
+                    if time_ns > warm_up_end.load(Ordering::Relaxed) {
+                        taken.push(now.saturating_sub(time_ns));
+                        entered.push(now.saturating_sub(routed_ns));
                     }
                 }
                 drop(sent);
-                let _ = ack_tx.send(position);
-                std::thread::sleep(Duration::from_micros(100));
+                samples = samples.wrapping_add(1);
+                if samples.is_multiple_of(FORWARD_EVERY) {
+                    ack_tx.send_if_modified(|current| {
+                        let advanced = position > *current;
+                        *current = position.max(*current);
+                        advanced
+                    });
+                }
+                std::thread::sleep(SAMPLE_EVERY);
             }
-            latencies
+            (taken, entered)
         })
     };
 
@@ -259,18 +308,13 @@ async fn latency(config: &NatsConfig, rate: u64, seconds: u64) -> Result<(Vec<u6
     tokio::time::sleep(Duration::from_secs(1)).await;
     let started = Instant::now();
     let interval = Duration::from_nanos(1_000_000_000 / rate);
-    let warmed_up = Arc::clone(&warm_up_end);
     let mut last_beat = 0;
     for seq in 1..=total {
-        let due = started + interval * u32::try_from(seq).unwrap_or(u32::MAX);
-        let now = Instant::now();
-        if due > now {
-            tokio::time::sleep(due - now).await;
-        }
+        pace(started, interval, seq).await;
         let time = now_ns();
         tx.send(exec(seq, time)).await?;
         if seq == rate {
-            warmed_up.store(time, std::sync::atomic::Ordering::Relaxed);
+            warm_up_end.store(time, Ordering::Relaxed);
         }
         if seq % rate == 0 {
             eprintln!("latency: {seq} of {total} handed to the publisher");
@@ -283,18 +327,136 @@ async fn latency(config: &NatsConfig, rate: u64, seconds: u64) -> Result<(Vec<u6
     drop(tx);
     publishing.await??;
     eprintln!("latency: {total} observations published and acknowledged");
-    let mut latencies = tokio::task::spawn_blocking(move || sampler.join())
+    let (mut taken_in, mut entered) = tokio::task::spawn_blocking(move || sampler.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the sampler panicked"))?;
-    eprintln!("latency: {} samples taken", latencies.len());
+    eprintln!("latency: {} samples taken", taken_in.len());
     stop_reading.cancel();
     reader.await??;
-    let mut routed = router.await?;
+    let (mut stored, mut delivered) = router.await?;
     eprintln!("latency: reader and router stopped");
     tokio::task::spawn_blocking(move || engine.join()).await??;
+    let mut routed: Vec<u64> = stored
+        .iter()
+        .zip(&delivered)
+        .map(|(stored, delivered)| stored + delivered)
+        .collect();
+    for latencies in [
+        &mut stored,
+        &mut delivered,
+        &mut entered,
+        &mut routed,
+        &mut taken_in,
+    ] {
+        latencies.sort_unstable();
+    }
+    Ok(Latencies {
+        stored,
+        delivered,
+        entered,
+        routed,
+        taken_in,
+    })
+}
+
+/// Waits until the `seq`-th message of a paced run is due.
+async fn pace(started: Instant, interval: Duration, seq: u64) {
+    let due = started + interval * u32::try_from(seq).unwrap_or(u32::MAX);
+    let now = Instant::now();
+    if due > now {
+        tokio::time::sleep(due - now).await;
+    }
+}
+
+/// The floor: bare async-nats publishing the same payloads at `rate` (at most `pending`
+/// unacknowledged) while a bare pull consumer, with the same batch size as Tapio's and no
+/// acknowledgements, reads them in the same process; returns the sorted latencies (ns) from
+/// the publish call to the consumer's receipt.
+async fn bare_latency(url: &str, rate: u64, seconds: u64, pending: usize) -> Result<Vec<u64>> {
+    let client = async_nats::connect(url).await?;
+    let js = async_nats::jetstream::new(client);
+    let stream = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "BARE_LATENCY".into(),
+            subjects: vec!["barelat.>".into()],
+            ..Default::default()
+        })
+        .await?;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("bare".into()),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await?;
+    let total = rate * seconds;
+    let published: Arc<Vec<AtomicU64>> = Arc::new((0..=total).map(|_| AtomicU64::new(0)).collect());
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(2000)
+        .heartbeat(Duration::from_secs(5))
+        .messages()
+        .await?;
+    let reading = {
+        let published = Arc::clone(&published);
+        tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(total as usize);
+            let mut seen = 0;
+            while seen < total {
+                let Some(message) = messages.next().await else {
+                    break;
+                };
+                let now = now_ns();
+                let message = message.map_err(|error| anyhow::anyhow!(error))?;
+                let seq = message
+                    .info()
+                    .map_err(|error| anyhow::anyhow!(error))?
+                    .stream_sequence;
+                seen += 1;
+                if seq > rate
+                    && let Some(sent) = published.get(seq as usize)
+                {
+                    latencies.push(now.saturating_sub(sent.load(Ordering::Relaxed)));
+                }
+            }
+            anyhow::Ok(latencies)
+        })
+    };
+    let base = now_ns();
+    let messages: Vec<(String, String, Bytes)> = (1..=total)
+        .map(|seq| {
+            let observation = exec(seq, base + seq);
+            (
+                wire::subject("barelat", &observation),
+                wire::message_id(&observation),
+                wire::encode(&observation),
+            )
+        })
+        .collect();
+    let (acks_tx, mut acks_rx) = mpsc::channel::<PublishAckFuture>(pending);
+    let acks = tokio::spawn(async move {
+        while let Some(ack) = acks_rx.recv().await {
+            ack.await?;
+        }
+        anyhow::Ok(())
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    let interval = Duration::from_nanos(1_000_000_000 / rate);
+    for (seq, (subject, id, payload)) in (1..).zip(messages) {
+        pace(started, interval, seq).await;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        published[seq as usize].store(now_ns(), Ordering::Relaxed);
+        acks_tx
+            .send(js.publish_with_headers(subject, headers, payload).await?)
+            .await?;
+    }
+    drop(acks_tx);
+    acks.await??;
+    let mut latencies = tokio::time::timeout(Duration::from_secs(30), reading).await???;
     latencies.sort_unstable();
-    routed.sort_unstable();
-    Ok((routed, latencies))
+    Ok(latencies)
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -344,12 +506,16 @@ fn main() -> Result<()> {
         eprintln!("bare publish loop: {bare_rate:.0} messages/s");
         let tapio_rate = tapio(&tapio_config, observations).await?;
         eprintln!("tapio publisher: {tapio_rate:.0} observations/s");
+        let floor = bare_latency(&server.url(), rate, seconds, pending).await?;
+        eprintln!("bare latency: p99 {:.2} ms", percentile(&floor, 0.99));
         let latency_config = config(&server.url(), "LATENCY", "latency", &dir);
-        let (routed, latencies) = latency(&latency_config, rate, seconds).await?;
+        let latencies = latency(&latency_config, rate, seconds).await?;
         println!(
             "payload: {} bytes on average; {messages} messages per throughput run; at most \
-             {pending} unacknowledged publishes",
-            size / messages.max(1) as usize
+             {pending} unacknowledged publishes; latencies at {rate}/s for {seconds} s, the \
+             first second not counted; taken in sampled every {} µs",
+            size / messages.max(1) as usize,
+            SAMPLE_EVERY.as_micros()
         );
         println!();
         println!("| measurement | value |");
@@ -357,18 +523,35 @@ fn main() -> Result<()> {
         println!("| bare async-nats publish loop | {bare_rate:.0} messages/s |");
         println!("| tapio agent publisher | {tapio_rate:.0} observations/s |");
         println!("| ratio tapio / bare | {:.2} |", tapio_rate / bare_rate);
-        println!(
-            "| publish → routed to its worker (JetStream and the consumer) at {rate}/s | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms |",
-            percentile(&routed, 0.5),
-            percentile(&routed, 0.99),
-            percentile(&routed, 1.0)
+        let row = |what: &str, sorted: &[u64]| {
+            println!(
+                "| {what} | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples) |",
+                percentile(sorted, 0.5),
+                percentile(sorted, 0.99),
+                percentile(sorted, 1.0),
+                sorted.len()
+            );
+        };
+        row(
+            "bare async-nats: publish → received by a pull consumer",
+            &floor,
         );
-        println!(
-            "| publish → taken in by the dataflow at {rate}/s for {seconds} s ({} samples) | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms |",
-            latencies.len(),
-            percentile(&latencies, 0.5),
-            percentile(&latencies, 0.99),
-            percentile(&latencies, 1.0)
+        row(
+            "tapio: handed to the publisher → stored by JetStream",
+            &latencies.stored,
+        );
+        row(
+            "tapio: stored → routed to its worker (delivery, consumer, decode)",
+            &latencies.delivered,
+        );
+        row(
+            "tapio: routed → taken in by the dataflow",
+            &latencies.entered,
+        );
+        row("tapio: handed to the publisher → routed", &latencies.routed);
+        row(
+            "tapio: handed to the publisher → taken in by the dataflow",
+            &latencies.taken_in,
         );
         anyhow::Ok(())
     })?;
