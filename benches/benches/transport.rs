@@ -34,6 +34,7 @@ use anyhow::{Context, Result};
 use async_nats::jetstream::context::PublishAckFuture;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use tapio_benches::proc_status::cpu_seconds;
 use tapio_config::NatsConfig;
 use tapio_dataflow::{ClusterLayout, Engine, EngineSettings, Router};
 use tapio_model::{Fact, FactId, FactPayload, Heartbeat, Observation, ProcessExec};
@@ -368,17 +369,36 @@ async fn pace(started: Instant, interval: Duration, seq: u64) {
     }
 }
 
+/// Observations per message at most when the bare floor batches.
+const BARE_BATCH: u64 = 256;
+
 /// The floor: bare async-nats publishing the same payloads at `rate` (at most `pending`
-/// unacknowledged) while a bare pull consumer, with the same batch size as Tapio's and no
+/// unacknowledged) while a bare pull consumer, with the same pull batch as Tapio's and no
 /// acknowledgements, reads them in the same process; returns the sorted latencies (ns) from
-/// the publish call to the consumer's receipt.
-async fn bare_latency(url: &str, rate: u64, seconds: u64, pending: usize) -> Result<Vec<u64>> {
+/// the publish call to the consumer's receipt, one per observation.
+///
+/// With `batched`, every wake-up of the paced loop publishes the observations due by then (at
+/// most [`BARE_BATCH`]) as one message, a JSON array, which the consumer decodes: what a
+/// publisher that sends everything queued at once would cost the server.
+async fn bare_latency(
+    url: &str,
+    rate: u64,
+    seconds: u64,
+    pending: usize,
+    batched: bool,
+) -> Result<Vec<u64>> {
     let client = async_nats::connect(url).await?;
     let js = async_nats::jetstream::new(client);
+    let name = if batched {
+        "BARE_BATCHED"
+    } else {
+        "BARE_LATENCY"
+    };
+    let prefix = name.to_lowercase();
     let stream = js
         .create_stream(async_nats::jetstream::stream::Config {
-            name: "BARE_LATENCY".into(),
-            subjects: vec!["barelat.>".into()],
+            name: name.into(),
+            subjects: vec![format!("{prefix}.>")],
             ..Default::default()
         })
         .await?;
@@ -390,6 +410,7 @@ async fn bare_latency(url: &str, rate: u64, seconds: u64, pending: usize) -> Res
         })
         .await?;
     let total = rate * seconds;
+    // The publish time of each message, by stream sequence.
     let published: Arc<Vec<AtomicU64>> = Arc::new((0..=total).map(|_| AtomicU64::new(0)).collect());
     let mut messages = consumer
         .stream()
@@ -412,27 +433,26 @@ async fn bare_latency(url: &str, rate: u64, seconds: u64, pending: usize) -> Res
                     .info()
                     .map_err(|error| anyhow::anyhow!(error))?
                     .stream_sequence;
-                seen += 1;
-                if seq > rate
-                    && let Some(sent) = published.get(seq as usize)
-                {
-                    latencies.push(now.saturating_sub(sent.load(Ordering::Relaxed)));
+                let count = if batched {
+                    serde_json::from_slice::<Vec<Observation>>(&message.payload)?.len() as u64
+                } else {
+                    1
+                };
+                let sent = published
+                    .get(seq as usize)
+                    .map_or(0, |sent| sent.load(Ordering::Relaxed));
+                for _ in 0..count {
+                    seen += 1;
+                    if seen > rate {
+                        latencies.push(now.saturating_sub(sent));
+                    }
                 }
             }
             anyhow::Ok(latencies)
         })
     };
     let base = now_ns();
-    let messages: Vec<(String, String, Bytes)> = (1..=total)
-        .map(|seq| {
-            let observation = exec(seq, base + seq);
-            (
-                wire::subject("barelat", &observation),
-                wire::message_id(&observation),
-                wire::encode(&observation),
-            )
-        })
-        .collect();
+    let observations: Vec<Observation> = (1..=total).map(|seq| exec(seq, base + seq)).collect();
     let (acks_tx, mut acks_rx) = mpsc::channel::<PublishAckFuture>(pending);
     let acks = tokio::spawn(async move {
         while let Some(ack) = acks_rx.recv().await {
@@ -443,14 +463,37 @@ async fn bare_latency(url: &str, rate: u64, seconds: u64, pending: usize) -> Res
     tokio::time::sleep(Duration::from_secs(1)).await;
     let started = Instant::now();
     let interval = Duration::from_nanos(1_000_000_000 / rate);
-    for (seq, (subject, id, payload)) in (1..).zip(messages) {
-        pace(started, interval, seq).await;
+    let mut next = 1;
+    let mut message_seq = 0;
+    while next <= total {
+        pace(started, interval, next).await;
+        let due = (started.elapsed().as_nanos() / interval.as_nanos()) as u64;
+        let last = if batched {
+            due.clamp(next, next + BARE_BATCH - 1).min(total)
+        } else {
+            next
+        };
+        let batch = &observations[(next - 1) as usize..last as usize];
+        let (subject, mut id, payload) = (
+            wire::subject(&prefix, &batch[0]),
+            wire::message_id(&batch[0]),
+            if batched {
+                Bytes::from(serde_json::to_vec(batch)?)
+            } else {
+                wire::encode(&batch[0])
+            },
+        );
+        if batch.len() > 1 {
+            id = format!("{id}+{}", batch.len() - 1);
+        }
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", id.as_str());
-        published[seq as usize].store(now_ns(), Ordering::Relaxed);
+        message_seq += 1;
+        published[message_seq].store(now_ns(), Ordering::Relaxed);
         acks_tx
             .send(js.publish_with_headers(subject, headers, payload).await?)
             .await?;
+        next = last + 1;
     }
     drop(acks_tx);
     acks.await??;
@@ -488,6 +531,7 @@ fn main() -> Result<()> {
     let rate = argument("--rate", 50_000);
     let seconds = argument("--seconds", 5);
     let server = NatsServer::start("bench-transport");
+    let server_pid = server.pid().map(|pid| pid.to_string()).unwrap_or_default();
     let dir = std::env::temp_dir().join(format!("tapio-bench-transport-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -506,10 +550,27 @@ fn main() -> Result<()> {
         eprintln!("bare publish loop: {bare_rate:.0} messages/s");
         let tapio_rate = tapio(&tapio_config, observations).await?;
         eprintln!("tapio publisher: {tapio_rate:.0} observations/s");
-        let floor = bare_latency(&server.url(), rate, seconds, pending).await?;
+        // CPU seconds of this process and of the server, per observation of a latency run.
+        let observed = (rate * seconds) as f64;
+        let cpu = || (cpu_seconds("self"), cpu_seconds(&server_pid));
+        let per_observation = |before: (f64, f64), after: (f64, f64)| {
+            (
+                (after.0 - before.0) / observed * 1e6,
+                (after.1 - before.1) / observed * 1e6,
+            )
+        };
+        let before = cpu();
+        let floor = bare_latency(&server.url(), rate, seconds, pending, false).await?;
+        let floor_cpu = per_observation(before, cpu());
         eprintln!("bare latency: p99 {:.2} ms", percentile(&floor, 0.99));
+        let before = cpu();
+        let batched_floor = bare_latency(&server.url(), rate, seconds, pending, true).await?;
+        let batched_cpu = per_observation(before, cpu());
+        eprintln!("bare batched latency: p99 {:.2} ms", percentile(&batched_floor, 0.99));
         let latency_config = config(&server.url(), "LATENCY", "latency", &dir);
+        let before = cpu();
         let latencies = latency(&latency_config, rate, seconds).await?;
+        let tapio_cpu = per_observation(before, cpu());
         println!(
             "payload: {} bytes on average; {messages} messages per throughput run; at most \
              {pending} unacknowledged publishes; latencies at {rate}/s for {seconds} s, the \
@@ -537,6 +598,12 @@ fn main() -> Result<()> {
             &floor,
         );
         row(
+            &format!(
+                "bare async-nats, what is due sent as one message (≤ {BARE_BATCH}): publish → received and decoded"
+            ),
+            &batched_floor,
+        );
+        row(
             "tapio: handed to the publisher → stored by JetStream",
             &latencies.stored,
         );
@@ -553,6 +620,16 @@ fn main() -> Result<()> {
             "tapio: handed to the publisher → taken in by the dataflow",
             &latencies.taken_in,
         );
+        for (what, (process, server)) in [
+            ("bare", floor_cpu),
+            ("bare, batched", batched_cpu),
+            ("tapio", tapio_cpu),
+        ] {
+            println!(
+                "| CPU per observation, {what} latency run | {process:.1} µs in the benchmark \
+                 process (publisher and consumer side), {server:.1} µs in nats-server |"
+            );
+        }
         anyhow::Ok(())
     })?;
     let _ = std::fs::remove_dir_all(dir);
