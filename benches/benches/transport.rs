@@ -14,7 +14,9 @@
 //! 3. **bare latency**: the floor of the machine and server: bare async-nats publishing the
 //!    same payloads at the latency run's rate while a bare pull consumer (same pull batch, no
 //!    acknowledgements) reads them in the same process; the time from the publish call to the
-//!    consumer's receipt;
+//!    consumer's receipt; then the same sending what is due at each wake-up of the paced loop
+//!    (at most [`BARE_BATCH`]) as one message, a JSON array, which the consumer decodes: what
+//!    batching would cost the server and buy in latency;
 //! 4. **latency**: the agent publishing at a fixed rate while the correlation job's path reads
 //!    the stream (durable consumer → router → dataflow worker): the time from handing an
 //!    observation to the publisher to the moment the worker that owns it has taken it in
@@ -23,7 +25,8 @@
 //!    stages: to stored by the server (the message's JetStream timestamp), to routed, to taken
 //!    in. The first second of each latency run warms up and is not counted.
 //!
-//! Like the `tapio` binary, the benchmark runs on mimalloc.
+//! For every latency run it also prints the CPU time of this process and of the server per
+//! observation. Like the `tapio` binary, the benchmark runs on mimalloc.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
