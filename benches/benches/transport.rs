@@ -11,18 +11,33 @@
 //!    `Nats-Msg-Id` headers) to a stream, with the same bound on unacknowledged publishes;
 //! 2. **tapio**: the agent's [`Publisher`] publishing the same observations from its input
 //!    channel, until every one is acknowledged;
-//! 3. **latency**: the agent publishing at a fixed rate while the correlation job's path reads
+//! 3. **bare latency**: the floor of the machine and server: bare async-nats publishing the
+//!    same payloads at the latency run's rate while a bare pull consumer (same pull batch, no
+//!    acknowledgements) reads them in the same process; the time from the publish call to the
+//!    consumer's receipt; then the same sending what is due at each wake-up of the paced loop
+//!    (at most [`BARE_BATCH`]) as one message, a JSON array, which the consumer decodes: what
+//!    batching would cost the server and buy in latency;
+//! 4. **latency**: the agent publishing at a fixed rate while the correlation job's path reads
 //!    the stream (durable consumer → router → dataflow worker): the time from handing an
 //!    observation to the publisher to the moment the worker that owns it has taken it in
-//!    ([`tapio_dataflow::TakenIn`]), p50/p99/max; and, to separate the transport from the
-//!    dataflow, the time to the router.
+//!    ([`tapio_dataflow::TakenIn`], sampled every 250 µs, forwarded to the reader for
+//!    acknowledgement every 2 ms like the correlation job does), p50/p99/max, split into
+//!    stages: to stored by the server (the message's JetStream timestamp), to routed, to taken
+//!    in. The first second of each latency run warms up and is not counted.
+//!
+//! For every latency run it also prints the CPU time of this process and of the server per
+//! observation. Like the `tapio` binary, the benchmark runs on mimalloc.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use async_nats::jetstream::context::PublishAckFuture;
 use bytes::Bytes;
+use futures_util::StreamExt;
+use tapio_benches::proc_status::cpu_seconds;
 use tapio_config::NatsConfig;
 use tapio_dataflow::{ClusterLayout, Engine, EngineSettings, Router};
 use tapio_model::{Fact, FactId, FactPayload, Heartbeat, Observation, ProcessExec};
@@ -32,6 +47,10 @@ use tapio_sources_nats::{Delivery, DurableReader, NatsEndpoint};
 use tapio_tests::nats::NatsServer;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+/// The `tapio` binary runs on mimalloc; the agent and the correlation job measured here must too.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn now_ns() -> u64 {
     std::time::SystemTime::now()
@@ -101,8 +120,7 @@ async fn bare(url: &str, observations: &[Observation], pending: usize) -> Result
     let mut inflight = VecDeque::with_capacity(pending);
     for (subject, id, payload) in messages {
         if inflight.len() >= pending {
-            let ack: async_nats::jetstream::context::PublishAckFuture =
-                inflight.pop_front().context("non-empty")?;
+            let ack: PublishAckFuture = inflight.pop_front().context("non-empty")?;
             ack.await?;
         }
         let mut headers = async_nats::HeaderMap::new();
@@ -134,18 +152,34 @@ async fn tapio(config: &NatsConfig, observations: Vec<Observation>) -> Result<f6
     Ok(count as f64 / elapsed)
 }
 
-/// Positions routed, with the event time (the publish time) of the observation at each.
-type Sent = Arc<Mutex<VecDeque<(u64, u64)>>>;
+/// Positions routed: (position, hand-over time = the observation's event time, routed time).
+type Sent = Arc<Mutex<VecDeque<(u64, u64, u64)>>>;
+
+/// Latencies (ns) of one run, each sorted.
+#[derive(Default)]
+struct Latencies {
+    /// Hand-over to the publisher → stored by the server (the agent and JetStream's write).
+    stored: Vec<u64>,
+    /// Stored → routed to its worker (delivery, the consumer, decoding, the channel).
+    delivered: Vec<u64>,
+    /// Routed → taken in by its worker (the dataflow's input).
+    entered: Vec<u64>,
+    /// Hand-over → routed.
+    routed: Vec<u64>,
+    /// Hand-over → taken in.
+    taken_in: Vec<u64>,
+}
 
 /// Routes deliveries like the correlation job; returns the latencies (ns) from hand-over to
-/// the router (the transport alone).
+/// stored by the server and from stored to routed.
 async fn route(
     mut router: Router,
     mut input: mpsc::Receiver<Delivery>,
     sent: Sent,
-    warm_up_end: Arc<std::sync::atomic::AtomicU64>,
-) -> Vec<u64> {
-    let mut routed = Vec::new();
+    warm_up_end: Arc<AtomicU64>,
+) -> (Vec<u64>, Vec<u64>) {
+    let mut stored = Vec::new();
+    let mut delivered = Vec::new();
     let mut unmarked = None;
     loop {
         let delivery = match input.try_recv() {
@@ -154,7 +188,7 @@ async fn route(
                 if let Some(position) = unmarked.take()
                     && !router.mark(position).await
                 {
-                    return routed;
+                    return (stored, delivered);
                 }
                 match input.recv().await {
                     Some(delivery) => delivery,
@@ -165,15 +199,19 @@ async fn route(
         };
         if let Some(observation) = delivery.observation {
             if let Observation::Fact(fact) = &observation {
-                if fact.time_ns > warm_up_end.load(std::sync::atomic::Ordering::Relaxed) {
-                    routed.push(now_ns().saturating_sub(fact.time_ns));
+                let now = now_ns();
+                if fact.time_ns > warm_up_end.load(Ordering::Relaxed) {
+                    stored.push(delivery.stored_ns.saturating_sub(fact.time_ns));
+                    delivered.push(now.saturating_sub(delivery.stored_ns));
                 }
-                sent.lock()
-                    .expect("not poisoned")
-                    .push_back((delivery.position, fact.time_ns));
+                sent.lock().expect("not poisoned").push_back((
+                    delivery.position,
+                    fact.time_ns,
+                    now,
+                ));
             }
             if !router.route(observation).await {
-                return routed;
+                return (stored, delivered);
             }
         }
         unmarked = Some(delivery.position);
@@ -182,12 +220,17 @@ async fn route(
         router.mark(position).await;
     }
     router.finish().await;
-    routed
+    (stored, delivered)
 }
 
-/// Publishes at `rate` for `seconds` through the agent and reads through the correlation path;
-/// returns the sorted latencies (ns) from hand-over to the router, and to taken in.
-async fn latency(config: &NatsConfig, rate: u64, seconds: u64) -> Result<(Vec<u64>, Vec<u64>)> {
+/// How often the sampler looks at the taken-in position: the resolution of "taken in".
+const SAMPLE_EVERY: Duration = Duration::from_micros(250);
+/// How often the taken-in position goes to the reader for acknowledgement, as in the
+/// correlation job (`forward_taken_in` in `src/transport.rs`).
+const FORWARD_EVERY: u32 = 8;
+
+/// Publishes at `rate` for `seconds` through the agent and reads through the correlation path.
+async fn latency(config: &NatsConfig, rate: u64, seconds: u64) -> Result<Latencies> {
     let (batches_tx, mut batches_rx) = mpsc::channel(64);
     tokio::spawn(async move { while batches_rx.recv().await.is_some() {} });
     let (engine, inputs) = tokio::task::spawn_blocking(move || {
@@ -200,7 +243,7 @@ async fn latency(config: &NatsConfig, rate: u64, seconds: u64) -> Result<(Vec<u6
     .await??;
     let taken_in = engine.taken_in();
     let sent: Sent = Arc::default();
-    let warm_up_end = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+    let warm_up_end = Arc::new(AtomicU64::new(u64::MAX));
     let (deliveries_tx, deliveries_rx) = mpsc::channel(10_000);
     let router = tokio::spawn(route(
         Router::new(ClusterLayout::single(1), inputs),
@@ -224,31 +267,41 @@ async fn latency(config: &NatsConfig, rate: u64, seconds: u64) -> Result<(Vec<u6
         Arc::new(SourceStats::default()),
     ));
 
-    // Sample: every 100 µs, everything at or below the taken-in position is in the dataflow.
-    // The first second of observations warms up and is not counted.
+    // Sample: every SAMPLE_EVERY, everything at or below the taken-in position is in the
+    // dataflow. The first second of observations warms up and is not counted.
     let total = rate * seconds;
     let sampler = {
         let sent = Arc::clone(&sent);
         let warm_up_end = Arc::clone(&warm_up_end);
         std::thread::spawn(move || {
-            let mut latencies = Vec::with_capacity(total as usize);
+            let mut taken = Vec::with_capacity(total as usize);
+            let mut entered = Vec::with_capacity(total as usize);
             let deadline = Instant::now() + Duration::from_secs(seconds + 30);
             let measured = total.saturating_sub(rate + 1);
-            while (latencies.len() as u64) < measured && Instant::now() < deadline {
+            let mut samples = 0u32;
+            while (taken.len() as u64) < measured && Instant::now() < deadline {
                 let position = taken_in.position();
                 let now = now_ns();
                 let mut sent = sent.lock().expect("not poisoned");
-                while sent.front().is_some_and(|(seq, _)| *seq <= position) {
-                    let (_, time_ns) = sent.pop_front().expect("non-empty");
-                    if time_ns > warm_up_end.load(std::sync::atomic::Ordering::Relaxed) {
-                        latencies.push(now.saturating_sub(time_ns));
+                while sent.front().is_some_and(|(seq, _, _)| *seq <= position) {
+                    let (_, time_ns, routed_ns) = sent.pop_front().expect("non-empty");
+                    if time_ns > warm_up_end.load(Ordering::Relaxed) {
+                        taken.push(now.saturating_sub(time_ns));
+                        entered.push(now.saturating_sub(routed_ns));
                     }
                 }
                 drop(sent);
-                let _ = ack_tx.send(position);
-                std::thread::sleep(Duration::from_micros(100));
+                samples = samples.wrapping_add(1);
+                if samples.is_multiple_of(FORWARD_EVERY) {
+                    ack_tx.send_if_modified(|current| {
+                        let advanced = position > *current;
+                        *current = position.max(*current);
+                        advanced
+                    });
+                }
+                std::thread::sleep(SAMPLE_EVERY);
             }
-            latencies
+            (taken, entered)
         })
     };
 
@@ -259,18 +312,13 @@ async fn latency(config: &NatsConfig, rate: u64, seconds: u64) -> Result<(Vec<u6
     tokio::time::sleep(Duration::from_secs(1)).await;
     let started = Instant::now();
     let interval = Duration::from_nanos(1_000_000_000 / rate);
-    let warmed_up = Arc::clone(&warm_up_end);
     let mut last_beat = 0;
     for seq in 1..=total {
-        let due = started + interval * u32::try_from(seq).unwrap_or(u32::MAX);
-        let now = Instant::now();
-        if due > now {
-            tokio::time::sleep(due - now).await;
-        }
+        pace(started, interval, seq).await;
         let time = now_ns();
         tx.send(exec(seq, time)).await?;
         if seq == rate {
-            warmed_up.store(time, std::sync::atomic::Ordering::Relaxed);
+            warm_up_end.store(time, Ordering::Relaxed);
         }
         if seq % rate == 0 {
             eprintln!("latency: {seq} of {total} handed to the publisher");
@@ -283,18 +331,178 @@ async fn latency(config: &NatsConfig, rate: u64, seconds: u64) -> Result<(Vec<u6
     drop(tx);
     publishing.await??;
     eprintln!("latency: {total} observations published and acknowledged");
-    let mut latencies = tokio::task::spawn_blocking(move || sampler.join())
+    let (mut taken_in, mut entered) = tokio::task::spawn_blocking(move || sampler.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the sampler panicked"))?;
-    eprintln!("latency: {} samples taken", latencies.len());
+    eprintln!("latency: {} samples taken", taken_in.len());
     stop_reading.cancel();
     reader.await??;
-    let mut routed = router.await?;
+    let (mut stored, mut delivered) = router.await?;
     eprintln!("latency: reader and router stopped");
     tokio::task::spawn_blocking(move || engine.join()).await??;
+    let mut routed: Vec<u64> = stored
+        .iter()
+        .zip(&delivered)
+        .map(|(stored, delivered)| stored + delivered)
+        .collect();
+    for latencies in [
+        &mut stored,
+        &mut delivered,
+        &mut entered,
+        &mut routed,
+        &mut taken_in,
+    ] {
+        latencies.sort_unstable();
+    }
+    Ok(Latencies {
+        stored,
+        delivered,
+        entered,
+        routed,
+        taken_in,
+    })
+}
+
+/// Waits until the `seq`-th message of a paced run is due.
+async fn pace(started: Instant, interval: Duration, seq: u64) {
+    let due = started + interval * u32::try_from(seq).unwrap_or(u32::MAX);
+    let now = Instant::now();
+    if due > now {
+        tokio::time::sleep(due - now).await;
+    }
+}
+
+/// Observations per message at most when the bare floor batches.
+const BARE_BATCH: u64 = 256;
+
+/// The floor: bare async-nats publishing the same payloads at `rate` (at most `pending`
+/// unacknowledged) while a bare pull consumer, with the same pull batch as Tapio's and no
+/// acknowledgements, reads them in the same process; returns the sorted latencies (ns) from
+/// the publish call to the consumer's receipt, one per observation.
+///
+/// With `batched`, every wake-up of the paced loop publishes the observations due by then (at
+/// most [`BARE_BATCH`]) as one message, a JSON array, which the consumer decodes: what a
+/// publisher that sends everything queued at once would cost the server.
+async fn bare_latency(
+    url: &str,
+    rate: u64,
+    seconds: u64,
+    pending: usize,
+    batched: bool,
+) -> Result<Vec<u64>> {
+    let client = async_nats::connect(url).await?;
+    let js = async_nats::jetstream::new(client);
+    let name = if batched {
+        "BARE_BATCHED"
+    } else {
+        "BARE_LATENCY"
+    };
+    let prefix = name.to_lowercase();
+    let stream = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: name.into(),
+            subjects: vec![format!("{prefix}.>")],
+            ..Default::default()
+        })
+        .await?;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("bare".into()),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await?;
+    let total = rate * seconds;
+    // The publish time of each message, by stream sequence.
+    let published: Arc<Vec<AtomicU64>> = Arc::new((0..=total).map(|_| AtomicU64::new(0)).collect());
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(2000)
+        .heartbeat(Duration::from_secs(5))
+        .messages()
+        .await?;
+    let reading = {
+        let published = Arc::clone(&published);
+        tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(total as usize);
+            let mut seen = 0;
+            while seen < total {
+                let Some(message) = messages.next().await else {
+                    break;
+                };
+                let now = now_ns();
+                let message = message.map_err(|error| anyhow::anyhow!(error))?;
+                let seq = message
+                    .info()
+                    .map_err(|error| anyhow::anyhow!(error))?
+                    .stream_sequence;
+                let count = if batched {
+                    serde_json::from_slice::<Vec<Observation>>(&message.payload)?.len() as u64
+                } else {
+                    1
+                };
+                let sent = published
+                    .get(seq as usize)
+                    .map_or(0, |sent| sent.load(Ordering::Relaxed));
+                for _ in 0..count {
+                    seen += 1;
+                    if seen > rate {
+                        latencies.push(now.saturating_sub(sent));
+                    }
+                }
+            }
+            anyhow::Ok(latencies)
+        })
+    };
+    let base = now_ns();
+    let observations: Vec<Observation> = (1..=total).map(|seq| exec(seq, base + seq)).collect();
+    let (acks_tx, mut acks_rx) = mpsc::channel::<PublishAckFuture>(pending);
+    let acks = tokio::spawn(async move {
+        while let Some(ack) = acks_rx.recv().await {
+            ack.await?;
+        }
+        anyhow::Ok(())
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    let interval = Duration::from_nanos(1_000_000_000 / rate);
+    let mut next = 1;
+    let mut message_seq = 0;
+    while next <= total {
+        pace(started, interval, next).await;
+        let due = (started.elapsed().as_nanos() / interval.as_nanos()) as u64;
+        let last = if batched {
+            due.clamp(next, next + BARE_BATCH - 1).min(total)
+        } else {
+            next
+        };
+        let batch = &observations[(next - 1) as usize..last as usize];
+        let (subject, mut id, payload) = (
+            wire::subject(&prefix, &batch[0]),
+            wire::message_id(&batch[0]),
+            if batched {
+                Bytes::from(serde_json::to_vec(batch)?)
+            } else {
+                wire::encode(&batch[0])
+            },
+        );
+        if batch.len() > 1 {
+            id = format!("{id}+{}", batch.len() - 1);
+        }
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        message_seq += 1;
+        published[message_seq].store(now_ns(), Ordering::Relaxed);
+        acks_tx
+            .send(js.publish_with_headers(subject, headers, payload).await?)
+            .await?;
+        next = last + 1;
+    }
+    drop(acks_tx);
+    acks.await??;
+    let mut latencies = tokio::time::timeout(Duration::from_secs(30), reading).await???;
     latencies.sort_unstable();
-    routed.sort_unstable();
-    Ok((routed, latencies))
+    Ok(latencies)
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -326,6 +534,7 @@ fn main() -> Result<()> {
     let rate = argument("--rate", 50_000);
     let seconds = argument("--seconds", 5);
     let server = NatsServer::start("bench-transport");
+    let server_pid = server.pid().map(|pid| pid.to_string()).unwrap_or_default();
     let dir = std::env::temp_dir().join(format!("tapio-bench-transport-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -344,12 +553,33 @@ fn main() -> Result<()> {
         eprintln!("bare publish loop: {bare_rate:.0} messages/s");
         let tapio_rate = tapio(&tapio_config, observations).await?;
         eprintln!("tapio publisher: {tapio_rate:.0} observations/s");
+        // CPU seconds of this process and of the server, per observation of a latency run.
+        let observed = (rate * seconds) as f64;
+        let cpu = || (cpu_seconds("self"), cpu_seconds(&server_pid));
+        let per_observation = |before: (f64, f64), after: (f64, f64)| {
+            (
+                (after.0 - before.0) / observed * 1e6,
+                (after.1 - before.1) / observed * 1e6,
+            )
+        };
+        let before = cpu();
+        let floor = bare_latency(&server.url(), rate, seconds, pending, false).await?;
+        let floor_cpu = per_observation(before, cpu());
+        eprintln!("bare latency: p99 {:.2} ms", percentile(&floor, 0.99));
+        let before = cpu();
+        let batched_floor = bare_latency(&server.url(), rate, seconds, pending, true).await?;
+        let batched_cpu = per_observation(before, cpu());
+        eprintln!("bare batched latency: p99 {:.2} ms", percentile(&batched_floor, 0.99));
         let latency_config = config(&server.url(), "LATENCY", "latency", &dir);
-        let (routed, latencies) = latency(&latency_config, rate, seconds).await?;
+        let before = cpu();
+        let latencies = latency(&latency_config, rate, seconds).await?;
+        let tapio_cpu = per_observation(before, cpu());
         println!(
             "payload: {} bytes on average; {messages} messages per throughput run; at most \
-             {pending} unacknowledged publishes",
-            size / messages.max(1) as usize
+             {pending} unacknowledged publishes; latencies at {rate}/s for {seconds} s, the \
+             first second not counted; taken in sampled every {} µs",
+            size / messages.max(1) as usize,
+            SAMPLE_EVERY.as_micros()
         );
         println!();
         println!("| measurement | value |");
@@ -357,19 +587,52 @@ fn main() -> Result<()> {
         println!("| bare async-nats publish loop | {bare_rate:.0} messages/s |");
         println!("| tapio agent publisher | {tapio_rate:.0} observations/s |");
         println!("| ratio tapio / bare | {:.2} |", tapio_rate / bare_rate);
-        println!(
-            "| publish → routed to its worker (JetStream and the consumer) at {rate}/s | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms |",
-            percentile(&routed, 0.5),
-            percentile(&routed, 0.99),
-            percentile(&routed, 1.0)
+        let row = |what: &str, sorted: &[u64]| {
+            println!(
+                "| {what} | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples) |",
+                percentile(sorted, 0.5),
+                percentile(sorted, 0.99),
+                percentile(sorted, 1.0),
+                sorted.len()
+            );
+        };
+        row(
+            "bare async-nats: publish → received by a pull consumer",
+            &floor,
         );
-        println!(
-            "| publish → taken in by the dataflow at {rate}/s for {seconds} s ({} samples) | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms |",
-            latencies.len(),
-            percentile(&latencies, 0.5),
-            percentile(&latencies, 0.99),
-            percentile(&latencies, 1.0)
+        row(
+            &format!(
+                "bare async-nats, what is due sent as one message (≤ {BARE_BATCH}): publish → received and decoded"
+            ),
+            &batched_floor,
         );
+        row(
+            "tapio: handed to the publisher → stored by JetStream",
+            &latencies.stored,
+        );
+        row(
+            "tapio: stored → routed to its worker (delivery, consumer, decode)",
+            &latencies.delivered,
+        );
+        row(
+            "tapio: routed → taken in by the dataflow",
+            &latencies.entered,
+        );
+        row("tapio: handed to the publisher → routed", &latencies.routed);
+        row(
+            "tapio: handed to the publisher → taken in by the dataflow",
+            &latencies.taken_in,
+        );
+        for (what, (process, server)) in [
+            ("bare", floor_cpu),
+            ("bare, batched", batched_cpu),
+            ("tapio", tapio_cpu),
+        ] {
+            println!(
+                "| CPU per observation, {what} latency run | {process:.1} µs in the benchmark \
+                 process (publisher and consumer side), {server:.1} µs in nats-server |"
+            );
+        }
         anyhow::Ok(())
     })?;
     let _ = std::fs::remove_dir_all(dir);

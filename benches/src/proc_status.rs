@@ -26,6 +26,27 @@ pub fn peak_rss_bytes() -> u64 {
     status_bytes("VmHWM")
 }
 
+/// CPU time (user + system) process `pid` (`"self"` for this one) has used, seconds; 0 when
+/// it cannot be read. `/proc/<pid>/stat` counts in USER_HZ, 100 per second on Linux.
+pub fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
 /// Bytes as MiB.
 pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
@@ -37,5 +58,13 @@ mod tests {
     fn reads_own_rss() {
         assert!(super::rss_bytes() > 0);
         assert!(super::peak_rss_bytes() >= super::rss_bytes() / 2);
+        let start = super::cpu_seconds("self");
+        let mut x = 0u64;
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < std::time::Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(super::cpu_seconds("self") > start, "{x}");
+        assert_eq!(super::cpu_seconds("no-such-process"), 0.0);
     }
 }

@@ -23,6 +23,10 @@ pub struct Delivery {
     pub position: u64,
     /// The decoded observation.
     pub observation: Option<Observation>,
+    /// When the server stored the message, ns since the epoch by the server's clock (0 when
+    /// unknown): with the observation's event time and the time it was taken in, this splits
+    /// the transport's latency into publishing and delivery.
+    pub stored_ns: u64,
 }
 
 /// Reads the stream through a durable consumer (see the crate documentation).
@@ -140,6 +144,7 @@ impl DurableReader {
                             continue;
                         };
                         let position = info.stream_sequence;
+                        let stored_ns = stored_ns(&info);
                         let (message, acker) = message.split();
                         if next.is_some_and(|next| position < next) {
                             // Already sent before the consumer was re-created.
@@ -147,7 +152,7 @@ impl DurableReader {
                         }
                         let observation = decode_or_count(&message.payload, position, &message.subject, &stats);
                         let sent = observation.is_some();
-                        if sender.send(Delivery { position, observation }).await.is_err() {
+                        if sender.send(Delivery { position, observation, stored_ns }).await.is_err() {
                             break 'attempts;
                         }
                         if sent {
@@ -317,7 +322,9 @@ async fn rebuild(
             return Ok(());
         };
         let message = message?;
-        let position = message.info()?.stream_sequence;
+        let info = message.info()?;
+        let position = info.stream_sequence;
+        let stored_ns = stored_ns(&info);
         if position > floor {
             return Ok(());
         }
@@ -327,6 +334,7 @@ async fn rebuild(
             .send(Delivery {
                 position,
                 observation,
+                stored_ns,
             })
             .await
             .is_err()
@@ -342,6 +350,11 @@ async fn rebuild(
             return Ok(());
         }
     }
+}
+
+/// When the server stored a message, ns since the epoch (0 when before 1970 or unknown).
+fn stored_ns(info: &jetstream::message::Info<'_>) -> u64 {
+    u64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(0)
 }
 
 /// Acknowledges the latest message at or before `position` (and so, with `AckPolicy::All`,
