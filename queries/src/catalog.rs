@@ -1,9 +1,10 @@
 //! The Cypher text of every question, in one place. Each query reads the graph the Neo4j sink
 //! writes (see the README's "Neo4j" section): `(:Entity {id, kind})`, `(:Fact {id, time})`,
 //! `(:Correlation {id, kind, root_cause, explanation, confidence, since})`, and the
-//! relationships `HOP {index, fact_id, what}`, `ROOT_CAUSE`, `ABOUT {what}`,
+//! relationships `HOP {index, fact_id}`, `ROOT_CAUSE`, `ABOUT {what}`,
 //! `OWNED_BY {fact_id, what}` and `CAUSED {fact_id, what}`. The time of a piece of evidence is
-//! on its `Fact` node, found by `fact_id`.
+//! on its `Fact` node, found by `fact_id`, and what it says about an entity on the fact's `ABOUT`
+//! relationship to that entity.
 
 /// Whether an entity is in the graph. `$entity`.
 pub const ENTITY_EXISTS: &str = "\
@@ -18,9 +19,9 @@ MATCH (:Entity {id: $entity})<-[:HOP]-(c:Correlation)
 WHERE c.kind <> 'ownership'
 WITH DISTINCT c
 MATCH (c)-[h:HOP]->(x:Entity)
-MATCH (f:Fact {id: h.fact_id})
-WITH c, h, x, f ORDER BY h.index
-WITH c, collect({entity: x.id, fact_id: h.fact_id, time: f.time, what: h.what}) AS chain
+MATCH (f:Fact {id: h.fact_id})-[a:ABOUT]->(x)
+WITH c, h, x, f, a ORDER BY h.index
+WITH c, collect({entity: x.id, fact_id: h.fact_id, time: f.time, what: a.what}) AS chain
 RETURN c.id AS id, c.kind AS kind, c.root_cause AS root_cause, c.confidence AS confidence,
        c.explanation AS explanation, c.since AS since, chain
 ORDER BY confidence DESC, since DESC, id";

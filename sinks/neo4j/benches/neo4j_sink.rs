@@ -389,7 +389,7 @@ WITH c,r MERGE(x:Entity{id:r[2]})ON CREATE SET x.kind=split(r[2],'/')[0]
 CREATE(c)-[:ROOT_CAUSE]->(x)
 WITH c,r UNWIND range(0,size(r[5])-1) AS i
 WITH c,i,r[5][i] AS h MERGE(e:Entity{id:h[0]})ON CREATE SET e.kind=split(h[0],'/')[0]
-CREATE(c)-[:HOP{index:i,fact_id:h[1],what:h[2]}]->(e)}
+CREATE(c)-[:HOP{index:i,fact_id:h[1]}]->(e)}
 CALL{UNWIND $about AS r MATCH(f:Fact{id:r[0]})MATCH(e:Entity{id:r[1]})
 MERGE(f)-[a:ABOUT]->(e)ON CREATE SET a.what=r[2]}
 CALL{UNWIND $owned AS r MATCH(a:Entity{id:r[0]})MATCH(b:Entity{id:r[1]})
@@ -429,7 +429,6 @@ fn same_graph_statements(ticks: &[ClosedBatch]) -> Vec<(SameGraphTick, u64)> {
                         list(vec![
                             s(&hop.entity.to_string()),
                             s(&hop.fact_id.to_string()),
-                            s(&hop.what),
                         ])
                     })
                     .collect();

@@ -60,10 +60,11 @@ RETURN count(*)=count(c) AS present";
 ///
 /// 1. `["id", time, delta]`: fact support changes (`source` is the id's first part); a fact no
 ///    hop cites any more goes, with its ABOUT relationships.
-/// 2. `["id", "kind", "root_cause", "explanation", confidence, [["entity", "fact_id",
-///    "what"], …]]`: new correlations with their root cause and chain (a hop's `index` is its
-///    position; its time is its fact's). The entities they mention are merged here; an
-///    entity's `kind` is its id's first part.
+/// 2. `["id", "kind", "root_cause", "explanation", confidence, [["entity", "fact_id"], …]]`:
+///    new correlations with their root cause and chain (a hop's `index` is its position; its
+///    time is its fact's, and what it says is on the fact's ABOUT relationship to the hop's
+///    entity). The entities they mention are merged here; an entity's `kind` is its id's first
+///    part.
 /// 3. `["fact", "entity", "what", delta]`: ABOUT support changes.
 /// 4. and 5. `["from", "to", "fact_id", "what", delta]`: support changes of OWNED_BY, then
 ///    CAUSED steps.
@@ -83,7 +84,7 @@ WITH c,r MERGE(x:Entity{id:$s[r[2]]})ON CREATE SET x.kind=split($s[r[2]],'/')[0]
 CREATE(c)-[:ROOT_CAUSE]->(x)
 WITH c,r UNWIND range(0,size(r[5])-1) AS i
 WITH c,i,r[5][i] AS h MERGE(e:Entity{id:$s[h[0]]})ON CREATE SET e.kind=split($s[h[0]],'/')[0]
-CREATE(c)-[:HOP{index:i,fact_id:$s[h[1]],what:$s[h[2]]}]->(e)}
+CREATE(c)-[:HOP{index:i,fact_id:$s[h[1]]}]->(e)}
 CALL{UNWIND $rows[$at[2]..$at[3]] AS r
 MATCH(f:Fact{id:$s[r[0]]})MATCH(e:Entity{id:$s[r[1]]})
 MERGE(f)-[a:ABOUT]->(e)ON CREATE SET a.what=$s[r[2]],a.support=r[3]

@@ -454,7 +454,6 @@ fn correlation_row<'a>(id: &'a str, correlation: &'a Correlation) -> Result<Cell
             Cell::List(vec![
                 hop.entity.to_string().into(),
                 hop.fact_id.to_string().into(),
-                hop.what.as_str().into(),
             ])
         })
         .collect();
