@@ -7,15 +7,21 @@
 //! the tick retracts correlations. Both are split into as many statements as keep each message
 //! under the driver's write buffer (see `wire`).
 
-/// Constraints and indexes, created at start (idempotent).
+/// The schema, set up at start (idempotent): a uniqueness constraint (and with it an index) on
+/// each key the sink and the questions look nodes up by, and nothing else.
+///
+/// Earlier versions also created the indexes `tapio_entity_kind`, `tapio_fact_time` and
+/// `tapio_correlation_kind`. No statement of the sink and no question looks a node up by those
+/// properties (every question starts from an entity id), yet Neo4j updated them on every node
+/// written or deleted; they are dropped by name, which touches nothing else.
 pub const SCHEMA: &[&str] = &[
     "CREATE CONSTRAINT tapio_entity_id IF NOT EXISTS FOR (e:Entity) REQUIRE e.id IS UNIQUE",
     "CREATE CONSTRAINT tapio_fact_id IF NOT EXISTS FOR (f:Fact) REQUIRE f.id IS UNIQUE",
     "CREATE CONSTRAINT tapio_correlation_id IF NOT EXISTS FOR (c:Correlation) REQUIRE c.id IS UNIQUE",
     "CREATE CONSTRAINT tapio_cursor_writer IF NOT EXISTS FOR (w:TapioCursor) REQUIRE w.writer IS UNIQUE",
-    "CREATE INDEX tapio_entity_kind IF NOT EXISTS FOR (e:Entity) ON (e.kind)",
-    "CREATE INDEX tapio_fact_time IF NOT EXISTS FOR (f:Fact) ON (f.time)",
-    "CREATE INDEX tapio_correlation_kind IF NOT EXISTS FOR (c:Correlation) ON (c.kind)",
+    "DROP INDEX tapio_entity_kind IF EXISTS",
+    "DROP INDEX tapio_fact_time IF EXISTS",
+    "DROP INDEX tapio_correlation_kind IF EXISTS",
 ];
 
 /// The writer's cursor: one row, `tick` is `null` before its first batch. `$writer`.

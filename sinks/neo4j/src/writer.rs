@@ -132,7 +132,8 @@ impl Neo4jWriter {
         &self.graph
     }
 
-    /// Creates the constraints and indexes (idempotent).
+    /// Creates the constraints and drops the indexes earlier versions created (idempotent; see
+    /// [`cypher::SCHEMA`]).
     ///
     /// # Errors
     /// When a schema statement fails.
