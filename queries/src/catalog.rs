@@ -1,7 +1,7 @@
 //! The Cypher text of every question, in one place. Each query reads the graph the Neo4j sink
 //! writes (see the README's "Neo4j" section): `(:Entity {id, kind})`, `(:Fact {id, time})`,
-//! `(:Correlation {id, kind, root_cause, explanation, confidence, since})`, and the
-//! relationships `HOP {index, fact_id}`, `ROOT_CAUSE`, `ABOUT {what}`,
+//! `(:Correlation {id, kind, explanation, confidence, since})`, and the relationships
+//! `HOP {index, fact_id}`, `ROOT_CAUSE` (to the correlation's root cause), `ABOUT {what}`,
 //! `OWNED_BY {fact_id, what}` and `CAUSED {fact_id, what}`. The time of a piece of evidence is
 //! on its `Fact` node, found by `fact_id`, and what it says about an entity on the fact's `ABOUT`
 //! relationship to that entity.
@@ -18,11 +18,12 @@ pub const WHY: &str = "\
 MATCH (:Entity {id: $entity})<-[:HOP]-(c:Correlation)
 WHERE c.kind <> 'ownership'
 WITH DISTINCT c
+MATCH (c)-[:ROOT_CAUSE]->(root:Entity)
 MATCH (c)-[h:HOP]->(x:Entity)
 MATCH (f:Fact {id: h.fact_id})-[a:ABOUT]->(x)
-WITH c, h, x, f, a ORDER BY h.index
-WITH c, collect({entity: x.id, fact_id: h.fact_id, time: f.time, what: a.what}) AS chain
-RETURN c.id AS id, c.kind AS kind, c.root_cause AS root_cause, c.confidence AS confidence,
+WITH c, root, h, x, f, a ORDER BY h.index
+WITH c, root, collect({entity: x.id, fact_id: h.fact_id, time: f.time, what: a.what}) AS chain
+RETURN c.id AS id, c.kind AS kind, root.id AS root_cause, c.confidence AS confidence,
        c.explanation AS explanation, c.since AS since, chain
 ORDER BY confidence DESC, since DESC, id";
 

@@ -381,10 +381,9 @@ async fn raw_run(
 /// the sink's bookkeeping (no support counts, no retraction blocks, no string table, no
 /// cursor). Rows are lists, as in the sink.
 const SAME_GRAPH: &str = "\
-CALL{UNWIND $facts AS r MERGE(f:Fact{id:r[0]})ON CREATE SET f.time=r[1],f.source=split(r[0],'/')[0]}
+CALL{UNWIND $facts AS r MERGE(f:Fact{id:r[0]})ON CREATE SET f.time=r[1]}
 CALL{UNWIND $correlations AS r
-CREATE(c:Correlation{id:r[0],kind:r[1],root_cause:r[2],explanation:r[3],confidence:r[4],
-since:$time,hops:size(r[5])})
+CREATE(c:Correlation{id:r[0],kind:r[1],explanation:r[3],confidence:r[4],since:$time})
 WITH c,r MERGE(x:Entity{id:r[2]})ON CREATE SET x.kind=split(r[2],'/')[0]
 CREATE(c)-[:ROOT_CAUSE]->(x)
 WITH c,r UNWIND range(0,size(r[5])-1) AS i

@@ -64,10 +64,10 @@ RETURN count(*)=count(c) AS present";
 ///
 /// The blocks and their rows, with `"…"` for a string's index in `$s`:
 ///
-/// 1. `["id", time, delta]`: fact support changes (`source` is the id's first part); a fact no
-///    hop cites any more goes, with its ABOUT relationships.
+/// 1. `["id", time, delta]`: fact support changes; a fact no hop cites any more goes, with its
+///    ABOUT relationships.
 /// 2. `["id", "kind", "root_cause", "explanation", confidence, [["entity", "fact_id"], …]]`:
-///    new correlations with their root cause and chain (a hop's `index` is its position; its
+///    new correlations with their ROOT_CAUSE and chain (a hop's `index` is its position; its
 ///    time is its fact's, and what it says is on the fact's ABOUT relationship to the hop's
 ///    entity). The entities they mention are merged here; an entity's `kind` is its id's first
 ///    part.
@@ -80,12 +80,12 @@ pub const APPLY: &str = "\
 CYPHER replan=skip
 CALL{UNWIND $rows[$at[0]..$at[1]] AS r
 MERGE(f:Fact{id:$s[r[0]]})
-ON CREATE SET f.time=r[1],f.source=split($s[r[0]],'/')[0],f.support=r[2]
+ON CREATE SET f.time=r[1],f.support=r[2]
 ON MATCH SET f.support=f.support+r[2]
 WITH f WHERE f.support<=0 DETACH DELETE f}
 CALL{UNWIND $rows[$at[1]..$at[2]] AS r
-CREATE(c:Correlation{id:$s[r[0]],kind:$s[r[1]],root_cause:$s[r[2]],explanation:$s[r[3]],
-confidence:r[4],since:$time,hops:size(r[5])})
+CREATE(c:Correlation{id:$s[r[0]],kind:$s[r[1]],explanation:$s[r[3]],confidence:r[4],
+since:$time})
 WITH c,r MERGE(x:Entity{id:$s[r[2]]})ON CREATE SET x.kind=split($s[r[2]],'/')[0]
 CREATE(c)-[:ROOT_CAUSE]->(x)
 WITH c,r UNWIND range(0,size(r[5])-1) AS i
