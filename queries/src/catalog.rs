@@ -2,9 +2,10 @@
 //! writes (see the README's "Neo4j" section): `(:Entity {id, kind})`, `(:Fact {id, time})`,
 //! `(:Correlation {id, kind, explanation, confidence, since})`, and the relationships
 //! `HOP {index, fact_id}`, `ROOT_CAUSE` (to the correlation's root cause), `ABOUT {what}`,
-//! `OWNED_BY {fact_id, what}` and `CAUSED {fact_id, what}`. The time of a piece of evidence is
-//! on its `Fact` node, found by `fact_id`, and what it says about an entity on the fact's `ABOUT`
-//! relationship to that entity.
+//! `OWNED_BY {fact_id}` and `CAUSED {fact_id}`. The time of a piece of evidence is on its `Fact`
+//! node, found by `fact_id`, and what it says about an entity on the fact's `ABOUT`
+//! relationship to that entity (for an `OWNED_BY` step, the owned entity; for a `CAUSED` step,
+//! the effect).
 
 /// Whether an entity is in the graph. `$entity`.
 pub const ENTITY_EXISTS: &str = "\
@@ -86,4 +87,8 @@ RETURN [n IN nodes(p) | n.id] AS nodes,
        [r IN relationships(p) | {relation: type(r), from: startNode(r).id, to: endNode(r).id,
                                  fact_id: r.fact_id,
                                  time: COLLECT { MATCH (f:Fact {id: r.fact_id}) RETURN f.time }[0],
-                                 what: r.what}] AS steps";
+                                 what: COLLECT {
+                                   MATCH (:Fact {id: r.fact_id})-[about:ABOUT]->(subject:Entity)
+                                   WHERE subject = CASE type(r) WHEN 'CAUSED' THEN endNode(r)
+                                                                ELSE startNode(r) END
+                                   RETURN about.what }[0]}] AS steps";

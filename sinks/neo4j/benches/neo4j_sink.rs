@@ -392,9 +392,9 @@ CREATE(c)-[:HOP{index:i,fact_id:h[1]}]->(e)}
 CALL{UNWIND $about AS r MATCH(f:Fact{id:r[0]})MATCH(e:Entity{id:r[1]})
 MERGE(f)-[a:ABOUT]->(e)ON CREATE SET a.what=r[2]}
 CALL{UNWIND $owned AS r MATCH(a:Entity{id:r[0]})MATCH(b:Entity{id:r[1]})
-MERGE(a)-[l:OWNED_BY{fact_id:r[2]}]->(b)ON CREATE SET l.what=r[3]}
+MERGE(a)-[l:OWNED_BY{fact_id:r[2]}]->(b)}
 CALL{UNWIND $caused AS r MATCH(a:Entity{id:r[0]})MATCH(b:Entity{id:r[1]})
-MERGE(a)-[l:CAUSED{fact_id:r[2]}]->(b)ON CREATE SET l.what=r[3]}";
+MERGE(a)-[l:CAUSED{fact_id:r[2]}]->(b)}";
 
 /// The parameters of [`SAME_GRAPH`], in the order its blocks take them.
 const SAME_GRAPH_BLOCKS: [&str; 5] = ["facts", "correlations", "about", "owned", "caused"];
@@ -452,12 +452,7 @@ fn same_graph_statements(ticks: &[ClosedBatch]) -> Vec<(SameGraphTick, u64)> {
                     LinkType::OwnedBy => 3,
                     LinkType::Caused => 4,
                 };
-                blocks[block].push(list(vec![
-                    s(&item.from),
-                    s(&item.to),
-                    s(&item.fact_id),
-                    s(&item.what),
-                ]));
+                blocks[block].push(list(vec![s(&item.from), s(&item.to), s(&item.fact_id)]));
                 written += 1;
             }
             // RUN: structure header, text, the parameter map with `$time` and every block's

@@ -72,8 +72,9 @@ RETURN count(*)=count(c) AS present";
 ///    entity). The entities they mention are merged here; an entity's `kind` is its id's first
 ///    part.
 /// 3. `["fact", "entity", "what", delta]`: ABOUT support changes.
-/// 4. and 5. `["from", "to", "fact_id", "what", delta]`: support changes of OWNED_BY, then
-///    CAUSED steps.
+/// 4. and 5. `["from", "to", "fact_id", delta]`: support changes of OWNED_BY, then CAUSED
+///    steps (what their evidence says is on the fact's ABOUT relationship to the owned entity,
+///    or to the effect).
 /// 6. `"id"`: retracted correlations, deleted with their HOP and ROOT_CAUSE relationships.
 /// 7. `"id"`: entities a retraction touched; deleted when no relationship is left.
 pub const APPLY: &str = "\
@@ -98,13 +99,13 @@ ON MATCH SET a.support=a.support+r[3]
 WITH a WHERE a.support<=0 DELETE a}
 CALL{UNWIND $rows[$at[3]..$at[4]] AS r
 MATCH(a:Entity{id:$s[r[0]]})MATCH(b:Entity{id:$s[r[1]]})
-MERGE(a)-[l:OWNED_BY{fact_id:$s[r[2]]}]->(b)ON CREATE SET l.what=$s[r[3]],l.support=r[4]
-ON MATCH SET l.support=l.support+r[4]
+MERGE(a)-[l:OWNED_BY{fact_id:$s[r[2]]}]->(b)ON CREATE SET l.support=r[3]
+ON MATCH SET l.support=l.support+r[3]
 WITH l WHERE l.support<=0 DELETE l}
 CALL{UNWIND $rows[$at[4]..$at[5]] AS r
 MATCH(a:Entity{id:$s[r[0]]})MATCH(b:Entity{id:$s[r[1]]})
-MERGE(a)-[l:CAUSED{fact_id:$s[r[2]]}]->(b)ON CREATE SET l.what=$s[r[3]],l.support=r[4]
-ON MATCH SET l.support=l.support+r[4]
+MERGE(a)-[l:CAUSED{fact_id:$s[r[2]]}]->(b)ON CREATE SET l.support=r[3]
+ON MATCH SET l.support=l.support+r[3]
 WITH l WHERE l.support<=0 DELETE l}
 CALL{UNWIND $rows[$at[5]..$at[6]] AS r
 MATCH(c:Correlation{id:$s[r]})DETACH DELETE c}

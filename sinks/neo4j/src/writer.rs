@@ -376,7 +376,6 @@ fn statements(delta: &Delta, writer: &str, time: i64) -> Result<Vec<wire::Statem
                     link.item.from.as_str().into(),
                     link.item.to.as_str().into(),
                     link.item.fact_id.as_str().into(),
-                    link.item.what.as_str().into(),
                     link.delta.into(),
                 ])
             })
