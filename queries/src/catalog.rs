@@ -1,9 +1,11 @@
 //! The Cypher text of every question, in one place. Each query reads the graph the Neo4j sink
 //! writes (see the README's "Neo4j" section): `(:Entity {id, kind})`, `(:Fact {id, time})`,
-//! `(:Correlation {id, kind, root_cause, explanation, confidence, since})`, and the
-//! relationships `HOP {index, fact_id, what}`, `ROOT_CAUSE`, `ABOUT {what}`,
-//! `OWNED_BY {fact_id, what}` and `CAUSED {fact_id, what}`. The time of a piece of evidence is
-//! on its `Fact` node, found by `fact_id`.
+//! `(:Correlation {id, kind, explanation, confidence, since})`, and the relationships
+//! `HOP {index, fact_id}`, `ROOT_CAUSE` (to the correlation's root cause), `ABOUT {what}`,
+//! `OWNED_BY {fact_id}` and `CAUSED {fact_id}`. The time of a piece of evidence is on its `Fact`
+//! node, found by `fact_id`, and what it says about an entity on the fact's `ABOUT`
+//! relationship to that entity (for an `OWNED_BY` step, the owned entity; for a `CAUSED` step,
+//! the effect).
 
 /// Whether an entity is in the graph. `$entity`.
 pub const ENTITY_EXISTS: &str = "\
@@ -17,11 +19,12 @@ pub const WHY: &str = "\
 MATCH (:Entity {id: $entity})<-[:HOP]-(c:Correlation)
 WHERE c.kind <> 'ownership'
 WITH DISTINCT c
+MATCH (c)-[:ROOT_CAUSE]->(root:Entity)
 MATCH (c)-[h:HOP]->(x:Entity)
-MATCH (f:Fact {id: h.fact_id})
-WITH c, h, x, f ORDER BY h.index
-WITH c, collect({entity: x.id, fact_id: h.fact_id, time: f.time, what: h.what}) AS chain
-RETURN c.id AS id, c.kind AS kind, c.root_cause AS root_cause, c.confidence AS confidence,
+MATCH (f:Fact {id: h.fact_id})-[a:ABOUT]->(x)
+WITH c, root, h, x, f, a ORDER BY h.index
+WITH c, root, collect({entity: x.id, fact_id: h.fact_id, time: f.time, what: a.what}) AS chain
+RETURN c.id AS id, c.kind AS kind, root.id AS root_cause, c.confidence AS confidence,
        c.explanation AS explanation, c.since AS since, chain
 ORDER BY confidence DESC, since DESC, id";
 
@@ -84,4 +87,8 @@ RETURN [n IN nodes(p) | n.id] AS nodes,
        [r IN relationships(p) | {relation: type(r), from: startNode(r).id, to: endNode(r).id,
                                  fact_id: r.fact_id,
                                  time: COLLECT { MATCH (f:Fact {id: r.fact_id}) RETURN f.time }[0],
-                                 what: r.what}] AS steps";
+                                 what: COLLECT {
+                                   MATCH (:Fact {id: r.fact_id})-[about:ABOUT]->(subject:Entity)
+                                   WHERE subject = CASE type(r) WHEN 'CAUSED' THEN endNode(r)
+                                                                ELSE startNode(r) END
+                                   RETURN about.what }[0]}] AS steps";

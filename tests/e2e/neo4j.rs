@@ -253,6 +253,17 @@ fn kspan_replay_fills_neo4j_and_every_question_is_answered() {
         ["CAUSED", "OWNED_BY", "OWNED_BY", "OWNED_BY"]
     );
     assert_eq!(path["nodes"][0], PROCESS);
+    // What each step's evidence says comes from the fact's ABOUT to the effect (CAUSED) or to
+    // the owned entity (OWNED_BY).
+    assert_eq!(
+        strings(&path["steps"], "what"),
+        [
+            "container podinfo exited with code 137 (OOMKilled), restart count 1",
+            format!("container podinfo of {POD}").as_str(),
+            "owned by replicaset/default/px-7df978b9bf",
+            "owned by deployment/default/px",
+        ]
+    );
     // Evidence times come from the facts: the same in why, path and timeline.
     let container_stop = timeline["events"]
         .as_array()

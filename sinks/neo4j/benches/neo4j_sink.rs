@@ -1,30 +1,35 @@
 //! Neo4j sink throughput and commit delay against a real Neo4j 5.26 (the test harness).
 //!
 //! For each batch size (correlations per closed tick) it measures, in the same run and against
-//! the same server:
+//! the same server, four loops that each write the same ticks, one transaction per tick:
 //!
 //! - **sink**: relationships written per second by [`Neo4jSink`] (every tick one transaction
 //!   of `UNWIND` statements that also move the cursor), fed as fast as it takes batches;
-//! - **raw**: relationships written per second by a bare `UNWIND $rows AS r MERGE (a:Raw {id:
-//!   r.a}) MERGE (b:Raw {id: r.b}) MERGE (a)-[:R]->(b)` loop, one transaction per tick with
-//!   exactly as many rows as the sink wrote relationships in that tick, on a label with the
-//!   same uniqueness constraint. It runs twice: with all of a tick's rows in one statement, and
-//!   with them split into statements whose messages fit neo4rs's 8 KiB write buffer (larger
-//!   ones wait about 40 ms on the server's delayed acknowledgement; see the sink's `wire`
-//!   module). The ratio is the sink's rate over the faster of the two;
+//! - **bare**: a bare `UNWIND $rows AS r MERGE (a:Raw {id: r.a}) MERGE (b:Raw {id: r.b}) MERGE
+//!   (a)-[:R]->(b)` loop with exactly as many rows per tick as the sink writes relationships
+//!   in that tick, on a label with the same uniqueness constraint. It runs twice: with all of a
+//!   tick's rows in one statement, and with them split into statements whose messages fit
+//!   neo4rs's 8 KiB write buffer, as the sink does (larger ones wait about 40 ms on the
+//!   server's delayed acknowledgement; see the sink's `wire` module). The bare ratio is the
+//!   sink's rate over the faster of the two. The bare loop writes less than the sink: no
+//!   properties, and two nodes per relationship rather than the sink's correlation, fact and
+//!   entity nodes;
+//! - **same graph**: plain `UNWIND … MERGE`/`CREATE` blocks that write the very nodes,
+//!   relationships and properties the sink writes, split like the sink's statements, without
+//!   the sink's bookkeeping (support counts, retraction blocks, string table, cursor). Its
+//!   ratio is the cost of that bookkeeping alone;
 //! - **delay**: from handing a closed tick to the sink to its transaction committing, with ticks
 //!   closing every 100 ms (the default tick) and a quarter of the earlier correlations
 //!   retracted every fourth tick; p50 and p99.
 //!
-//! For each batch size every loop first runs [`WARM_ROUNDS`] times untimed on the same workload
-//! (the server's JIT needs well over a thousand ticks to settle on the sink's statement: its
-//! CPU per 10-correlation tick falls from about 45 ms to 6 ms over the first 1,500 ticks, the
-//! bare loop's from 16 ms to 5 ms), then [`TIMED_ROUNDS`] times; the loops take turns in every
-//! round, and each figure is the best of the timed rounds.
-//! Besides relationships per second, each loop's relationships per CPU-second (the server's
-//! and the writing process's, from `/proc`) are printed for the sink and for the faster raw
-//! loop: on a shared machine that ratio depends much less on what else runs. The load average
-//! is printed before and after.
+//! For each batch size the loops run in [`WARM_ROUNDS`] untimed rounds on the same workload (the
+//! server's JIT needs over a thousand ticks to settle on a statement), then [`TIMED_ROUNDS`]
+//! timed ones; in every round each loop runs once, a different loop first each round. Ratios
+//! are taken within a round and reported as the median over the timed rounds with their range;
+//! rates are medians. Next to the bare ratio, the ratio of relationships per CPU-second (CPU
+//! time of the server and of the writing process, from `/proc`) is printed: on a shared machine
+//! it depends much less on what else runs. The load average is printed before and after each
+//! size; with `NEO4J_BENCH_ROUNDS=1` every timed round's rates are printed too.
 //!
 //! Run: `.ci/install` (builds the Neo4j launcher), then
 //! `cargo bench -p tapio-sinks-neo4j --bench neo4j_sink` (optionally `-- SIZE...`, default
@@ -38,19 +43,30 @@ use neo4rs::{BoltType, Graph, query};
 use tapio_model::{ClosedBatch, Correlation, CorrelationKind, FactId, Hop};
 use tapio_sinks::Sink;
 use tapio_sinks_neo4j::harness::{self, Neo4jServer};
-use tapio_sinks_neo4j::model::Delta;
+use tapio_sinks_neo4j::model::{Delta, LinkType};
 use tapio_sinks_neo4j::wire::{MESSAGE_BUDGET, encoded_len};
 use tapio_sinks_neo4j::{Neo4jSettings, Neo4jSink};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 const T0: u64 = 1_700_000_000_000_000_000;
-const TOTAL_CORRELATIONS: usize = 6_000;
+const TOTAL_CORRELATIONS: usize = 4_000;
 const PACED_TICKS: usize = 100;
 /// Untimed rounds per batch size, to warm the server up on the workload.
-const WARM_ROUNDS: usize = 3;
+const WARM_ROUNDS: usize = 2;
 /// Timed rounds per batch size, after the untimed ones.
-const TIMED_ROUNDS: usize = 3;
+const TIMED_ROUNDS: usize = 5;
+
+/// The loops of each round, by index.
+const LOOPS: usize = 4;
+/// The sink.
+const SINK: usize = 0;
+/// The bare loop, a tick's rows in one statement.
+const BARE_ONE: usize = 1;
+/// The bare loop, a tick's rows in statements under the write buffer.
+const BARE_SPLIT: usize = 2;
+/// The same-graph loop.
+const SAME_GRAPH_LOOP: usize = 3;
 
 fn hop(entity: String, source: &str, seq: u64, what: &str) -> Hop {
     Hop {
@@ -211,6 +227,8 @@ struct Measured {
     seconds: f64,
     /// CPU seconds used meanwhile by the server and by this process (the writer).
     cpu: f64,
+    /// The server's share of `cpu`.
+    server_cpu: f64,
 }
 
 impl Measured {
@@ -230,7 +248,8 @@ struct CpuClock {
 }
 
 impl CpuClock {
-    fn seconds(&self) -> f64 {
+    /// CPU seconds of the server and of this process.
+    fn seconds(&self) -> (f64, f64) {
         let used = |path: String| -> f64 {
             let stat = std::fs::read_to_string(&path).unwrap_or_default();
             // Fields after the command name (which may hold spaces) end with `)`.
@@ -242,16 +261,21 @@ impl CpuClock {
             // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
             ticks(11).unwrap_or(0.0) + ticks(12).unwrap_or(0.0)
         };
-        (used(format!("/proc/{}/stat", self.server)) + used("/proc/self/stat".into())) / 100.0
+        (
+            used(format!("/proc/{}/stat", self.server)) / 100.0,
+            used("/proc/self/stat".into()) / 100.0,
+        )
     }
 
     async fn measure<F: std::future::Future<Output = u64>>(&self, run: F) -> Measured {
-        let (started, cpu) = (Instant::now(), self.seconds());
+        let (started, (server, client)) = (Instant::now(), self.seconds());
         let written = run.await;
+        let (server_after, client_after) = self.seconds();
         Measured {
             written,
             seconds: started.elapsed().as_secs_f64(),
-            cpu: self.seconds() - cpu,
+            server_cpu: server_after - server,
+            cpu: server_after - server + client_after - client,
         }
     }
 }
@@ -348,6 +372,138 @@ async fn raw_run(
                 txn.commit().await.expect("commit");
             }
             rows.iter().map(|tick| tick.len() as u64).sum()
+        })
+        .await
+}
+
+/// The same-graph loop's statement: the nodes, relationships and properties the sink writes for
+/// a tick that only adds correlations, with plain `UNWIND … MERGE`/`CREATE` blocks and none of
+/// the sink's bookkeeping (no support counts, no retraction blocks, no string table, no
+/// cursor). Rows are lists, as in the sink.
+const SAME_GRAPH: &str = "\
+CALL{UNWIND $facts AS r MERGE(f:Fact{id:r[0]})ON CREATE SET f.time=r[1]}
+CALL{UNWIND $correlations AS r
+CREATE(c:Correlation{id:r[0],kind:r[1],explanation:r[3],confidence:r[4],since:$time})
+WITH c,r MERGE(x:Entity{id:r[2]})ON CREATE SET x.kind=split(r[2],'/')[0]
+CREATE(c)-[:ROOT_CAUSE]->(x)
+WITH c,r UNWIND range(0,size(r[5])-1) AS i
+WITH c,i,r[5][i] AS h MERGE(e:Entity{id:h[0]})ON CREATE SET e.kind=split(h[0],'/')[0]
+CREATE(c)-[:HOP{index:i,fact_id:h[1]}]->(e)}
+CALL{UNWIND $about AS r MATCH(f:Fact{id:r[0]})MATCH(e:Entity{id:r[1]})
+MERGE(f)-[a:ABOUT]->(e)ON CREATE SET a.what=r[2]}
+CALL{UNWIND $owned AS r MATCH(a:Entity{id:r[0]})MATCH(b:Entity{id:r[1]})
+MERGE(a)-[l:OWNED_BY{fact_id:r[2]}]->(b)}
+CALL{UNWIND $caused AS r MATCH(a:Entity{id:r[0]})MATCH(b:Entity{id:r[1]})
+MERGE(a)-[l:CAUSED{fact_id:r[2]}]->(b)}";
+
+/// The parameters of [`SAME_GRAPH`], in the order its blocks take them.
+const SAME_GRAPH_BLOCKS: [&str; 5] = ["facts", "correlations", "about", "owned", "caused"];
+
+/// A tick as [`SAME_GRAPH`] statements: its rows, block after block, split into statements
+/// whose messages stay under [`MESSAGE_BUDGET`] like the sink's (each statement carries every
+/// block's parameter, most of them empty).
+type SameGraphTick = Vec<[Vec<BoltType>; 5]>;
+
+/// The same-graph loop's statements for `ticks`, and the relationships each tick writes.
+fn same_graph_statements(ticks: &[ClosedBatch]) -> Vec<(SameGraphTick, u64)> {
+    let s = |text: &str| BoltType::from(text);
+    let list = |values: Vec<BoltType>| BoltType::from(values);
+    ticks
+        .iter()
+        .map(|tick| {
+            let added = tick.changes.iter().map(|(c, _)| c.clone()).collect();
+            let delta = Delta::build(added, Vec::new());
+            let mut blocks: [Vec<BoltType>; 5] = Default::default();
+            let mut written = 0u64;
+            for fact in &delta.facts {
+                let time = i64::try_from(fact.item.time).expect("time fits");
+                blocks[0].push(list(vec![s(&fact.item.id), time.into()]));
+            }
+            for new in &delta.added {
+                let c = &new.correlation;
+                let hops = c
+                    .chain
+                    .iter()
+                    .map(|hop| {
+                        list(vec![
+                            s(&hop.entity.to_string()),
+                            s(&hop.fact_id.to_string()),
+                        ])
+                    })
+                    .collect();
+                blocks[1].push(list(vec![
+                    s(&new.id),
+                    s(c.kind.as_str()),
+                    s(&c.root_cause.to_string()),
+                    s(&c.explanation),
+                    i64::from(c.confidence).into(),
+                    list(hops),
+                ]));
+                written += c.chain.len() as u64 + 1;
+            }
+            for about in &delta.about {
+                let item = &about.item;
+                blocks[2].push(list(vec![s(&item.fact_id), s(&item.entity), s(&item.what)]));
+                written += 1;
+            }
+            for link in &delta.links {
+                let item = &link.item;
+                let block = match item.kind {
+                    LinkType::OwnedBy => 3,
+                    LinkType::Caused => 4,
+                };
+                blocks[block].push(list(vec![s(&item.from), s(&item.to), s(&item.fact_id)]));
+                written += 1;
+            }
+            // RUN: structure header, text, the parameter map with `$time` and every block's
+            // list at its largest header.
+            let envelope = 2
+                + encoded_len(&s(SAME_GRAPH))
+                + 1
+                + encoded_len(&s("time"))
+                + 9
+                + SAME_GRAPH_BLOCKS
+                    .iter()
+                    .map(|name| encoded_len(&s(name)) + 5)
+                    .sum::<usize>();
+            let mut statements: SameGraphTick = vec![Default::default()];
+            let mut size = envelope;
+            for (block, rows) in blocks.into_iter().enumerate() {
+                for row in rows {
+                    let len = encoded_len(&row);
+                    if size + len > MESSAGE_BUDGET && size > envelope {
+                        statements.push(Default::default());
+                        size = envelope;
+                    }
+                    size += len;
+                    statements.last_mut().expect("a statement")[block].push(row);
+                }
+            }
+            (statements, written)
+        })
+        .collect()
+}
+
+/// The same-graph loop, one transaction per tick.
+async fn same_graph_run(
+    graph: &Graph,
+    ticks: &[(SameGraphTick, u64)],
+    clock: &CpuClock,
+) -> Measured {
+    clock
+        .measure(async {
+            for (i, (statements, _)) in ticks.iter().enumerate() {
+                let mut txn = graph.start_txn().await.expect("begin");
+                for blocks in statements {
+                    let query = SAME_GRAPH_BLOCKS.iter().zip(blocks).fold(
+                        query(SAME_GRAPH).param("time", i as i64),
+                        |query, (name, rows)| query.param(name, rows.clone()),
+                    );
+                    txn.run(query).await.expect("same-graph write");
+                }
+                txn.commit().await.expect("commit");
+            }
+            ticks.iter().map(|(_, written)| written).sum()
         })
         .await
 }
@@ -474,64 +630,103 @@ async fn main() {
     sink_run(server.uri(), &churn_ticks(50, 40), &clock).await;
     clear(&graph).await;
 
-    println!("load average before: {}", load_average());
     println!(
-        "| correlations per tick | ticks | relationships | sink rel/s | raw rel/s, one statement per tick | raw rel/s, statements < 8 KiB | ratio sink / faster raw | sink rel per CPU-s | raw rel per CPU-s | CPU ratio | commit delay p50 | p99 |"
+        "| correlations per tick | ticks | relationships | sink rel/s | bare rel/s, one statement | bare rel/s, < 8 KiB | same-graph rel/s | ratio sink / faster bare (min–max) | CPU ratio sink / bare | ratio sink / same graph (min–max) | commit delay p50 | p99 | load average before → after |"
     );
     println!(
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
     );
     for size in sizes {
+        let load_before = load_average();
         let ticks = add_only_ticks(size);
         let rows = raw_rows(&ticks);
+        let same = same_graph_statements(&ticks);
         // The first rounds warm the server up (JIT, page cache, plans) on this very workload and
-        // are not counted; each figure is then the best of the timed rounds, the loops taking
-        // turns, so that load from elsewhere on the machine hurts none of them more than the
-        // others.
-        let mut rate = [0f64; 3];
-        let mut per_cpu = [0f64; 3];
-        let mut written = [0u64; 3];
+        // are not counted. In every round each loop runs once, starting with a different loop
+        // each round, so that load from elsewhere on the machine, and whatever a loop leaves
+        // behind in the server, weighs on all of them alike. The ratios are taken within each
+        // round (sink against the loops of the same round) and reported as the median over the
+        // timed rounds, with their range.
+        let mut rounds: Vec<[Measured; LOOPS]> = Vec::new();
         for round in 0..WARM_ROUNDS + TIMED_ROUNDS {
-            let runs = [
-                sink_run(server.uri(), &ticks, &clock).await,
-                {
-                    clear(&graph).await;
-                    raw_run(&graph, &rows, RawStatements::One, &clock).await
-                },
-                {
-                    clear(&graph).await;
-                    raw_run(&graph, &rows, RawStatements::Split, &clock).await
-                },
-            ];
+            let mut runs: [Option<Measured>; LOOPS] = [None; LOOPS];
+            for turn in 0..LOOPS {
+                let which = (round + turn) % LOOPS;
+                clear(&graph).await;
+                runs[which] = Some(match which {
+                    SINK => sink_run(server.uri(), &ticks, &clock).await,
+                    BARE_ONE => raw_run(&graph, &rows, RawStatements::One, &clock).await,
+                    BARE_SPLIT => raw_run(&graph, &rows, RawStatements::Split, &clock).await,
+                    _ => same_graph_run(&graph, &same, &clock).await,
+                });
+            }
             clear(&graph).await;
-            for (i, run) in runs.into_iter().enumerate() {
-                written[i] = run.written;
-                if round >= WARM_ROUNDS {
-                    rate[i] = rate[i].max(run.rate());
-                    per_cpu[i] = per_cpu[i].max(run.per_cpu());
-                }
+            let runs = runs.map(|run| run.expect("every loop ran"));
+            assert!(
+                runs.iter().all(|run| run.written == runs[SINK].written),
+                "every loop writes the same number of relationships: {runs:?}"
+            );
+            if round >= WARM_ROUNDS {
+                rounds.push(runs);
             }
         }
-        assert!(
-            written.iter().all(|count| *count == written[0]),
-            "every loop writes the same relationships: {written:?}"
-        );
-        let [sink, one, split] = rate;
-        let raw_cpu = if one >= split { per_cpu[1] } else { per_cpu[2] };
+        let rate = |which: usize| median(rounds.iter().map(|r| r[which].rate()).collect());
+        let bare = |r: &[Measured; LOOPS]| {
+            if r[BARE_ONE].rate() >= r[BARE_SPLIT].rate() {
+                r[BARE_ONE]
+            } else {
+                r[BARE_SPLIT]
+            }
+        };
+        let ratio_bare: Vec<f64> = rounds
+            .iter()
+            .map(|r| r[SINK].rate() / bare(r).rate())
+            .collect();
+        let cpu_bare: Vec<f64> = rounds
+            .iter()
+            .map(|r| r[SINK].per_cpu() / bare(r).per_cpu())
+            .collect();
+        let ratio_same: Vec<f64> = rounds
+            .iter()
+            .map(|r| r[SINK].rate() / r[SAME_GRAPH_LOOP].rate())
+            .collect();
         let (p50, p99) = delays(server.uri(), size).await;
         clear(&graph).await;
         println!(
-            "| {size} | {} | {} | {sink:.0} | {one:.0} | {split:.0} | {:.2} | {:.0} | {raw_cpu:.0} | {:.2} | {:.1} ms | {:.1} ms |",
+            "| {size} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.2} | {} | {:.1} ms | {:.1} ms | {load_before} → {} |",
             ticks.len(),
-            written[0],
-            sink / one.max(split),
-            per_cpu[0],
-            per_cpu[0] / raw_cpu,
+            rounds[0][SINK].written,
+            rate(SINK),
+            rate(BARE_ONE),
+            rate(BARE_SPLIT),
+            rate(SAME_GRAPH_LOOP),
+            spread(&ratio_bare),
+            median(cpu_bare),
+            spread(&ratio_same),
             p50.as_secs_f64() * 1000.0,
-            p99.as_secs_f64() * 1000.0
+            p99.as_secs_f64() * 1000.0,
+            load_average(),
         );
+        if std::env::var_os("NEO4J_BENCH_ROUNDS").is_some() {
+            for (i, r) in rounds.iter().enumerate() {
+                let rates: Vec<String> = r
+                    .iter()
+                    .map(|m| {
+                        format!(
+                            "{:.0} rel/s, {:.2} s, server CPU {:.2} s, writer CPU {:.2} s",
+                            m.rate(),
+                            m.seconds,
+                            m.server_cpu,
+                            m.cpu - m.server_cpu
+                        )
+                    })
+                    .collect();
+                println!(
+                    "size {size} round {i}: sink, bare one, bare split, same graph: {rates:?}"
+                );
+            }
+        }
     }
-    println!("load average after: {}", load_average());
 }
 
 /// The 1, 5 and 15 minute load averages, from `/proc/loadavg`.
@@ -544,4 +739,21 @@ fn load_average() -> String {
                 .join(" ")
         })
         .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    (values[(n - 1) / 2] + values[n / 2]) / 2.0
+}
+
+/// `median (min–max)` of `values`, two decimals.
+fn spread(values: &[f64]) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.2} ({min:.2}–{max:.2})", median(values.to_vec()))
 }

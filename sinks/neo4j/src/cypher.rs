@@ -7,15 +7,21 @@
 //! the tick retracts correlations. Both are split into as many statements as keep each message
 //! under the driver's write buffer (see `wire`).
 
-/// Constraints and indexes, created at start (idempotent).
+/// The schema, set up at start (idempotent): a uniqueness constraint (and with it an index) on
+/// each key the sink and the questions look nodes up by, and nothing else.
+///
+/// Earlier versions also created the indexes `tapio_entity_kind`, `tapio_fact_time` and
+/// `tapio_correlation_kind`. No statement of the sink and no question looks a node up by those
+/// properties (every question starts from an entity id), yet Neo4j updated them on every node
+/// written or deleted; they are dropped by name, which touches nothing else.
 pub const SCHEMA: &[&str] = &[
     "CREATE CONSTRAINT tapio_entity_id IF NOT EXISTS FOR (e:Entity) REQUIRE e.id IS UNIQUE",
     "CREATE CONSTRAINT tapio_fact_id IF NOT EXISTS FOR (f:Fact) REQUIRE f.id IS UNIQUE",
     "CREATE CONSTRAINT tapio_correlation_id IF NOT EXISTS FOR (c:Correlation) REQUIRE c.id IS UNIQUE",
     "CREATE CONSTRAINT tapio_cursor_writer IF NOT EXISTS FOR (w:TapioCursor) REQUIRE w.writer IS UNIQUE",
-    "CREATE INDEX tapio_entity_kind IF NOT EXISTS FOR (e:Entity) ON (e.kind)",
-    "CREATE INDEX tapio_fact_time IF NOT EXISTS FOR (f:Fact) ON (f.time)",
-    "CREATE INDEX tapio_correlation_kind IF NOT EXISTS FOR (c:Correlation) ON (c.kind)",
+    "DROP INDEX tapio_entity_kind IF EXISTS",
+    "DROP INDEX tapio_fact_time IF EXISTS",
+    "DROP INDEX tapio_correlation_kind IF EXISTS",
 ];
 
 /// The writer's cursor: one row, `tick` is `null` before its first batch. `$writer`.
@@ -58,32 +64,34 @@ RETURN count(*)=count(c) AS present";
 ///
 /// The blocks and their rows, with `"…"` for a string's index in `$s`:
 ///
-/// 1. `["id", time, delta]`: fact support changes (`source` is the id's first part); a fact no
-///    hop cites any more goes, with its ABOUT relationships.
-/// 2. `["id", "kind", "root_cause", "explanation", confidence, [["entity", "fact_id",
-///    "what"], …]]`: new correlations with their root cause and chain (a hop's `index` is its
-///    position; its time is its fact's). The entities they mention are merged here; an
-///    entity's `kind` is its id's first part.
+/// 1. `["id", time, delta]`: fact support changes; a fact no hop cites any more goes, with its
+///    ABOUT relationships.
+/// 2. `["id", "kind", "root_cause", "explanation", confidence, [["entity", "fact_id"], …]]`:
+///    new correlations with their ROOT_CAUSE and chain (a hop's `index` is its position; its
+///    time is its fact's, and what it says is on the fact's ABOUT relationship to the hop's
+///    entity). The entities they mention are merged here; an entity's `kind` is its id's first
+///    part.
 /// 3. `["fact", "entity", "what", delta]`: ABOUT support changes.
-/// 4. and 5. `["from", "to", "fact_id", "what", delta]`: support changes of OWNED_BY, then
-///    CAUSED steps.
+/// 4. and 5. `["from", "to", "fact_id", delta]`: support changes of OWNED_BY, then CAUSED
+///    steps (what their evidence says is on the fact's ABOUT relationship to the owned entity,
+///    or to the effect).
 /// 6. `"id"`: retracted correlations, deleted with their HOP and ROOT_CAUSE relationships.
 /// 7. `"id"`: entities a retraction touched; deleted when no relationship is left.
 pub const APPLY: &str = "\
 CYPHER replan=skip
 CALL{UNWIND $rows[$at[0]..$at[1]] AS r
 MERGE(f:Fact{id:$s[r[0]]})
-ON CREATE SET f.time=r[1],f.source=split($s[r[0]],'/')[0],f.support=r[2]
+ON CREATE SET f.time=r[1],f.support=r[2]
 ON MATCH SET f.support=f.support+r[2]
 WITH f WHERE f.support<=0 DETACH DELETE f}
 CALL{UNWIND $rows[$at[1]..$at[2]] AS r
-CREATE(c:Correlation{id:$s[r[0]],kind:$s[r[1]],root_cause:$s[r[2]],explanation:$s[r[3]],
-confidence:r[4],since:$time,hops:size(r[5])})
+CREATE(c:Correlation{id:$s[r[0]],kind:$s[r[1]],explanation:$s[r[3]],confidence:r[4],
+since:$time})
 WITH c,r MERGE(x:Entity{id:$s[r[2]]})ON CREATE SET x.kind=split($s[r[2]],'/')[0]
 CREATE(c)-[:ROOT_CAUSE]->(x)
 WITH c,r UNWIND range(0,size(r[5])-1) AS i
 WITH c,i,r[5][i] AS h MERGE(e:Entity{id:$s[h[0]]})ON CREATE SET e.kind=split($s[h[0]],'/')[0]
-CREATE(c)-[:HOP{index:i,fact_id:$s[h[1]],what:$s[h[2]]}]->(e)}
+CREATE(c)-[:HOP{index:i,fact_id:$s[h[1]]}]->(e)}
 CALL{UNWIND $rows[$at[2]..$at[3]] AS r
 MATCH(f:Fact{id:$s[r[0]]})MATCH(e:Entity{id:$s[r[1]]})
 MERGE(f)-[a:ABOUT]->(e)ON CREATE SET a.what=$s[r[2]],a.support=r[3]
@@ -91,13 +99,13 @@ ON MATCH SET a.support=a.support+r[3]
 WITH a WHERE a.support<=0 DELETE a}
 CALL{UNWIND $rows[$at[3]..$at[4]] AS r
 MATCH(a:Entity{id:$s[r[0]]})MATCH(b:Entity{id:$s[r[1]]})
-MERGE(a)-[l:OWNED_BY{fact_id:$s[r[2]]}]->(b)ON CREATE SET l.what=$s[r[3]],l.support=r[4]
-ON MATCH SET l.support=l.support+r[4]
+MERGE(a)-[l:OWNED_BY{fact_id:$s[r[2]]}]->(b)ON CREATE SET l.support=r[3]
+ON MATCH SET l.support=l.support+r[3]
 WITH l WHERE l.support<=0 DELETE l}
 CALL{UNWIND $rows[$at[4]..$at[5]] AS r
 MATCH(a:Entity{id:$s[r[0]]})MATCH(b:Entity{id:$s[r[1]]})
-MERGE(a)-[l:CAUSED{fact_id:$s[r[2]]}]->(b)ON CREATE SET l.what=$s[r[3]],l.support=r[4]
-ON MATCH SET l.support=l.support+r[4]
+MERGE(a)-[l:CAUSED{fact_id:$s[r[2]]}]->(b)ON CREATE SET l.support=r[3]
+ON MATCH SET l.support=l.support+r[3]
 WITH l WHERE l.support<=0 DELETE l}
 CALL{UNWIND $rows[$at[5]..$at[6]] AS r
 MATCH(c:Correlation{id:$s[r]})DETACH DELETE c}

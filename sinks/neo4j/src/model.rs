@@ -51,10 +51,10 @@ pub struct Link {
     pub kind: LinkType,
     /// End entity id.
     pub to: String,
-    /// The observation that supports the step (its event time is on its `Fact` node).
+    /// The observation that supports the step (its event time is on its `Fact` node, what it
+    /// says on its `ABOUT` relationship to the evidence hop's entity: `from` for `OWNED_BY`,
+    /// `to` for `CAUSED`).
     pub fact_id: String,
-    /// What it says.
-    pub what: String,
 }
 
 /// The stable id of a correlation in the graph: the first 128 bits of the SHA-256 of its JSON
@@ -99,7 +99,6 @@ pub fn links(correlation: &Correlation) -> Vec<Link> {
             kind,
             to: to.entity.to_string(),
             fact_id: evidence.fact_id.to_string(),
-            what: evidence.what.clone(),
         });
     }
     links
@@ -167,7 +166,7 @@ impl Delta {
     pub fn build(added: Vec<Correlation>, removed: Vec<Correlation>) -> Delta {
         let mut facts: BTreeMap<String, (u64, i64)> = BTreeMap::new();
         let mut about: BTreeMap<(String, String), (String, i64)> = BTreeMap::new();
-        let mut links: BTreeMap<LinkKey, (String, i64)> = BTreeMap::new();
+        let mut links: BTreeMap<Link, i64> = BTreeMap::new();
         let mut touched: BTreeMap<String, ()> = BTreeMap::new();
         let mut count = |correlation: &Correlation, sign: i64| {
             for hop in &correlation.chain {
@@ -186,15 +185,7 @@ impl Delta {
                 touched.insert(correlation.root_cause.to_string(), ());
             }
             for link in links_deduplicated(correlation) {
-                links
-                    .entry((
-                        link.from.clone(),
-                        link.kind,
-                        link.to.clone(),
-                        link.fact_id.clone(),
-                    ))
-                    .or_insert((link.what, 0))
-                    .1 += sign;
+                *links.entry(link).or_insert(0) += sign;
             }
         };
         for correlation in &added {
@@ -226,17 +217,8 @@ impl Delta {
                 .collect(),
             links: links
                 .into_iter()
-                .filter(|(_, (_, delta))| *delta != 0)
-                .map(|((from, kind, to, fact_id), (what, delta))| Counted {
-                    item: Link {
-                        from,
-                        kind,
-                        to,
-                        fact_id,
-                        what,
-                    },
-                    delta,
-                })
+                .filter(|(_, delta)| *delta != 0)
+                .map(|(item, delta)| Counted { item, delta })
                 .collect(),
             removed: removed.iter().map(correlation_id).collect(),
             added: added
@@ -263,16 +245,11 @@ impl Delta {
     }
 }
 
-/// A link's identity: from, type, to, evidence.
-type LinkKey = (String, LinkType, String, String);
-
 /// A chain's links, each distinct step once: one correlation supports a step at most once.
 fn links_deduplicated(correlation: &Correlation) -> Vec<Link> {
     let mut links = links(correlation);
     links.sort();
-    links.dedup_by(|a, b| {
-        a.from == b.from && a.kind == b.kind && a.to == b.to && a.fact_id == b.fact_id
-    });
+    links.dedup();
     links
 }
 

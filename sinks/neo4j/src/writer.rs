@@ -132,7 +132,8 @@ impl Neo4jWriter {
         &self.graph
     }
 
-    /// Creates the constraints and indexes (idempotent).
+    /// Creates the constraints and drops the indexes earlier versions created (idempotent; see
+    /// [`cypher::SCHEMA`]).
     ///
     /// # Errors
     /// When a schema statement fails.
@@ -375,7 +376,6 @@ fn statements(delta: &Delta, writer: &str, time: i64) -> Result<Vec<wire::Statem
                     link.item.from.as_str().into(),
                     link.item.to.as_str().into(),
                     link.item.fact_id.as_str().into(),
-                    link.item.what.as_str().into(),
                     link.delta.into(),
                 ])
             })
@@ -454,7 +454,6 @@ fn correlation_row<'a>(id: &'a str, correlation: &'a Correlation) -> Result<Cell
             Cell::List(vec![
                 hop.entity.to_string().into(),
                 hop.fact_id.to_string().into(),
-                hop.what.as_str().into(),
             ])
         })
         .collect();
