@@ -229,23 +229,38 @@ fn a_container_exit_after_the_window_is_not_a_match() {
     assert!(out.is_empty(), "{out:#?}");
 }
 
-#[test]
-fn an_exited_process_stays_owned_for_the_grace_period() {
-    let member = StateObject::ProcessContainer(ProcessContainer {
-        process: EntityId::Process {
-            node: "n".into(),
-            pid: 7,
-            start_ns: T0,
-        },
+/// Process 7 on node `n`, started at `T0`.
+fn app_pid_7() -> EntityId {
+    EntityId::Process {
+        node: "n".into(),
+        pid: 7,
+        start_ns: T0,
+    }
+}
+
+/// `process` runs `/bin/app` in container `c1`.
+fn app_process(process: EntityId) -> StateObject {
+    StateObject::ProcessContainer(ProcessContainer {
+        process,
         container_id: "c1".into(),
         filename: "/bin/app".into(),
-    });
-    let container = StateObject::PodContainer(PodContainer {
+    })
+}
+
+/// Container `c1` is the `app` container of `pod/a/p`.
+fn app_container() -> StateObject {
+    StateObject::PodContainer(PodContainer {
         pod: "pod/a/p".parse().expect("pod"),
         pod_uid: "uid-p".into(),
         container_name: "app".into(),
         container_id: "c1".into(),
-    });
+    })
+}
+
+#[test]
+fn an_exited_process_stays_owned_for_the_grace_period() {
+    let member = app_process(app_pid_7());
+    let container = app_container();
     let mut stream = vec![
         state(1, T0, 1, container),
         state(2, T0, 1, member.clone()),
@@ -264,22 +279,9 @@ fn an_exited_process_stays_owned_for_the_grace_period() {
 
 #[test]
 fn a_process_takes_its_containers_chain_once_the_container_is_known() {
-    let process = EntityId::Process {
-        node: "n".into(),
-        pid: 7,
-        start_ns: T0,
-    };
-    let member = StateObject::ProcessContainer(ProcessContainer {
-        process: process.clone(),
-        container_id: "c1".into(),
-        filename: "/bin/app".into(),
-    });
-    let container = StateObject::PodContainer(PodContainer {
-        pod: "pod/a/p".parse().expect("pod"),
-        pod_uid: "uid-p".into(),
-        container_name: "app".into(),
-        container_id: "c1".into(),
-    });
+    let process = app_pid_7();
+    let member = app_process(process.clone());
+    let container = app_container();
     // The process is seen first; its container's pod is listed 2 s later.
     let mut stream = vec![
         state(1, T0, 1, member),
