@@ -201,7 +201,7 @@ fn a_fact_beyond_the_lateness_bound_is_clamped_and_counted() {
     // Deliver the container exit 5 s (ten heartbeat rounds) late.
     let position = observations
         .iter()
-        .position(|o| matches!(o, Observation::Fact(f) if f.id.source == "cri"))
+        .position(|o| matches!(o, Observation::Fact(f) if &*f.id.source == "cri"))
         .expect("the recording has a container exit");
     let exit = observations.remove(position);
     let beats_seen = observations[position..]

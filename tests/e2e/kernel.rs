@@ -140,7 +140,7 @@ fn tapio_run_reports_a_real_oom_kill_as_an_oom_restart() {
     assert_eq!(hops[0], hops[1], "the kill and the exit are of one process");
     assert_eq!(hops[2], format!("container/{container_id}"));
     assert!(
-        oom.chain.iter().all(|h| h.fact_id.source == "kernel"),
+        oom.chain.iter().all(|h| &*h.fact_id.source == "kernel"),
         "{:#?}",
         oom.chain
     );

@@ -348,7 +348,7 @@ fn a_process_takes_its_containers_chain_once_the_container_is_known() {
             .iter()
             .find(|(_, _, c)| c.chain[0].entity == process)
             .expect("a process correlation");
-        assert_eq!(first.2.chain[0].what, "runs /bin/app in the container");
+        assert_eq!(&*first.2.chain[0].what, "runs /bin/app in the container");
     }
 }
 

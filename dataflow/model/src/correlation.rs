@@ -1,5 +1,7 @@
 //! What the dataflow concludes: correlations with evidence chains.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::entity::EntityId;
@@ -35,8 +37,9 @@ pub struct Hop {
     pub fact_id: FactId,
     /// Event time of that observation, ns since the Unix epoch.
     pub time: TimeNs,
-    /// What the observation says, in a few words.
-    pub what: String,
+    /// What the observation says, in a few words. Shared, not copied, by every chain that
+    /// repeats this step.
+    pub what: Arc<str>,
 }
 
 /// A conclusion with its evidence.

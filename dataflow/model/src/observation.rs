@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -19,15 +20,16 @@ use crate::time::{MAX_PLAUSIBLE_NS, MIN_PLAUSIBLE_NS, TimeNs};
 pub struct FactId {
     /// Sequence number, unique per (source, node).
     pub seq: u64,
-    /// Source kind that produced the observation (`kernel`, `kubernetes`, ...).
-    pub source: String,
+    /// Source kind that produced the observation (`kernel`, `kubernetes`, ...). Shared, not
+    /// copied, when an id is cloned into evidence.
+    pub source: Arc<str>,
     /// Node the source ran on (`cluster` for cluster-wide sources).
-    pub node: String,
+    pub node: Arc<str>,
 }
 
 impl FactId {
     /// Builds an id.
-    pub fn new(source: impl Into<String>, node: impl Into<String>, seq: u64) -> FactId {
+    pub fn new(source: impl Into<Arc<str>>, node: impl Into<Arc<str>>, seq: u64) -> FactId {
         FactId {
             source: source.into(),
             node: node.into(),

@@ -31,7 +31,7 @@ use tapio_model::Observation;
 /// );
 /// ```
 pub fn subject(prefix: &str, observation: &Observation) -> String {
-    let (source, node) = match observation {
+    let (source, node): (&str, &str) = match observation {
         Observation::Fact(fact) => (&fact.id.source, &fact.id.node),
         Observation::State(update) => {
             (&update.record.evidence.source, &update.record.evidence.node)

@@ -175,7 +175,7 @@ impl Delta {
                 facts.entry(fact.clone()).or_insert((hop.time, 0)).1 += sign;
                 about
                     .entry((fact, entity.clone()))
-                    .or_insert_with(|| (hop.what.clone(), 0))
+                    .or_insert_with(|| (hop.what.to_string(), 0))
                     .1 += sign;
                 if sign < 0 {
                     touched.insert(entity, ());

@@ -148,7 +148,7 @@ fn hop(entity: &str, fact: u64, source: &str) -> Hop {
         entity: entity.parse().expect("entity id"),
         fact_id: FactId::new(source, "n1", fact),
         time: 1_700_000_000_000_000_000 + fact * 1_000_000,
-        what: format!("fact {fact} about {entity}"),
+        what: format!("fact {fact} about {entity}").into(),
     }
 }
 

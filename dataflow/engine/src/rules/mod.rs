@@ -4,6 +4,8 @@ pub mod oom_sequence;
 pub mod ownership;
 pub mod window;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use tapio_model::{EntityId, FactId, Hop, TimeNs};
 
@@ -15,7 +17,7 @@ pub struct Evidence {
     /// The observation.
     pub fact_id: FactId,
     /// What it says, in a few words.
-    pub what: String,
+    pub what: Arc<str>,
 }
 
 impl Evidence {

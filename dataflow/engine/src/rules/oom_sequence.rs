@@ -65,7 +65,7 @@ struct Sequence {
 
 fn process_of(fact: &Fact, pid: u32, start_ns: TimeNs) -> EntityId {
     EntityId::Process {
-        node: fact.id.node.clone(),
+        node: fact.id.node.to_string(),
         pid,
         start_ns,
     }
@@ -114,7 +114,8 @@ pub fn correlations<'scope>(
                             &kill.memcg
                         },
                         kill.rss_pages
-                    ),
+                    )
+                    .into(),
                     fact_id: fact.id.clone(),
                 },
                 container_id: kill.container_id.clone(),
@@ -133,7 +134,8 @@ pub fn correlations<'scope>(
                         format!("{} exited on signal {}", exit.comm, exit.signal)
                     } else {
                         format!("{} exited with code {}", exit.comm, exit.exit_code)
-                    },
+                    }
+                    .into(),
                     fact_id: fact.id.clone(),
                 },
                 container_id: exit.container_id.clone(),
@@ -151,7 +153,8 @@ pub fn correlations<'scope>(
                     what: format!(
                         "container {} exited with code {} ({}), restart count {}",
                         stop.container_name, stop.exit_code, stop.reason, stop.restart_count
-                    ),
+                    )
+                    .into(),
                     fact_id: fact.id.clone(),
                 },
                 oom_reason: stop.reason == "OOMKilled" || stop.exit_code == 137,

@@ -73,12 +73,12 @@ pub fn links<'scope>(
                 since_ns,
                 object,
             } = record;
-            let link = |parent, what| Link {
+            let link = |parent, what: String| Link {
                 parent,
                 evidence: Evidence {
                     time: since_ns,
                     fact_id: evidence,
-                    what,
+                    what: what.into(),
                 },
             };
             match object {
@@ -188,7 +188,7 @@ pub fn process_correlations<'scope>(
                 None => {
                     let _ = write!(explanation, "{container}");
                     let mut top = evidence.hop(container);
-                    top.what = format!("top-level owner, named by {}", evidence.fact_id);
+                    top.what = format!("top-level owner, named by {}", evidence.fact_id).into();
                     (container.clone(), vec![evidence.hop(process), top])
                 }
             };
@@ -242,7 +242,7 @@ pub fn chains<'scope>(
         }
         if let Some(link) = last {
             let mut top = link.evidence.hop(&holder);
-            top.what = format!("top-level owner, named by {}", link.evidence.fact_id);
+            top.what = format!("top-level owner, named by {}", link.evidence.fact_id).into();
             hops.push(top);
             output.push((hops, 1isize));
         }
