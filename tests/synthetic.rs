@@ -154,7 +154,7 @@ impl Generator {
             since_ns: time,
             object: StateObject::ProcessContainer(ProcessContainer {
                 process: EntityId::Process {
-                    node: format!("node-{node}"),
+                    node: format!("node-{node}").into(),
                     pid,
                     start_ns: time,
                 },
@@ -213,7 +213,7 @@ impl Generator {
         };
         let entity = EntityId::Pod {
             namespace: namespace.clone(),
-            name: format!("{name}-{index}-{:05x}", self.random() % 0xfffff),
+            name: format!("{name}-{index}-{:05x}", self.random() % 0xfffff).into(),
         };
         let uid = self.id();
         let node = (self.random() % self.shape.nodes as u64) as usize;
@@ -256,7 +256,7 @@ impl Generator {
         };
         let entity = EntityId::ReplicaSet {
             namespace: namespace.clone(),
-            name: format!("{name}-v{version}"),
+            name: format!("{name}-v{version}").into(),
         };
         let rs_uid = self.id();
         let record = self.k8s_record(
@@ -305,8 +305,8 @@ pub fn stream(shape: &Shape) -> Vec<Observation> {
     for d in 0..shape.deployments {
         let time = START_NS + d as u64 * 10 * MS;
         let entity = EntityId::Deployment {
-            namespace: format!("team-{}", d % 3),
-            name: format!("svc-{d}"),
+            namespace: format!("team-{}", d % 3).into(),
+            name: format!("svc-{d}").into(),
         };
         let uid = g.id();
         let record = g.k8s_record(

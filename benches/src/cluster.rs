@@ -565,8 +565,8 @@ impl Cluster {
             let namespace = format!("team-{:02}", index % namespaces);
             let name = format!("svc-{index:03}");
             let entity = EntityId::Deployment {
-                namespace: namespace.clone(),
-                name: name.clone(),
+                namespace: namespace.clone().into(),
+                name: name.clone().into(),
             };
             let uid = uid(&mut self.rng);
             let object = StateObject::Workload(WorkloadObject {
@@ -606,16 +606,16 @@ impl Cluster {
         let uid = uid(&mut self.rng);
         let d = &self.deployments[deployment];
         let entity = EntityId::ReplicaSet {
-            namespace: d.namespace.clone(),
-            name: format!("{}-{hash}", d.name),
+            namespace: d.namespace.clone().into(),
+            name: format!("{}-{hash}", d.name).into(),
         };
         let object = StateObject::Workload(WorkloadObject {
             entity: entity.clone(),
             uid: uid.clone(),
             owner: Some(OwnerRef {
                 entity: EntityId::Deployment {
-                    namespace: d.namespace.clone(),
-                    name: d.name.clone(),
+                    namespace: d.namespace.clone().into(),
+                    name: d.name.clone().into(),
                 },
                 uid: d.uid.clone(),
             }),
@@ -643,8 +643,8 @@ impl Cluster {
             return;
         };
         let entity = EntityId::Pod {
-            namespace: d.namespace.clone(),
-            name: format!("{}-{}-{suffix}", d.name, rs.hash),
+            namespace: d.namespace.clone().into(),
+            name: format!("{}-{}-{suffix}", d.name, rs.hash).into(),
         };
         let object = StateObject::Workload(WorkloadObject {
             entity: entity.clone(),
@@ -782,7 +782,7 @@ impl Cluster {
             since_ns: time,
             object: StateObject::ProcessContainer(ProcessContainer {
                 process: EntityId::Process {
-                    node: self.node_names[node].clone(),
+                    node: self.node_names[node].clone().into(),
                     pid,
                     start_ns,
                 },

@@ -86,14 +86,14 @@ fn kspan_events_group_into_the_expected_tree() {
         let (acted_on, up) = match (&event.involved, event.reason.as_str()) {
             (EntityId::Deployment { .. }, "ScalingReplicaSet") => (
                 name_after(&event.message, "replica set ").map(|name| EntityId::ReplicaSet {
-                    namespace: namespace.clone(),
+                    namespace: namespace.clone().into(),
                     name: name.into(),
                 }),
                 None,
             ),
             (EntityId::ReplicaSet { .. }, "SuccessfulCreate" | "SuccessfulDelete") => (
                 name_after(&event.message, "pod: ").map(|name| EntityId::Pod {
-                    namespace: namespace.clone(),
+                    namespace: namespace.clone().into(),
                     name: name.into(),
                 }),
                 latest_on.get(&event.involved).copied(),

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -31,19 +32,19 @@ pub enum EntityId {
     /// A Kubernetes node (a machine).
     Node {
         /// Node name.
-        name: String,
+        name: Arc<str>,
     },
     /// A pod.
     Pod {
         /// Namespace.
-        namespace: String,
+        namespace: Arc<str>,
         /// Pod name.
-        name: String,
+        name: Arc<str>,
     },
     /// A container, by runtime container id (without the `containerd://` scheme).
     Container {
         /// Runtime container id.
-        id: String,
+        id: Arc<str>,
     },
     /// A process on a node.
     ///
@@ -55,66 +56,66 @@ pub enum EntityId {
         /// Thread-group id.
         pid: u32,
         /// Node the process runs on.
-        node: String,
+        node: Arc<str>,
     },
     /// A Kubernetes Service.
     Service {
         /// Namespace.
-        namespace: String,
+        namespace: Arc<str>,
         /// Service name.
-        name: String,
+        name: Arc<str>,
     },
     /// A Deployment.
     Deployment {
         /// Namespace.
-        namespace: String,
+        namespace: Arc<str>,
         /// Deployment name.
-        name: String,
+        name: Arc<str>,
     },
     /// A ReplicaSet.
     ReplicaSet {
         /// Namespace.
-        namespace: String,
+        namespace: Arc<str>,
         /// ReplicaSet name.
-        name: String,
+        name: Arc<str>,
     },
     /// A StatefulSet.
     StatefulSet {
         /// Namespace.
-        namespace: String,
+        namespace: Arc<str>,
         /// StatefulSet name.
-        name: String,
+        name: Arc<str>,
     },
     /// A DaemonSet.
     DaemonSet {
         /// Namespace.
-        namespace: String,
+        namespace: Arc<str>,
         /// DaemonSet name.
-        name: String,
+        name: Arc<str>,
     },
     /// A Job.
     Job {
         /// Namespace.
-        namespace: String,
+        namespace: Arc<str>,
         /// Job name.
-        name: String,
+        name: Arc<str>,
     },
     /// A systemd unit on a node.
     Unit {
         /// Node the unit runs on.
-        node: String,
+        node: Arc<str>,
         /// Unit name, e.g. `kubelet.service`.
-        name: String,
+        name: Arc<str>,
     },
     /// A DNS name that was queried.
     Dns {
         /// The queried name.
-        name: String,
+        name: Arc<str>,
     },
     /// A network endpoint.
     Endpoint {
         /// `<ip>:<port>`; IPv6 addresses in brackets.
-        address: String,
+        address: Arc<str>,
     },
 }
 
@@ -151,7 +152,7 @@ impl EntityId {
     /// Builds the id of a namespaced Kubernetes object from its `kind` as the API spells it
     /// (`Deployment`, `ReplicaSet`, `Pod`, ...). Returns `None` for kinds Tapio does not model.
     pub fn namespaced(kind: &str, namespace: &str, name: &str) -> Option<EntityId> {
-        let (namespace, name) = (namespace.to_string(), name.to_string());
+        let (namespace, name): (Arc<str>, Arc<str>) = (namespace.into(), name.into());
         Some(match kind {
             "Pod" => EntityId::Pod { namespace, name },
             "Service" => EntityId::Service { namespace, name },
@@ -203,17 +204,17 @@ impl FromStr for EntityId {
         if rest.is_empty() {
             return Err(error("empty name"));
         }
-        let single = |rest: &str| -> Result<String, EntityIdError> {
+        let single = |rest: &str| -> Result<Arc<str>, EntityIdError> {
             if rest.contains('/') {
                 Err(error("this kind takes one name after the kind"))
             } else {
-                Ok(rest.to_string())
+                Ok(rest.into())
             }
         };
-        let pair = |rest: &str| -> Result<(String, String), EntityIdError> {
+        let pair = |rest: &str| -> Result<(Arc<str>, Arc<str>), EntityIdError> {
             match rest.split_once('/') {
                 Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains('/') => {
-                    Ok((a.to_string(), b.to_string()))
+                    Ok((a.into(), b.into()))
                 }
                 _ => Err(error("this kind takes `<namespace or node>/<name>`")),
             }
@@ -240,7 +241,7 @@ impl FromStr for EntityId {
                     return Err(error("empty node name"));
                 }
                 EntityId::Process {
-                    node: node.to_string(),
+                    node: node.into(),
                     pid: pid.parse().map_err(|_| error("pid is not a number"))?,
                     start_ns: start
                         .parse()

@@ -139,8 +139,8 @@ pub fn first_sequence() -> u64 {
 pub struct SourceContext {
     /// Source kind, used in fact ids and logs.
     pub kind: &'static str,
-    /// This node's name.
-    pub node: String,
+    /// This node's name, shared by every id the source makes.
+    pub node: Arc<str>,
     /// Where observations go. Bounded: `send` waits when the dataflow is behind.
     pub out: mpsc::Sender<Observation>,
     /// Cancelled when Tapio shuts down.
@@ -154,7 +154,7 @@ impl SourceContext {
     /// A context for a source of kind `kind` on node `node`.
     pub fn new(
         kind: &'static str,
-        node: impl Into<String>,
+        node: impl Into<Arc<str>>,
         out: mpsc::Sender<Observation>,
         shutdown: CancellationToken,
     ) -> SourceContext {
@@ -229,7 +229,7 @@ impl SourceContext {
     pub async fn heartbeat(&self, upto_ns: TimeNs) -> Result<(), Closed> {
         let beat = Observation::Heartbeat(Heartbeat {
             source: self.kind.to_string(),
-            node: self.node.clone(),
+            node: self.node.to_string(),
             upto_ns,
         });
         self.out.send(beat).await.map_err(|_| Closed)

@@ -138,7 +138,10 @@ pub fn pods(body: &[u8]) -> Result<PodsSnapshot, ParseError> {
             .uid
             .clone()
             .unwrap_or_else(|| format!("{namespace}/{name}"));
-        let entity = EntityId::Pod { namespace, name };
+        let entity = EntityId::Pod {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
         let limits: BTreeMap<&str, (Option<u64>, Option<u64>)> = pod
             .spec
             .iter()

@@ -224,7 +224,7 @@ impl WatchedKind for EndpointSlice {
         };
         let service = EntityId::Service {
             namespace: namespace.into(),
-            name: service.clone(),
+            name: service.as_str().into(),
         };
         let ports: Vec<i32> = self
             .ports
@@ -248,8 +248,9 @@ impl WatchedKind for EndpointSlice {
                         namespace: target
                             .namespace
                             .clone()
-                            .unwrap_or_else(|| namespace.to_string()),
-                        name: target.name.clone()?,
+                            .unwrap_or_else(|| namespace.to_string())
+                            .into(),
+                        name: target.name.as_deref()?.into(),
                     })
                 });
             for address in &endpoint.addresses {
@@ -262,7 +263,7 @@ impl WatchedKind for EndpointSlice {
                     out.push(StateObject::ServiceEndpoint(ServiceEndpoint {
                         service: service.clone(),
                         endpoint: EntityId::Endpoint {
-                            address: format!("{host}:{port}"),
+                            address: format!("{host}:{port}").into(),
                         },
                         pod: pod.clone(),
                         ready,

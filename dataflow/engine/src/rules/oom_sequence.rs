@@ -65,7 +65,7 @@ struct Sequence {
 
 fn process_of(fact: &Fact, pid: u32, start_ns: TimeNs) -> EntityId {
     EntityId::Process {
-        node: fact.id.node.to_string(),
+        node: fact.id.node.clone(),
         pid,
         start_ns,
     }
@@ -186,7 +186,9 @@ pub fn correlations<'scope>(
         })
         .reduce(|_, stops, output| output.push((stops[0].0.clone(), 1isize)))
         .map(|((container, process, kill), (stop, exit))| {
-            let container = EntityId::Container { id: container };
+            let container = EntityId::Container {
+                id: container.into(),
+            };
             let sequence = Sequence {
                 process,
                 container: container.clone(),

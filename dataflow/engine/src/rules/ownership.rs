@@ -96,14 +96,14 @@ pub fn links<'scope>(
                         container.container_name, container.pod
                     );
                     let child = EntityId::Container {
-                        id: container.container_id,
+                        id: container.container_id.into(),
                     };
                     Some((OBJECT, ((child, link(container.pod, what)), tick, diff)))
                 }
                 StateObject::ProcessContainer(member) => {
                     let what = format!("runs {} in the container", member.filename);
                     let parent = EntityId::Container {
-                        id: member.container_id,
+                        id: member.container_id.into(),
                     };
                     let delay = if diff < 0 { grace } else { 0 };
                     let linked = (member.process, link(parent, what));
