@@ -9,7 +9,8 @@
 //! [`wire::MAX_BATCH_OBSERVATIONS`] observations and [`wire::MAX_BATCH_BYTES`] bytes, and
 //! publishes each with a `Nats-Msg-Id` fixed when the message is formed, for server-side
 //! de-duplication ([`wire`] documents the format). It keeps at most `max_pending_publishes`
-//! publishes unacknowledged. When NATS is unreachable (not connected, or a publish is not
+//! observations unacknowledged (so a lost connection, which can reorder what is
+//! unacknowledged, reorders no more than with one observation per message). When NATS is unreachable (not connected, or a publish is not
 //! acknowledged within `publish_timeout`) messages go whole, in order, to a bounded spool file;
 //! when NATS is back the spool is drained in order, each message unchanged, before anything new
 //! is published, and the client reconnects with a capped exponential backoff. Nothing is lost
@@ -240,6 +241,12 @@ impl Publisher {
             tracing::info!(spool = %self.spool_path.display(), bytes = spool.len(), "Draining the spool left by an earlier run.");
         }
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
+        // Observations in `inflight`. Bounded like the messages: a lost connection can reorder
+        // what was unacknowledged (the client re-sends its buffer to the new server while the
+        // rest is re-published from the spool), and this keeps that window, counted in
+        // observations, as small as with one observation per message.
+        let mut unacked: u64 = 0;
+        let max_unacked = self.max_pending as u64;
         // An observation taken from the input that did not fit the previous message: the first
         // of the next.
         let mut held: Option<Observation> = None;
@@ -252,13 +259,14 @@ impl Publisher {
         let mut stopping = false;
         loop {
             if spooling && ready {
-                while inflight.len() < self.max_pending {
+                while inflight.len() < self.max_pending && unacked < max_unacked {
                     let Some((spooled, end)) = spool.next()? else {
                         break;
                     };
                     match self.unspool(spooled) {
                         Ok(batch) => {
                             let ack = self.publish(&batch).await;
+                            unacked += batch.count;
                             inflight.push_back(InFlight {
                                 ack,
                                 batch,
@@ -284,13 +292,15 @@ impl Publisher {
             if stopping && !input_open && !ready {
                 break;
             }
-            let accept = input_open && (spooling || inflight.len() < self.max_pending);
+            let accept = input_open
+                && (spooling || (inflight.len() < self.max_pending && unacked < max_unacked));
             tokio::select! {
                 biased;
                 result = async { inflight.front_mut().expect("checked non-empty").ack.as_mut().await }, if !inflight.is_empty() => {
                     match result {
                         Ok(ack) => {
                             let done = inflight.pop_front().expect("checked non-empty");
+                            unacked -= done.batch.count;
                             if let Some(end) = done.spool_end {
                                 spool.commit(end);
                             }
@@ -312,6 +322,7 @@ impl Publisher {
                                 }
                             }
                             inflight.clear();
+                            unacked = 0;
                             spooling = true;
                             ready = false;
                             next_check = tokio::time::Instant::now() + backoff;
@@ -355,6 +366,7 @@ impl Publisher {
                             spool_one(&mut spool, &batch, &mut report)?;
                         } else {
                             let ack = self.publish(&batch).await;
+                            unacked += batch.count;
                             inflight.push_back(InFlight { ack, batch, spool_end: None });
                         }
                     }
