@@ -10,8 +10,9 @@
 //! publishes each with a `Nats-Msg-Id` fixed when the message is formed, for server-side
 //! de-duplication ([`wire`] documents the format). It keeps at most `max_pending_publishes`
 //! observations unacknowledged (so a lost connection, which can reorder what is
-//! unacknowledged, reorders no more than with one observation per message). When NATS is unreachable (not connected, or a publish is not
-//! acknowledged within `publish_timeout`) messages go whole, in order, to a bounded spool file;
+//! unacknowledged, reorders no more than with one observation per message). When NATS is
+//! unreachable (not connected, or a publish is not acknowledged within `publish_timeout`)
+//! messages go whole, in order, to a bounded spool file;
 //! when NATS is back the spool is drained in order, each message unchanged, before anything new
 //! is published, and the client reconnects with a capped exponential backoff. Nothing is lost
 //! and nothing is stored twice: unacknowledged publishes are re-sent from the spool with their
