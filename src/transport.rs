@@ -53,6 +53,7 @@ pub(crate) async fn collect(
     progress.abort();
     tracing::info!(
         published = report.published,
+        messages = report.messages,
         duplicates = report.duplicates,
         spooled = report.spooled,
         dropped = report.dropped,
@@ -176,13 +177,14 @@ async fn route_deliveries(mut router: Router, mut deliveries: mpsc::Receiver<Del
             }
             Err(mpsc::error::TryRecvError::Disconnected) => break,
         };
-        if let Some(observation) = delivery.observation
-            && !router.route(observation).await
-        {
-            return;
+        let routed = delivery.observations.len() as u32;
+        for observation in delivery.observations {
+            if !router.route(observation).await {
+                return;
+            }
         }
         unmarked = Some(delivery.position);
-        since_mark += 1;
+        since_mark += routed.max(1);
         if since_mark >= MARK_EVERY {
             since_mark = 0;
             if let Some(position) = unmarked.take()

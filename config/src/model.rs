@@ -469,7 +469,8 @@ pub struct NatsConfig {
     /// Durable consumer name of the correlation job; process `I` of a cluster uses
     /// `<consumer>-<I>`. Only `A-Z a-z 0-9 _ -`. Default: `tapio-correlation`.
     pub consumer: String,
-    /// Publishes a node agent keeps unacknowledged at once, `1..=1000000`. Default: `1024`.
+    /// Observations (and at most as many messages) a node agent keeps unacknowledged at once,
+    /// `1..=1000000`. Default: `1024`.
     pub max_pending_publishes: usize,
     /// How long a node agent waits for the server to acknowledge a publish before it treats
     /// NATS as unreachable and spools, `10ms..=1m`. Written as a humantime string. Default: `2s`.

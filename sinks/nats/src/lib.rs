@@ -3,15 +3,22 @@
 //! observations rather than the correlation batches of the `tapio_sinks::Sink` contract).
 //!
 //! `tapio run --mode collectors` hands every observation its collectors produce to a
-//! [`Publisher`], which publishes it to `<subject_prefix>.<source>.<node>` with a `Nats-Msg-Id`
-//! for server-side de-duplication ([`wire`] documents the format) and keeps at most
-//! `max_pending_publishes` publishes unacknowledged. When NATS is unreachable (not connected, or
-//! a publish is not acknowledged within `publish_timeout`) observations go, in order, to a
-//! bounded spool file; when NATS is back the spool is drained in order before anything new is
-//! published, and the client reconnects with a capped exponential backoff. Nothing is lost and
-//! nothing is stored twice: unacknowledged publishes are re-sent from the spool and the server
-//! drops the duplicates. A full spool drops observations, counts them and says so in an error
-//! log. [`stream::ensure_stream`] creates or checks the stream.
+//! [`Publisher`]. The publisher takes what is already queued in its channel (it never waits
+//! for more: latency first), groups consecutive observations with the same subject
+//! `<subject_prefix>.<source>.<node>` into messages of at most
+//! [`wire::MAX_BATCH_OBSERVATIONS`] observations and [`wire::MAX_BATCH_BYTES`] bytes, and
+//! publishes each with a `Nats-Msg-Id` fixed when the message is formed, for server-side
+//! de-duplication ([`wire`] documents the format). It keeps at most `max_pending_publishes`
+//! observations unacknowledged (so a lost connection, which can reorder what is
+//! unacknowledged, reorders no more than with one observation per message). When NATS is
+//! unreachable (not connected, or a publish is not acknowledged within `publish_timeout`)
+//! messages go whole, in order, to a bounded spool file;
+//! when NATS is back the spool is drained in order, each message unchanged, before anything new
+//! is published, and the client reconnects with a capped exponential backoff. Nothing is lost
+//! and nothing is stored twice: unacknowledged publishes are re-sent from the spool with their
+//! first id and the server drops the duplicates. A full spool drops messages, counts their
+//! observations and says so in an error log. [`stream::ensure_stream`] creates or checks the
+//! stream.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -47,6 +54,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use spool::SpoolError;
 pub use stream::{StreamError, StreamSettings, ensure_stream};
+pub use wire::Batch;
 
 /// Why the publisher stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -73,13 +81,16 @@ pub enum PublisherError {
 pub struct PublisherReport {
     /// Observations the server stored (acknowledged, not duplicates).
     pub published: u64,
-    /// Re-published observations the server had already stored.
+    /// Messages the server stored: `published` observations in fewer messages when batched.
+    pub messages: u64,
+    /// Observations in re-published messages the server had already stored.
     pub duplicates: u64,
     /// Observations written to the spool.
     pub spooled: u64,
     /// Observations dropped because the spool was full.
     pub dropped: u64,
-    /// Spool lines that could not be decoded (a torn last line after a crash), skipped.
+    /// Spooled messages that could not be read back (torn by a crash while being written),
+    /// skipped.
     pub errors: u64,
     /// Bytes left in the spool at exit (published at the next start).
     pub left_in_spool: u64,
@@ -101,9 +112,9 @@ type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, async_nats::Erro
 
 struct InFlight {
     ack: AckFuture,
-    /// The publish, kept to re-send it if it is not acknowledged.
-    payload: Bytes,
-    /// For a line read from the spool: the spool offset just after it.
+    /// The message, kept to spool it if it is not acknowledged.
+    batch: Batch,
+    /// For a message read from the spool: the spool offset just after it.
     spool_end: Option<u64>,
 }
 
@@ -148,21 +159,69 @@ impl Publisher {
         })
     }
 
-    async fn publish(&self, observation: &Observation, payload: Bytes) -> AckFuture {
+    async fn publish(&self, batch: &Batch) -> AckFuture {
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", wire::message_id(observation).as_str());
-        let subject = wire::subject(&self.prefix, observation);
+        headers.insert("Nats-Msg-Id", batch.id.as_str());
         // Handing the message to the client can wait while it is disconnected and its buffer is
         // full: bound that wait like the acknowledgement.
         let sent = tokio::time::timeout(
             self.timeout,
-            self.js.publish_with_headers(subject, headers, payload),
+            self.js
+                .publish_with_headers(batch.subject.clone(), headers, batch.payload.clone()),
         )
         .await;
         match sent {
             Ok(Ok(ack)) => Box::pin(async move { ack.into_future().await.map_err(Into::into) }),
             Ok(Err(error)) => Box::pin(std::future::ready(Err(error.into()))),
             Err(elapsed) => Box::pin(std::future::ready(Err(elapsed.into()))),
+        }
+    }
+
+    /// A message starting with `first`, filled with what is already queued in `input` (never
+    /// waiting for more) while it has the same subject and fits the caps; the first observation
+    /// that does not fit goes to `held`.
+    fn batch(
+        &self,
+        first: Observation,
+        input: &mut mpsc::Receiver<Observation>,
+        held: &mut Option<Observation>,
+    ) -> Batch {
+        let mut builder = wire::BatchBuilder::new(&self.prefix, &first);
+        while let Ok(next) = input.try_recv() {
+            if !builder.accepts(&self.prefix, &next) || !builder.push(&next) {
+                *held = Some(next);
+                break;
+            }
+        }
+        builder.finish()
+    }
+
+    /// A message read back from the spool, as it was first formed.
+    fn unspool(&self, spooled: spool::Spooled) -> Result<Batch, String> {
+        match spooled {
+            // One observation: also every line of a spool left by the one-observation format.
+            spool::Spooled::Single(line) => {
+                let observation = serde_json::from_slice::<Observation>(&line)
+                    .map_err(|error| error.to_string())?;
+                Ok(Batch {
+                    subject: wire::subject(&self.prefix, &observation),
+                    id: wire::message_id(&observation),
+                    payload: Bytes::from(line),
+                    count: 1,
+                })
+            }
+            spool::Spooled::Batch {
+                subject,
+                id,
+                payload,
+                count,
+            } => Ok(Batch {
+                subject,
+                id,
+                payload: Bytes::from(payload),
+                count,
+            }),
+            spool::Spooled::Torn { problem } => Err(problem),
         }
     }
 
@@ -183,6 +242,15 @@ impl Publisher {
             tracing::info!(spool = %self.spool_path.display(), bytes = spool.len(), "Draining the spool left by an earlier run.");
         }
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
+        // Observations in `inflight`. Bounded like the messages: a lost connection can reorder
+        // what was unacknowledged (the client re-sends its buffer to the new server while the
+        // rest is re-published from the spool), and this keeps that window, counted in
+        // observations, as small as with one observation per message.
+        let mut unacked: u64 = 0;
+        let max_unacked = self.max_pending as u64;
+        // An observation taken from the input that did not fit the previous message: the first
+        // of the next.
+        let mut held: Option<Observation> = None;
         // Everything goes through the spool until the stream is known to be usable.
         let mut spooling = true;
         let mut ready = false;
@@ -192,24 +260,24 @@ impl Publisher {
         let mut stopping = false;
         loop {
             if spooling && ready {
-                while inflight.len() < self.max_pending {
-                    let Some((line, end)) = spool.next()? else {
+                while inflight.len() < self.max_pending && unacked < max_unacked {
+                    let Some((spooled, end)) = spool.next()? else {
                         break;
                     };
-                    match serde_json::from_slice::<Observation>(&line) {
-                        Ok(observation) => {
-                            let payload = Bytes::from(line);
-                            let ack = self.publish(&observation, payload.clone()).await;
+                    match self.unspool(spooled) {
+                        Ok(batch) => {
+                            let ack = self.publish(&batch).await;
+                            unacked += batch.count;
                             inflight.push_back(InFlight {
                                 ack,
-                                payload,
+                                batch,
                                 spool_end: Some(end),
                             });
                         }
                         Err(error) => {
                             report.errors += 1;
                             spool.commit(end);
-                            tracing::warn!(spool = %self.spool_path.display(), error = %error, "Skipped an undecodable spool line.");
+                            tracing::warn!(spool = %self.spool_path.display(), error = %error, "Skipped an unreadable spooled message.");
                         }
                     }
                 }
@@ -225,20 +293,23 @@ impl Publisher {
             if stopping && !input_open && !ready {
                 break;
             }
-            let accept = input_open && (spooling || inflight.len() < self.max_pending);
+            let accept = input_open
+                && (spooling || (inflight.len() < self.max_pending && unacked < max_unacked));
             tokio::select! {
                 biased;
                 result = async { inflight.front_mut().expect("checked non-empty").ack.as_mut().await }, if !inflight.is_empty() => {
                     match result {
                         Ok(ack) => {
                             let done = inflight.pop_front().expect("checked non-empty");
+                            unacked -= done.batch.count;
                             if let Some(end) = done.spool_end {
                                 spool.commit(end);
                             }
                             if ack.duplicate {
-                                report.duplicates += 1;
+                                report.duplicates += done.batch.count;
                             } else {
-                                report.published += 1;
+                                report.published += done.batch.count;
+                                report.messages += 1;
                             }
                             backoff = MIN_BACKOFF;
                         }
@@ -248,10 +319,11 @@ impl Publisher {
                                 spool.rewind()?;
                             } else {
                                 for pending in inflight.iter() {
-                                    spool_one(&mut spool, &pending.payload, &mut report)?;
+                                    spool_one(&mut spool, &pending.batch, &mut report)?;
                                 }
                             }
                             inflight.clear();
+                            unacked = 0;
                             spooling = true;
                             ready = false;
                             next_check = tokio::time::Instant::now() + backoff;
@@ -282,15 +354,21 @@ impl Publisher {
                     next_check = tokio::time::Instant::now() + backoff;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
-                received = input.recv(), if accept => match received {
+                received = async {
+                    match held.take() {
+                        Some(observation) => Some(observation),
+                        None => input.recv().await,
+                    }
+                }, if accept => match received {
                     None => input_open = false,
                     Some(observation) => {
-                        let payload = wire::encode(&observation);
+                        let batch = self.batch(observation, &mut input, &mut held);
                         if spooling {
-                            spool_one(&mut spool, &payload, &mut report)?;
+                            spool_one(&mut spool, &batch, &mut report)?;
                         } else {
-                            let ack = self.publish(&observation, payload.clone()).await;
-                            inflight.push_back(InFlight { ack, payload, spool_end: None });
+                            let ack = self.publish(&batch).await;
+                            unacked += batch.count;
+                            inflight.push_back(InFlight { ack, batch, spool_end: None });
                         }
                     }
                 },
@@ -312,14 +390,15 @@ impl Publisher {
 
 fn spool_one(
     spool: &mut spool::Spool,
-    payload: &[u8],
+    batch: &Batch,
     report: &mut PublisherReport,
 ) -> Result<(), SpoolError> {
-    if spool.append(payload)? {
-        report.spooled += 1;
+    if spool.append(&batch.subject, &batch.id, &batch.payload, batch.count)? {
+        report.spooled += batch.count;
     } else {
-        report.dropped += 1;
-        if report.dropped == 1 || report.dropped.is_multiple_of(10_000) {
+        let before = report.dropped;
+        report.dropped += batch.count;
+        if before == 0 || before / 10_000 != report.dropped / 10_000 {
             tracing::error!(
                 dropped = report.dropped,
                 spool_bytes = spool.len(),

@@ -1,11 +1,20 @@
-//! The agent's spool: a bounded, append-only file of wire-format lines kept while NATS is
-//! unreachable, read back in order when it returns.
+//! The agent's spool: a bounded, append-only file of whole messages kept while NATS is
+//! unreachable, read back in order and unchanged when it returns.
 //!
-//! Lines are appended at the end and read from a read offset; a line counts as delivered only
-//! when the server acknowledged it ([`Spool::commit`]). When publishing fails, reading restarts
-//! at the last committed line ([`Spool::rewind`]), and re-published lines are dropped by the
-//! server's de-duplication. When every line is delivered the file is truncated. The file
-//! survives a restart of the agent: a non-empty spool is drained first.
+//! Format, line oriented:
+//!
+//! - a message of one observation is its payload as one line, the observation's JSON (which is
+//!   also every line of the earlier one-observation-per-message format, so a spool left by an
+//!   older agent drains as it is); its subject and id are derived from the observation;
+//! - a message of `n > 1` observations is a header line `#batch <n> <subject> <id>` followed by
+//!   its `n` payload lines. The id is stored, not recomputed, so a re-publish carries the id of
+//!   the first attempt.
+//!
+//! Messages are appended at the end and read from a read offset; a message counts as delivered
+//! only when the server acknowledged it ([`Spool::commit`]). When publishing fails, reading
+//! restarts at the last committed message ([`Spool::rewind`]), and re-published messages are
+//! dropped by the server's de-duplication. When every message is delivered the file is
+//! truncated. The file survives a restart of the agent: a non-empty spool is drained first.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
@@ -20,6 +29,33 @@ pub struct SpoolError {
     /// What failed.
     #[source]
     pub source: io::Error,
+}
+
+/// The header that starts a spooled message of several observations.
+const BATCH_HEADER: &[u8] = b"#batch ";
+
+/// One message read back from the spool.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Spooled {
+    /// A one-observation message: the observation's JSON.
+    Single(Vec<u8>),
+    /// A message of several observations with its subject and id as first spooled.
+    Batch {
+        /// Subject.
+        subject: String,
+        /// `Nats-Msg-Id`.
+        id: String,
+        /// Payload: `count` lines joined by `\n`.
+        payload: Vec<u8>,
+        /// Observations in it.
+        count: u64,
+    },
+    /// A message cut short (the agent stopped while appending it), or a header that cannot be
+    /// read: skipped.
+    Torn {
+        /// What is wrong.
+        problem: String,
+    },
 }
 
 /// A bounded spool file.
@@ -75,22 +111,79 @@ impl Spool {
         self.len
     }
 
-    /// Appends one line. Returns `false` (and writes nothing) when it would not fit.
-    pub(crate) fn append(&mut self, payload: &[u8]) -> Result<bool, SpoolError> {
-        let size = payload.len() as u64 + 1;
+    /// Appends one message of `count` observations, in one write. Returns `false` (and writes
+    /// nothing) when it would not fit.
+    pub(crate) fn append(
+        &mut self,
+        subject: &str,
+        id: &str,
+        payload: &[u8],
+        count: u64,
+    ) -> Result<bool, SpoolError> {
+        let mut record = Vec::with_capacity(payload.len() + 64);
+        if count > 1 {
+            record.extend_from_slice(BATCH_HEADER);
+            record.extend_from_slice(format!("{count} {subject} {id}\n").as_bytes());
+        }
+        record.extend_from_slice(payload);
+        record.push(b'\n');
+        let size = record.len() as u64;
         if self.len + size > self.max_bytes {
             return Ok(false);
         }
-        let mut line = Vec::with_capacity(payload.len() + 1);
-        line.extend_from_slice(payload);
-        line.push(b'\n');
-        self.file.write_all(&line).map_err(|e| self.fail(e))?;
+        self.file.write_all(&record).map_err(|e| self.fail(e))?;
         self.len += size;
         Ok(true)
     }
 
-    /// The next unread line and the offset just after it, or `None` when everything is read.
-    pub(crate) fn next(&mut self) -> Result<Option<(Vec<u8>, u64)>, SpoolError> {
+    /// The next unread message and the offset just after it, or `None` when everything is read.
+    pub(crate) fn next(&mut self) -> Result<Option<(Spooled, u64)>, SpoolError> {
+        let Some((line, _)) = self.next_line()? else {
+            return Ok(None);
+        };
+        let Some(header) = line.strip_prefix(BATCH_HEADER) else {
+            return Ok(Some((Spooled::Single(line), self.read)));
+        };
+        let header = String::from_utf8_lossy(header).into_owned();
+        let mut fields = header.splitn(3, ' ');
+        let (Some(count), Some(subject), Some(id)) = (
+            fields.next().and_then(|count| count.parse::<u64>().ok()),
+            fields.next(),
+            fields.next(),
+        ) else {
+            let problem = format!("unreadable message header `{header}`");
+            return Ok(Some((Spooled::Torn { problem }, self.read)));
+        };
+        let mut payload = Vec::new();
+        for index in 0..count {
+            let Some((line, complete)) = self.next_line()? else {
+                break;
+            };
+            if index > 0 {
+                payload.push(b'\n');
+            }
+            payload.extend_from_slice(&line);
+            if !complete || line.starts_with(BATCH_HEADER) {
+                let problem = format!("message `{id}` ends after {index} of {count} lines");
+                return Ok(Some((Spooled::Torn { problem }, self.read)));
+            }
+            if index + 1 == count {
+                let batch = Spooled::Batch {
+                    subject: subject.to_owned(),
+                    id: id.to_owned(),
+                    payload,
+                    count,
+                };
+                return Ok(Some((batch, self.read)));
+            }
+        }
+        let problem = format!("message `{id}` ends early: fewer than {count} lines");
+        Ok(Some((Spooled::Torn { problem }, self.read)))
+    }
+
+    /// The next unread line without its newline, and whether it had one (was completely
+    /// written).
+    fn next_line(&mut self) -> Result<Option<(Vec<u8>, bool)>, SpoolError> {
         if self.read >= self.len {
             return Ok(None);
         }
@@ -110,10 +203,11 @@ impl Spool {
             )));
         }
         self.read += read as u64;
-        if line.last() == Some(&b'\n') {
+        let complete = line.last() == Some(&b'\n');
+        if complete {
             line.pop();
         }
-        Ok(Some((line, self.read)))
+        Ok(Some((line, complete)))
     }
 
     /// Whether every line has been read.
@@ -152,30 +246,82 @@ impl Spool {
 mod tests {
     use super::*;
 
+    fn single(spooled: Option<(Spooled, u64)>) -> Vec<u8> {
+        match spooled {
+            Some((Spooled::Single(line), _)) => line,
+            other => panic!("not a single message: {other:?}"),
+        }
+    }
+
     #[test]
     fn appends_reads_rewinds_and_bounds() {
         let path = std::env::temp_dir().join(format!("tapio-spool-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let mut spool = Spool::open(&path, 12).unwrap();
-        assert!(spool.append(b"abc").unwrap());
+        assert!(spool.append("s", "i", b"abc", 1).unwrap());
         let (first, end) = spool.next().unwrap().unwrap();
-        assert_eq!((first.as_slice(), end), (&b"abc"[..], 4));
+        assert_eq!((first, end), (Spooled::Single(b"abc".to_vec()), 4));
         // Appends between reads do not disturb the reader.
-        assert!(spool.append(b"defg").unwrap());
-        assert!(!spool.append(b"too long").unwrap());
+        assert!(spool.append("s", "i", b"defg", 1).unwrap());
+        assert!(!spool.append("s", "i", b"too long", 1).unwrap());
         spool.commit(end);
-        assert_eq!(spool.next().unwrap().unwrap().0, b"defg");
+        assert_eq!(single(spool.next().unwrap()), b"defg");
         assert!(spool.exhausted());
         spool.rewind().unwrap();
-        assert_eq!(spool.next().unwrap().unwrap().0, b"defg");
+        assert_eq!(single(spool.next().unwrap()), b"defg");
         drop(spool);
         let mut reopened = Spool::open(&path, 12).unwrap();
         assert_eq!(reopened.len(), 9);
-        assert_eq!(reopened.next().unwrap().unwrap().0, b"abc");
+        assert_eq!(single(reopened.next().unwrap()), b"abc");
         reopened.clear().unwrap();
         assert!(reopened.next().unwrap().is_none());
-        assert!(reopened.append(b"xyz").unwrap());
-        assert_eq!(reopened.next().unwrap().unwrap().0, b"xyz");
+        assert!(reopened.append("s", "i", b"xyz", 1).unwrap());
+        assert_eq!(single(reopened.next().unwrap()), b"xyz");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn batches_come_back_whole_with_their_id_and_torn_ones_are_skipped() {
+        let path = std::env::temp_dir().join(format!("tapio-spool-batch-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let mut spool = Spool::open(&path, 1 << 20).unwrap();
+        assert!(
+            spool
+                .append("p.k.n", "k/n/1+3", b"{1}\n{2}\n{3}", 3)
+                .unwrap()
+        );
+        assert!(spool.append("p.k.n", "k/n/4", b"{4}", 1).unwrap());
+        let (batch, end) = spool.next().unwrap().unwrap();
+        assert_eq!(
+            batch,
+            Spooled::Batch {
+                subject: "p.k.n".into(),
+                id: "k/n/1+3".into(),
+                payload: b"{1}\n{2}\n{3}".to_vec(),
+                count: 3,
+            }
+        );
+        assert_eq!(end, "#batch 3 p.k.n k/n/1+3\n{1}\n{2}\n{3}\n".len() as u64);
+        assert_eq!(single(spool.next().unwrap()), b"{4}");
+        drop(spool);
+        // An agent stopped in the middle of a write: the torn message is skipped.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"#batch 2 p.k.n k/n/5+2\n{5}\n{6")
+            .unwrap();
+        let mut reopened = Spool::open(&path, 1 << 20).unwrap();
+        assert!(matches!(
+            reopened.next().unwrap(),
+            Some((Spooled::Batch { .. }, _))
+        ));
+        assert_eq!(single(reopened.next().unwrap()), b"{4}");
+        assert!(matches!(
+            reopened.next().unwrap(),
+            Some((Spooled::Torn { .. }, _))
+        ));
+        assert!(reopened.exhausted());
         std::fs::remove_file(path).unwrap();
     }
 }

@@ -1,20 +1,36 @@
-//! The wire format: which subject an observation goes to, its message id, and its bytes.
+//! The wire format: which subject an observation goes to, how observations are grouped into
+//! messages, a message's id, and its bytes.
 //!
 //! - **Subject**: `<subject_prefix>.<source>.<node>`, where source and node are the
 //!   observation's own (a fact's id, a state update's evidence id, a heartbeat's fields). Every
 //!   character outside `A-Z a-z 0-9 _ -` becomes `_`, so a node named `ip-10-0-0-1.ec2` publishes
 //!   to `tapio.observations.kernel.ip-10-0-0-1_ec2`. The subject only routes and filters; the
 //!   payload carries the exact names.
-//! - **Payload**: the observation as one JSON object, exactly a recording line
-//!   (`{"kind":"fact",...}`, `{"kind":"state",...}` or `{"kind":"heartbeat",...}`), UTF-8, no
-//!   trailing newline.
-//! - **`Nats-Msg-Id`**: `<fact id>` for a fact (`kernel/node-1/42`), `<evidence id>/<+1|-1>/<time
-//!   ns>` for a state update, and `heartbeat/<source>/<node>/<upto ns>` for a heartbeat. The
-//!   server drops a re-published message with an id it has seen within the stream's duplicate
-//!   window, so a retry after a lost acknowledgement or a spool drain stores nothing twice.
+//! - **Payload**: one or more observations with the same subject, consecutive in the agent's
+//!   order, each as one JSON object exactly as a recording line (`{"kind":"fact",...}`,
+//!   `{"kind":"state",...}` or `{"kind":"heartbeat",...}`), joined by `\n`, UTF-8, no trailing
+//!   newline. At most [`MAX_BATCH_OBSERVATIONS`] observations and [`MAX_BATCH_BYTES`] bytes (a
+//!   single larger observation travels alone). A one-observation message is exactly the format
+//!   of the earlier one-observation-per-message version, so streams written by it still decode.
+//! - **`Nats-Msg-Id`** of one observation: `<fact id>` for a fact (`kernel/node-1/42`),
+//!   `<evidence id>/<+1|-1>/<time ns>` for a state update, and
+//!   `heartbeat/<source>/<node>/<upto ns>` for a heartbeat ([`message_id`]). A message of
+//!   `n > 1` observations has the id of its first observation followed by `+<n>`
+//!   (`kernel/node-1/42+256`, [`Batch::id`]): unique, since every observation is in exactly one
+//!   message, and fixed when the message is formed, before the first attempt; the spool keeps
+//!   it with the message. The server drops a re-published message with an id it has seen within
+//!   the stream's duplicate window, so a retry after a lost acknowledgement or a spool drain
+//!   stores nothing twice.
 
 use bytes::Bytes;
 use tapio_model::Observation;
+
+/// Most observations in one message.
+pub const MAX_BATCH_OBSERVATIONS: usize = 256;
+
+/// Most payload bytes in one message (a single larger observation travels alone): a quarter of
+/// the server's default `max_payload` of 1 MiB.
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 /// The subject `observation` is published to under `prefix`.
 ///
@@ -80,6 +96,94 @@ pub fn encode(observation: &Observation) -> Bytes {
     Bytes::from(serde_json::to_vec(observation).unwrap_or_default())
 }
 
+/// One message: consecutive observations with the same subject, encoded and with its id fixed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// The subject of every observation in it.
+    pub subject: String,
+    /// The `Nats-Msg-Id`: [`message_id`] of the first observation, followed by `+<count>` when
+    /// there are several.
+    pub id: String,
+    /// The observations' recording lines joined by `\n`.
+    pub payload: Bytes,
+    /// How many observations it holds.
+    pub count: u64,
+}
+
+/// Builds a [`Batch`] one observation at a time.
+#[derive(Debug)]
+pub struct BatchBuilder {
+    subject: String,
+    first_id: String,
+    payload: Vec<u8>,
+    count: u64,
+}
+
+impl BatchBuilder {
+    /// A message starting with `first`, published under `prefix`.
+    pub fn new(prefix: &str, first: &Observation) -> BatchBuilder {
+        let mut payload = Vec::with_capacity(512);
+        write(&mut payload, first);
+        BatchBuilder {
+            subject: subject(prefix, first),
+            first_id: message_id(first),
+            payload,
+            count: 1,
+        }
+    }
+
+    /// Whether `observation` may join: same subject, and the caps are not reached.
+    pub fn accepts(&self, prefix: &str, observation: &Observation) -> bool {
+        self.count < MAX_BATCH_OBSERVATIONS as u64
+            && self.payload.len() < MAX_BATCH_BYTES
+            && subject(prefix, observation) == self.subject
+    }
+
+    /// Appends `observation` (the caller checked [`BatchBuilder::accepts`]). Returns `false`,
+    /// leaving the message unchanged, when it would make the payload exceed [`MAX_BATCH_BYTES`].
+    pub fn push(&mut self, observation: &Observation) -> bool {
+        let before = self.payload.len();
+        self.payload.push(b'\n');
+        write(&mut self.payload, observation);
+        if self.payload.len() > MAX_BATCH_BYTES {
+            self.payload.truncate(before);
+            return false;
+        }
+        self.count += 1;
+        true
+    }
+
+    /// The message.
+    pub fn finish(self) -> Batch {
+        let id = if self.count == 1 {
+            self.first_id
+        } else {
+            format!("{}+{}", self.first_id, self.count)
+        };
+        Batch {
+            subject: self.subject,
+            id,
+            payload: Bytes::from(self.payload),
+            count: self.count,
+        }
+    }
+}
+
+fn write(buffer: &mut Vec<u8>, observation: &Observation) {
+    // Serializing these plain data types cannot fail: no maps with non-string keys, no I/O.
+    let _ = serde_json::to_writer(&mut *buffer, observation);
+}
+
+/// Splits a message payload into its observations' lines.
+///
+/// ```
+/// let lines: Vec<&[u8]> = tapio_sinks_nats::wire::lines(b"{}\n{}").collect();
+/// assert_eq!(lines.len(), 2);
+/// ```
+pub fn lines(payload: &[u8]) -> impl Iterator<Item = &[u8]> {
+    payload.split(|byte| *byte == b'\n')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +210,40 @@ mod tests {
         assert_eq!(stream_subject("p.q"), "p.q.>");
         assert_eq!(token(""), "_");
         assert_eq!(token("a*b>c d"), "a_b_c_d");
+
+        // One observation: the single-message format, byte for byte.
+        let single = BatchBuilder::new("p", &fact).finish();
+        assert_eq!(single.payload, encode(&fact));
+        assert_eq!(single.id, "kernel/node.1/42");
+        assert_eq!(single.count, 1);
+    }
+
+    #[test]
+    fn batches_join_lines_and_take_the_first_id_plus_count() {
+        let beat = |upto_ns, node: &str| {
+            Observation::Heartbeat(tapio_model::Heartbeat {
+                source: "kernel".into(),
+                node: node.into(),
+                upto_ns,
+            })
+        };
+        let mut builder = BatchBuilder::new("p", &beat(1, "a"));
+        assert!(builder.accepts("p", &beat(2, "a")));
+        assert!(!builder.accepts("p", &beat(2, "b")), "another subject");
+        assert!(builder.push(&beat(2, "a")));
+        let batch = builder.finish();
+        assert_eq!(batch.id, "heartbeat/kernel/a/1+2");
+        assert_eq!(batch.count, 2);
+        let decoded: Vec<Observation> = lines(&batch.payload)
+            .map(|line| serde_json::from_slice(line).unwrap())
+            .collect();
+        assert_eq!(decoded, vec![beat(1, "a"), beat(2, "a")]);
+
+        let mut full = BatchBuilder::new("p", &beat(0, "a"));
+        for upto in 1..MAX_BATCH_OBSERVATIONS as u64 {
+            assert!(full.accepts("p", &beat(upto, "a")));
+            assert!(full.push(&beat(upto, "a")));
+        }
+        assert!(!full.accepts("p", &beat(9, "a")), "the count cap");
     }
 }

@@ -15,14 +15,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{NatsEndpoint, connect, decode_or_count};
 
-/// One message read from the stream: its stream sequence, and the observation it holds (`None`
-/// when it was malformed; its position still has to be taken in and acknowledged).
+/// One message read from the stream: its stream sequence, and the observations it holds, in
+/// order (without its malformed lines; empty when none decoded, and its position still has to
+/// be taken in and acknowledged).
 #[derive(Debug)]
 pub struct Delivery {
     /// Stream sequence, increasing.
     pub position: u64,
-    /// The decoded observation.
-    pub observation: Option<Observation>,
+    /// The decoded observations.
+    pub observations: Vec<Observation>,
     /// When the server stored the message, ns since the epoch by the server's clock (0 when
     /// unknown): with the observation's event time and the time it was taken in, this splits
     /// the transport's latency into publishing and delivery.
@@ -150,14 +151,12 @@ impl DurableReader {
                             // Already sent before the consumer was re-created.
                             continue;
                         }
-                        let observation = decode_or_count(&message.payload, position, &message.subject, &stats);
-                        let sent = observation.is_some();
-                        if sender.send(Delivery { position, observation, stored_ns }).await.is_err() {
+                        let observations = decode_or_count(&message.payload, position, &message.subject, &stats);
+                        let sent = observations.len() as u64;
+                        if sender.send(Delivery { position, observations, stored_ns }).await.is_err() {
                             break 'attempts;
                         }
-                        if sent {
-                            stats.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
+                        stats.sent.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
                         next = Some(position + 1);
                         unacked.push_back((position, acker));
                         backoff = Duration::from_millis(50);
@@ -328,12 +327,12 @@ async fn rebuild(
         if position > floor {
             return Ok(());
         }
-        let observation = decode_or_count(&message.payload, position, &message.subject, stats);
-        let sent = observation.is_some();
+        let observations = decode_or_count(&message.payload, position, &message.subject, stats);
+        let sent = observations.len() as u64;
         if out
             .send(Delivery {
                 position,
-                observation,
+                observations,
                 stored_ns,
             })
             .await
@@ -341,11 +340,9 @@ async fn rebuild(
         {
             return Ok(());
         }
-        if sent {
-            stats
-                .sent
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+        stats
+            .sent
+            .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
         if position == floor {
             return Ok(());
         }

@@ -2,7 +2,8 @@
 //! and `tapio-config` only).
 //!
 //! Two readers of the stream the node agents publish to (`tapio-sinks-nats` documents the
-//! subjects and the wire format, one observation's JSON per message):
+//! subjects and the wire format: one or more observations' JSON lines per message, joined by
+//! `\n`):
 //!
 //! - [`DurableReader`], the input of `tapio run --mode correlation`: a durable pull consumer
 //!   with `AckPolicy::All`. It acknowledges a message only once the dataflow has taken it in
@@ -13,8 +14,9 @@
 //! - [`NatsReplaySource`], the input of `tapio replay nats://HOST:PORT/STREAM`: an ordered
 //!   consumer over the messages stored when the replay starts, a [`tapio_sources::Source`].
 //!
-//! A message that is not an observation (bad JSON, an impossible time) is counted in
-//! [`SourceStats::errors`], logged with its stream sequence and subject, and skipped.
+//! Every line of a message is decoded on its own. A line that is not an observation (bad JSON,
+//! an impossible time) is counted in [`SourceStats::errors`], logged with its stream sequence,
+//! subject and line index, and skipped; the message's other observations are still delivered.
 //!
 //! ```
 //! use tapio_sources_nats::NatsEndpoint;
@@ -152,28 +154,32 @@ pub fn decode(payload: &[u8]) -> Result<Observation, DecodeError> {
     Ok(observation)
 }
 
-/// Decodes a message, or counts, logs and skips it.
+/// Decodes every line of a message; counts, logs and skips the malformed ones.
 fn decode_or_count(
     payload: &[u8],
     stream_sequence: u64,
     subject: &str,
     stats: &Arc<SourceStats>,
-) -> Option<Observation> {
-    stats.received.fetch_add(1, Ordering::Relaxed);
-    match decode(payload) {
-        Ok(observation) => Some(observation),
-        Err(error) => {
-            stats.errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                stream_sequence,
-                subject,
-                bytes = payload.len(),
-                error = %error,
-                "Skipped a malformed message."
-            );
-            None
+) -> Vec<Observation> {
+    let mut observations = Vec::new();
+    for (line, bytes) in payload.split(|byte| *byte == b'\n').enumerate() {
+        stats.received.fetch_add(1, Ordering::Relaxed);
+        match decode(bytes) {
+            Ok(observation) => observations.push(observation),
+            Err(error) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    stream_sequence,
+                    subject,
+                    line,
+                    bytes = bytes.len(),
+                    error = %error,
+                    "Skipped a malformed observation."
+                );
+            }
         }
     }
+    observations
 }
 
 /// Connects to `url`; with `retry`, keeps trying in the background (and reconnecting) instead
@@ -231,5 +237,16 @@ mod tests {
         assert!(matches!(decode(impossible), Err(DecodeError::Invalid(_))));
         let good = br#"{"kind":"heartbeat","source":"k","node":"n","upto_ns":1700000000000000000}"#;
         assert!(decode(good).is_ok());
+    }
+
+    #[test]
+    fn a_malformed_line_of_a_batch_is_counted_and_the_rest_delivered() {
+        let good = r#"{"kind":"heartbeat","source":"k","node":"n","upto_ns":1700000000000000000}"#;
+        let payload = format!("{good}\n{{\"kind\":\"fact\",\n{good}");
+        let stats = Arc::new(SourceStats::default());
+        let observations = decode_or_count(payload.as_bytes(), 7, "p.k.n", &stats);
+        assert_eq!(observations.len(), 2);
+        assert_eq!(stats.received.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.errors.load(Ordering::Relaxed), 1);
     }
 }

@@ -155,10 +155,12 @@ impl NatsReplaySource {
                 };
                 let sequence = info.stream_sequence;
                 next = Some(sequence + 1);
-                if let Some(observation) =
+                for observation in
                     decode_or_count(&message.payload, sequence, &message.subject, &cx.stats)
-                    && self.wanted(&observation)
                 {
+                    if !self.wanted(&observation) {
+                        continue;
+                    }
                     if cx.out.send(observation).await.is_err() {
                         return Ok(());
                     }
