@@ -114,8 +114,11 @@ impl WorkerInput {
     }
 }
 
-/// Observations per batch handed to a worker.
-const BATCH: usize = 1024;
+/// Observations per batch handed to a worker. Larger batches mean fewer channel hand-overs and
+/// wake-ups per observation (1,024 → 4,096 took the spine benchmark's two-worker median from
+/// about 480k to 540k observations/s); a batch is also sent whenever the input goes idle, so
+/// a slow stream does not wait for one to fill.
+const BATCH: usize = 4096;
 
 /// Routes a process's observations to its local workers' channels.
 pub struct Router {
