@@ -86,6 +86,16 @@ fn spawn(args: &[&str], config: &Path, stderr: &Path) -> Child {
         .expect("start tapio")
 }
 
+/// Starts a correlation job, waits until it has acknowledged the whole stream, stops it, and
+/// returns its output and the path of its log.
+fn correlate_whole_stream(dir: &Path, url: &str, name: &str) -> (String, PathBuf) {
+    let config = write_config(dir, "correlation.yaml", url, "");
+    let (job, out) = spawn_correlation(dir, &config, name);
+    let stderr = dir.join(format!("{name}.stderr"));
+    wait_acknowledged(url, &stderr);
+    (stop_correlation(job, &out, &stderr), stderr)
+}
+
 fn spawn_correlation(dir: &Path, config: &Path, name: &str) -> (Child, PathBuf) {
     let out = dir.join(format!("{name}.jsonl"));
     let child = spawn(
@@ -255,11 +265,7 @@ fn live_correlation_and_stream_replays_equal_the_recording() {
     );
     assert_eq!(count(&agent_log, "Publishing finished.", "dropped"), 0);
 
-    let config = write_config(&dir, "correlation.yaml", &nats.url(), "");
-    let (job, out) = spawn_correlation(&dir, &config, "live");
-    let stderr = dir.join("live.stderr");
-    wait_acknowledged(&nats.url(), &stderr);
-    let live = stop_correlation(job, &out, &stderr);
+    let (live, _) = correlate_whole_stream(&dir, &nats.url(), "live");
     assert!(
         live == expected,
         "the live correlation run differs from the recording's"
@@ -379,11 +385,7 @@ fn an_agent_started_while_nats_is_down_spools_then_publishes() {
         count(&agent_log, "Publishing finished.", "left_in_spool"),
         0
     );
-    let config = write_config(&dir, "correlation.yaml", &nats.url(), "");
-    let (job, out) = spawn_correlation(&dir, &config, "job");
-    let stderr = dir.join("job.stderr");
-    wait_acknowledged(&nats.url(), &stderr);
-    let live = stop_correlation(job, &out, &stderr);
+    let (live, _) = correlate_whole_stream(&dir, &nats.url(), "job");
     assert!(live == expected, "spooling changed the correlations");
     std::fs::remove_dir_all(dir).expect("clean scratch dir");
 }
@@ -456,11 +458,7 @@ fn a_malformed_message_is_counted_skipped_and_reported_with_its_sequence() {
             .args(["run", "--mode", "collectors", "--config"])
             .arg(agent_config(&dir, &nats.url(), &recording, 0.0)),
     );
-    let config = write_config(&dir, "correlation.yaml", &nats.url(), "");
-    let (job, out) = spawn_correlation(&dir, &config, "job");
-    let stderr = dir.join("job.stderr");
-    wait_acknowledged(&nats.url(), &stderr);
-    let live = stop_correlation(job, &out, &stderr);
+    let (live, stderr) = correlate_whole_stream(&dir, &nats.url(), "job");
     assert!(
         live == expected,
         "the malformed message changed the correlations"
@@ -647,11 +645,7 @@ fn a_spool_left_in_the_one_observation_format_drains() {
     assert_eq!(report.published, lines.len() as u64, "{report:?}");
     assert_eq!((report.errors, report.left_in_spool), (0, 0), "{report:?}");
     assert_eq!(std::fs::metadata(&spool).expect("spool").len(), 0);
-    let config = write_config(&dir, "correlation.yaml", &nats.url(), "");
-    let (job, out) = spawn_correlation(&dir, &config, "job");
-    let stderr = dir.join("job.stderr");
-    wait_acknowledged(&nats.url(), &stderr);
-    let live = stop_correlation(job, &out, &stderr);
+    let (live, _) = correlate_whole_stream(&dir, &nats.url(), "job");
     assert!(
         live == expected,
         "the drained spool changed the correlations"
