@@ -70,40 +70,60 @@ fn two_processes_on_loopback_match_one() {
     for (name, recording) in recordings() {
         let (single, _) = replay(&recording, &[], &format!("{name}-single"));
         let dir = scratch(&format!("{name}-cluster"));
-        let hostfile = dir.join("hosts");
-        std::fs::write(
-            &hostfile,
-            format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
-        )
-        .expect("hostfile");
-        let children: Vec<_> = (0..2)
-            .map(|process| {
-                tapio()
-                    .arg("replay")
-                    .arg(&recording)
-                    .args(["--workers", "2", "--processes", "2", "--process"])
-                    .arg(process.to_string())
-                    .arg("--hostfile")
-                    .arg(&hostfile)
-                    .arg("--output")
-                    .arg(dir.join(format!("out-{process}.jsonl")))
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .expect("spawn tapio")
-            })
-            .collect();
-        for child in children {
-            let output = child.wait_with_output().expect("wait");
-            assert!(
-                output.status.success(),
-                "{name}: a cluster process failed:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+        // The ports are free when picked but not reserved: another test may take one before the
+        // cluster binds it. Only that failure is retried, with new ports.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match run_cluster_of_two(&recording, &dir) {
+                Ok(()) => break,
+                Err(stderr) if stderr.contains("in use") && attempts < 3 => continue,
+                Err(stderr) => panic!("{name}: a cluster process failed:\n{stderr}"),
+            }
         }
         let cluster = read_changes(&dir.join("out-0.jsonl"));
         assert!(cluster == single, "{name}: 2 processes differ from 1");
         assert!(read_changes(&dir.join("out-1.jsonl")).is_empty());
         std::fs::remove_dir_all(dir).expect("clean");
+    }
+}
+
+/// Replays `recording` with 2 processes of 2 workers on loopback ports, writing
+/// `out-<process>.jsonl` in `dir`. Returns the failed processes' stderr when any fails.
+fn run_cluster_of_two(recording: &Path, dir: &Path) -> Result<(), String> {
+    let hostfile = dir.join("hosts");
+    std::fs::write(
+        &hostfile,
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
+    )
+    .expect("hostfile");
+    let children: Vec<_> = (0..2)
+        .map(|process| {
+            tapio()
+                .arg("replay")
+                .arg(recording)
+                .args(["--workers", "2", "--processes", "2", "--process"])
+                .arg(process.to_string())
+                .arg("--hostfile")
+                .arg(&hostfile)
+                .arg("--output")
+                .arg(dir.join(format!("out-{process}.jsonl")))
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn tapio")
+        })
+        .collect();
+    let mut failures = String::new();
+    for child in children {
+        let output = child.wait_with_output().expect("wait");
+        if !output.status.success() {
+            failures.push_str(&String::from_utf8_lossy(&output.stderr));
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures)
     }
 }
 
