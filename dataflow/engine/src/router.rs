@@ -65,14 +65,14 @@ pub struct WorkerInput {
 }
 
 /// The worker's end of a [`WorkerInput`].
-pub(crate) struct WorkerOutput {
+pub(crate) struct WorkerReceiver {
     pub(crate) channel: mpsc::Receiver<Ingest>,
     pub(crate) thread: Arc<OnceLock<Thread>>,
 }
 
 impl WorkerInput {
     /// A channel of `capacity` between the router and one worker.
-    pub(crate) fn pair(capacity: usize) -> (WorkerInput, WorkerOutput) {
+    pub(crate) fn pair(capacity: usize) -> (WorkerInput, WorkerReceiver) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let thread = Arc::new(OnceLock::new());
         (
@@ -80,7 +80,7 @@ impl WorkerInput {
                 channel: tx,
                 thread: Arc::clone(&thread),
             },
-            WorkerOutput {
+            WorkerReceiver {
                 channel: rx,
                 thread,
             },

@@ -13,7 +13,7 @@ use tokio::sync::mpsc::{self, error::TryRecvError};
 use crate::clock::{Tick, TickClock, Watermark};
 use crate::output::{Horizon, emit_closed_ticks};
 use crate::progress::TakenIn;
-use crate::router::{Ingest, WorkerOutput};
+use crate::router::{Ingest, WorkerReceiver};
 use crate::rules::{oom_sequence, ownership};
 use crate::{EngineSettings, WorkerReport};
 
@@ -59,7 +59,7 @@ pub(crate) fn correlate<'scope>(
 
 pub(crate) fn drive(
     worker: &mut Worker,
-    input: WorkerOutput,
+    input: WorkerReceiver,
     settings: &EngineSettings,
     out: mpsc::Sender<ClosedBatch>,
     horizon: Arc<Horizon>,

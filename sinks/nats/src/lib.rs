@@ -178,20 +178,26 @@ impl Publisher {
     }
 
     /// A message starting with `first`, filled with what is already queued in `input` (never
-    /// waiting for more) while it has the same subject and fits the caps; the first observation
-    /// that does not fit goes to `held`.
+    /// waiting for more) while it has the same subject, fits the caps and holds at most `room`
+    /// observations; the first observation that does not fit goes to `held`.
     fn batch(
         &self,
         first: Observation,
+        room: u64,
         input: &mut mpsc::Receiver<Observation>,
         held: &mut Option<Observation>,
     ) -> Batch {
         let mut builder = wire::BatchBuilder::new(&self.prefix, &first);
-        while let Ok(next) = input.try_recv() {
+        let mut count = 1;
+        while count < room {
+            let Ok(next) = input.try_recv() else {
+                break;
+            };
             if !builder.accepts(&self.prefix, &next) || !builder.push(&next) {
                 *held = Some(next);
                 break;
             }
+            count += 1;
         }
         builder.finish()
     }
@@ -362,7 +368,10 @@ impl Publisher {
                 }, if accept => match received {
                     None => input_open = false,
                     Some(observation) => {
-                        let batch = self.batch(observation, &mut input, &mut held);
+                        // Publishing, the message may take only what is left of the bound on
+                        // unacknowledged observations (`accept` checked that some is).
+                        let room = if spooling { u64::MAX } else { max_unacked - unacked };
+                        let batch = self.batch(observation, room, &mut input, &mut held);
                         if spooling {
                             spool_one(&mut spool, &batch, &mut report)?;
                         } else {
