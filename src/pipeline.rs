@@ -34,20 +34,9 @@ pub(crate) fn enabled_sources(config: &TapioConfig) -> Result<Collectors> {
     let mut health: Vec<Health> = Vec::new();
     let kernel = &config.collectors.kernel;
     if kernel.enabled {
-        let source =
-            tapio_sources_kernel::KernelSource::new(tapio_sources_kernel::KernelSourceConfig {
-                ring_buffer_bytes: kernel.ring_buffer_bytes,
-                heartbeat_interval: kernel.heartbeat_interval,
-                batch_delay: kernel.batch_delay,
-                forks: kernel.forks,
-                oom: kernel.oom,
-                network: kernel.network,
-                containers: kernel.containers,
-                file_path_prefixes: kernel.file_path_prefixes.clone(),
-                file_aggregation_window: kernel.file_aggregation_window,
-                retransmit_aggregation_window: kernel.retransmit_aggregation_window,
-                process_cache_capacity: kernel.process_cache_capacity,
-            })?;
+        let source = tapio_sources_kernel::KernelSource::new(
+            tapio_sources_kernel::KernelSourceConfig::from(kernel),
+        )?;
         let stats = source.stats();
         health.push(Box::new(move || stats.snapshot().to_string()));
         sources.push(Box::new(source));

@@ -91,21 +91,29 @@ pub struct KernelSourceConfig {
     pub batch_delay: Duration,
 }
 
+/// The settings `collectors.kernel` holds, without the switch that turns the collector on.
+impl From<&tapio_config::KernelCollectorConfig> for KernelSourceConfig {
+    fn from(config: &tapio_config::KernelCollectorConfig) -> KernelSourceConfig {
+        KernelSourceConfig {
+            ring_buffer_bytes: config.ring_buffer_bytes,
+            heartbeat_interval: config.heartbeat_interval,
+            forks: config.forks,
+            oom: config.oom,
+            network: config.network,
+            containers: config.containers,
+            file_path_prefixes: config.file_path_prefixes.clone(),
+            file_aggregation_window: config.file_aggregation_window,
+            retransmit_aggregation_window: config.retransmit_aggregation_window,
+            process_cache_capacity: config.process_cache_capacity,
+            batch_delay: config.batch_delay,
+        }
+    }
+}
+
+/// The defaults of `collectors.kernel`, kept in one place: the configuration crate.
 impl Default for KernelSourceConfig {
     fn default() -> KernelSourceConfig {
-        KernelSourceConfig {
-            ring_buffer_bytes: 8 << 20,
-            heartbeat_interval: Duration::from_millis(100),
-            forks: true,
-            oom: true,
-            network: true,
-            containers: true,
-            file_path_prefixes: Vec::new(),
-            file_aggregation_window: Duration::from_secs(1),
-            retransmit_aggregation_window: Duration::from_secs(1),
-            process_cache_capacity: 65_536,
-            batch_delay: Duration::from_millis(100),
-        }
+        KernelSourceConfig::from(&tapio_config::KernelCollectorConfig::default())
     }
 }
 
