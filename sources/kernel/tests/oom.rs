@@ -125,16 +125,7 @@ async fn oom_kill_in_a_pod_cgroup() {
         oom.rss_pages
     );
 
-    let exit = running
-        .wait_for(
-            Duration::from_secs(5),
-            |p| matches!(p, FactPayload::ProcessExit(e) if e.pid == pid),
-        )
-        .await
-        .expect("exit fact");
-    let FactPayload::ProcessExit(exit) = exit.payload else {
-        unreachable!()
-    };
+    let exit = running.wait_for_exit(pid).await;
     assert_eq!(exit.signal, 9);
     assert_eq!(exit.start_ns, oom.start_ns, "one identity for the process");
     assert_eq!(exit.container_id.as_deref(), Some(container_id.as_str()));

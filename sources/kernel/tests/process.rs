@@ -85,16 +85,7 @@ async fn killed_by_a_signal() {
         .expect("spawn sh");
     let pid = child.id().expect("pid");
     child.wait_with_output().await.expect("wait");
-    let exit = running
-        .wait_for(
-            Duration::from_secs(5),
-            |p| matches!(p, FactPayload::ProcessExit(e) if e.pid == pid),
-        )
-        .await
-        .expect("exit fact");
-    let FactPayload::ProcessExit(exit) = exit.payload else {
-        unreachable!()
-    };
+    let exit = running.wait_for_exit(pid).await;
     assert_eq!(exit.signal, 15);
     assert_eq!(exit.exit_code, 0);
     running.stop().await.expect("clean stop");

@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tapio_model::{Fact, FactPayload, Observation};
+use tapio_model::{Fact, FactPayload, Observation, ProcessExit};
 use tapio_sources::{Source, SourceContext, SourceError};
 use tapio_sources_kernel::{KernelSource, KernelSourceConfig, KernelStats};
 use tokio::task::JoinHandle;
@@ -98,6 +98,21 @@ impl Running {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Waits up to 5 s for the exit fact of process `pid` and returns it.
+    pub async fn wait_for_exit(&self, pid: u32) -> ProcessExit {
+        let fact = self
+            .wait_for(
+                Duration::from_secs(5),
+                |p| matches!(p, FactPayload::ProcessExit(e) if e.pid == pid),
+            )
+            .await
+            .unwrap_or_else(|| panic!("no exit fact for pid {pid} within 5 s"));
+        let FactPayload::ProcessExit(exit) = fact.payload else {
+            unreachable!("the predicate matched an exit")
+        };
+        exit
     }
 
     /// Stops the source and returns its result.
