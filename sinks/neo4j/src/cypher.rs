@@ -66,10 +66,14 @@ RETURN c.id AS id, c.kind AS kind,
 /// changes.
 ///
 /// The writer keeps the reference counts of the shared elements (entities, facts, ABOUT,
-/// OWNED_BY, CAUSED) in memory (see `model::Counts`), so a shared element appears in the rows
-/// only when it is created (no current correlation supported it before) or deleted (none does
-/// any more). Relationships are created with `CREATE`: the writer knows they are absent. Nodes
-/// are created with `MERGE`, which costs the same index lookup as the uniqueness check of a
+/// OWNED_BY, CAUSED) in memory (see `model::Counts`), so a shared element is written only when
+/// it is created (no current correlation supported it before) or deleted (none does any more).
+/// New elements are created with the correlation that first needs them, from the nodes its
+/// chain has at hand, rather than looked up again in blocks of their own: each hop merges its
+/// entity; a hop that is the first to cite its fact at its entity also merges the fact and
+/// creates their ABOUT; and each new step is created between the entities of the two hops it
+/// joins. Relationships are created with `CREATE`: the writer knows they are absent. Nodes are
+/// created with `MERGE`, which costs the same index lookup as the uniqueness check of a
 /// `CREATE` and leaves alone a node that something other than the sink's correlations keeps.
 ///
 /// The rows are kept small, because a tick's statements must each fit the driver's write
@@ -85,7 +89,7 @@ RETURN c.id AS id, c.kind AS kind,
 /// server's CPU per tick by about a tenth in the benchmark.
 ///
 /// The blocks and their rows, with `"…"` for a string's index in `$s`; deletions first, then
-/// creations, each in an order that has what a block needs in place:
+/// creations:
 ///
 /// 1. `"id"`: retracted correlations, deleted with their HOP and ROOT_CAUSE relationships.
 /// 2. and 3. `["from", "to", "fact_id"]`: OWNED_BY, then CAUSED steps no chain makes any more.
@@ -93,16 +97,14 @@ RETURN c.id AS id, c.kind AS kind,
 /// 5. `"id"`: facts no hop cites any more, deleted with their ABOUT relationships.
 /// 6. `"id"`: entities no correlation mentions any more, deleted unless something else holds
 ///    them (a relationship the sink did not write).
-/// 7. `"id"`: entities a correlation mentions now and none did before.
-/// 8. `["id", time]`: facts a hop cites now and none did before.
-/// 9. `["id", "kind", "root_cause", "explanation", confidence, [["entity", "fact_id"], …]]`:
-///    new correlations with their ROOT_CAUSE and chain (a hop's `index` is its position; its
-///    time is its fact's, and what it says is on the fact's ABOUT relationship to the hop's
-///    entity).
-/// 10. `["fact", "entity", "what"]`: new ABOUT relationships.
-/// 11. and 12. `["from", "to", "fact_id"]`: new OWNED_BY, then CAUSED steps (what their
-///     evidence says is on the fact's ABOUT relationship to the owned entity, or to the
-///     effect).
+/// 7. `["id", "kind", "root_cause", "explanation", confidence, hops, steps]`: new
+///    correlations with their ROOT_CAUSE and chain (a hop's `index` is its position; its time
+///    is its fact's, and what it says is on the fact's ABOUT relationship to the hop's entity).
+///    A hop is `["entity", "fact_id"]`, or `["entity", "fact_id", time, "what"]` when it
+///    creates the fact's ABOUT to its entity (and the fact, at `time`, if it is new). A step is
+///    `[from, to, "fact_id", type]`: the indexes of the hops it joins, and 0 for OWNED_BY or
+///    1 for CAUSED (what its evidence says is on the fact's ABOUT relationship to the owned
+///    entity, or to the effect).
 pub const APPLY: &str = "\
 CYPHER replan=skip
 MERGE(g:TapioGraph{key:'graph'})ON CREATE SET g.version=0
@@ -121,22 +123,23 @@ MATCH(f:Fact{id:$s[r]})DETACH DELETE f}
 CALL{UNWIND $rows[$at[5]..$at[6]] AS r
 MATCH(e:Entity{id:$s[r]})WHERE NOT(e)--()DELETE e}
 CALL{UNWIND $rows[$at[6]..$at[7]] AS r
-MERGE(e:Entity{id:$s[r]})ON CREATE SET e.kind=split($s[r],'/')[0]}
-CALL{UNWIND $rows[$at[7]..$at[8]] AS r
-MERGE(f:Fact{id:$s[r[0]]})ON CREATE SET f.time=r[1]}
-CALL{UNWIND $rows[$at[8]..$at[9]] AS r
 CREATE(c:Correlation{id:$s[r[0]],kind:$s[r[1]],explanation:$s[r[3]],confidence:r[4],
 since:$time})
-WITH c,r MATCH(x:Entity{id:$s[r[2]]})CREATE(c)-[:ROOT_CAUSE]->(x)
+WITH c,r MERGE(x:Entity{id:$s[r[2]]})ON CREATE SET x.kind=split($s[r[2]],'/')[0]
+CREATE(c)-[:ROOT_CAUSE]->(x)
 WITH c,r UNWIND range(0,size(r[5])-1) AS i
-WITH c,i,r[5][i] AS h MATCH(e:Entity{id:$s[h[0]]})
-CREATE(c)-[:HOP{index:i,fact_id:$s[h[1]]}]->(e)}
-CALL{UNWIND $rows[$at[9]..$at[10]] AS r
-MATCH(f:Fact{id:$s[r[0]]})MATCH(e:Entity{id:$s[r[1]]})CREATE(f)-[:ABOUT{what:$s[r[2]]}]->(e)}
-CALL{UNWIND $rows[$at[10]..$at[11]] AS r
-MATCH(a:Entity{id:$s[r[0]]})MATCH(b:Entity{id:$s[r[1]]})CREATE(a)-[:OWNED_BY{fact_id:$s[r[2]]}]->(b)}
-CALL{UNWIND $rows[$at[11]..$at[12]] AS r
-MATCH(a:Entity{id:$s[r[0]]})MATCH(b:Entity{id:$s[r[1]]})CREATE(a)-[:CAUSED{fact_id:$s[r[2]]}]->(b)}
+WITH c,r,i,r[5][i] AS h MERGE(e:Entity{id:$s[h[0]]})ON CREATE SET e.kind=split($s[h[0]],'/')[0]
+CREATE(c)-[:HOP{index:i,fact_id:$s[h[1]]}]->(e)
+FOREACH(_ IN CASE WHEN size(h)>2 THEN [1] ELSE [] END|
+MERGE(f:Fact{id:$s[h[1]]})ON CREATE SET f.time=h[2]
+CREATE(f)-[:ABOUT{what:$s[h[3]]}]->(e))
+WITH r,collect([i,e]) AS es
+UNWIND r[6] AS l
+WITH l,[p IN es WHERE p[0]=l[0]][0][1] AS a,[p IN es WHERE p[0]=l[1]][0][1] AS b
+FOREACH(_ IN CASE WHEN l[3]=0 THEN [1] ELSE [] END|
+CREATE(a)-[:OWNED_BY{fact_id:$s[l[2]]}]->(b))
+FOREACH(_ IN CASE WHEN l[3]=1 THEN [1] ELSE [] END|
+CREATE(a)-[:CAUSED{fact_id:$s[l[2]]}]->(b))}
 FOREACH(_ IN CASE WHEN $last THEN [1] ELSE [] END|
 MERGE(w:TapioCursor{writer:$writer})SET w.tick=$time,w.updated_at=datetime())
 RETURN version";

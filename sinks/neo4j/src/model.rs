@@ -114,9 +114,14 @@ impl Chain {
     /// Consecutive hops at the same entity (an OOM kill and the exit of the same process) make
     /// no relationship: both facts hang off that entity through `ABOUT`.
     pub fn links(&self) -> Vec<Link> {
-        let mut links = Vec::new();
+        self.steps().into_iter().map(|(_, link)| link).collect()
+    }
+
+    /// [`Chain::links`], each with the index of the hop it starts at (it ends at the next).
+    pub fn steps(&self) -> Vec<(usize, Link)> {
+        let mut steps = Vec::new();
         let mut caused_seen = false;
-        for pair in self.hops.windows(2) {
+        for (index, pair) in self.hops.windows(2).enumerate() {
             let [from, to] = pair else { continue };
             if from.0 == to.0 {
                 continue;
@@ -129,14 +134,17 @@ impl Chain {
                 }
                 CorrelationKind::OomRestart => (LinkType::OwnedBy, from),
             };
-            links.push(Link {
-                from: from.0.clone(),
-                kind,
-                to: to.0.clone(),
-                fact_id: evidence.1.clone(),
-            });
+            steps.push((
+                index,
+                Link {
+                    from: from.0.clone(),
+                    kind,
+                    to: to.0.clone(),
+                    fact_id: evidence.1.clone(),
+                },
+            ));
         }
-        links
+        steps
     }
 
     /// The chain's links, each distinct step once: one correlation supports a step at most

@@ -1,6 +1,6 @@
 //! The transactional writer: one closed tick in, one Neo4j transaction out.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use neo4rs::{ConfigBuilder, Graph, Query, Txn, query};
@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::cypher;
 use crate::error::Neo4jError;
-use crate::model::{Chain, Counts, Delta, Link, LinkType, correlation_id};
+use crate::model::{Chain, Counts, Delta, Link, LinkType, NewCorrelation, correlation_id};
 use crate::wire::{self, Cell};
 
 /// How to reach Neo4j and who is writing.
@@ -383,27 +383,28 @@ fn statements(delta: &Delta, writer: &str, time: i64) -> Result<Vec<wire::Statem
         .filter(|(fact, _)| !facts_gone.contains(fact.as_str()))
         .map(|(fact, entity)| Cell::List(vec![fact.as_str().into(), entity.as_str().into()]))
         .collect();
-    let facts = delta
-        .facts
+    // Each new ABOUT and step is created by the first new correlation that has it; every one
+    // has one, because only added correlations raise a count from zero.
+    let mut about: HashMap<(String, String), &str> = delta
+        .about
         .iter()
-        .map(|fact| Ok(Cell::List(vec![fact.id.as_str().into(), int(fact.time)?])))
-        .collect::<Result<Vec<Cell<'_>>, Neo4jError>>()?;
+        .map(|a| ((a.fact_id.clone(), a.entity.clone()), a.what.as_str()))
+        .collect();
+    let mut steps: HashSet<&Link> = delta.links.iter().collect();
     let correlations = delta
         .added
         .iter()
-        .map(|new| correlation_row(&new.id, &new.correlation))
+        .map(|new| correlation_row(new, &mut about, &mut steps))
         .collect::<Result<Vec<Cell<'_>>, Neo4jError>>()?;
-    let about = delta
-        .about
-        .iter()
-        .map(|about| {
-            Cell::List(vec![
-                about.fact_id.as_str().into(),
-                about.entity.as_str().into(),
-                about.what.as_str().into(),
-            ])
-        })
-        .collect();
+    if !about.is_empty() || !steps.is_empty() {
+        return Err(Neo4jError::BadValue {
+            what: format!(
+                "{} ABOUT relationships and {} steps to create belong to no new correlation",
+                about.len(),
+                steps.len()
+            ),
+        });
+    }
     let blocks = [
         ids(&delta.removed),
         links(&delta.links_gone, LinkType::OwnedBy),
@@ -411,12 +412,7 @@ fn statements(delta: &Delta, writer: &str, time: i64) -> Result<Vec<wire::Statem
         about_gone,
         ids(&delta.facts_gone),
         ids(&delta.entities_gone),
-        ids(&delta.entities),
-        facts,
         correlations,
-        about,
-        links(&delta.links, LinkType::OwnedBy),
-        links(&delta.links, LinkType::Caused),
     ];
     // `bump` and `last` are set per statement when the statements are sent; they are here for
     // their size.
@@ -485,24 +481,50 @@ pub(crate) async fn connect(settings: &Neo4jSettings) -> Result<Graph, Neo4jErro
     }
 }
 
-fn correlation_row<'a>(id: &'a str, correlation: &'a Correlation) -> Result<Cell<'a>, Neo4jError> {
-    let hops = correlation
-        .chain
-        .iter()
-        .map(|hop| {
-            Cell::List(vec![
-                hop.entity.to_string().into(),
-                hop.fact_id.to_string().into(),
-            ])
-        })
-        .collect();
+/// A new correlation's row (see [`cypher::APPLY`], block 7). Its hops and steps take, and
+/// remove, from `about` and `steps` the new ABOUT relationships and steps they are the first
+/// to have.
+fn correlation_row<'a>(
+    new: &'a NewCorrelation,
+    about: &mut HashMap<(String, String), &'a str>,
+    steps: &mut HashSet<&Link>,
+) -> Result<Cell<'a>, Neo4jError> {
+    let correlation = &new.correlation;
+    let chain = Chain::of(correlation);
+    let mut new_steps = Vec::new();
+    for (index, link) in chain.steps() {
+        if steps.remove(&link) {
+            new_steps.push(Cell::List(vec![
+                int(index as u64)?,
+                int(index as u64 + 1)?,
+                Cell::from(link.fact_id),
+                Cell::Int(match link.kind {
+                    LinkType::OwnedBy => 0,
+                    LinkType::Caused => 1,
+                }),
+            ]));
+        }
+    }
+    let mut hops = Vec::with_capacity(correlation.chain.len());
+    for (hop, (entity, fact)) in correlation.chain.iter().zip(chain.hops) {
+        let key = (fact, entity);
+        let what = about.remove(&key);
+        let (fact, entity) = key;
+        let mut row = vec![Cell::from(entity), Cell::from(fact)];
+        if let Some(what) = what {
+            row.push(int(hop.time)?);
+            row.push(what.into());
+        }
+        hops.push(Cell::List(row));
+    }
     Ok(Cell::List(vec![
-        id.into(),
+        new.id.as_str().into(),
         correlation.kind.as_str().into(),
         correlation.root_cause.to_string().into(),
         correlation.explanation.as_str().into(),
         i64::from(correlation.confidence).into(),
         Cell::List(hops),
+        Cell::List(new_steps),
     ]))
 }
 

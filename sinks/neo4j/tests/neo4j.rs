@@ -12,7 +12,7 @@ use neo4rs::{Graph, query};
 use tapio_model::{ClosedBatch, Correlation, CorrelationKind, EntityId, FactId, Hop};
 use tapio_sinks::Sink;
 use tapio_sinks_neo4j::harness::{self, Neo4jServer};
-use tapio_sinks_neo4j::model::correlation_id;
+use tapio_sinks_neo4j::model::{correlation_id, links};
 use tapio_sinks_neo4j::{Neo4jSettings, Neo4jSink};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -253,6 +253,51 @@ async fn reference_dump(graph: &Graph, current: &BTreeSet<Correlation>) -> Vec<S
     dump(graph).await
 }
 
+/// The graph's shared elements as text: entities, facts (with time), ABOUT (with what) and
+/// entity-to-entity steps.
+async fn shared_elements_in(graph: &Graph) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut rows = graph
+        .execute(query(
+            "MATCH (e:Entity) RETURN 'entity ' + e.id AS line
+             UNION ALL MATCH (f:Fact) RETURN 'fact ' + f.id + ' ' + toString(f.time) AS line
+             UNION ALL MATCH (f:Fact)-[a:ABOUT]->(e:Entity)
+               RETURN 'about ' + f.id + ' ' + e.id + ' ' + a.what AS line
+             UNION ALL MATCH (a:Entity)-[l:OWNED_BY|CAUSED]->(b:Entity)
+               RETURN 'step ' + a.id + ' ' + type(l) + ' ' + b.id + ' ' + l.fact_id AS line",
+        ))
+        .await
+        .expect("read shared elements");
+    while let Some(row) = rows.next().await.expect("row") {
+        let line: String = row.get("line").expect("line");
+        assert!(found.insert(line.clone()), "twice in the graph: {line}");
+    }
+    found
+}
+
+/// What the graph must hold of the shared elements for `current`, from the model alone.
+fn expected_shared_elements(current: &BTreeSet<Correlation>) -> BTreeSet<String> {
+    let mut expected = BTreeSet::new();
+    for c in current {
+        expected.insert(format!("entity {}", c.root_cause));
+        for hop in &c.chain {
+            expected.insert(format!("entity {}", hop.entity));
+            expected.insert(format!("fact {} {}", hop.fact_id, hop.time));
+            expected.insert(format!("about {} {} {}", hop.fact_id, hop.entity, hop.what));
+        }
+        for link in links(c) {
+            expected.insert(format!(
+                "step {} {} {} {}",
+                link.from,
+                link.kind.as_str(),
+                link.to,
+                link.fact_id
+            ));
+        }
+    }
+    expected
+}
+
 fn expected_chains(current: &BTreeSet<Correlation>) -> BTreeMap<String, Vec<(String, String)>> {
     current
         .iter()
@@ -282,6 +327,11 @@ async fn random_apply_retract_sequences_leave_the_current_set() {
             correlations_in(&graph).await,
             expected_chains(&current),
             "seed {seed}: correlations and chains"
+        );
+        assert_eq!(
+            shared_elements_in(&graph).await,
+            expected_shared_elements(&current),
+            "seed {seed}: entities, facts, ABOUT and steps, each once"
         );
         let orphans: i64 = graph
             .execute(query(
