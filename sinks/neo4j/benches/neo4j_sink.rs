@@ -399,10 +399,10 @@ const SAME_GRAPH: &str = "\
 CALL{UNWIND $facts AS r MERGE(f:Fact{id:r[0]})ON CREATE SET f.time=r[1]}
 CALL{UNWIND $correlations AS r
 CREATE(c:Correlation{id:r[0],kind:r[1],explanation:r[3],confidence:r[4],since:$time})
-WITH c,r MERGE(x:Entity{id:r[2]})ON CREATE SET x.kind=split(r[2],'/')[0]
+WITH c,r MERGE(x:Entity{id:r[2]})
 CREATE(c)-[:ROOT_CAUSE]->(x)
 WITH c,r UNWIND range(0,size(r[5])-1) AS i
-WITH c,i,r[5][i] AS h MERGE(e:Entity{id:h[0]})ON CREATE SET e.kind=split(h[0],'/')[0]
+WITH c,i,r[5][i] AS h MERGE(e:Entity{id:h[0]})
 CREATE(c)-[:HOP{index:i,fact_id:h[1]}]->(e)}
 CALL{UNWIND $about AS r MATCH(f:Fact{id:r[0]})MATCH(e:Entity{id:r[1]})
 MERGE(f)-[a:ABOUT]->(e)ON CREATE SET a.what=r[2]}

@@ -125,10 +125,10 @@ MATCH(e:Entity{id:$s[r]})WHERE NOT(e)--()DELETE e}
 CALL{UNWIND $rows[$at[6]..$at[7]] AS r
 CREATE(c:Correlation{id:$s[r[0]],kind:$s[r[1]],explanation:$s[r[3]],confidence:r[4],
 since:$time})
-WITH c,r MERGE(x:Entity{id:$s[r[2]]})ON CREATE SET x.kind=split($s[r[2]],'/')[0]
+WITH c,r MERGE(x:Entity{id:$s[r[2]]})
 CREATE(c)-[:ROOT_CAUSE]->(x)
 WITH c,r UNWIND range(0,size(r[5])-1) AS i
-WITH c,r,i,r[5][i] AS h MERGE(e:Entity{id:$s[h[0]]})ON CREATE SET e.kind=split($s[h[0]],'/')[0]
+WITH c,r,i,r[5][i] AS h MERGE(e:Entity{id:$s[h[0]]})
 CREATE(c)-[:HOP{index:i,fact_id:$s[h[1]]}]->(e)
 FOREACH(_ IN CASE WHEN size(h)>2 THEN [1] ELSE [] END|
 MERGE(f:Fact{id:$s[h[1]]})ON CREATE SET f.time=h[2]
