@@ -217,22 +217,19 @@ struct Net {
 
 impl Net {
     fn count(&mut self, correlation: &Correlation, sign: i64) {
-        for hop in &correlation.chain {
-            let entity = hop.entity.to_string();
-            let fact = hop.fact_id.to_string();
+        // Entity and fact ids are formatted once, for the links and the counts.
+        let chain = Chain::of(correlation);
+        for link in chain.links_deduplicated() {
+            *self.links.entry(link).or_insert(0) += sign;
+        }
+        *self.entities.entry(chain.root_cause).or_insert(0) += sign;
+        for (hop, (entity, fact)) in correlation.chain.iter().zip(chain.hops) {
             self.facts.entry(fact.clone()).or_insert((hop.time, 0)).1 += sign;
             self.about
                 .entry((fact, entity.clone()))
                 .or_insert_with(|| (hop.what.to_string(), 0))
                 .1 += sign;
             *self.entities.entry(entity).or_insert(0) += sign;
-        }
-        *self
-            .entities
-            .entry(correlation.root_cause.to_string())
-            .or_insert(0) += sign;
-        for link in Chain::of(correlation).links_deduplicated() {
-            *self.links.entry(link).or_insert(0) += sign;
         }
     }
 }
@@ -289,12 +286,31 @@ impl Counts {
     /// Each correlation counts once per hop for facts and ABOUT, once per mention for entities
     /// and once per distinct step for links.
     pub fn change(&mut self, added: Vec<Correlation>, removed: Vec<Correlation>) -> Delta {
+        let identified = |correlations: Vec<Correlation>| {
+            correlations
+                .into_iter()
+                .map(|correlation| NewCorrelation {
+                    id: correlation_id(&correlation),
+                    correlation,
+                })
+                .collect()
+        };
+        self.change_identified(identified(added), identified(removed))
+    }
+
+    /// [`Counts::change`] for correlations whose ids ([`correlation_id`]) are known already,
+    /// which saves computing them again.
+    pub fn change_identified(
+        &mut self,
+        added: Vec<NewCorrelation>,
+        removed: Vec<NewCorrelation>,
+    ) -> Delta {
         let mut net = Net::default();
-        for correlation in &added {
-            net.count(correlation, 1);
+        for new in &added {
+            net.count(&new.correlation, 1);
         }
-        for correlation in &removed {
-            net.count(correlation, -1);
+        for old in &removed {
+            net.count(&old.correlation, -1);
         }
         let mut delta = Delta::default();
         for (id, (time, change)) in net.facts {
@@ -329,15 +345,12 @@ impl Counts {
                 Moved::Kept => {}
             }
         }
-        delta.removed_relationships = removed.iter().map(|c| c.chain.len() + 1).sum();
-        delta.removed = removed.iter().map(correlation_id).collect();
-        delta.added = added
-            .into_iter()
-            .map(|correlation| NewCorrelation {
-                id: correlation_id(&correlation),
-                correlation,
-            })
-            .collect();
+        delta.removed_relationships = removed
+            .iter()
+            .map(|old| old.correlation.chain.len() + 1)
+            .sum();
+        delta.removed = removed.into_iter().map(|old| old.id).collect();
+        delta.added = added;
         delta
     }
 

@@ -202,11 +202,10 @@ impl Neo4jWriter {
         // The batch's net change of each correlation (the dataflow's batches are consolidated
         // already, so this only guards against a correlation added and removed in one batch),
         // against what the graph holds.
-        let mut net: BTreeMap<u128, (&Correlation, i64)> = BTreeMap::new();
+        let mut net: BTreeMap<u128, (String, &Correlation, i64)> = BTreeMap::new();
         for (correlation, diff) in &batch.changes {
-            net.entry(key(&correlation_id(correlation)))
-                .or_insert((correlation, 0))
-                .1 += diff;
+            let id = correlation_id(correlation);
+            net.entry(key(&id)).or_insert((id, correlation, 0)).2 += diff;
         }
         let Some(state) = self.state.as_mut() else {
             return Err(Neo4jError::GraphChanged {
@@ -216,15 +215,19 @@ impl Neo4jWriter {
         let mut added = Vec::new();
         let mut removed = Vec::new();
         let mut inconsistent = 0;
-        for (key, (correlation, diff)) in net {
+        for (key, (id, correlation, diff)) in net {
+            let identified = || NewCorrelation {
+                id,
+                correlation: correlation.clone(),
+            };
             match (diff.signum(), state.present.contains(&key)) {
                 (0, _) => {}
                 (1, false) => {
-                    added.push(correlation.clone());
+                    added.push(identified());
                     state.present.insert(key);
                 }
                 (-1, true) => {
-                    removed.push(correlation.clone());
+                    removed.push(identified());
                     state.present.remove(&key);
                 }
                 _ => inconsistent += 1,
@@ -232,7 +235,7 @@ impl Neo4jWriter {
         }
         // The state now describes the graph after this batch; should the transaction fail,
         // `apply` drops it and the next attempt reads it again.
-        let delta = state.counts.change(added, removed);
+        let delta = state.counts.change_identified(added, removed);
         let version = state.version;
         let statements = statements(&delta, &self.settings.writer, time)?;
         let count = statements.len();
