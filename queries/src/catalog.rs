@@ -1,5 +1,5 @@
 //! The Cypher text of every question, in one place. Each query reads the graph the Neo4j sink
-//! writes (see the README's "Neo4j" section): `(:Entity {id, kind})`, `(:Fact {id, time})`,
+//! writes (see the README's "Neo4j" section): `(:Entity {id})`, `(:Fact {id, time})`,
 //! `(:Correlation {id, kind, explanation, confidence, since})`, and the relationships
 //! `HOP {index, fact_id}`, `ROOT_CAUSE` (to the correlation's root cause), `ABOUT {what}`,
 //! `OWNED_BY {fact_id}` and `CAUSED {fact_id}`. The time of a piece of evidence is on its `Fact`
@@ -10,7 +10,7 @@
 /// Whether an entity is in the graph. `$entity`.
 pub const ENTITY_EXISTS: &str = "\
 MATCH (e:Entity {id: $entity})
-RETURN e.kind AS kind";
+RETURN split(e.id, '/')[0] AS kind";
 
 /// `why ENTITY`: every current causal correlation whose chain passes through the entity, with
 /// its whole chain and the evidence of each hop; surest and newest first. Ownership chains are
@@ -63,7 +63,7 @@ CALL {
 WITH e, x, how, p WHERE x <> e
 WITH x, how, p ORDER BY length(p), how
 WITH x, collect({how: how, p: p})[0] AS best
-RETURN x.id AS entity, x.kind AS kind, best.how AS how, length(best.p) AS distance,
+RETURN x.id AS entity, split(x.id, '/')[0] AS kind, best.how AS how, length(best.p) AS distance,
        [r IN relationships(best.p) | r.fact_id] AS evidence
 ORDER BY distance, entity";
 

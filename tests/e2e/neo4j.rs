@@ -215,6 +215,11 @@ fn kspan_replay_fills_neo4j_and_every_question_is_answered() {
         ]
     );
     assert_eq!(impacts[0]["evidence"][0], "cri/kind-control-plane/1");
+    // The kind is the first part of the entity id (the graph does not store it separately).
+    assert_eq!(
+        strings(impacts, "kind"),
+        ["container", "pod", "replicaset", "deployment"]
+    );
     let deployment = query_json(&config, &["blast-radius", "deployment/default/px"]);
     let inside = strings(&deployment["impacts"], "entity");
     assert!(inside.contains(&POD.to_string()) && inside.contains(&PROCESS.to_string()));

@@ -6,17 +6,20 @@
 //! - **sink**: relationships written per second by [`Neo4jSink`] (every tick one transaction
 //!   of `UNWIND` statements that also move the cursor), fed as fast as it takes batches;
 //! - **bare**: a bare `UNWIND $rows AS r MERGE (a:Raw {id: r.a}) MERGE (b:Raw {id: r.b}) MERGE
-//!   (a)-[:R]->(b)` loop with exactly as many rows per tick as the sink writes relationships
-//!   in that tick, on a label with the same uniqueness constraint. It runs twice: with all of a
-//!   tick's rows in one statement, and with them split into statements whose messages fit
-//!   neo4rs's 8 KiB write buffer, as the sink does (larger ones wait about 40 ms on the
+//!   (a)-[:R]->(b)` loop with exactly as many rows per tick as the sink creates relationships
+//!   in that tick, on a label with the same uniqueness constraint. The sink keeps its reference
+//!   counts in memory and writes a shared `ABOUT` or entity-to-entity step only in the tick that
+//!   creates it, so that is what both sides count (earlier versions rewrote a shared element's
+//!   `support` in every tick that cited it, and counted each rewrite on both sides). It runs
+//!   twice: with all of a tick's rows in one statement, and with them split into statements
+//!   whose messages fit neo4rs's 8 KiB write buffer, as the sink does (larger ones wait about 40 ms on the
 //!   server's delayed acknowledgement; see the sink's `wire` module). The bare ratio is the
 //!   sink's rate over the faster of the two. The bare loop writes less than the sink: no
 //!   properties, and two nodes per relationship rather than the sink's correlation, fact and
 //!   entity nodes;
 //! - **same graph**: plain `UNWIND … MERGE`/`CREATE` blocks that write the very nodes,
 //!   relationships and properties the sink writes, split like the sink's statements, without
-//!   the sink's bookkeeping (support counts, retraction blocks, string table, cursor). Its
+//!   the sink's bookkeeping (version check, retraction blocks, string table, cursor). Its
 //!   ratio is the cost of that bookkeeping alone;
 //! - **delay**: from handing a closed tick to the sink to its transaction committing, with ticks
 //!   closing every 100 ms (the default tick) and a quarter of the earlier correlations
@@ -43,7 +46,7 @@ use neo4rs::{BoltType, Graph, query};
 use tapio_model::{ClosedBatch, Correlation, CorrelationKind, FactId, Hop};
 use tapio_sinks::Sink;
 use tapio_sinks_neo4j::harness::{self, Neo4jServer};
-use tapio_sinks_neo4j::model::{Delta, LinkType};
+use tapio_sinks_neo4j::model::{Counts, Delta, LinkType};
 use tapio_sinks_neo4j::wire::{MESSAGE_BUDGET, encoded_len};
 use tapio_sinks_neo4j::{Neo4jSettings, Neo4jSink};
 use tokio::sync::mpsc;
@@ -165,16 +168,28 @@ fn add_only_ticks(size: usize) -> Vec<ClosedBatch> {
         .collect()
 }
 
-/// The rows a raw loop writes for the same ticks: one (a, b) pair per relationship the sink
-/// writes in that tick ([`Delta::relationship_writes`]): HOP and ROOT_CAUSE per correlation,
-/// one per ABOUT and per link whose support changes.
-fn raw_rows(ticks: &[ClosedBatch]) -> Vec<Vec<(String, String)>> {
+/// What the sink writes for each of `ticks` (which only add correlations), in order: the
+/// writer's reference counts carry over from tick to tick, so a shared fact, ABOUT or step is
+/// written by the first tick that needs it only.
+fn deltas(ticks: &[ClosedBatch]) -> Vec<Delta> {
+    let mut counts = Counts::default();
     ticks
         .iter()
         .map(|tick| {
             let added = tick.changes.iter().map(|(c, _)| c.clone()).collect();
-            let delta = Delta::build(added, Vec::new());
-            let mut rows = Vec::with_capacity(delta.relationship_writes());
+            counts.change(added, Vec::new())
+        })
+        .collect()
+}
+
+/// The rows a raw loop writes for the same ticks: one (a, b) pair per relationship the sink
+/// creates in that tick ([`Delta::relationships_created`]): HOP and ROOT_CAUSE per correlation,
+/// one per ABOUT and per entity-to-entity step that no earlier tick created.
+fn raw_rows(ticks: &[ClosedBatch]) -> Vec<Vec<(String, String)>> {
+    deltas(ticks)
+        .iter()
+        .map(|delta| {
+            let mut rows = Vec::with_capacity(delta.relationships_created());
             for new in &delta.added {
                 rows.push((new.id.clone(), new.correlation.root_cause.to_string()));
                 for hop in &new.correlation.chain {
@@ -182,10 +197,10 @@ fn raw_rows(ticks: &[ClosedBatch]) -> Vec<Vec<(String, String)>> {
                 }
             }
             for about in &delta.about {
-                rows.push((about.item.fact_id.clone(), about.item.entity.clone()));
+                rows.push((about.fact_id.clone(), about.entity.clone()));
             }
             for link in &delta.links {
-                rows.push((link.item.from.clone(), link.item.to.clone()));
+                rows.push((link.from.clone(), link.to.clone()));
             }
             rows
         })
@@ -378,16 +393,16 @@ async fn raw_run(
 
 /// The same-graph loop's statement: the nodes, relationships and properties the sink writes for
 /// a tick that only adds correlations, with plain `UNWIND … MERGE`/`CREATE` blocks and none of
-/// the sink's bookkeeping (no support counts, no retraction blocks, no string table, no
+/// the sink's bookkeeping (no version check, no retraction blocks, no string table, no
 /// cursor). Rows are lists, as in the sink.
 const SAME_GRAPH: &str = "\
 CALL{UNWIND $facts AS r MERGE(f:Fact{id:r[0]})ON CREATE SET f.time=r[1]}
 CALL{UNWIND $correlations AS r
 CREATE(c:Correlation{id:r[0],kind:r[1],explanation:r[3],confidence:r[4],since:$time})
-WITH c,r MERGE(x:Entity{id:r[2]})ON CREATE SET x.kind=split(r[2],'/')[0]
+WITH c,r MERGE(x:Entity{id:r[2]})
 CREATE(c)-[:ROOT_CAUSE]->(x)
 WITH c,r UNWIND range(0,size(r[5])-1) AS i
-WITH c,i,r[5][i] AS h MERGE(e:Entity{id:h[0]})ON CREATE SET e.kind=split(h[0],'/')[0]
+WITH c,i,r[5][i] AS h MERGE(e:Entity{id:h[0]})
 CREATE(c)-[:HOP{index:i,fact_id:h[1]}]->(e)}
 CALL{UNWIND $about AS r MATCH(f:Fact{id:r[0]})MATCH(e:Entity{id:r[1]})
 MERGE(f)-[a:ABOUT]->(e)ON CREATE SET a.what=r[2]}
@@ -408,16 +423,14 @@ type SameGraphTick = Vec<[Vec<BoltType>; 5]>;
 fn same_graph_statements(ticks: &[ClosedBatch]) -> Vec<(SameGraphTick, u64)> {
     let s = |text: &str| BoltType::from(text);
     let list = |values: Vec<BoltType>| BoltType::from(values);
-    ticks
+    deltas(ticks)
         .iter()
-        .map(|tick| {
-            let added = tick.changes.iter().map(|(c, _)| c.clone()).collect();
-            let delta = Delta::build(added, Vec::new());
+        .map(|delta| {
             let mut blocks: [Vec<BoltType>; 5] = Default::default();
             let mut written = 0u64;
             for fact in &delta.facts {
-                let time = i64::try_from(fact.item.time).expect("time fits");
-                blocks[0].push(list(vec![s(&fact.item.id), time.into()]));
+                let time = i64::try_from(fact.time).expect("time fits");
+                blocks[0].push(list(vec![s(&fact.id), time.into()]));
             }
             for new in &delta.added {
                 let c = &new.correlation;
@@ -441,13 +454,11 @@ fn same_graph_statements(ticks: &[ClosedBatch]) -> Vec<(SameGraphTick, u64)> {
                 ]));
                 written += c.chain.len() as u64 + 1;
             }
-            for about in &delta.about {
-                let item = &about.item;
+            for item in &delta.about {
                 blocks[2].push(list(vec![s(&item.fact_id), s(&item.entity), s(&item.what)]));
                 written += 1;
             }
-            for link in &delta.links {
-                let item = &link.item;
+            for item in &delta.links {
                 let block = match item.kind {
                     LinkType::OwnedBy => 3,
                     LinkType::Caused => 4,

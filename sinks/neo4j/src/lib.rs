@@ -7,10 +7,11 @@
 //! counted, so an element goes only when nothing supports it any more ([`model`]). The same
 //! transaction moves this writer's cursor (`(:TapioCursor {writer, tick})`) to the batch's tick;
 //! a batch at or below the cursor is skipped, so a restart that replays batches writes no
-//! duplicates and leaves no gaps. The writer reads its cursor and which correlations are in the
-//! graph once, at start and again after any failed transaction, and otherwise keeps them in
-//! memory: a tick that only adds correlations reads nothing, one that retracts checks only that
-//! those are still there.
+//! duplicates and leaves no gaps. The writer reads its cursor, the graph's version and the
+//! correlations in the graph once, at start and again after any failed transaction, and
+//! otherwise keeps them in memory, with the reference counts rebuilt from the correlations: a
+//! tick reads nothing, and writes a shared element only when it appears or goes. Writers sharing
+//! a graph take turns on its version node and re-read after another's commit ([`Neo4jWriter`]).
 //!
 //! When Neo4j is slow or down, the sink retries the batch with exponential backoff and logs its
 //! status; batches wait in the bounded channel in front of it, which slows the dataflow down.

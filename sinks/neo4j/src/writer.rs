@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::cypher;
 use crate::error::Neo4jError;
-use crate::model::{Delta, LinkType, correlation_id};
+use crate::model::{Chain, Counts, Delta, Link, LinkType, NewCorrelation, correlation_id};
 use crate::wire::{self, Cell};
 
 /// How to reach Neo4j and who is writing.
@@ -71,13 +71,14 @@ pub struct Applied {
     pub added: usize,
     /// Correlations deleted.
     pub removed: usize,
-    /// Relationships created, deleted or re-counted (see [`Delta::relationship_writes`]).
+    /// Relationships created or deleted (see [`Delta::relationship_writes`]).
     pub relationships: usize,
     /// Changes that disagreed with the graph (adding a correlation already there, removing one
     /// that is not) and were left out.
     pub inconsistent: usize,
-    /// Time spent reading this writer's state (the cursor and which correlations are present)
-    /// before the transaction: only for the first batch and after a failed one, zero otherwise.
+    /// Time spent reading this writer's state (the cursor, the graph's version and the
+    /// correlations present) before the transaction: only for the first batch and after a
+    /// failed one, zero otherwise.
     pub read_time: Duration,
     /// Statements the transaction ran (see `wire`: a large tick is split to fit the driver's
     /// write buffer).
@@ -90,14 +91,19 @@ pub struct Applied {
 
 /// Writes closed ticks into Neo4j, one transaction each, keeping a cursor per writer.
 ///
-/// The writer reads its state (its cursor and which correlations are in the graph) once, before
-/// its first batch, and then keeps it in memory, updated with every transaction it commits.
-/// Any failed transaction (including a commit whose outcome is unknown because the connection
-/// broke) drops that knowledge, and the next attempt reads the state again: if the commit did
-/// go through, the cursor has moved and the batch is skipped. Should someone else (another
-/// writer) add or remove correlations meanwhile, the transaction notices before any support
-/// count is wrong ([`cypher::CHECK_REMOVED`], the uniqueness constraint on correlation ids)
-/// and fails with [`Neo4jError::GraphChanged`], which is retried the same way.
+/// The writer reads its state (its cursor, the graph's version, which correlations are in the
+/// graph and from them the reference counts of the shared elements, see [`Counts`]) once,
+/// before its first batch, and then keeps it in memory, updated with every transaction it
+/// commits. Any failed transaction (including a commit whose outcome is unknown because the
+/// connection broke) drops that knowledge, and the next attempt reads the state again: if the
+/// commit did go through, the cursor has moved and the batch is skipped.
+///
+/// Several writers (with different cursors) may share a graph. Every transaction adds one to
+/// the graph's version under the version node's write lock ([`cypher::APPLY`]); a writer whose
+/// transaction finds the version moved since it last read or wrote the graph knows its counts
+/// may be stale, rolls back and fails with [`Neo4jError::GraphChanged`], which is retried the
+/// same way: it reads the state again, counts included. So writers take turns, and none ever
+/// deletes an element that another's correlations still support.
 pub struct Neo4jWriter {
     graph: Graph,
     settings: Neo4jSettings,
@@ -108,8 +114,12 @@ pub struct Neo4jWriter {
 struct State {
     /// The last tick committed.
     cursor: Option<TimeNs>,
+    /// The graph's version when the writer last read or wrote it (0 if it had none).
+    version: i64,
     /// The correlations in the graph, by [`key`].
     present: HashSet<u128>,
+    /// The reference counts of the shared elements.
+    counts: Counts,
 }
 
 impl Neo4jWriter {
@@ -192,77 +202,70 @@ impl Neo4jWriter {
         // The batch's net change of each correlation (the dataflow's batches are consolidated
         // already, so this only guards against a correlation added and removed in one batch),
         // against what the graph holds.
-        let mut net: BTreeMap<u128, (&Correlation, i64)> = BTreeMap::new();
+        let mut net: BTreeMap<u128, (String, &Correlation, i64)> = BTreeMap::new();
         for (correlation, diff) in &batch.changes {
-            net.entry(key(&correlation_id(correlation)))
-                .or_insert((correlation, 0))
-                .1 += diff;
+            let id = correlation_id(correlation);
+            net.entry(key(&id)).or_insert((id, correlation, 0)).2 += diff;
         }
-        let mut after: HashMap<u128, bool> = HashMap::new();
+        let Some(state) = self.state.as_mut() else {
+            return Err(Neo4jError::GraphChanged {
+                what: "the writer's state was not read".into(),
+            });
+        };
         let mut added = Vec::new();
         let mut removed = Vec::new();
         let mut inconsistent = 0;
-        for (key, (correlation, diff)) in net {
+        for (key, (id, correlation, diff)) in net {
+            let identified = || NewCorrelation {
+                id,
+                correlation: correlation.clone(),
+            };
             match (diff.signum(), state.present.contains(&key)) {
-                (0, _) => continue,
-                (1, false) => added.push(correlation.clone()),
-                (-1, true) => removed.push(correlation.clone()),
-                _ => {
-                    inconsistent += 1;
-                    continue;
+                (0, _) => {}
+                (1, false) => {
+                    added.push(identified());
+                    state.present.insert(key);
                 }
+                (-1, true) => {
+                    removed.push(identified());
+                    state.present.remove(&key);
+                }
+                _ => inconsistent += 1,
             }
-            after.insert(key, diff > 0);
         }
-        let delta = Delta::build(added, removed);
+        // The state now describes the graph after this batch; should the transaction fail,
+        // `apply` drops it and the next attempt reads it again.
+        let delta = state.counts.change_identified(added, removed);
+        let version = state.version;
         let statements = statements(&delta, &self.settings.writer, time)?;
         let count = statements.len();
         let started = Instant::now();
         let mut txn = self.begin().await?;
-        if !delta.removed.is_empty() {
-            let ids = delta.removed.iter().map(|id| id.as_str().into()).collect();
-            for statement in wire::split(cypher::CHECK_REMOVED, &[], [ids]) {
-                if !all_present(&mut txn, statement.query(cypher::CHECK_REMOVED)).await? {
-                    // Dropping the transaction rolls it back (the pool resets the connection).
-                    return Err(Neo4jError::GraphChanged {
-                        what: "a correlation to remove is not in the graph".into(),
-                    });
-                }
-            }
-        }
         for (index, statement) in statements.into_iter().enumerate() {
-            // Only the last statement moves the cursor.
-            let last = index + 1 == count;
-            let query = statement.query(cypher::APPLY).param("last", last);
-            txn.run(query).await.map_err(|error| match &error {
-                neo4rs::Error::Neo4j(failure)
-                    if failure.code() == "Neo.ClientError.Schema.ConstraintValidationFailed" =>
-                {
-                    Neo4jError::GraphChanged {
-                        what: format!(
-                            "a correlation to add is in the graph already: {}",
-                            failure.message()
-                        ),
-                    }
-                }
-                _ => Neo4jError::query("apply", error),
-            })?;
+            // Only the first statement moves the version, and only the last the cursor.
+            let query = statement
+                .query(cypher::APPLY)
+                .param("bump", i64::from(index == 0))
+                .param("last", index + 1 == count);
+            let found = apply_statement(&mut txn, query).await?;
+            if index == 0 && found != Some(version + 1) {
+                // Dropping the transaction rolls it back (the pool resets the connection).
+                return Err(Neo4jError::GraphChanged {
+                    what: format!(
+                        "the graph's version is {} where this writer left it at {version}: \
+                         another writer changed it",
+                        found.map_or_else(|| "missing".to_string(), |v| (v - 1).to_string())
+                    ),
+                });
+            }
         }
         let write_time = started.elapsed();
         let started = Instant::now();
         commit(txn).await?;
         let commit_time = started.elapsed();
-        // The transaction found the correlations it removed and created those it added, so the
-        // graph now holds what the writer knew plus this batch's changes.
         if let Some(state) = self.state.as_mut() {
             state.cursor = Some(batch.time);
-            for (key, present) in after {
-                if present {
-                    state.present.insert(key);
-                } else {
-                    state.present.remove(&key);
-                }
-            }
+            state.version = version + 1;
         }
         Ok(Applied {
             read_time,
@@ -283,9 +286,15 @@ impl Neo4jWriter {
             Some(state) => state,
             None => {
                 let state = self.read_state().await?;
+                let (entities, facts, about, links) = state.counts.len();
                 tracing::debug!(
                     cursor = ?state.cursor,
+                    version = state.version,
                     correlations = state.present.len(),
+                    entities,
+                    facts,
+                    about,
+                    links,
                     "Read the Neo4j writer state."
                 );
                 state
@@ -294,44 +303,63 @@ impl Neo4jWriter {
         Ok(self.state.insert(state))
     }
 
+    /// Reads the state in one transaction, between two reads of the graph's version; equal
+    /// versions mean that no transaction committed meanwhile, so the correlations read are the
+    /// graph at that version. Tried a few times, then reported as [`Neo4jError::GraphChanged`]
+    /// (retried by the sink like any failed transaction).
     async fn read_state(&self) -> Result<State, Neo4jError> {
-        let mut txn = self.begin().await?;
-        let mut cursor = None;
-        let mut rows = txn
-            .execute(query(cypher::READ_CURSOR).param("writer", self.settings.writer.as_str()))
-            .await
-            .map_err(|error| Neo4jError::query("read cursor", error))?;
-        while let Some(row) = rows
-            .next(txn.handle())
-            .await
-            .map_err(|error| Neo4jError::query("read cursor", error))?
-        {
-            cursor = row
-                .get::<Option<i64>>("tick")
-                .map_err(|error| Neo4jError::BadValue {
-                    what: format!("the stored cursor is not an integer: {error}"),
-                })?
-                .and_then(|tick| u64::try_from(tick).ok());
+        const ATTEMPTS: usize = 5;
+        for _ in 0..ATTEMPTS {
+            let mut txn = self.begin().await?;
+            let before = read_version(&mut txn).await?;
+            let mut cursor = None;
+            let mut rows = txn
+                .execute(query(cypher::READ_CURSOR).param("writer", self.settings.writer.as_str()))
+                .await
+                .map_err(|error| Neo4jError::query("read cursor", error))?;
+            while let Some(row) = rows
+                .next(txn.handle())
+                .await
+                .map_err(|error| Neo4jError::query("read cursor", error))?
+            {
+                cursor = row
+                    .get::<Option<i64>>("tick")
+                    .map_err(|error| Neo4jError::BadValue {
+                        what: format!("the stored cursor is not an integer: {error}"),
+                    })?
+                    .and_then(|tick| u64::try_from(tick).ok());
+            }
+            let mut present = HashSet::new();
+            let mut counts = Counts::default();
+            let mut rows = txn
+                .execute(query(cypher::READ_CORRELATIONS))
+                .await
+                .map_err(|error| Neo4jError::query("read correlations", error))?;
+            while let Some(row) = rows
+                .next(txn.handle())
+                .await
+                .map_err(|error| Neo4jError::query("read correlations", error))?
+            {
+                let (id, chain) = chain_of(&row)?;
+                present.insert(key(&id));
+                counts.add(&chain);
+            }
+            let after = read_version(&mut txn).await?;
+            commit(txn).await?;
+            if before == after {
+                return Ok(State {
+                    cursor,
+                    version: before.unwrap_or(0),
+                    present,
+                    counts,
+                });
+            }
         }
-        let mut present = HashSet::new();
-        let mut rows = txn
-            .execute(query(cypher::READ_CORRELATIONS))
-            .await
-            .map_err(|error| Neo4jError::query("read correlations", error))?;
-        while let Some(row) = rows
-            .next(txn.handle())
-            .await
-            .map_err(|error| Neo4jError::query("read correlations", error))?
-        {
-            let id = row
-                .get::<String>("id")
-                .map_err(|error| Neo4jError::BadValue {
-                    what: format!("a correlation id is not a string: {error}"),
-                })?;
-            present.insert(key(&id));
-        }
-        commit(txn).await?;
-        Ok(State { cursor, present })
+        Err(Neo4jError::GraphChanged {
+            what: format!(
+                "other writers changed the graph during each of {ATTEMPTS} reads of its state"
+            ),
+        })
     }
 
     async fn begin(&self) -> Result<Txn, Neo4jError> {
@@ -350,64 +378,74 @@ impl Neo4jWriter {
 /// The tick's rows in the order [`cypher::APPLY`]'s blocks take them, split into statements
 /// that each fit the driver's write buffer (see [`wire`]).
 fn statements(delta: &Delta, writer: &str, time: i64) -> Result<Vec<wire::Statement>, Neo4jError> {
-    let facts = delta
-        .facts
+    // A fact that goes takes its ABOUT relationships with it.
+    let facts_gone: HashSet<&str> = delta.facts_gone.iter().map(String::as_str).collect();
+    let about_gone = delta
+        .about_gone
         .iter()
-        .map(|fact| {
-            Ok(Cell::List(vec![
-                fact.item.id.as_str().into(),
-                int(fact.item.time)?,
-                fact.delta.into(),
-            ]))
-        })
-        .collect::<Result<Vec<Cell<'_>>, Neo4jError>>()?;
+        .filter(|(fact, _)| !facts_gone.contains(fact.as_str()))
+        .map(|(fact, entity)| Cell::List(vec![fact.as_str().into(), entity.as_str().into()]))
+        .collect();
+    // Each new ABOUT and step is created by the first new correlation that has it; every one
+    // has one, because only added correlations raise a count from zero.
+    let mut about: HashMap<(String, String), &str> = delta
+        .about
+        .iter()
+        .map(|a| ((a.fact_id.clone(), a.entity.clone()), a.what.as_str()))
+        .collect();
+    let mut steps: HashSet<&Link> = delta.links.iter().collect();
     let correlations = delta
         .added
         .iter()
-        .map(|new| correlation_row(&new.id, &new.correlation))
+        .map(|new| correlation_row(new, &mut about, &mut steps))
         .collect::<Result<Vec<Cell<'_>>, Neo4jError>>()?;
-    let links = |kind: LinkType| {
-        delta
-            .links
-            .iter()
-            .filter(|link| link.item.kind == kind)
-            .map(|link| {
-                Cell::List(vec![
-                    link.item.from.as_str().into(),
-                    link.item.to.as_str().into(),
-                    link.item.fact_id.as_str().into(),
-                    link.delta.into(),
-                ])
-            })
-            .collect::<Vec<Cell<'_>>>()
-    };
+    if !about.is_empty() || !steps.is_empty() {
+        return Err(Neo4jError::BadValue {
+            what: format!(
+                "{} ABOUT relationships and {} steps to create belong to no new correlation",
+                about.len(),
+                steps.len()
+            ),
+        });
+    }
     let blocks = [
-        facts,
+        ids(&delta.removed),
+        links(&delta.links_gone, LinkType::OwnedBy),
+        links(&delta.links_gone, LinkType::Caused),
+        about_gone,
+        ids(&delta.facts_gone),
+        ids(&delta.entities_gone),
         correlations,
-        delta
-            .about
-            .iter()
-            .map(|about| {
-                Cell::List(vec![
-                    about.item.fact_id.as_str().into(),
-                    about.item.entity.as_str().into(),
-                    about.item.what.as_str().into(),
-                    about.delta.into(),
-                ])
-            })
-            .collect(),
-        links(LinkType::OwnedBy),
-        links(LinkType::Caused),
-        delta.removed.iter().map(|id| id.as_str().into()).collect(),
-        delta.touched.iter().map(|id| id.as_str().into()).collect(),
     ];
-    // `last` is set per statement when the statements are sent; it is here for its size.
+    // `bump` and `last` are set per statement when the statements are sent; they are here for
+    // their size.
     let fixed = [
         ("writer", writer.into()),
         ("time", time.into()),
+        ("bump", 0i64.into()),
         ("last", false.into()),
     ];
     Ok(wire::split(cypher::APPLY, &fixed, blocks))
+}
+
+/// Rows of ids.
+fn ids(ids: &[String]) -> Vec<Cell<'_>> {
+    ids.iter().map(|id| id.as_str().into()).collect()
+}
+
+/// Rows of the entity-to-entity steps of one type: `[from, to, fact_id]`.
+fn links(links: &[Link], kind: LinkType) -> Vec<Cell<'_>> {
+    links
+        .iter()
+        .filter(|link| link.kind == kind)
+        .map(|link| {
+            Cell::List(vec![
+                link.from.as_str().into(),
+                link.to.as_str().into(),
+                link.fact_id.as_str().into(),
+            ])
+        })
+        .collect()
 }
 
 /// Opens a connection pool and checks it with [`cypher::PING`], within the connect timeout.
@@ -446,24 +484,50 @@ pub(crate) async fn connect(settings: &Neo4jSettings) -> Result<Graph, Neo4jErro
     }
 }
 
-fn correlation_row<'a>(id: &'a str, correlation: &'a Correlation) -> Result<Cell<'a>, Neo4jError> {
-    let hops = correlation
-        .chain
-        .iter()
-        .map(|hop| {
-            Cell::List(vec![
-                hop.entity.to_string().into(),
-                hop.fact_id.to_string().into(),
-            ])
-        })
-        .collect();
+/// A new correlation's row (see [`cypher::APPLY`], block 7). Its hops and steps take, and
+/// remove, from `about` and `steps` the new ABOUT relationships and steps they are the first
+/// to have.
+fn correlation_row<'a>(
+    new: &'a NewCorrelation,
+    about: &mut HashMap<(String, String), &'a str>,
+    steps: &mut HashSet<&Link>,
+) -> Result<Cell<'a>, Neo4jError> {
+    let correlation = &new.correlation;
+    let chain = Chain::of(correlation);
+    let mut new_steps = Vec::new();
+    for (index, link) in chain.steps() {
+        if steps.remove(&link) {
+            new_steps.push(Cell::List(vec![
+                int(index as u64)?,
+                int(index as u64 + 1)?,
+                Cell::from(link.fact_id),
+                Cell::Int(match link.kind {
+                    LinkType::OwnedBy => 0,
+                    LinkType::Caused => 1,
+                }),
+            ]));
+        }
+    }
+    let mut hops = Vec::with_capacity(correlation.chain.len());
+    for (hop, (entity, fact)) in correlation.chain.iter().zip(chain.hops) {
+        let key = (fact, entity);
+        let what = about.remove(&key);
+        let (fact, entity) = key;
+        let mut row = vec![Cell::from(entity), Cell::from(fact)];
+        if let Some(what) = what {
+            row.push(int(hop.time)?);
+            row.push(what.into());
+        }
+        hops.push(Cell::List(row));
+    }
     Ok(Cell::List(vec![
-        id.into(),
+        new.id.as_str().into(),
         correlation.kind.as_str().into(),
         correlation.root_cause.to_string().into(),
         correlation.explanation.as_str().into(),
         i64::from(correlation.confidence).into(),
         Cell::List(hops),
+        Cell::List(new_steps),
     ]))
 }
 
@@ -486,25 +550,93 @@ fn int(value: u64) -> Result<Cell<'static>, Neo4jError> {
         })
 }
 
-/// Runs one [`cypher::CHECK_REMOVED`] statement.
-async fn all_present(txn: &mut Txn, query: Query) -> Result<bool, Neo4jError> {
+/// Runs one [`cypher::APPLY`] statement and returns the graph's version it saw.
+async fn apply_statement(txn: &mut Txn, query: Query) -> Result<Option<i64>, Neo4jError> {
+    let failed = |error: neo4rs::Error| match &error {
+        neo4rs::Error::Neo4j(failure)
+            if failure.code() == "Neo.ClientError.Schema.ConstraintValidationFailed" =>
+        {
+            Neo4jError::GraphChanged {
+                what: format!(
+                    "a node to create is in the graph already: {}",
+                    failure.message()
+                ),
+            }
+        }
+        _ => Neo4jError::query("apply", error),
+    };
+    let mut rows = txn.execute(query).await.map_err(failed)?;
+    let mut version = None;
+    while let Some(row) = rows.next(txn.handle()).await.map_err(failed)? {
+        version = row
+            .get::<Option<i64>>("version")
+            .map_err(|error| Neo4jError::BadValue {
+                what: format!("the graph's version is not an integer: {error}"),
+            })?;
+    }
+    Ok(version)
+}
+
+/// Runs [`cypher::READ_VERSION`].
+async fn read_version(txn: &mut Txn) -> Result<Option<i64>, Neo4jError> {
     let mut rows = txn
-        .execute(query)
+        .execute(query(cypher::READ_VERSION))
         .await
-        .map_err(|error| Neo4jError::query("check removed", error))?;
-    let mut present = true;
+        .map_err(|error| Neo4jError::query("read version", error))?;
+    let mut version = None;
     while let Some(row) = rows
         .next(txn.handle())
         .await
-        .map_err(|error| Neo4jError::query("check removed", error))?
+        .map_err(|error| Neo4jError::query("read version", error))?
     {
-        present &= row
-            .get::<bool>("present")
+        version = row
+            .get::<Option<i64>>("version")
             .map_err(|error| Neo4jError::BadValue {
-                what: format!("the check of the correlations to remove: {error}"),
+                what: format!("the graph's version is not an integer: {error}"),
             })?;
     }
-    Ok(present)
+    Ok(version)
+}
+
+/// A [`cypher::READ_CORRELATIONS`] row: the correlation's id and its [`Chain`].
+fn chain_of(row: &neo4rs::Row) -> Result<(String, Chain), Neo4jError> {
+    let bad = |what: &str, error: &dyn std::fmt::Display| Neo4jError::BadValue {
+        what: format!("a correlation in the graph has {what}: {error}"),
+    };
+    let id = row
+        .get::<String>("id")
+        .map_err(|error| bad("an id that is not a string", &error))?;
+    let kind = row
+        .get::<String>("kind")
+        .map_err(|error| bad("a kind that is not a string", &error))?;
+    // Counting a correlation whose kind this writer does not know would get its links wrong,
+    // and deleting a step that correlation still makes would follow: better to stop and say so.
+    let kind = serde_json::from_value(serde_json::Value::String(kind.clone())).map_err(|_| {
+        bad(
+            "a kind this writer does not know",
+            &format!("{kind} ({id})"),
+        )
+    })?;
+    let root = row
+        .get::<Vec<String>>("root")
+        .map_err(|error| bad("a bad ROOT_CAUSE", &error))?;
+    let hops = row
+        .get::<Vec<Vec<String>>>("hops")
+        .map_err(|error| bad("a bad HOP", &error))?;
+    let hops = hops
+        .into_iter()
+        .map(|pair| match <[String; 2]>::try_from(pair) {
+            Ok([entity, fact]) => Ok((entity, fact)),
+            Err(pair) => Err(bad("a HOP without entity or fact id", &format!("{pair:?}"))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let chain = Chain {
+        kind,
+        // A correlation has one root cause; a graph edited by hand may have none.
+        root_cause: root.into_iter().next().unwrap_or_default(),
+        hops,
+    };
+    Ok((id, chain))
 }
 
 async fn run(txn: &mut Txn, statement: &'static str, query: Query) -> Result<(), Neo4jError> {
