@@ -23,7 +23,7 @@
 //!   stores nothing twice.
 
 use bytes::Bytes;
-use tapio_model::Observation;
+use tapio_model::{Observation, TimeNs};
 
 /// Most observations in one message.
 pub const MAX_BATCH_OBSERVATIONS: usize = 256;
@@ -108,6 +108,40 @@ pub struct Batch {
     pub payload: Bytes,
     /// How many observations it holds.
     pub count: u64,
+    /// The earliest event time of its observations ([`Observation::time_ns`]: a heartbeat's
+    /// `upto_ns`).
+    pub earliest_ns: TimeNs,
+    /// The latest event time of its observations.
+    pub latest_ns: TimeNs,
+}
+
+impl Batch {
+    /// The message of a payload read back as it was formed (from the spool), with its time
+    /// range taken from the lines that decode. A payload with no decodable line gets the widest
+    /// range, `0..=u64::MAX`, so that a publisher bounding the time span of what is
+    /// unacknowledged sends it alone.
+    pub fn from_parts(subject: String, id: String, payload: Bytes, count: u64) -> Batch {
+        let mut earliest_ns = TimeNs::MAX;
+        let mut latest_ns = 0;
+        for line in lines(&payload) {
+            if let Ok(observation) = serde_json::from_slice::<Observation>(line) {
+                earliest_ns = earliest_ns.min(observation.time_ns());
+                latest_ns = latest_ns.max(observation.time_ns());
+            }
+        }
+        if earliest_ns > latest_ns {
+            earliest_ns = 0;
+            latest_ns = TimeNs::MAX;
+        }
+        Batch {
+            subject,
+            id,
+            payload,
+            count,
+            earliest_ns,
+            latest_ns,
+        }
+    }
 }
 
 /// Builds a [`Batch`] one observation at a time.
@@ -117,6 +151,8 @@ pub struct BatchBuilder {
     first_id: String,
     payload: Vec<u8>,
     count: u64,
+    earliest_ns: TimeNs,
+    latest_ns: TimeNs,
 }
 
 impl BatchBuilder {
@@ -129,6 +165,8 @@ impl BatchBuilder {
             first_id: message_id(first),
             payload,
             count: 1,
+            earliest_ns: first.time_ns(),
+            latest_ns: first.time_ns(),
         }
     }
 
@@ -150,6 +188,8 @@ impl BatchBuilder {
             return false;
         }
         self.count += 1;
+        self.earliest_ns = self.earliest_ns.min(observation.time_ns());
+        self.latest_ns = self.latest_ns.max(observation.time_ns());
         true
     }
 
@@ -165,6 +205,8 @@ impl BatchBuilder {
             id,
             payload: Bytes::from(self.payload),
             count: self.count,
+            earliest_ns: self.earliest_ns,
+            latest_ns: self.latest_ns,
         }
     }
 }
