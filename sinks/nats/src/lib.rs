@@ -34,6 +34,7 @@
 //! # Ok(()) }
 //! ```
 
+mod json;
 mod spool;
 pub mod stream;
 pub mod wire;

@@ -90,10 +90,12 @@ pub fn message_id(observation: &Observation) -> String {
     }
 }
 
-/// The payload of `observation`: its JSON, as in a recording line.
+/// The payload of `observation`: its JSON, as in a recording line (byte for byte what
+/// `serde_json` writes for it).
 pub fn encode(observation: &Observation) -> Bytes {
-    // Serializing these plain data types cannot fail: no maps with non-string keys, no I/O.
-    Bytes::from(serde_json::to_vec(observation).unwrap_or_default())
+    let mut payload = Vec::with_capacity(256);
+    write(&mut payload, observation);
+    Bytes::from(payload)
 }
 
 /// One message: consecutive observations with the same subject, encoded and with its id fixed.
@@ -212,8 +214,7 @@ impl BatchBuilder {
 }
 
 fn write(buffer: &mut Vec<u8>, observation: &Observation) {
-    // Serializing these plain data types cannot fail: no maps with non-string keys, no I/O.
-    let _ = serde_json::to_writer(&mut *buffer, observation);
+    crate::json::write_observation(buffer, observation);
 }
 
 /// Splits a message payload into its observations' lines.
