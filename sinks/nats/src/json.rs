@@ -14,8 +14,8 @@ use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
 
 use tapio_model::{
-    ConnectOutcome, EntityId, Fact, FactId, FactPayload, FileOp, Observation, OwnerRef,
-    ProcessRef, StateObject,
+    ConnectOutcome, EntityId, Fact, FactId, FactPayload, FileOp, Observation, OwnerRef, ProcessRef,
+    StateObject,
 };
 
 /// Appends the JSON of `observation` to `out`.
@@ -518,9 +518,30 @@ mod tests {
         /// UTF-8.
         fn text(&mut self) -> String {
             const PIECES: &[&str] = &[
-                "a", "kube-system", " ", "/", "\"", "\\", "\n", "\r", "\t", "\u{8}", "\u{c}",
-                "\u{0}", "\u{1}", "\u{1f}", "\u{7f}", "é", "ö", "日本", "🦀", "\u{2028}",
-                "{\"k\":1}", "</script>", "%s", "'",
+                "a",
+                "kube-system",
+                " ",
+                "/",
+                "\"",
+                "\\",
+                "\n",
+                "\r",
+                "\t",
+                "\u{8}",
+                "\u{c}",
+                "\u{0}",
+                "\u{1}",
+                "\u{1f}",
+                "\u{7f}",
+                "é",
+                "ö",
+                "日本",
+                "🦀",
+                "\u{2028}",
+                "{\"k\":1}",
+                "</script>",
+                "%s",
+                "'",
             ];
             let len = self.below(8);
             (0..len)
