@@ -303,6 +303,9 @@ impl Publisher {
         let mut backoff = MIN_BACKOFF;
         let mut next_check = tokio::time::Instant::now();
         let mut stopping = false;
+        // Whether the client still reports events (it does while it exists; without them the
+        // acknowledgement timeout and the connection state still catch a lost connection).
+        let mut events = true;
         self.disconnections.mark_unchanged();
         loop {
             if spooling && ready {
@@ -399,8 +402,10 @@ impl Publisher {
                 // The client lost its connection: what it wrote to the old socket is gone, so
                 // stop handing it messages and spool what is unacknowledged now rather than at
                 // the acknowledgement timeout.
-                changed = self.disconnections.changed(), if ready || !spooling => {
-                    if changed.is_ok() {
+                changed = self.disconnections.changed(), if events && (ready || !spooling) => {
+                    if changed.is_err() {
+                        events = false;
+                    } else {
                         tracing::warn!(unacknowledged = inflight.len(), "Lost the connection to NATS; spooling until it is back.");
                         self.lose_connection(&mut inflight, &mut spool, &mut report, spooling)?;
                         unacked = 0;
