@@ -48,6 +48,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, publish::PublishAck};
 use async_nats::{HeaderMap, connection::State};
 use bytes::Bytes;
+use futures_util::FutureExt;
 use tapio_config::NatsConfig;
 use tapio_model::{Observation, TimeNs};
 use tokio::sync::{mpsc, watch};
@@ -193,29 +194,42 @@ impl Publisher {
         }
     }
 
-    /// A message starting with `first`, filled with what is already queued in `input` (never
-    /// waiting for more) while it has the same subject, fits the caps, holds at most `room`
-    /// observations and no time after `latest_ns`; the first observation that does not fit
-    /// goes to `held`.
+    /// A message starting with `first`, filled from `queued` and then with what is already
+    /// queued in `input` (never waiting for more) while it has the same subject, fits the caps,
+    /// holds at most `room` observations and no time after `latest_ns`; what does not fit stays
+    /// in `queued`, in order.
     fn batch(
         &self,
         first: Observation,
         room: u64,
         latest_ns: TimeNs,
         input: &mut mpsc::Receiver<Observation>,
-        held: &mut Option<Observation>,
+        queued: &mut VecDeque<Observation>,
     ) -> Batch {
         let mut builder = wire::BatchBuilder::new(&self.prefix, &first);
         let mut count = 1;
         while count < room {
-            let Ok(next) = input.try_recv() else {
+            if queued.is_empty() {
+                // Everything the input holds at once (up to a message): the channel releases
+                // the slots, and wakes a sender waiting for one, once per message rather than
+                // once per observation.
+                let want = usize::try_from(room - count)
+                    .unwrap_or(usize::MAX)
+                    .min(wire::MAX_BATCH_OBSERVATIONS);
+                let mut taken = Vec::with_capacity(want);
+                match input.recv_many(&mut taken, want).now_or_never() {
+                    Some(n) if n > 0 => queued.extend(taken),
+                    _ => break,
+                }
+            }
+            let Some(next) = queued.pop_front() else {
                 break;
             };
             if next.time_ns() > latest_ns
                 || !builder.accepts(&self.prefix, &next)
                 || !builder.push(&next)
             {
-                *held = Some(next);
+                queued.push_front(next);
                 break;
             }
             count += 1;
@@ -290,9 +304,9 @@ impl Publisher {
         // Observations in `inflight`, bounded like the messages.
         let mut unacked: u64 = 0;
         let max_unacked = self.max_pending as u64;
-        // An observation taken from the input that did not fit the previous message: the first
-        // of the next.
-        let mut held: Option<Observation> = None;
+        // Observations taken from the input but not yet in a message, in order (what did not
+        // fit the previous message, or was taken with it).
+        let mut queued: VecDeque<Observation> = VecDeque::new();
         // A message read from the spool (with the spool offset after it) that waits for the
         // unacknowledged time span to allow it.
         let mut parked: Option<(Batch, u64)> = None;
@@ -363,8 +377,8 @@ impl Publisher {
             }
             // Publishing directly, the next observation must fit both bounds on what is
             // unacknowledged: the count and the time span.
-            let fits = held
-                .as_ref()
+            let fits = queued
+                .front()
                 .is_none_or(|next| next.time_ns() <= self.latest_allowed(&inflight));
             let accept = input_open
                 && (spooling
@@ -442,7 +456,7 @@ impl Publisher {
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 received = async {
-                    match held.take() {
+                    match queued.pop_front() {
                         Some(observation) => Some(observation),
                         None => input.recv().await,
                     }
@@ -450,14 +464,14 @@ impl Publisher {
                     None => input_open = false,
                     Some(observation) => {
                         if spooling {
-                            let batch = self.batch(observation, u64::MAX, TimeNs::MAX, &mut input, &mut held);
+                            let batch = self.batch(observation, u64::MAX, TimeNs::MAX, &mut input, &mut queued);
                             spool_one(&mut spool, &batch, &mut report)?;
                         } else if observation.time_ns() > self.latest_allowed(&inflight) {
                             // Taken from the input but beyond the span: it waits for
                             // acknowledgements.
-                            held = Some(observation);
+                            queued.push_front(observation);
                         } else if self.client.connection_state() != State::Connected {
-                            held = Some(observation);
+                            queued.push_front(observation);
                             tracing::warn!(unacknowledged = inflight.len(), "Not connected to NATS; spooling until it is back.");
                             self.lose_connection(&mut inflight, &mut spool, &mut report, spooling)?;
                             unacked = 0;
@@ -470,7 +484,7 @@ impl Publisher {
                             // unacknowledged observations (`accept` checked that some is).
                             let room = max_unacked - unacked;
                             let latest = self.latest_allowed(&inflight);
-                            let batch = self.batch(observation, room, latest, &mut input, &mut held);
+                            let batch = self.batch(observation, room, latest, &mut input, &mut queued);
                             let ack = self.publish(&batch).await;
                             unacked += batch.count;
                             inflight.push_back(InFlight { ack, batch, spool_end: None });
