@@ -126,6 +126,15 @@ impl NatsServer {
         }
     }
 
+    /// Kills the server (SIGKILL: what it has not read from its sockets is lost) and waits for
+    /// it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops the server gracefully (SIGTERM) and waits for it to exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -567,6 +567,20 @@ fn main() -> Result<()> {
         .map(|seq| exec(seq, base + seq * 1_000))
         .collect();
     let size: usize = observations.iter().map(|o| wire::encode(o).len()).sum();
+    // Encoding alone, single-threaded: Tapio's encoder against serde_json on the same
+    // observations (ns per observation, best of three passes each).
+    let encode_ns = |encode: &dyn Fn(&Observation) -> usize| {
+        (0..3)
+            .map(|_| {
+                let started = Instant::now();
+                let bytes: usize = observations.iter().map(encode).sum();
+                assert_eq!(bytes, size, "both encoders write the same bytes");
+                started.elapsed().as_nanos() as f64 / messages as f64
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let tapio_encode_ns = encode_ns(&|o| wire::encode(o).len());
+    let serde_encode_ns = encode_ns(&|o| serde_json::to_vec(o).map_or(0, |bytes| bytes.len()));
     let tapio_config = config(&server.url(), "TAPIO", "tapio.observations", &dir);
     let pending = tapio_config.max_pending_publishes;
     runtime.block_on(async {
@@ -623,6 +637,9 @@ fn main() -> Result<()> {
         println!(
             "| ratio tapio / bare one per message (the issue's original row) | {:.2} |",
             tapio_rate / bare_rate
+        );
+        println!(
+            "| encoding one observation to JSON, Tapio's encoder / serde_json | {tapio_encode_ns:.0} ns / {serde_encode_ns:.0} ns |"
         );
         let row = |what: &str, sorted: &[u64]| {
             println!(

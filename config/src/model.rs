@@ -476,6 +476,14 @@ pub struct NatsConfig {
     /// NATS as unreachable and spools, `10ms..=1m`. Written as a humantime string. Default: `2s`.
     #[serde(with = "humantime_str")]
     pub publish_timeout: Duration,
+    /// Widest event-time span a node agent keeps unacknowledged, `0s..=1h`: an observation is
+    /// handed to the client only while its time (a heartbeat's `upto`) is at most the earliest
+    /// unacknowledged observation's time plus this span. A lost connection can reorder only
+    /// what is unacknowledged, so keep it below the correlation job's
+    /// `correlation.engine.lateness` and a reconnect never makes a fact late. Written as a
+    /// humantime string. Default: `500ms` (a quarter of the default lateness).
+    #[serde(with = "humantime_str")]
+    pub max_unacknowledged_span: Duration,
     /// File where a node agent keeps observations while NATS is unreachable; drained in order
     /// when NATS is back. Must not be empty. Default: `/var/lib/tapio/nats-spool.jsonl`.
     pub spool_path: String,
@@ -507,6 +515,9 @@ impl Default for NatsConfig {
             max_pending_publishes: 1024,
             // Far above a healthy ack round trip, short enough to start spooling quickly.
             publish_timeout: Duration::from_secs(2),
+            // Well inside the default lateness of 2 s, and wide enough for thousands of
+            // messages of a busy node per acknowledgement round trip.
+            max_unacknowledged_span: Duration::from_millis(500),
             // The conventional state directory of a system daemon.
             spool_path: "/var/lib/tapio/nats-spool.jsonl".to_owned(),
             // Hours of a busy node's observations, small against a node's disk.

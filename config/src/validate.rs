@@ -258,6 +258,12 @@ pub(crate) fn validate(config: &TapioConfig) -> Result<(), ConfigError> {
         Duration::from_millis(10),
         Duration::from_secs(60),
     )?;
+    duration_in(
+        "integrations.nats.max_unacknowledged_span",
+        nats.max_unacknowledged_span,
+        Duration::ZERO,
+        HOUR,
+    )?;
     if nats.spool_path.trim().is_empty() {
         return Err(invalid("integrations.nats.spool_path", "must not be empty"));
     }

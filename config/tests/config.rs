@@ -108,6 +108,7 @@ fn defaults_have_the_documented_values() {
     assert_eq!(nats.consumer, "tapio-correlation");
     assert_eq!(nats.max_pending_publishes, 1024);
     assert_eq!(nats.publish_timeout, Duration::from_secs(2));
+    assert_eq!(nats.max_unacknowledged_span, Duration::from_millis(500));
     assert_eq!(nats.spool_path, "/var/lib/tapio/nats-spool.jsonl");
     assert_eq!(nats.spool_max_bytes, 1 << 30);
 }
@@ -151,6 +152,7 @@ fn to_yaml_writes_every_key_and_durations_as_humantime() {
         "consumer:",
         "max_pending_publishes:",
         "publish_timeout: 2s",
+        "max_unacknowledged_span: 500ms",
         "spool_path:",
         "spool_max_bytes:",
     ] {
@@ -626,6 +628,12 @@ const RULES: &[(&str, &str, &str, Option<&str>)] = &[
         "publish_timeout: 2s",
         "publish_timeout: 5m",
         "integrations.nats.publish_timeout",
+        None,
+    ),
+    (
+        "max_unacknowledged_span: 500ms",
+        "max_unacknowledged_span: 2h",
+        "integrations.nats.max_unacknowledged_span",
         None,
     ),
     (

@@ -1,7 +1,8 @@
 //! The NATS JetStream transport against a real `nats-server`: node agent → JetStream →
 //! correlation job, and replays of the stream, give exactly the correlations of replaying the
 //! recording directly, with and without faults (NATS restarted mid-run, the correlation job
-//! killed and restarted, NATS down when the agent starts, a malformed message on the subject).
+//! killed and restarted, NATS down when the agent starts, a malformed message on the subject),
+//! and a lost connection stores no fact behind a heartbeat beyond the lateness bound.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -10,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tapio_model::recording::RecordingWriter;
-use tapio_model::{Heartbeat, Observation};
+use tapio_model::{Fact, FactId, FactPayload, Heartbeat, Observation, ProcessExit};
 use tapio_sinks_nats::{Publisher, PublisherReport};
 use tapio_sources::SourceStats;
 use tapio_sources_nats::{DurableReader, NatsEndpoint};
@@ -689,5 +690,113 @@ fn a_spooled_batch_keeps_its_id_so_a_re_publish_stores_nothing_twice() {
         "{report:?}"
     );
     assert_eq!(runtime().block_on(stream_messages(&nats.url())), 4);
+    std::fs::remove_dir_all(dir).expect("clean scratch dir");
+}
+
+/// A fact of the agent's kernel source with sequence number `seq` at `time_ns`.
+fn exit_fact(seq: u64, time_ns: u64) -> Observation {
+    Observation::Fact(Fact {
+        id: FactId::new("kernel", "agent-1", seq),
+        time_ns,
+        payload: FactPayload::ProcessExit(ProcessExit {
+            pid: 7,
+            start_ns: time_ns - 1_000_000,
+            comm: "sh".into(),
+            exit_code: 0,
+            signal: 0,
+            container_id: None,
+        }),
+    })
+}
+
+/// Every observation in the stream, in stream order.
+async fn stream_observations(url: &str) -> Vec<Observation> {
+    let client = async_nats::connect(url).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("TAPIO").await.expect("stream");
+    let last = stream.info().await.expect("info").state.last_sequence;
+    let mut observations = Vec::new();
+    for sequence in 1..=last {
+        let message = stream.get_raw_message(sequence).await.expect("message");
+        for line in tapio_sinks_nats::wire::lines(&message.payload) {
+            observations.push(serde_json::from_slice(line).expect("an observation"));
+        }
+    }
+    observations
+}
+
+#[test]
+fn a_lost_connection_stores_no_fact_behind_a_heartbeat_beyond_the_lateness() {
+    // Event time runs 10 ms per step, two observations (a fact, then a heartbeat promising
+    // its time) per step, 20 steps per millisecond of wall-clock time: 1024 unacknowledged
+    // observations would span 5 s of event time, far beyond the lateness of 2 s.
+    const STEPS: u64 = 40_000;
+    const STEP_NS: u64 = 10_000_000;
+    const LATENESS_NS: u64 = 2_000_000_000;
+    const START_NS: u64 = 1_767_225_600_000_000_000;
+    let mut nats = NatsServer::start("lost-connection");
+    let dir = scratch("nats-lost-connection");
+    let config = nats_config(&nats.url(), &dir.join("agent.spool"));
+    let publishing = std::thread::spawn(move || {
+        runtime().block_on(async {
+            let publisher = Publisher::connect(&config).await.expect("client");
+            let (tx, rx) = mpsc::channel(1024);
+            let run = tokio::spawn(publisher.run(rx, CancellationToken::new()));
+            let started = tokio::time::Instant::now();
+            for step in 0..STEPS {
+                if step % 20 == 0 {
+                    tokio::time::sleep_until(started + Duration::from_millis(step / 20)).await;
+                }
+                let time_ns = START_NS + step * STEP_NS;
+                tx.send(exit_fact(step, time_ns)).await.expect("queue");
+                tx.send(beat(time_ns)).await.expect("queue");
+            }
+            drop(tx);
+            run.await.expect("publisher task").expect("publisher")
+        })
+    });
+    // While observations stream in, the server stops reading for 5 ms (what the agent writes
+    // meanwhile, fewer than `max_pending_publishes` observations, waits in the sockets), then
+    // dies: those messages are lost and must be re-published, while an agent that keeps handing
+    // messages to the disconnected client has them sent ahead when it reconnects. Without the
+    // bound on the unacknowledged span this stored 100-140 facts up to 5.1 s behind.
+    std::thread::sleep(Duration::from_millis(700));
+    let pid = nats.pid().expect("running").to_string();
+    let stopped = Command::new("kill").args(["-STOP", &pid]).status();
+    assert!(stopped.expect("kill -STOP").success());
+    std::thread::sleep(Duration::from_millis(5));
+    nats.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    nats.restart();
+    let report = publishing.join().expect("publishing thread");
+    assert!(report.spooled > 0, "the agent spooled: {report:?}");
+    assert_eq!((report.dropped, report.errors), (0, 0), "{report:?}");
+
+    let observations = runtime().block_on(stream_observations(&nats.url()));
+    let mut seen = vec![false; STEPS as usize];
+    let mut promised = 0;
+    let mut late = Vec::new();
+    for observation in &observations {
+        match observation {
+            Observation::Heartbeat(beat) => promised = promised.max(beat.upto_ns),
+            Observation::Fact(fact) => {
+                let seq = usize::try_from(fact.id.seq).expect("seq");
+                assert!(!seen[seq], "fact {seq} stored twice");
+                seen[seq] = true;
+                if promised > fact.time_ns + LATENESS_NS {
+                    late.push((seq, promised - fact.time_ns));
+                }
+            }
+            Observation::State(_) => panic!("no state updates were published"),
+        }
+    }
+    assert!(seen.iter().all(|seen| *seen), "every fact is stored");
+    assert!(
+        late.is_empty(),
+        "{} facts stored behind a heartbeat more than the lateness after them, e.g. (seq, ns \
+         behind) {:?}",
+        late.len(),
+        &late[..late.len().min(5)]
+    );
     std::fs::remove_dir_all(dir).expect("clean scratch dir");
 }

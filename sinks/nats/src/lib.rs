@@ -9,10 +9,10 @@
 //! [`wire::MAX_BATCH_OBSERVATIONS`] observations and [`wire::MAX_BATCH_BYTES`] bytes, and
 //! publishes each with a `Nats-Msg-Id` fixed when the message is formed, for server-side
 //! de-duplication ([`wire`] documents the format). It keeps at most `max_pending_publishes`
-//! observations unacknowledged (so a lost connection, which can reorder what is
-//! unacknowledged, reorders no more than with one observation per message). When NATS is
-//! unreachable (not connected, or a publish is not acknowledged within `publish_timeout`)
-//! messages go whole, in order, to a bounded spool file;
+//! observations unacknowledged, spanning at most `max_unacknowledged_span` of event time (see
+//! [`Publisher::run`] for why this bounds what a lost connection can reorder). When NATS is
+//! unreachable (the client reports the connection lost, or a publish is not acknowledged
+//! within `publish_timeout`) messages go whole, in order, to a bounded spool file;
 //! when NATS is back the spool is drained in order, each message unchanged, before anything new
 //! is published, and the client reconnects with a capped exponential backoff. Nothing is lost
 //! and nothing is stored twice: unacknowledged publishes are re-sent from the spool with their
@@ -34,6 +34,7 @@
 //! # Ok(()) }
 //! ```
 
+mod json;
 mod spool;
 pub mod stream;
 pub mod wire;
@@ -47,9 +48,10 @@ use std::time::Duration;
 use async_nats::jetstream::{self, publish::PublishAck};
 use async_nats::{HeaderMap, connection::State};
 use bytes::Bytes;
+use futures_util::FutureExt;
 use tapio_config::NatsConfig;
-use tapio_model::Observation;
-use tokio::sync::mpsc;
+use tapio_model::{Observation, TimeNs};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use spool::SpoolError;
@@ -104,6 +106,9 @@ pub struct Publisher {
     prefix: String,
     max_pending: usize,
     timeout: Duration,
+    span_ns: TimeNs,
+    /// Counts the client's reports of a lost connection.
+    disconnections: watch::Receiver<u64>,
     spool_path: PathBuf,
     spool_max_bytes: u64,
 }
@@ -130,8 +135,18 @@ impl Publisher {
     /// # Errors
     /// When the URL or options are unusable.
     pub async fn connect(config: &NatsConfig) -> Result<Publisher, PublisherError> {
+        let (disconnected, disconnections) = watch::channel(0u64);
+        let disconnected = std::sync::Arc::new(disconnected);
         let client = async_nats::ConnectOptions::new()
             .name("tapio-agent")
+            .event_callback(move |event| {
+                let disconnected = std::sync::Arc::clone(&disconnected);
+                async move {
+                    if matches!(event, async_nats::Event::Disconnected) {
+                        disconnected.send_modify(|count| *count += 1);
+                    }
+                }
+            })
             .retry_on_initial_connect()
             .max_reconnects(None)
             .reconnect_delay_callback(|attempts| {
@@ -154,6 +169,8 @@ impl Publisher {
             prefix: config.subject_prefix.clone(),
             max_pending: config.max_pending_publishes,
             timeout: config.publish_timeout,
+            span_ns: u64::try_from(config.max_unacknowledged_span.as_nanos()).unwrap_or(u64::MAX),
+            disconnections,
             spool_path: PathBuf::from(&config.spool_path),
             spool_max_bytes: config.spool_max_bytes,
         })
@@ -177,24 +194,42 @@ impl Publisher {
         }
     }
 
-    /// A message starting with `first`, filled with what is already queued in `input` (never
-    /// waiting for more) while it has the same subject, fits the caps and holds at most `room`
-    /// observations; the first observation that does not fit goes to `held`.
+    /// A message starting with `first`, filled from `queued` and then with what is already
+    /// queued in `input` (never waiting for more) while it has the same subject, fits the caps,
+    /// holds at most `room` observations and no time after `latest_ns`; what does not fit stays
+    /// in `queued`, in order.
     fn batch(
         &self,
         first: Observation,
         room: u64,
+        latest_ns: TimeNs,
         input: &mut mpsc::Receiver<Observation>,
-        held: &mut Option<Observation>,
+        queued: &mut VecDeque<Observation>,
     ) -> Batch {
         let mut builder = wire::BatchBuilder::new(&self.prefix, &first);
         let mut count = 1;
         while count < room {
-            let Ok(next) = input.try_recv() else {
+            if queued.is_empty() {
+                // Everything the input holds at once (up to a message): the channel releases
+                // the slots, and wakes a sender waiting for one, once per message rather than
+                // once per observation.
+                let want = usize::try_from(room - count)
+                    .unwrap_or(usize::MAX)
+                    .min(wire::MAX_BATCH_OBSERVATIONS);
+                let mut taken = Vec::with_capacity(want);
+                match input.recv_many(&mut taken, want).now_or_never() {
+                    Some(n) if n > 0 => queued.extend(taken),
+                    _ => break,
+                }
+            }
+            let Some(next) = queued.pop_front() else {
                 break;
             };
-            if !builder.accepts(&self.prefix, &next) || !builder.push(&next) {
-                *held = Some(next);
+            if next.time_ns() > latest_ns
+                || !builder.accepts(&self.prefix, &next)
+                || !builder.push(&next)
+            {
+                queued.push_front(next);
                 break;
             }
             count += 1;
@@ -214,6 +249,8 @@ impl Publisher {
                     id: wire::message_id(&observation),
                     payload: Bytes::from(line),
                     count: 1,
+                    earliest_ns: observation.time_ns(),
+                    latest_ns: observation.time_ns(),
                 })
             }
             spool::Spooled::Batch {
@@ -221,12 +258,7 @@ impl Publisher {
                 id,
                 payload,
                 count,
-            } => Ok(Batch {
-                subject,
-                id,
-                payload: Bytes::from(payload),
-                count,
-            }),
+            } => Ok(Batch::from_parts(subject, id, Bytes::from(payload), count)),
             spool::Spooled::Torn { problem } => Err(problem),
         }
     }
@@ -235,10 +267,31 @@ impl Publisher {
     /// acknowledgements and drains the spool. After `shutdown` is cancelled it stops as soon as
     /// NATS is unreachable, leaving what is unpublished in the spool for the next start.
     ///
+    /// # Order after a lost connection
+    ///
+    /// When the connection drops, what the client had written to the old socket is lost, while
+    /// what still waits in its command buffer is sent to the new connection; the lost messages
+    /// come back later from the spool. So a message `X` can be stored before an earlier message
+    /// `Y`. Two rules keep that harmless for the dataflow, whose input waits `lateness` behind
+    /// the heartbeats:
+    ///
+    /// - a message is handed to the client only while the client reports itself connected, and
+    ///   the client's report of a lost connection (not only a missed acknowledgement) sends
+    ///   everything unacknowledged to the spool at once, so little waits in the client's buffer;
+    /// - a message is handed to the client only while its latest time is at most the earliest
+    ///   time of the unacknowledged observations plus `max_unacknowledged_span`.
+    ///
+    /// `Y` is unacknowledged when `X` is handed over: unacknowledged messages leave the window
+    /// only by acknowledgement (then `Y` was stored first) or by going to the spool, which is
+    /// drained in order before anything new is handed over (so `Y` is handed over again first).
+    /// Hence every observation of `X`, heartbeats included, is at most
+    /// `max_unacknowledged_span` after every observation of `Y`, and with that span below the
+    /// lateness no heartbeat stored before `Y` moves the dataflow's input past a fact of `Y`.
+    ///
     /// # Errors
     /// When the spool file cannot be used or the stream does not match the configuration.
     pub async fn run(
-        self,
+        mut self,
         mut input: mpsc::Receiver<Observation>,
         shutdown: CancellationToken,
     ) -> Result<PublisherReport, PublisherError> {
@@ -248,15 +301,15 @@ impl Publisher {
             tracing::info!(spool = %self.spool_path.display(), bytes = spool.len(), "Draining the spool left by an earlier run.");
         }
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
-        // Observations in `inflight`. Bounded like the messages: a lost connection can reorder
-        // what was unacknowledged (the client re-sends its buffer to the new server while the
-        // rest is re-published from the spool), and this keeps that window, counted in
-        // observations, as small as with one observation per message.
+        // Observations in `inflight`, bounded like the messages.
         let mut unacked: u64 = 0;
         let max_unacked = self.max_pending as u64;
-        // An observation taken from the input that did not fit the previous message: the first
-        // of the next.
-        let mut held: Option<Observation> = None;
+        // Observations taken from the input but not yet in a message, in order (what did not
+        // fit the previous message, or was taken with it).
+        let mut queued: VecDeque<Observation> = VecDeque::new();
+        // A message read from the spool (with the spool offset after it) that waits for the
+        // unacknowledged time span to allow it.
+        let mut parked: Option<(Batch, u64)> = None;
         // Everything goes through the spool until the stream is known to be usable.
         let mut spooling = true;
         let mut ready = false;
@@ -264,30 +317,53 @@ impl Publisher {
         let mut backoff = MIN_BACKOFF;
         let mut next_check = tokio::time::Instant::now();
         let mut stopping = false;
+        // Whether the client still reports events (it does while it exists; without them the
+        // acknowledgement timeout and the connection state still catch a lost connection).
+        let mut events = true;
+        self.disconnections.mark_unchanged();
         loop {
             if spooling && ready {
                 while inflight.len() < self.max_pending && unacked < max_unacked {
-                    let Some((spooled, end)) = spool.next()? else {
-                        break;
+                    let (batch, end) = match parked.take() {
+                        Some(parked) => parked,
+                        None => {
+                            let Some((spooled, end)) = spool.next()? else {
+                                break;
+                            };
+                            match self.unspool(spooled) {
+                                Ok(batch) => (batch, end),
+                                Err(error) => {
+                                    report.errors += 1;
+                                    spool.commit(end);
+                                    tracing::warn!(spool = %self.spool_path.display(), error = %error, "Skipped an unreadable spooled message.");
+                                    continue;
+                                }
+                            }
+                        }
                     };
-                    match self.unspool(spooled) {
-                        Ok(batch) => {
-                            let ack = self.publish(&batch).await;
-                            unacked += batch.count;
-                            inflight.push_back(InFlight {
-                                ack,
-                                batch,
-                                spool_end: Some(end),
-                            });
-                        }
-                        Err(error) => {
-                            report.errors += 1;
-                            spool.commit(end);
-                            tracing::warn!(spool = %self.spool_path.display(), error = %error, "Skipped an unreadable spooled message.");
-                        }
+                    if batch.latest_ns > self.latest_allowed(&inflight) {
+                        parked = Some((batch, end));
+                        break;
                     }
+                    if self.client.connection_state() != State::Connected {
+                        // This message and the unacknowledged ones are read again from the
+                        // spool once NATS is back.
+                        self.lose_connection(&mut inflight, &mut spool, &mut report, spooling)?;
+                        unacked = 0;
+                        ready = false;
+                        next_check = tokio::time::Instant::now() + backoff;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        break;
+                    }
+                    let ack = self.publish(&batch).await;
+                    unacked += batch.count;
+                    inflight.push_back(InFlight {
+                        ack,
+                        batch,
+                        spool_end: Some(end),
+                    });
                 }
-                if spool.exhausted() && inflight.is_empty() {
+                if ready && parked.is_none() && spool.exhausted() && inflight.is_empty() {
                     spool.clear()?;
                     spooling = false;
                     tracing::debug!("Spool drained; publishing directly.");
@@ -299,8 +375,14 @@ impl Publisher {
             if stopping && !input_open && !ready {
                 break;
             }
+            // Publishing directly, the next observation must fit both bounds on what is
+            // unacknowledged: the count and the time span.
+            let fits = queued
+                .front()
+                .is_none_or(|next| next.time_ns() <= self.latest_allowed(&inflight));
             let accept = input_open
-                && (spooling || (inflight.len() < self.max_pending && unacked < max_unacked));
+                && (spooling
+                    || (inflight.len() < self.max_pending && unacked < max_unacked && fits));
             tokio::select! {
                 biased;
                 result = async { inflight.front_mut().expect("checked non-empty").ack.as_mut().await }, if !inflight.is_empty() => {
@@ -321,20 +403,31 @@ impl Publisher {
                         }
                         Err(error) => {
                             tracing::warn!(error = %error, unacknowledged = inflight.len(), "NATS did not acknowledge a publish; spooling until it is back.");
-                            if spooling {
-                                spool.rewind()?;
-                            } else {
-                                for pending in inflight.iter() {
-                                    spool_one(&mut spool, &pending.batch, &mut report)?;
-                                }
-                            }
-                            inflight.clear();
+                            self.lose_connection(&mut inflight, &mut spool, &mut report, spooling)?;
                             unacked = 0;
+                            parked = None;
                             spooling = true;
                             ready = false;
                             next_check = tokio::time::Instant::now() + backoff;
                             backoff = (backoff * 2).min(MAX_BACKOFF);
                         }
+                    }
+                }
+                // The client lost its connection: what it wrote to the old socket is gone, so
+                // stop handing it messages and spool what is unacknowledged now rather than at
+                // the acknowledgement timeout.
+                changed = self.disconnections.changed(), if events && (ready || !spooling) => {
+                    if changed.is_err() {
+                        events = false;
+                    } else {
+                        tracing::warn!(unacknowledged = inflight.len(), "Lost the connection to NATS; spooling until it is back.");
+                        self.lose_connection(&mut inflight, &mut spool, &mut report, spooling)?;
+                        unacked = 0;
+                        parked = None;
+                        spooling = true;
+                        ready = false;
+                        next_check = tokio::time::Instant::now() + backoff;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
                 }
                 // Before the input: a steady input must not starve the reconnection check.
@@ -344,6 +437,8 @@ impl Publisher {
                             Ok(_) => {
                                 ready = true;
                                 spool.rewind()?;
+                                parked = None;
+                                self.disconnections.mark_unchanged();
                                 if spool.len() > 0 {
                                     tracing::info!(bytes = spool.len(), "NATS is reachable; draining the spool.");
                                 }
@@ -361,20 +456,35 @@ impl Publisher {
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 received = async {
-                    match held.take() {
+                    match queued.pop_front() {
                         Some(observation) => Some(observation),
                         None => input.recv().await,
                     }
                 }, if accept => match received {
                     None => input_open = false,
                     Some(observation) => {
-                        // Publishing, the message may take only what is left of the bound on
-                        // unacknowledged observations (`accept` checked that some is).
-                        let room = if spooling { u64::MAX } else { max_unacked - unacked };
-                        let batch = self.batch(observation, room, &mut input, &mut held);
                         if spooling {
+                            let batch = self.batch(observation, u64::MAX, TimeNs::MAX, &mut input, &mut queued);
                             spool_one(&mut spool, &batch, &mut report)?;
+                        } else if observation.time_ns() > self.latest_allowed(&inflight) {
+                            // Taken from the input but beyond the span: it waits for
+                            // acknowledgements.
+                            queued.push_front(observation);
+                        } else if self.client.connection_state() != State::Connected {
+                            queued.push_front(observation);
+                            tracing::warn!(unacknowledged = inflight.len(), "Not connected to NATS; spooling until it is back.");
+                            self.lose_connection(&mut inflight, &mut spool, &mut report, spooling)?;
+                            unacked = 0;
+                            spooling = true;
+                            ready = false;
+                            next_check = tokio::time::Instant::now() + backoff;
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
                         } else {
+                            // The message may take only what is left of the bound on
+                            // unacknowledged observations (`accept` checked that some is).
+                            let room = max_unacked - unacked;
+                            let latest = self.latest_allowed(&inflight);
+                            let batch = self.batch(observation, room, latest, &mut input, &mut queued);
                             let ack = self.publish(&batch).await;
                             unacked += batch.count;
                             inflight.push_back(InFlight { ack, batch, spool_end: None });
@@ -394,6 +504,39 @@ impl Publisher {
             let _ = tokio::time::timeout(self.timeout, self.client.flush()).await;
         }
         Ok(report)
+    }
+
+    /// The latest time a message handed to the client now may hold: the earliest time of the
+    /// unacknowledged observations plus the span, or any time when nothing is unacknowledged.
+    fn latest_allowed(&self, inflight: &VecDeque<InFlight>) -> TimeNs {
+        inflight
+            .iter()
+            .map(|pending| pending.batch.earliest_ns)
+            .min()
+            .map_or(TimeNs::MAX, |earliest| {
+                earliest.saturating_add(self.span_ns)
+            })
+    }
+
+    /// NATS is unreachable: what is unacknowledged goes to the spool (or, when it came from
+    /// the spool, is read again from the last acknowledged message) and nothing more is handed
+    /// to the client until the connection and the stream are back.
+    fn lose_connection(
+        &self,
+        inflight: &mut VecDeque<InFlight>,
+        spool: &mut spool::Spool,
+        report: &mut PublisherReport,
+        spooling: bool,
+    ) -> Result<(), SpoolError> {
+        if spooling {
+            spool.rewind()?;
+        } else {
+            for pending in inflight.iter() {
+                spool_one(spool, &pending.batch, report)?;
+            }
+        }
+        inflight.clear();
+        Ok(())
     }
 }
 

@@ -23,7 +23,7 @@
 //!   stores nothing twice.
 
 use bytes::Bytes;
-use tapio_model::Observation;
+use tapio_model::{Observation, TimeNs};
 
 /// Most observations in one message.
 pub const MAX_BATCH_OBSERVATIONS: usize = 256;
@@ -90,10 +90,12 @@ pub fn message_id(observation: &Observation) -> String {
     }
 }
 
-/// The payload of `observation`: its JSON, as in a recording line.
+/// The payload of `observation`: its JSON, as in a recording line (byte for byte what
+/// `serde_json` writes for it).
 pub fn encode(observation: &Observation) -> Bytes {
-    // Serializing these plain data types cannot fail: no maps with non-string keys, no I/O.
-    Bytes::from(serde_json::to_vec(observation).unwrap_or_default())
+    let mut payload = Vec::with_capacity(256);
+    write(&mut payload, observation);
+    Bytes::from(payload)
 }
 
 /// One message: consecutive observations with the same subject, encoded and with its id fixed.
@@ -108,6 +110,40 @@ pub struct Batch {
     pub payload: Bytes,
     /// How many observations it holds.
     pub count: u64,
+    /// The earliest event time of its observations ([`Observation::time_ns`]: a heartbeat's
+    /// `upto_ns`).
+    pub earliest_ns: TimeNs,
+    /// The latest event time of its observations.
+    pub latest_ns: TimeNs,
+}
+
+impl Batch {
+    /// The message of a payload read back as it was formed (from the spool), with its time
+    /// range taken from the lines that decode. A payload with no decodable line gets the widest
+    /// range, `0..=u64::MAX`, so that a publisher bounding the time span of what is
+    /// unacknowledged sends it alone.
+    pub fn from_parts(subject: String, id: String, payload: Bytes, count: u64) -> Batch {
+        let mut earliest_ns = TimeNs::MAX;
+        let mut latest_ns = 0;
+        for line in lines(&payload) {
+            if let Ok(observation) = serde_json::from_slice::<Observation>(line) {
+                earliest_ns = earliest_ns.min(observation.time_ns());
+                latest_ns = latest_ns.max(observation.time_ns());
+            }
+        }
+        if earliest_ns > latest_ns {
+            earliest_ns = 0;
+            latest_ns = TimeNs::MAX;
+        }
+        Batch {
+            subject,
+            id,
+            payload,
+            count,
+            earliest_ns,
+            latest_ns,
+        }
+    }
 }
 
 /// Builds a [`Batch`] one observation at a time.
@@ -117,6 +153,8 @@ pub struct BatchBuilder {
     first_id: String,
     payload: Vec<u8>,
     count: u64,
+    earliest_ns: TimeNs,
+    latest_ns: TimeNs,
 }
 
 impl BatchBuilder {
@@ -129,6 +167,8 @@ impl BatchBuilder {
             first_id: message_id(first),
             payload,
             count: 1,
+            earliest_ns: first.time_ns(),
+            latest_ns: first.time_ns(),
         }
     }
 
@@ -150,6 +190,8 @@ impl BatchBuilder {
             return false;
         }
         self.count += 1;
+        self.earliest_ns = self.earliest_ns.min(observation.time_ns());
+        self.latest_ns = self.latest_ns.max(observation.time_ns());
         true
     }
 
@@ -165,13 +207,14 @@ impl BatchBuilder {
             id,
             payload: Bytes::from(self.payload),
             count: self.count,
+            earliest_ns: self.earliest_ns,
+            latest_ns: self.latest_ns,
         }
     }
 }
 
 fn write(buffer: &mut Vec<u8>, observation: &Observation) {
-    // Serializing these plain data types cannot fail: no maps with non-string keys, no I/O.
-    let _ = serde_json::to_writer(&mut *buffer, observation);
+    crate::json::write_observation(buffer, observation);
 }
 
 /// Splits a message payload into its observations' lines.

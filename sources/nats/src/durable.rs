@@ -42,8 +42,9 @@ pub struct Delivery {
 /// dataflow holds the same state, then re-creates the durable consumer to start at `F + 1`
 /// (deleting the old one, so that messages the old run received but never acknowledged come
 /// again at once and in order, not after the acknowledgement timeout). The same happens after
-/// a lost connection, from the first position the dataflow has not taken in (positions already
-/// sent are skipped when they come again).
+/// a lost connection, from the last position the dataflow has taken in (positions already sent
+/// are skipped when they come again, and acknowledged once taken in, so that the new consumer
+/// has a floor even when nothing new arrives).
 #[derive(Clone, Debug)]
 pub struct DurableReader {
     endpoint: NatsEndpoint,
@@ -148,7 +149,10 @@ impl DurableReader {
                         let stored_ns = stored_ns(&info);
                         let (message, acker) = message.split();
                         if next.is_some_and(|next| position < next) {
-                            // Already sent before the consumer was re-created.
+                            // Already sent before the consumer was re-created: not sent again,
+                            // but acknowledged once taken in, so that the new consumer's
+                            // acknowledged floor catches up with the dataflow.
+                            unacked.push_back((position, acker));
                             continue;
                         }
                         let observations = decode_or_count(&message.payload, position, &message.subject, &stats);
@@ -225,10 +229,12 @@ impl DurableReader {
     ) -> Result<consumer::pull::Stream, async_nats::Error> {
         let stream = js.get_stream(&self.endpoint.stream).await?;
         let start_sequence = if let Some(next) = *next {
-            // Start at the first position the dataflow has not taken in, so that the new
-            // consumer's acknowledged floor never runs ahead of the dataflow; positions already
-            // routed are skipped when they come again.
-            next.min(taken + 1).max(1)
+            // Start at the last position the dataflow has taken in: the new consumer's
+            // acknowledged floor never runs ahead of the dataflow, and it has a message to
+            // acknowledge even when nothing new arrives (a consumer that never acknowledges
+            // reports a floor of 0). Positions already routed are skipped when they come again
+            // and acknowledged once taken in.
+            next.min(taken.max(1))
         } else {
             let floor = match stream.consumer_info(&self.durable).await {
                 Ok(info) => info.ack_floor.stream_sequence,
