@@ -800,3 +800,32 @@ fn a_lost_connection_stores_no_fact_behind_a_heartbeat_beyond_the_lateness() {
     );
     std::fs::remove_dir_all(dir).expect("clean scratch dir");
 }
+
+#[test]
+fn a_publisher_that_finds_nats_up_publishes_a_full_input_without_spooling() {
+    let nats = NatsServer::start("direct");
+    let dir = scratch("nats-direct");
+    let config = nats_config(&nats.url(), &dir.join("agent.spool"));
+    // A microsecond apart: well inside the bound on the unacknowledged span.
+    let observations: Vec<Observation> = (0..20_000)
+        .map(|i| beat(1_767_225_600_000_000_000 + i * 1_000))
+        .collect();
+    let report = runtime().block_on(async {
+        let publisher = Publisher::connect(&config).await.expect("client");
+        // The client connects in the background; the agent's input is full from the start.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (tx, rx) = mpsc::channel(observations.len());
+        for observation in &observations {
+            tx.send(observation.clone()).await.expect("queue");
+        }
+        drop(tx);
+        publisher
+            .run(rx, CancellationToken::new())
+            .await
+            .expect("publisher")
+    });
+    // The stream check runs before the input is taken, so nothing goes through the spool.
+    assert_eq!(report.spooled, 0, "{report:?}");
+    assert_eq!(report.published, 20_000, "{report:?}");
+    std::fs::remove_dir_all(dir).expect("clean scratch dir");
+}
