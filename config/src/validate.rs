@@ -264,6 +264,21 @@ pub(crate) fn validate(config: &TapioConfig) -> Result<(), ConfigError> {
         Duration::ZERO,
         HOUR,
     )?;
+    // The agent and the correlation job may read different files; where one file uses NATS
+    // and holds both, a span that reaches the lateness lets a reconnect make facts late, so it
+    // is refused.
+    let lateness = config.correlation.engine.lateness;
+    if !nats.url.is_empty() && nats.max_unacknowledged_span >= lateness {
+        return Err(invalid(
+            "integrations.nats.max_unacknowledged_span",
+            format!(
+                "must be below correlation.engine.lateness ({}), got {}: a lost connection can \
+                 reorder what is unacknowledged by up to this span",
+                humantime::format_duration(lateness),
+                humantime::format_duration(nats.max_unacknowledged_span)
+            ),
+        ));
+    }
     if nats.spool_path.trim().is_empty() {
         return Err(invalid("integrations.nats.spool_path", "must not be empty"));
     }

@@ -173,7 +173,7 @@ fn non_default_values_round_trip() {
     config.correlation.engine.event_buffer_size = 10_000_000;
     config.correlation.engine.output_buffer_size = 1;
     config.correlation.engine.tick = Duration::from_micros(1_500);
-    config.correlation.engine.lateness = Duration::ZERO;
+    config.correlation.engine.lateness = Duration::from_secs(3600);
     config.correlation.ownership.enabled = false;
     config.correlation.ownership.max_depth = 64;
     config.correlation.ownership.process_exit_grace = Duration::from_secs(3600);
@@ -385,6 +385,29 @@ fn kernel_collector_values_are_checked_with_their_key_path() {
     .expect("valid");
     assert!(!config.collectors.kernel.enabled);
     assert!(config.collectors.kernel.file_path_prefixes.is_empty());
+}
+
+#[test]
+fn an_unacknowledged_span_not_below_the_lateness_is_refused_where_nats_is_used() {
+    let nats =
+        "integrations:\n  nats:\n    url: nats://127.0.0.1:4222\n    max_unacknowledged_span: 2s\n";
+    let error = parse_err(nats);
+    assert_eq!(
+        error.key_path, "integrations.nats.max_unacknowledged_span",
+        "{error}"
+    );
+    assert_eq!(error.line, Some(4), "{error}");
+    assert!(
+        error
+            .message
+            .contains("below correlation.engine.lateness (2s)"),
+        "{error}"
+    );
+    // A lateness above the span is accepted, and so is any span where NATS is not used.
+    parse_ok(&format!(
+        "{nats}correlation:\n  engine:\n    lateness: 3s\n"
+    ));
+    parse_ok("integrations:\n  nats:\n    max_unacknowledged_span: 2s\n");
 }
 
 #[test]
