@@ -76,15 +76,43 @@ fn agent_config(dir: &Path, url: &str, recording: &Path, speed: f64) -> PathBuf 
     )
 }
 
-fn spawn(args: &[&str], config: &Path, stderr: &Path) -> Child {
-    tapio()
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(stderr).expect("create stderr file"))
-        .spawn()
-        .expect("start tapio")
+fn spawn(args: &[&str], config: &Path, stderr: &Path) -> Running {
+    Running(
+        tapio()
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(stderr).expect("create stderr file"))
+            .spawn()
+            .expect("start tapio"),
+    )
+}
+
+/// A `tapio` process, killed if the test ends or fails before it exits: a job left behind
+/// would keep reconnecting to a server that is gone.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
 }
 
 /// Starts a correlation job, waits until it has acknowledged the whole stream, stops it, and
@@ -97,7 +125,7 @@ fn correlate_whole_stream(dir: &Path, url: &str, name: &str) -> (String, PathBuf
     (stop_correlation(job, &out, &stderr), stderr)
 }
 
-fn spawn_correlation(dir: &Path, config: &Path, name: &str) -> (Child, PathBuf) {
+fn spawn_correlation(dir: &Path, config: &Path, name: &str) -> (Running, PathBuf) {
     let out = dir.join(format!("{name}.jsonl"));
     let child = spawn(
         &[
@@ -113,7 +141,7 @@ fn spawn_correlation(dir: &Path, config: &Path, name: &str) -> (Child, PathBuf) 
     (child, out)
 }
 
-fn wait_success(mut child: Child, what: &str, stderr: &Path) {
+fn wait_success(mut child: Running, what: &str, stderr: &Path) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -135,7 +163,7 @@ fn wait_success(mut child: Child, what: &str, stderr: &Path) {
     }
 }
 
-fn signal(child: &Child, signal: &str) {
+fn signal(child: &Running, signal: &str) {
     let status = Command::new("kill")
         .args([signal, &child.id().to_string()])
         .status()
@@ -144,7 +172,7 @@ fn signal(child: &Child, signal: &str) {
 }
 
 /// Stops a correlation job with SIGTERM (it flushes) and returns its output.
-fn stop_correlation(child: Child, out: &Path, stderr: &Path) -> String {
+fn stop_correlation(child: Running, out: &Path, stderr: &Path) -> String {
     signal(&child, "-TERM");
     wait_success(child, "the correlation job", stderr);
     std::fs::read_to_string(out).expect("read the correlation output")
