@@ -312,23 +312,15 @@ impl Neo4jWriter {
         for _ in 0..ATTEMPTS {
             let mut txn = self.begin().await?;
             let before = read_version(&mut txn).await?;
-            let mut cursor = None;
-            let mut rows = txn
-                .execute(query(cypher::READ_CURSOR).param("writer", self.settings.writer.as_str()))
-                .await
-                .map_err(|error| Neo4jError::query("read cursor", error))?;
-            while let Some(row) = rows
-                .next(txn.handle())
-                .await
-                .map_err(|error| Neo4jError::query("read cursor", error))?
-            {
-                cursor = row
-                    .get::<Option<i64>>("tick")
-                    .map_err(|error| Neo4jError::BadValue {
-                        what: format!("the stored cursor is not an integer: {error}"),
-                    })?
-                    .and_then(|tick| u64::try_from(tick).ok());
-            }
+            let cursor = read_integer(
+                &mut txn,
+                query(cypher::READ_CURSOR).param("writer", self.settings.writer.as_str()),
+                "tick",
+                "read cursor",
+                "the stored cursor",
+            )
+            .await?
+            .and_then(|tick| u64::try_from(tick).ok());
             let mut present = HashSet::new();
             let mut counts = Counts::default();
             let mut rows = txn
@@ -579,23 +571,42 @@ async fn apply_statement(txn: &mut Txn, query: Query) -> Result<Option<i64>, Neo
 
 /// Runs [`cypher::READ_VERSION`].
 async fn read_version(txn: &mut Txn) -> Result<Option<i64>, Neo4jError> {
+    read_integer(
+        txn,
+        query(cypher::READ_VERSION),
+        "version",
+        "read version",
+        "the graph's version",
+    )
+    .await
+}
+
+/// The integer (or null) in `column` of the last row `statement` returns (`None` without
+/// rows); `doing` and `what` name the read and the value in errors.
+async fn read_integer(
+    txn: &mut Txn,
+    statement: neo4rs::Query,
+    column: &str,
+    doing: &'static str,
+    what: &str,
+) -> Result<Option<i64>, Neo4jError> {
     let mut rows = txn
-        .execute(query(cypher::READ_VERSION))
+        .execute(statement)
         .await
-        .map_err(|error| Neo4jError::query("read version", error))?;
-    let mut version = None;
+        .map_err(|error| Neo4jError::query(doing, error))?;
+    let mut value = None;
     while let Some(row) = rows
         .next(txn.handle())
         .await
-        .map_err(|error| Neo4jError::query("read version", error))?
+        .map_err(|error| Neo4jError::query(doing, error))?
     {
-        version = row
-            .get::<Option<i64>>("version")
+        value = row
+            .get::<Option<i64>>(column)
             .map_err(|error| Neo4jError::BadValue {
-                what: format!("the graph's version is not an integer: {error}"),
+                what: format!("{what} is not an integer: {error}"),
             })?;
     }
-    Ok(version)
+    Ok(value)
 }
 
 /// A [`cypher::READ_CORRELATIONS`] row: the correlation's id and its [`Chain`].
