@@ -415,6 +415,8 @@ impl Publisher {
             let accept = input_open
                 && (spooling
                     || (inflight.len() < self.max_pending && unacked < max_unacked && fits));
+            // Set when a publish went unacknowledged or the client reported the connection lost.
+            let mut lost = false;
             tokio::select! {
                 biased;
                 result = async { inflight.front_mut().expect("checked non-empty").ack.as_mut().await }, if !inflight.is_empty() => {
@@ -435,13 +437,7 @@ impl Publisher {
                         }
                         Err(error) => {
                             tracing::warn!(error = %error, unacknowledged = inflight.len(), "NATS did not acknowledge a publish; spooling until it is back.");
-                            self.lose_connection(&mut inflight, &mut spool, &mut report, spooling)?;
-                            unacked = 0;
-                            parked = None;
-                            spooling = true;
-                            ready = false;
-                            next_check = tokio::time::Instant::now() + backoff;
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            lost = true;
                         }
                     }
                 }
@@ -453,13 +449,7 @@ impl Publisher {
                         events = false;
                     } else {
                         tracing::warn!(unacknowledged = inflight.len(), "Lost the connection to NATS; spooling until it is back.");
-                        self.lose_connection(&mut inflight, &mut spool, &mut report, spooling)?;
-                        unacked = 0;
-                        parked = None;
-                        spooling = true;
-                        ready = false;
-                        next_check = tokio::time::Instant::now() + backoff;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        lost = true;
                     }
                 }
                 // Wakes the loop for the reconnection check at its top.
@@ -501,6 +491,15 @@ impl Publisher {
                     }
                 },
                 () = shutdown.cancelled(), if !stopping => stopping = true,
+            }
+            if lost {
+                self.lose_connection(&mut inflight, &mut spool, &mut report, spooling)?;
+                unacked = 0;
+                parked = None;
+                spooling = true;
+                ready = false;
+                next_check = tokio::time::Instant::now() + backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
         report.left_in_spool = spool.len();
