@@ -809,6 +809,19 @@ async fn a_commit_whose_answer_is_lost_is_not_written_twice() {
     );
 }
 
+/// The ownership correlation of container `container`'s chain from hop `from` on (0: the
+/// container, 1: its pod).
+fn owned(container: u64, from: usize) -> Correlation {
+    let chain = ownership_hops(container)[from..].to_vec();
+    Correlation {
+        kind: CorrelationKind::Ownership,
+        root_cause: chain.last().expect("non-empty").entity.clone(),
+        chain,
+        explanation: format!("container {container} from hop {from}"),
+        confidence: 100,
+    }
+}
+
 /// A writer keeps what it knows of the graph in memory. When another writer (another Tapio
 /// deployment with its own cursor) removes or adds a correlation behind its back, it notices
 /// before any count drifts, reads the graph again and leaves out the changes that disagree.
@@ -816,16 +829,6 @@ async fn a_commit_whose_answer_is_lost_is_not_written_twice() {
 async fn changes_by_another_writer_are_noticed_not_doubled() {
     let _db = DATABASE.lock().await;
     let graph = graph().await;
-    let owned = |container: u64, from: usize| {
-        let chain = ownership_hops(container)[from..].to_vec();
-        Correlation {
-            kind: CorrelationKind::Ownership,
-            root_cause: chain.last().expect("non-empty").entity.clone(),
-            chain,
-            explanation: format!("container {container} from hop {from}"),
-            confidence: 100,
-        }
-    };
     // x and y share the pod, the ReplicaSet, the Deployment and their facts; z is elsewhere.
     let (x, y, z) = (owned(1, 1), owned(1, 0), owned(2, 0));
     let reference = reference_dump(&graph, &BTreeSet::from([y.clone(), z.clone()])).await;
@@ -872,16 +875,6 @@ async fn changes_by_another_writer_are_noticed_not_doubled() {
 async fn a_writer_with_stale_counts_leaves_what_another_writer_added() {
     let _db = DATABASE.lock().await;
     let graph = graph().await;
-    let owned = |container: u64, from: usize| {
-        let chain = ownership_hops(container)[from..].to_vec();
-        Correlation {
-            kind: CorrelationKind::Ownership,
-            root_cause: chain.last().expect("non-empty").entity.clone(),
-            chain,
-            explanation: format!("container {container} from hop {from}"),
-            confidence: 100,
-        }
-    };
     // x (the pod's chain) shares every element but the container's with y.
     let (x, y) = (owned(1, 1), owned(1, 0));
     let reference = reference_dump(&graph, &BTreeSet::from([x.clone()])).await;
