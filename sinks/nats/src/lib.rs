@@ -321,7 +321,20 @@ impl Publisher {
         // acknowledgement timeout and the connection state still catch a lost connection).
         let mut events = true;
         self.disconnections.mark_unchanged();
+        // Set when a publish went unacknowledged or the connection was found lost; the next turn
+        // of the loop recovers first.
+        let mut lost = false;
         loop {
+            if lost {
+                lost = false;
+                self.lose_connection(&mut inflight, &mut spool, &mut report, spooling)?;
+                unacked = 0;
+                parked = None;
+                spooling = true;
+                ready = false;
+                next_check = tokio::time::Instant::now() + backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
             // The reconnection check runs here, before anything else the loop does, whenever it
             // is due: as a select branch it raced the input, and a timer due "now" is ready only
             // at the timer's next millisecond, so a full input channel was taken first and all of
@@ -380,11 +393,7 @@ impl Publisher {
                     if self.client.connection_state() != State::Connected {
                         // This message and the unacknowledged ones are read again from the
                         // spool once NATS is back.
-                        self.lose_connection(&mut inflight, &mut spool, &mut report, spooling)?;
-                        unacked = 0;
-                        ready = false;
-                        next_check = tokio::time::Instant::now() + backoff;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        lost = true;
                         break;
                     }
                     let ack = self.publish(&batch).await;
@@ -394,6 +403,9 @@ impl Publisher {
                         batch,
                         spool_end: Some(end),
                     });
+                }
+                if lost {
+                    continue;
                 }
                 if ready && parked.is_none() && spool.exhausted() && inflight.is_empty() {
                     spool.clear()?;
@@ -415,8 +427,6 @@ impl Publisher {
             let accept = input_open
                 && (spooling
                     || (inflight.len() < self.max_pending && unacked < max_unacked && fits));
-            // Set when a publish went unacknowledged or the client reported the connection lost.
-            let mut lost = false;
             tokio::select! {
                 biased;
                 result = async { inflight.front_mut().expect("checked non-empty").ack.as_mut().await }, if !inflight.is_empty() => {
@@ -472,12 +482,7 @@ impl Publisher {
                         } else if self.client.connection_state() != State::Connected {
                             queued.push_front(observation);
                             tracing::warn!(unacknowledged = inflight.len(), "Not connected to NATS; spooling until it is back.");
-                            self.lose_connection(&mut inflight, &mut spool, &mut report, spooling)?;
-                            unacked = 0;
-                            spooling = true;
-                            ready = false;
-                            next_check = tokio::time::Instant::now() + backoff;
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            lost = true;
                         } else {
                             // The message may take only what is left of the bound on
                             // unacknowledged observations (`accept` checked that some is).
@@ -491,15 +496,6 @@ impl Publisher {
                     }
                 },
                 () = shutdown.cancelled(), if !stopping => stopping = true,
-            }
-            if lost {
-                self.lose_connection(&mut inflight, &mut spool, &mut report, spooling)?;
-                unacked = 0;
-                parked = None;
-                spooling = true;
-                ready = false;
-                next_check = tokio::time::Instant::now() + backoff;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
         report.left_in_spool = spool.len();
