@@ -809,6 +809,40 @@ async fn a_commit_whose_answer_is_lost_is_not_written_twice() {
     );
 }
 
+/// A tick at `time` of `changes`.
+fn batch(time: u64, changes: &[(&Correlation, i64)]) -> ClosedBatch {
+    ClosedBatch {
+        time,
+        changes: changes
+            .iter()
+            .map(|(c, diff)| ((*c).clone(), *diff))
+            .collect(),
+    }
+}
+
+/// A sink for `writer` running in the background once it has applied `first`: its input, its
+/// task and its progress.
+async fn running_after(
+    writer: &str,
+    first: ClosedBatch,
+) -> (
+    mpsc::Sender<ClosedBatch>,
+    tokio::task::JoinHandle<Result<tapio_sinks::SinkReport, tapio_sinks::SinkError>>,
+    tokio::sync::watch::Receiver<tapio_sinks_neo4j::Progress>,
+) {
+    let mut sink = Box::new(Neo4jSink::new(settings(writer)));
+    sink.healthcheck().await.expect("health check");
+    let mut progress = sink.progress();
+    let (tx, rx) = mpsc::channel(4);
+    let task = tokio::spawn(sink.run(rx));
+    tx.send(first).await.expect("sink running");
+    progress
+        .wait_for(|p| p.batches == 1)
+        .await
+        .expect("progress");
+    (tx, task, progress)
+}
+
 /// The ownership correlation of container `container`'s chain from hop `from` on (0: the
 /// container, 1: its pod).
 fn owned(container: u64, from: usize) -> Correlation {
@@ -833,25 +867,7 @@ async fn changes_by_another_writer_are_noticed_not_doubled() {
     let (x, y, z) = (owned(1, 1), owned(1, 0), owned(2, 0));
     let reference = reference_dump(&graph, &BTreeSet::from([y.clone(), z.clone()])).await;
     clear(&graph).await;
-    let batch = |time: u64, changes: &[(&Correlation, i64)]| ClosedBatch {
-        time,
-        changes: changes
-            .iter()
-            .map(|(c, diff)| ((*c).clone(), *diff))
-            .collect(),
-    };
-    let mut sink = Box::new(Neo4jSink::new(settings("writer-a")));
-    sink.healthcheck().await.expect("health check");
-    let mut progress = sink.progress();
-    let (tx, rx) = mpsc::channel(4);
-    let task = tokio::spawn(sink.run(rx));
-    tx.send(batch(10, &[(&x, 1), (&y, 1)]))
-        .await
-        .expect("sink running");
-    progress
-        .wait_for(|p| p.batches == 1)
-        .await
-        .expect("progress");
+    let (tx, task, progress) = running_after("writer-a", batch(10, &[(&x, 1), (&y, 1)])).await;
     // The other writer starts now, sees x and y, removes x and adds z.
     write("writer-b", vec![batch(10, &[(&x, -1), (&z, 1)])]).await;
     // The first still believes x is there and z is not.
@@ -879,36 +895,10 @@ async fn a_writer_with_stale_counts_leaves_what_another_writer_added() {
     let (x, y) = (owned(1, 1), owned(1, 0));
     let reference = reference_dump(&graph, &BTreeSet::from([x.clone()])).await;
     clear(&graph).await;
-    let mut sink = Box::new(Neo4jSink::new(settings("writer-a")));
-    sink.healthcheck().await.expect("health check");
-    let mut progress = sink.progress();
-    let (tx, rx) = mpsc::channel(4);
-    let task = tokio::spawn(sink.run(rx));
-    tx.send(ClosedBatch {
-        time: 10,
-        changes: vec![(y.clone(), 1)],
-    })
-    .await
-    .expect("sink running");
-    progress
-        .wait_for(|p| p.batches == 1)
-        .await
-        .expect("progress");
-    write(
-        "writer-b",
-        vec![ClosedBatch {
-            time: 10,
-            changes: vec![(x, 1)],
-        }],
-    )
-    .await;
+    let (tx, task, progress) = running_after("writer-a", batch(10, &[(&y, 1)])).await;
+    write("writer-b", vec![batch(10, &[(&x, 1)])]).await;
     // The first writer's counts say y alone supports the pod, the ReplicaSet and their facts.
-    tx.send(ClosedBatch {
-        time: 20,
-        changes: vec![(y, -1)],
-    })
-    .await
-    .expect("sink running");
+    tx.send(batch(20, &[(&y, -1)])).await.expect("sink running");
     drop(tx);
     task.await.expect("sink task").expect("sink run");
     assert_eq!(progress.borrow().batches, 2);
