@@ -47,14 +47,36 @@ pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// );
 /// ```
 pub fn subject(prefix: &str, observation: &Observation) -> String {
-    let (source, node): (&str, &str) = match observation {
+    let (source, node) = source_and_node(observation);
+    format!("{prefix}.{}.{}", token(source), token(node))
+}
+
+/// Whether `observation` is published to `subject` under `prefix`: [`subject`] without building
+/// the string, for the check of every observation that joins a message.
+fn has_subject(prefix: &str, observation: &Observation, subject: &str) -> bool {
+    let (source, node) = source_and_node(observation);
+    let Some(tokens) = subject
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('.'))
+    else {
+        return false;
+    };
+    let mut expected = tokens.chars();
+    token_matches(source, &mut expected)
+        && expected.next() == Some('.')
+        && token_matches(node, &mut expected)
+        && expected.next().is_none()
+}
+
+/// The source and node an observation is published under.
+fn source_and_node(observation: &Observation) -> (&str, &str) {
+    match observation {
         Observation::Fact(fact) => (&fact.id.source, &fact.id.node),
         Observation::State(update) => {
             (&update.record.evidence.source, &update.record.evidence.node)
         }
         Observation::Heartbeat(beat) => (&beat.source, &beat.node),
-    };
-    format!("{prefix}.{}.{}", token(source), token(node))
+    }
 }
 
 /// The subjects a stream under `prefix` captures.
@@ -63,17 +85,25 @@ pub fn stream_subject(prefix: &str) -> String {
 }
 
 fn token(name: &str) -> String {
-    let token: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let token: String = name.chars().map(token_char).collect();
     if token.is_empty() { "_".into() } else { token }
+}
+
+/// The character `c` of a name stands for in its subject token.
+fn token_char(c: char) -> char {
+    if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+        c
+    } else {
+        '_'
+    }
+}
+
+/// Whether `expected` continues with [`token`]`(name)`; consumes it.
+fn token_matches(name: &str, expected: &mut std::str::Chars<'_>) -> bool {
+    if name.is_empty() {
+        return expected.next() == Some('_');
+    }
+    name.chars().all(|c| expected.next() == Some(token_char(c)))
 }
 
 /// The `Nats-Msg-Id` of `observation`: stable across re-publishes, unique per observation.
@@ -176,7 +206,7 @@ impl BatchBuilder {
     pub fn accepts(&self, prefix: &str, observation: &Observation) -> bool {
         self.count < MAX_BATCH_OBSERVATIONS as u64
             && self.payload.len() < MAX_BATCH_BYTES
-            && subject(prefix, observation) == self.subject
+            && has_subject(prefix, observation, &self.subject)
     }
 
     /// Appends `observation` (the caller checked [`BatchBuilder::accepts`]). Returns `false`,
@@ -262,6 +292,37 @@ mod tests {
     }
 
     #[test]
+    fn the_subject_check_agrees_with_the_subject() {
+        let names = [
+            "", "_", "a", "ab", "a.b", "a_b", "a-b", "a*b", "ü", "__", "a.",
+        ];
+        let beat = |source: &str, node: &str| {
+            Observation::Heartbeat(tapio_model::Heartbeat {
+                source: source.into(),
+                node: node.into(),
+                upto_ns: 1,
+            })
+        };
+        for prefix in ["p", "p.q"] {
+            for (source, node) in names.iter().flat_map(|s| names.iter().map(move |n| (s, n))) {
+                let first = beat(source, node);
+                let built = subject(prefix, &first);
+                for (other_source, other_node) in
+                    names.iter().flat_map(|s| names.iter().map(move |n| (s, n)))
+                {
+                    let other = beat(other_source, other_node);
+                    assert_eq!(
+                        has_subject(prefix, &other, &built),
+                        subject(prefix, &other) == built,
+                        "{other_source:?}/{other_node:?} against {built:?}"
+                    );
+                }
+                assert!(!has_subject("p.q.r", &first, &built));
+            }
+        }
+    }
+
+    #[test]
     fn batches_join_lines_and_take_the_first_id_plus_count() {
         let beat = |upto_ns, node: &str| {
             Observation::Heartbeat(tapio_model::Heartbeat {
@@ -273,6 +334,9 @@ mod tests {
         let mut builder = BatchBuilder::new("p", &beat(1, "a"));
         assert!(builder.accepts("p", &beat(2, "a")));
         assert!(!builder.accepts("p", &beat(2, "b")), "another subject");
+        assert!(!builder.accepts("p", &beat(2, "ab")), "a longer node");
+        assert!(!builder.accepts("q", &beat(2, "a")), "another prefix");
+        assert!(!builder.accepts("p", &beat(2, "")), "an empty node");
         assert!(builder.push(&beat(2, "a")));
         let batch = builder.finish();
         assert_eq!(batch.id, "heartbeat/kernel/a/1+2");
