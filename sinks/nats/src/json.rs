@@ -73,26 +73,13 @@ impl Writer<'_> {
     }
 
     fn u64(&mut self, value: u64) {
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        let mut rest = value;
-        loop {
-            at -= 1;
-            // The remainder is below 10: the cast is exact.
-            digits[at] = b'0' + (rest % 10) as u8;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
-        self.out.extend_from_slice(&digits[at..]);
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
     fn i64(&mut self, value: i64) {
-        if value < 0 {
-            self.out.push(b'-');
-        }
-        self.u64(value.unsigned_abs());
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
     fn bool(&mut self, value: bool) {
@@ -412,25 +399,50 @@ const ESCAPE: [u8; 256] = {
     table
 };
 
+/// Whether any of the eight bytes of `word` must be escaped: a control character (below
+/// 0x20), `"` or `\`. Bytes of 0x80 and above never report; a byte that does may make the bytes
+/// above it report too, which only sends the caller to its byte-by-byte check.
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word;
+    let quote = word ^ (ONES * u64::from(b'"'));
+    let backslash = word ^ (ONES * u64::from(b'\\'));
+    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v;
+    (below_space | zero_byte(quote) | zero_byte(backslash)) & HIGH != 0
+}
+
 /// Appends `text` escaped for the inside of a JSON string.
 fn escape_into(out: &mut Vec<u8>, text: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = text.as_bytes();
     let mut start = 0;
-    for (index, &byte) in bytes.iter().enumerate() {
+    let mut index = 0;
+    while index < bytes.len() {
+        // Most text needs no escaping: skip it eight bytes at a time.
+        while let Some(word) = bytes.get(index..index + 8) {
+            let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+            if needs_escape(word) {
+                break;
+            }
+            index += 8;
+        }
+        let Some(&byte) = bytes.get(index) else {
+            break;
+        };
         let escape = ESCAPE[usize::from(byte)];
-        if escape == 0 {
-            continue;
+        if escape != 0 {
+            out.extend_from_slice(&bytes[start..index]);
+            out.push(b'\\');
+            out.push(escape);
+            if escape == b'u' {
+                out.extend_from_slice(b"00");
+                out.push(HEX[usize::from(byte >> 4)]);
+                out.push(HEX[usize::from(byte & 0xf)]);
+            }
+            start = index + 1;
         }
-        out.extend_from_slice(&bytes[start..index]);
-        out.push(b'\\');
-        out.push(escape);
-        if escape == b'u' {
-            out.extend_from_slice(b"00");
-            out.push(HEX[usize::from(byte >> 4)]);
-            out.push(HEX[usize::from(byte & 0xf)]);
-        }
-        start = index + 1;
+        index += 1;
     }
     out.extend_from_slice(&bytes[start..]);
 }
@@ -809,6 +821,30 @@ mod tests {
                     node: self.text(),
                     upto_ns: self.u64(),
                 }),
+            }
+        }
+    }
+
+    #[test]
+    fn every_ascii_character_at_every_position_escapes_as_serde_json_does() {
+        for byte in 0u8..0x80 {
+            for len in 1..20 {
+                for at in 0..len {
+                    let mut text = vec![b'a'; len];
+                    text[at] = byte;
+                    if at + 3 < len {
+                        text[at + 3] = b'"';
+                    }
+                    let text = String::from_utf8(text).expect("ASCII");
+                    let mut ours = Vec::new();
+                    escape_into(&mut ours, &text);
+                    let theirs = serde_json::to_string(&text).expect("a string");
+                    assert_eq!(
+                        String::from_utf8(ours).expect("UTF-8"),
+                        theirs[1..theirs.len() - 1],
+                        "{text:?}"
+                    );
+                }
             }
         }
     }
