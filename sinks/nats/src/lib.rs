@@ -109,6 +109,8 @@ pub struct Publisher {
     span_ns: TimeNs,
     /// Counts the client's reports of a lost connection.
     disconnections: watch::Receiver<u64>,
+    /// Counts the client's reports of a (re-)established connection.
+    connections: watch::Receiver<u64>,
     spool_path: PathBuf,
     spool_max_bytes: u64,
 }
@@ -136,14 +138,20 @@ impl Publisher {
     /// When the URL or options are unusable.
     pub async fn connect(config: &NatsConfig) -> Result<Publisher, PublisherError> {
         let (disconnected, disconnections) = watch::channel(0u64);
-        let disconnected = std::sync::Arc::new(disconnected);
+        let (connected, connections) = watch::channel(0u64);
+        let counters = std::sync::Arc::new((disconnected, connected));
         let client = async_nats::ConnectOptions::new()
             .name("tapio-agent")
             .event_callback(move |event| {
-                let disconnected = std::sync::Arc::clone(&disconnected);
+                let counters = std::sync::Arc::clone(&counters);
                 async move {
-                    if matches!(event, async_nats::Event::Disconnected) {
-                        disconnected.send_modify(|count| *count += 1);
+                    let (disconnected, connected) = &*counters;
+                    match event {
+                        async_nats::Event::Disconnected => {
+                            disconnected.send_modify(|count| *count += 1);
+                        }
+                        async_nats::Event::Connected => connected.send_modify(|count| *count += 1),
+                        _ => {}
                     }
                 }
             })
@@ -171,6 +179,7 @@ impl Publisher {
             timeout: config.publish_timeout,
             span_ns: u64::try_from(config.max_unacknowledged_span.as_nanos()).unwrap_or(u64::MAX),
             disconnections,
+            connections,
             spool_path: PathBuf::from(&config.spool_path),
             spool_max_bytes: config.spool_max_bytes,
         })
@@ -258,6 +267,22 @@ impl Publisher {
                 id,
                 payload,
                 count,
+                times: Some((earliest_ns, latest_ns)),
+            } => Ok(Batch {
+                subject,
+                id,
+                payload: Bytes::from(payload),
+                count,
+                earliest_ns,
+                latest_ns,
+            }),
+            // A message spooled by an earlier version, which did not store its time range.
+            spool::Spooled::Batch {
+                subject,
+                id,
+                payload,
+                count,
+                times: None,
             } => Ok(Batch::from_parts(subject, id, Bytes::from(payload), count)),
             spool::Spooled::Torn { problem } => Err(problem),
         }
@@ -319,8 +344,9 @@ impl Publisher {
         let mut stopping = false;
         // Whether the client still reports events (it does while it exists; without them the
         // acknowledgement timeout and the connection state still catch a lost connection).
-        let mut events = true;
+        let mut disconnection_events = true;
         self.disconnections.mark_unchanged();
+        let mut connection_events = true;
         // Set when a publish went unacknowledged or the connection was found lost; the next turn
         // of the loop recovers first.
         let mut lost = false;
@@ -424,9 +450,20 @@ impl Publisher {
             let fits = queued
                 .front()
                 .is_none_or(|next| next.time_ns() <= self.latest_allowed(&inflight));
+            // Draining, with everything the spool holds handed to the client: take no input
+            // until the last acknowledgements are in and the publisher is back to publishing
+            // directly. Taken now, the input would go to the spool behind them, so under a
+            // steady input the spool would rarely be both read to its end and fully
+            // acknowledged, and every observation would keep going through it (at about three
+            // times the cost). The wait is one acknowledgement's round trip; the input channel
+            // holds what arrives meanwhile.
+            let caught_up = spooling && ready && parked.is_none() && spool.exhausted();
             let accept = input_open
-                && (spooling
-                    || (inflight.len() < self.max_pending && unacked < max_unacked && fits));
+                && if spooling {
+                    !caught_up
+                } else {
+                    inflight.len() < self.max_pending && unacked < max_unacked && fits
+                };
             tokio::select! {
                 biased;
                 result = async { inflight.front_mut().expect("checked non-empty").ack.as_mut().await }, if !inflight.is_empty() => {
@@ -454,9 +491,9 @@ impl Publisher {
                 // The client lost its connection: what it wrote to the old socket is gone, so
                 // stop handing it messages and spool what is unacknowledged now rather than at
                 // the acknowledgement timeout.
-                changed = self.disconnections.changed(), if events && (ready || !spooling) => {
+                changed = self.disconnections.changed(), if disconnection_events && (ready || !spooling) => {
                     if changed.is_err() {
-                        events = false;
+                        disconnection_events = false;
                     } else {
                         tracing::warn!(unacknowledged = inflight.len(), "Lost the connection to NATS; spooling until it is back.");
                         lost = true;
@@ -464,6 +501,15 @@ impl Publisher {
                 }
                 // Wakes the loop for the reconnection check at its top.
                 () = tokio::time::sleep_until(next_check), if spooling && !ready => {}
+                // The client is connected again: check now rather than when the backoff is
+                // over (up to two seconds later).
+                changed = self.connections.changed(), if connection_events && spooling && !ready => {
+                    if changed.is_err() {
+                        connection_events = false;
+                    } else {
+                        next_check = tokio::time::Instant::now();
+                    }
+                }
                 received = async {
                     match queued.pop_front() {
                         Some(observation) => Some(observation),
@@ -549,7 +595,7 @@ fn spool_one(
     batch: &Batch,
     report: &mut PublisherReport,
 ) -> Result<(), SpoolError> {
-    if spool.append(&batch.subject, &batch.id, &batch.payload, batch.count)? {
+    if spool.append(batch)? {
         report.spooled += batch.count;
     } else {
         let before = report.dropped;
