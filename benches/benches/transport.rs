@@ -371,7 +371,11 @@ async fn latency(config: &NatsConfig, rate: u64, seconds: u64) -> Result<Latenci
         }
     }
     drop(tx);
-    publishing.await??;
+    let report = publishing.await??;
+    eprintln!(
+        "latency: {} observations in {} messages",
+        report.published, report.messages
+    );
     eprintln!("latency: {total} observations published and acknowledged");
     let (mut taken_in, mut entered) = tokio::task::spawn_blocking(move || sampler.join())
         .await?
