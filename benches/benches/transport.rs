@@ -34,8 +34,10 @@
 //!    stages: to stored by the server (the message's JetStream timestamp), to routed, to taken
 //!    in. The first second of each latency run warms up and is not counted.
 //!
-//! For every latency run it also prints the CPU time of this process and of the server per
-//! observation. Like the `tapio` binary, the benchmark runs on mimalloc.
+//! For the throughput runs (median over the rounds) and every latency run it also prints the
+//! CPU time of this process and of the server per observation; the throughput runs' CPU ratio
+//! depends much less on what else the machine runs than their rate ratio. Like the `tapio`
+//! binary, the benchmark runs on mimalloc.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -637,11 +639,16 @@ fn main() -> Result<()> {
         // taken within a round. One run of each takes well under a second, so one round alone
         // says more about what else the two cores were doing than about the publisher.
         let mut throughput: Vec<[f64; 3]> = Vec::new();
+        // CPU seconds per observation of each loop, (this process, the server), per round.
+        let mut throughput_cpu: Vec<[(f64, f64); 3]> = Vec::new();
+        let cpu = || (cpu_seconds("self"), cpu_seconds(&server_pid));
         let mut tapio_messages = 0;
         for round in 0..rounds {
             let mut rates = [0.0; 3];
+            let mut used = [(0.0, 0.0); 3];
             for turn in 0..3 {
                 let which = (turn + round as usize) % 3;
+                let before = cpu();
                 rates[which] = match which {
                     BARE_ONE => bare(&server.url(), &observations, pending, false, round).await?,
                     BARE_BATCHED => bare(&server.url(), &observations, pending, true, round).await?,
@@ -654,7 +661,13 @@ fn main() -> Result<()> {
                         rate
                     }
                 };
+                let after = cpu();
+                used[which] = (
+                    (after.0 - before.0) / messages as f64,
+                    (after.1 - before.1) / messages as f64,
+                );
             }
+            throughput_cpu.push(used);
             eprintln!(
                 "throughput round {}/{rounds}: bare {:.0} messages/s, bare batched {:.0} observations/s, tapio {:.0} observations/s",
                 round + 1,
@@ -669,7 +682,6 @@ fn main() -> Result<()> {
         let ratio_one: Vec<f64> = throughput.iter().map(|r| r[TAPIO] / r[BARE_ONE]).collect();
         // CPU seconds of this process and of the server, per observation of a latency run.
         let observed = (rate * seconds) as f64;
-        let cpu = || (cpu_seconds("self"), cpu_seconds(&server_pid));
         let per_observation = |before: (f64, f64), after: (f64, f64)| {
             (
                 (after.0 - before.0) / observed * 1e6,
@@ -745,6 +757,28 @@ fn main() -> Result<()> {
         println!(
             "| ratio tapio / bare one per message (the issue's original row) | {} |",
             spread(&ratio_one)
+        );
+        let cpu_of = |which: usize, side: fn((f64, f64)) -> f64| {
+            median(throughput_cpu.iter().map(|used| side(used[which]) * 1e6).collect())
+        };
+        for (what, which) in [("bare batched", BARE_BATCHED), ("tapio", TAPIO)] {
+            println!(
+                "| CPU per observation, {what} throughput run (median) | {:.2} µs in the \
+                 benchmark process, {:.2} µs in nats-server |",
+                cpu_of(which, |used| used.0),
+                cpu_of(which, |used| used.1)
+            );
+        }
+        let cpu_ratio: Vec<f64> = throughput_cpu
+            .iter()
+            .map(|used| {
+                let total = |(process, server): (f64, f64)| process + server;
+                total(used[BARE_BATCHED]) / total(used[TAPIO])
+            })
+            .collect();
+        println!(
+            "| CPU ratio bare batched / tapio (process and server per observation; less sensitive to what else runs) | {} |",
+            spread(&cpu_ratio)
         );
         println!(
             "| encoding one observation to JSON, Tapio's encoder / serde_json | {tapio_encode_ns:.0} ns / {serde_encode_ns:.0} ns |"
