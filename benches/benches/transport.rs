@@ -107,6 +107,24 @@ fn config(url: &str, stream: &str, prefix: &str, dir: &std::path::Path) -> NatsC
     }
 }
 
+/// One throughput run: observations per second, and CPU seconds per observation of this
+/// process and of the server while it ran (the clock's span only: preparing the payloads or
+/// the input is not counted).
+struct Run {
+    rate: f64,
+    cpu: (f64, f64),
+}
+
+/// CPU seconds used so far by this process and by the server.
+fn cpu_now(server_pid: &str) -> (f64, f64) {
+    (cpu_seconds("self"), cpu_seconds(server_pid))
+}
+
+fn cpu_per_observation(before: (f64, f64), after: (f64, f64), observations: usize) -> (f64, f64) {
+    let count = observations.max(1) as f64;
+    ((after.0 - before.0) / count, (after.1 - before.1) / count)
+}
+
 /// Bare async-nats: the same payloads, subjects and headers, at most `pending` unacknowledged
 /// observations, the bound Tapio's publisher keeps. With `batched`,
 /// [`wire::MAX_BATCH_OBSERVATIONS`] consecutive observations per message in Tapio's wire format
@@ -115,11 +133,12 @@ fn config(url: &str, stream: &str, prefix: &str, dir: &std::path::Path) -> NatsC
 /// Returns observations per second.
 async fn bare(
     url: &str,
+    server_pid: &str,
     observations: &[Observation],
     pending: usize,
     batched: bool,
     round: u64,
-) -> Result<f64> {
+) -> Result<Run> {
     let client = async_nats::connect(url).await?;
     let js = async_nats::jetstream::new(client);
     // A stream of its own each round: the same message ids in one stream would be dropped as
@@ -149,6 +168,7 @@ async fn bare(
         })
         .collect();
     let max_inflight = (pending / per_message).max(1);
+    let cpu_before = cpu_now(server_pid);
     let started = Instant::now();
     let mut inflight = VecDeque::with_capacity(max_inflight);
     for (subject, id, payload) in messages {
@@ -164,13 +184,18 @@ async fn bare(
         ack.await?;
     }
     let rate = observations.len() as f64 / started.elapsed().as_secs_f64();
+    let cpu = cpu_per_observation(cpu_before, cpu_now(server_pid), observations.len());
     js.delete_stream(&name).await?;
-    Ok(rate)
+    Ok(Run { rate, cpu })
 }
 
 /// Tapio's publisher: hand every observation over, wait until all are acknowledged. Returns
-/// observations per second and the number of messages.
-async fn tapio(config: &NatsConfig, observations: Vec<Observation>) -> Result<(f64, u64)> {
+/// the run and the number of messages.
+async fn tapio(
+    config: &NatsConfig,
+    server_pid: &str,
+    observations: Vec<Observation>,
+) -> Result<(Run, u64)> {
     let count = observations.len();
     // The stream exists before the clock starts, as the bare loops' streams do.
     let client = async_nats::connect(config.url.as_str()).await?;
@@ -181,6 +206,7 @@ async fn tapio(config: &NatsConfig, observations: Vec<Observation>) -> Result<(f
     // Let the client connect so that the run does not start by spooling.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (tx, rx) = mpsc::channel(10_000);
+    let cpu_before = cpu_now(server_pid);
     let started = Instant::now();
     let task = tokio::spawn(publisher.run(rx, CancellationToken::new()));
     for observation in observations {
@@ -189,11 +215,13 @@ async fn tapio(config: &NatsConfig, observations: Vec<Observation>) -> Result<(f
     drop(tx);
     let report = task.await??;
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_per_observation(cpu_before, cpu_now(server_pid), count);
     // Measured is the direct path: a run that went through the spool measured the spool.
     anyhow::ensure!(report.spooled == 0, "the publisher spooled: {report:?}");
     anyhow::ensure!(report.published as usize == count, "published {report:?}");
     js.delete_stream(&config.stream).await?;
-    Ok((count as f64 / elapsed, report.messages))
+    let rate = count as f64 / elapsed;
+    Ok((Run { rate, cpu }, report.messages))
 }
 
 /// Positions routed: (position, hand-over time = the observation's event time, routed time).
@@ -641,31 +669,27 @@ fn main() -> Result<()> {
         let mut throughput: Vec<[f64; 3]> = Vec::new();
         // CPU seconds per observation of each loop, (this process, the server), per round.
         let mut throughput_cpu: Vec<[(f64, f64); 3]> = Vec::new();
-        let cpu = || (cpu_seconds("self"), cpu_seconds(&server_pid));
         let mut tapio_messages = 0;
         for round in 0..rounds {
             let mut rates = [0.0; 3];
             let mut used = [(0.0, 0.0); 3];
             for turn in 0..3 {
                 let which = (turn + round as usize) % 3;
-                let before = cpu();
-                rates[which] = match which {
-                    BARE_ONE => bare(&server.url(), &observations, pending, false, round).await?,
-                    BARE_BATCHED => bare(&server.url(), &observations, pending, true, round).await?,
+                let url = server.url();
+                let run = match which {
+                    BARE_ONE => bare(&url, &server_pid, &observations, pending, false, round).await?,
+                    BARE_BATCHED => bare(&url, &server_pid, &observations, pending, true, round).await?,
                     _ => {
                         let stream = format!("TAPIO{round}");
                         let prefix = format!("tapio{round}.observations");
-                        let tapio_config = config(&server.url(), &stream, &prefix, &dir);
-                        let (rate, sent) = tapio(&tapio_config, observations.clone()).await?;
+                        let tapio_config = config(&url, &stream, &prefix, &dir);
+                        let (run, sent) = tapio(&tapio_config, &server_pid, observations.clone()).await?;
                         tapio_messages = sent;
-                        rate
+                        run
                     }
                 };
-                let after = cpu();
-                used[which] = (
-                    (after.0 - before.0) / messages as f64,
-                    (after.1 - before.1) / messages as f64,
-                );
+                rates[which] = run.rate;
+                used[which] = run.cpu;
             }
             throughput_cpu.push(used);
             eprintln!(
@@ -682,6 +706,7 @@ fn main() -> Result<()> {
         let ratio_one: Vec<f64> = throughput.iter().map(|r| r[TAPIO] / r[BARE_ONE]).collect();
         // CPU seconds of this process and of the server, per observation of a latency run.
         let observed = (rate * seconds) as f64;
+        let cpu = || cpu_now(&server_pid);
         let per_observation = |before: (f64, f64), after: (f64, f64)| {
             (
                 (after.0 - before.0) / observed * 1e6,
