@@ -216,6 +216,12 @@ impl Publisher {
         queued: &mut VecDeque<Observation>,
     ) -> Batch {
         let mut builder = wire::BatchBuilder::new(&self.prefix, &first);
+        let waiting = queued.len() + input.len();
+        builder.reserve(
+            waiting
+                .min(usize::try_from(room).unwrap_or(usize::MAX))
+                .min(wire::MAX_BATCH_OBSERVATIONS),
+        );
         let mut count = 1;
         while count < room {
             if queued.is_empty() {

@@ -202,6 +202,16 @@ impl BatchBuilder {
         }
     }
 
+    /// Makes room for about `more` further observations of the first one's size (within
+    /// [`MAX_BATCH_BYTES`]), so that a message of many grows its payload once rather than
+    /// doubling it again and again.
+    pub fn reserve(&mut self, more: usize) {
+        let each = self.payload.len() + 1;
+        let wanted = each.saturating_mul(more + 1).min(MAX_BATCH_BYTES);
+        self.payload
+            .reserve(wanted.saturating_sub(self.payload.len()));
+    }
+
     /// Whether `observation` may join: same subject, and the caps are not reached.
     pub fn accepts(&self, prefix: &str, observation: &Observation) -> bool {
         self.count < MAX_BATCH_OBSERVATIONS as u64
