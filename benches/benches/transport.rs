@@ -19,7 +19,9 @@
 //!    Tapio's publisher forms when its input channel is always full, as in this run: the
 //!    like-for-like comparison);
 //! 2. **tapio**: the agent's [`Publisher`] publishing the same observations from its input
-//!    channel, until every one is acknowledged (batching what is queued);
+//!    channel, until every one is acknowledged (batching what is queued); they are handed to
+//!    the channel as the kernel collector hands over what it read from its ring buffer
+//!    ([`SourceContext::send_batch`]: room claimed for a chunk at a time);
 //! 3. **bare latency**: the floor of the machine and server: bare async-nats publishing the
 //!    same payloads at the latency run's rate while a bare pull consumer (same pull batch, no
 //!    acknowledgements) reads them in the same process; the time from the publish call to the
@@ -53,7 +55,7 @@ use tapio_config::NatsConfig;
 use tapio_dataflow::{ClusterLayout, Engine, EngineSettings, Router};
 use tapio_model::{Fact, FactId, FactPayload, Heartbeat, Observation, ProcessExec};
 use tapio_sinks_nats::{Publisher, wire};
-use tapio_sources::SourceStats;
+use tapio_sources::{SourceContext, SourceStats};
 use tapio_sources_nats::{Delivery, DurableReader, NatsEndpoint};
 use tapio_tests::nats::NatsServer;
 use tokio::sync::{mpsc, watch};
@@ -206,13 +208,18 @@ async fn tapio(
     // Let the client connect so that the run does not start by spooling.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (tx, rx) = mpsc::channel(10_000);
+    // Handed over as the kernel collector hands over what it read from its ring buffer: room
+    // in the channel claimed for a chunk of observations at a time.
+    let collector = SourceContext::new("kernel", "bench-node-1", tx, CancellationToken::new());
+    let mut observations = observations;
     let cpu_before = cpu_now(server_pid);
     let started = Instant::now();
     let task = tokio::spawn(publisher.run(rx, CancellationToken::new()));
-    for observation in observations {
-        tx.send(observation).await?;
-    }
-    drop(tx);
+    collector
+        .send_batch(&mut observations)
+        .await
+        .map_err(|_| anyhow::anyhow!("the publisher stopped taking input"))?;
+    drop(collector);
     let report = task.await??;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_per_observation(cpu_before, cpu_now(server_pid), count);
