@@ -58,7 +58,7 @@ const PACED_TICKS: usize = 100;
 /// Untimed rounds per batch size, to warm the server up on the workload.
 const WARM_ROUNDS: usize = 2;
 /// Timed rounds per batch size, after the untimed ones.
-const TIMED_ROUNDS: usize = 5;
+const TIMED_ROUNDS: usize = 9;
 
 /// The loops of each round, by index.
 const LOOPS: usize = 4;
