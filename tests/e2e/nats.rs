@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use tapio_model::recording::RecordingWriter;
 use tapio_model::{Fact, FactId, FactPayload, Heartbeat, Observation, ProcessExit};
 use tapio_sinks_nats::{Publisher, PublisherReport};
@@ -745,10 +746,23 @@ async fn stream_observations(url: &str) -> Vec<Observation> {
     let mut stream = js.get_stream("TAPIO").await.expect("stream");
     let last = stream.info().await.expect("info").state.last_sequence;
     let mut observations = Vec::new();
-    for sequence in 1..=last {
-        let message = stream.get_raw_message(sequence).await.expect("message");
+    if last == 0 {
+        return observations;
+    }
+    // An ordered consumer streams the messages; fetching them one request at a time took
+    // seconds for the tens of thousands of small messages a steady input makes.
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .expect("consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    while let Some(message) = messages.next().await {
+        let message = message.expect("message");
         for line in tapio_sinks_nats::wire::lines(&message.payload) {
             observations.push(serde_json::from_slice(line).expect("an observation"));
+        }
+        if message.info().expect("info").stream_sequence >= last {
+            break;
         }
     }
     observations
