@@ -273,23 +273,19 @@ impl Publisher {
                 id,
                 payload,
                 count,
-                times: Some((earliest_ns, latest_ns)),
-            } => Ok(Batch {
-                subject,
-                id,
-                payload: Bytes::from(payload),
-                count,
-                earliest_ns,
-                latest_ns,
+                times,
+            } => Ok(match times {
+                Some((earliest_ns, latest_ns)) => Batch {
+                    subject,
+                    id,
+                    payload: Bytes::from(payload),
+                    count,
+                    earliest_ns,
+                    latest_ns,
+                },
+                // A message spooled by an earlier version, which did not store its time range.
+                None => Batch::from_parts(subject, id, Bytes::from(payload), count),
             }),
-            // A message spooled by an earlier version, which did not store its time range.
-            spool::Spooled::Batch {
-                subject,
-                id,
-                payload,
-                count,
-                times: None,
-            } => Ok(Batch::from_parts(subject, id, Bytes::from(payload), count)),
             spool::Spooled::Torn { problem } => Err(problem),
         }
     }
@@ -460,9 +456,9 @@ impl Publisher {
             // until the last acknowledgements are in and the publisher is back to publishing
             // directly. Taken now, the input would go to the spool behind them, so under a
             // steady input the spool would rarely be both read to its end and fully
-            // acknowledged, and every observation would keep going through it (at about three
-            // times the cost). The wait is one acknowledgement's round trip; the input channel
-            // holds what arrives meanwhile.
+            // acknowledged, and every observation would keep going through it (written to the
+            // file and read back). The wait is one acknowledgement's round trip; the input
+            // channel holds what arrives meanwhile.
             let caught_up = spooling && ready && parked.is_none() && spool.exhausted();
             let accept = input_open
                 && if spooling {
