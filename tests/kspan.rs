@@ -199,7 +199,7 @@ pub fn oom_scenario() -> Result<Vec<Observation>> {
                 comm: "podinfo".into(),
                 filename: "/home/app/podinfo".into(),
                 args: vec!["./podinfo".into(), "--port=9898".into()],
-                container_id: container(OOM_CONTAINER),
+                container_id: container(OOM_CONTAINER).map(Into::into),
             }),
         ),
         kernel_fact(
@@ -209,7 +209,7 @@ pub fn oom_scenario() -> Result<Vec<Observation>> {
                 pid: 2315,
                 start_ns: podinfo_start,
                 comm: "podinfo".into(),
-                container_id: container(OOM_CONTAINER),
+                container_id: container(OOM_CONTAINER).map(Into::into),
                 pod_uid: Some(pod_uid.into()),
                 memcg: format!("/kubepods/burstable/pod{pod_uid}/{OOM_CONTAINER}"),
                 rss_pages: 32_512,
@@ -224,7 +224,7 @@ pub fn oom_scenario() -> Result<Vec<Observation>> {
                 comm: "podinfo".into(),
                 exit_code: 0,
                 signal: 9,
-                container_id: container(OOM_CONTAINER),
+                container_id: container(OOM_CONTAINER).map(Into::into),
             }),
         ),
         Observation::Fact(Fact {
@@ -257,7 +257,7 @@ pub fn oom_scenario() -> Result<Vec<Observation>> {
                     "-c".into(),
                     "cat /dev/zero | head -c 2G | tail".into(),
                 ],
-                container_id: container(SURVIVING_CONTAINER),
+                container_id: container(SURVIVING_CONTAINER).map(Into::into),
             }),
         ),
         kernel_fact(
@@ -267,7 +267,7 @@ pub fn oom_scenario() -> Result<Vec<Observation>> {
                 pid: 2460,
                 start_ns: helper_start,
                 comm: "sh".into(),
-                container_id: container(SURVIVING_CONTAINER),
+                container_id: container(SURVIVING_CONTAINER).map(Into::into),
                 pod_uid: Some(survivor_pod_uid.into()),
                 memcg: format!("/kubepods/besteffort/pod{survivor_pod_uid}/{SURVIVING_CONTAINER}"),
                 rss_pages: 61_440,
@@ -282,7 +282,7 @@ pub fn oom_scenario() -> Result<Vec<Observation>> {
                 comm: "sh".into(),
                 exit_code: 0,
                 signal: 9,
-                container_id: container(SURVIVING_CONTAINER),
+                container_id: container(SURVIVING_CONTAINER).map(Into::into),
             }),
         ),
     ])

@@ -196,7 +196,7 @@ impl Generator {
                 pod: pod.clone(),
                 pod_uid: uid.into(),
                 container_name: "app".into(),
-                container_id,
+                container_id: container_id.into(),
             }),
         )
     }
@@ -277,7 +277,7 @@ impl Generator {
 
 fn container_id(record: &StateRecord) -> String {
     match &record.object {
-        StateObject::PodContainer(container) => container.container_id.clone(),
+        StateObject::PodContainer(container) => container.container_id.to_string(),
         _ => unreachable!("a container record"),
     }
 }
@@ -371,7 +371,7 @@ pub fn stream(shape: &Shape) -> Vec<Observation> {
                     pid: killed.pid,
                     start_ns: killed.start,
                     comm: "app".into(),
-                    container_id: Some(container.clone()),
+                    container_id: Some(container.as_str().into()),
                     pod_uid: Some(uid.clone()),
                     memcg: format!("/kubepods/burstable/pod{uid}/{container}"),
                     rss_pages: 65_536,
@@ -384,7 +384,7 @@ pub fn stream(shape: &Shape) -> Vec<Observation> {
                 node,
                 at + 30 * MS,
                 FactPayload::ContainerExit(ContainerExit {
-                    container_id: container,
+                    container_id: container.into(),
                     container_name: "app".into(),
                     pod: Some(entity),
                     exit_code: 137,

@@ -11,7 +11,9 @@
 //! stream, replaying a recording computes exactly the watermarks of the live run, and the output
 //! is the same for any number of workers or processes.
 //!
-//! Rules (one module each under [`rules`]): [`rules::ownership`] and [`rules::oom_sequence`].
+//! Rules (one module each under [`rules`], listed in [`rules::TABLE`]): [`rules::ownership`] and
+//! [`rules::oom_sequence`]. They are built from the reusable incremental operators in
+//! [`operators`].
 //!
 //! ```
 //! use tapio_dataflow::{ClusterLayout, Engine, EngineSettings, Ingest};
@@ -37,6 +39,7 @@
 //! ```
 
 mod clock;
+pub mod operators;
 mod output;
 mod progress;
 mod router;
@@ -46,18 +49,17 @@ mod worker;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tapio_config::TapioConfig;
+use tapio_config::{CorrelationConfig, TapioConfig};
 use tapio_model::ClosedBatch;
 use tokio::sync::mpsc;
 
 pub use clock::{Tick, TickClock, Watermark};
 pub use progress::TakenIn;
 pub use router::{ClusterLayout, Ingest, Router, WorkerInput};
-pub use rules::oom_sequence::OomSequenceSettings;
-pub use rules::ownership::OwnershipSettings;
+pub use rules::{Rule, RuleInputs};
 
 /// What the dataflow computes and how time advances.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct EngineSettings {
     /// Tick length, ms.
     pub tick_ms: u64,
@@ -67,10 +69,8 @@ pub struct EngineSettings {
     pub input_buffer: usize,
     /// Most ticks of event time the input may run ahead of the output.
     pub max_inflight_ticks: u64,
-    /// The ownership rule, when enabled.
-    pub ownership: Option<OwnershipSettings>,
-    /// The OOM sequence rule, when enabled.
-    pub oom_sequence: Option<OomSequenceSettings>,
+    /// The validated `correlation` section: which rules run, and their settings.
+    pub correlation: CorrelationConfig,
 }
 
 impl Default for EngineSettings {
@@ -83,8 +83,6 @@ impl EngineSettings {
     /// The settings a configuration asks for.
     pub fn from_config(config: &TapioConfig) -> EngineSettings {
         let engine = &config.correlation.engine;
-        let ownership = &config.correlation.ownership;
-        let oom = &config.correlation.oom_sequence;
         let ms =
             |duration: std::time::Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
         let ns =
@@ -94,14 +92,7 @@ impl EngineSettings {
             lateness_ns: ns(engine.lateness),
             input_buffer: (engine.event_buffer_size / 1024).max(4),
             max_inflight_ticks: 50,
-            ownership: ownership.enabled.then(|| OwnershipSettings {
-                max_depth: ownership.max_depth,
-                process_exit_grace_ms: ms(ownership.process_exit_grace),
-            }),
-            oom_sequence: oom.enabled.then(|| OomSequenceSettings {
-                within_ns: ns(oom.within),
-                keep_for_ms: ms(oom.keep_for),
-            }),
+            correlation: config.correlation.clone(),
         }
     }
 }

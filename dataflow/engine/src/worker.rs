@@ -14,7 +14,7 @@ use crate::clock::{Tick, TickClock, Watermark};
 use crate::output::{Horizon, emit_closed_ticks};
 use crate::progress::TakenIn;
 use crate::router::{Ingest, WorkerReceiver};
-use crate::rules::{oom_sequence, ownership};
+use crate::rules::{self, Rule, RuleInputs};
 use crate::{EngineSettings, WorkerReport};
 
 /// Longest an idle worker sleeps before it looks at its input channel and its peers' messages
@@ -26,33 +26,22 @@ const IDLE_PARK: Duration = Duration::from_millis(1);
 /// Observations taken from the channel before the worker steps the dataflow again.
 const INGEST_BUDGET: usize = 16 * 1024;
 
-/// Builds the correlation graph over the fact and state collections.
+/// Builds the correlation graph over the fact and state collections: every enabled rule, over
+/// inputs they share.
 pub(crate) fn correlate<'scope>(
     facts: VecCollection<'scope, Tick, Fact, isize>,
     state: VecCollection<'scope, Tick, StateRecord, isize>,
+    rules: &[Box<dyn Rule>],
     settings: &EngineSettings,
 ) -> VecCollection<'scope, Tick, Correlation, isize> {
-    let clock = TickClock::new(settings.tick_ms);
-    let mut outputs = Vec::new();
-    let chains = settings.ownership.as_ref().map(|rule| {
-        let links = ownership::links(state, rule);
-        let chains = ownership::chains(links.objects, rule.max_depth);
-        outputs.push(ownership::correlations(chains.clone()));
-        outputs.push(ownership::process_correlations(
-            links.processes,
-            chains.clone(),
-        ));
-        chains
-    });
-    if let Some(rule) = &settings.oom_sequence {
-        outputs.push(oom_sequence::correlations(
-            facts.clone(),
-            chains,
-            clock,
-            rule,
-        ));
-    }
     let scope = facts.scope();
+    let inputs = RuleInputs::new(
+        facts,
+        state,
+        TickClock::new(settings.tick_ms),
+        &settings.correlation,
+    );
+    let outputs: Vec<_> = rules.iter().map(|rule| rule.build(&inputs)).collect();
     let (_, empty) = scope.new_collection::<Correlation, isize>();
     empty.concatenate(outputs)
 }
@@ -70,10 +59,11 @@ pub(crate) fn drive(
     let _ = input.thread.set(std::thread::current());
     let mut input = input.channel;
     let clock = TickClock::new(settings.tick_ms);
+    let rules = rules::enabled(&settings.correlation);
     let (mut facts_in, mut state_in, probe) = worker.dataflow::<Tick, _, _>(|scope| {
         let (facts_in, facts) = scope.new_collection::<Fact, isize>();
         let (state_in, state) = scope.new_collection::<StateRecord, isize>();
-        let (probe, correlations) = correlate(facts, state, settings).probe();
+        let (probe, correlations) = correlate(facts, state, &rules, settings).probe();
         emit_closed_ticks(correlations, out, horizon.clone(), emitted);
         (facts_in, state_in, probe)
     });
@@ -94,7 +84,7 @@ pub(crate) fn drive(
                             Observation::Fact(fact) => {
                                 let tick = on_time(&mut report, clock, &watermark, fact.time_ns);
                                 report.facts += 1;
-                                if reads_facts(settings, &fact) {
+                                if rules.iter().any(|rule| rule.reads(&fact)) {
                                     facts_in.update_at(fact, tick, 1);
                                 } else {
                                     report.facts_unread += 1;
@@ -169,13 +159,6 @@ pub(crate) fn drive(
     }
     report.last_tick = end;
     report
-}
-
-/// Whether an enabled rule reads `fact`. Facts no rule reads (most process execs and exits,
-/// connections, file events today) are counted and kept out of the dataflow, where they would
-/// only cost input batching and progress tracking.
-fn reads_facts(settings: &EngineSettings, fact: &Fact) -> bool {
-    settings.oom_sequence.is_some() && oom_sequence::reads(fact)
 }
 
 /// The tick an observation enters at: its own, or the current input tick if it is late.

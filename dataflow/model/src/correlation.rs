@@ -1,4 +1,10 @@
 //! What the dataflow concludes: correlations with evidence chains.
+//!
+//! A correlation is typed data only: its family and kind, its root cause, its chain of hops
+//! (each an entity, how it relates to the hop before, and the observation behind it), a typed
+//! detail and a confidence with its basis. Nothing in it is prose: the sentences people read
+//! are rendered from it where they are shown ([`crate::render`]), so rewording a message never
+//! changes a correlation's identity, its graph id or its place in a diff.
 
 use std::sync::Arc;
 
@@ -8,11 +14,40 @@ use crate::entity::EntityId;
 use crate::observation::FactId;
 use crate::time::TimeNs;
 
+/// The five families of correlation rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// Facts that cluster in time: bursts, loops, co-occurrence.
+    Temporal,
+    /// Steps that follow one another on shared entities within a bound.
+    Sequence,
+    /// Who owns what: process → container → pod → controller.
+    Ownership,
+    /// Who depends on whom: the service graph and what a failure reaches along it.
+    Dependency,
+    /// Exhaustion of a resource and its spread.
+    Performance,
+}
+
+impl Family {
+    /// The snake_case name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Temporal => "temporal",
+            Family::Sequence => "sequence",
+            Family::Ownership => "ownership",
+            Family::Dependency => "dependency",
+            Family::Performance => "performance",
+        }
+    }
+}
+
 /// Which rule produced a correlation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CorrelationKind {
-    /// An entity's chain of owners, e.g. process → container → pod → ReplicaSet → Deployment.
+    /// An entity's chain of owners, e.g. container → pod → ReplicaSet → Deployment.
     Ownership,
     /// A kernel OOM kill that ended a process and, with it, its container.
     OomRestart,
@@ -26,38 +61,203 @@ impl CorrelationKind {
             CorrelationKind::OomRestart => "oom_restart",
         }
     }
+
+    /// The family the kind belongs to.
+    pub fn family(self) -> Family {
+        match self {
+            CorrelationKind::Ownership => Family::Ownership,
+            CorrelationKind::OomRestart => Family::Sequence,
+        }
+    }
 }
 
-/// One step of an evidence chain: an entity, and the observation that puts it in the chain.
+/// How a hop relates to the hop before it in a chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Relation {
+    /// The first hop: the chain starts here.
+    Start,
+    /// The previous hop's entity is owned by this hop's entity.
+    OwnedBy,
+    /// The previous hop's entity caused what this hop observes.
+    Caused,
+    /// This hop's observation followed the previous one on the same entity.
+    FollowedBy,
+    /// The previous hop's entity depends on this hop's entity.
+    DependsOn,
+}
+
+impl Relation {
+    /// Every relation that joins two hops (all but [`Relation::Start`]).
+    pub const LINKS: [Relation; 4] = [
+        Relation::OwnedBy,
+        Relation::Caused,
+        Relation::FollowedBy,
+        Relation::DependsOn,
+    ];
+
+    /// The snake_case name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Relation::Start => "start",
+            Relation::OwnedBy => "owned_by",
+            Relation::Caused => "caused",
+            Relation::FollowedBy => "followed_by",
+            Relation::DependsOn => "depends_on",
+        }
+    }
+}
+
+/// What the observation behind a hop says, as typed data. The text people read is rendered
+/// from it ([`crate::render::describe_hop`]).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Observed {
+    /// The kernel OOM killer chose the process.
+    OomKill {
+        /// Command name.
+        comm: Arc<str>,
+        /// Thread-group id.
+        pid: u32,
+        /// Memory cgroup path the kill was charged to (empty: the root).
+        memcg: Arc<str>,
+        /// Resident pages at the kill.
+        rss_pages: u64,
+    },
+    /// The process exited.
+    ProcessExit {
+        /// Command name.
+        comm: Arc<str>,
+        /// Exit code (0 when it ended on a signal).
+        exit_code: i32,
+        /// Terminating signal, 0 if none.
+        signal: u32,
+    },
+    /// The container exited.
+    ContainerExit {
+        /// Container name in the pod spec.
+        container_name: Arc<str>,
+        /// Exit code.
+        exit_code: i32,
+        /// Reason the runtime gave, e.g. `OOMKilled`.
+        reason: Arc<str>,
+        /// Restarts so far.
+        restart_count: u32,
+    },
+    /// A Kubernetes object names its controlling owner.
+    OwnerReference,
+    /// The pod's status lists the container.
+    PodContainer {
+        /// Container name in the pod spec.
+        container_name: Arc<str>,
+    },
+    /// The node agent saw the process run in the container.
+    ProcessInContainer {
+        /// The executable.
+        filename: Arc<str>,
+    },
+}
+
+/// One step of an evidence chain: an entity, how it relates to the step before, and the
+/// observation that supports that.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Hop {
     /// The entity at this step.
     pub entity: EntityId,
+    /// How this step relates to the previous one ([`Relation::Start`] for the first).
+    pub relation: Relation,
     /// The observation that supports this step.
     pub fact_id: FactId,
     /// Event time of that observation, ns since the Unix epoch.
     pub time: TimeNs,
-    /// What the observation says, in a few words. Shared, not copied, by every chain that
-    /// repeats this step.
-    pub what: Arc<str>,
+    /// What the observation says.
+    pub observed: Observed,
+}
+
+/// Typed facts about a correlation, per family.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Detail {
+    /// An ownership chain.
+    Ownership {
+        /// Owners above the entity the chain starts at.
+        depth: u32,
+    },
+    /// A sequence of steps.
+    Sequence {
+        /// Steps matched.
+        steps: u32,
+        /// Time from the first step to the last, ns.
+        span_ns: u64,
+        /// The bound the steps had to fall within, ns.
+        within_ns: u64,
+    },
+}
+
+/// Evidence that raised or lowered a correlation's confidence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Basis {
+    /// Every link is recorded by the objects themselves (owner references, pod status, the
+    /// node agent's process records): certain.
+    RecordedLinks,
+    /// Every step of the sequence was observed, on the same entities, in order, within the
+    /// bound.
+    EveryStepObserved,
+    /// The container's end says OOM (reason `OOMKilled` or exit code 137): raises.
+    ContainerEndSaysOom,
+    /// The container ended without an OOM reason or code: lowers.
+    ContainerEndSaysOther,
+}
+
+/// How sure a rule is, and why.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Confidence {
+    /// Percent, 0–100.
+    pub percent: u8,
+    /// The evidence that set it.
+    pub basis: Vec<Basis>,
 }
 
 /// A conclusion with its evidence.
 ///
 /// Correlations are values in a collection: one appears when its evidence is complete and is
-/// retracted when its evidence is retracted or expires.
+/// retracted when its evidence is retracted or expires. Its identity is all of its typed data;
+/// it holds no prose.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Correlation {
+    /// Which family of rules ([`CorrelationKind::family`] of `kind`).
+    pub family: Family,
     /// Which rule.
     pub kind: CorrelationKind,
     /// The entity where the chain starts: the cause, or for ownership the top-most owner.
     pub root_cause: EntityId,
     /// The evidence, hop by hop, in causal order.
     pub chain: Vec<Hop>,
-    /// One sentence for humans.
-    pub explanation: String,
-    /// How sure the rule is, in percent (0–100).
-    pub confidence: u8,
+    /// Typed facts about it, per family.
+    pub detail: Detail,
+    /// How sure the rule is.
+    pub confidence: Confidence,
+}
+
+impl Correlation {
+    /// A correlation of `kind`, its family filled in.
+    pub fn new(
+        kind: CorrelationKind,
+        root_cause: EntityId,
+        chain: Vec<Hop>,
+        detail: Detail,
+        confidence: Confidence,
+    ) -> Correlation {
+        Correlation {
+            family: kind.family(),
+            kind,
+            root_cause,
+            chain,
+            detail,
+            confidence,
+        }
+    }
 }
 
 /// One change to the set of current correlations, as the sinks write it.

@@ -20,15 +20,20 @@ mod correlation;
 mod entity;
 mod observation;
 pub mod recording;
+pub mod render;
 mod time;
 
-pub use correlation::{ClosedBatch, Correlation, CorrelationChange, CorrelationKind, Hop};
+pub use correlation::{
+    Basis, ClosedBatch, Confidence, Correlation, CorrelationChange, CorrelationKind, Detail,
+    Family, Hop, Observed, Relation,
+};
 pub use entity::{EntityId, EntityIdError};
 pub use observation::{
-    ConnectOutcome, ContainerExit, ContainerReady, Fact, FactId, FactPayload, FileChanged, FileOp,
-    FileOpenFailed, Heartbeat, InvalidObservation, KubeEvent, NodeCondition, Observation, OomKill,
-    OwnerRef, PodContainer, ProcessContainer, ProcessExec, ProcessExit, ProcessFork, ProcessRef,
-    ResourceUsage, ServiceEndpoint, ServiceObject, StateObject, StateRecord, StateUpdate,
-    TcpAccept, TcpClose, TcpConnect, TcpRetransmit, WorkloadObject,
+    ConditionStatus, ConnectOutcome, ContainerExit, ContainerReady, EventType, Fact, FactId,
+    FactPayload, FileChanged, FileOp, FileOpenFailed, Heartbeat, InvalidObservation, KubeEvent,
+    NodeCondition, Observation, OomKill, OwnerRef, PodContainer, ProcessContainer, ProcessExec,
+    ProcessExit, ProcessFork, ProcessRef, Resource, ResourceUsage, ServiceEndpoint, ServiceObject,
+    StateObject, StateRecord, StateUpdate, TcpAccept, TcpClose, TcpConnect, TcpRetransmit,
+    WorkloadObject,
 };
 pub use time::{MAX_PLAUSIBLE_NS, MIN_PLAUSIBLE_NS, TimeNs, format_time, stable_hash};

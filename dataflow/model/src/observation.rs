@@ -147,6 +147,132 @@ impl FactPayload {
     }
 }
 
+impl Fact {
+    /// The entity the fact is about: the process for kernel process, network and file facts
+    /// (the one that acted), the container for container exits and readiness, the pod for
+    /// resource use, the involved object for Kubernetes Events. Rules that count facts per
+    /// subject key on it, so two kinds of facts about one entity meet under one key.
+    pub fn subject(&self) -> EntityId {
+        let process = |pid: u32, start_ns: TimeNs| EntityId::Process {
+            start_ns,
+            pid,
+            node: self.id.node.clone(),
+        };
+        let acting =
+            |process_ref: &Option<ProcessRef>, fallback: &std::net::SocketAddr| match process_ref {
+                Some(by) => process(by.pid, by.start_ns),
+                None => EntityId::Endpoint {
+                    address: fallback.to_string().into(),
+                },
+            };
+        match &self.payload {
+            FactPayload::ProcessExec(exec) => process(exec.pid, exec.start_ns),
+            FactPayload::ProcessExit(exit) => process(exit.pid, exit.start_ns),
+            FactPayload::OomKill(kill) => process(kill.pid, kill.start_ns),
+            FactPayload::ProcessFork(fork) => process(fork.pid, fork.start_ns),
+            FactPayload::ContainerExit(exit) => EntityId::Container {
+                id: exit.container_id.clone(),
+            },
+            FactPayload::ContainerReady(ready) => EntityId::Container {
+                id: ready.container_id.clone(),
+            },
+            FactPayload::KubeEvent(event) => event.involved.clone(),
+            FactPayload::ResourceUsage(usage) => usage.pod.clone(),
+            FactPayload::TcpConnect(connect) => acting(&connect.process, &connect.local),
+            FactPayload::TcpAccept(accept) => acting(&accept.process, &accept.local),
+            FactPayload::TcpClose(close) => acting(&close.process, &close.local),
+            FactPayload::TcpRetransmit(retransmit) => {
+                acting(&retransmit.process, &retransmit.local)
+            }
+            FactPayload::FileOpenFailed(failed) => {
+                process(failed.process.pid, failed.process.start_ns)
+            }
+            FactPayload::FileChanged(changed) => {
+                process(changed.process.pid, changed.process.start_ns)
+            }
+        }
+    }
+}
+
+/// The type of a Kubernetes Event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum EventType {
+    /// Something expected happened.
+    Normal,
+    /// Something may be wrong.
+    Warning,
+}
+
+impl EventType {
+    /// The type as Kubernetes spells it (and JSON writes it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+
+    /// The type as Kubernetes spells it; `None` for anything else.
+    pub fn parse(value: &str) -> Option<EventType> {
+        match value {
+            "Normal" => Some(EventType::Normal),
+            "Warning" => Some(EventType::Warning),
+            _ => None,
+        }
+    }
+}
+
+/// A resource a container's use is measured in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resource {
+    /// Bytes of working set.
+    Memory,
+    /// Nanocores.
+    Cpu,
+}
+
+impl Resource {
+    /// The snake_case name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resource::Memory => "memory",
+            Resource::Cpu => "cpu",
+        }
+    }
+}
+
+/// The status of a node condition, as Kubernetes spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ConditionStatus {
+    /// The condition holds.
+    True,
+    /// It does not.
+    False,
+    /// The node controller cannot tell (the kubelet stopped reporting).
+    Unknown,
+}
+
+impl ConditionStatus {
+    /// The status as Kubernetes spells it (and JSON writes it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionStatus::True => "True",
+            ConditionStatus::False => "False",
+            ConditionStatus::Unknown => "Unknown",
+        }
+    }
+
+    /// The status as Kubernetes spells it; anything else is `Unknown`.
+    pub fn parse(value: &str) -> ConditionStatus {
+        match value {
+            "True" => ConditionStatus::True,
+            "False" => ConditionStatus::False,
+            _ => ConditionStatus::Unknown,
+        }
+    }
+}
+
 /// `execve` of a process.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ProcessExec {
@@ -165,7 +291,7 @@ pub struct ProcessExec {
     /// The first arguments, bounded by the collector.
     pub args: Vec<String>,
     /// Container the process runs in, when it runs in one.
-    pub container_id: Option<String>,
+    pub container_id: Option<Arc<str>>,
 }
 
 /// Exit of a process.
@@ -182,7 +308,7 @@ pub struct ProcessExit {
     /// Terminating signal, 0 when it exited normally.
     pub signal: u32,
     /// Container the process ran in, when it ran in one.
-    pub container_id: Option<String>,
+    pub container_id: Option<Arc<str>>,
 }
 
 /// The OOM killer chose this process as its victim.
@@ -195,7 +321,7 @@ pub struct OomKill {
     /// Victim's command name.
     pub comm: String,
     /// Container of the victim, when it ran in one.
-    pub container_id: Option<String>,
+    pub container_id: Option<Arc<str>>,
     /// Pod uid of the victim, when known from its cgroup.
     pub pod_uid: Option<String>,
     /// The memory cgroup that ran out of memory (path), empty for a global OOM.
@@ -208,7 +334,7 @@ pub struct OomKill {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ContainerExit {
     /// Runtime container id.
-    pub container_id: String,
+    pub container_id: Arc<str>,
     /// Container name in the pod spec.
     pub container_name: String,
     /// Pod the container belongs to, when known.
@@ -233,7 +359,7 @@ pub struct KubeEvent {
     /// Reporting component (`source.component`, or `reportingComponent` when that is empty).
     pub component: String,
     /// `Normal` or `Warning`.
-    pub event_type: String,
+    pub event_type: EventType,
     /// How many times it was seen.
     pub count: u32,
     /// First time seen, ns since the Unix epoch.
@@ -250,7 +376,7 @@ pub struct ContainerReady {
     /// Container name in the pod spec.
     pub container_name: String,
     /// Runtime container id (without the scheme), empty while the container has none.
-    pub container_id: String,
+    pub container_id: Arc<str>,
     /// Whether it is ready now.
     pub ready: bool,
     /// The pod's restart count for this container.
@@ -264,8 +390,8 @@ pub struct ResourceUsage {
     pub pod: EntityId,
     /// Container name in the pod spec.
     pub container_name: String,
-    /// `memory` (bytes of working set) or `cpu` (nanocores).
-    pub resource: String,
+    /// Which resource.
+    pub resource: Resource,
     /// Current use, in the resource's unit.
     pub used: u64,
     /// The container's limit, in the same unit.
@@ -349,7 +475,7 @@ pub struct PodContainer {
     /// Container name in the pod spec.
     pub container_name: String,
     /// Runtime container id (without the `containerd://` scheme).
-    pub container_id: String,
+    pub container_id: Arc<str>,
 }
 
 /// A process that runs inside a container.
@@ -358,7 +484,7 @@ pub struct ProcessContainer {
     /// The process (`process/<node>/<pid>/<start_ns>`).
     pub process: EntityId,
     /// Runtime container id.
-    pub container_id: String,
+    pub container_id: Arc<str>,
     /// The executable the process runs.
     pub filename: String,
 }
@@ -395,7 +521,7 @@ pub struct NodeCondition {
     /// Condition type: `Ready`, `MemoryPressure`, `DiskPressure`, `PIDPressure`, ...
     pub condition: String,
     /// `True`, `False` or `Unknown`.
-    pub status: String,
+    pub status: ConditionStatus,
     /// Machine-readable reason of the last transition.
     pub reason: String,
 }
@@ -544,7 +670,7 @@ pub struct ProcessFork {
     /// Command name (inherited from the parent).
     pub comm: String,
     /// Container the process runs in, when it runs in one.
-    pub container_id: Option<String>,
+    pub container_id: Option<Arc<str>>,
 }
 
 /// How an outgoing TCP connection attempt ended.
@@ -579,7 +705,7 @@ pub struct TcpConnect {
     /// Time from `connect` to the outcome, ns.
     pub latency_ns: u64,
     /// Container of the connecting process, when it runs in one.
-    pub container_id: Option<String>,
+    pub container_id: Option<Arc<str>>,
 }
 
 /// An incoming TCP connection was established.
@@ -592,7 +718,7 @@ pub struct TcpAccept {
     /// Remote address and port.
     pub remote: std::net::SocketAddr,
     /// Container of the listening process, when it runs in one.
-    pub container_id: Option<String>,
+    pub container_id: Option<Arc<str>>,
 }
 
 /// A TCP connection closed.
@@ -617,7 +743,7 @@ pub struct TcpClose {
     /// The socket error (errno) at close, 0 when none.
     pub error: i32,
     /// Container of the owning process, when it runs in one.
-    pub container_id: Option<String>,
+    pub container_id: Option<Arc<str>>,
 }
 
 /// A TCP connection retransmitted segments. Retransmits are folded: one fact stands for
@@ -633,7 +759,7 @@ pub struct TcpRetransmit {
     /// Retransmits this fact stands for.
     pub count: u32,
     /// Container of the owning process, when it runs in one.
-    pub container_id: Option<String>,
+    pub container_id: Option<Arc<str>>,
 }
 
 /// Opening a file failed with ENOENT or EACCES. Identical failures are folded: one fact
@@ -649,7 +775,7 @@ pub struct FileOpenFailed {
     /// Failures this fact stands for.
     pub count: u32,
     /// Container of the process, when it runs in one.
-    pub container_id: Option<String>,
+    pub container_id: Option<Arc<str>>,
 }
 
 /// What happened to a file.
@@ -676,7 +802,7 @@ pub struct FileChanged {
     /// Changes this fact stands for.
     pub count: u32,
     /// Container of the process, when it runs in one.
-    pub container_id: Option<String>,
+    pub container_id: Option<Arc<str>>,
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 
+use tapio_model::render::explain;
 use tapio_model::{ClosedBatch, CorrelationChange, format_time};
 use tapio_sinks::{BoxFuture, Sink, SinkError, SinkReport};
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
@@ -44,7 +45,8 @@ impl JsonlSink {
 }
 
 /// Formats one change for humans:
-/// `2021-05-19T09:43:07.000Z + oom_restart  process/n/1/2 → ... (95%): explanation`.
+/// `2021-05-19T09:43:07.000Z + oom_restart process/n/1/2 (95%): explanation`, the explanation
+/// rendered from the correlation's typed data ([`explain`]).
 pub fn human_line(change: &CorrelationChange) -> String {
     let sign = if change.diff > 0 { '+' } else { '-' };
     let correlation = &change.correlation;
@@ -53,8 +55,8 @@ pub fn human_line(change: &CorrelationChange) -> String {
         format_time(change.time),
         correlation.kind.as_str(),
         correlation.root_cause,
-        correlation.confidence,
-        correlation.explanation
+        correlation.confidence.percent,
+        explain(correlation)
     )
 }
 
@@ -145,22 +147,38 @@ impl Sink for JsonlSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tapio_model::{Correlation, CorrelationKind, EntityId};
+    use tapio_model::{
+        Basis, Confidence, Correlation, CorrelationKind, Detail, EntityId, FactId, Hop, Observed,
+        Relation,
+    };
 
     fn batch() -> ClosedBatch {
+        let hop = |entity: &str, relation| Hop {
+            entity: entity.parse().unwrap(),
+            relation,
+            fact_id: FactId::new("kubernetes", "cluster", 7),
+            time: 1_621_417_386_000_000_000,
+            observed: Observed::OwnerReference,
+        };
         ClosedBatch {
             time: 1_621_417_387_000_000_000,
             changes: vec![(
-                Correlation {
-                    kind: CorrelationKind::Ownership,
-                    root_cause: EntityId::Deployment {
+                Correlation::new(
+                    CorrelationKind::Ownership,
+                    EntityId::Deployment {
                         namespace: "default".into(),
                         name: "px".into(),
                     },
-                    chain: vec![],
-                    explanation: "pod/default/p is owned by: deployment/default/px".into(),
-                    confidence: 100,
-                },
+                    vec![
+                        hop("pod/default/p", Relation::Start),
+                        hop("deployment/default/px", Relation::OwnedBy),
+                    ],
+                    Detail::Ownership { depth: 1 },
+                    Confidence {
+                        percent: 100,
+                        basis: vec![Basis::RecordedLinks],
+                    },
+                ),
                 -1,
             )],
         }
@@ -185,7 +203,7 @@ mod tests {
             }
         );
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.starts_with(r#"{"diff":-1,"time":1621417387000000000,"correlation":{"kind":"ownership","root_cause":"deployment/default/px""#));
+        assert!(text.starts_with(r#"{"diff":-1,"time":1621417387000000000,"correlation":{"family":"ownership","kind":"ownership","root_cause":"deployment/default/px""#));
         assert_eq!(text.lines().count(), 1);
         std::fs::remove_dir_all(dir).unwrap();
     }

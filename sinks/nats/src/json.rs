@@ -232,7 +232,7 @@ impl Writer<'_> {
                 "reason" => w.str(&p.reason),
                 "message" => w.str(&p.message),
                 "component" => w.str(&p.component),
-                "event_type" => w.str(&p.event_type),
+                "event_type" => w.str(p.event_type.as_str()),
                 "count" => w.u64(u64::from(p.count)),
                 "first_ns" => w.u64(p.first_ns),
                 "last_ns" => w.u64(p.last_ns),
@@ -313,7 +313,7 @@ impl Writer<'_> {
             FactPayload::ResourceUsage(p) => fields!(w,
                 "pod" => w.entity(&p.pod),
                 "container_name" => w.str(&p.container_name),
-                "resource" => w.str(&p.resource),
+                "resource" => w.str(p.resource.as_str()),
                 "used" => w.u64(p.used),
                 "limit" => w.u64(p.limit),
                 "above" => w.bool(p.above),
@@ -371,7 +371,7 @@ impl Writer<'_> {
                 fields!(w,
                     "node" => w.entity(&o.node),
                     "condition" => w.str(&o.condition),
-                    "status" => w.str(&o.status),
+                    "status" => w.str(o.status.as_str()),
                     "reason" => w.str(&o.reason),
                 );
             }

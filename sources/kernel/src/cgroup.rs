@@ -18,7 +18,7 @@
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ContainerRef {
     /// Runtime container id (64 hex digits).
-    pub container_id: String,
+    pub container_id: std::sync::Arc<str>,
     /// Pod uid with dashes (`1b2c3d4e-5f6a-...`), when the path names a pod.
     pub pod_uid: Option<String>,
 }
@@ -54,7 +54,7 @@ fn parse_leaf_first<'a>(components: impl Iterator<Item = &'a str>) -> Option<Con
             if let Some(id) = id {
                 if pod.is_some() {
                     return Some(ContainerRef {
-                        container_id: id,
+                        container_id: id.into(),
                         pod_uid: pod,
                     });
                 }
@@ -64,13 +64,13 @@ fn parse_leaf_first<'a>(components: impl Iterator<Item = &'a str>) -> Option<Con
         }
         if let Some(pod_uid) = pod {
             return container.map(|container_id| ContainerRef {
-                container_id,
+                container_id: container_id.into(),
                 pod_uid: Some(pod_uid),
             });
         }
     }
     container.map(|container_id| ContainerRef {
-        container_id,
+        container_id: container_id.into(),
         pod_uid: None,
     })
 }

@@ -497,10 +497,10 @@ struct Containers {
     members: identity::Bounded<(u32, TimeNs), StateRecord>,
     /// container id → (time of the last OOM kill in it, last process exit status as a shell
     /// would report it: code, or 128 + signal).
-    history: identity::Bounded<String, (Option<TimeNs>, Option<i32>)>,
+    history: identity::Bounded<std::sync::Arc<str>, (Option<TimeNs>, Option<i32>)>,
     /// container id → when its exit was last reported (each v1 hierarchy and v2 report the
     /// same emptying).
-    reported: identity::Bounded<String, TimeNs>,
+    reported: identity::Bounded<std::sync::Arc<str>, TimeNs>,
 }
 
 /// An OOM kill this long before a container's end makes the end `OOMKilled`.
@@ -673,7 +673,7 @@ impl NameCache {
     }
 }
 
-fn container_id(resolved: &identity::Resolved) -> Option<String> {
+fn container_id(resolved: &identity::Resolved) -> Option<std::sync::Arc<str>> {
     resolved.as_ref().map(|c| c.container_id.clone())
 }
 

@@ -12,8 +12,8 @@ use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use tapio_model::{
-    EntityId, KubeEvent, NodeCondition, OwnerRef, PodContainer, ServiceEndpoint, ServiceObject,
-    StateObject, TimeNs, WorkloadObject,
+    ConditionStatus, EntityId, EventType, KubeEvent, NodeCondition, OwnerRef, PodContainer,
+    ServiceEndpoint, ServiceObject, StateObject, TimeNs, WorkloadObject,
 };
 
 /// Why an object could not be converted. Each is counted and the object skipped.
@@ -32,6 +32,12 @@ pub enum ConvertError {
     UnexpectedKind {
         /// The involved object's kind.
         kind: String,
+    },
+    /// An Event whose type is neither `Normal` nor `Warning`.
+    #[error("Event of unknown type `{event_type}` (Kubernetes knows Normal and Warning)")]
+    UnknownEventType {
+        /// The type it had.
+        event_type: String,
     },
     /// A timestamp outside what `TimeNs` can hold (before 1970).
     #[error("{kind} with an impossible time in {field}")]
@@ -170,7 +176,7 @@ impl WatchedKind for Pod {
                 pod: object.entity.clone(),
                 pod_uid: object.uid.clone(),
                 container_name: container.name.clone(),
-                container_id: bare_container_id(id).to_string(),
+                container_id: bare_container_id(id).into(),
             }));
         }
         out.insert(0, StateObject::Workload(object));
@@ -294,7 +300,7 @@ impl WatchedKind for Node {
                 StateObject::NodeCondition(NodeCondition {
                     node: node.clone(),
                     condition: condition.type_.clone(),
-                    status: condition.status.clone(),
+                    status: ConditionStatus::parse(&condition.status),
                     reason: condition.reason.clone().unwrap_or_default(),
                 })
             })
@@ -363,12 +369,16 @@ pub fn kube_event(event: &Event, received: TimeNs) -> Result<KubeEvent, ConvertE
         .map(|at| nanos(&at.0, "lastTimestamp"))
         .transpose()?;
     let first_ns = first.or(event_time).unwrap_or(received);
+    let written = event.type_.as_deref().unwrap_or("Normal");
+    let event_type = EventType::parse(written).ok_or_else(|| ConvertError::UnknownEventType {
+        event_type: written.to_string(),
+    })?;
     Ok(KubeEvent {
         involved,
         reason: event.reason.clone().unwrap_or_default(),
         message: event.message.clone().unwrap_or_default(),
         component: component.to_string(),
-        event_type: event.type_.clone().unwrap_or_default(),
+        event_type,
         count: event
             .count
             .and_then(|count| u32::try_from(count).ok())

@@ -267,7 +267,7 @@ mod tests {
             reason: "r".into(),
             message: "m".into(),
             component: "c".into(),
-            event_type: "Normal".into(),
+            event_type: tapio_model::EventType::Normal,
             count: 1,
             first_ns: 1,
             last_ns: 1,

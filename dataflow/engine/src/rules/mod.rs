@@ -1,33 +1,47 @@
-//! The correlation rules, one module each. Every module opens with the rule in plain words.
+//! The correlation rules: one module each, each opening with the rule in plain words, and one
+//! table ([`TABLE`]) that says which exist.
+//!
+//! A rule is a [`Rule`]: its name, its configuration section, which facts it reads, and how it
+//! builds its correlations from the shared [`RuleInputs`]. Adding a rule is its module, its
+//! configuration struct, one line in [`TABLE`] and one [`tapio_model::CorrelationKind`].
 
+pub mod inputs;
 pub mod oom_sequence;
 pub mod ownership;
-pub mod window;
 
-use std::sync::Arc;
+use differential_dataflow::VecCollection;
+use tapio_config::CorrelationConfig;
+use tapio_model::{Correlation, Fact};
 
-use serde::{Deserialize, Serialize};
-use tapio_model::{EntityId, FactId, Hop, TimeNs};
+use crate::clock::Tick;
+pub use inputs::{Evidence, RuleInputs};
 
-/// A piece of evidence: the observation behind a hop, and what it says.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Evidence {
-    /// Event time of the observation, ns.
-    pub time: TimeNs,
-    /// The observation.
-    pub fact_id: FactId,
-    /// What it says, in a few words.
-    pub what: Arc<str>,
+/// A correlation rule.
+pub trait Rule: Send + Sync + 'static {
+    /// The rule's name, as logs and documents call it.
+    fn name(&self) -> &'static str;
+
+    /// Its configuration section, e.g. `correlation.oom_sequence`.
+    fn section(&self) -> &'static str;
+
+    /// Whether the rule reads `fact`. Facts no enabled rule reads are counted and kept out of
+    /// the dataflow.
+    fn reads(&self, fact: &Fact) -> bool;
+
+    /// Builds the rule's correlations from the shared inputs.
+    fn build<'scope>(
+        &self,
+        inputs: &RuleInputs<'scope>,
+    ) -> VecCollection<'scope, Tick, Correlation, isize>;
 }
 
-impl Evidence {
-    /// A hop at `entity` backed by this evidence.
-    pub fn hop(&self, entity: &EntityId) -> Hop {
-        Hop {
-            entity: entity.clone(),
-            fact_id: self.fact_id.clone(),
-            time: self.time,
-            what: self.what.clone(),
-        }
-    }
+/// Makes a rule from the configuration, or `None` when it is disabled.
+pub type MakeRule = fn(&CorrelationConfig) -> Option<Box<dyn Rule>>;
+
+/// Every rule Tapio has, in the order their output is built.
+pub const TABLE: &[MakeRule] = &[ownership::from_config, oom_sequence::from_config];
+
+/// The rules `config` enables.
+pub fn enabled(config: &CorrelationConfig) -> Vec<Box<dyn Rule>> {
+    TABLE.iter().filter_map(|make| make(config)).collect()
 }

@@ -1,0 +1,124 @@
+//! What the rules share: the facts they read, the state, the ownership chains and the clock,
+//! each built once per dataflow however many rules read it.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use differential_dataflow::VecCollection;
+use serde::{Deserialize, Serialize};
+use tapio_config::CorrelationConfig;
+use tapio_model::{EntityId, Fact, FactId, Hop, Observed, Relation, StateRecord, TimeNs};
+
+use super::ownership::{self, Chains, Links};
+use crate::clock::{Tick, TickClock};
+
+/// A piece of evidence: the observation behind a hop, and what it says.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Evidence {
+    /// Event time of the observation, ns.
+    pub time: TimeNs,
+    /// The observation.
+    pub fact_id: FactId,
+    /// What it says.
+    pub observed: Observed,
+}
+
+impl Evidence {
+    /// A hop at `entity`, related to the hop before by `relation`, backed by this evidence.
+    pub fn hop(&self, entity: &EntityId, relation: Relation) -> Hop {
+        Hop {
+            entity: entity.clone(),
+            relation,
+            fact_id: self.fact_id.clone(),
+            time: self.time,
+            observed: self.observed.clone(),
+        }
+    }
+}
+
+/// The inputs every rule builds from. Derived collections (facts of one kind, the ownership
+/// chains) are built the first time a rule asks and shared with every later one.
+pub struct RuleInputs<'scope> {
+    facts: VecCollection<'scope, Tick, Fact, isize>,
+    state: VecCollection<'scope, Tick, StateRecord, isize>,
+    clock: TickClock,
+    config: CorrelationConfig,
+    by_kind: RefCell<BTreeMap<&'static str, VecCollection<'scope, Tick, Fact, isize>>>,
+    ownership: RefCell<Option<(Links<'scope>, Chains<'scope>)>>,
+}
+
+impl<'scope> RuleInputs<'scope> {
+    /// Inputs over the facts the enabled rules read and the state.
+    pub fn new(
+        facts: VecCollection<'scope, Tick, Fact, isize>,
+        state: VecCollection<'scope, Tick, StateRecord, isize>,
+        clock: TickClock,
+        config: &CorrelationConfig,
+    ) -> RuleInputs<'scope> {
+        RuleInputs {
+            facts,
+            state,
+            clock,
+            config: config.clone(),
+            by_kind: RefCell::new(BTreeMap::new()),
+            ownership: RefCell::new(None),
+        }
+    }
+
+    /// Every fact some enabled rule reads.
+    pub fn facts(&self) -> VecCollection<'scope, Tick, Fact, isize> {
+        self.facts.clone()
+    }
+
+    /// The facts of one payload kind ([`tapio_model::FactPayload::kind`]), filtered once.
+    pub fn facts_of(&self, kind: &'static str) -> VecCollection<'scope, Tick, Fact, isize> {
+        self.by_kind
+            .borrow_mut()
+            .entry(kind)
+            .or_insert_with(|| {
+                self.facts
+                    .clone()
+                    .filter(move |fact| fact.payload.kind() == kind)
+            })
+            .clone()
+    }
+
+    /// The state: Kubernetes objects, pod containers, processes in containers, ...
+    pub fn state(&self) -> VecCollection<'scope, Tick, StateRecord, isize> {
+        self.state.clone()
+    }
+
+    /// Logical time.
+    pub fn clock(&self) -> TickClock {
+        self.clock
+    }
+
+    /// The correlation configuration, every rule's section included.
+    pub fn config(&self) -> &CorrelationConfig {
+        &self.config
+    }
+
+    /// Every Kubernetes object's and container's chain of owners
+    /// (see [`ownership::chains`]).
+    pub fn ownership_chains(&self) -> Chains<'scope> {
+        self.ownership_parts().1
+    }
+
+    /// Which container each process runs in: `(process, link to the container)`, a process's
+    /// link held for the configured grace after it exits.
+    pub fn process_links(&self) -> VecCollection<'scope, Tick, (EntityId, ownership::Link), isize> {
+        self.ownership_parts().0.processes
+    }
+
+    fn ownership_parts(&self) -> (Links<'scope>, Chains<'scope>) {
+        self.ownership
+            .borrow_mut()
+            .get_or_insert_with(|| {
+                let settings = &self.config.ownership;
+                let links = ownership::links(self.state.clone(), settings.process_exit_grace);
+                let chains = ownership::chains(links.objects.clone(), settings.max_depth);
+                (links, chains)
+            })
+            .clone()
+    }
+}

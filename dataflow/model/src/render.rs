@@ -1,0 +1,147 @@
+//! The sentences people read, rendered from a correlation's typed data where it is shown.
+//!
+//! Nothing rendered here is stored in a correlation, so rewording a sentence changes no
+//! correlation's identity.
+//!
+//! ```
+//! use tapio_model::render::explain;
+//! use tapio_model::{Basis, Confidence, Correlation, CorrelationKind, Detail, EntityId, FactId, Hop,
+//!     Observed, Relation};
+//!
+//! let pod: EntityId = "pod/default/web-1".parse().unwrap();
+//! let rs: EntityId = "replicaset/default/web".parse().unwrap();
+//! let evidence = FactId::new("kubernetes", "cluster", 1);
+//! let hop = |entity: &EntityId, relation| Hop {
+//!     entity: entity.clone(),
+//!     relation,
+//!     fact_id: evidence.clone(),
+//!     time: 1_700_000_000_000_000_000,
+//!     observed: Observed::OwnerReference,
+//! };
+//! let correlation = Correlation::new(
+//!     CorrelationKind::Ownership,
+//!     rs.clone(),
+//!     vec![hop(&pod, Relation::Start), hop(&rs, Relation::OwnedBy)],
+//!     Detail::Ownership { depth: 1 },
+//!     Confidence { percent: 100, basis: vec![Basis::RecordedLinks] },
+//! );
+//! assert_eq!(explain(&correlation), "pod/default/web-1 is owned by: replicaset/default/web");
+//! ```
+
+use std::fmt::Write;
+
+use crate::correlation::{Correlation, CorrelationKind, Hop, Observed, Relation};
+
+/// One sentence that says what a correlation concludes.
+pub fn explain(correlation: &Correlation) -> String {
+    match correlation.kind {
+        CorrelationKind::Ownership => explain_ownership(correlation),
+        CorrelationKind::OomRestart => explain_oom_restart(correlation),
+    }
+}
+
+fn explain_ownership(correlation: &Correlation) -> String {
+    let mut out = String::with_capacity(48 * correlation.chain.len());
+    let Some((first, owners)) = correlation.chain.split_first() else {
+        return format!("{} has no recorded owners", correlation.root_cause);
+    };
+    let _ = write!(out, "{} is owned by: ", first.entity);
+    write_path(&mut out, owners);
+    out
+}
+
+fn explain_oom_restart(correlation: &Correlation) -> String {
+    let chain = &correlation.chain;
+    let find = |wanted: fn(&Observed) -> bool| chain.iter().find(|hop| wanted(&hop.observed));
+    let kill = find(|observed| matches!(observed, Observed::OomKill { .. }));
+    let exit = find(|observed| matches!(observed, Observed::ProcessExit { .. }));
+    let stop = find(|observed| matches!(observed, Observed::ContainerExit { .. }));
+    let (Some(kill), Some(exit), Some(stop)) = (kill, exit, stop) else {
+        return format!(
+            "{} was killed by the kernel OOM killer",
+            correlation.root_cause
+        );
+    };
+    let owners: Vec<String> = chain
+        .iter()
+        .filter(|hop| hop.relation == Relation::OwnedBy)
+        .map(|hop| hop.entity.to_string())
+        .collect();
+    let owners = if owners.is_empty() {
+        String::new()
+    } else {
+        format!(", in {}", owners.join(" of "))
+    };
+    format!(
+        "{} was killed by the kernel OOM killer; it exited {} ms later and {}{owners} stopped {} ms after the kill",
+        correlation.root_cause,
+        exit.time.saturating_sub(kill.time) / 1_000_000,
+        stop.entity,
+        stop.time.saturating_sub(kill.time) / 1_000_000,
+    )
+}
+
+/// What a hop's observation says, in a few words; `previous` is the hop before it, if any.
+pub fn describe_hop(hop: &Hop, previous: Option<&Hop>) -> String {
+    match &hop.observed {
+        Observed::OomKill {
+            comm,
+            pid,
+            memcg,
+            rss_pages,
+        } => format!(
+            "{comm} (pid {pid}) OOM-killed in memory cgroup {} at {rss_pages} pages resident",
+            if memcg.is_empty() { "/" } else { memcg }
+        ),
+        Observed::ProcessExit {
+            comm,
+            exit_code,
+            signal,
+        } => {
+            if *signal != 0 {
+                format!("{comm} exited on signal {signal}")
+            } else {
+                format!("{comm} exited with code {exit_code}")
+            }
+        }
+        Observed::ContainerExit {
+            container_name,
+            exit_code,
+            reason,
+            restart_count,
+        } => format!(
+            "container {container_name} exited with code {exit_code} ({reason}), restart count {restart_count}"
+        ),
+        Observed::OwnerReference => match previous {
+            Some(previous) => format!("owner of {}, named by its owner reference", previous.entity),
+            None => "named its owner in an owner reference".to_string(),
+        },
+        Observed::PodContainer { container_name } => match previous {
+            Some(previous) => format!("runs {} as container {container_name}", previous.entity),
+            None => format!("container {container_name} of a pod"),
+        },
+        Observed::ProcessInContainer { filename } => match previous {
+            Some(previous) => format!("runs {} ({filename})", previous.entity),
+            None => format!("runs {filename} in a container"),
+        },
+    }
+}
+
+/// Every hop of a chain with what it says, in order.
+pub fn describe_chain(chain: &[Hop]) -> Vec<String> {
+    chain
+        .iter()
+        .enumerate()
+        .map(|(index, hop)| describe_hop(hop, index.checked_sub(1).map(|at| &chain[at])))
+        .collect()
+}
+
+/// Writes the entities of `hops` as `a → b → c`.
+fn write_path(out: &mut String, hops: &[Hop]) {
+    for (index, hop) in hops.iter().enumerate() {
+        if index > 0 {
+            out.push_str(" → ");
+        }
+        let _ = write!(out, "{}", hop.entity);
+    }
+}
