@@ -715,7 +715,7 @@ impl Cluster {
             pod: p.entity.clone(),
             pod_uid: p.uid.clone(),
             container_name: c.name.to_string(),
-            container_id: new_id.clone(),
+            container_id: new_id.as_str().into(),
         });
         let node = p.node;
         let comm = self.deployments[p.deployment].name.clone();
@@ -768,7 +768,7 @@ impl Cluster {
                 comm: comm.clone(),
                 filename: filename.clone(),
                 args,
-                container_id: Some(container_id.clone()),
+                container_id: Some(container_id.as_str().into()),
             }),
         );
         self.emit_at(time, fact);
@@ -786,7 +786,7 @@ impl Cluster {
                     pid,
                     start_ns,
                 },
-                container_id: container_id.clone(),
+                container_id: container_id.as_str().into(),
                 filename,
             }),
         };
@@ -884,7 +884,7 @@ impl Cluster {
                 comm: process.comm.clone(),
                 exit_code,
                 signal,
-                container_id: Some(process.container_id.clone()),
+                container_id: Some(process.container_id.as_str().into()),
             }),
         )
     }
@@ -930,7 +930,7 @@ impl Cluster {
             c.restarts += 1;
         }
         let payload = FactPayload::ContainerExit(ContainerExit {
-            container_id: c.id.clone(),
+            container_id: c.id.as_str().into(),
             container_name: c.name.to_string(),
             pod: Some(pod_entity),
             exit_code,
@@ -971,7 +971,7 @@ impl Cluster {
                 pid: victim.pid,
                 start_ns: victim.start_ns,
                 comm: victim.comm.clone(),
-                container_id: Some(victim.container_id.clone()),
+                container_id: Some(victim.container_id.as_str().into()),
                 pod_uid: Some(pod_uid),
                 memcg,
                 rss_pages,

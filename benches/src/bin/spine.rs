@@ -173,20 +173,17 @@ impl Options {
 
     fn settings(&self) -> EngineSettings {
         let mut settings = EngineSettings::default();
-        if let (Some(keep), Some(oom)) = (self.keep_for_s, settings.oom_sequence.as_mut()) {
-            oom.keep_for_ms = keep.saturating_mul(1_000);
+        let rules = &mut settings.correlation;
+        if let Some(keep) = self.keep_for_s {
+            rules.oom_sequence.keep_for = std::time::Duration::from_secs(keep);
         }
-        if let (Some(grace), Some(ownership)) = (self.exit_grace_ms, settings.ownership.as_mut()) {
-            ownership.process_exit_grace_ms = grace;
+        if let Some(grace) = self.exit_grace_ms {
+            rules.ownership.process_exit_grace = std::time::Duration::from_millis(grace);
         }
+        rules.ownership.enabled = self.ownership;
+        rules.oom_sequence.enabled = self.oom;
         if let Some(tick) = self.tick_ms {
             settings.tick_ms = tick.max(1);
-        }
-        if !self.ownership {
-            settings.ownership = None;
-        }
-        if !self.oom {
-            settings.oom_sequence = None;
         }
         settings
     }

@@ -2,10 +2,11 @@
 //! cannot make them run away. Each test drives the engine in-process with a scripted stream.
 
 use tapio_dataflow::{ClusterLayout, Engine, EngineSettings};
+use tapio_model::render::explain;
 use tapio_model::{
     ClosedBatch, ContainerExit, Correlation, CorrelationKind, EntityId, Fact, FactId, FactPayload,
-    Heartbeat, Observation, OomKill, OwnerRef, PodContainer, ProcessContainer, ProcessExit,
-    StateObject, StateRecord, StateUpdate, TimeNs, WorkloadObject,
+    Family, Heartbeat, Observation, Observed, OomKill, OwnerRef, PodContainer, ProcessContainer,
+    ProcessExit, Relation, StateObject, StateRecord, StateUpdate, TimeNs, WorkloadObject,
 };
 
 const T0: TimeNs = 1_767_225_600_000_000_000;
@@ -258,33 +259,38 @@ fn app_container() -> StateObject {
 }
 
 #[test]
-fn an_exited_process_stays_owned_for_the_grace_period() {
+fn processes_get_no_ownership_correlation_of_their_own() {
     let member = app_process(app_pid_7());
-    let container = app_container();
     let mut stream = vec![
-        state(1, T0, 1, container),
+        state(1, T0, 1, app_container()),
         state(2, T0, 1, member.clone()),
         state(2, T0 + 2 * SECOND, -1, member),
     ];
     stream.extend(beats(T0, T0 + 40 * SECOND));
     let out = changes(&run(timeline(stream), 2), CorrelationKind::Ownership);
-    let process: Vec<_> = out
+    // Only the container's chain: container → pod.
+    let shapes: Vec<_> = out
         .iter()
-        .filter(|(_, _, c)| c.chain[0].entity.kind() == "process")
-        .map(|(t, d, _)| (*t - T0, *d))
+        .map(|(t, d, c)| {
+            let entities: Vec<String> = c.chain.iter().map(|h| h.entity.to_string()).collect();
+            (*t - T0, *d, entities)
+        })
         .collect();
-    // Exit at +2 s; the default grace is 30 s.
-    assert_eq!(process, vec![(0, 1), (32 * SECOND, -1)]);
+    assert_eq!(
+        shapes,
+        vec![(
+            0,
+            1,
+            vec!["container/c1".to_string(), "pod/a/p".to_string()]
+        )]
+    );
 }
 
 #[test]
-fn a_process_takes_its_containers_chain_once_the_container_is_known() {
-    let process = app_pid_7();
-    let member = app_process(process.clone());
-    let container = app_container();
-    // The process is seen first; its container's pod is listed 2 s later.
+fn a_containers_chain_grows_once_its_pods_owners_are_known() {
+    // The container is listed first; its pod's owners appear 2 s later.
     let mut stream = vec![
-        state(1, T0, 1, member),
+        state(4, T0, 1, app_container()),
         state(
             2,
             T0 + 2 * SECOND,
@@ -292,7 +298,6 @@ fn a_process_takes_its_containers_chain_once_the_container_is_known() {
             workload("pod/a/p", Some("replicaset/a/web-1")),
         ),
         state(3, T0 + 2 * SECOND, 1, workload("replicaset/a/web-1", None)),
-        state(4, T0 + 2 * SECOND, 1, container),
     ];
     stream.extend(beats(T0, T0 + 5 * SECOND));
     for workers in [1, 2] {
@@ -300,55 +305,51 @@ fn a_process_takes_its_containers_chain_once_the_container_is_known() {
             &run(timeline(stream.clone()), workers),
             CorrelationKind::Ownership,
         );
-        let of_process: Vec<_> = out
+        let of_container: Vec<_> = out
             .iter()
-            .filter(|(_, _, c)| c.chain[0].entity == process)
+            .filter(|(_, _, c)| c.chain[0].entity.to_string() == "container/c1")
             .map(|(t, d, c)| {
                 let entities: Vec<String> = c.chain.iter().map(|h| h.entity.to_string()).collect();
-                (
-                    *t - T0,
-                    *d,
-                    c.root_cause.to_string(),
-                    entities,
-                    c.explanation.clone(),
-                )
+                (*t - T0, *d, c.root_cause.to_string(), entities, explain(c))
             })
             .collect();
-        let unowned = (
-            "container/c1".to_string(),
-            vec![process.to_string(), "container/c1".to_string()],
-            format!("{process} is owned by: container/c1"),
+        let short = (
+            "pod/a/p".to_string(),
+            vec!["container/c1".to_string(), "pod/a/p".to_string()],
+            "container/c1 is owned by: pod/a/p".to_string(),
         );
-        let owned = (
+        let long = (
             "replicaset/a/web-1".to_string(),
             vec![
-                process.to_string(),
                 "container/c1".to_string(),
                 "pod/a/p".to_string(),
                 "replicaset/a/web-1".to_string(),
             ],
-            format!("{process} is owned by: container/c1 → pod/a/p → replicaset/a/web-1"),
+            "container/c1 is owned by: pod/a/p → replicaset/a/web-1".to_string(),
         );
         let expected = vec![
-            (
-                0,
-                1,
-                unowned.0.clone(),
-                unowned.1.clone(),
-                unowned.2.clone(),
-            ),
-            (2 * SECOND, -1, unowned.0, unowned.1, unowned.2),
-            (2 * SECOND, 1, owned.0, owned.1, owned.2),
+            (0, 1, short.0.clone(), short.1.clone(), short.2.clone()),
+            (2 * SECOND, -1, short.0, short.1, short.2),
+            (2 * SECOND, 1, long.0, long.1, long.2),
         ];
-        let mut got = of_process;
+        let mut got = of_container;
         got.sort_by_key(|(t, d, ..)| (*t, *d));
         assert_eq!(got, expected, "{workers} workers");
-        // The hop for the process carries the membership evidence.
-        let first = out
-            .iter()
-            .find(|(_, _, c)| c.chain[0].entity == process)
-            .expect("a process correlation");
-        assert_eq!(&*first.2.chain[0].what, "runs /bin/app in the container");
+        // Each hop after the first says how it relates to the one before, with its evidence.
+        let (_, _, last) = out.last().expect("a correlation");
+        let relations: Vec<Relation> = last.chain.iter().map(|hop| hop.relation).collect();
+        assert_eq!(
+            relations,
+            vec![Relation::Start, Relation::OwnedBy, Relation::OwnedBy]
+        );
+        assert_eq!(
+            last.chain[1].observed,
+            Observed::PodContainer {
+                container_name: "app".into()
+            }
+        );
+        assert_eq!(last.chain[2].observed, Observed::OwnerReference);
+        assert_eq!(last.family, Family::Ownership);
     }
 }
 

@@ -463,10 +463,10 @@ impl fmt::Write for Escaping<'_> {
 mod tests {
     use super::*;
     use tapio_model::{
-        ContainerExit, ContainerReady, FileChanged, FileOpenFailed, Heartbeat, KubeEvent,
-        NodeCondition, OomKill, PodContainer, ProcessContainer, ProcessExec, ProcessExit,
-        ProcessFork, ResourceUsage, ServiceEndpoint, ServiceObject, StateRecord, StateUpdate,
-        TcpAccept, TcpClose, TcpConnect, TcpRetransmit, WorkloadObject,
+        ConditionStatus, ContainerExit, ContainerReady, EventType, FileChanged, FileOpenFailed,
+        Heartbeat, KubeEvent, NodeCondition, OomKill, PodContainer, ProcessContainer, ProcessExec,
+        ProcessExit, ProcessFork, Resource, ResourceUsage, ServiceEndpoint, ServiceObject,
+        StateRecord, StateUpdate, TcpAccept, TcpClose, TcpConnect, TcpRetransmit, WorkloadObject,
     };
 
     fn assert_same(observation: &Observation) {
@@ -637,7 +637,7 @@ mod tests {
                     comm: self.text(),
                     filename: self.text(),
                     args: self.texts(),
-                    container_id: self.opt_text(),
+                    container_id: self.opt_text().map(Into::into),
                 }),
                 1 => FactPayload::ProcessExit(ProcessExit {
                     pid: self.u32(),
@@ -645,19 +645,19 @@ mod tests {
                     comm: self.text(),
                     exit_code: self.i32(),
                     signal: self.u32(),
-                    container_id: self.opt_text(),
+                    container_id: self.opt_text().map(Into::into),
                 }),
                 2 => FactPayload::OomKill(OomKill {
                     pid: self.u32(),
                     start_ns: self.u64(),
                     comm: self.text(),
-                    container_id: self.opt_text(),
+                    container_id: self.opt_text().map(Into::into),
                     pod_uid: self.opt_text(),
                     memcg: self.text(),
                     rss_pages: self.u64(),
                 }),
                 3 => FactPayload::ContainerExit(ContainerExit {
-                    container_id: self.text(),
+                    container_id: self.text().into(),
                     container_name: self.text(),
                     pod: self.bool().then(|| self.entity()),
                     exit_code: self.i32(),
@@ -669,7 +669,11 @@ mod tests {
                     reason: self.text(),
                     message: self.text(),
                     component: self.text(),
-                    event_type: self.text(),
+                    event_type: if self.bool() {
+                        EventType::Normal
+                    } else {
+                        EventType::Warning
+                    },
                     count: self.u32(),
                     first_ns: self.u64(),
                     last_ns: self.u64(),
@@ -680,7 +684,7 @@ mod tests {
                     ppid: self.u32(),
                     parent_start_ns: self.u64(),
                     comm: self.text(),
-                    container_id: self.opt_text(),
+                    container_id: self.opt_text().map(Into::into),
                 }),
                 6 => FactPayload::TcpConnect(TcpConnect {
                     process: self.bool().then(|| self.process()),
@@ -695,13 +699,13 @@ mod tests {
                     ][self.below(5) as usize],
                     error: self.i32(),
                     latency_ns: self.u64(),
-                    container_id: self.opt_text(),
+                    container_id: self.opt_text().map(Into::into),
                 }),
                 7 => FactPayload::TcpAccept(TcpAccept {
                     process: self.bool().then(|| self.process()),
                     local: self.address(),
                     remote: self.address(),
-                    container_id: self.opt_text(),
+                    container_id: self.opt_text().map(Into::into),
                 }),
                 8 => FactPayload::TcpClose(TcpClose {
                     process: self.bool().then(|| self.process()),
@@ -713,21 +717,21 @@ mod tests {
                     retransmits: self.u32(),
                     reset: self.bool(),
                     error: self.i32(),
-                    container_id: self.opt_text(),
+                    container_id: self.opt_text().map(Into::into),
                 }),
                 9 => FactPayload::TcpRetransmit(TcpRetransmit {
                     process: self.bool().then(|| self.process()),
                     local: self.address(),
                     remote: self.address(),
                     count: self.u32(),
-                    container_id: self.opt_text(),
+                    container_id: self.opt_text().map(Into::into),
                 }),
                 10 => FactPayload::FileOpenFailed(FileOpenFailed {
                     process: self.process(),
                     path: self.text(),
                     errno: self.i32(),
                     count: self.u32(),
-                    container_id: self.opt_text(),
+                    container_id: self.opt_text().map(Into::into),
                 }),
                 11 => FactPayload::FileChanged(FileChanged {
                     process: self.process(),
@@ -739,19 +743,23 @@ mod tests {
                     path: self.text(),
                     new_path: self.opt_text(),
                     count: self.u32(),
-                    container_id: self.opt_text(),
+                    container_id: self.opt_text().map(Into::into),
                 }),
                 12 => FactPayload::ContainerReady(ContainerReady {
                     pod: self.entity(),
                     container_name: self.text(),
-                    container_id: self.text(),
+                    container_id: self.text().into(),
                     ready: self.bool(),
                     restart_count: self.u32(),
                 }),
                 _ => FactPayload::ResourceUsage(ResourceUsage {
                     pod: self.entity(),
                     container_name: self.text(),
-                    resource: self.text(),
+                    resource: if self.bool() {
+                        Resource::Memory
+                    } else {
+                        Resource::Cpu
+                    },
                     used: self.u64(),
                     limit: self.u64(),
                     above: self.bool(),
@@ -773,11 +781,11 @@ mod tests {
                     pod: self.entity(),
                     pod_uid: self.text(),
                     container_name: self.text(),
-                    container_id: self.text(),
+                    container_id: self.text().into(),
                 }),
                 2 => StateObject::ProcessContainer(ProcessContainer {
                     process: self.entity(),
-                    container_id: self.text(),
+                    container_id: self.text().into(),
                     filename: self.text(),
                 }),
                 3 => StateObject::Service(ServiceObject {
@@ -794,7 +802,7 @@ mod tests {
                 _ => StateObject::NodeCondition(NodeCondition {
                     node: self.entity(),
                     condition: self.text(),
-                    status: self.text(),
+                    status: ConditionStatus::parse(&self.text()),
                     reason: self.text(),
                 }),
             }

@@ -194,7 +194,7 @@ mod tests {
     const UID_US: &str = "1b2c3d4e_5f6a_7b8c_9d0e_1f2a3b4c5d6e";
 
     fn both(path: &str) -> Option<(String, Option<String>)> {
-        parse_path(path).map(|r| (r.container_id, r.pod_uid))
+        parse_path(path).map(|r| (r.container_id.to_string(), r.pod_uid))
     }
 
     fn expect(path: &str, pod: Option<&str>) {
@@ -300,7 +300,7 @@ mod tests {
     fn names_read_by_the_kernel() {
         let names = [ID, &format!("pod{UID}"), "burstable"];
         let parsed = parse_names(names).unwrap();
-        assert_eq!(parsed.container_id, ID);
+        assert_eq!(&*parsed.container_id, ID);
         assert_eq!(parsed.pod_uid.as_deref(), Some(UID));
         let scope = format!("cri-containerd-{ID}.scope");
         let slice = format!("kubepods-burstable-pod{UID_US}.slice");
@@ -325,7 +325,7 @@ mod tests {
         let v2 = format!(
             "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_US}.slice/cri-containerd-{ID}.scope\n"
         );
-        assert_eq!(parse_proc_cgroup(&v2).unwrap().container_id, ID);
+        assert_eq!(parse_proc_cgroup(&v2).unwrap().container_id.as_ref(), ID);
         let hybrid_host = "4:memory:/process_api/5c67\n0::/\n";
         assert_eq!(parse_proc_cgroup(hybrid_host), None);
         assert_eq!(parse_proc_cgroup("garbage\n::\n"), None);

@@ -244,7 +244,7 @@ mod tests {
     fn forks_inherit_and_exits_forget() {
         let mut identity = Identity::new(16);
         let container = ContainerRef {
-            container_id: "a".repeat(64),
+            container_id: "a".repeat(64).into(),
             pod_uid: None,
         };
         identity.learn(10, 100, Some(Arc::new(container.clone())));

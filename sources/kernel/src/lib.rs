@@ -972,14 +972,14 @@ mod tests {
         let mut containers = Containers::new(8);
         let id = "c".repeat(64);
         let container = || cgroup::ContainerRef {
-            container_id: "c".repeat(64),
+            container_id: "c".repeat(64).into(),
             pod_uid: None,
         };
         let kill = FactPayload::OomKill(OomKill {
             pid: 7,
             start_ns: 1,
             comm: "java".into(),
-            container_id: Some(id.clone()),
+            container_id: Some(id.as_str().into()),
             pod_uid: None,
             memcg: String::new(),
             rss_pages: 1,
@@ -990,7 +990,7 @@ mod tests {
             comm: "java".into(),
             exit_code: 0,
             signal: 9,
-            container_id: Some(id.clone()),
+            container_id: Some(id.as_str().into()),
         });
         assert!(containers.membership(&kill, 1_000, &cx).is_none());
         assert!(containers.membership(&exit, 2_000, &cx).is_none());
@@ -1007,7 +1007,7 @@ mod tests {
             comm: "sh".into(),
             exit_code: 0,
             signal: 0,
-            container_id: Some(id.clone()),
+            container_id: Some(id.as_str().into()),
         });
         assert!(containers.membership(&done, 100_000_000_000, &cx).is_none());
         let Some(FactPayload::ContainerExit(end)) = containers.ended(container(), 100_000_000_001)
@@ -1032,7 +1032,7 @@ mod tests {
         let pod = "pod1b2c3d4e-5f6a-7b8c-9d0e-1f2a3b4c5d6e";
         let names = cgroup_names(&[&id, pod, "burstable"]);
         let first = cache.resolve(&names).expect("a container");
-        assert_eq!(first.container_id, id);
+        assert_eq!(&*first.container_id, id.as_str());
         assert_eq!(
             first.pod_uid.as_deref(),
             Some("1b2c3d4e-5f6a-7b8c-9d0e-1f2a3b4c5d6e")
@@ -1054,7 +1054,7 @@ mod tests {
         for i in 0..NAME_CACHE_ENTRIES {
             let other = format!("{i:064}");
             let resolved = cache.resolve(&cgroup_names(&[&other, pod]));
-            assert_eq!(resolved.map(|c| c.container_id.clone()), Some(other));
+            assert_eq!(resolved.map(|c| c.container_id.to_string()), Some(other));
         }
         assert_eq!(cache.entries.len(), NAME_CACHE_ENTRIES);
         let again = cache.resolve(&names).expect("a container");

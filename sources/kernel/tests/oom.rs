@@ -148,7 +148,7 @@ async fn oom_kill_in_a_pod_cgroup() {
     let ended = running
         .wait_for(
             Duration::from_secs(5),
-            |p| matches!(p, FactPayload::ContainerExit(c) if c.container_id == container_id),
+            |p| matches!(p, FactPayload::ContainerExit(c) if *c.container_id == *container_id),
         )
         .await
         .expect("container exit fact");
@@ -161,7 +161,7 @@ async fn oom_kill_in_a_pod_cgroup() {
     let container_exits = running
         .facts()
         .into_iter()
-        .filter(|f| matches!(&f.payload, FactPayload::ContainerExit(c) if c.container_id == container_id))
+        .filter(|f| matches!(&f.payload, FactPayload::ContainerExit(c) if *c.container_id == *container_id))
         .count();
     assert_eq!(container_exits, 1, "one end per container");
 
@@ -177,7 +177,7 @@ async fn oom_kill_in_a_pod_cgroup() {
         .filter_map(|o| match o {
             Observation::State(update) => match &update.record.object {
                 StateObject::ProcessContainer(member) if member.process == process => {
-                    assert_eq!(member.container_id, container_id);
+                    assert_eq!(&*member.container_id, container_id.as_str());
                     Some(update.diff)
                 }
                 _ => None,

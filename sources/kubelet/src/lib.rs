@@ -143,7 +143,7 @@ async fn get(client: &kube::Client, path: &str) -> Result<Vec<u8>, kube::Error> 
 #[derive(Default)]
 struct Polls {
     pods: Option<PodsSnapshot>,
-    pressure: BTreeMap<(ContainerKey, &'static str), ResourceUsage>,
+    pressure: BTreeMap<(ContainerKey, tapio_model::Resource), ResourceUsage>,
 }
 
 impl Polls {
@@ -172,8 +172,8 @@ impl Polls {
                         continue;
                     }
                     let used = usage.get(&key.0).and_then(|usage| match key.1 {
-                        "memory" => usage.memory,
-                        _ => usage.cpu,
+                        tapio_model::Resource::Memory => usage.memory,
+                        tapio_model::Resource::Cpu => usage.cpu,
                     });
                     if let Some(used) = used {
                         out.push(FactPayload::ResourceUsage(ResourceUsage {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
-use tapio_model::{ContainerExit, ContainerReady, EntityId, FactPayload, ResourceUsage};
+use tapio_model::{ContainerExit, ContainerReady, EntityId, FactPayload, Resource, ResourceUsage};
 
 /// Why an answer could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -227,7 +227,7 @@ pub fn pod_changes(previous: &PodsSnapshot, current: &PodsSnapshot) -> Vec<FactP
             && let Some((container_id, exit_code, reason, _)) = &now.last_terminated
         {
             out.push(FactPayload::ContainerExit(ContainerExit {
-                container_id: container_id.clone(),
+                container_id: container_id.as_str().into(),
                 container_name: key.1.clone(),
                 pod: Some(pod.clone()),
                 exit_code: *exit_code,
@@ -239,7 +239,7 @@ pub fn pod_changes(previous: &PodsSnapshot, current: &PodsSnapshot) -> Vec<FactP
             out.push(FactPayload::ContainerReady(ContainerReady {
                 pod: pod.clone(),
                 container_name: key.1.clone(),
-                container_id: now.container_id.clone(),
+                container_id: now.container_id.as_str().into(),
                 ready: now.ready,
                 restart_count: now.restart_count,
             }));
@@ -332,15 +332,15 @@ pub fn pressure(
     pods: &PodsSnapshot,
     usage: &BTreeMap<ContainerKey, Usage>,
     threshold_percent: u8,
-) -> BTreeMap<(ContainerKey, &'static str), ResourceUsage> {
+) -> BTreeMap<(ContainerKey, Resource), ResourceUsage> {
     let mut out = BTreeMap::new();
     for (key, (pod, state)) in &pods.containers {
         let Some(used) = usage.get(key) else {
             continue;
         };
         for (resource, used, limit) in [
-            ("memory", used.memory, state.memory_limit),
-            ("cpu", used.cpu, state.cpu_limit),
+            (Resource::Memory, used.memory, state.memory_limit),
+            (Resource::Cpu, used.cpu, state.cpu_limit),
         ] {
             let (Some(used), Some(limit)) = (used, limit) else {
                 continue;
@@ -353,7 +353,7 @@ pub fn pressure(
                     ResourceUsage {
                         pod: pod.clone(),
                         container_name: key.1.clone(),
-                        resource: resource.into(),
+                        resource,
                         used,
                         limit,
                         above: true,

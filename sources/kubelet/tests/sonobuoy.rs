@@ -52,7 +52,7 @@ fn restarts_between_two_real_snapshots_become_container_exits() {
                 exit.exit_code,
                 exit.reason.clone(),
                 exit.restart_count,
-                exit.container_id.clone(),
+                exit.container_id.to_string(),
             ),
             other => panic!("only exits changed between the snapshots, got {other:?}"),
         })

@@ -15,7 +15,7 @@
 //!         let (links_in, links) = scope.new_collection::<(char, (char, u8)), isize>();
 //!         let (out_tx, out_rx) = std::sync::mpsc::channel();
 //!         let closed = chains(links, 8);
-//!         let probe = closed.probe();
+//!         let (probe, closed) = closed.probe();
 //!         closed.inspect(move |(data, _, diff)| out_tx.send((data.clone(), *diff)).unwrap());
 //!         (links_in, probe, out_rx)
 //!     });

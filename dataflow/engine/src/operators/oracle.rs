@@ -44,8 +44,8 @@ pub(crate) fn at<D: Ord + Clone>(updates: &[(D, Tick, isize)], time: Tick) -> BT
 /// and returns every output update.
 pub(crate) fn run2<L, R, O, F>(left: Updates<L>, right: Updates<R>, build: F) -> Updates<O>
 where
-    L: ExchangeData,
-    R: ExchangeData,
+    L: ExchangeData + Sync,
+    R: ExchangeData + Sync,
     O: ExchangeData,
     F: for<'scope> Fn(
             VecCollection<'scope, Tick, L, isize>,
@@ -60,8 +60,7 @@ where
         let (mut left_in, mut right_in, probe) = worker.dataflow::<Tick, _, _>(|scope| {
             let (left_in, left_data) = scope.new_collection::<L, isize>();
             let (right_in, right_data) = scope.new_collection::<R, isize>();
-            let out = build(left_data, right_data);
-            let probe = out.probe();
+            let (probe, out) = build(left_data, right_data).probe();
             out.inspect(move |(data, time, diff)| {
                 let _ = out_tx.send((data.clone(), *time, *diff));
             });
@@ -96,7 +95,7 @@ where
 /// [`run2`] with one input.
 pub(crate) fn run1<D, O, F>(input: Updates<D>, build: F) -> Updates<O>
 where
-    D: ExchangeData,
+    D: ExchangeData + Sync,
     O: ExchangeData,
     F: for<'scope> Fn(
             VecCollection<'scope, Tick, D, isize>,

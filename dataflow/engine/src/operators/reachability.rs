@@ -15,13 +15,13 @@
 //!         let (seeds_in, seeds) = scope.new_collection::<char, isize>();
 //!         let (out_tx, out_rx) = std::sync::mpsc::channel();
 //!         let reached = reach(edges, seeds, 8);
-//!         let probe = reached.probe();
+//!         let (probe, reached) = reached.probe();
 //!         reached.inspect(move |(data, _, diff)| out_tx.send((*data, *diff)).unwrap());
 //!         (edges_in, seeds_in, probe, out_rx)
 //!     });
-//!     edges.insert(('db', 'api'));  // api depends on db: db reaches api
-//!     edges.insert(('api', 'web'));
-//!     seeds.insert('db');
+//!     edges.insert(('d', 'a')); // the API (a) depends on the database (d): d reaches a
+//!     edges.insert(('a', 'w')); // the web front end (w) depends on the API
+//!     seeds.insert('d'); // the database fails
 //!     edges.advance_to(1);
 //!     seeds.advance_to(1);
 //!     edges.flush();
@@ -33,7 +33,7 @@
 //!     found.sort();
 //!     found
 //! });
-//! assert_eq!(found, vec![(('api', ('db', 1)), 1), (('web', ('db', 2)), 1)]);
+//! assert_eq!(found, vec![(('a', ('d', 1)), 1), (('w', ('d', 2)), 1)]);
 //! ```
 
 use differential_dataflow::operators::Iterate;

@@ -16,7 +16,7 @@
 //!         let (b_in, b) = scope.new_collection::<(u32, (u64, char)), isize>();
 //!         let (out_tx, out_rx) = std::sync::mpsc::channel();
 //!         let matched = earliest_within(a, b, 10, |(time, _)| *time, |(time, _)| *time);
-//!         let probe = matched.probe();
+//!         let (probe, matched) = matched.probe();
 //!         matched.inspect(move |(data, _, diff)| out_tx.send((data.clone(), *diff)).unwrap());
 //!         (a_in, b_in, probe, out_rx)
 //!     });
@@ -91,7 +91,7 @@ mod tests {
         for seed in 1..=20 {
             let mut rng = Rng::new(seed);
             let within = rng.below(10);
-            let mut updates = |rng: &mut Rng, count: u64| {
+            let updates = |rng: &mut Rng, count: u64| {
                 let mut out = Vec::new();
                 for id in 0..count {
                     let record = (rng.below(3) as u32, (rng.below(30), id));
