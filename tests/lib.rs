@@ -1,7 +1,7 @@
 //! Shared helpers for Tapio's cross-crate tests (layer L4).
 //!
 //! [`kspan`] builds the shipped recording `tests/recordings/kspan-rollout-oom.jsonl` from the real
-//! Kubernetes rollout recorded by the kspan project (`../shared/fixtures/k8s/kspan/`), plus the
+//! Kubernetes rollout recorded by the kspan project (`tests/fixtures/k8s/kspan/`), plus the
 //! kernel and container-runtime facts of an OOM kill in one of its pods.
 
 pub mod control_plane;
@@ -19,9 +19,10 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The shared third-party fixtures, beside the checkout.
+/// The third-party fixtures shipped with the tests (`tests/fixtures`, provenance and licences
+/// in its README).
 pub fn fixtures() -> PathBuf {
-    repo_root().join("../shared/fixtures")
+    repo_root().join("tests/fixtures")
 }
 
 /// The recordings shipped with the tests.

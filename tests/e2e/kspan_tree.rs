@@ -1,4 +1,4 @@
-//! The kspan rollout's causal tree (`../shared/fixtures/k8s/kspan/expected-tree.md`), rebuilt
+//! The kspan rollout's causal tree (`tests/fixtures/k8s/kspan/expected-tree.md`), rebuilt
 //! from what the kubernetes collector's converter makes of the recorded objects and Events.
 //!
 //! What is implemented here: the ownership chains (every pod → ReplicaSet → Deployment `px`,

@@ -1,6 +1,6 @@
-//! The layering rule (DESIGN.md §2): lower layers never import higher ones, and siblings in a
-//! layer never import each other. Reads `cargo metadata` and fails on any internal dependency
-//! edge the table below does not allow.
+//! The layering rule (the layer table in `docs/architecture.md`): lower layers never import
+//! higher ones, and siblings in a layer never import each other. Reads `cargo metadata` and
+//! fails on any internal dependency edge the table below does not allow.
 
 use std::collections::BTreeSet;
 use std::process::Command;

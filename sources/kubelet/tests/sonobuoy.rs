@@ -1,6 +1,6 @@
 //! The kubelet collector's `/pods` decoding and change detection on real recorded pod lists:
-//! the two sonobuoy result tarballs in `../shared/fixtures/k8s/sonobuoy/` were taken two days
-//! apart on the same cluster (results-0.10 on 2017-12-13, results-0.9 on 2017-12-15), and in
+//! the two sonobuoy result tarballs in `tests/fixtures/k8s/sonobuoy/` were taken eight days
+//! apart on the same cluster (results-0.10 on 2017-12-13, results-0.9 on 2017-12-21), and in
 //! between two calico pods' containers restarted. The pod lists are the API server's view,
 //! which has the same shape as the kubelet's own `/pods` answer (a list of core/v1 Pods).
 
@@ -12,7 +12,7 @@ use tapio_sources_kubelet::parse;
 
 fn extract(tarball: &str) -> PathBuf {
     let fixtures =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/k8s/sonobuoy");
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/k8s/sonobuoy");
     let dir = std::env::temp_dir().join(format!("tapio-kubelet-{}-{tarball}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let status = Command::new("tar")

@@ -3,7 +3,7 @@
 //! Run: `cargo bench -p tapio-sources-kubernetes --bench watch_ingest` (add `-- 50000` for
 //! another pod count; the default is 10 000).
 //!
-//! Pods are copies of a real Pod recorded by kspan (`../shared/fixtures/k8s/kspan/`, with its
+//! Pods are copies of a real Pod recorded by kspan (`tests/fixtures/k8s/kspan/`, with its
 //! managedFields, spec and status), each with its own name, uid and container id, decoded from
 //! JSON exactly as a watch event body is. Each phase feeds watch events through the source's
 //! own path (decode → convert → tracker → bounded channel of the engine's default capacity,
@@ -52,7 +52,7 @@ static ALLOCATOR: Counting = Counting;
 /// The first running Pod of the kspan fixture, as JSON.
 fn template() -> serde_json::Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures/k8s/kspan/deployment-2-pods.yaml");
+        .join("../../tests/fixtures/k8s/kspan/deployment-2-pods.yaml");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|error| panic!("read {}: {error}", path.display()));
     for document in text.split("\n---\n") {
