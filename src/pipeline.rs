@@ -299,6 +299,8 @@ pub(crate) async fn finish_dataflow(engine: Engine, outputs: outputs::Outputs) -
         facts_unread = report.facts_unread,
         state_updates = report.state_updates,
         late = report.late,
+        sources_retired = report.sources_retired,
+        sources_rejoined = report.sources_rejoined,
         changes = written.changes,
         ticks_with_changes = written.batches,
         "Dataflow finished."

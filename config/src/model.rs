@@ -311,6 +311,13 @@ pub struct EngineConfig {
     /// `0s..=1h`. Written as a humantime string. Default: `2s`.
     #[serde(with = "humantime_str")]
     pub lateness: Duration,
+    /// How long, in event time, a (source, node) may stay silent before the watermark stops
+    /// waiting for it: once another source's heartbeat promises more than this beyond its last
+    /// one, it is retired (logged and counted) until it heartbeats again. `0s` never retires a
+    /// source, so one silent agent holds event time back for good; otherwise
+    /// above `lateness`, at most `24h`. Written as a humantime string. Default: `30s`.
+    #[serde(with = "humantime_str")]
+    pub source_idle_timeout: Duration,
 }
 
 impl Default for EngineConfig {
@@ -326,6 +333,9 @@ impl Default for EngineConfig {
             tick: Duration::from_millis(100),
             // Covers typical clock skew and delivery delay between node-local sources.
             lateness: Duration::from_secs(2),
+            // Far above every source's heartbeat interval and the lateness, so only an agent
+            // that is gone (or cut off) is retired, and event time resumes within a minute.
+            source_idle_timeout: Duration::from_secs(30),
         }
     }
 }

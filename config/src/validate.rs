@@ -163,6 +163,25 @@ pub(crate) fn validate(config: &TapioConfig) -> Result<(), ConfigError> {
         Duration::ZERO,
         HOUR,
     )?;
+    // Within the lateness a source is merely behind, not silent: retiring it there would only
+    // make it flap between retired and rejoined.
+    let idle = engine.source_idle_timeout;
+    if !idle.is_zero() && idle <= engine.lateness {
+        return Err(invalid(
+            "correlation.engine.source_idle_timeout",
+            format!(
+                "must be 0s (never retire) or above correlation.engine.lateness ({}), got {}",
+                duration::format(engine.lateness),
+                duration::format(idle)
+            ),
+        ));
+    }
+    duration_in(
+        "correlation.engine.source_idle_timeout",
+        idle,
+        Duration::ZERO,
+        DAY,
+    )?;
 
     let ownership = &config.correlation.ownership;
     count_in(
@@ -313,6 +332,7 @@ fn check_subject_prefix(prefix: &str) -> Result<(), ConfigError> {
 }
 
 const HOUR: Duration = Duration::from_secs(60 * 60);
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
 fn invalid(key_path: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::new(ConfigErrorKind::InvalidValue, key_path, message)

@@ -86,6 +86,7 @@ fn defaults_have_the_documented_values() {
     assert_eq!(engine.output_buffer_size, 64);
     assert_eq!(engine.tick, Duration::from_millis(100));
     assert_eq!(engine.lateness, Duration::from_secs(2));
+    assert_eq!(engine.source_idle_timeout, Duration::from_secs(30));
     let ownership = &config.correlation.ownership;
     assert!(ownership.enabled);
     assert_eq!(ownership.max_depth, 8);
@@ -130,6 +131,7 @@ fn to_yaml_writes_every_key_and_durations_as_humantime() {
         "output_buffer_size:",
         "tick: 100ms",
         "lateness: 2s",
+        "source_idle_timeout: 30s",
         "ownership:",
         "max_depth:",
         "process_exit_grace: 30s",
@@ -174,6 +176,7 @@ fn non_default_values_round_trip() {
     config.correlation.engine.output_buffer_size = 1;
     config.correlation.engine.tick = Duration::from_micros(1_500);
     config.correlation.engine.lateness = Duration::from_secs(3600);
+    config.correlation.engine.source_idle_timeout = Duration::from_secs(24 * 3600);
     config.correlation.ownership.enabled = false;
     config.correlation.ownership.max_depth = 64;
     config.correlation.ownership.process_exit_grace = Duration::from_secs(3600);
@@ -261,7 +264,8 @@ fn unknown_keys_name_their_full_path_line_and_the_valid_keys() {
         error.to_string(),
         format!(
             "tapio.yaml:{line}:5: correlation.engine.workers: unknown key; valid keys here: \
-             worker_count, event_buffer_size, output_buffer_size, tick, lateness"
+             worker_count, event_buffer_size, output_buffer_size, tick, lateness, \
+             source_idle_timeout"
         )
     );
 
@@ -411,6 +415,27 @@ fn an_unacknowledged_span_not_below_the_lateness_is_refused_where_nats_is_used()
 }
 
 #[test]
+fn the_source_idle_timeout_is_zero_or_above_the_lateness() {
+    let ok = parse_ok("correlation:\n  engine:\n    source_idle_timeout: 0s\n");
+    assert_eq!(ok.correlation.engine.source_idle_timeout, Duration::ZERO);
+    let ok = parse_ok("correlation:\n  engine:\n    lateness: 0s\n    source_idle_timeout: 1ms\n");
+    assert_eq!(
+        ok.correlation.engine.source_idle_timeout,
+        Duration::from_millis(1)
+    );
+    let error =
+        parse_err("correlation:\n  engine:\n    lateness: 5s\n    source_idle_timeout: 5s\n");
+    assert_eq!(error.key_path, "correlation.engine.source_idle_timeout");
+    assert_eq!(error.line, Some(4));
+    assert!(
+        error.message.contains(
+            "must be 0s (never retire) or above correlation.engine.lateness (5s), got 5s"
+        ),
+        "{error}"
+    );
+}
+
+#[test]
 fn duration_without_unit_says_what_to_write() {
     let error = parse_err("correlation:\n  engine:\n    tick: 5\n");
     assert_eq!(error.key_path, "correlation.engine.tick");
@@ -513,6 +538,24 @@ const RULES: &[(&str, &str, &str, Option<&str>)] = &[
         "lateness: 1h 1ns",
         "correlation.engine.lateness",
         None,
+    ),
+    (
+        "source_idle_timeout: 30s",
+        "source_idle_timeout: 2s",
+        "correlation.engine.source_idle_timeout",
+        None,
+    ),
+    (
+        "source_idle_timeout: 30s",
+        "source_idle_timeout: 24h 1ns",
+        "correlation.engine.source_idle_timeout",
+        None,
+    ),
+    (
+        "lateness: 2s",
+        "lateness: 30s",
+        "correlation.engine.source_idle_timeout",
+        Some("source_idle_timeout: 30s"),
     ),
     (
         "max_depth: 8",
@@ -725,7 +768,9 @@ fn bounds_themselves_are_accepted() {
         ("tick: 100ms", "tick: 1ms"),
         ("tick: 100ms", "tick: 60s"),
         ("lateness: 2s", "lateness: 0s"),
-        ("lateness: 2s", "lateness: 1h"),
+        ("source_idle_timeout: 30s", "source_idle_timeout: 0s"),
+        ("source_idle_timeout: 30s", "source_idle_timeout: 2001ms"),
+        ("source_idle_timeout: 30s", "source_idle_timeout: 24h"),
         ("max_depth: 8", "max_depth: 1"),
         ("max_depth: 8", "max_depth: 64"),
         ("process_exit_grace: 30s", "process_exit_grace: 0s"),
@@ -739,6 +784,14 @@ fn bounds_themselves_are_accepted() {
     ] {
         let (text, _) = shipped_with(from, to);
         parse_ok(&text);
+    }
+    // The largest lateness needs a larger idle timeout (or none).
+    let (text, _) = shipped_with("lateness: 2s", "lateness: 1h");
+    for idle in ["1h 1ns", "0s"] {
+        parse_ok(&text.replace(
+            "source_idle_timeout: 30s",
+            &format!("source_idle_timeout: {idle}"),
+        ));
     }
 }
 

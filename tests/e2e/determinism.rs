@@ -248,3 +248,144 @@ fn a_fact_beyond_the_lateness_bound_is_clamped_and_counted() {
     assert!(first.time > 1_621_417_382_600_000_000);
     std::fs::remove_dir_all(dir).expect("clean");
 }
+
+/// Node `n2` is cut off after 5 s while `n1` goes on for 100 s; from 40 s on it catches up,
+/// 10 s behind `n1`: an OOM sequence it saw at 20 s, its heartbeats from 40 s, an OOM sequence
+/// at 60 s.
+fn a_node_cut_off_and_back() -> Vec<Observation> {
+    use tapio_model::{
+        ContainerExit, Fact, FactId, FactPayload, Heartbeat, OomKill, ProcessExit, TimeNs,
+    };
+    const T0: TimeNs = tapio_tests::synthetic::START_NS;
+    const S: TimeNs = 1_000_000_000;
+    let beat = |node: &str, at: TimeNs| {
+        Observation::Heartbeat(Heartbeat {
+            source: "kernel".into(),
+            node: node.into(),
+            upto_ns: T0 + at,
+        })
+    };
+    let oom = |seq: u64, at: TimeNs| {
+        let container = format!("n2-c{seq}");
+        let fact = |seq, time_ns, payload| {
+            Observation::Fact(Fact {
+                id: FactId::new("kernel", "n2", seq),
+                time_ns: T0 + time_ns,
+                payload,
+            })
+        };
+        vec![
+            fact(
+                seq,
+                at,
+                FactPayload::OomKill(OomKill {
+                    pid: 7,
+                    start_ns: T0,
+                    comm: "java".into(),
+                    container_id: Some(container.clone()),
+                    pod_uid: None,
+                    memcg: String::new(),
+                    rss_pages: 1,
+                }),
+            ),
+            fact(
+                seq + 1,
+                at + 2_000_000,
+                FactPayload::ProcessExit(ProcessExit {
+                    pid: 7,
+                    start_ns: T0,
+                    comm: "java".into(),
+                    exit_code: 0,
+                    signal: 9,
+                    container_id: Some(container.clone()),
+                }),
+            ),
+            fact(
+                seq + 2,
+                at + 20_000_000,
+                FactPayload::ContainerExit(ContainerExit {
+                    container_id: container,
+                    container_name: "app".into(),
+                    pod: None,
+                    exit_code: 137,
+                    reason: "OOMKilled".into(),
+                    restart_count: 1,
+                }),
+            ),
+        ]
+    };
+    let mut stream = Vec::new();
+    for step in 0..=200 {
+        let at = step * S / 2;
+        if at == 50 * S {
+            stream.extend(oom(1, 20 * S));
+        }
+        if at == 70 * S {
+            stream.extend(oom(10, 60 * S));
+        }
+        if (50 * S..=100 * S).contains(&at) {
+            stream.push(beat("n2", at - 10 * S));
+        }
+        stream.push(beat("n1", at));
+        if at <= 5 * S {
+            stream.push(beat("n2", at));
+        }
+    }
+    stream
+}
+
+#[test]
+fn a_node_cut_off_and_back_is_retired_and_rejoins_alike_live_and_in_replay() {
+    let dir = scratch("cut-off");
+    let recording = dir.join("cut-off.jsonl");
+    write(&recording, &a_node_cut_off_and_back());
+    let counts = ["sources_retired=1", "sources_rejoined=1", "late=3"];
+    let (one, log) = replay(&recording, &["--workers", "1"], "cut-off-w1");
+    for count in counts {
+        assert!(log.contains(count), "replay: {count} missing:\n{log}");
+    }
+    assert!(
+        log.contains("Retired a silent source") && log.contains("speaks again"),
+        "{log}"
+    );
+    // Both sequences are found: the one from 20 s clamped to when it arrived.
+    let ooms = one
+        .iter()
+        .filter(|c| c.correlation.kind == tapio_model::CorrelationKind::OomRestart && c.diff > 0)
+        .count();
+    assert_eq!(ooms, 2, "{one:#?}");
+    let (two, log) = replay(&recording, &["--workers", "2"], "cut-off-w2");
+    for count in counts {
+        assert!(log.contains(count), "2 workers: {count} missing:\n{log}");
+    }
+    assert!(one == two, "2 workers differ from 1");
+
+    // Live: the recording as a source at 20 times its pace, as the agents would deliver it.
+    let config = dir.join("tapio.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "collectors:\n  kernel:\n    enabled: false\n  recording:\n    enabled: true\n    path: {}\n    speed: 20\n",
+            recording.display()
+        ),
+    )
+    .expect("write config");
+    let out = dir.join("live.jsonl");
+    let output = crate::support::succeed(
+        tapio()
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .args(["--workers", "2", "--output"])
+            .arg(&out),
+    );
+    let log = String::from_utf8_lossy(&output.stderr);
+    for count in counts {
+        assert!(log.contains(count), "live: {count} missing:\n{log}");
+    }
+    assert!(
+        read_changes(&out) == one,
+        "the live run differs from the replay"
+    );
+    std::fs::remove_dir_all(dir).expect("clean");
+}

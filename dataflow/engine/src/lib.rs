@@ -7,9 +7,11 @@
 //!
 //! Time: logical time is event time in milliseconds, rounded up to a tick. Inputs advance to the
 //! minimum heartbeat over all sources minus a lateness bound; a fact that arrives behind that is
-//! clamped to the current input time and counted as late. Because heartbeats travel in the
-//! stream, replaying a recording computes exactly the watermarks of the live run, and the output
-//! is the same for any number of workers or processes.
+//! clamped to the current input time and counted as late. A source that stops heartbeating is
+//! retired after an idle timeout measured in event time, and rejoins when it speaks again (see
+//! [`Watermark`]). Because heartbeats travel in the stream, replaying a recording computes
+//! exactly the watermarks of the live run, and the output is the same for any number of workers
+//! or processes.
 //!
 //! Rules (one module each under [`rules`], listed in [`rules::TABLE`]): [`rules::ownership`] and
 //! [`rules::oom_sequence`]. They are built from the reusable incremental operators in
@@ -53,7 +55,7 @@ use tapio_config::{CorrelationConfig, TapioConfig};
 use tapio_model::ClosedBatch;
 use tokio::sync::mpsc;
 
-pub use clock::{Tick, TickClock, Watermark};
+pub use clock::{Membership, SourceChange, Tick, TickClock, Watermark};
 pub use progress::TakenIn;
 pub use router::{ClusterLayout, Ingest, Router, WorkerInput};
 pub use rules::{Rule, RuleInputs};
@@ -65,6 +67,10 @@ pub struct EngineSettings {
     pub tick_ms: u64,
     /// Bounded out-of-orderness, ns.
     pub lateness_ns: u64,
+    /// A (source, node) whose heartbeats fall this far (ns of event time) behind another's is
+    /// retired from the watermark until it speaks again (the exact rule: [`Watermark`]);
+    /// `None` never retires one.
+    pub source_idle_timeout_ns: Option<u64>,
     /// Capacity of each worker's input channel, in batches.
     pub input_buffer: usize,
     /// Most ticks of event time the input may run ahead of the output.
@@ -90,6 +96,7 @@ impl EngineSettings {
         EngineSettings {
             tick_ms: ms(engine.tick).max(1),
             lateness_ns: ns(engine.lateness),
+            source_idle_timeout_ns: Some(ns(engine.source_idle_timeout)).filter(|idle| *idle > 0),
             input_buffer: (engine.event_buffer_size / 1024).max(4),
             max_inflight_ticks: 50,
             correlation: config.correlation.clone(),
@@ -110,6 +117,10 @@ pub struct WorkerReport {
     pub heartbeats: u64,
     /// Facts and state updates that arrived behind the watermark and were clamped to it.
     pub late: u64,
+    /// Times a silent (source, node) was retired from the watermark.
+    pub sources_retired: u64,
+    /// Times a retired (source, node) rejoined the watermark.
+    pub sources_rejoined: u64,
     /// The last tick reported.
     pub last_tick: Tick,
 }
@@ -127,6 +138,12 @@ pub struct EngineReport {
     pub heartbeats: u64,
     /// Observations clamped because they were late.
     pub late: u64,
+    /// Times a silent (source, node) was retired from the watermark (every worker decides the
+    /// same; this is per worker).
+    pub sources_retired: u64,
+    /// Times a retired (source, node) rejoined the watermark (per worker, like
+    /// `sources_retired`).
+    pub sources_rejoined: u64,
     /// Correlation changes handed to the sinks.
     pub changes_emitted: u64,
     /// The last tick reported.
@@ -243,6 +260,8 @@ impl Engine {
             total.state_updates += report.state_updates;
             total.heartbeats = total.heartbeats.max(report.heartbeats);
             total.late += report.late;
+            total.sources_retired = total.sources_retired.max(report.sources_retired);
+            total.sources_rejoined = total.sources_rejoined.max(report.sources_rejoined);
             total.last_tick = total.last_tick.max(report.last_tick);
         }
         total.changes_emitted = self.emitted.load(Ordering::Relaxed);

@@ -10,7 +10,7 @@ use tapio_model::{ClosedBatch, Correlation, Fact, Observation, StateRecord};
 use timely::worker::Worker;
 use tokio::sync::mpsc::{self, error::TryRecvError};
 
-use crate::clock::{Tick, TickClock, Watermark};
+use crate::clock::{Membership, SourceChange, Tick, TickClock, Watermark};
 use crate::output::{Horizon, emit_closed_ticks};
 use crate::progress::TakenIn;
 use crate::router::{Ingest, WorkerReceiver};
@@ -69,7 +69,8 @@ pub(crate) fn drive(
     });
 
     let mut report = WorkerReport::default();
-    let mut watermark = Watermark::new(clock, settings.lateness_ns);
+    let mut watermark = Watermark::new(clock, settings.lateness_ns)
+        .with_idle_timeout(settings.source_idle_timeout_ns);
     let max_lag = clock.tick_ms().saturating_mul(settings.max_inflight_ticks);
     let end = loop {
         let mut taken = 0;
@@ -98,6 +99,9 @@ pub(crate) fn drive(
                             Observation::Heartbeat(heartbeat) => {
                                 report.heartbeats += 1;
                                 watermark.observe(&heartbeat);
+                                for change in watermark.take_changes() {
+                                    count_and_log(&mut report, &change, local == 0);
+                                }
                             }
                         }
                     }
@@ -159,6 +163,37 @@ pub(crate) fn drive(
     }
     report.last_tick = end;
     report
+}
+
+/// Counts a retirement or rejoin; logs it when `log` (one worker per process logs, since every
+/// worker decides the same).
+fn count_and_log(report: &mut WorkerReport, change: &SourceChange, log: bool) {
+    match change.membership {
+        Membership::Retired => {
+            report.sources_retired += 1;
+            if log {
+                tracing::warn!(
+                    source = %change.source,
+                    node = %change.node,
+                    last_heard_ns = change.last_heard_ns,
+                    others_at_ns = change.at_ns,
+                    "Retired a silent source: event time no longer waits for it."
+                );
+            }
+        }
+        Membership::Rejoined => {
+            report.sources_rejoined += 1;
+            if log {
+                tracing::info!(
+                    source = %change.source,
+                    node = %change.node,
+                    at_ns = change.at_ns,
+                    silent_since_ns = change.last_heard_ns,
+                    "A retired source speaks again and holds event time again."
+                );
+            }
+        }
+    }
 }
 
 /// The tick an observation enters at: its own, or the current input tick if it is late.
