@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tapio_model::CorrelationKind;
+use tapio_model::{CorrelationKind, Observed};
 
 use crate::support::{current, read_changes, scratch, tapio};
 
@@ -145,11 +145,11 @@ fn tapio_run_reports_a_real_oom_kill_as_an_oom_restart() {
         oom.chain
     );
     assert!(
-        oom.chain[2].what.contains("OOMKilled"),
-        "{}",
-        oom.chain[2].what
+        matches!(&oom.chain[2].observed, Observed::ContainerExit { reason, .. } if &**reason == "OOMKilled"),
+        "{:?}",
+        oom.chain[2].observed
     );
-    assert_eq!(oom.confidence, 95);
+    assert_eq!(oom.confidence.percent, 95);
     assert!(log.contains("Collector health at exit."), "{log}");
     std::fs::remove_dir_all(dir).expect("clean");
 }

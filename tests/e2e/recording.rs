@@ -2,7 +2,8 @@
 //! ownership chains and the OOM sequence it contains.
 
 use tapio_model::recording::{RecordingReader, RecordingWriter};
-use tapio_model::{CorrelationKind, EntityId};
+use tapio_model::render::explain;
+use tapio_model::{CorrelationKind, EntityId, Family, Relation};
 
 use crate::support::{current, kspan_recording, replay};
 
@@ -88,7 +89,6 @@ fn replay_yields_ownership_chains_and_the_oom_sequence() {
             "process/kind-control-plane/2315/1621357851120000000",
             "process/kind-control-plane/2315/1621357851120000000",
             container.as_str(),
-            container.as_str(),
             "pod/default/px-7df978b9bf-jm22q",
             "replicaset/default/px-7df978b9bf",
             "deployment/default/px",
@@ -98,12 +98,22 @@ fn replay_yields_ownership_chains_and_the_oom_sequence() {
     assert_eq!(evidence[0], "kernel/kind-control-plane/2");
     assert_eq!(evidence[1], "kernel/kind-control-plane/3");
     assert_eq!(evidence[2], "cri/kind-control-plane/1");
-    assert_eq!(oom.confidence, 95);
-    assert!(
-        oom.explanation.contains("OOM killer"),
-        "{}",
-        oom.explanation
+    let relations: Vec<Relation> = oom.chain.iter().map(|h| h.relation).collect();
+    assert_eq!(
+        relations,
+        [
+            Relation::Start,
+            Relation::FollowedBy,
+            Relation::Caused,
+            Relation::OwnedBy,
+            Relation::OwnedBy,
+            Relation::OwnedBy,
+        ]
     );
+    assert_eq!(oom.family, Family::Sequence);
+    assert_eq!(oom.confidence.percent, 95);
+    let explanation = explain(oom);
+    assert!(explanation.contains("OOM killer"), "{explanation}");
 
     // The OOM kill was seen before its pod was listed: the match first appears with the pod
     // named by the container runtime, then is refined when the ownership chain arrives.
@@ -126,12 +136,11 @@ fn replay_yields_ownership_chains_and_the_oom_sequence() {
     // The helper process killed in the surviving container did not restart anything.
     assert!(!now.iter().any(|c| c.kind == CorrelationKind::OomRestart
         && c.chain[0].entity.to_string().contains("/2460/")));
-    // The process whose container exists has a chain too.
+    // Processes get no ownership correlation of their own; their containers do.
+    assert!(!now.iter().any(|c| {
+        c.kind == CorrelationKind::Ownership && c.chain[0].entity.kind() == "process"
+    }));
     assert!(now.iter().any(|c| {
-        c.kind == CorrelationKind::Ownership
-            && c.chain[0]
-                .entity
-                .to_string()
-                .starts_with("process/kind-control-plane/2460/")
+        c.kind == CorrelationKind::Ownership && c.chain[0].entity.to_string() == container
     }));
 }

@@ -410,8 +410,8 @@ async fn sink(mut batches: mpsc::Receiver<ClosedBatch>) -> SinkStats {
                 CorrelationKind::Ownership => stats.ownership_adds += 1,
                 CorrelationKind::OomRestart => {
                     stats.oom_adds += 1;
-                    // kill, exit, container stop, then container → pod → ReplicaSet → Deployment.
-                    if correlation.chain.len() >= 7 {
+                    // kill, exit, container stop, then its pod, ReplicaSet and Deployment.
+                    if correlation.chain.len() >= 6 {
                         stats.oom_owned_roots.insert(correlation.root_cause.clone());
                     }
                     stats.oom_roots.insert(correlation.root_cause.clone());
