@@ -834,6 +834,63 @@ mod tests {
     }
 
     #[test]
+    fn a_fact_is_about_its_subject() {
+        let Observation::Fact(kill) = oom() else {
+            unreachable!("oom() is a fact")
+        };
+        assert_eq!(
+            kill.subject().to_string(),
+            "process/node-1/4242/1621417380000000000"
+        );
+        let exit = Fact {
+            payload: FactPayload::ContainerExit(ContainerExit {
+                container_id: "abc".into(),
+                container_name: "app".into(),
+                pod: None,
+                exit_code: 137,
+                reason: "OOMKilled".into(),
+                restart_count: 1,
+            }),
+            ..kill.clone()
+        };
+        assert_eq!(exit.subject().to_string(), "container/abc");
+        let anonymous_connect = Fact {
+            payload: FactPayload::TcpConnect(TcpConnect {
+                process: None,
+                local: "10.0.0.1:40000".parse().unwrap(),
+                remote: "10.0.0.2:80".parse().unwrap(),
+                outcome: ConnectOutcome::Refused,
+                error: 111,
+                latency_ns: 1,
+                container_id: None,
+            }),
+            ..kill
+        };
+        assert_eq!(
+            anonymous_connect.subject().to_string(),
+            "endpoint/10.0.0.1:40000"
+        );
+    }
+
+    #[test]
+    fn known_sets_keep_their_kubernetes_spelling_in_json() {
+        assert_eq!(
+            serde_json::to_string(&EventType::Warning).unwrap(),
+            r#""Warning""#
+        );
+        assert_eq!(
+            serde_json::to_string(&ConditionStatus::True).unwrap(),
+            r#""True""#
+        );
+        assert_eq!(
+            serde_json::to_string(&Resource::Memory).unwrap(),
+            r#""memory""#
+        );
+        assert_eq!(EventType::parse("Other"), None);
+        assert_eq!(ConditionStatus::parse("maybe"), ConditionStatus::Unknown);
+    }
+
+    #[test]
     fn fact_ids_parse_and_reject() {
         let id: FactId = "kubernetes/cluster/12".parse().unwrap();
         assert_eq!(id, FactId::new("kubernetes", "cluster", 12));
