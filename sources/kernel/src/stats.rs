@@ -222,3 +222,30 @@ impl fmt::Display for KernelStatsSnapshot {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_health_counters_name_drops_and_records_by_kind_only_for_kinds_seen() {
+        let stats = KernelStats::default();
+        stats.records[4].fetch_add(2, Ordering::Relaxed);
+        stats.dropped[1].fetch_add(7, Ordering::Relaxed);
+        stats.facts.fetch_add(2, Ordering::Relaxed);
+        let mut counters = Vec::new();
+        stats.read(&mut counters);
+        let value = |name: &str| {
+            counters
+                .iter()
+                .find(|counter| counter.name == name)
+                .map(|counter| counter.value)
+        };
+        assert_eq!(value("records"), Some(2));
+        assert_eq!(value("ring_dropped"), Some(7));
+        assert_eq!(value("facts"), Some(2));
+        assert_eq!(value("records_oom"), Some(2));
+        assert_eq!(value("dropped_exec"), Some(7));
+        assert_eq!(value("records_tcp"), None, "no tcp record was seen");
+    }
+}
