@@ -65,8 +65,9 @@ fn two_sources_each_report_their_own_progress() {
     let token = dir.join("token");
     std::fs::write(&token, "not-a-real-token\n").expect("write token");
     let config = dir.join("tapio.yaml");
-    // The recording at its own pace sends for longer than the run; the kubelet at a port where
-    // nothing listens sends nothing. One shared counter made the second rate wrap (or panic).
+    // The recording at its own pace (11 s) sends for longer than the run, which leaves time
+    // for a progress report (every 5 s) on a loaded machine; the kubelet at a port where nothing
+    // listens sends nothing. One shared counter made the second rate wrap (or panic).
     std::fs::write(
         &config,
         format!(
@@ -81,7 +82,7 @@ fn two_sources_each_report_their_own_progress() {
             .arg("run")
             .arg("--config")
             .arg(&config)
-            .args(["--for", "6s", "--output"])
+            .args(["--for", "8s", "--output"])
             .arg(dir.join("out.jsonl")),
         Duration::from_secs(30),
     );
@@ -126,7 +127,7 @@ fn a_source_that_cannot_start_says_so_at_once_and_the_others_run_on() {
             .arg("run")
             .arg("--config")
             .arg(&config)
-            .args(["--for", "6s", "--output"])
+            .args(["--for", "8s", "--output"])
             .arg(dir.join("out.jsonl")),
         Duration::from_secs(30),
     );
