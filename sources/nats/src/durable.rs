@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use tapio_config::NatsConfig;
 use tapio_sources::{
     BoxFuture, Delivery, Positions, Source, SourceContext, SourceError, SourceHealth, SourceStats,
+    Status,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -188,7 +189,15 @@ impl DurableReader {
                                 continue 'attempts;
                             }
                             State::Connected => {}
-                            _ => lost_connection = true,
+                            _ => {
+                                lost_connection = true;
+                                if let Some(health) = &health {
+                                    health.set(
+                                        Status::Running,
+                                        Some("the connection to NATS is lost; reconnecting".into()),
+                                    );
+                                }
+                            }
                         }
                     }
                     () = shutdown.cancelled() => break 'attempts,
