@@ -4,6 +4,7 @@
 mod outputs;
 mod pipeline;
 mod query;
+mod sources;
 mod transport;
 
 use std::io::IsTerminal;
@@ -166,10 +167,26 @@ fn main() -> ExitCode {
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", error_chain(error.as_ref()));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, joined by `: `, each said once: a cause whose text the message
+/// so far already holds is left out (many libraries repeat their cause in their own message).
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let part = next.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = next.source();
+    }
+    text
 }
 
 fn real_main(cli: Cli) -> Result<()> {
@@ -197,7 +214,7 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Run(args) => match args.mode {
             Mode::All => {
                 let layout = layout(&args.cluster, &config)?;
-                let sources = pipeline::enabled_sources(&config)?;
+                let sources = sources::enabled_sources(&config)?;
                 runtime.block_on(pipeline::correlate(
                     &config,
                     sources,
@@ -207,7 +224,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 ))
             }
             Mode::Collectors => {
-                let sources = pipeline::enabled_sources(&config)?;
+                let sources = sources::enabled_sources(&config)?;
                 runtime.block_on(transport::collect(&config, sources, args.run_for))
             }
             Mode::Correlation => {
@@ -232,17 +249,14 @@ fn real_main(cli: Cli) -> Result<()> {
             };
             runtime.block_on(pipeline::correlate(
                 &config,
-                pipeline::Collectors {
-                    sources: vec![source],
-                    health: Vec::new(),
-                },
+                vec![source],
                 layout,
                 target(&args.output),
                 None,
             ))
         }
         Command::Record(args) => {
-            let sources = pipeline::enabled_sources(&config)?;
+            let sources = sources::enabled_sources(&config)?;
             runtime.block_on(pipeline::record(
                 &config,
                 sources,
@@ -306,4 +320,34 @@ fn layout(cluster: &ClusterArgs, config: &TapioConfig) -> Result<ClusterLayout> 
         process: cluster.process,
         addresses,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Repeating(std::io::Error);
+
+    impl std::fmt::Display for Repeating {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot read the kubeconfig: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Repeating {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_is_said_once_even_when_its_error_repeats_it() {
+        let error = anyhow::Error::new(Repeating(std::io::Error::other("no such file")))
+            .context("source `kubernetes` cannot start");
+        assert_eq!(
+            error_chain(error.as_ref()),
+            "source `kubernetes` cannot start: cannot read the kubeconfig: no such file"
+        );
+    }
 }

@@ -4,73 +4,21 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use tapio_config::TapioConfig;
 use tapio_dataflow::{ClusterLayout, Engine, EngineSettings, Router, WorkerInput};
 use tapio_model::Observation;
 use tapio_model::recording::RecordingWriter;
 use tapio_sinks_jsonl::Target;
-use tapio_sources::{Source, SourceContext, SourceStats};
+use tapio_sources::{
+    DROPPED, ERRORS, RECEIVED, SENT, Source, SourceContext, SourceError, SourceHealth, Status,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::outputs;
-
-/// A collector's own health line, logged with the progress and at the end.
-pub(crate) type Health = Box<dyn Fn() -> String + Send + Sync>;
-
-/// Collectors to run, with the health reporters of those that have one.
-pub(crate) struct Collectors {
-    /// The sources, built without I/O.
-    pub(crate) sources: Vec<Box<dyn Source>>,
-    /// Health lines logged with the progress and at exit.
-    pub(crate) health: Vec<Health>,
-}
-
-/// The collectors the configuration enables.
-pub(crate) fn enabled_sources(config: &TapioConfig) -> Result<Collectors> {
-    let mut sources: Vec<Box<dyn Source>> = Vec::new();
-    let mut health: Vec<Health> = Vec::new();
-    let kernel = &config.collectors.kernel;
-    if kernel.enabled {
-        let source = tapio_sources_kernel::KernelSource::new(
-            tapio_sources_kernel::KernelSourceConfig::from(kernel),
-        )?;
-        let stats = source.stats();
-        health.push(Box::new(move || stats.snapshot().to_string()));
-        sources.push(Box::new(source));
-    }
-    let recording = &config.collectors.recording;
-    if recording.enabled {
-        sources.push(Box::new(tapio_sources_recording::RecordingSource::new(
-            &recording.path,
-            recording.speed,
-        )));
-    }
-    let tick = config.correlation.engine.tick;
-    if config.collectors.kubernetes.enabled {
-        sources.push(Box::new(tapio_sources_kubernetes::KubernetesSource::new(
-            tapio_sources_kubernetes::KubernetesSettings::from_config(
-                &config.collectors.kubernetes,
-                tick,
-            ),
-        )));
-    }
-    if config.collectors.kubelet.enabled {
-        sources.push(Box::new(tapio_sources_kubelet::KubeletSource::new(
-            tapio_sources_kubelet::KubeletSettings::from_config(&config.collectors.kubelet, tick),
-        )));
-    }
-    if sources.is_empty() {
-        bail!(
-            "no collectors are enabled; enable one in the configuration, e.g. \
-             `collectors.recording.enabled: true` with `collectors.recording.path`, \
-             or replay a recording with `tapio replay FILE`"
-        );
-    }
-    Ok(Collectors { sources, health })
-}
 
 /// This node's name: the configured one, or the host name.
 pub(crate) fn node_name(config: &TapioConfig) -> String {
@@ -114,128 +62,176 @@ pub(crate) fn stop_on_signal_or_timer(shutdown: &CancellationToken, run_for: Opt
     });
 }
 
+/// A source started by [`start`]: its kind, its live health, and its task, which ends with
+/// whether the source ever ran (reached [`Status::Running`]) and how it ended.
 pub(crate) struct RunningSource {
     pub(crate) kind: &'static str,
-    pub(crate) stats: Arc<SourceStats>,
-    pub(crate) task: JoinHandle<Result<(), tapio_sources::SourceError>>,
+    pub(crate) health: Arc<SourceHealth>,
+    pub(crate) task: JoinHandle<(bool, Result<(), SourceError>)>,
 }
 
-/// Runs the collectors on `out` until every one has ended, logging progress and each
-/// collector's health every few seconds and its health once more at the end. Returns how the
-/// sources ended and the progress task, which the caller stops once it has drained `out`.
+/// Runs the collectors on `out` until every one has ended, logging each one's progress and
+/// health every few seconds. Returns how the sources ended and the progress task, which the
+/// caller stops once it has drained `out`.
 pub(crate) async fn run_collectors(
-    Collectors { sources, health }: Collectors,
-    node: &str,
-    out: mpsc::Sender<Observation>,
-    shutdown: &CancellationToken,
-) -> (Result<()>, JoinHandle<()>) {
-    let running = start_sources(sources, node, out, shutdown);
-    let health = Arc::new(health);
-    let progress = report_progress(&running, Arc::clone(&health), shutdown);
-    let result = wait_for_sources(running).await;
-    for report in health.iter() {
-        tracing::info!(health = %report(), "Collector health at exit.");
-    }
-    (result, progress)
-}
-
-/// Starts every source on `out`; the caller keeps no sender, so the channel closes when the
-/// last source ends.
-fn start_sources(
     sources: Vec<Box<dyn Source>>,
     node: &str,
     out: mpsc::Sender<Observation>,
     shutdown: &CancellationToken,
-) -> Vec<RunningSource> {
-    sources
+) -> (Result<()>, JoinHandle<()>) {
+    let running: Vec<RunningSource> = sources
         .into_iter()
         .map(|source| {
-            let kind = source.kind();
-            let cx = SourceContext::new(kind, node, out.clone(), shutdown.child_token());
-            let stats = Arc::clone(&cx.stats);
-            tracing::info!(source = kind, node, "Source started.");
-            RunningSource {
-                kind,
-                stats,
-                task: tokio::spawn(source.run(cx)),
-            }
+            let cx = SourceContext::new(source.kind(), node, out.clone(), shutdown.child_token());
+            start(source, cx)
         })
-        .collect()
+        .collect();
+    // The channel closes when the last source ends: the caller keeps no sender.
+    drop(out);
+    let progress = report_progress(&running, shutdown);
+    let result = wait_for_sources(running).await;
+    (result, progress)
 }
 
-/// Logs progress every few seconds while sources run, with each collector's health.
+/// Starts `source` on `cx`. A failure is logged as soon as it happens, once, with its causes,
+/// and marks the source [`Status::Failed`] with that message.
+pub(crate) fn start(source: Box<dyn Source>, cx: SourceContext) -> RunningSource {
+    let kind = source.kind();
+    let health = Arc::clone(&cx.health);
+    let watched = Arc::clone(&health);
+    tracing::info!(source = kind, node = %cx.node, "Source starting.");
+    let task = tokio::spawn(async move {
+        let result = source.run(cx).await;
+        let ran = watched.status() != Status::Starting;
+        match &result {
+            Ok(()) => watched.set(Status::Finished, None),
+            Err(error) => {
+                let message = crate::error_chain(error);
+                if ran {
+                    tracing::error!(source = kind, error = %message, "Source failed.");
+                } else {
+                    tracing::error!(source = kind, error = %message, "Source could not start.");
+                }
+                watched.set(Status::Failed, Some(message));
+            }
+        }
+        (ran, result)
+    });
+    RunningSource { kind, health, task }
+}
+
+/// How often progress is logged.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Logs the progress and health of every source still starting or running, every few seconds.
 pub(crate) fn report_progress(
     sources: &[RunningSource],
-    health: Arc<Vec<Health>>,
     shutdown: &CancellationToken,
 ) -> JoinHandle<()> {
-    let watched: Vec<(&'static str, Arc<SourceStats>)> = sources
+    let watched: Vec<Arc<SourceHealth>> = sources
         .iter()
-        .map(|source| (source.kind, Arc::clone(&source.stats)))
+        .map(|source| Arc::clone(&source.health))
         .collect();
     let token = shutdown.clone();
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(5));
+        let mut every = tokio::time::interval(PROGRESS_EVERY);
         every.tick().await;
-        let mut last = 0u64;
+        let mut rates: Vec<Rate> = watched.iter().map(|_| Rate::new(Instant::now())).collect();
         loop {
             tokio::select! {
                 _ = every.tick() => {}
                 () = token.cancelled() => return,
             }
-            for (kind, stats) in &watched {
-                let now = stats.snapshot();
+            for (health, rate) in watched.iter().zip(&mut rates) {
+                let now = health.snapshot();
+                if matches!(now.status, Status::Finished | Status::Failed) {
+                    // How it ended was logged when it happened.
+                    continue;
+                }
+                let sent = now.counter(SENT).unwrap_or(0);
+                let per_second = rate.update(sent, Instant::now());
                 tracing::info!(
-                    source = kind,
-                    sent = now.sent,
-                    per_second = (now.sent - last) / 5,
-                    errors = now.errors,
-                    dropped = now.dropped,
+                    source = now.kind,
+                    status = %now.status,
+                    reason = now.message.as_deref(),
+                    sent,
+                    per_second,
+                    received = now.counter(RECEIVED).unwrap_or(0),
+                    errors = now.counter(ERRORS).unwrap_or(0),
+                    dropped = now.counter(DROPPED).unwrap_or(0),
+                    counters = ?now.own_counters(),
                     "Progress."
                 );
-                last = now.sent;
-            }
-            for report in health.iter() {
-                tracing::info!(health = %report(), "Collector health.");
             }
         }
     })
 }
 
-/// Waits for every source; logs failures. Fails only when every source failed.
+/// One source's rate of sending, between two progress reports.
+#[derive(Clone, Copy, Debug)]
+struct Rate {
+    sent: u64,
+    at: Instant,
+}
+
+impl Rate {
+    fn new(at: Instant) -> Rate {
+        Rate { sent: 0, at }
+    }
+
+    /// Observations sent per second since the last update, rounded down; `sent` is the
+    /// source's total.
+    fn update(&mut self, sent: u64, at: Instant) -> u64 {
+        let elapsed = at.saturating_duration_since(self.at).as_secs_f64();
+        let delta = sent.saturating_sub(self.sent);
+        self.sent = sent;
+        self.at = at;
+        if elapsed <= 0.0 {
+            return 0;
+        }
+        (delta as f64 / elapsed) as u64
+    }
+}
+
+/// Waits for every source and logs how each ended (a failure was logged when it happened).
+///
+/// # Errors
+/// When every source failed, naming them; the causes are in the log already.
 pub(crate) async fn wait_for_sources(sources: Vec<RunningSource>) -> Result<()> {
     let total = sources.len();
-    let mut failures = Vec::new();
+    let mut failed = Vec::new();
+    let mut ran = 0usize;
     for source in sources {
-        let outcome = source
-            .task
-            .await
-            .map_err(|join| anyhow!("source `{}` crashed: {join}", source.kind))
-            .and_then(|result| result.map_err(anyhow::Error::from));
-        let stats = source.stats.snapshot();
-        match outcome {
-            Ok(()) => tracing::info!(
-                source = source.kind,
-                received = stats.received,
-                sent = stats.sent,
-                errors = stats.errors,
-                dropped = stats.dropped,
-                "Source finished."
-            ),
-            Err(error) => {
-                tracing::error!(
-                    source = source.kind,
-                    error = format!("{error:#}"),
-                    "Source failed."
-                );
-                failures.push(error);
+        let (started, outcome) = match source.task.await {
+            Ok(ended) => ended,
+            Err(join) => {
+                tracing::error!(source = source.kind, error = %join, "Source crashed.");
+                failed.push(source.kind);
+                continue;
             }
+        };
+        ran += usize::from(started);
+        if outcome.is_err() {
+            failed.push(source.kind);
+            continue;
         }
+        let health = source.health.snapshot();
+        tracing::info!(
+            source = source.kind,
+            received = health.counter(RECEIVED).unwrap_or(0),
+            sent = health.counter(SENT).unwrap_or(0),
+            errors = health.counter(ERRORS).unwrap_or(0),
+            dropped = health.counter(DROPPED).unwrap_or(0),
+            counters = ?health.own_counters(),
+            "Source finished."
+        );
     }
-    if failures.len() == total
-        && let Some(first) = failures.into_iter().next()
-    {
-        return Err(first);
+    if failed.len() == total {
+        let names = failed.join(", ");
+        if ran == 0 {
+            bail!("no enabled source could start ({names}); the log above says why");
+        }
+        bail!("every source failed ({names}); the log above says why");
     }
     Ok(())
 }
@@ -257,10 +253,10 @@ pub(crate) async fn start_dataflow(
     Ok((engine, inputs, outputs))
 }
 
-/// Runs `sources` through the correlation dataflow into `target`.
+/// Runs `collectors` through the correlation dataflow into `target`.
 pub(crate) async fn correlate(
     config: &TapioConfig,
-    collectors: Collectors,
+    collectors: Vec<Box<dyn Source>>,
     layout: ClusterLayout,
     target: Target,
     run_for: Option<Duration>,
@@ -311,7 +307,7 @@ pub(crate) async fn finish_dataflow(engine: Engine, outputs: outputs::Outputs) -
 /// Records what `sources` observe into `path`.
 pub(crate) async fn record(
     config: &TapioConfig,
-    collectors: Collectors,
+    collectors: Vec<Box<dyn Source>>,
     path: &Path,
     record_for: Option<Duration>,
 ) -> Result<()> {
@@ -344,4 +340,22 @@ pub(crate) async fn record(
     progress.abort();
     tracing::info!(observations = written, file = %path.display(), "Recording written.");
     sources_result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_source_has_its_own_rate() {
+        let start = Instant::now();
+        let later = start + PROGRESS_EVERY;
+        let mut busy = Rate::new(start);
+        let mut idle = Rate::new(start);
+        assert_eq!(busy.update(5_000, later), 1_000);
+        // With one shared counter this was (0 - 5000) / 5, which wraps.
+        assert_eq!(idle.update(0, later), 0);
+        assert_eq!(busy.update(5_000, later + PROGRESS_EVERY), 0);
+        assert_eq!(idle.update(10, later + PROGRESS_EVERY), 2);
+    }
 }

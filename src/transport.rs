@@ -2,23 +2,22 @@
 //! (`run --mode correlation`) and backtest source (`replay nats://…`). Kept apart from
 //! `pipeline.rs`, which wires the single-process modes.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tapio_config::{NatsConfig, TapioConfig};
 use tapio_dataflow::{ClusterLayout, Router, TakenIn};
-use tapio_model::TimeNs;
+use tapio_model::{Observation, TimeNs};
 use tapio_sinks_jsonl::Target;
 use tapio_sinks_nats::{Publisher, StreamSettings, ensure_stream, wire};
-use tapio_sources::{Source, SourceStats};
-use tapio_sources_nats::{Delivery, DurableReader, NatsEndpoint, NatsReplaySource};
+use tapio_sources::{Delivery, Positions, Source, SourceContext};
+use tapio_sources_nats::{NatsEndpoint, NatsReplaySource};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::{
-    Collectors, RunningSource, finish_dataflow, node_name, report_progress, run_collectors,
-    start_dataflow, stop_on_signal_or_timer, wait_for_sources,
+    finish_dataflow, node_name, report_progress, run_collectors, start, start_dataflow,
+    stop_on_signal_or_timer, wait_for_sources,
 };
 
 fn nats_config(config: &TapioConfig, mode: &str) -> Result<NatsConfig> {
@@ -35,7 +34,7 @@ fn nats_config(config: &TapioConfig, mode: &str) -> Result<NatsConfig> {
 /// Node agent: runs `sources` and publishes what they observe to JetStream.
 pub(crate) async fn collect(
     config: &TapioConfig,
-    collectors: Collectors,
+    collectors: Vec<Box<dyn Source>>,
     run_for: Option<Duration>,
 ) -> Result<()> {
     let nats = nats_config(config, "--mode collectors")?;
@@ -107,41 +106,38 @@ pub(crate) async fn correlate(
     let (engine, inputs, outputs) = start_dataflow(config, &layout, target).await?;
 
     // Process I of a cluster reads every message through its own durable consumer.
-    let durable = if layout.processes > 1 {
-        format!("{}-{}", nats.consumer, layout.process)
-    } else {
-        nats.consumer.clone()
-    };
-    let endpoint = NatsEndpoint {
-        url: nats.url.clone(),
-        stream: nats.stream.clone(),
-        filter_subject: wire::stream_subject(&nats.subject_prefix),
-        from_seq: None,
-        since_ns: None,
-    };
+    let consumer =
+        tapio_sources_nats::consumer_from_config(&nats, layout.process, layout.processes)?;
+    // The source acknowledges what the engine has taken in: its deliveries are routed and
+    // marked at their positions, and the engine's progress goes back to it.
     let (deliveries_tx, deliveries_rx) = mpsc::channel(engine_config.event_buffer_size);
+    let (observations_tx, observations_rx) = mpsc::channel(engine_config.event_buffer_size);
     let (taken_in_tx, taken_in_rx) = watch::channel(0u64);
     let router = tokio::spawn(route_deliveries(
         Router::new(layout.clone(), inputs),
         deliveries_rx,
+        observations_rx,
     ));
     let forwarder = tokio::spawn(forward_taken_in(engine.taken_in(), taken_in_tx));
-    let stats = Arc::new(SourceStats::default());
-    let reader = DurableReader::new(endpoint, durable.clone());
-    let running = vec![RunningSource {
-        kind: "nats",
-        stats: Arc::clone(&stats),
-        task: tokio::spawn(reader.run(deliveries_tx, taken_in_rx, shutdown.clone(), stats)),
-    }];
+    let cx = SourceContext::new(
+        consumer.kind(),
+        node_name(config),
+        observations_tx,
+        shutdown.child_token(),
+    )
+    .with_positions(Positions {
+        out: deliveries_tx,
+        taken_in: taken_in_rx,
+    });
     tracing::info!(
         workers = layout.workers,
         processes = layout.processes,
         process = layout.process,
         stream = %nats.stream,
-        consumer = %durable,
         "Correlating the NATS stream."
     );
-    let progress = report_progress(&running, Arc::new(Vec::new()), &shutdown);
+    let running = vec![start(consumer, cx)];
+    let progress = report_progress(&running, &shutdown);
     let sources_result = wait_for_sources(running).await;
     router.await.context("the input router failed")?;
     finish_dataflow(engine, outputs).await?;
@@ -155,10 +151,16 @@ pub(crate) async fn correlate(
 const MARK_EVERY: u32 = 4096;
 
 /// Routes deliveries to the workers and marks their positions, so that the engine can say
-/// what it has taken in; ends the stream when the reader stops.
-async fn route_deliveries(mut router: Router, mut deliveries: mpsc::Receiver<Delivery>) {
+/// what it has taken in; also routes what the source sends without a position (heartbeats).
+/// Ends the stream when the source stops.
+async fn route_deliveries(
+    mut router: Router,
+    mut deliveries: mpsc::Receiver<Delivery>,
+    mut unpositioned: mpsc::Receiver<Observation>,
+) {
     let mut unmarked: Option<u64> = None;
     let mut since_mark = 0u32;
+    let mut unpositioned_open = true;
     loop {
         let delivery = match deliveries.try_recv() {
             Ok(delivery) => delivery,
@@ -170,9 +172,24 @@ async fn route_deliveries(mut router: Router, mut deliveries: mpsc::Receiver<Del
                         return;
                     }
                 }
-                match deliveries.recv().await {
-                    Some(delivery) => delivery,
-                    None => break,
+                tokio::select! {
+                    delivery = deliveries.recv() => match delivery {
+                        Some(delivery) => delivery,
+                        None => break,
+                    },
+                    observation = unpositioned.recv(), if unpositioned_open => {
+                        match observation {
+                            // Rare (the NATS consumer sends everything at a position):
+                            // handed over at once rather than held until the next mark.
+                            Some(observation) => {
+                                if !router.route(observation).await || !router.flush().await {
+                                    return;
+                                }
+                            }
+                            None => unpositioned_open = false,
+                        }
+                        continue;
+                    }
                 }
             }
             Err(mpsc::error::TryRecvError::Disconnected) => break,
@@ -200,7 +217,7 @@ async fn route_deliveries(mut router: Router, mut deliveries: mpsc::Receiver<Del
     router.finish().await;
 }
 
-/// Publishes the engine's taken-in position to the reader until the reader is gone.
+/// Publishes the engine's taken-in position to the source until the source is gone.
 async fn forward_taken_in(taken_in: TakenIn, to_reader: watch::Sender<u64>) {
     let mut every = tokio::time::interval(Duration::from_millis(2));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

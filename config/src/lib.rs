@@ -11,6 +11,7 @@
 //! Durations are written as humantime strings (`100ms`, `2s`, `10m`, `24h`) and held as
 //! [`std::time::Duration`].
 
+mod collectors;
 mod duration;
 mod error;
 mod model;

@@ -20,117 +20,7 @@ const NATS_SCHEMES: [&str; 4] = ["nats", "tls", "ws", "wss"];
 
 /// Runs every check in document order and returns the first failure, without location.
 pub(crate) fn validate(config: &TapioConfig) -> Result<(), ConfigError> {
-    let kernel = &config.collectors.kernel;
-    let ring = kernel.ring_buffer_bytes;
-    if !ring.is_power_of_two() || !(65_536..=1 << 30).contains(&ring) {
-        return Err(invalid(
-            "collectors.kernel.ring_buffer_bytes",
-            format!("must be a power of two between 65536 and 1073741824, got {ring}"),
-        ));
-    }
-    duration_in(
-        "collectors.kernel.heartbeat_interval",
-        kernel.heartbeat_interval,
-        Duration::from_nanos(1),
-        Duration::from_millis(100),
-    )?;
-    duration_in(
-        "collectors.kernel.batch_delay",
-        kernel.batch_delay,
-        Duration::ZERO,
-        Duration::from_millis(100),
-    )?;
-    if kernel.file_path_prefixes.len() > 8 {
-        return Err(invalid(
-            "collectors.kernel.file_path_prefixes",
-            format!(
-                "at most 8 prefixes, got {}",
-                kernel.file_path_prefixes.len()
-            ),
-        ));
-    }
-    if let Some(prefix) = kernel
-        .file_path_prefixes
-        .iter()
-        .find(|prefix| prefix.is_empty() || prefix.len() > 64)
-    {
-        return Err(invalid(
-            "collectors.kernel.file_path_prefixes",
-            format!("each prefix must be 1 to 64 bytes, got `{prefix}`"),
-        ));
-    }
-    duration_in(
-        "collectors.kernel.file_aggregation_window",
-        kernel.file_aggregation_window,
-        Duration::ZERO,
-        HOUR,
-    )?;
-    duration_in(
-        "collectors.kernel.retransmit_aggregation_window",
-        kernel.retransmit_aggregation_window,
-        Duration::ZERO,
-        HOUR,
-    )?;
-    count_in(
-        "collectors.kernel.process_cache_capacity",
-        kernel.process_cache_capacity,
-        1,
-        10_000_000,
-    )?;
-
-    let recording = &config.collectors.recording;
-    if recording.enabled && recording.path.trim().is_empty() {
-        return Err(invalid(
-            "collectors.recording.path",
-            "is required when collectors.recording.enabled is true",
-        ));
-    }
-    if !recording.speed.is_finite() || recording.speed < 0.0 {
-        return Err(invalid(
-            "collectors.recording.speed",
-            format!("must be a finite number >= 0, got {}", recording.speed),
-        ));
-    }
-
-    let kubernetes = &config.collectors.kubernetes;
-    for (index, namespace) in kubernetes.namespaces.iter().enumerate() {
-        if !is_dns_label(namespace) {
-            return Err(invalid(
-                &format!("collectors.kubernetes.namespaces[{index}]"),
-                format!(
-                    "must be a DNS-1123 label (lowercase letters, digits and '-', at most 63), got `{namespace}`"
-                ),
-            ));
-        }
-    }
-    if let Some(problem) = selector_problem(&kubernetes.label_selector) {
-        return Err(invalid("collectors.kubernetes.label_selector", problem));
-    }
-
-    let kubelet = &config.collectors.kubelet;
-    if kubelet.enabled {
-        if let Err(problem) = check_url(&kubelet.url, &["https", "http"]) {
-            return Err(invalid("collectors.kubelet.url", problem));
-        }
-        if kubelet.token_path.trim().is_empty() {
-            return Err(invalid(
-                "collectors.kubelet.token_path",
-                "is required when collectors.kubelet.enabled is true",
-            ));
-        }
-    }
-    duration_in(
-        "collectors.kubelet.poll_interval",
-        kubelet.poll_interval,
-        Duration::from_secs(1),
-        Duration::from_secs(600),
-    )?;
-    count_in(
-        "collectors.kubelet.usage_threshold_percent",
-        usize::from(kubelet.usage_threshold_percent),
-        1,
-        100,
-    )?;
+    config.collectors.validate("collectors")?;
 
     let engine = &config.correlation.engine;
     count_in(
@@ -331,14 +221,19 @@ fn check_subject_prefix(prefix: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-const HOUR: Duration = Duration::from_secs(60 * 60);
+pub(crate) const HOUR: Duration = Duration::from_secs(60 * 60);
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
-fn invalid(key_path: &str, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key_path: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::new(ConfigErrorKind::InvalidValue, key_path, message)
 }
 
-fn count_in(key_path: &str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
+pub(crate) fn count_in(
+    key_path: &str,
+    value: usize,
+    min: usize,
+    max: usize,
+) -> Result<(), ConfigError> {
     if (min..=max).contains(&value) {
         Ok(())
     } else {
@@ -349,7 +244,7 @@ fn count_in(key_path: &str, value: usize, min: usize, max: usize) -> Result<(), 
     }
 }
 
-fn duration_in(
+pub(crate) fn duration_in(
     key_path: &str,
     value: Duration,
     min: Duration,
@@ -372,67 +267,7 @@ fn duration_in(
 
 /// Checks `scheme://host[:port][/...]` with a scheme from `schemes` (case-insensitive) and a
 /// non-empty host. Returns what is wrong, as a message fragment.
-/// Whether `name` is a DNS-1123 label, the form of a namespace name.
-fn is_dns_label(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-}
-
-/// What is wrong with a label selector, if anything: each comma-separated requirement must
-/// have a key (`key`, `!key`, `key=v`, `key==v`, `key!=v`, `key in (a,b)`, `key notin (a)`).
-fn selector_problem(selector: &str) -> Option<String> {
-    if selector.trim().is_empty() {
-        return None;
-    }
-    let mut depth = 0_i32;
-    let mut part = String::new();
-    let mut parts = Vec::new();
-    for c in selector.chars() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            ',' if depth == 0 => {
-                parts.push(std::mem::take(&mut part));
-                continue;
-            }
-            _ => {}
-        }
-        if depth < 0 {
-            return Some(format!("unbalanced `)` in `{selector}`"));
-        }
-        part.push(c);
-    }
-    if depth != 0 {
-        return Some(format!("unbalanced `(` in `{selector}`"));
-    }
-    parts.push(part);
-    for requirement in parts {
-        let key = requirement
-            .trim()
-            .trim_start_matches('!')
-            .split(['=', '!', ' '])
-            .next()
-            .unwrap_or_default();
-        let valid = !key.is_empty()
-            && key
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
-        if !valid {
-            return Some(format!(
-                "`{}` is not a label requirement",
-                requirement.trim()
-            ));
-        }
-    }
-    None
-}
-
-fn check_url(url: &str, schemes: &[&str]) -> Result<(), String> {
+pub(crate) fn check_url(url: &str, schemes: &[&str]) -> Result<(), String> {
     let expected = || format!("scheme must be one of {}", schemes.join(", "));
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(format!(

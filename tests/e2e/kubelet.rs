@@ -10,8 +10,9 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::json;
+use tapio_config::KubeletCollectorConfig;
 use tapio_model::{FactPayload, Observation};
-use tapio_sources_kubelet::{KubeletSettings, KubeletSource};
+use tapio_sources_kubelet::KubeletSource;
 use tapio_tests::control_plane::{BUSYBOX_IMAGE, ControlPlane};
 
 use crate::kubernetes::{apply_rbac, client, wait_ready};
@@ -35,7 +36,7 @@ async fn polls_a_real_kubelet_over_tls_with_an_rbac_token() -> anyhow::Result<()
     }
 
     let pki = plane.dir().join("pki");
-    let source = KubeletSource::new(settings(kubelet.port, &pki, 90));
+    let source = kubelet_source(&settings(kubelet.port, &pki, 90));
     let (seen, stats) =
         tapio_sources::run_for_test(Box::new(source), "node-kl", Duration::from_secs(6)).await?;
     // Every poll read both endpoints and both parsed: TLS verified against the cluster CA, the
@@ -86,7 +87,7 @@ async fn polls_a_real_kubelet_over_tls_with_an_rbac_token() -> anyhow::Result<()
                     "command": ["/bin/sh", "-c", "sleep 2; head -c 64m /dev/zero | tail"]}]}
     }))?;
     pods.create(&PostParams::default(), &pod).await?;
-    let source = KubeletSource::new(settings(kubelet.port, &pki, 70));
+    let source = kubelet_source(&settings(kubelet.port, &pki, 70));
     let (seen, stats) =
         tapio_sources::run_for_test(Box::new(source), "node-kl", Duration::from_secs(40)).await?;
     // The growth crossed 70% of the limit once, read from /stats/summary against the pod spec.
@@ -175,7 +176,7 @@ async fn polls_a_real_kubelet_over_tls_with_an_rbac_token() -> anyhow::Result<()
     bindings
         .delete("tapio-collectors-test-user", &Default::default())
         .await?;
-    let source = KubeletSource::new(settings(kubelet.port, &pki, 90));
+    let source = kubelet_source(&settings(kubelet.port, &pki, 90));
     // The kubelet caches authorization decisions for 1 s (its configuration); wait it out.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (_, stats) =
@@ -206,14 +207,23 @@ fn summary_now(port: u16, pki: &std::path::Path) -> String {
 
 /// The collector's settings for the test kubelet: verified TLS, the `tapio` user's token, a
 /// poll a second.
-fn settings(port: u16, pki: &std::path::Path, usage_threshold_percent: u8) -> KubeletSettings {
-    KubeletSettings {
+fn settings(
+    port: u16,
+    pki: &std::path::Path,
+    usage_threshold_percent: u8,
+) -> KubeletCollectorConfig {
+    KubeletCollectorConfig {
+        enabled: true,
         url: format!("https://127.0.0.1:{port}"),
-        token_path: pki.join("tapio.token"),
-        ca_path: Some(pki.join("ca.crt")),
+        token_path: pki.join("tapio.token").display().to_string(),
+        ca_path: pki.join("ca.crt").display().to_string(),
         insecure_skip_tls_verify: false,
         poll_interval: Duration::from_secs(1),
         usage_threshold_percent,
-        heartbeat: Duration::from_millis(100),
     }
+}
+
+/// A kubelet source for the test kubelet, with a heartbeat every 100 ms.
+fn kubelet_source(settings: &KubeletCollectorConfig) -> KubeletSource {
+    KubeletSource::new(settings, Duration::from_millis(100))
 }

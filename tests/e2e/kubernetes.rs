@@ -25,7 +25,7 @@ use serde_json::json;
 use tapio_model::recording::RecordingWriter;
 use tapio_model::{CorrelationKind, FactPayload, Observation, StateObject, StateRecord};
 use tapio_sources::{Source, SourceContext, SourceStats};
-use tapio_sources_kubernetes::{KubernetesSettings, KubernetesSource, WatchStats, WatchedKind};
+use tapio_sources_kubernetes::{KubernetesSource, WatchStats, WatchedKind};
 use tapio_tests::control_plane::ControlPlane;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -250,11 +250,12 @@ struct Watching {
 
 impl Watching {
     fn start(plane: &ControlPlane) -> Watching {
-        let source = KubernetesSource::new(KubernetesSettings {
-            kubeconfig: Some(plane.kubeconfig("tapio")),
-            heartbeat: Duration::from_millis(100),
-            ..KubernetesSettings::default()
-        });
+        let config = tapio_config::KubernetesCollectorConfig {
+            enabled: true,
+            kubeconfig: plane.kubeconfig("tapio").display().to_string(),
+            ..tapio_config::KubernetesCollectorConfig::default()
+        };
+        let source = KubernetesSource::new(&config, Duration::from_millis(100));
         let watch = source.watch_stats();
         let (cx, rx) = SourceContext::for_test("kubernetes", "cluster", 100_000);
         let stats = Arc::clone(&cx.stats);

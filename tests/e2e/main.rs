@@ -12,4 +12,5 @@ mod layering;
 mod nats;
 mod neo4j;
 mod recording;
+mod sources;
 mod support;

@@ -14,8 +14,7 @@ use futures_util::StreamExt;
 use tapio_model::recording::RecordingWriter;
 use tapio_model::{Fact, FactId, FactPayload, Heartbeat, Observation, ProcessExit};
 use tapio_sinks_nats::{Publisher, PublisherReport};
-use tapio_sources::SourceStats;
-use tapio_sources_nats::{DurableReader, NatsEndpoint};
+use tapio_sources::{Positions, SourceContext, Status};
 use tapio_tests::nats::NatsServer;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -612,30 +611,34 @@ fn a_batch_with_a_malformed_line_delivers_the_rest_and_reports_the_line() {
             .expect("publish")
             .await
             .expect("stored");
-        // The correlation job's reader: one delivery with the two good observations.
-        let endpoint = NatsEndpoint {
+        // The correlation job's source, through the contract: one delivery with the two good
+        // observations at its stream position, acknowledged once taken in.
+        let config = tapio_config::NatsConfig {
             url: nats.url(),
-            stream: "TAPIO".into(),
-            filter_subject: "tapio.observations.>".into(),
-            from_seq: None,
-            since_ns: None,
+            consumer: CONSUMER.into(),
+            ..tapio_config::NatsConfig::default()
         };
+        let source = tapio_sources_nats::consumer_from_config(&config, 0, 1).expect("source");
         let (out, mut deliveries) = mpsc::channel(16);
         let (taken_in, taken_in_rx) = watch::channel(0);
+        let (unpositioned, _unpositioned) = mpsc::channel(16);
         let shutdown = CancellationToken::new();
-        let stats = Arc::new(SourceStats::default());
-        let reader = tokio::spawn(DurableReader::new(endpoint, CONSUMER).run(
-            out,
-            taken_in_rx,
-            shutdown.clone(),
-            Arc::clone(&stats),
-        ));
+        let cx = SourceContext::new("nats", "job", unpositioned, shutdown.clone()).with_positions(
+            Positions {
+                out,
+                taken_in: taken_in_rx,
+            },
+        );
+        let stats = Arc::clone(&cx.stats);
+        let health = Arc::clone(&cx.health);
+        let reader = tokio::spawn(source.run(cx));
         let delivery = tokio::time::timeout(Duration::from_secs(30), deliveries.recv())
             .await
             .expect("a delivery in time")
             .expect("a delivery");
         assert_eq!(delivery.position, 1);
         assert_eq!(delivery.observations, vec![first, last]);
+        assert_eq!(health.status(), Status::Running);
         taken_in.send(1).expect("reader listening");
         shutdown.cancel();
         reader.await.expect("reader task").expect("reader");

@@ -10,6 +10,14 @@
 //! Bad input never stops a source: it counts it in [`SourceStats`], logs where it came from,
 //! and goes on.
 //!
+//! Each source crate exports `from_config`, which builds the source from the validated
+//! configuration; the binary keeps one table of them. While a source runs it reports its
+//! [`Health`] through [`SourceContext::health`]: a [`Status`] (starting, running, finished,
+//! failed) and named counters. A source that reads a resumable input (a stream sequence, a
+//! journal cursor) sends what it read at each position as a [`Delivery`] through
+//! [`SourceContext::take_positions`], and learns there how far the dataflow has taken its
+//! input in, which is how far it may acknowledge.
+//!
 //! ```
 //! use tapio_sources::SourceContext;
 //! let (cx, mut rx) = SourceContext::for_test("example", "node-1", 16);
@@ -19,6 +27,8 @@
 //! drop(rx.try_recv());
 //! ```
 
+mod health;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,8 +36,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tapio_model::{FactId, Heartbeat, Observation, TimeNs};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+pub use health::{
+    Counter, Counters, DROPPED, ERRORS, Health, RECEIVED, SENT, SourceHealth, Status,
+};
 
 /// A boxed, sendable future, so that [`Source`] stays object safe.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -41,13 +55,24 @@ pub trait Source: Send + 'static {
     ///
     /// # Errors
     /// Only unrecoverable errors (the input cannot be opened at all); everything recoverable is
-    /// retried or counted inside.
+    /// retried or counted inside. A source sets [`SourceHealth::set_running`] on
+    /// [`SourceContext::health`] once its input is open; one that fails before that could not
+    /// start.
     fn run(self: Box<Self>, cx: SourceContext) -> BoxFuture<Result<(), SourceError>>;
 }
 
-/// Why a source stopped for good.
+/// Why a source stopped for good, or could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// The source cannot be built from its configuration section. Not retryable.
+    #[error("source `{kind}` cannot be built from its configuration")]
+    Build {
+        /// Source kind.
+        kind: &'static str,
+        /// What is wrong with the configuration.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The source's input could not be opened or read at all. Not retryable.
     #[error("source `{kind}` cannot read {what}")]
     Input {
@@ -147,7 +172,39 @@ pub struct SourceContext {
     pub shutdown: CancellationToken,
     /// This source's counters.
     pub stats: Arc<SourceStats>,
+    /// This source's status and counters, as reported (holds [`SourceContext::stats`]).
+    pub health: Arc<SourceHealth>,
+    positions: Option<Positions>,
     next_seq: AtomicU64,
+}
+
+/// What a source read at one position of a resumable input: a stream sequence, a journal
+/// cursor, an etcd revision.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The position, increasing from one delivery to the next.
+    pub position: u64,
+    /// The observations read there, in order (empty when none decoded: the position still has
+    /// to be taken in and acknowledged).
+    pub observations: Vec<Observation>,
+    /// When the input stored what was read there, ns since the epoch by the input's clock (0
+    /// when unknown): with the observation's event time and the time it was taken in, this
+    /// splits a transport's latency into publishing and delivery.
+    pub stored_ns: u64,
+}
+
+/// The acknowledging side of a [`SourceContext`], for sources that resume from a position.
+///
+/// The source sends each [`Delivery`] to `out`, in position order. `taken_in` holds the
+/// highest position whose observations (and every earlier position's) the dataflow has taken
+/// in: what the source may acknowledge to its input, so that a restart resumes after it and
+/// loses nothing.
+#[derive(Debug)]
+pub struct Positions {
+    /// Where deliveries go.
+    pub out: mpsc::Sender<Delivery>,
+    /// How far the dataflow has taken the deliveries in.
+    pub taken_in: watch::Receiver<u64>,
 }
 
 impl SourceContext {
@@ -158,14 +215,51 @@ impl SourceContext {
         out: mpsc::Sender<Observation>,
         shutdown: CancellationToken,
     ) -> SourceContext {
+        let stats = Arc::new(SourceStats::default());
         SourceContext {
             kind,
             node: node.into(),
             out,
             shutdown,
-            stats: Arc::new(SourceStats::default()),
+            health: Arc::new(SourceHealth::new(kind, Arc::clone(&stats))),
+            stats,
+            positions: None,
             next_seq: AtomicU64::new(first_sequence()),
         }
+    }
+
+    /// This context, with a pipeline that tracks positions: deliveries go to `positions.out`
+    /// and the dataflow's progress comes back through `positions.taken_in`.
+    #[must_use]
+    pub fn with_positions(mut self, positions: Positions) -> SourceContext {
+        self.positions = Some(positions);
+        self
+    }
+
+    /// The acknowledging side of this context, for a source that resumes from a position.
+    /// A source takes it once, at the start of its run.
+    ///
+    /// When the pipeline does not track positions (recording to a file, publishing), the
+    /// observations of each delivery are sent on [`SourceContext::out`] and its position
+    /// counts as taken in once they are sent.
+    pub fn take_positions(&mut self) -> Positions {
+        if let Some(positions) = self.positions.take() {
+            return positions;
+        }
+        let (out, mut deliveries) = mpsc::channel::<Delivery>(self.out.max_capacity().max(1));
+        let (taken_tx, taken_in) = watch::channel(0u64);
+        let observations = self.out.clone();
+        tokio::spawn(async move {
+            while let Some(delivery) = deliveries.recv().await {
+                for observation in delivery.observations {
+                    if observations.send(observation).await.is_err() {
+                        return;
+                    }
+                }
+                taken_tx.send_replace(delivery.position);
+            }
+        });
+        Positions { out, taken_in }
     }
 
     /// A context wired to a fresh channel of `capacity`, for tests.
@@ -332,6 +426,30 @@ mod tests {
         drop(cx);
         let seen = reader.await.expect("reader");
         assert_eq!(seen, (0..total).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn without_an_acknowledging_pipeline_a_position_is_taken_in_once_sent() {
+        let (mut cx, mut rx) = SourceContext::for_test("test", "n", 4);
+        let mut positions = cx.take_positions();
+        let delivery = Delivery {
+            position: 7,
+            observations: vec![beat(1), beat(2)],
+            stored_ns: 0,
+        };
+        positions.out.send(delivery).await.expect("open channel");
+        for expected in [1, 2] {
+            let Some(Observation::Heartbeat(beat)) = rx.recv().await else {
+                panic!("the delivery's observations arrive on `out`");
+            };
+            assert_eq!(beat.upto_ns, expected);
+        }
+        let taken = *positions
+            .taken_in
+            .wait_for(|position| *position == 7)
+            .await
+            .expect("the forwarder reports the position");
+        assert_eq!(taken, 7);
     }
 
     #[tokio::test]

@@ -37,18 +37,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use tapio_config::KernelCollectorConfig;
 use tapio_model::{FactPayload, Observation};
 use tapio_sources::{Source, SourceContext};
-use tapio_sources_kernel::{KernelSource, KernelSourceConfig, KernelStatsSnapshot};
+use tapio_sources_kernel::{KernelSource, KernelStatsSnapshot};
 
 /// The configuration and secrets paths, for the storm with file events.
 const FILE_PATHS: &[&str] = &["/etc/", "/var/run/secrets/", "/run/secrets/"];
 
 /// The default configuration with file events for `prefixes`.
-fn with_file_events(prefixes: &[&str]) -> KernelSourceConfig {
-    KernelSourceConfig {
+fn with_file_events(prefixes: &[&str]) -> KernelCollectorConfig {
+    KernelCollectorConfig {
         file_path_prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
-        ..KernelSourceConfig::default()
+        ..KernelCollectorConfig::default()
     }
 }
 
@@ -102,7 +103,8 @@ fn main() {
                         base.push(run);
                     }
                     1 if wanted("tapio") => {
-                        let run = with_tapio(Workload::Storm(execs), KernelSourceConfig::default());
+                        let run =
+                            with_tapio(Workload::Storm(execs), KernelCollectorConfig::default());
                         eprintln!(
                             "round {round}: tapio {:.2} s (CPU {:.2} s)",
                             run.storm.wall.as_secs_f64(),
@@ -467,13 +469,13 @@ impl Workload {
     }
 }
 
-fn with_tapio(workload: Workload, config: KernelSourceConfig) -> Run {
+fn with_tapio(workload: Workload, config: KernelCollectorConfig) -> Run {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async move {
-        let source = KernelSource::new(config).expect("config");
+        let source = KernelSource::new(&config).expect("config");
         let stats = source.stats();
         let (cx, mut rx) = SourceContext::for_test("kernel", "bench", 65_536);
         let shutdown = cx.shutdown.clone();

@@ -15,14 +15,16 @@
 //! dataflow's watermark moves.
 //!
 //! Building the source does no I/O; [`tapio_sources::Source::run`] checks the machine, loads
-//! the programs and reads. Health is in [`KernelStats`] ([`KernelSource::stats`]).
+//! the programs and reads. Health is in [`KernelStats`] ([`KernelSource::stats`]), which is
+//! also the source's own counters in its [`tapio_sources::Health`].
 //!
 //! # Minimum kernel version
 //! 5.8 with BTF. Needs root (or CAP_BPF + CAP_PERFMON).
 //!
 //! ```
-//! use tapio_sources_kernel::{KernelSource, KernelSourceConfig};
-//! let source = KernelSource::new(KernelSourceConfig::default()).unwrap();
+//! use tapio_config::KernelCollectorConfig;
+//! use tapio_sources_kernel::KernelSource;
+//! let source = KernelSource::new(&KernelCollectorConfig::default()).unwrap();
 //! let stats = source.stats();
 //! assert!(!stats.snapshot().ready);
 //! ```
@@ -36,6 +38,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tapio_config::{KernelCollectorConfig, TapioConfig};
 use tapio_ebpf::{KernelProbes, LoadError, ProbeOptions, clock};
 use tapio_ebpf_common::{self as common, Record, c_bytes, c_str};
 use tapio_model::{
@@ -44,7 +47,7 @@ use tapio_model::{
     ProcessRef, StateObject, StateRecord, StateUpdate, TcpAccept, TcpClose, TcpConnect,
     TcpRetransmit, TimeNs,
 };
-use tapio_sources::{BoxFuture, Source, SourceContext, SourceError};
+use tapio_sources::{BoxFuture, Counters, Source, SourceContext, SourceError, Status};
 use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -55,117 +58,43 @@ pub use crate::stats::{KernelStats, KernelStatsSnapshot, ProgramCost};
 /// The source kind.
 pub const KIND: &str = "kernel";
 
-/// Settings of the kernel collector (`collectors.kernel` in the configuration).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KernelSourceConfig {
-    /// Ring buffer size in bytes: a power of two, at least 64 KiB. Default 8 MiB.
-    pub ring_buffer_bytes: u32,
-    /// How often a heartbeat goes out: more than 0, at most 100 ms. Default 100 ms.
-    pub heartbeat_interval: Duration,
-    /// Fork events. Default on.
-    pub forks: bool,
-    /// OOM kill events. Default on.
-    pub oom: bool,
-    /// TCP events. Default on.
-    pub network: bool,
-    /// Container exits (a container's cgroup losing its last process). Default on.
-    pub containers: bool,
-    /// File events (failed opens, unlinks, renames) for paths under these prefixes, as the
-    /// process passed them; at most 8, each 1 to 64 bytes. Empty (the default) turns file
-    /// events off and attaches no syscall tracepoint: with one attached, every system call on
-    /// the machine takes the kernel's slower tracepoint path (about 60 ns more, measured).
-    pub file_path_prefixes: Vec<String>,
-    /// Identical file events (same process, operation, result, path) within this window are
-    /// folded into one fact with a count. Default 1 s.
-    pub file_aggregation_window: Duration,
-    /// At most one retransmit fact per connection per window. Default 1 s.
-    pub retransmit_aggregation_window: Duration,
-    /// Processes remembered for container lookups (pid → container). Default 65536.
-    pub process_cache_capacity: usize,
-    /// The ring buffer is read at every heartbeat, and this often while records keep coming
-    /// (a value above the heartbeat interval changes nothing). The eBPF programs do not wake
-    /// the reader for a record (only when the ring passes a quarter full): a wakeup costs more
-    /// than the record, and a record read at a heartbeat is covered by it, so facts are not
-    /// closed later. Zero instead has the programs wake the reader for every batch of records.
-    /// At most 100 ms. Default 100 ms: one read per heartbeat.
-    pub batch_delay: Duration,
+/// The kernel collector of the validated `config` (`collectors.kernel`); does no I/O.
+///
+/// # Errors
+/// [`SourceError::Build`] when the eBPF programs cannot take the file path prefixes.
+pub fn from_config(config: &TapioConfig) -> Result<Box<dyn Source>, SourceError> {
+    let source =
+        KernelSource::new(&config.collectors.kernel).map_err(|error| SourceError::Build {
+            kind: KIND,
+            source: Box::new(error),
+        })?;
+    Ok(Box::new(source))
 }
 
-/// The settings `collectors.kernel` holds, without the switch that turns the collector on.
-impl From<&tapio_config::KernelCollectorConfig> for KernelSourceConfig {
-    fn from(config: &tapio_config::KernelCollectorConfig) -> KernelSourceConfig {
-        KernelSourceConfig {
-            ring_buffer_bytes: config.ring_buffer_bytes,
-            heartbeat_interval: config.heartbeat_interval,
-            forks: config.forks,
-            oom: config.oom,
-            network: config.network,
-            containers: config.containers,
-            file_path_prefixes: config.file_path_prefixes.clone(),
-            file_aggregation_window: config.file_aggregation_window,
-            retransmit_aggregation_window: config.retransmit_aggregation_window,
-            process_cache_capacity: config.process_cache_capacity,
-            batch_delay: config.batch_delay,
-        }
-    }
-}
-
-/// The defaults of `collectors.kernel`, kept in one place: the configuration crate.
-impl Default for KernelSourceConfig {
-    fn default() -> KernelSourceConfig {
-        KernelSourceConfig::from(&tapio_config::KernelCollectorConfig::default())
-    }
-}
-
-/// A configuration value the kernel collector cannot use.
+/// A configuration value the eBPF programs cannot take, although it passed validation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    /// `ring_buffer_bytes` is not a power of two of at least 64 KiB.
-    #[error("`collectors.kernel.ring_buffer_bytes` must be a power of two ≥ 65536, got {0}")]
-    RingBuffer(u32),
-    /// `heartbeat_interval` is 0 or above 100 ms.
-    #[error("`collectors.kernel.heartbeat_interval` must be > 0 and ≤ 100ms, got {0:?}")]
-    Heartbeat(Duration),
     /// A path prefix is unusable.
     #[error("`collectors.kernel.file_path_prefixes` is invalid")]
     Prefixes(#[source] common::PrefixError),
-    /// `process_cache_capacity` is 0.
-    #[error("`collectors.kernel.process_cache_capacity` must be > 0")]
-    Cache,
-    /// `batch_delay` is above 100 ms.
-    #[error("`collectors.kernel.batch_delay` must be ≤ 100ms, got {0:?}")]
-    BatchDelay(Duration),
 }
 
 /// The kernel collector.
 #[derive(Debug)]
 pub struct KernelSource {
-    config: KernelSourceConfig,
+    config: KernelCollectorConfig,
     probe_config: common::Config,
     stats: Arc<KernelStats>,
 }
 
 impl KernelSource {
-    /// Validates `config`. Does no I/O.
+    /// The collector `config` (`collectors.kernel`, validated by `tapio-config`) asks for.
+    /// Does no I/O.
     ///
     /// # Errors
-    /// [`ConfigError`] naming the bad key.
-    pub fn new(config: KernelSourceConfig) -> Result<KernelSource, ConfigError> {
-        let ring = config.ring_buffer_bytes;
-        if !ring.is_power_of_two() || ring < 65_536 {
-            return Err(ConfigError::RingBuffer(ring));
-        }
-        if config.heartbeat_interval.is_zero()
-            || config.heartbeat_interval > Duration::from_millis(100)
-        {
-            return Err(ConfigError::Heartbeat(config.heartbeat_interval));
-        }
-        if config.process_cache_capacity == 0 {
-            return Err(ConfigError::Cache);
-        }
-        if config.batch_delay > Duration::from_millis(100) {
-            return Err(ConfigError::BatchDelay(config.batch_delay));
-        }
+    /// [`ConfigError`] naming the key the eBPF programs cannot take.
+    pub fn new(config: &KernelCollectorConfig) -> Result<KernelSource, ConfigError> {
+        let config = config.clone();
         let probe_config = common::Config::new(
             duration_ns(config.file_aggregation_window),
             duration_ns(config.retransmit_aggregation_window),
@@ -271,6 +200,8 @@ fn unsupported(err: &LoadError) -> SourceError {
 
 impl KernelSource {
     async fn run_inner(self: Box<Self>, cx: SourceContext) -> Result<(), SourceError> {
+        cx.health
+            .add_counters(Arc::clone(&self.stats) as Arc<dyn Counters>);
         let options = ProbeOptions {
             ring_buffer_bytes: self.config.ring_buffer_bytes,
             hooks: tapio_ebpf::Hooks {
@@ -301,13 +232,16 @@ impl KernelSource {
             what: "the EVENTS ring buffer fd".into(),
             source: Box::new(err),
         })?;
+        let disabled: Vec<String> = probes
+            .disabled()
+            .iter()
+            .map(|d| format!("{}: {}", d.hook, d.reason))
+            .collect();
+        // What the collector runs without is its status message while it runs.
+        let message = (!disabled.is_empty()).then(|| format!("disabled: {}", disabled.join("; ")));
         if let Ok(mut hooks) = self.stats.hooks.lock() {
             hooks.0 = probes.attached().iter().map(ToString::to_string).collect();
-            hooks.1 = probes
-                .disabled()
-                .iter()
-                .map(|d| format!("{}: {}", d.hook, d.reason))
-                .collect();
+            hooks.1 = disabled;
         }
 
         let mut reader = Reader {
@@ -320,6 +254,7 @@ impl KernelSource {
         reader.offset = reader.start_offset;
         reader.identity.discover();
         self.stats.ready.store(true, Ordering::Relaxed);
+        cx.health.set(Status::Running, message);
         info!(node = %cx.node, "Kernel source started.");
 
         let interval = self.config.heartbeat_interval;
@@ -874,58 +809,26 @@ impl Reader {
 mod tests {
     use super::*;
 
-    fn with(change: impl FnOnce(&mut KernelSourceConfig)) -> Result<KernelSource, ConfigError> {
-        let mut config = KernelSourceConfig::default();
-        change(&mut config);
-        KernelSource::new(config)
-    }
-
     #[test]
     fn defaults_are_valid() {
-        assert!(KernelSource::new(KernelSourceConfig::default()).is_ok());
-        assert_eq!(with(|_| {}).unwrap().kind(), "kernel");
+        let source = KernelSource::new(&KernelCollectorConfig::default()).expect("defaults");
+        assert_eq!(source.kind(), "kernel");
     }
 
     #[test]
-    fn bad_values_name_their_key() {
-        type Change = Box<dyn FnOnce(&mut KernelSourceConfig)>;
-        let cases: Vec<(Change, &str)> = vec![
-            (
-                Box::new(|c| c.ring_buffer_bytes = 100_000),
-                "ring_buffer_bytes",
-            ),
-            (
-                Box::new(|c| c.ring_buffer_bytes = 4096),
-                "ring_buffer_bytes",
-            ),
-            (
-                Box::new(|c| c.heartbeat_interval = Duration::ZERO),
-                "heartbeat_interval",
-            ),
-            (
-                Box::new(|c| c.heartbeat_interval = Duration::from_millis(101)),
-                "heartbeat_interval",
-            ),
-            (
-                Box::new(|c| c.file_path_prefixes = vec![String::new()]),
-                "file_path_prefixes",
-            ),
-            (
-                Box::new(|c| c.file_path_prefixes = vec!["/x".into(); 9]),
-                "file_path_prefixes",
-            ),
-            (
-                Box::new(|c| c.process_cache_capacity = 0),
-                "process_cache_capacity",
-            ),
-            (
-                Box::new(|c| c.batch_delay = Duration::from_millis(101)),
-                "batch_delay",
-            ),
-        ];
-        for (change, key) in cases {
-            let err = with(change).unwrap_err();
-            assert!(err.to_string().contains(key), "{err}");
+    fn prefixes_the_programs_cannot_take_name_their_key() {
+        // Validation refuses these first; the collector still names the key if it gets them.
+        for prefixes in [vec![String::new()], vec!["/x".to_owned(); 9]] {
+            let config = KernelCollectorConfig {
+                file_path_prefixes: prefixes,
+                ..KernelCollectorConfig::default()
+            };
+            let err = KernelSource::new(&config).expect_err("unusable prefixes");
+            assert!(
+                err.to_string()
+                    .contains("collectors.kernel.file_path_prefixes"),
+                "{err}"
+            );
         }
     }
 

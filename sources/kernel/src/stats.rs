@@ -5,6 +5,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use tapio_sources::{Counter, Counters};
+
 /// Live counters, shared between the running source and whoever reports on it (the binary
 /// logs [`KernelStats::snapshot`] periodically and at exit).
 #[derive(Debug, Default)]
@@ -133,6 +135,53 @@ impl KernelStatsSnapshot {
 }
 
 const KINDS: [&str; 7] = ["?", "exec", "fork", "exit", "oom", "tcp", "file"];
+/// Counter names of records decoded and dropped, by record kind (index as in [`KINDS`]).
+const RECORDS_BY_KIND: [&str; 7] = [
+    "",
+    "records_exec",
+    "records_fork",
+    "records_exit",
+    "records_oom",
+    "records_tcp",
+    "records_file",
+];
+const DROPPED_BY_KIND: [&str; 7] = [
+    "",
+    "dropped_exec",
+    "dropped_fork",
+    "dropped_exit",
+    "dropped_oom",
+    "dropped_tcp",
+    "dropped_file",
+];
+
+/// The kernel collector's own counters in its [`tapio_sources::Health`]: every counter of the
+/// [`Display`](fmt::Display) form, by name, and records and drops by record kind.
+impl Counters for KernelStats {
+    fn read(&self, into: &mut Vec<Counter>) {
+        let now = self.snapshot();
+        let program_ns = u64::try_from(now.program_time().as_nanos()).unwrap_or(u64::MAX);
+        into.extend([
+            Counter::new("records", now.records_total()),
+            Counter::new("records_per_second", now.records_per_sec),
+            Counter::new("facts", now.facts),
+            Counter::new("ring_dropped", now.dropped_total()),
+            Counter::new("decode_errors", now.decode_errors),
+            Counter::new("folded_file", now.file_aggregated),
+            Counter::new("folded_retransmit", now.retransmit_aggregated),
+            Counter::new("heartbeats", now.heartbeats),
+            Counter::new("pid_cache", now.pid_cache),
+            Counter::new("proc_reads", now.proc_reads),
+            Counter::new("program_ns", program_ns),
+        ]);
+        for kind in 1..KINDS.len() {
+            if now.records[kind] > 0 || now.dropped[kind] > 0 {
+                into.push(Counter::new(RECORDS_BY_KIND[kind], now.records[kind]));
+                into.push(Counter::new(DROPPED_BY_KIND[kind], now.dropped[kind]));
+            }
+        }
+    }
+}
 
 impl fmt::Display for KernelStatsSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -171,5 +220,32 @@ impl fmt::Display for KernelStatsSnapshot {
             write!(f, " disabled=[{}]", self.disabled.join("; "))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_health_counters_name_drops_and_records_by_kind_only_for_kinds_seen() {
+        let stats = KernelStats::default();
+        stats.records[4].fetch_add(2, Ordering::Relaxed);
+        stats.dropped[1].fetch_add(7, Ordering::Relaxed);
+        stats.facts.fetch_add(2, Ordering::Relaxed);
+        let mut counters = Vec::new();
+        stats.read(&mut counters);
+        let value = |name: &str| {
+            counters
+                .iter()
+                .find(|counter| counter.name == name)
+                .map(|counter| counter.value)
+        };
+        assert_eq!(value("records"), Some(2));
+        assert_eq!(value("ring_dropped"), Some(7));
+        assert_eq!(value("facts"), Some(2));
+        assert_eq!(value("records_oom"), Some(2));
+        assert_eq!(value("dropped_exec"), Some(7));
+        assert_eq!(value("records_tcp"), None, "no tcp record was seen");
     }
 }

@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
+use tapio_config::KernelCollectorConfig;
 use tapio_sources::{SourceError, run_for_test};
-use tapio_sources_kernel::{KernelSource, KernelSourceConfig};
+use tapio_sources_kernel::KernelSource;
 
 const CHILD: &str = "TAPIO_KERNEL_TEST_UNPRIVILEGED_CHILD";
 
@@ -13,7 +14,7 @@ const CHILD: &str = "TAPIO_KERNEL_TEST_UNPRIVILEGED_CHILD";
 async fn unprivileged_is_unsupported_with_a_remedy() {
     if std::env::var_os(CHILD).is_some() {
         // The unprivileged side: run the source and report its error.
-        let source = KernelSource::new(KernelSourceConfig::default()).unwrap();
+        let source = KernelSource::new(&KernelCollectorConfig::default()).unwrap();
         let result = run_for_test(Box::new(source), "node", Duration::from_secs(5)).await;
         match result {
             Err(SourceError::Unsupported { kind, requirement }) => {

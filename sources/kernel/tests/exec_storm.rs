@@ -6,9 +6,10 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tapio_config::KernelCollectorConfig;
 use tapio_model::{FactPayload, Observation};
 use tapio_sources::{Source, SourceContext};
-use tapio_sources_kernel::{KernelSource, KernelSourceConfig};
+use tapio_sources_kernel::KernelSource;
 
 const EXECS: usize = 10_000;
 const BLOCKED_EXECS: usize = 3_000;
@@ -62,11 +63,11 @@ async fn run(
     channel: usize,
     blocked: bool,
 ) -> (Tally, [u64; 8], u64) {
-    let config = KernelSourceConfig {
+    let config = KernelCollectorConfig {
         ring_buffer_bytes,
-        ..KernelSourceConfig::default()
+        ..KernelCollectorConfig::default()
     };
-    let source = KernelSource::new(config).expect("valid config");
+    let source = KernelSource::new(&config).expect("valid config");
     let stats = source.stats();
     let (cx, mut rx) = SourceContext::for_test("kernel", "test-node", channel);
     let shutdown = cx.shutdown.clone();

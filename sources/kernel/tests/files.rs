@@ -6,8 +6,8 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
+use tapio_config::KernelCollectorConfig;
 use tapio_model::{FactPayload, FileOp};
-use tapio_sources_kernel::KernelSourceConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_opens_renames_and_unlinks_under_a_prefix() {
@@ -15,10 +15,10 @@ async fn failed_opens_renames_and_unlinks_under_a_prefix() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let prefix = format!("{}/", dir.display());
-    let config = KernelSourceConfig {
+    let config = KernelCollectorConfig {
         file_path_prefixes: vec![prefix.clone()],
         file_aggregation_window: Duration::from_secs(1),
-        ..KernelSourceConfig::default()
+        ..KernelCollectorConfig::default()
     };
     let running = common::start(config).await;
     let before = running.stats.snapshot();

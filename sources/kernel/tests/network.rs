@@ -7,12 +7,12 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
+use tapio_config::KernelCollectorConfig;
 use tapio_model::{ConnectOutcome, FactPayload};
-use tapio_sources_kernel::KernelSourceConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_and_established_connects() {
-    let running = common::start(KernelSourceConfig::default()).await;
+    let running = common::start(KernelCollectorConfig::default()).await;
     let me = std::process::id();
 
     // A port nobody listens on: bind to get a free one, then close it.

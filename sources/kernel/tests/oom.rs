@@ -6,8 +6,8 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tapio_config::KernelCollectorConfig;
 use tapio_model::{EntityId, FactPayload, Observation, StateObject};
-use tapio_sources_kernel::KernelSourceConfig;
 
 /// Creates the cgroup directories and removes them (and only them) again.
 struct Cgroups {
@@ -85,7 +85,7 @@ async fn oom_kill_in_a_pod_cgroup() {
         .expect("python3 is installed");
     let python = String::from_utf8(python.stdout).unwrap().trim().to_string();
 
-    let running = common::start(KernelSourceConfig::default()).await;
+    let running = common::start(KernelCollectorConfig::default()).await;
     let script = format!(
         "echo $$ > {}/cgroup.procs && echo $$ > {}/cgroup.procs && exec {python} -c \"x = b'x' * (200 * 1024 * 1024)\"",
         memory.display(),

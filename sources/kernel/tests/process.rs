@@ -5,12 +5,12 @@ mod common;
 
 use std::time::Duration;
 
+use tapio_config::KernelCollectorConfig;
 use tapio_model::{FactPayload, Observation};
-use tapio_sources_kernel::KernelSourceConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_with_args_and_exit_code() {
-    let running = common::start(KernelSourceConfig::default()).await;
+    let running = common::start(KernelCollectorConfig::default()).await;
     let child = tokio::process::Command::new("/bin/sh")
         .args(["-c", "exit 42", "tapio-arg-zero", "second arg"])
         .spawn()
@@ -78,7 +78,7 @@ async fn exec_with_args_and_exit_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_by_a_signal() {
-    let running = common::start(KernelSourceConfig::default()).await;
+    let running = common::start(KernelCollectorConfig::default()).await;
     let child = tokio::process::Command::new("/bin/sh")
         .args(["-c", "kill -TERM $$; sleep 5"])
         .spawn()
@@ -93,7 +93,7 @@ async fn killed_by_a_signal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_every_100ms_and_monotone() {
-    let running = common::start(KernelSourceConfig::default()).await;
+    let running = common::start(KernelCollectorConfig::default()).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let beats: Vec<u64> = running
         .observations()

@@ -22,67 +22,48 @@
 pub mod parse;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tapio_config::KubeletCollectorConfig;
+use tapio_config::{KubeletCollectorConfig, TapioConfig};
 use tapio_model::{Fact, FactPayload, ResourceUsage};
 use tapio_sources::{BoxFuture, Source, SourceContext, SourceError, now_ns};
 
 use crate::parse::{ContainerKey, PodsSnapshot};
 
-/// Settings of the kubelet source.
-#[derive(Clone, Debug)]
-pub struct KubeletSettings {
-    /// `https://host:port` of the kubelet.
-    pub url: String,
-    /// Bearer token file.
-    pub token_path: PathBuf,
-    /// CA file of the serving certificate; `None` uses the system roots.
-    pub ca_path: Option<PathBuf>,
-    /// Accept any serving certificate.
-    pub insecure_skip_tls_verify: bool,
-    /// Time between polls.
-    pub poll_interval: Duration,
-    /// Percent of a limit at which use is reported.
-    pub usage_threshold_percent: u8,
-    /// Longest silence between heartbeats (the engine's tick).
-    pub heartbeat: Duration,
-}
-
-impl KubeletSettings {
-    /// Settings from the validated configuration and the engine's tick.
-    pub fn from_config(config: &KubeletCollectorConfig, tick: Duration) -> KubeletSettings {
-        KubeletSettings {
-            url: config.url.clone(),
-            token_path: PathBuf::from(&config.token_path),
-            ca_path: Some(PathBuf::from(&config.ca_path))
-                .filter(|path| !path.as_os_str().is_empty()),
-            insecure_skip_tls_verify: config.insecure_skip_tls_verify,
-            poll_interval: config.poll_interval,
-            usage_threshold_percent: config.usage_threshold_percent,
-            heartbeat: tick,
-        }
-    }
+/// The kubelet source of the validated `config` (`collectors.kubelet`), with a heartbeat every
+/// engine tick; does no I/O.
+///
+/// # Errors
+/// None today; the signature is the one every source crate exports.
+pub fn from_config(config: &TapioConfig) -> Result<Box<dyn Source>, SourceError> {
+    Ok(Box::new(KubeletSource::new(
+        &config.collectors.kubelet,
+        config.correlation.engine.tick,
+    )))
 }
 
 /// Polls the kubelet.
 #[derive(Debug)]
 pub struct KubeletSource {
-    settings: KubeletSettings,
+    config: KubeletCollectorConfig,
+    heartbeat: Duration,
 }
 
 impl KubeletSource {
-    /// A source with `settings`; does no I/O.
-    pub fn new(settings: KubeletSettings) -> KubeletSource {
-        KubeletSource { settings }
+    /// A source polling as the validated `config` (`collectors.kubelet`) says, sending a
+    /// heartbeat at least every `heartbeat` (the engine's tick); does no I/O.
+    pub fn new(config: &KubeletCollectorConfig, heartbeat: Duration) -> KubeletSource {
+        KubeletSource {
+            config: config.clone(),
+            heartbeat,
+        }
     }
 }
 
 /// A kube-rs client aimed at the kubelet: TLS with the given CA (or none), the token file
 /// re-read as it rotates.
-async fn client(settings: &KubeletSettings) -> Result<kube::Client, SourceError> {
+async fn client(settings: &KubeletCollectorConfig) -> Result<kube::Client, SourceError> {
     use kube::config::{
         AuthInfo, Cluster, Context, KubeConfigOptions, Kubeconfig, NamedAuthInfo, NamedCluster,
         NamedContext,
@@ -92,10 +73,9 @@ async fn client(settings: &KubeletSettings) -> Result<kube::Client, SourceError>
             name: "kubelet".into(),
             cluster: Some(Cluster {
                 server: Some(settings.url.clone()),
-                certificate_authority: settings
-                    .ca_path
-                    .as_ref()
-                    .map(|path| path.display().to_string()),
+                // Empty: the system roots.
+                certificate_authority: Some(settings.ca_path.clone())
+                    .filter(|path| !path.is_empty()),
                 insecure_skip_tls_verify: Some(settings.insecure_skip_tls_verify),
                 ..Cluster::default()
             }),
@@ -104,7 +84,7 @@ async fn client(settings: &KubeletSettings) -> Result<kube::Client, SourceError>
         auth_infos: vec![NamedAuthInfo {
             name: "tapio".into(),
             auth_info: Some(AuthInfo {
-                token_file: Some(settings.token_path.display().to_string()),
+                token_file: Some(settings.token_path.clone()),
                 ..AuthInfo::default()
             }),
             other: BTreeMap::new(),
@@ -198,12 +178,13 @@ impl Source for KubeletSource {
 
     fn run(self: Box<Self>, cx: SourceContext) -> BoxFuture<Result<(), SourceError>> {
         Box::pin(async move {
-            let settings = self.settings;
+            let settings = self.config;
             let client = client(&settings).await?;
             tracing::info!(url = %settings.url, interval = ?settings.poll_interval, "Polling the kubelet.");
+            cx.health.set_running();
             let mut polls = Polls::default();
             let mut poll = tokio::time::interval(settings.poll_interval);
-            let mut beat = tokio::time::interval(settings.heartbeat.max(Duration::from_millis(1)));
+            let mut beat = tokio::time::interval(self.heartbeat.max(Duration::from_millis(1)));
             beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {

@@ -418,7 +418,7 @@ mod tests {
         let changes = pod_changes(&ready, &failing);
         assert!(
             matches!(&changes[..], [FactPayload::ContainerReady(c)]
-                if !c.ready && c.container_id == "abc" && c.restart_count == 2 && c.pod.to_string() == "pod/n/p"),
+                if !c.ready && &*c.container_id == "abc" && c.restart_count == 2 && c.pod.to_string() == "pod/n/p"),
             "{changes:?}"
         );
         assert!(pod_changes(&failing, &failing).is_empty());

@@ -420,7 +420,7 @@ mod tests {
         let StateObject::PodContainer(container) = &records[1] else {
             panic!("{records:?}")
         };
-        assert_eq!(container.container_id, "abc");
+        assert_eq!(&*container.container_id, "abc");
     }
 
     #[test]
@@ -491,6 +491,15 @@ mod tests {
         assert_eq!(fact.first_ns, 1_704_067_200_000_000_000);
         assert_eq!(fact.last_ns, 1_704_067_500_000_000_000);
         assert_eq!(fact.component, "kubelet");
+        assert_eq!(fact.event_type, EventType::Warning);
+        let mut untyped = event.clone();
+        untyped.type_ = Some("Alarming".into());
+        assert_eq!(
+            kube_event(&untyped, 1),
+            Err(ConvertError::UnknownEventType {
+                event_type: "Alarming".into()
+            })
+        );
         let mut odd = event.clone();
         odd.involved_object.kind = Some("ConfigMap".into());
         assert_eq!(

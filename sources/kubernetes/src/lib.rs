@@ -23,5 +23,5 @@ mod source;
 pub mod tracker;
 
 pub use convert::{ConvertError, WatchedKind, bare_container_id, kube_event};
-pub use source::{CLUSTER_NODE, KubernetesSettings, KubernetesSource, WatchStats};
+pub use source::{CLUSTER_NODE, KubernetesSource, WatchStats, from_config};
 pub use tracker::{EventTracker, StateTracker};

@@ -1,7 +1,7 @@
 //! The live source: one kube-rs watcher per kind and namespace, merged into one loop that
 //! turns their events into state updates and facts.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -15,10 +15,11 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, Resource};
-use tapio_config::KubernetesCollectorConfig;
+use tapio_config::{KubernetesCollectorConfig, TapioConfig};
 use tapio_model::{Fact, FactId, FactPayload, Heartbeat, Observation, StateObject, TimeNs};
 use tapio_sources::{
-    BoxFuture, Closed, Source, SourceContext, SourceError, first_sequence, now_ns,
+    BoxFuture, Closed, Counter, Counters, Source, SourceContext, SourceError, first_sequence,
+    now_ns,
 };
 
 use crate::convert::{ConvertError, WatchedKind, kube_event};
@@ -26,34 +27,6 @@ use crate::tracker::{EventTracker, StateTracker};
 
 /// The node name in this source's fact ids and heartbeats: the API server is cluster-wide.
 pub const CLUSTER_NODE: &str = "cluster";
-
-/// Settings of the Kubernetes source.
-#[derive(Clone, Debug, Default)]
-pub struct KubernetesSettings {
-    /// Kubeconfig file; `None` infers (in-cluster, `$KUBECONFIG`, `~/.kube/config`).
-    pub kubeconfig: Option<PathBuf>,
-    /// Namespaces to watch; empty means all.
-    pub namespaces: Vec<String>,
-    /// Label selector for namespaced objects other than Events.
-    pub label_selector: Option<String>,
-    /// How often a heartbeat is sent (the engine's tick).
-    pub heartbeat: Duration,
-}
-
-impl KubernetesSettings {
-    /// Settings from the validated configuration; `tick` is the engine's tick, the longest the
-    /// source may stay silent.
-    pub fn from_config(config: &KubernetesCollectorConfig, tick: Duration) -> KubernetesSettings {
-        KubernetesSettings {
-            kubeconfig: Some(PathBuf::from(&config.kubeconfig))
-                .filter(|path| !path.as_os_str().is_empty()),
-            namespaces: config.namespaces.clone(),
-            label_selector: Some(config.label_selector.clone())
-                .filter(|selector| !selector.trim().is_empty()),
-            heartbeat: tick,
-        }
-    }
-}
 
 /// Counters beyond [`tapio_sources::SourceStats`]: how often watches failed and re-listed.
 #[derive(Debug, Default)]
@@ -64,18 +37,43 @@ pub struct WatchStats {
     pub relists: AtomicU64,
 }
 
+impl Counters for WatchStats {
+    fn read(&self, into: &mut Vec<Counter>) {
+        into.extend([
+            Counter::new("watch_errors", self.watch_errors.load(Ordering::Relaxed)),
+            Counter::new("relists", self.relists.load(Ordering::Relaxed)),
+        ]);
+    }
+}
+
+/// The Kubernetes source of the validated `config` (`collectors.kubernetes`), with a heartbeat
+/// every engine tick; does no I/O.
+///
+/// # Errors
+/// None today; the signature is the one every source crate exports.
+pub fn from_config(config: &TapioConfig) -> Result<Box<dyn Source>, SourceError> {
+    Ok(Box::new(KubernetesSource::new(
+        &config.collectors.kubernetes,
+        config.correlation.engine.tick,
+    )))
+}
+
 /// Watches the API server.
 #[derive(Debug)]
 pub struct KubernetesSource {
-    settings: KubernetesSettings,
+    config: KubernetesCollectorConfig,
+    heartbeat: Duration,
     stats: Arc<WatchStats>,
 }
 
 impl KubernetesSource {
-    /// A source with `settings`; does no I/O.
-    pub fn new(settings: KubernetesSettings) -> KubernetesSource {
+    /// A source watching what the validated `config` (`collectors.kubernetes`) asks for,
+    /// sending a heartbeat every `heartbeat` (the engine's tick, the longest it may stay
+    /// silent); does no I/O.
+    pub fn new(config: &KubernetesCollectorConfig, heartbeat: Duration) -> KubernetesSource {
         KubernetesSource {
-            settings,
+            config: config.clone(),
+            heartbeat,
             stats: Arc::default(),
         }
     }
@@ -216,33 +214,33 @@ struct Watches {
 }
 
 impl Watches {
-    fn new(client: &Client, settings: &KubernetesSettings) -> Watches {
+    fn new(client: &Client, config: &KubernetesCollectorConfig) -> Watches {
         let mut watches = Watches {
             streams: SelectAll::new(),
             trackers: Vec::new(),
         };
-        let mut config = watcher::Config::default();
-        if let Some(selector) = &settings.label_selector {
-            config = config.labels(selector);
+        let mut watch_config = watcher::Config::default();
+        if let Some(selector) = label_selector(config) {
+            watch_config = watch_config.labels(selector);
         }
-        let scopes: Vec<Option<&str>> = if settings.namespaces.is_empty() {
+        let scopes: Vec<Option<&str>> = if config.namespaces.is_empty() {
             vec![None]
         } else {
-            settings
+            config
                 .namespaces
                 .iter()
                 .map(|ns| Some(ns.as_str()))
                 .collect()
         };
         for scope in scopes {
-            watches.add::<Pod>(client, scope, &config);
-            watches.add::<ReplicaSet>(client, scope, &config);
-            watches.add::<Deployment>(client, scope, &config);
-            watches.add::<StatefulSet>(client, scope, &config);
-            watches.add::<DaemonSet>(client, scope, &config);
-            watches.add::<Job>(client, scope, &config);
-            watches.add::<Service>(client, scope, &config);
-            watches.add::<EndpointSlice>(client, scope, &config);
+            watches.add::<Pod>(client, scope, &watch_config);
+            watches.add::<ReplicaSet>(client, scope, &watch_config);
+            watches.add::<Deployment>(client, scope, &watch_config);
+            watches.add::<StatefulSet>(client, scope, &watch_config);
+            watches.add::<DaemonSet>(client, scope, &watch_config);
+            watches.add::<Job>(client, scope, &watch_config);
+            watches.add::<Service>(client, scope, &watch_config);
+            watches.add::<EndpointSlice>(client, scope, &watch_config);
             let events: Api<Event> = match scope {
                 Some(namespace) => Api::namespaced(client.clone(), namespace),
                 None => Api::all(client.clone()),
@@ -406,14 +404,24 @@ impl Loop<'_> {
     }
 }
 
-async fn client(settings: &KubernetesSettings) -> Result<Client, SourceError> {
+/// The kubeconfig file to read; `None` infers (in-cluster, `$KUBECONFIG`, `~/.kube/config`).
+fn kubeconfig(config: &KubernetesCollectorConfig) -> Option<&Path> {
+    Some(Path::new(&config.kubeconfig)).filter(|path| !path.as_os_str().is_empty())
+}
+
+/// The label selector of namespaced objects other than Events; `None` selects everything.
+fn label_selector(config: &KubernetesCollectorConfig) -> Option<&str> {
+    Some(config.label_selector.as_str()).filter(|selector| !selector.trim().is_empty())
+}
+
+async fn client(config: &KubernetesCollectorConfig) -> Result<Client, SourceError> {
     let input =
         |what: String, source: Box<dyn std::error::Error + Send + Sync>| SourceError::Input {
             kind: "kubernetes",
             what,
             source,
         };
-    let config = match &settings.kubeconfig {
+    let config = match kubeconfig(config) {
         Some(path) => {
             let what = format!("the kubeconfig {}", path.display());
             let file = kube::config::Kubeconfig::read_from(path)
@@ -441,19 +449,21 @@ impl Source for KubernetesSource {
 
     fn run(self: Box<Self>, cx: SourceContext) -> BoxFuture<Result<(), SourceError>> {
         Box::pin(async move {
-            let client = client(&self.settings).await?;
+            cx.health
+                .add_counters(Arc::clone(&self.stats) as Arc<dyn Counters>);
+            let client = client(&self.config).await?;
             let Watches {
                 mut streams,
                 mut trackers,
-            } = Watches::new(&client, &self.settings);
+            } = Watches::new(&client, &self.config);
             tracing::info!(
                 streams = trackers.len(),
-                namespaces = ?self.settings.namespaces,
-                selector = ?self.settings.label_selector,
+                namespaces = ?self.config.namespaces,
+                selector = ?label_selector(&self.config),
                 "Watching the API server."
             );
-            let mut every =
-                tokio::time::interval(self.settings.heartbeat.max(Duration::from_millis(1)));
+            cx.health.set_running();
+            let mut every = tokio::time::interval(self.heartbeat.max(Duration::from_millis(1)));
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut work = Loop {
                 cx: &cx,

@@ -8,27 +8,15 @@ use std::time::Duration;
 use async_nats::connection::State;
 use async_nats::jetstream::{self, consumer, message::Acker};
 use futures_util::StreamExt;
-use tapio_model::Observation;
-use tapio_sources::{SourceError, SourceStats};
+use tapio_config::NatsConfig;
+use tapio_sources::{
+    BoxFuture, Delivery, Positions, Source, SourceContext, SourceError, SourceHealth, SourceStats,
+    Status,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::{NatsEndpoint, connect, decode_or_count};
-
-/// One message read from the stream: its stream sequence, and the observations it holds, in
-/// order (without its malformed lines; empty when none decoded, and its position still has to
-/// be taken in and acknowledged).
-#[derive(Debug)]
-pub struct Delivery {
-    /// Stream sequence, increasing.
-    pub position: u64,
-    /// The decoded observations.
-    pub observations: Vec<Observation>,
-    /// When the server stored the message, ns since the epoch by the server's clock (0 when
-    /// unknown): with the observation's event time and the time it was taken in, this splits
-    /// the transport's latency into publishing and delivery.
-    pub stored_ns: u64,
-}
+use crate::{NatsEndpoint, connect, decode_or_count, stream_subject};
 
 /// Reads the stream through a durable consumer (see the crate documentation).
 ///
@@ -89,9 +77,20 @@ impl DurableReader {
     pub async fn run(
         self,
         out: mpsc::Sender<Delivery>,
+        taken_in: watch::Receiver<u64>,
+        shutdown: CancellationToken,
+        stats: Arc<SourceStats>,
+    ) -> Result<(), SourceError> {
+        self.read(out, taken_in, shutdown, stats, None).await
+    }
+
+    async fn read(
+        self,
+        out: mpsc::Sender<Delivery>,
         mut taken_in: watch::Receiver<u64>,
         shutdown: CancellationToken,
         stats: Arc<SourceStats>,
+        health: Option<Arc<SourceHealth>>,
     ) -> Result<(), SourceError> {
         let client = connect(&self.endpoint.url, true)
             .await
@@ -125,6 +124,9 @@ impl DurableReader {
                     continue;
                 }
             };
+            if let Some(health) = &health {
+                health.set_running();
+            }
             // Acknowledgements of the previous consumer are void: it was deleted.
             unacked.clear();
             let mut messages = stream;
@@ -187,7 +189,15 @@ impl DurableReader {
                                 continue 'attempts;
                             }
                             State::Connected => {}
-                            _ => lost_connection = true,
+                            _ => {
+                                lost_connection = true;
+                                if let Some(health) = &health {
+                                    health.set(
+                                        Status::Running,
+                                        Some("the connection to NATS is lost; reconnecting".into()),
+                                    );
+                                }
+                            }
                         }
                     }
                     () = shutdown.cancelled() => break 'attempts,
@@ -294,6 +304,76 @@ impl DurableReader {
             .heartbeat(Duration::from_secs(5))
             .messages()
             .await?)
+    }
+}
+
+/// The correlation job's input, the durable consumer of `nats` (`integrations.nats`, validated)
+/// as a [`Source`] of kind `nats`: process `process` of `processes` reads through its own
+/// consumer, `<consumer>-<process>` when there is more than one. Does no I/O.
+///
+/// It acknowledges through the contract: it sends each message as a [`Delivery`] at its stream
+/// sequence and acknowledges what [`Positions::taken_in`] says the dataflow has taken in.
+///
+/// # Errors
+/// None today; the signature is the one every source crate exports.
+pub fn consumer_from_config(
+    nats: &NatsConfig,
+    process: usize,
+    processes: usize,
+) -> Result<Box<dyn Source>, SourceError> {
+    let durable = if processes > 1 {
+        format!("{}-{process}", nats.consumer)
+    } else {
+        nats.consumer.clone()
+    };
+    let endpoint = NatsEndpoint {
+        url: nats.url.clone(),
+        stream: nats.stream.clone(),
+        filter_subject: stream_subject(&nats.subject_prefix),
+        from_seq: None,
+        since_ns: None,
+    };
+    Ok(Box::new(NatsConsumerSource {
+        reader: DurableReader::new(endpoint, durable),
+    }))
+}
+
+/// A [`DurableReader`] as a [`Source`]; see [`consumer_from_config`].
+#[derive(Clone, Debug)]
+pub struct NatsConsumerSource {
+    reader: DurableReader,
+}
+
+impl NatsConsumerSource {
+    /// The durable consumer's name.
+    pub fn consumer(&self) -> &str {
+        &self.reader.durable
+    }
+}
+
+impl Source for NatsConsumerSource {
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
+    fn run(self: Box<Self>, mut cx: SourceContext) -> BoxFuture<Result<(), SourceError>> {
+        Box::pin(async move {
+            let Positions { out, taken_in } = cx.take_positions();
+            tracing::info!(
+                stream = %self.reader.endpoint.stream,
+                consumer = %self.reader.durable,
+                "Reading the NATS stream."
+            );
+            self.reader
+                .read(
+                    out,
+                    taken_in,
+                    cx.shutdown.clone(),
+                    Arc::clone(&cx.stats),
+                    Some(Arc::clone(&cx.health)),
+                )
+                .await
+        })
     }
 }
 

@@ -5,9 +5,10 @@
 //! subjects and the wire format: one or more observations' JSON lines per message, joined by
 //! `\n`):
 //!
-//! - [`DurableReader`], the input of `tapio run --mode correlation`: a durable pull consumer
-//!   with `AckPolicy::All`. It acknowledges a message only once the dataflow has taken it in
-//!   (the caller reports that position through a `watch` channel). On start it first re-reads
+//! - [`DurableReader`], the input of `tapio run --mode correlation` (as a source:
+//!   [`consumer_from_config`]): a durable pull consumer with `AckPolicy::All`. It acknowledges
+//!   a message only once the dataflow has taken it in (the pipeline reports that position
+//!   through [`tapio_sources::Positions::taken_in`]). On start it first re-reads
 //!   the stream up to the consumer's acknowledged floor, so that a restarted job rebuilds the
 //!   state the previous one held, then continues with the durable consumer from there: a
 //!   restart loses nothing.
@@ -34,8 +35,9 @@ use std::sync::atomic::Ordering;
 use tapio_model::{InvalidObservation, Observation, TimeNs};
 use tapio_sources::SourceStats;
 
-pub use durable::{Delivery, DurableReader};
+pub use durable::{DurableReader, NatsConsumerSource, consumer_from_config};
 pub use replay::NatsReplaySource;
+pub use tapio_sources::Delivery;
 
 /// Where to read: a server, a stream, and optionally where in it to start.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -213,6 +215,11 @@ fn decode_or_count(
         }
     }
     observations
+}
+
+/// The subject filter of the stream the node agents publish to: `<prefix>.>`.
+fn stream_subject(prefix: &str) -> String {
+    format!("{prefix}.>")
 }
 
 /// Connects to `url`; with `retry`, keeps trying in the background (and reconnecting) instead

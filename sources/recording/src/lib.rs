@@ -12,9 +12,22 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tapio_config::TapioConfig;
 use tapio_model::recording::RecordingReader;
 use tapio_model::{Observation, TimeNs};
 use tapio_sources::{BoxFuture, Source, SourceContext, SourceError};
+
+/// The recording source of the validated `config` (`collectors.recording`); does no I/O.
+///
+/// # Errors
+/// None today; the signature is the one every source crate exports.
+pub fn from_config(config: &TapioConfig) -> Result<Box<dyn Source>, SourceError> {
+    let recording = &config.collectors.recording;
+    Ok(Box::new(RecordingSource::new(
+        &recording.path,
+        recording.speed,
+    )))
+}
 
 /// Replays a recording.
 #[derive(Clone, Debug)]
@@ -84,6 +97,7 @@ fn replay(
         what: path.clone(),
         source: Box::new(error),
     })?;
+    cx.health.set_running();
     let mut first_event: Option<(TimeNs, std::time::Instant)> = None;
     for item in RecordingReader::new(BufReader::with_capacity(1 << 20, file)) {
         if cx.shutdown.is_cancelled() {

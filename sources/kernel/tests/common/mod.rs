@@ -9,9 +9,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tapio_config::KernelCollectorConfig;
 use tapio_model::{Fact, FactPayload, Observation, ProcessExit};
 use tapio_sources::{Source, SourceContext, SourceError};
-use tapio_sources_kernel::{KernelSource, KernelSourceConfig, KernelStats};
+use tapio_sources_kernel::{KernelSource, KernelStats};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -26,8 +27,8 @@ pub struct Running {
 }
 
 /// Starts the kernel source and waits until its probes are attached.
-pub async fn start(config: KernelSourceConfig) -> Running {
-    let source = KernelSource::new(config).expect("valid config");
+pub async fn start(config: KernelCollectorConfig) -> Running {
+    let source = KernelSource::new(&config).expect("valid config");
     let stats = source.stats();
     let (cx, mut rx) = SourceContext::for_test("kernel", "test-node", 65_536);
     let shutdown = cx.shutdown.clone();

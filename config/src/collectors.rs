@@ -1,0 +1,264 @@
+//! Each `collectors.<name>` section checks its own values, naming every key under the path it
+//! is given (`collectors.kernel`), so that a collector reads its validated section directly and
+//! keeps no second copy of its bounds.
+
+use std::time::Duration;
+
+use crate::error::ConfigError;
+use crate::model::{
+    CollectorsConfig, KernelCollectorConfig, KubeletCollectorConfig, KubernetesCollectorConfig,
+    RecordingCollectorConfig,
+};
+use crate::validate::{HOUR, check_url, count_in, duration_in, invalid};
+
+/// Joins a section's path and one of its keys: `collectors.kernel` + `batch_delay`.
+fn key(section: &str, name: &str) -> String {
+    format!("{section}.{name}")
+}
+
+impl CollectorsConfig {
+    /// Checks every collector section under `path` (`collectors`), in document order, and
+    /// returns the first failure.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key path, e.g. `collectors.kernel.batch_delay`.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        self.kernel.validate(&key(path, "kernel"))?;
+        self.recording.validate(&key(path, "recording"))?;
+        self.kubernetes.validate(&key(path, "kubernetes"))?;
+        self.kubelet.validate(&key(path, "kubelet"))
+    }
+}
+
+impl KernelCollectorConfig {
+    /// Checks this section, found at `path` (`collectors.kernel`).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key path of the first value out of its range.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let ring = self.ring_buffer_bytes;
+        if !ring.is_power_of_two() || !(65_536..=1 << 30).contains(&ring) {
+            return Err(invalid(
+                &key(path, "ring_buffer_bytes"),
+                format!("must be a power of two between 65536 and 1073741824, got {ring}"),
+            ));
+        }
+        duration_in(
+            &key(path, "heartbeat_interval"),
+            self.heartbeat_interval,
+            Duration::from_nanos(1),
+            Duration::from_millis(100),
+        )?;
+        duration_in(
+            &key(path, "batch_delay"),
+            self.batch_delay,
+            Duration::ZERO,
+            Duration::from_millis(100),
+        )?;
+        let prefixes = key(path, "file_path_prefixes");
+        if self.file_path_prefixes.len() > 8 {
+            return Err(invalid(
+                &prefixes,
+                format!("at most 8 prefixes, got {}", self.file_path_prefixes.len()),
+            ));
+        }
+        if let Some(prefix) = self
+            .file_path_prefixes
+            .iter()
+            .find(|prefix| prefix.is_empty() || prefix.len() > 64)
+        {
+            return Err(invalid(
+                &prefixes,
+                format!("each prefix must be 1 to 64 bytes, got `{prefix}`"),
+            ));
+        }
+        duration_in(
+            &key(path, "file_aggregation_window"),
+            self.file_aggregation_window,
+            Duration::ZERO,
+            HOUR,
+        )?;
+        duration_in(
+            &key(path, "retransmit_aggregation_window"),
+            self.retransmit_aggregation_window,
+            Duration::ZERO,
+            HOUR,
+        )?;
+        count_in(
+            &key(path, "process_cache_capacity"),
+            self.process_cache_capacity,
+            1,
+            10_000_000,
+        )
+    }
+}
+
+impl RecordingCollectorConfig {
+    /// Checks this section, found at `path` (`collectors.recording`).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key path: no `path` while enabled, or a `speed` that is
+    /// negative or not finite.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        if self.enabled && self.path.trim().is_empty() {
+            return Err(invalid(
+                &key(path, "path"),
+                format!("is required when {path}.enabled is true"),
+            ));
+        }
+        if !self.speed.is_finite() || self.speed < 0.0 {
+            return Err(invalid(
+                &key(path, "speed"),
+                format!("must be a finite number >= 0, got {}", self.speed),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl KubernetesCollectorConfig {
+    /// Checks this section, found at `path` (`collectors.kubernetes`).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key path: a namespace that is not a DNS-1123 label
+    /// (`namespaces[1]`), or a malformed label selector.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        for (index, namespace) in self.namespaces.iter().enumerate() {
+            if !is_dns_label(namespace) {
+                return Err(invalid(
+                    &format!("{path}.namespaces[{index}]"),
+                    format!(
+                        "must be a DNS-1123 label (lowercase letters, digits and '-', at most 63), got `{namespace}`"
+                    ),
+                ));
+            }
+        }
+        if let Some(problem) = selector_problem(&self.label_selector) {
+            return Err(invalid(&key(path, "label_selector"), problem));
+        }
+        Ok(())
+    }
+}
+
+impl KubeletCollectorConfig {
+    /// Checks this section, found at `path` (`collectors.kubelet`).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key path: a bad URL or no token file while enabled, or a
+    /// poll interval or threshold out of range.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        if self.enabled {
+            if let Err(problem) = check_url(&self.url, &["https", "http"]) {
+                return Err(invalid(&key(path, "url"), problem));
+            }
+            if self.token_path.trim().is_empty() {
+                return Err(invalid(
+                    &key(path, "token_path"),
+                    format!("is required when {path}.enabled is true"),
+                ));
+            }
+        }
+        duration_in(
+            &key(path, "poll_interval"),
+            self.poll_interval,
+            Duration::from_secs(1),
+            Duration::from_secs(600),
+        )?;
+        count_in(
+            &key(path, "usage_threshold_percent"),
+            usize::from(self.usage_threshold_percent),
+            1,
+            100,
+        )
+    }
+}
+
+/// Whether `name` is a DNS-1123 label, the form of a namespace name.
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// What is wrong with a label selector, if anything: each comma-separated requirement must
+/// have a key (`key`, `!key`, `key=v`, `key==v`, `key!=v`, `key in (a,b)`, `key notin (a)`).
+fn selector_problem(selector: &str) -> Option<String> {
+    if selector.trim().is_empty() {
+        return None;
+    }
+    let mut depth = 0_i32;
+    let mut part = String::new();
+    let mut parts = Vec::new();
+    for c in selector.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(std::mem::take(&mut part));
+                continue;
+            }
+            _ => {}
+        }
+        if depth < 0 {
+            return Some(format!("unbalanced `)` in `{selector}`"));
+        }
+        part.push(c);
+    }
+    if depth != 0 {
+        return Some(format!("unbalanced `(` in `{selector}`"));
+    }
+    parts.push(part);
+    for requirement in parts {
+        let key = requirement
+            .trim()
+            .trim_start_matches('!')
+            .split(['=', '!', ' '])
+            .next()
+            .unwrap_or_default();
+        let valid = !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+        if !valid {
+            return Some(format!(
+                "`{}` is not a label requirement",
+                requirement.trim()
+            ));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_section_names_its_keys_under_the_path_it_is_given() {
+        let kernel = KernelCollectorConfig {
+            batch_delay: Duration::from_millis(101),
+            ..KernelCollectorConfig::default()
+        };
+        let error = kernel.validate("nodes.a.kernel").expect_err("out of range");
+        assert_eq!(error.key_path, "nodes.a.kernel.batch_delay");
+        let kubelet = KubeletCollectorConfig {
+            enabled: true,
+            token_path: String::new(),
+            ..KubeletCollectorConfig::default()
+        };
+        let error = kubelet
+            .validate("collectors.kubelet")
+            .expect_err("no token");
+        assert_eq!(error.key_path, "collectors.kubelet.token_path");
+        assert!(
+            error.message.contains("collectors.kubelet.enabled"),
+            "{}",
+            error.message
+        );
+        assert!(CollectorsConfig::default().validate("collectors").is_ok());
+    }
+}
