@@ -12,6 +12,7 @@
 //! [`std::time::Duration`].
 
 mod collectors;
+mod correlation;
 mod duration;
 mod error;
 mod model;

@@ -22,88 +22,7 @@ const NATS_SCHEMES: [&str; 4] = ["nats", "tls", "ws", "wss"];
 pub(crate) fn validate(config: &TapioConfig) -> Result<(), ConfigError> {
     config.collectors.validate("collectors")?;
 
-    let engine = &config.correlation.engine;
-    count_in(
-        "correlation.engine.worker_count",
-        engine.worker_count,
-        1,
-        256,
-    )?;
-    count_in(
-        "correlation.engine.event_buffer_size",
-        engine.event_buffer_size,
-        1,
-        10_000_000,
-    )?;
-    count_in(
-        "correlation.engine.output_buffer_size",
-        engine.output_buffer_size,
-        1,
-        100_000,
-    )?;
-    duration_in(
-        "correlation.engine.tick",
-        engine.tick,
-        Duration::from_millis(1),
-        Duration::from_secs(60),
-    )?;
-    duration_in(
-        "correlation.engine.lateness",
-        engine.lateness,
-        Duration::ZERO,
-        HOUR,
-    )?;
-    // Within the lateness a source is merely behind, not silent: retiring it there would only
-    // make it flap between retired and rejoined.
-    let idle = engine.source_idle_timeout;
-    if !idle.is_zero() && idle <= engine.lateness {
-        return Err(invalid(
-            "correlation.engine.source_idle_timeout",
-            format!(
-                "must be 0s (never retire) or above correlation.engine.lateness ({}), got {}",
-                duration::format(engine.lateness),
-                duration::format(idle)
-            ),
-        ));
-    }
-    duration_in(
-        "correlation.engine.source_idle_timeout",
-        idle,
-        Duration::ZERO,
-        DAY,
-    )?;
-
-    let ownership = &config.correlation.ownership;
-    count_in(
-        "correlation.ownership.max_depth",
-        ownership.max_depth as usize,
-        1,
-        64,
-    )?;
-    duration_in(
-        "correlation.ownership.process_exit_grace",
-        ownership.process_exit_grace,
-        Duration::ZERO,
-        HOUR,
-    )?;
-
-    let oom = &config.correlation.oom_sequence;
-    duration_in(
-        "correlation.oom_sequence.within",
-        oom.within,
-        Duration::from_millis(1),
-        HOUR,
-    )?;
-    if oom.keep_for < oom.within {
-        return Err(invalid(
-            "correlation.oom_sequence.keep_for",
-            format!(
-                "must be at least correlation.oom_sequence.within ({}), got {}",
-                duration::format(oom.within),
-                duration::format(oom.keep_for)
-            ),
-        ));
-    }
+    config.correlation.validate("correlation")?;
 
     let neo4j = &config.integrations.neo4j;
     if !neo4j.uri.is_empty() {
@@ -222,7 +141,7 @@ fn check_subject_prefix(prefix: &str) -> Result<(), ConfigError> {
 }
 
 pub(crate) const HOUR: Duration = Duration::from_secs(60 * 60);
-const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+pub(crate) const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
 pub(crate) fn invalid(key_path: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::new(ConfigErrorKind::InvalidValue, key_path, message)
