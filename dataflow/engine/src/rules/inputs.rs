@@ -5,6 +5,8 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use differential_dataflow::VecCollection;
+use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
+use differential_dataflow::trace::implementations::ValSpine;
 use serde::{Deserialize, Serialize};
 use tapio_config::CorrelationConfig;
 use tapio_model::{EntityId, Fact, FactId, Hop, Observed, Relation, StateRecord, TimeNs};
@@ -36,6 +38,14 @@ impl Evidence {
     }
 }
 
+/// Facts arranged by the entity they are about ([`Fact::subject`]).
+pub type FactsBySubject<'scope> =
+    Arranged<'scope, TraceAgent<ValSpine<EntityId, Fact, Tick, isize>>>;
+
+/// Ownership chains arranged by the entity they start at.
+pub type ArrangedChains<'scope> =
+    Arranged<'scope, TraceAgent<ValSpine<EntityId, Vec<Hop>, Tick, isize>>>;
+
 /// The inputs every rule builds from. Derived collections (facts of one kind, the ownership
 /// chains) are built the first time a rule asks and shared with every later one.
 pub struct RuleInputs<'scope> {
@@ -45,6 +55,8 @@ pub struct RuleInputs<'scope> {
     config: CorrelationConfig,
     by_kind: RefCell<BTreeMap<&'static str, VecCollection<'scope, Tick, Fact, isize>>>,
     ownership: RefCell<Option<(Links<'scope>, Chains<'scope>)>>,
+    chains_by_entity: RefCell<Option<ArrangedChains<'scope>>>,
+    by_subject: RefCell<Option<FactsBySubject<'scope>>>,
 }
 
 impl<'scope> RuleInputs<'scope> {
@@ -62,6 +74,8 @@ impl<'scope> RuleInputs<'scope> {
             config: config.clone(),
             by_kind: RefCell::new(BTreeMap::new()),
             ownership: RefCell::new(None),
+            chains_by_entity: RefCell::new(None),
+            by_subject: RefCell::new(None),
         }
     }
 
@@ -79,6 +93,20 @@ impl<'scope> RuleInputs<'scope> {
                 self.facts
                     .clone()
                     .filter(move |fact| fact.payload.kind() == kind)
+            })
+            .clone()
+    }
+
+    /// Every fact some enabled rule reads, arranged by its subject once and shared by every
+    /// rule that joins on it.
+    pub fn facts_by_subject(&self) -> FactsBySubject<'scope> {
+        self.by_subject
+            .borrow_mut()
+            .get_or_insert_with(|| {
+                self.facts
+                    .clone()
+                    .map(|fact| (fact.subject(), fact))
+                    .arrange_by_key()
             })
             .clone()
     }
@@ -102,6 +130,15 @@ impl<'scope> RuleInputs<'scope> {
     /// (see [`ownership::chains`]).
     pub fn ownership_chains(&self) -> Chains<'scope> {
         self.ownership_parts().1
+    }
+
+    /// [`RuleInputs::ownership_chains`] arranged by the entity each starts at, once, for every
+    /// rule that joins on them.
+    pub fn ownership_chains_by_entity(&self) -> ArrangedChains<'scope> {
+        self.chains_by_entity
+            .borrow_mut()
+            .get_or_insert_with(|| self.ownership_chains().arrange_by_key())
+            .clone()
     }
 
     /// Which container each process runs in: `(process, link to the container)`, a process's

@@ -214,14 +214,17 @@ impl Rule for OomSequence {
             (container, sequence)
         });
 
-        let chains = inputs.ownership_chains();
-        let owned = sequences
-            .clone()
-            .join_map(chains.clone(), move |_, sequence, chain| {
-                correlation(sequence, Some(chain), within)
-            });
+        let owned = sequences.clone().join_core(
+            inputs.ownership_chains_by_entity(),
+            move |_, sequence, chain| Some(correlation(sequence, Some(chain), within)),
+        );
         let unowned = sequences
-            .antijoin(chains.map(|(entity, _)| entity).distinct())
+            .antijoin(
+                inputs
+                    .ownership_chains()
+                    .map(|(entity, _)| entity)
+                    .distinct(),
+            )
             .map(move |(_, sequence)| correlation(&sequence, None, within));
         owned.concat(unowned)
     }
