@@ -41,12 +41,15 @@ use differential_dataflow::{ExchangeData, VecCollection};
 
 use crate::clock::Tick;
 
+/// Every node's chain of links: `(node, [(parent, evidence), (grandparent, evidence), ...])`.
+pub type Chains<'scope, N, E> = VecCollection<'scope, Tick, (N, Vec<(N, E)>), isize>;
+
 /// For every node with a link `(node, (parent, evidence))`, its chain
 /// `[(parent, evidence), (grandparent, evidence), ...]`, at most `max_depth` long.
 pub fn chains<'scope, N, E>(
     links: VecCollection<'scope, Tick, (N, (N, E)), isize>,
     max_depth: u32,
-) -> VecCollection<'scope, Tick, (N, Vec<(N, E)>), isize>
+) -> Chains<'scope, N, E>
 where
     N: ExchangeData + std::hash::Hash,
     E: ExchangeData + std::hash::Hash,

@@ -114,7 +114,7 @@ mod tests {
                     for steps in 1..=max_steps {
                         let mut next = Vec::new();
                         for node in &frontier {
-                            for ((from, to), _) in &held_edges {
+                            for (from, to) in held_edges.keys() {
                                 if from == node && seen.insert(*to) {
                                     next.push(*to);
                                     expected.insert((*to, (start, steps)), 1isize);

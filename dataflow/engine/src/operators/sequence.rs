@@ -96,7 +96,7 @@ mod tests {
                 for id in 0..count {
                     let record = (rng.below(3) as u32, (rng.below(30), id));
                     let at = rng.below(20);
-                    out.push((record.clone(), at, 1isize));
+                    out.push((record, at, 1isize));
                     if rng.below(3) == 0 {
                         out.push((record, at + 1 + rng.below(10), -1));
                     }
