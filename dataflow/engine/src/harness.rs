@@ -70,6 +70,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, mpsc};
+use std::time::Duration;
 
 use differential_dataflow::consolidation::consolidate;
 use differential_dataflow::input::Input;
@@ -81,6 +82,10 @@ use crate::clock::{Tick, TickClock};
 use crate::rules::{MakeRule, Rule};
 use crate::worker::{Intake, correlate};
 use crate::{EngineError, EngineSettings, WorkerReport};
+
+/// Longest a worker parks while it waits for its peers: a spinning worker could keep a peer on
+/// the same core from running.
+const PARK: Option<Duration> = Some(Duration::from_millis(1));
 
 /// Runs one rule over scripted observations (see the [module documentation](self)).
 #[derive(Clone)]
@@ -294,7 +299,7 @@ fn drive(
             facts_in.flush();
             state_in.flush();
             while probe.less_than(facts_in.time()) {
-                worker.step();
+                worker.step_or_park(PARK);
             }
         }
     }
@@ -308,7 +313,7 @@ fn drive(
     facts_in.flush();
     state_in.flush();
     while probe.less_than(&close) {
-        worker.step();
+        worker.step_or_park(PARK);
     }
     let mut report = intake.into_report();
     report.last_tick = end;
