@@ -179,6 +179,16 @@ impl RuleHarness {
     }
 }
 
+impl std::fmt::Debug for RuleHarness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleHarness")
+            .field("rule", &self.rule.name())
+            .field("settings", &self.settings)
+            .field("workers", &self.workers)
+            .finish()
+    }
+}
+
 impl RuleRun {
     /// Every change, in order: `(end of its tick in ns, diff, correlation)`.
     pub fn changes(&self) -> impl Iterator<Item = (TimeNs, i64, &Correlation)> + '_ {
