@@ -15,7 +15,8 @@
 //!
 //! Rules (one module each under [`rules`], listed in [`rules::TABLE`]): [`rules::ownership`] and
 //! [`rules::oom_sequence`]. They are built from the reusable incremental operators in
-//! [`operators`].
+//! [`operators`]. To test a rule on its own, run it over a scripted stream with
+//! [`harness::RuleHarness`].
 //!
 //! ```
 //! use tapio_dataflow::{ClusterLayout, Engine, EngineSettings, Ingest};
@@ -41,6 +42,7 @@
 //! ```
 
 mod clock;
+pub mod harness;
 pub mod operators;
 mod output;
 mod progress;

@@ -5,8 +5,8 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use differential_dataflow::VecCollection;
-use differential_dataflow::input::Input;
-use tapio_model::{ClosedBatch, Correlation, Fact, Observation, StateRecord};
+use differential_dataflow::input::{Input, InputSession};
+use tapio_model::{ClosedBatch, Correlation, Fact, Observation, StateRecord, TimeNs};
 use timely::worker::Worker;
 use tokio::sync::mpsc::{self, error::TryRecvError};
 
@@ -28,10 +28,10 @@ const INGEST_BUDGET: usize = 16 * 1024;
 
 /// Builds the correlation graph over the fact and state collections: every enabled rule, over
 /// inputs they share.
-pub(crate) fn correlate<'scope>(
+pub(crate) fn correlate<'scope, 'rule>(
     facts: VecCollection<'scope, Tick, Fact, isize>,
     state: VecCollection<'scope, Tick, StateRecord, isize>,
-    rules: &[Box<dyn Rule>],
+    rules: impl IntoIterator<Item = &'rule dyn Rule>,
     settings: &EngineSettings,
 ) -> VecCollection<'scope, Tick, Correlation, isize> {
     let scope = facts.scope();
@@ -41,7 +41,7 @@ pub(crate) fn correlate<'scope>(
         TickClock::new(settings.tick_ms),
         &settings.correlation,
     );
-    let outputs: Vec<_> = rules.iter().map(|rule| rule.build(&inputs)).collect();
+    let outputs: Vec<_> = rules.into_iter().map(|rule| rule.build(&inputs)).collect();
     let (_, empty) = scope.new_collection::<Correlation, isize>();
     empty.concatenate(outputs)
 }
@@ -63,14 +63,13 @@ pub(crate) fn drive(
     let (mut facts_in, mut state_in, probe) = worker.dataflow::<Tick, _, _>(|scope| {
         let (facts_in, facts) = scope.new_collection::<Fact, isize>();
         let (state_in, state) = scope.new_collection::<StateRecord, isize>();
-        let (probe, correlations) = correlate(facts, state, &rules, settings).probe();
+        let (probe, correlations) =
+            correlate(facts, state, rules.iter().map(AsRef::as_ref), settings).probe();
         emit_closed_ticks(correlations, out, horizon.clone(), emitted);
         (facts_in, state_in, probe)
     });
 
-    let mut report = WorkerReport::default();
-    let mut watermark = Watermark::new(clock, settings.lateness_ns)
-        .with_idle_timeout(settings.source_idle_timeout_ns);
+    let mut intake = Intake::new(settings);
     let max_lag = clock.tick_ms().saturating_mul(settings.max_inflight_ticks);
     let end = loop {
         let mut taken = 0;
@@ -81,44 +80,27 @@ pub(crate) fn drive(
                 Ok(Ingest::Batch(batch)) => {
                     taken += batch.len();
                     for observation in batch {
-                        match observation {
-                            Observation::Fact(fact) => {
-                                let tick = on_time(&mut report, clock, &watermark, fact.time_ns);
-                                report.facts += 1;
-                                if rules.iter().any(|rule| rule.reads(&fact)) {
-                                    facts_in.update_at(fact, tick, 1);
-                                } else {
-                                    report.facts_unread += 1;
-                                }
-                            }
-                            Observation::State(update) => {
-                                let tick = on_time(&mut report, clock, &watermark, update.time_ns);
-                                report.state_updates += 1;
-                                state_in.update_at(update.record, tick, isize::from(update.diff));
-                            }
-                            Observation::Heartbeat(heartbeat) => {
-                                report.heartbeats += 1;
-                                watermark.observe(&heartbeat);
-                                for change in watermark.take_changes() {
-                                    count_and_log(&mut report, &change, local == 0);
-                                }
-                            }
-                        }
+                        intake.take(
+                            observation,
+                            |fact| rules.iter().any(|rule| rule.reads(fact)),
+                            (&mut facts_in, &mut state_in),
+                            local == 0,
+                        );
                     }
                 }
                 Ok(Ingest::Mark(position)) => mark = Some(position),
                 Ok(Ingest::End { last_ns }) => {
-                    end = Some(clock.tick_of(last_ns).max(watermark.input_tick()));
+                    end = Some(intake.end_at(last_ns));
                     break;
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
-                    end = Some(watermark.latest_promise().max(watermark.input_tick()));
+                    end = Some(intake.end_at_latest_promise());
                     break;
                 }
             }
         }
-        let target = watermark.input_tick();
+        let target = intake.input_tick();
         if target > *facts_in.time() {
             facts_in.advance_to(target);
             state_in.advance_to(target);
@@ -161,6 +143,7 @@ pub(crate) fn drive(
     while probe.less_than(&close) {
         worker.step();
     }
+    let mut report = intake.into_report();
     report.last_tick = end;
     report
 }
@@ -196,19 +179,103 @@ fn count_and_log(report: &mut WorkerReport, change: &SourceChange, log: bool) {
     }
 }
 
-/// The tick an observation enters at: its own, or the current input tick if it is late.
-fn on_time(
-    report: &mut WorkerReport,
+/// The input sessions of one worker's dataflow: facts and state.
+pub(crate) type Sessions<'a> = (
+    &'a mut InputSession<Tick, Fact, isize>,
+    &'a mut InputSession<Tick, StateRecord, isize>,
+);
+
+/// How a worker takes observations in: each fact and state update enters at its own tick, or at
+/// the current input tick if it is late (and is counted late); facts no rule reads are counted
+/// and kept out; heartbeats move the [`Watermark`]. The rule harness takes observations in
+/// through this too, so a rule sees exactly what it sees in the engine.
+pub(crate) struct Intake {
     clock: TickClock,
-    watermark: &Watermark,
-    time_ns: u64,
-) -> Tick {
-    let own = clock.tick_of(time_ns);
-    let now = watermark.input_tick();
-    if own < now {
-        report.late += 1;
-        now
-    } else {
-        own
+    watermark: Watermark,
+    report: WorkerReport,
+}
+
+impl Intake {
+    /// Nothing taken in yet, with the clock, lateness and idle timeout of `settings`.
+    pub(crate) fn new(settings: &EngineSettings) -> Intake {
+        let clock = TickClock::new(settings.tick_ms);
+        Intake {
+            clock,
+            watermark: Watermark::new(clock, settings.lateness_ns)
+                .with_idle_timeout(settings.source_idle_timeout_ns),
+            report: WorkerReport::default(),
+        }
+    }
+
+    /// Takes one observation into `sessions`; returns the tick it entered at, or `None` for a
+    /// heartbeat and for a fact that `reads` rejects. `log`: whether this worker logs
+    /// retirements and rejoins.
+    pub(crate) fn take(
+        &mut self,
+        observation: Observation,
+        reads: impl Fn(&Fact) -> bool,
+        (facts_in, state_in): Sessions<'_>,
+        log: bool,
+    ) -> Option<Tick> {
+        match observation {
+            Observation::Fact(fact) => {
+                let tick = self.on_time(fact.time_ns);
+                self.report.facts += 1;
+                if reads(&fact) {
+                    facts_in.update_at(fact, tick, 1);
+                    Some(tick)
+                } else {
+                    self.report.facts_unread += 1;
+                    None
+                }
+            }
+            Observation::State(update) => {
+                let tick = self.on_time(update.time_ns);
+                self.report.state_updates += 1;
+                state_in.update_at(update.record, tick, isize::from(update.diff));
+                Some(tick)
+            }
+            Observation::Heartbeat(heartbeat) => {
+                self.report.heartbeats += 1;
+                self.watermark.observe(&heartbeat);
+                for change in self.watermark.take_changes() {
+                    count_and_log(&mut self.report, &change, log);
+                }
+                None
+            }
+        }
+    }
+
+    /// The tick the inputs may advance to.
+    pub(crate) fn input_tick(&self) -> Tick {
+        self.watermark.input_tick()
+    }
+
+    /// The last tick to report when the stream ends with `last_ns` as its latest event time.
+    pub(crate) fn end_at(&self, last_ns: TimeNs) -> Tick {
+        self.clock.tick_of(last_ns).max(self.input_tick())
+    }
+
+    /// The last tick to report when the input goes away without an end marker.
+    fn end_at_latest_promise(&self) -> Tick {
+        self.watermark.latest_promise().max(self.input_tick())
+    }
+
+    /// What was taken in (`last_tick` left for the caller).
+    pub(crate) fn into_report(self) -> WorkerReport {
+        self.report
+    }
+
+    /// The tick an observation at `time_ns` enters at: its own, or the current input tick if
+    /// it is late.
+    fn on_time(&mut self, time_ns: TimeNs) -> Tick {
+        let own = self.clock.tick_of(time_ns);
+        let now = self.watermark.input_tick();
+        if own < now {
+            self.report.late += 1;
+            now
+        } else {
+            own
+        }
     }
 }

@@ -1,6 +1,10 @@
 //! The rules retract what they concluded when their inputs retract or expire, and bad graphs
-//! cannot make them run away. Each test drives the engine in-process with a scripted stream.
+//! cannot make them run away. Each test drives the engine in-process with a scripted stream, or
+//! one rule alone through the rule harness, which sees what the engine sees.
 
+use tapio_config::CorrelationConfig;
+use tapio_dataflow::harness::{RuleHarness, RuleRun};
+use tapio_dataflow::rules::{MakeRule, oom_sequence, ownership};
 use tapio_dataflow::{ClusterLayout, Engine, EngineSettings};
 use tapio_model::render::explain;
 use tapio_model::{
@@ -36,6 +40,14 @@ fn run(observations: Vec<Observation>, workers: usize) -> Vec<ClosedBatch> {
         out.push(batch);
     }
     out
+}
+
+/// Runs the rule `make` makes from the default configuration, alone, over `observations`.
+fn run_rule(make: MakeRule, observations: Vec<Observation>) -> RuleRun {
+    RuleHarness::from_table(make, &CorrelationConfig::default())
+        .expect("enabled by default")
+        .run(observations)
+        .expect("the rule runs")
 }
 
 fn beats(from: TimeNs, to: TimeNs) -> Vec<Observation> {
@@ -213,8 +225,8 @@ fn an_oom_sequence_expires_after_keep_for() {
     // goes away 10 minutes after the kill's tick.
     let mut stream = oom_sequence(1, T0 + SECOND, "c1");
     stream.extend(beats(T0, T0 + 11 * 60 * SECOND));
-    let out = changes(&run(timeline(stream), 2), CorrelationKind::OomRestart);
-    let shape: Vec<_> = out.iter().map(|(t, d, _)| (*t - T0, *d)).collect();
+    let run = run_rule(oom_sequence::from_config, timeline(stream));
+    let shape: Vec<_> = run.changes().map(|(t, d, _)| (t - T0, d)).collect();
     assert_eq!(shape, vec![(1_100_000_000, 1), (601 * SECOND, -1)]);
 }
 
@@ -226,8 +238,10 @@ fn a_container_exit_after_the_window_is_not_a_match() {
         fact.time_ns = T0 + 32 * SECOND;
     }
     stream.extend(beats(T0, T0 + 40 * SECOND));
-    let out = changes(&run(timeline(stream), 1), CorrelationKind::OomRestart);
-    assert!(out.is_empty(), "{out:#?}");
+    let run = run_rule(oom_sequence::from_config, timeline(stream));
+    assert!(run.batches.is_empty(), "{:#?}", run.batches);
+    // The kill, the exit and the container exit were all taken in, on time.
+    assert_eq!((run.report.facts, run.report.late), (3, 0));
 }
 
 /// Process 7 on node `n`, started at `T0`.
@@ -448,6 +462,65 @@ fn ownership_matches_a_naive_walk_of_the_final_state() {
                 .map(|(path, _)| path)
                 .collect();
             assert_eq!(actual, expected, "seed {seed}, {workers} workers");
+        }
+    }
+}
+
+/// The harness is the engine with one rule: on one stream, with a fact and a state update
+/// beyond the lateness bound (clamped) and a fact no rule reads, each rule's changes through the
+/// engine (1 and 2 workers) are exactly its changes through the harness.
+#[test]
+fn the_harness_sees_what_the_engine_sees() {
+    let mut stream = oom_sequence(1, T0 + SECOND, "c1");
+    stream.extend(oom_sequence(4, T0 + 5 * SECOND, "c2"));
+    stream.extend([
+        state(10, T0, 1, app_container()),
+        state(11, T0, 1, workload("pod/a/p", Some("replicaset/a/web-1"))),
+        state(12, T0 + 3 * SECOND, -1, app_container()),
+        // A process exit no rule reads (not SIGKILL).
+        fact(
+            13,
+            T0 + 2 * SECOND,
+            FactPayload::ProcessExit(ProcessExit {
+                pid: 8,
+                start_ns: T0,
+                comm: "sh".into(),
+                exit_code: 1,
+                signal: 0,
+                container_id: None,
+            }),
+        ),
+    ]);
+    stream.extend(beats(T0, T0 + 20 * SECOND));
+    let mut stream = timeline(stream);
+    // The second container exit and the ReplicaSet link arrive 6 s late, beyond the 2 s bound.
+    for moved in [
+        |o: &Observation| matches!(o, Observation::Fact(f) if f.id.seq == 6),
+        |o: &Observation| matches!(o, Observation::State(u) if u.record.evidence.seq == 11),
+    ] {
+        let from = stream.iter().position(moved).expect("in the stream");
+        let observation = stream.remove(from);
+        let arrival = observation.time_ns() + 6 * SECOND;
+        let to = stream
+            .iter()
+            .position(|o| o.time_ns() > arrival)
+            .unwrap_or(stream.len());
+        stream.insert(to, observation);
+    }
+    for (make, kind) in [
+        (
+            ownership::from_config as MakeRule,
+            CorrelationKind::Ownership,
+        ),
+        (oom_sequence::from_config, CorrelationKind::OomRestart),
+    ] {
+        let alone = run_rule(make, stream.clone());
+        assert!(alone.report.late >= 1, "{kind:?}: {:?}", alone.report);
+        let alone: Vec<_> = alone.changes().map(|(t, d, c)| (t, d, c.clone())).collect();
+        assert!(!alone.is_empty(), "{kind:?}");
+        for workers in [1, 2] {
+            let engine = changes(&run(stream.clone(), workers), kind);
+            assert_eq!(engine, alone, "{kind:?}, {workers} workers");
         }
     }
 }

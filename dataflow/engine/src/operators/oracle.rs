@@ -1,13 +1,15 @@
-//! Test support: run an operator over scripted updates and compare what it holds at every time
-//! with a computation from scratch.
+//! Test support: run an operator over scripted updates, or a rule over a scripted stream (with
+//! [`crate::harness`]), and compare what it holds at every time with a computation from scratch.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
 
 use differential_dataflow::input::Input;
 use differential_dataflow::{ExchangeData, VecCollection};
+use tapio_model::{Correlation, Fact, Heartbeat, Observation, TimeNs};
 
-use crate::clock::Tick;
+use crate::clock::{Tick, TickClock};
+use crate::harness::RuleRun;
 
 /// A small deterministic random generator (xorshift64*), so failures reproduce.
 pub(crate) struct Rng(u64);
@@ -119,4 +121,134 @@ pub(crate) fn times<A, B>(updates: &[(A, Tick, isize)], more: &[(B, Tick, isize)
     times.sort_unstable();
     times.dedup();
     times
+}
+
+// === Streams for rules ===
+
+/// 2026-01-01T00:00:00Z, where scripted streams start.
+pub(crate) const T0: TimeNs = 1_767_225_600_000_000_000;
+
+/// One millisecond, ns.
+pub(crate) const MS: TimeNs = 1_000_000;
+
+/// Heartbeats of one source every `every` ns, from `from` up to `to`.
+pub(crate) fn heartbeats(from: TimeNs, to: TimeNs, every: TimeNs) -> Vec<Observation> {
+    (0..)
+        .map(|i| from + i * every)
+        .take_while(|upto_ns| *upto_ns <= to)
+        .map(|upto_ns| {
+            Observation::Heartbeat(Heartbeat {
+                source: "oracle".into(),
+                node: "n".into(),
+                upto_ns,
+            })
+        })
+        .collect()
+}
+
+/// The stream as it arrives when each fact or state update is delayed by `delay` ns after its
+/// event time (heartbeats are sent at their promise): sorted by arrival, heartbeats after
+/// whatever arrives with them, otherwise in stream order.
+pub(crate) fn arrival_order(
+    stream: &[Observation],
+    mut delay: impl FnMut(&Observation) -> u64,
+) -> Vec<Observation> {
+    let mut arrivals: Vec<(TimeNs, bool, usize)> = stream
+        .iter()
+        .enumerate()
+        .map(|(index, observation)| match observation {
+            Observation::Heartbeat(beat) => (beat.upto_ns, true, index),
+            other => (other.time_ns() + delay(other), false, index),
+        })
+        .collect();
+    arrivals.sort_unstable();
+    arrivals
+        .into_iter()
+        .map(|(_, _, index)| stream[index].clone())
+        .collect()
+}
+
+/// From scratch, for a stream with one heartbeat source: the tick each observation enters at.
+/// A fact or state update enters at its own tick, or at the input tick if that is later (the
+/// latest promise minus the lateness, floored to a tick); `None` for heartbeats and for facts
+/// that `reads` rejects.
+pub(crate) fn entry_ticks(
+    arrived: &[Observation],
+    clock: TickClock,
+    lateness_ns: u64,
+    reads: impl Fn(&Fact) -> bool,
+) -> Vec<Option<Tick>> {
+    let mut input: Tick = 0;
+    arrived
+        .iter()
+        .map(|observation| match observation {
+            Observation::Heartbeat(beat) => {
+                input = input.max(clock.floor(beat.upto_ns.saturating_sub(lateness_ns)));
+                None
+            }
+            Observation::Fact(fact) if !reads(fact) => None,
+            other => Some(clock.tick_of(other.time_ns()).max(input)),
+        })
+        .collect()
+}
+
+/// What a check at every tick saw, so that a test can show it was not vacuous.
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    /// Ticks at which the rule held something.
+    pub(crate) ticks_holding: usize,
+    /// Correlations that appeared.
+    pub(crate) appeared: usize,
+    /// Correlations that were retracted.
+    pub(crate) retracted: usize,
+}
+
+/// At every closed tick of `run`, from the tick before anything entered to the last, the sum of
+/// the changes up to that tick equals `expected(tick)`.
+pub(crate) fn assert_every_tick(
+    run: &RuleRun,
+    clock: TickClock,
+    mut expected: impl FnMut(Tick) -> BTreeMap<Correlation, i64>,
+    context: &str,
+) -> Seen {
+    let mut seen = Seen::default();
+    let Some(first) = run.entered.iter().flatten().min() else {
+        assert!(run.batches.is_empty(), "{context}: output without input");
+        return seen;
+    };
+    let mut held: BTreeMap<Correlation, i64> = BTreeMap::new();
+    let mut batches = run.batches.iter().peekable();
+    let mut tick = first.saturating_sub(clock.tick_ms());
+    while tick <= run.report.last_tick {
+        while let Some(batch) = batches.next_if(|batch| batch.time <= TickClock::to_ns(tick)) {
+            for (correlation, diff) in &batch.changes {
+                if *diff > 0 {
+                    seen.appeared += 1;
+                } else {
+                    seen.retracted += 1;
+                }
+                *held.entry(correlation.clone()).or_insert(0) += diff;
+            }
+            held.retain(|_, count| *count != 0);
+        }
+        let want = expected(tick);
+        if held != want {
+            let extra: Vec<_> = held
+                .iter()
+                .filter(|(c, n)| want.get(*c) != Some(n))
+                .collect();
+            let missing: Vec<_> = want
+                .iter()
+                .filter(|(c, n)| held.get(*c) != Some(n))
+                .collect();
+            panic!("{context}, tick {tick}:\nunexpected {extra:#?}\nmissing {missing:#?}");
+        }
+        seen.ticks_holding += usize::from(!held.is_empty());
+        tick += clock.tick_ms();
+    }
+    assert!(
+        batches.next().is_none(),
+        "{context}: batches after the last tick"
+    );
+    seen
 }

@@ -3,7 +3,10 @@
 //!
 //! A rule is a [`Rule`]: its name, its configuration section, which facts it reads, and how it
 //! builds its correlations from the shared [`RuleInputs`]. Adding a rule is its module, its
-//! configuration struct, one line in [`TABLE`] and one [`tapio_model::CorrelationKind`].
+//! configuration struct, one line in [`TABLE`], one [`tapio_model::CorrelationKind`], and an
+//! oracle test that runs it through [`crate::harness::RuleHarness`] and compares its output at
+//! every tick with a recomputation from scratch (as `ownership/tests.rs` and
+//! `oom_sequence/tests.rs` do).
 
 pub mod inputs;
 pub mod oom_sequence;

@@ -275,3 +275,6 @@ fn correlation(sequence: &Sequence, ownership: Option<&Vec<Hop>>, within_ns: u64
         },
     )
 }
+
+#[cfg(test)]
+mod tests;

@@ -193,3 +193,6 @@ pub fn correlations<'scope>(
         )
     })
 }
+
+#[cfg(test)]
+pub(crate) mod tests;
