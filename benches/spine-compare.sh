@@ -33,8 +33,8 @@ if [ ! -d "$base_tree" ]; then
 fi
 
 echo "building the spine benchmark of $base_commit and of this tree (release)" >&2
-(cd "$base_tree" && cargo build --release --locked -q -p tapio-benches --bin spine)
-cargo build --release --locked -q -p tapio-benches --bin spine
+(cd "$base_tree" && cargo build --release --locked -p tapio-benches --bin spine)
+cargo build --release --locked -p tapio-benches --bin spine
 base_bin="$base_tree/target/release/spine"
 this_bin="${CARGO_TARGET_DIR:-$top/target}/release/spine"
 

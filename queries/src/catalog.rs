@@ -1,31 +1,51 @@
 //! The Cypher text of every question, in one place. Each query reads the graph the Neo4j sink
-//! writes (see the README's "Neo4j" section): `(:Entity {id})`, `(:Fact {id, time})`,
-//! `(:Correlation {id, kind, explanation, confidence, since})`, and the relationships
-//! `HOP {index, fact_id}`, `ROOT_CAUSE` (to the correlation's root cause), `ABOUT {what}`,
-//! `OWNED_BY {fact_id}` and `CAUSED {fact_id}`. The time of a piece of evidence is on its `Fact`
-//! node, found by `fact_id`, and what it says about an entity on the fact's `ABOUT`
-//! relationship to that entity (for an `OWNED_BY` step, the owned entity; for a `CAUSED` step,
-//! the effect).
+//! writes (see the README's "Neo4j" section and the sink's `model` module):
+//!
+//! | element | properties |
+//! | --- | --- |
+//! | `(:Entity)` | `id` |
+//! | `(:Fact)` | `id`, `time` |
+//! | `(:Correlation)` | `id`, `kind`, `family`, `confidence` (percent), `since`, `data` (the correlation's typed JSON) |
+//! | `HOP` (correlation to entity) | `index`, `fact_id`, `relation` |
+//! | `ROOT_CAUSE` (correlation to its root cause) | |
+//! | `ABOUT` (fact to entity) | `observed` (the hop's typed observation as JSON) |
+//! | `OWNED_BY`, `CAUSED`, `FOLLOWED_BY`, `DEPENDS_ON` (entity to entity) | `fact_id` |
+//!
+//! An entity-to-entity relationship's type is the relation of the hop it leads to, one type per
+//! relation that joins hops ([`Relation::LINKS`]), and its evidence is that hop's fact: its time
+//! is on the `Fact` node, what it observed on the fact's `ABOUT` relationship to the
+//! relationship's end node. The graph holds no sentences: the questions render them from
+//! `data` and `observed` with `tapio_model::render`, as the in-process output does. Statements
+//! that list every relationship type ([`PATH`]) are built from [`Relation::LINKS`], so a new
+//! relation needs no edit here.
+
+use std::sync::LazyLock;
+
+use tapio_model::Relation;
+
+/// Every relationship type between entities, as a Cypher type alternation:
+/// `OWNED_BY|CAUSED|FOLLOWED_BY|DEPENDS_ON`.
+pub fn link_types() -> String {
+    Relation::LINKS
+        .into_iter()
+        .map(|relation| relation.as_str().to_ascii_uppercase())
+        .collect::<Vec<_>>()
+        .join("|")
+}
 
 /// Whether an entity is in the graph. `$entity`.
 pub const ENTITY_EXISTS: &str = "\
 MATCH (e:Entity {id: $entity})
 RETURN split(e.id, '/')[0] AS kind";
 
-/// `why ENTITY`: every current causal correlation whose chain passes through the entity, with
-/// its whole chain and the evidence of each hop; surest and newest first. Ownership chains are
-/// not causes and are left out. `$entity`.
+/// `why ENTITY`: every current correlation whose chain passes through the entity, with its
+/// typed data (`data`, the chain and its evidence included); surest and newest first.
+/// Ownership chains are not causes and are left out. `$entity`.
 pub const WHY: &str = "\
 MATCH (:Entity {id: $entity})<-[:HOP]-(c:Correlation)
-WHERE c.kind <> 'ownership'
+WHERE c.family <> 'ownership'
 WITH DISTINCT c
-MATCH (c)-[:ROOT_CAUSE]->(root:Entity)
-MATCH (c)-[h:HOP]->(x:Entity)
-MATCH (f:Fact {id: h.fact_id})-[a:ABOUT]->(x)
-WITH c, root, h, x, f, a ORDER BY h.index
-WITH c, root, collect({entity: x.id, fact_id: h.fact_id, time: f.time, what: a.what}) AS chain
-RETURN c.id AS id, c.kind AS kind, root.id AS root_cause, c.confidence AS confidence,
-       c.explanation AS explanation, c.since AS since, chain
+RETURN c.id AS id, c.data AS data, c.confidence AS confidence, c.since AS since
 ORDER BY confidence DESC, since DESC, id";
 
 /// `blast-radius ENTITY`: what the entity takes down with it. Four ways to be hit, each the
@@ -68,27 +88,54 @@ RETURN x.id AS entity, split(x.id, '/')[0] AS kind, best.how AS how, length(best
 ORDER BY distance, entity";
 
 /// `timeline ENTITY [--since T]`: every fact about the entity or anything it owns, oldest
-/// first. `$entity`, `$since` (ns since the Unix epoch; 0 for everything).
+/// first, with what it observed there (`observed`) and the entity of the hop before it
+/// (`previous`: the start of a step into the entity with that fact as evidence, if any), which
+/// the text of some observations names. `$entity`, `$since` (ns since the Unix epoch; 0 for
+/// everything).
 pub const TIMELINE: &str = "\
 MATCH (e:Entity {id: $entity})
 MATCH (e)<-[:OWNED_BY*0..8]-(x:Entity)
 WITH DISTINCT x
 MATCH (f:Fact)-[a:ABOUT]->(x)
 WHERE f.time >= $since
-RETURN f.time AS time, x.id AS entity, f.id AS fact_id, a.what AS what
+RETURN f.time AS time, x.id AS entity, f.id AS fact_id, a.observed AS observed,
+       COLLECT { MATCH (p:Entity)-[l]->(x) WHERE l.fact_id = f.id
+                 RETURN p.id ORDER BY p.id }[0] AS previous
 ORDER BY time, fact_id, entity";
 
-/// `path A B`: the shortest chain of `OWNED_BY` and `CAUSED` relationships between two
-/// entities, in either direction, with the evidence of each step. `$from`, `$to`.
-pub const PATH: &str = "\
-MATCH (a:Entity {id: $from}), (b:Entity {id: $to})
-MATCH p = shortestPath((a)-[:OWNED_BY|CAUSED*..16]-(b))
+/// `path A B`: the shortest chain of entity-to-entity relationships of any type
+/// ([`link_types`]) between two entities, in either direction, with the evidence of each step:
+/// its fact's time and what it observed at the step's end node. `$from`, `$to`.
+pub static PATH: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "\
+MATCH (a:Entity {{id: $from}}), (b:Entity {{id: $to}})
+MATCH p = shortestPath((a)-[:{types}*..16]-(b))
 RETURN [n IN nodes(p) | n.id] AS nodes,
-       [r IN relationships(p) | {relation: type(r), from: startNode(r).id, to: endNode(r).id,
+       [r IN relationships(p) | {{relation: type(r), from: startNode(r).id, to: endNode(r).id,
                                  fact_id: r.fact_id,
-                                 time: COLLECT { MATCH (f:Fact {id: r.fact_id}) RETURN f.time }[0],
-                                 what: COLLECT {
-                                   MATCH (:Fact {id: r.fact_id})-[about:ABOUT]->(subject:Entity)
-                                   WHERE subject = CASE type(r) WHEN 'CAUSED' THEN endNode(r)
-                                                                ELSE startNode(r) END
-                                   RETURN about.what }[0]}] AS steps";
+                                 time: COLLECT {{ MATCH (f:Fact {{id: r.fact_id}}) RETURN f.time }}[0],
+                                 observed: COLLECT {{
+                                   MATCH (:Fact {{id: r.fact_id}})-[about:ABOUT]->(subject:Entity)
+                                   WHERE subject = endNode(r)
+                                   RETURN about.observed }}[0]}}] AS steps",
+        types = link_types()
+    )
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_follows_every_relationship_type() {
+        let types = link_types();
+        assert!(types.starts_with("OWNED_BY|CAUSED|"), "{types}");
+        for relation in Relation::LINKS {
+            let kind = relation.as_str().to_ascii_uppercase();
+            assert_eq!(types.split('|').filter(|t| *t == kind).count(), 1, "{kind}");
+        }
+        assert!(PATH.contains(&format!("shortestPath((a)-[:{types}*..16]-(b))")));
+        assert_eq!(PATH.matches('{').count(), PATH.matches('}').count());
+    }
+}

@@ -10,7 +10,9 @@
 //! | how are A and B connected | [`path`] | [`catalog::PATH`] |
 //!
 //! Every answer is a serializable value ([`Answer`]) that prints as a table for people
-//! ([`Answer::to_table`]) or as JSON for machines.
+//! ([`Answer::to_table`]) or as JSON for machines. The graph holds typed data only; the text in
+//! an answer (`explanation`, `what`) is rendered from it with `tapio_model::render`, so it reads
+//! exactly as the in-process output does, and the typed observation travels along (`observed`).
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), tapio_queries::QueryError> {
@@ -32,7 +34,8 @@ use std::time::Duration;
 
 use neo4rs::{ConfigBuilder, Graph, Query, query};
 use serde::{Deserialize, Serialize};
-use tapio_model::{EntityId, TimeNs};
+use tapio_model::render::{describe_chain, describe_hop, explain};
+use tapio_model::{Correlation, EntityId, FactId, Hop, Observed, Relation, TimeNs};
 
 /// The Bolt connection every question takes (a `neo4rs` connection pool).
 pub use neo4rs::Graph as Connection;
@@ -132,11 +135,15 @@ pub async fn connect(config: &tapio_config::Neo4jConfig) -> Result<Graph, QueryE
 pub struct EvidenceHop {
     /// Entity id.
     pub entity: String,
+    /// How it relates to the hop before (`start` for the first).
+    pub relation: Relation,
     /// The observation behind the hop.
     pub fact_id: String,
     /// Its event time, ns since the Unix epoch.
     pub time: TimeNs,
-    /// What it says.
+    /// What it observed, as typed data.
+    pub observed: Observed,
+    /// What it says, rendered ([`tapio_model::render::describe_hop`]).
     pub what: String,
 }
 
@@ -147,11 +154,13 @@ pub struct Cause {
     pub id: String,
     /// Rule (`oom_restart`, …).
     pub kind: String,
+    /// Family of rules (`sequence`, …).
+    pub family: String,
     /// Where the chain starts.
     pub root_cause: String,
     /// Percent.
     pub confidence: u8,
-    /// One sentence.
+    /// One sentence, rendered ([`tapio_model::render::explain`]).
     pub explanation: String,
     /// Tick in which it became current, ns.
     pub since: TimeNs,
@@ -183,14 +192,16 @@ pub struct Event {
     pub entity: String,
     /// Fact id.
     pub fact_id: String,
-    /// What it says about the entity.
+    /// What it observed about the entity, as typed data.
+    pub observed: Observed,
+    /// What it says about the entity, rendered ([`tapio_model::render::describe_hop`]).
     pub what: String,
 }
 
 /// One step of a path.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
-    /// `OWNED_BY` or `CAUSED`.
+    /// The relationship type: `OWNED_BY`, `CAUSED`, `FOLLOWED_BY` or `DEPENDS_ON`.
     pub relation: String,
     /// Start of the relationship.
     pub from: String,
@@ -200,7 +211,9 @@ pub struct Step {
     pub fact_id: String,
     /// Event time of the evidence, ns.
     pub time: TimeNs,
-    /// What the evidence says.
+    /// What the evidence observed at `to`, as typed data.
+    pub observed: Observed,
+    /// What the evidence says, rendered ([`tapio_model::render::describe_hop`]).
     pub what: String,
 }
 
@@ -268,24 +281,11 @@ pub async fn why(graph: &Graph, entity: &EntityId) -> Result<Answer, QueryError>
     let causes = rows
         .iter()
         .map(|row| {
-            let chain: Vec<HopRow> = get(row, "why", "chain")?;
-            Ok(Cause {
-                id: get(row, "why", "id")?,
-                kind: get(row, "why", "kind")?,
-                root_cause: get(row, "why", "root_cause")?,
-                confidence: u8::try_from(get::<i64>(row, "why", "confidence")?).unwrap_or(0),
-                explanation: get(row, "why", "explanation")?,
-                since: ns(get(row, "why", "since")?),
-                chain: chain
-                    .into_iter()
-                    .map(|hop| EvidenceHop {
-                        entity: hop.entity,
-                        fact_id: hop.fact_id,
-                        time: ns(hop.time),
-                        what: hop.what,
-                    })
-                    .collect(),
-            })
+            cause(
+                get(row, "why", "id")?,
+                &get::<String>(row, "why", "data")?,
+                ns(get(row, "why", "since")?),
+            )
         })
         .collect::<Result<Vec<Cause>, QueryError>>()?;
     Ok(Answer::Why { entity: id, causes })
@@ -348,11 +348,25 @@ pub async fn timeline(
     let events = rows
         .iter()
         .map(|row| {
+            let entity: String = get(row, "timeline", "entity")?;
+            let fact_id: String = get(row, "timeline", "fact_id")?;
+            let time = ns(get(row, "timeline", "time")?);
+            let observed: String = get(row, "timeline", "observed")?;
+            let previous: Option<String> = get(row, "timeline", "previous")?;
+            let (observed, what) = evidence(
+                "timeline",
+                &entity,
+                &fact_id,
+                time,
+                &observed,
+                previous.as_deref(),
+            )?;
             Ok(Event {
-                time: ns(get(row, "timeline", "time")?),
-                entity: get(row, "timeline", "entity")?,
-                fact_id: get(row, "timeline", "fact_id")?,
-                what: get(row, "timeline", "what")?,
+                time,
+                entity,
+                fact_id,
+                observed,
+                what,
             })
         })
         .collect::<Result<Vec<Event>, QueryError>>()?;
@@ -378,7 +392,7 @@ pub async fn path(graph: &Graph, from: &EntityId, to: &EntityId) -> Result<Answe
     let rows = fetch(
         graph,
         "path",
-        query(catalog::PATH)
+        query(&catalog::PATH)
             .param("from", from.as_str())
             .param("to", to.as_str()),
     )
@@ -390,15 +404,27 @@ pub async fn path(graph: &Graph, from: &EntityId, to: &EntityId) -> Result<Answe
                 get(row, "path", "nodes")?,
                 steps
                     .into_iter()
-                    .map(|step| Step {
-                        relation: step.relation,
-                        from: step.from,
-                        to: step.to,
-                        fact_id: step.fact_id,
-                        time: ns(step.time),
-                        what: step.what,
+                    .map(|step| {
+                        let time = ns(step.time);
+                        let (observed, what) = evidence(
+                            "path",
+                            &step.to,
+                            &step.fact_id,
+                            time,
+                            &step.observed,
+                            Some(&step.from),
+                        )?;
+                        Ok(Step {
+                            relation: step.relation,
+                            from: step.from,
+                            to: step.to,
+                            fact_id: step.fact_id,
+                            time,
+                            observed,
+                            what,
+                        })
                     })
-                    .collect(),
+                    .collect::<Result<Vec<Step>, QueryError>>()?,
             )
         }
         None => (Vec::new(), Vec::new()),
@@ -414,21 +440,89 @@ pub async fn path(graph: &Graph, from: &EntityId, to: &EntityId) -> Result<Answe
 // === Plumbing ===
 
 #[derive(Deserialize)]
-struct HopRow {
-    entity: String,
-    fact_id: String,
-    time: i64,
-    what: String,
-}
-
-#[derive(Deserialize)]
 struct StepRow {
     relation: String,
     from: String,
     to: String,
     fact_id: String,
     time: i64,
-    what: String,
+    observed: String,
+}
+
+/// A [`catalog::WHY`] row as a [`Cause`]: the correlation is its typed JSON (`data`), and the
+/// sentences are rendered from it exactly as the in-process output renders them.
+fn cause(id: String, data: &str, since: TimeNs) -> Result<Cause, QueryError> {
+    let correlation: Correlation =
+        serde_json::from_str(data).map_err(|error| QueryError::Failed {
+            question: "why",
+            reason: format!("correlation {id} holds data this version cannot read: {error}"),
+        })?;
+    let what = describe_chain(&correlation.chain);
+    Ok(Cause {
+        kind: correlation.kind.as_str().to_owned(),
+        family: correlation.family.as_str().to_owned(),
+        root_cause: correlation.root_cause.to_string(),
+        confidence: correlation.confidence.percent,
+        explanation: explain(&correlation),
+        since,
+        chain: correlation
+            .chain
+            .into_iter()
+            .zip(what)
+            .map(|(hop, what)| EvidenceHop {
+                entity: hop.entity.to_string(),
+                relation: hop.relation,
+                fact_id: hop.fact_id.to_string(),
+                time: hop.time,
+                observed: hop.observed,
+                what,
+            })
+            .collect(),
+        id,
+    })
+}
+
+/// The typed observation of a fact at `entity` (`observed`, JSON from an `ABOUT`
+/// relationship) and its text, rendered as the hop it came from renders in a chain: `previous`
+/// is the entity of the hop before, when the graph has a step from it with this evidence.
+fn evidence(
+    question: &'static str,
+    entity: &str,
+    fact_id: &str,
+    time: TimeNs,
+    observed: &str,
+    previous: Option<&str>,
+) -> Result<(Observed, String), QueryError> {
+    let bad = |what: &str, error: &dyn std::fmt::Display| QueryError::Failed {
+        question,
+        reason: format!("the graph has {what} for {fact_id} at {entity}: {error}"),
+    };
+    let observed: Observed = serde_json::from_str(observed)
+        .map_err(|error| bad("an observation this version cannot read", &error))?;
+    let entity_id = |id: &str| {
+        id.parse::<EntityId>()
+            .map_err(|error| bad("a bad entity id", &error))
+    };
+    let hop = Hop {
+        entity: entity_id(entity)?,
+        relation: Relation::Start,
+        fact_id: fact_id
+            .parse::<FactId>()
+            .map_err(|error| bad("a bad fact id", &error))?,
+        time,
+        observed,
+    };
+    // `describe_hop` reads only the entity of the hop before.
+    let previous = previous
+        .map(|previous| {
+            Ok::<Hop, QueryError>(Hop {
+                entity: entity_id(previous)?,
+                ..hop.clone()
+            })
+        })
+        .transpose()?;
+    let what = describe_hop(&hop, previous.as_ref());
+    Ok((hop.observed, what))
 }
 
 fn ns(value: i64) -> TimeNs {

@@ -1,4 +1,5 @@
-//! Answers as aligned text tables for a terminal.
+//! Answers as aligned text tables for a terminal. The `WHAT` columns show the sentences the
+//! answers carry, rendered from the graph's typed data with `tapio_model::render`.
 
 use std::fmt::Write;
 
@@ -35,13 +36,17 @@ pub(crate) fn render(answer: &Answer) -> String {
                         vec![
                             i.to_string(),
                             format_time(hop.time),
+                            hop.relation.as_str().to_owned(),
                             hop.entity.clone(),
                             hop.fact_id.clone(),
                             hop.what.clone(),
                         ]
                     })
                     .collect();
-                out.push_str(&columns(&["#", "TIME", "ENTITY", "EVIDENCE", "WHAT"], rows));
+                out.push_str(&columns(
+                    &["#", "TIME", "RELATION", "ENTITY", "EVIDENCE", "WHAT"],
+                    rows,
+                ));
             }
         }
         Answer::BlastRadius { entity, impacts } => {
@@ -139,7 +144,152 @@ fn columns(headers: &[&str], rows: Vec<Vec<String>>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Impact;
+    use crate::{Impact, cause};
+    use tapio_model::render::{describe_chain, explain};
+    use tapio_model::{
+        Basis, Confidence, Correlation, CorrelationKind, Detail, FactId, Hop, Observed, Relation,
+    };
+
+    /// An OOM restart as the dataflow concludes it: the kill and the exit of a process, the
+    /// container it stopped, and the container's pod.
+    fn oom() -> Correlation {
+        let process: tapio_model::EntityId = "process/n1/7/1700000000".parse().unwrap();
+        let hop = |entity: &str, relation, seq, observed| Hop {
+            entity: entity.parse().unwrap(),
+            relation,
+            fact_id: FactId::new("kernel", "n1", seq),
+            time: 1_700_000_000_000_000_000 + seq * 1_000_000,
+            observed,
+        };
+        let chain = vec![
+            hop(
+                "process/n1/7/1700000000",
+                Relation::Start,
+                1,
+                Observed::OomKill {
+                    comm: "worker".into(),
+                    pid: 7,
+                    memcg: "/kubepods/pod1".into(),
+                    rss_pages: 4096,
+                },
+            ),
+            hop(
+                "process/n1/7/1700000000",
+                Relation::FollowedBy,
+                2,
+                Observed::ProcessExit {
+                    comm: "worker".into(),
+                    exit_code: 0,
+                    signal: 9,
+                },
+            ),
+            hop(
+                "container/c1",
+                Relation::Caused,
+                3,
+                Observed::ContainerExit {
+                    container_name: "app".into(),
+                    exit_code: 137,
+                    reason: "OOMKilled".into(),
+                    restart_count: 1,
+                },
+            ),
+            hop(
+                "pod/default/p",
+                Relation::OwnedBy,
+                4,
+                Observed::PodContainer {
+                    container_name: "app".into(),
+                },
+            ),
+        ];
+        Correlation::new(
+            CorrelationKind::OomRestart,
+            process,
+            chain,
+            Detail::Sequence {
+                steps: 3,
+                span_ns: 2_000_000,
+                within_ns: 60_000_000_000,
+            },
+            Confidence {
+                percent: 95,
+                basis: vec![Basis::EveryStepObserved, Basis::ContainerEndSaysOom],
+            },
+        )
+    }
+
+    #[test]
+    fn a_cause_renders_the_same_text_as_the_in_process_renderer() {
+        let correlation = oom();
+        let data = serde_json::to_string(&correlation).unwrap();
+        let cause = cause("c1".into(), &data, 5).unwrap();
+        assert_eq!(cause.explanation, explain(&correlation));
+        let what: Vec<String> = cause.chain.iter().map(|hop| hop.what.clone()).collect();
+        assert_eq!(what, describe_chain(&correlation.chain));
+        assert_eq!(
+            (cause.kind.as_str(), cause.family.as_str(), cause.confidence),
+            ("oom_restart", "sequence", 95)
+        );
+        let table = render(&Answer::Why {
+            entity: "pod/default/p".into(),
+            causes: vec![cause],
+        });
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].starts_with("oom_restart process/n1/7/1700000000 (95%), current since "),
+            "{table}"
+        );
+        assert_eq!(lines[1], explain(&correlation));
+        assert!(lines[2].starts_with("#  TIME"), "{table}");
+        assert!(
+            lines[5].contains("caused")
+                && lines[5].contains("container/c1")
+                && lines[5]
+                    .ends_with("container app exited with code 137 (OOMKilled), restart count 1"),
+            "{table}"
+        );
+        assert!(
+            lines[6].ends_with("runs container/c1 as container app"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn evidence_renders_with_the_hop_before_when_the_graph_has_it() {
+        let observed = serde_json::to_string(&Observed::OwnerReference).unwrap();
+        let (typed, with) = crate::evidence(
+            "path",
+            "replicaset/default/r",
+            "kubernetes/cluster/2",
+            7,
+            &observed,
+            Some("pod/default/p"),
+        )
+        .unwrap();
+        assert_eq!(typed, Observed::OwnerReference);
+        assert_eq!(with, "owner of pod/default/p, named by its owner reference");
+        let (_, without) = crate::evidence(
+            "timeline",
+            "replicaset/default/r",
+            "kubernetes/cluster/2",
+            7,
+            &observed,
+            None,
+        )
+        .unwrap();
+        assert_eq!(without, "named its owner in an owner reference");
+        let error = crate::evidence(
+            "timeline",
+            "replicaset/default/r",
+            "kubernetes/cluster/2",
+            7,
+            "\"a_later_observation\"",
+            None,
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("cannot read"), "{error}");
+    }
 
     #[test]
     fn columns_align_and_the_last_is_not_padded() {

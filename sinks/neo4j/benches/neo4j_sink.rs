@@ -39,14 +39,19 @@
 //! `10 100 500`).
 
 use std::collections::HashMap;
+use std::fmt::Write;
 use std::path::PathBuf;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use neo4rs::{BoltType, Graph, query};
-use tapio_model::{ClosedBatch, Correlation, CorrelationKind, FactId, Hop};
+use tapio_model::{
+    Basis, ClosedBatch, Confidence, Correlation, CorrelationKind, Detail, FactId, Hop, Observed,
+    Relation,
+};
 use tapio_sinks::Sink;
 use tapio_sinks_neo4j::harness::{self, Neo4jServer};
-use tapio_sinks_neo4j::model::{Counts, Delta, LinkType};
+use tapio_sinks_neo4j::model::{Counts, Delta, relationship_type};
 use tapio_sinks_neo4j::wire::{MESSAGE_BUDGET, encoded_len};
 use tapio_sinks_neo4j::{Neo4jSettings, Neo4jSink};
 use tokio::sync::mpsc;
@@ -71,79 +76,120 @@ const BARE_SPLIT: usize = 2;
 /// The same-graph loop.
 const SAME_GRAPH_LOOP: usize = 3;
 
-fn hop(entity: String, source: &str, seq: u64, what: &str) -> Hop {
+fn hop(entity: String, relation: Relation, source: &str, seq: u64, observed: Observed) -> Hop {
     Hop {
         entity: entity.parse().expect("entity id"),
+        relation,
         fact_id: FactId::new(source, "bench-node", seq),
         time: T0 + seq * 1_000,
-        what: what.into(),
+        observed,
     }
 }
 
 /// Correlation `n`: container `n` of pod `n`, of one of 20 ReplicaSets of 10 Deployments
 /// (shared entities and facts), as an ownership chain, and every third one also as an OOM
-/// restart of one of its processes.
+/// restart of one of its processes. Each hop carries the evidence of the link that leads to it
+/// (the first, of the link that leaves it), as the dataflow's chains do.
 fn correlations(n: usize) -> Vec<Correlation> {
     let n = n as u64;
     let (rs, deployment) = (n % 20, n % 10);
+    let container = || Observed::PodContainer {
+        container_name: "app".into(),
+    };
     let owners = vec![
         hop(
             format!("container/c{n}"),
-            "cri",
+            Relation::Start,
+            "kubernetes",
             1_000_000 + n,
-            "container of pod",
+            container(),
         ),
         hop(
             format!("pod/bench/p{n}"),
+            Relation::OwnedBy,
             "kubernetes",
-            2_000_000 + n,
-            "pod of replicaset",
+            1_000_000 + n,
+            container(),
         ),
         hop(
             format!("replicaset/bench/r{rs}"),
+            Relation::OwnedBy,
             "kubernetes",
-            3_000_000 + rs,
-            "rs of deployment",
+            2_000_000 + n,
+            Observed::OwnerReference,
         ),
         hop(
             format!("deployment/bench/d{deployment}"),
+            Relation::OwnedBy,
             "kubernetes",
             3_000_000 + rs,
-            "top-level owner",
+            Observed::OwnerReference,
         ),
     ];
-    let mut out = vec![Correlation {
-        kind: CorrelationKind::Ownership,
-        root_cause: owners[3].entity.clone(),
-        chain: owners.clone(),
-        explanation: format!("container/c{n} is owned by its pod, rs and deployment"),
-        confidence: 100,
-    }];
+    let mut out = vec![Correlation::new(
+        CorrelationKind::Ownership,
+        owners[3].entity.clone(),
+        owners.clone(),
+        Detail::Ownership { depth: 3 },
+        Confidence {
+            percent: 100,
+            basis: vec![Basis::RecordedLinks],
+        },
+    )];
     if n.is_multiple_of(3) {
         let process = format!("process/bench-node/{n}/{}", T0 + n);
         let mut chain = vec![
-            hop(process.clone(), "kernel", 4_000_000 + n, "OOM-killed"),
             hop(
                 process.clone(),
+                Relation::Start,
+                "kernel",
+                4_000_000 + n,
+                Observed::OomKill {
+                    comm: "worker".into(),
+                    pid: n as u32,
+                    memcg: format!("/kubepods/pod{n}").into(),
+                    rss_pages: 65_536,
+                },
+            ),
+            hop(
+                process.clone(),
+                Relation::FollowedBy,
                 "kernel",
                 5_000_000 + n,
-                "exited on signal 9",
+                Observed::ProcessExit {
+                    comm: "worker".into(),
+                    exit_code: 0,
+                    signal: 9,
+                },
             ),
             hop(
                 format!("container/c{n}"),
+                Relation::Caused,
                 "cri",
                 6_000_000 + n,
-                "exited 137",
+                Observed::ContainerExit {
+                    container_name: "app".into(),
+                    exit_code: 137,
+                    reason: "OOMKilled".into(),
+                    restart_count: 1,
+                },
             ),
         ];
-        chain.extend(owners);
-        out.push(Correlation {
-            kind: CorrelationKind::OomRestart,
-            root_cause: chain[0].entity.clone(),
+        chain.extend(owners.into_iter().skip(1));
+        out.push(Correlation::new(
+            CorrelationKind::OomRestart,
+            chain[0].entity.clone(),
             chain,
-            explanation: format!("{process} was OOM-killed"),
-            confidence: 95,
-        });
+            Detail::Sequence {
+                steps: 3,
+                span_ns: 2_000_000_000,
+                within_ns: 60_000_000_000,
+            },
+            Confidence {
+                percent: 95,
+                basis: vec![Basis::EveryStepObserved, Basis::ContainerEndSaysOom],
+            },
+        ));
     }
     out
 }
@@ -394,39 +440,57 @@ async fn raw_run(
 /// The same-graph loop's statement: the nodes, relationships and properties the sink writes for
 /// a tick that only adds correlations, with plain `UNWIND … MERGE`/`CREATE` blocks and none of
 /// the sink's bookkeeping (no version check, no retraction blocks, no string table, no
-/// cursor). Rows are lists, as in the sink.
-const SAME_GRAPH: &str = "\
+/// cursor). Rows are lists, as in the sink; the entity-to-entity steps take a block per
+/// relationship type, built from [`Relation::LINKS`] like the sink's statement.
+static SAME_GRAPH: LazyLock<String> = LazyLock::new(|| {
+    let mut text = String::from(
+        "\
 CALL{UNWIND $facts AS r MERGE(f:Fact{id:r[0]})ON CREATE SET f.time=r[1]}
 CALL{UNWIND $correlations AS r
-CREATE(c:Correlation{id:r[0],kind:r[1],explanation:r[3],confidence:r[4],since:$time})
-WITH c,r MERGE(x:Entity{id:r[2]})
+CREATE(c:Correlation{id:r[0],kind:r[1],family:r[2],confidence:r[4],data:r[5],since:$time})
+WITH c,r MERGE(x:Entity{id:r[3]})
 CREATE(c)-[:ROOT_CAUSE]->(x)
-WITH c,r UNWIND range(0,size(r[5])-1) AS i
-WITH c,i,r[5][i] AS h MERGE(e:Entity{id:h[0]})
-CREATE(c)-[:HOP{index:i,fact_id:h[1]}]->(e)}
+WITH c,r UNWIND range(0,size(r[6])-1) AS i
+WITH c,i,r[6][i] AS h MERGE(e:Entity{id:h[0]})
+CREATE(c)-[:HOP{index:i,fact_id:h[1],relation:h[2]}]->(e)}
 CALL{UNWIND $about AS r MATCH(f:Fact{id:r[0]})MATCH(e:Entity{id:r[1]})
-MERGE(f)-[a:ABOUT]->(e)ON CREATE SET a.what=r[2]}
-CALL{UNWIND $owned AS r MATCH(a:Entity{id:r[0]})MATCH(b:Entity{id:r[1]})
-MERGE(a)-[l:OWNED_BY{fact_id:r[2]}]->(b)}
-CALL{UNWIND $caused AS r MATCH(a:Entity{id:r[0]})MATCH(b:Entity{id:r[1]})
-MERGE(a)-[l:CAUSED{fact_id:r[2]}]->(b)}";
+MERGE(f)-[a:ABOUT]->(e)ON CREATE SET a.observed=r[2]}",
+    );
+    for relation in Relation::LINKS {
+        let _ = write!(
+            text,
+            "\nCALL{{UNWIND ${name} AS r MATCH(a:Entity{{id:r[0]}})MATCH(b:Entity{{id:r[1]}})\n\
+             MERGE(a)-[l:{kind}{{fact_id:r[2]}}]->(b)}}",
+            name = relation.as_str(),
+            kind = relationship_type(relation),
+        );
+    }
+    text
+});
 
-/// The parameters of [`SAME_GRAPH`], in the order its blocks take them.
-const SAME_GRAPH_BLOCKS: [&str; 5] = ["facts", "correlations", "about", "owned", "caused"];
+/// The parameters of [`SAME_GRAPH`], in the order its blocks take them: facts, correlations,
+/// ABOUT, then the steps of each relationship type.
+static SAME_GRAPH_BLOCKS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    ["facts", "correlations", "about"]
+        .into_iter()
+        .chain(Relation::LINKS.into_iter().map(Relation::as_str))
+        .collect()
+});
 
 /// A tick as [`SAME_GRAPH`] statements: its rows, block after block, split into statements
 /// whose messages stay under [`MESSAGE_BUDGET`] like the sink's (each statement carries every
 /// block's parameter, most of them empty).
-type SameGraphTick = Vec<[Vec<BoltType>; 5]>;
+type SameGraphTick = Vec<Vec<Vec<BoltType>>>;
 
 /// The same-graph loop's statements for `ticks`, and the relationships each tick writes.
 fn same_graph_statements(ticks: &[ClosedBatch]) -> Vec<(SameGraphTick, u64)> {
     let s = |text: &str| BoltType::from(text);
     let list = |values: Vec<BoltType>| BoltType::from(values);
+    let blocks_len = SAME_GRAPH_BLOCKS.len();
     deltas(ticks)
         .iter()
         .map(|delta| {
-            let mut blocks: [Vec<BoltType>; 5] = Default::default();
+            let mut blocks: Vec<Vec<BoltType>> = vec![Vec::new(); blocks_len];
             let mut written = 0u64;
             for fact in &delta.facts {
                 let time = i64::try_from(fact.time).expect("time fits");
@@ -441,35 +505,41 @@ fn same_graph_statements(ticks: &[ClosedBatch]) -> Vec<(SameGraphTick, u64)> {
                         list(vec![
                             s(&hop.entity.to_string()),
                             s(&hop.fact_id.to_string()),
+                            s(hop.relation.as_str()),
                         ])
                     })
                     .collect();
                 blocks[1].push(list(vec![
                     s(&new.id),
                     s(c.kind.as_str()),
+                    s(c.family.as_str()),
                     s(&c.root_cause.to_string()),
-                    s(&c.explanation),
-                    i64::from(c.confidence).into(),
+                    i64::from(c.confidence.percent).into(),
+                    s(&serde_json::to_string(c).expect("JSON")),
                     list(hops),
                 ]));
                 written += c.chain.len() as u64 + 1;
             }
             for item in &delta.about {
-                blocks[2].push(list(vec![s(&item.fact_id), s(&item.entity), s(&item.what)]));
+                blocks[2].push(list(vec![
+                    s(&item.fact_id),
+                    s(&item.entity),
+                    s(&item.observed),
+                ]));
                 written += 1;
             }
             for item in &delta.links {
-                let block = match item.kind {
-                    LinkType::OwnedBy => 3,
-                    LinkType::Caused => 4,
-                };
+                let block = 3 + Relation::LINKS
+                    .iter()
+                    .position(|relation| *relation == item.kind)
+                    .expect("a step's relation is a link");
                 blocks[block].push(list(vec![s(&item.from), s(&item.to), s(&item.fact_id)]));
                 written += 1;
             }
             // RUN: structure header, text, the parameter map with `$time` and every block's
             // list at its largest header.
             let envelope = 2
-                + encoded_len(&s(SAME_GRAPH))
+                + encoded_len(&s(&SAME_GRAPH))
                 + 1
                 + encoded_len(&s("time"))
                 + 9
@@ -477,13 +547,13 @@ fn same_graph_statements(ticks: &[ClosedBatch]) -> Vec<(SameGraphTick, u64)> {
                     .iter()
                     .map(|name| encoded_len(&s(name)) + 5)
                     .sum::<usize>();
-            let mut statements: SameGraphTick = vec![Default::default()];
+            let mut statements: SameGraphTick = vec![vec![Vec::new(); blocks_len]];
             let mut size = envelope;
             for (block, rows) in blocks.into_iter().enumerate() {
                 for row in rows {
                     let len = encoded_len(&row);
                     if size + len > MESSAGE_BUDGET && size > envelope {
-                        statements.push(Default::default());
+                        statements.push(vec![Vec::new(); blocks_len]);
                         size = envelope;
                     }
                     size += len;
@@ -507,7 +577,7 @@ async fn same_graph_run(
                 let mut txn = graph.start_txn().await.expect("begin");
                 for blocks in statements {
                     let query = SAME_GRAPH_BLOCKS.iter().zip(blocks).fold(
-                        query(SAME_GRAPH).param("time", i as i64),
+                        query(&SAME_GRAPH).param("time", i as i64),
                         |query, (name, rows)| query.param(name, rows.clone()),
                     );
                     txn.run(query).await.expect("same-graph write");

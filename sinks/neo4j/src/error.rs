@@ -52,6 +52,21 @@ pub enum Neo4jError {
         /// What was found.
         what: String,
     },
+    /// A later version of Tapio wrote the graph, in a shape this version does not know; it is
+    /// left alone rather than mixed with this version's.
+    #[error(
+        "the Neo4j graph at {uri} was written by a later version of Tapio (graph schema \
+         {found}; this version writes {supported}): upgrade Tapio, or point \
+         integrations.neo4j at another database"
+    )]
+    NewerSchema {
+        /// Bolt URI.
+        uri: String,
+        /// The graph's schema version.
+        found: i64,
+        /// The schema version this writer writes.
+        supported: i64,
+    },
     /// A value that cannot be stored or read back.
     #[error("bad value: {what}")]
     BadValue {
@@ -68,7 +83,9 @@ impl Neo4jError {
             Neo4jError::Unreachable { .. }
             | Neo4jError::Timeout { .. }
             | Neo4jError::GraphChanged { .. } => true,
-            Neo4jError::Unauthorized { .. } | Neo4jError::BadValue { .. } => false,
+            Neo4jError::Unauthorized { .. }
+            | Neo4jError::BadValue { .. }
+            | Neo4jError::NewerSchema { .. } => false,
             Neo4jError::Query { source, .. } => driver_error_is_retryable(source),
         }
     }

@@ -13,6 +13,10 @@
 //! tick reads nothing, and writes a shared element only when it appears or goes. Writers sharing
 //! a graph take turns on its version node and re-read after another's commit ([`Neo4jWriter`]).
 //!
+//! The graph's shape is versioned ([`model::SCHEMA_VERSION`] on the graph node): at start, a
+//! graph an earlier version of Tapio wrote is cleared, with a warning that says how to refill it,
+//! rather than mixed with this version's ([`Neo4jWriter::ensure_schema`]).
+//!
 //! When Neo4j is slow or down, the sink retries the batch with exponential backoff and logs its
 //! status; batches wait in the bounded channel in front of it, which slows the dataflow down.
 //! Nothing is dropped silently: if a batch cannot be written within
@@ -51,7 +55,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 pub use error::Neo4jError;
-pub use writer::{Applied, Neo4jSettings, Neo4jWriter};
+pub use writer::{Applied, Neo4jSettings, Neo4jWriter, SchemaOutcome};
 
 /// Where the sink is: the last tick committed and what it wrote so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -4,69 +4,76 @@
 //! Pure functions, no I/O: [`Counts::change`] turns the correlations a transaction adds and
 //! removes into rows for the `UNWIND` statements in [`crate::cypher`].
 //!
-//! | graph element | key | present while |
+//! | graph element | key and properties | present while |
 //! | --- | --- | --- |
-//! | `(:Correlation)` | `id` ([`correlation_id`]) | the correlation is current |
-//! | `(:Correlation)-[:HOP]->(:Entity)` | the correlation and the hop index | its correlation is |
+//! | `(:Correlation)` | `id` ([`correlation_id`]); `kind`, `family`, `confidence` (percent), `since` (tick), `data` (the correlation's typed JSON) | the correlation is current |
+//! | `(:Correlation)-[:HOP]->(:Entity)` | the correlation and `index` (the hop's position); `fact_id`, `relation` (the hop's [`Relation`], snake_case) | its correlation is |
 //! | `(:Correlation)-[:ROOT_CAUSE]->(:Entity)` | the correlation | its correlation is |
 //! | `(:Entity)` | `id` (the entity id string) | a current correlation mentions it (a hop or its root cause) |
-//! | `(:Fact)` | `id` (the fact id) | a hop of a current correlation cites it |
-//! | `(:Fact)-[:ABOUT]->(:Entity)` | fact and entity | a hop of a current correlation cites the fact at that entity |
-//! | `(:Entity)-[:OWNED_BY\|CAUSED]->(:Entity)` | both entities, type and `fact_id` | a current correlation's chain makes this step |
+//! | `(:Fact)` | `id` (the fact id); `time` | a hop of a current correlation cites it |
+//! | `(:Fact)-[:ABOUT]->(:Entity)` | fact and entity; `observed` (the hop's [`tapio_model::Observed`] as JSON) | a hop of a current correlation cites the fact at that entity |
+//! | `(:Entity)-[:OWNED_BY\|CAUSED\|FOLLOWED_BY\|DEPENDS_ON]->(:Entity)` | both entities, type and `fact_id` | a current correlation's chain makes this step ([`Chain::steps`]) |
+//! | `(:TapioGraph {key: 'graph'})` | `version` (one more per transaction), `schema` ([`SCHEMA_VERSION`]) | always |
+//! | `(:TapioCursor)` | `writer`; `tick` | the writer has committed a tick |
 //!
-//! The shared elements (entities, facts, ABOUT, OWNED_BY, CAUSED) are reference counted, but
-//! the counts live in the writer's memory ([`Counts`]), not in the graph: every count is a
-//! function of the set of current correlations, and the graph keeps of each correlation what
-//! recomputing them takes (its `kind`, its `ROOT_CAUSE` and its `HOP`s with their `fact_id`;
-//! see [`Chain`]). So a tick writes a shared element only when its count goes from zero (it is
-//! created) or to zero (it is deleted); a ReplicaSet's fact that a thousand chains cite is
-//! written once, not once per tick that adds or removes one of them.
+//! An entity-to-entity relationship's type is the [`Relation`] of the hop it leads to, in upper
+//! snake case ([`relationship_type`]): `(prev)-[TYPE {fact_id}]->(cur)` for consecutive hops at
+//! different entities, with the later hop's fact as evidence. Nothing in the graph is rendered
+//! text: questions render sentences from `data` and `observed` with [`tapio_model::render`], so
+//! they read exactly as the in-process output does, and rewording a sentence changes no id.
+//!
+//! The shared elements (entities, facts, ABOUT and the entity-to-entity steps) are reference
+//! counted, but the counts live in the writer's memory ([`Counts`]), not in the graph: every
+//! count is a function of the set of current correlations, and the graph keeps of each
+//! correlation what recomputing them takes (its `ROOT_CAUSE` and its `HOP`s with their
+//! `fact_id` and `relation`; see [`Chain`]). So a tick writes a shared element only when its
+//! count goes from zero (it is created) or to zero (it is deleted); a ReplicaSet's fact that a
+//! thousand chains cite is written once, not once per tick that adds or removes one of them.
 
 use std::collections::{BTreeMap, HashMap};
 
 use sha2::{Digest, Sha256};
-use tapio_model::{Correlation, CorrelationKind};
+use tapio_model::{Correlation, Relation};
 
-/// A relationship type between two entities.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum LinkType {
-    /// `(child)-[:OWNED_BY]->(owner)`: a process in a container, a container in a pod, a pod of a
-    /// ReplicaSet, a ReplicaSet of a Deployment.
-    OwnedBy,
-    /// `(cause)-[:CAUSED]->(effect)`: e.g. an OOM-killed process stopped its container.
-    Caused,
-}
+/// The shape of the graph this version writes, stored as `schema` on the graph's
+/// `(:TapioGraph {key: 'graph'})` node. A graph without it, or with a smaller one, was written by
+/// an earlier version of Tapio and is cleared at start (see `Neo4jWriter::ensure_schema`).
+///
+/// 2: relationship types from each hop's relation, typed JSON instead of text (`data` on the
+/// correlation, `observed` on `ABOUT`), `relation` on `HOP`.
+pub const SCHEMA_VERSION: i64 = 2;
 
-impl LinkType {
-    /// Every type, in the order the writer sends them.
-    pub const ALL: [LinkType; 2] = [LinkType::OwnedBy, LinkType::Caused];
-
-    /// The relationship type as Cypher spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LinkType::OwnedBy => "OWNED_BY",
-            LinkType::Caused => "CAUSED",
-        }
-    }
+/// The relationship type of a step that leads to a hop with `relation`: the relation's name in
+/// upper snake case, e.g. `OWNED_BY`.
+///
+/// ```
+/// use tapio_model::Relation;
+/// use tapio_sinks_neo4j::model::relationship_type;
+///
+/// assert_eq!(relationship_type(Relation::FollowedBy), "FOLLOWED_BY");
+/// ```
+pub fn relationship_type(relation: Relation) -> String {
+    relation.as_str().to_ascii_uppercase()
 }
 
 /// A step between two different entities of a chain, with the observation behind it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Link {
-    /// Start entity id.
+    /// Start entity id: the earlier hop's entity.
     pub from: String,
-    /// Relationship type.
-    pub kind: LinkType,
-    /// End entity id.
+    /// How the later hop relates to the earlier one: the relationship's type
+    /// ([`relationship_type`]).
+    pub kind: Relation,
+    /// End entity id: the later hop's entity.
     pub to: String,
-    /// The observation that supports the step (its event time is on its `Fact` node, what it
-    /// says on its `ABOUT` relationship to the evidence hop's entity: `from` for `OWNED_BY`,
-    /// `to` for `CAUSED`).
+    /// The observation that supports the step: the later hop's fact (its event time is on its
+    /// `Fact` node, what it says on its `ABOUT` relationship to `to`).
     pub fact_id: String,
 }
 
 /// The stable id of a correlation in the graph: the first 128 bits of the SHA-256 of its JSON
-/// form, in hex. Equal correlations get equal ids in every process and every run.
+/// form, in hex. Equal correlations get equal ids in every process and every run; the JSON holds
+/// no prose, so rewording a rendered sentence never changes an id.
 pub fn correlation_id(correlation: &Correlation) -> String {
     let json =
         serde_json::to_vec(correlation).unwrap_or_else(|_| format!("{correlation:?}").into());
@@ -77,74 +84,77 @@ pub fn correlation_id(correlation: &Correlation) -> String {
         .collect()
 }
 
-/// What the reference counts need of a correlation, and all the graph keeps of it besides its
-/// text: its kind, its root cause, and its chain as (entity id, fact id) pairs in order. The
-/// writer rebuilds its [`Counts`] from these, read back from the graph.
+/// One hop of a [`Chain`]: its entity, its fact and how it relates to the hop before.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainHop {
+    /// Entity id.
+    pub entity: String,
+    /// Fact id.
+    pub fact_id: String,
+    /// How the hop relates to the one before ([`Relation::Start`] for the first).
+    pub relation: Relation,
+}
+
+/// What the reference counts need of a correlation: its root cause and its chain as (entity,
+/// fact, relation) in order. The writer rebuilds its [`Counts`] from these, read back from the
+/// graph (`ROOT_CAUSE` and the `HOP`s).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chain {
-    /// The rule that produced it.
-    pub kind: CorrelationKind,
     /// Its root cause's entity id.
     pub root_cause: String,
-    /// Its hops: entity id and fact id.
-    pub hops: Vec<(String, String)>,
+    /// Its hops.
+    pub hops: Vec<ChainHop>,
 }
 
 impl Chain {
     /// The chain of `correlation`.
     pub fn of(correlation: &Correlation) -> Chain {
         Chain {
-            kind: correlation.kind,
             root_cause: correlation.root_cause.to_string(),
             hops: correlation
                 .chain
                 .iter()
-                .map(|hop| (hop.entity.to_string(), hop.fact_id.to_string()))
+                .map(|hop| ChainHop {
+                    entity: hop.entity.to_string(),
+                    fact_id: hop.fact_id.to_string(),
+                    relation: hop.relation,
+                })
                 .collect(),
         }
     }
 
-    /// The entity-to-entity steps of the chain.
-    ///
-    /// - `ownership`: each hop's entity is owned by the next hop's entity; the evidence is the
-    ///   hop at the owned entity (the link it names).
-    /// - `oom_restart`: the first change of entity (the process to its container) is causal,
-    ///   with the container's stop as evidence; every later change is ownership, as above.
+    /// The entity-to-entity steps of the chain: for each hop after the first whose relation is
+    /// not [`Relation::Start`] and whose entity differs from the previous hop's,
+    /// `(previous)-[relation]->(hop)` with the hop's fact as evidence.
     ///
     /// Consecutive hops at the same entity (an OOM kill and the exit of the same process) make
-    /// no relationship: both facts hang off that entity through `ABOUT`.
+    /// no relationship: both facts hang off that entity through `ABOUT`. The rule that made the
+    /// correlation plays no part: the hops say how they relate.
     pub fn links(&self) -> Vec<Link> {
         self.steps().into_iter().map(|(_, link)| link).collect()
     }
 
     /// [`Chain::links`], each with the index of the hop it starts at (it ends at the next).
     pub fn steps(&self) -> Vec<(usize, Link)> {
-        let mut steps = Vec::new();
-        let mut caused_seen = false;
-        for (index, pair) in self.hops.windows(2).enumerate() {
-            let [from, to] = pair else { continue };
-            if from.0 == to.0 {
-                continue;
-            }
-            let (kind, evidence) = match self.kind {
-                CorrelationKind::Ownership => (LinkType::OwnedBy, from),
-                CorrelationKind::OomRestart if !caused_seen => {
-                    caused_seen = true;
-                    (LinkType::Caused, to)
+        self.hops
+            .windows(2)
+            .enumerate()
+            .filter_map(|(index, pair)| {
+                let [previous, hop] = pair else { return None };
+                if hop.relation == Relation::Start || previous.entity == hop.entity {
+                    return None;
                 }
-                CorrelationKind::OomRestart => (LinkType::OwnedBy, from),
-            };
-            steps.push((
-                index,
-                Link {
-                    from: from.0.clone(),
-                    kind,
-                    to: to.0.clone(),
-                    fact_id: evidence.1.clone(),
-                },
-            ));
-        }
-        steps
+                Some((
+                    index,
+                    Link {
+                        from: previous.entity.clone(),
+                        kind: hop.relation,
+                        to: hop.entity.clone(),
+                        fact_id: hop.fact_id.clone(),
+                    },
+                ))
+            })
+            .collect()
     }
 
     /// The chain's links, each distinct step once: one correlation supports a step at most
@@ -187,8 +197,9 @@ pub struct About {
     pub fact_id: String,
     /// Entity id.
     pub entity: String,
-    /// What the fact says about the entity.
-    pub what: String,
+    /// What the fact says about the entity: the citing hop's [`tapio_model::Observed`] as JSON
+    /// (the first hop to cite the fact at the entity, when several do).
+    pub observed: String,
 }
 
 /// How many current correlations support each shared element of the graph: the hops that cite
@@ -223,15 +234,24 @@ impl Net {
             *self.links.entry(link).or_insert(0) += sign;
         }
         *self.entities.entry(chain.root_cause).or_insert(0) += sign;
-        for (hop, (entity, fact)) in correlation.chain.iter().zip(chain.hops) {
-            self.facts.entry(fact.clone()).or_insert((hop.time, 0)).1 += sign;
+        for (hop, counted) in correlation.chain.iter().zip(chain.hops) {
+            let ChainHop {
+                entity, fact_id, ..
+            } = counted;
+            self.facts.entry(fact_id.clone()).or_insert((hop.time, 0)).1 += sign;
             self.about
-                .entry((fact, entity.clone()))
-                .or_insert_with(|| (hop.what.to_string(), 0))
+                .entry((fact_id, entity.clone()))
+                .or_insert_with(|| (observed_json(&hop.observed), 0))
                 .1 += sign;
             *self.entities.entry(entity).or_insert(0) += sign;
         }
     }
+}
+
+/// `observed` as the JSON stored on `ABOUT` (serde_json cannot fail on it: every field is a
+/// string or an integer).
+pub fn observed_json(observed: &tapio_model::Observed) -> String {
+    serde_json::to_string(observed).unwrap_or_else(|_| format!("{observed:?}"))
 }
 
 /// Where an element's count went.
@@ -266,13 +286,13 @@ fn shift<K: Eq + std::hash::Hash>(counts: &mut HashMap<K, u32>, key: K, delta: i
 impl Counts {
     /// Counts one more current correlation, as read back from the graph.
     pub fn add(&mut self, chain: &Chain) {
-        for (entity, fact) in &chain.hops {
-            *self.facts.entry(fact.clone()).or_insert(0) += 1;
+        for hop in &chain.hops {
+            *self.facts.entry(hop.fact_id.clone()).or_insert(0) += 1;
             *self
                 .about
-                .entry((fact.clone(), entity.clone()))
+                .entry((hop.fact_id.clone(), hop.entity.clone()))
                 .or_insert(0) += 1;
-            *self.entities.entry(entity.clone()).or_insert(0) += 1;
+            *self.entities.entry(hop.entity.clone()).or_insert(0) += 1;
         }
         *self.entities.entry(chain.root_cause.clone()).or_insert(0) += 1;
         for link in chain.links_deduplicated() {
@@ -320,12 +340,12 @@ impl Counts {
                 Moved::Kept => {}
             }
         }
-        for ((fact_id, entity), (what, change)) in net.about {
+        for ((fact_id, entity), (observed, change)) in net.about {
             match shift(&mut self.about, (fact_id.clone(), entity.clone()), change) {
                 Moved::Created => delta.about.push(About {
                     fact_id,
                     entity,
-                    what,
+                    observed,
                 }),
                 Moved::Gone => delta.about_gone.push((fact_id, entity)),
                 Moved::Kept => {}
@@ -420,79 +440,101 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use tapio_model::{EntityId, Hop};
+    use tapio_model::{Basis, Confidence, CorrelationKind, Detail, Hop, Observed};
 
-    fn hop(entity: &str, fact: &str, time: u64, what: &str) -> Hop {
+    fn hop(entity: &str, relation: Relation, fact: &str, time: u64) -> Hop {
         Hop {
             entity: entity.parse().unwrap(),
+            relation,
             fact_id: fact.parse().unwrap(),
             time,
-            what: what.into(),
+            observed: Observed::OwnerReference,
+        }
+    }
+
+    fn confidence(percent: u8) -> Confidence {
+        Confidence {
+            percent,
+            basis: vec![Basis::RecordedLinks],
         }
     }
 
     fn ownership(chain: Vec<Hop>) -> Correlation {
-        Correlation {
-            kind: CorrelationKind::Ownership,
-            root_cause: chain.last().unwrap().entity.clone(),
+        let depth = chain.len() as u32 - 1;
+        Correlation::new(
+            CorrelationKind::Ownership,
+            chain.last().unwrap().entity.clone(),
             chain,
-            explanation: "owned".into(),
-            confidence: 100,
-        }
+            Detail::Ownership { depth },
+            confidence(100),
+        )
+    }
+
+    fn sequence(chain: Vec<Hop>) -> Correlation {
+        Correlation::new(
+            CorrelationKind::OomRestart,
+            chain[0].entity.clone(),
+            chain,
+            Detail::Sequence {
+                steps: 3,
+                span_ns: 2,
+                within_ns: 10,
+            },
+            confidence(95),
+        )
     }
 
     fn oom() -> Correlation {
-        Correlation {
-            kind: CorrelationKind::OomRestart,
-            root_cause: "process/n/1/5".parse().unwrap(),
-            chain: vec![
-                hop("process/n/1/5", "kernel/n/1", 10, "OOM-killed"),
-                hop("process/n/1/5", "kernel/n/2", 11, "exited"),
-                hop("container/c1", "cri/n/1", 12, "container exited"),
-                hop(
-                    "container/c1",
-                    "kubernetes/cluster/1",
-                    1,
-                    "container of pod",
-                ),
-                hop("pod/default/p", "kubernetes/cluster/2", 2, "pod of rs"),
-                hop(
-                    "replicaset/default/r",
-                    "kubernetes/cluster/2",
-                    2,
-                    "top-level owner",
-                ),
-            ],
-            explanation: "oom".into(),
-            confidence: 95,
-        }
+        let mut chain = vec![
+            hop("process/n/1/5", Relation::Start, "kernel/n/1", 10),
+            hop("process/n/1/5", Relation::FollowedBy, "kernel/n/2", 11),
+            hop("container/c1", Relation::Caused, "cri/n/1", 12),
+            hop(
+                "pod/default/p",
+                Relation::OwnedBy,
+                "kubernetes/cluster/1",
+                1,
+            ),
+            hop(
+                "replicaset/default/r",
+                Relation::OwnedBy,
+                "kubernetes/cluster/2",
+                2,
+            ),
+        ];
+        chain[0].observed = Observed::OomKill {
+            comm: "x".into(),
+            pid: 5,
+            memcg: "".into(),
+            rss_pages: 3,
+        };
+        sequence(chain)
+    }
+
+    fn steps_of(correlation: &Correlation) -> Vec<(String, String, String, String)> {
+        links(correlation)
+            .into_iter()
+            .map(|l| (l.from, relationship_type(l.kind), l.to, l.fact_id))
+            .collect()
+    }
+
+    fn step(from: &str, kind: &str, to: &str, fact: &str) -> (String, String, String, String) {
+        (from.into(), kind.into(), to.into(), fact.into())
     }
 
     #[test]
-    fn oom_chains_link_cause_then_owners() {
-        let links = links(&oom());
-        let steps: Vec<(&str, &str, &str, &str)> = links
-            .iter()
-            .map(|l| {
-                (
-                    l.from.as_str(),
-                    l.kind.as_str(),
-                    l.to.as_str(),
-                    l.fact_id.as_str(),
-                )
-            })
-            .collect();
+    fn each_step_takes_its_type_and_evidence_from_the_later_hop() {
         assert_eq!(
-            steps,
+            steps_of(&oom()),
             vec![
-                ("process/n/1/5", "CAUSED", "container/c1", "cri/n/1"),
-                (
+                step("process/n/1/5", "CAUSED", "container/c1", "cri/n/1"),
+                step(
                     "container/c1",
                     "OWNED_BY",
                     "pod/default/p",
                     "kubernetes/cluster/1"
                 ),
-                (
+                step(
                     "pod/default/p",
                     "OWNED_BY",
                     "replicaset/default/r",
@@ -500,40 +542,94 @@ mod tests {
                 ),
             ]
         );
+        // The rule plays no part: the same hops under the ownership rule make the same steps.
+        let mut relabelled = oom();
+        relabelled.kind = CorrelationKind::Ownership;
+        assert_eq!(steps_of(&relabelled), steps_of(&oom()));
     }
 
     #[test]
-    fn ownership_chains_link_each_owner_with_the_owned_hop_as_evidence() {
-        let correlation = ownership(vec![
-            hop("pod/default/p", "kubernetes/cluster/2", 2, "pod of rs"),
+    fn every_relation_makes_its_own_type_and_start_or_the_same_entity_makes_none() {
+        let chain = vec![
             hop(
-                "replicaset/default/r",
+                "service/default/a",
+                Relation::Start,
+                "kubernetes/cluster/1",
+                1,
+            ),
+            hop(
+                "service/default/b",
+                Relation::DependsOn,
+                "kubernetes/cluster/2",
+                2,
+            ),
+            hop(
+                "pod/default/p",
+                Relation::FollowedBy,
                 "kubernetes/cluster/3",
                 3,
-                "rs of deployment",
+            ),
+            hop("pod/default/p", Relation::Caused, "kubernetes/cluster/4", 4),
+            hop("pod/default/q", Relation::Start, "kubernetes/cluster/5", 5),
+        ];
+        assert_eq!(
+            steps_of(&sequence(chain)),
+            vec![
+                step(
+                    "service/default/a",
+                    "DEPENDS_ON",
+                    "service/default/b",
+                    "kubernetes/cluster/2"
+                ),
+                step(
+                    "service/default/b",
+                    "FOLLOWED_BY",
+                    "pod/default/p",
+                    "kubernetes/cluster/3"
+                ),
+            ]
+        );
+        let types: BTreeSet<String> = Relation::LINKS.into_iter().map(relationship_type).collect();
+        assert_eq!(types.len(), Relation::LINKS.len(), "one type per relation");
+        assert!(types.is_superset(&BTreeSet::from(
+            ["CAUSED", "DEPENDS_ON", "FOLLOWED_BY", "OWNED_BY"].map(String::from)
+        )));
+    }
+
+    #[test]
+    fn ownership_chains_link_each_owner_with_its_own_hop_as_evidence() {
+        let correlation = ownership(vec![
+            hop("pod/default/p", Relation::Start, "kubernetes/cluster/2", 2),
+            hop(
+                "replicaset/default/r",
+                Relation::OwnedBy,
+                "kubernetes/cluster/2",
+                2,
             ),
             hop(
                 "deployment/default/d",
+                Relation::OwnedBy,
                 "kubernetes/cluster/3",
                 3,
-                "top-level owner",
             ),
         ]);
         let links = links(&correlation);
         assert_eq!(links.len(), 2);
         assert_eq!(links[0].fact_id, "kubernetes/cluster/2");
+        assert_eq!(links[1].fact_id, "kubernetes/cluster/3");
         assert_eq!(links[1].to, "deployment/default/d");
+        assert!(links.iter().all(|l| l.kind == Relation::OwnedBy));
     }
 
     #[test]
     fn shared_elements_stay_and_only_what_loses_its_last_support_goes() {
         let shared = ownership(vec![
-            hop("pod/default/p", "kubernetes/cluster/2", 2, "pod of rs"),
+            hop("pod/default/p", Relation::Start, "kubernetes/cluster/2", 2),
             hop(
                 "replicaset/default/r",
+                Relation::OwnedBy,
                 "kubernetes/cluster/2",
                 2,
-                "top-level owner",
             ),
         ]);
         let mut counts = Counts::default();
@@ -541,6 +637,10 @@ mod tests {
         assert_eq!(first.entities, ["pod/default/p", "replicaset/default/r"]);
         assert_eq!(first.facts.len(), 1);
         assert_eq!(first.links.len(), 1);
+        assert_eq!(
+            first.about[0].observed, "\"owner_reference\"",
+            "ABOUT carries the typed observation as JSON"
+        );
         // Adding the OOM chain and removing the ownership chain in one transaction: the shared
         // step pod → replicaset, its fact and both entities stay, so nothing is written for
         // them.
@@ -557,9 +657,15 @@ mod tests {
         assert!(!delta.entities.contains(&"pod/default/p".to_string()));
         assert_eq!(delta.added.len(), 1);
         assert!(!delta.facts.iter().any(|f| f.id == "kubernetes/cluster/2"));
-        // The ABOUT of that fact at the ReplicaSet said "top-level owner" in the ownership
-        // chain; the OOM chain cites it at the ReplicaSet too, so it stays as it is.
-        assert!(delta.about_gone.is_empty());
+        // The OOM chain cites that fact at the ReplicaSet too, so its ABOUT stays as it is;
+        // the one at the pod loses its last support.
+        assert_eq!(
+            delta.about_gone,
+            vec![(
+                "kubernetes/cluster/2".to_string(),
+                "pod/default/p".to_string()
+            )]
+        );
         // Removing the OOM chain leaves nothing.
         let last = counts.change(Vec::new(), vec![oom()]);
         assert_eq!(last.entities_gone.len(), 4);
@@ -593,37 +699,37 @@ mod tests {
             .map(|i| {
                 let (pod, rs) = (i % 4, i % 2);
                 let mut chain = vec![
-                    hop(&format!("container/c{i}"), &format!("cri/n/{i}"), i, "c"),
+                    hop(
+                        &format!("container/c{i}"),
+                        Relation::Start,
+                        &format!("cri/n/{i}"),
+                        i,
+                    ),
                     hop(
                         &format!("pod/default/p{pod}"),
+                        Relation::OwnedBy,
                         &format!("kubernetes/cluster/{}", 10 + pod),
                         2,
-                        "pod",
                     ),
                     hop(
                         &format!("replicaset/default/r{rs}"),
+                        Relation::OwnedBy,
                         &format!("kubernetes/cluster/{}", 20 + rs),
                         3,
-                        "rs",
                     ),
                 ];
                 if i % 3 == 0 {
+                    chain[0].relation = Relation::Caused;
                     chain.insert(
                         0,
                         hop(
                             &format!("process/n/{i}/1"),
+                            Relation::Start,
                             &format!("kernel/n/{i}"),
                             1,
-                            "oom",
                         ),
                     );
-                    Correlation {
-                        kind: CorrelationKind::OomRestart,
-                        root_cause: chain[0].entity.clone(),
-                        chain,
-                        explanation: format!("oom {i}"),
-                        confidence: 95,
-                    }
+                    sequence(chain)
                 } else {
                     ownership(chain)
                 }
@@ -690,10 +796,16 @@ mod tests {
     fn ids_are_stable_and_distinct() {
         let a = oom();
         let mut b = oom();
-        b.confidence = 75;
+        b.confidence.percent = 75;
+        let mut c = oom();
+        c.chain[1].relation = Relation::Caused;
         assert_eq!(correlation_id(&a), correlation_id(&a.clone()));
         assert_ne!(correlation_id(&a), correlation_id(&b));
+        assert_ne!(
+            correlation_id(&a),
+            correlation_id(&c),
+            "relations are identity"
+        );
         assert_eq!(correlation_id(&a).len(), 32);
-        let _ = EntityId::Node { name: "n".into() };
     }
 }

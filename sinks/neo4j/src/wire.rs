@@ -11,7 +11,7 @@
 //! none of the writes waits.
 //!
 //! Each statement also carries a string table, `$s`: a row refers to a string by its index
-//! there, so an entity or fact id, or a piece of evidence text, that several rows mention is
+//! there, so an entity or fact id, or a piece of typed evidence (JSON), that several rows mention is
 //! sent once per statement rather than once per mention.
 //!
 //! Every statement has the same parameter shape, so that Neo4j plans it once. Neo4j 5 caches a

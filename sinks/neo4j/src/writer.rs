@@ -5,12 +5,14 @@ use std::time::Duration;
 
 use neo4rs::{ConfigBuilder, Graph, Query, Txn, query};
 use sha2::{Digest, Sha256};
-use tapio_model::{ClosedBatch, Correlation, TimeNs};
+use tapio_model::{ClosedBatch, Correlation, Relation, TimeNs};
 use tokio::time::Instant;
 
 use crate::cypher;
 use crate::error::Neo4jError;
-use crate::model::{Chain, Counts, Delta, Link, LinkType, NewCorrelation, correlation_id};
+use crate::model::{
+    Chain, ChainHop, Counts, Delta, Link, NewCorrelation, SCHEMA_VERSION, correlation_id,
+};
 use crate::wire::{self, Cell};
 
 /// How to reach Neo4j and who is writing.
@@ -60,6 +62,25 @@ impl Neo4jSettings {
     pub fn from_config(config: &tapio_config::Neo4jConfig) -> Neo4jSettings {
         Neo4jSettings::new(&config.uri, &config.username, &config.password)
     }
+}
+
+/// What [`Neo4jWriter::ensure_schema`] found and did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchemaOutcome {
+    /// The graph has this version's shape already.
+    Current,
+    /// The graph held nothing of Tapio's; its schema version was set.
+    Created,
+    /// An earlier version of Tapio wrote the graph: what it wrote was deleted and the schema
+    /// version set, so the graph is rebuilt from what this version writes.
+    Rebuilt {
+        /// The schema the graph had (`None`: the first version, which stored none).
+        found: Option<i64>,
+        /// Correlations it held.
+        correlations: u64,
+        /// Nodes deleted (correlations, facts, entities and cursors).
+        deleted: u64,
+    },
 }
 
 /// What applying one batch did.
@@ -143,17 +164,126 @@ impl Neo4jWriter {
     }
 
     /// Creates the constraints and drops the indexes earlier versions created (idempotent; see
-    /// [`cypher::SCHEMA`]).
+    /// [`cypher::SCHEMA`]), then makes sure the graph has this version's shape
+    /// ([`SCHEMA_VERSION`]).
+    ///
+    /// A graph written by an earlier version of Tapio (one with correlations or cursors and no
+    /// or an older `schema` on its graph node) is never mixed with this version's: everything
+    /// its sink wrote (correlations, facts, entities and their relationships, and the cursors)
+    /// is deleted, with a warning that says so and how to fill it again. An empty graph just
+    /// gets the schema. Any writer that kept counts of the graph reads it again (the version
+    /// moves), and this writer reads its state again before its next batch.
     ///
     /// # Errors
-    /// When a schema statement fails.
-    pub async fn ensure_schema(&self) -> Result<(), Neo4jError> {
+    /// When a schema statement fails, or [`Neo4jError::NewerSchema`] when a later version of
+    /// Tapio wrote the graph.
+    pub async fn ensure_schema(&mut self) -> Result<SchemaOutcome, Neo4jError> {
         for statement in cypher::SCHEMA {
             let mut txn = self.begin().await?;
             run(&mut txn, "schema", query(statement)).await?;
             commit(txn).await?;
         }
-        Ok(())
+        let (found, correlations, cursors) = self.read_schema().await?;
+        if found == Some(SCHEMA_VERSION) {
+            return Ok(SchemaOutcome::Current);
+        }
+        if let Some(found) = found.filter(|found| *found > SCHEMA_VERSION) {
+            return Err(Neo4jError::NewerSchema {
+                uri: self.settings.uri.clone(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        let outcome = if correlations == 0 && cursors == 0 {
+            SchemaOutcome::Created
+        } else {
+            let mut deleted = 0u64;
+            loop {
+                let mut txn = self.begin().await?;
+                let count = read_integer(
+                    &mut txn,
+                    query(cypher::CLEAR_EARLIER),
+                    "deleted",
+                    "clear earlier graph",
+                    "the count of deleted nodes",
+                )
+                .await?
+                .unwrap_or(0);
+                commit(txn).await?;
+                if count <= 0 {
+                    break;
+                }
+                deleted += count as u64;
+            }
+            SchemaOutcome::Rebuilt {
+                found,
+                correlations,
+                deleted,
+            }
+        };
+        let mut txn = self.begin().await?;
+        run(
+            &mut txn,
+            "set schema",
+            query(cypher::SET_SCHEMA).param("schema", SCHEMA_VERSION),
+        )
+        .await?;
+        commit(txn).await?;
+        self.state = None;
+        match outcome {
+            SchemaOutcome::Rebuilt {
+                found,
+                correlations,
+                deleted,
+            } => tracing::warn!(
+                uri = %self.settings.uri,
+                found_schema = found.unwrap_or(1),
+                schema = SCHEMA_VERSION,
+                correlations,
+                deleted_nodes = deleted,
+                "The Neo4j graph was written by an earlier version of Tapio and was cleared: its \
+                 correlations, facts, entities and cursors were deleted, and the graph is rebuilt \
+                 from what this run writes. To refill it with what happened before, replay the \
+                 stream (`tapio replay nats://HOST:PORT/STREAM`) or a recording."
+            ),
+            _ => tracing::info!(
+                uri = %self.settings.uri,
+                schema = SCHEMA_VERSION,
+                "The Neo4j graph was empty; its schema version is set."
+            ),
+        }
+        Ok(outcome)
+    }
+
+    /// [`cypher::READ_SCHEMA`]: the graph's schema, correlations and cursors.
+    async fn read_schema(&self) -> Result<(Option<i64>, u64, u64), Neo4jError> {
+        let mut txn = self.begin().await?;
+        let mut rows = txn
+            .execute(query(cypher::READ_SCHEMA))
+            .await
+            .map_err(|error| Neo4jError::query("read schema", error))?;
+        let mut found = (None, 0, 0);
+        while let Some(row) = rows
+            .next(txn.handle())
+            .await
+            .map_err(|error| Neo4jError::query("read schema", error))?
+        {
+            let count = |column: &str| {
+                row.get::<i64>(column)
+                    .map(|n| u64::try_from(n).unwrap_or(0))
+                    .map_err(|error| Neo4jError::BadValue {
+                        what: format!("the count of {column} is not an integer: {error}"),
+                    })
+            };
+            let schema =
+                row.get::<Option<i64>>("schema")
+                    .map_err(|error| Neo4jError::BadValue {
+                        what: format!("the graph's schema is not an integer: {error}"),
+                    })?;
+            found = (schema, count("correlations")?, count("cursors")?);
+        }
+        commit(txn).await?;
+        Ok(found)
     }
 
     /// The last tick this writer applied, if any. Reads this writer's state from Neo4j unless
@@ -244,7 +374,7 @@ impl Neo4jWriter {
         for (index, statement) in statements.into_iter().enumerate() {
             // Only the first statement moves the version, and only the last the cursor.
             let query = statement
-                .query(cypher::APPLY)
+                .query(&cypher::APPLY)
                 .param("bump", i64::from(index == 0))
                 .param("last", index + 1 == count);
             let found = apply_statement(&mut txn, query).await?;
@@ -383,7 +513,7 @@ fn statements(delta: &Delta, writer: &str, time: i64) -> Result<Vec<wire::Statem
     let mut about: HashMap<(String, String), &str> = delta
         .about
         .iter()
-        .map(|a| ((a.fact_id.clone(), a.entity.clone()), a.what.as_str()))
+        .map(|a| ((a.fact_id.clone(), a.entity.clone()), a.observed.as_str()))
         .collect();
     let mut steps: HashSet<&Link> = delta.links.iter().collect();
     let correlations = delta
@@ -400,15 +530,25 @@ fn statements(delta: &Delta, writer: &str, time: i64) -> Result<Vec<wire::Statem
             ),
         });
     }
-    let blocks = [
-        ids(&delta.removed),
-        links(&delta.links_gone, LinkType::OwnedBy),
-        links(&delta.links_gone, LinkType::Caused),
-        about_gone,
-        ids(&delta.facts_gone),
-        ids(&delta.entities_gone),
-        correlations,
-    ];
+    let mut blocks = Vec::with_capacity(cypher::APPLY_BLOCKS);
+    blocks.push(ids(&delta.removed));
+    for relation in Relation::LINKS {
+        blocks.push(links(&delta.links_gone, relation));
+    }
+    blocks.push(about_gone);
+    blocks.push(ids(&delta.facts_gone));
+    blocks.push(ids(&delta.entities_gone));
+    blocks.push(correlations);
+    let blocks: [Vec<Cell<'_>>; cypher::APPLY_BLOCKS] =
+        blocks
+            .try_into()
+            .map_err(|blocks: Vec<_>| Neo4jError::BadValue {
+                what: format!(
+                    "{} blocks of rows for a statement of {}",
+                    blocks.len(),
+                    cypher::APPLY_BLOCKS
+                ),
+            })?;
     // `bump` and `last` are set per statement when the statements are sent; they are here for
     // their size.
     let fixed = [
@@ -417,7 +557,7 @@ fn statements(delta: &Delta, writer: &str, time: i64) -> Result<Vec<wire::Statem
         ("bump", 0i64.into()),
         ("last", false.into()),
     ];
-    Ok(wire::split(cypher::APPLY, &fixed, blocks))
+    Ok(wire::split(&cypher::APPLY, &fixed, blocks))
 }
 
 /// Rows of ids.
@@ -426,7 +566,7 @@ fn ids(ids: &[String]) -> Vec<Cell<'_>> {
 }
 
 /// Rows of the entity-to-entity steps of one type: `[from, to, fact_id]`.
-fn links(links: &[Link], kind: LinkType) -> Vec<Cell<'_>> {
+fn links(links: &[Link], kind: Relation) -> Vec<Cell<'_>> {
     links
         .iter()
         .filter(|link| link.kind == kind)
@@ -476,9 +616,9 @@ pub(crate) async fn connect(settings: &Neo4jSettings) -> Result<Graph, Neo4jErro
     }
 }
 
-/// A new correlation's row (see [`cypher::APPLY`], block 7). Its hops and steps take, and
-/// remove, from `about` and `steps` the new ABOUT relationships and steps they are the first
-/// to have.
+/// A new correlation's row (see [`cypher::APPLY`], the last block). Its hops and steps take,
+/// and remove, from `about` and `steps` the new ABOUT relationships and steps they are the
+/// first to have.
 fn correlation_row<'a>(
     new: &'a NewCorrelation,
     about: &mut HashMap<(String, String), &'a str>,
@@ -489,35 +629,51 @@ fn correlation_row<'a>(
     let mut new_steps = Vec::new();
     for (index, link) in chain.steps() {
         if steps.remove(&link) {
+            let kind = Relation::LINKS
+                .iter()
+                .position(|relation| *relation == link.kind)
+                .ok_or_else(|| Neo4jError::BadValue {
+                    what: format!("a step of relation {} joins no hops", link.kind.as_str()),
+                })?;
             new_steps.push(Cell::List(vec![
                 int(index as u64)?,
                 int(index as u64 + 1)?,
                 Cell::from(link.fact_id),
-                Cell::Int(match link.kind {
-                    LinkType::OwnedBy => 0,
-                    LinkType::Caused => 1,
-                }),
+                int(kind as u64)?,
             ]));
         }
     }
     let mut hops = Vec::with_capacity(correlation.chain.len());
-    for (hop, (entity, fact)) in correlation.chain.iter().zip(chain.hops) {
-        let key = (fact, entity);
-        let what = about.remove(&key);
-        let (fact, entity) = key;
-        let mut row = vec![Cell::from(entity), Cell::from(fact)];
-        if let Some(what) = what {
+    for (hop, counted) in correlation.chain.iter().zip(chain.hops) {
+        let ChainHop {
+            entity,
+            fact_id,
+            relation,
+        } = counted;
+        let key = (fact_id, entity);
+        let observed = about.remove(&key);
+        let (fact_id, entity) = key;
+        let mut row = vec![
+            Cell::from(entity),
+            Cell::from(fact_id),
+            Cell::from(relation.as_str()),
+        ];
+        if let Some(observed) = observed {
             row.push(int(hop.time)?);
-            row.push(what.into());
+            row.push(observed.into());
         }
         hops.push(Cell::List(row));
     }
+    let data = serde_json::to_string(correlation).map_err(|error| Neo4jError::BadValue {
+        what: format!("correlation {} as JSON: {error}", new.id),
+    })?;
     Ok(Cell::List(vec![
         new.id.as_str().into(),
         correlation.kind.as_str().into(),
+        correlation.family.as_str().into(),
         correlation.root_cause.to_string().into(),
-        correlation.explanation.as_str().into(),
-        i64::from(correlation.confidence).into(),
+        i64::from(correlation.confidence.percent).into(),
+        data.into(),
         Cell::List(hops),
         Cell::List(new_steps),
     ]))
@@ -617,32 +773,41 @@ fn chain_of(row: &neo4rs::Row) -> Result<(String, Chain), Neo4jError> {
     let id = row
         .get::<String>("id")
         .map_err(|error| bad("an id that is not a string", &error))?;
-    let kind = row
-        .get::<String>("kind")
-        .map_err(|error| bad("a kind that is not a string", &error))?;
-    // Counting a correlation whose kind this writer does not know would get its links wrong,
-    // and deleting a step that correlation still makes would follow: better to stop and say so.
-    let kind = serde_json::from_value(serde_json::Value::String(kind.clone())).map_err(|_| {
-        bad(
-            "a kind this writer does not know",
-            &format!("{kind} ({id})"),
-        )
-    })?;
     let root = row
         .get::<Vec<String>>("root")
         .map_err(|error| bad("a bad ROOT_CAUSE", &error))?;
     let hops = row
-        .get::<Vec<Vec<String>>>("hops")
+        .get::<Vec<Vec<Option<String>>>>("hops")
         .map_err(|error| bad("a bad HOP", &error))?;
     let hops = hops
         .into_iter()
-        .map(|pair| match <[String; 2]>::try_from(pair) {
-            Ok([entity, fact]) => Ok((entity, fact)),
-            Err(pair) => Err(bad("a HOP without entity or fact id", &format!("{pair:?}"))),
+        .map(|hop| match <[Option<String>; 3]>::try_from(hop) {
+            Ok([Some(entity), Some(fact_id), Some(relation)]) => {
+                // Counting a hop whose relation this writer does not know would get its steps
+                // wrong, and deleting a step that correlation still makes would follow: better
+                // to stop and say so.
+                let relation =
+                    serde_json::from_value::<Relation>(serde_json::Value::String(relation.clone()))
+                        .map_err(|_| {
+                            bad(
+                                "a HOP with a relation this writer does not know",
+                                &format!("{relation} ({id})"),
+                            )
+                        })?;
+                Ok(ChainHop {
+                    entity,
+                    fact_id,
+                    relation,
+                })
+            }
+            Ok(hop) => Err(bad(
+                "a HOP without entity, fact id or relation",
+                &format!("{hop:?} ({id})"),
+            )),
+            Err(hop) => Err(bad("a bad HOP", &format!("{hop:?} ({id})"))),
         })
         .collect::<Result<Vec<_>, _>>()?;
     let chain = Chain {
-        kind,
         // A correlation has one root cause; a graph edited by hand may have none.
         root_cause: root.into_iter().next().unwrap_or_default(),
         hops,

@@ -1,6 +1,6 @@
 //! The Neo4j sink against a real Neo4j 5.26 (the test harness, started once for this test
 //! binary): random apply/retract sequences, a sink killed mid-batch, refused credentials, an
-//! unreachable server, and Neo4j going away and coming back.
+//! unreachable server, Neo4j going away and coming back, and a graph an earlier version wrote.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -9,11 +9,16 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use neo4rs::{Graph, query};
-use tapio_model::{ClosedBatch, Correlation, CorrelationKind, EntityId, FactId, Hop};
+use tapio_model::{
+    Basis, ClosedBatch, Confidence, Correlation, CorrelationKind, Detail, EntityId, FactId, Hop,
+    Observed, Relation,
+};
 use tapio_sinks::Sink;
 use tapio_sinks_neo4j::harness::{self, Neo4jServer};
-use tapio_sinks_neo4j::model::{correlation_id, links};
-use tapio_sinks_neo4j::{Neo4jSettings, Neo4jSink};
+use tapio_sinks_neo4j::model::{
+    SCHEMA_VERSION, correlation_id, links, observed_json, relationship_type,
+};
+use tapio_sinks_neo4j::{Neo4jSettings, Neo4jSink, Neo4jWriter, SchemaOutcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, mpsc};
@@ -101,13 +106,16 @@ async fn dump(graph: &Graph) -> Vec<String> {
     lines
 }
 
+/// A hop as the graph keeps it on `HOP`: entity, fact id and relation.
+type HopLine = (String, String, String);
+
 /// The graph's correlations, each with its chain read back from its HOP relationships.
-async fn correlations_in(graph: &Graph) -> BTreeMap<String, Vec<(String, String)>> {
+async fn correlations_in(graph: &Graph) -> BTreeMap<String, Vec<HopLine>> {
     let mut rows = graph
         .execute(query(
             "MATCH (c:Correlation)-[h:HOP]->(e:Entity)
              WITH c, h, e ORDER BY h.index
-             RETURN c.id AS id, collect([e.id, h.fact_id]) AS chain",
+             RETURN c.id AS id, collect([e.id, h.fact_id, h.relation]) AS chain",
         ))
         .await
         .expect("read correlations");
@@ -119,9 +127,42 @@ async fn correlations_in(graph: &Graph) -> BTreeMap<String, Vec<(String, String)
             id,
             chain
                 .into_iter()
-                .map(|pair| (pair[0].clone(), pair[1].clone()))
+                .map(|hop| (hop[0].clone(), hop[1].clone(), hop[2].clone()))
                 .collect(),
         );
+    }
+    found
+}
+
+/// The graph's correlation nodes as the correlations their `data` holds, by id, each checked
+/// against the node's own `kind`, `family` and `confidence`.
+async fn data_in(graph: &Graph) -> BTreeMap<String, Correlation> {
+    let mut rows = graph
+        .execute(query(
+            "MATCH (c:Correlation)
+             RETURN c.id AS id, c.kind AS kind, c.family AS family,
+                    c.confidence AS confidence, c.data AS data",
+        ))
+        .await
+        .expect("read correlation data");
+    let mut found = BTreeMap::new();
+    while let Some(row) = rows.next().await.expect("row") {
+        let id: String = row.get("id").expect("id");
+        let data: String = row.get("data").expect("data");
+        let correlation: Correlation = serde_json::from_str(&data).expect("typed JSON");
+        assert_eq!(
+            row.get::<String>("kind").expect("kind"),
+            correlation.kind.as_str()
+        );
+        assert_eq!(
+            row.get::<String>("family").expect("family"),
+            correlation.family.as_str()
+        );
+        assert_eq!(
+            row.get::<i64>("confidence").expect("confidence"),
+            i64::from(correlation.confidence.percent)
+        );
+        found.insert(id, correlation);
     }
     found
 }
@@ -143,62 +184,117 @@ impl Rng {
     }
 }
 
-fn hop(entity: &str, fact: u64, source: &str) -> Hop {
+fn hop(entity: &str, relation: Relation, fact: u64, source: &str) -> Hop {
+    let observed = match source {
+        "kernel" if relation == Relation::Start => Observed::OomKill {
+            comm: "worker".into(),
+            pid: 7,
+            memcg: "/kubepods/pod1".into(),
+            rss_pages: fact,
+        },
+        "kernel" => Observed::ProcessExit {
+            comm: "worker".into(),
+            exit_code: 0,
+            signal: 9,
+        },
+        "cri" => Observed::ContainerExit {
+            container_name: "app".into(),
+            exit_code: 137,
+            reason: "OOMKilled".into(),
+            restart_count: 1,
+        },
+        _ => Observed::OwnerReference,
+    };
     Hop {
         entity: entity.parse().expect("entity id"),
+        relation,
         fact_id: FactId::new(source, "n1", fact),
         time: 1_700_000_000_000_000_000 + fact * 1_000_000,
-        what: format!("fact {fact} about {entity}").into(),
+        observed,
     }
 }
 
-/// Container `c` of pod `c % 4`, of ReplicaSet `c % 4 % 2`, of Deployment 0; the link facts
-/// are fixed per object, like Kubernetes state records.
-fn ownership_hops(container: u64) -> Vec<Hop> {
+/// Container `c`'s ownership chain from hop `from` on (0: the container, 1: its pod): pod
+/// `c % 4`, of ReplicaSet `c % 4 % 2`, of Deployment 0. Each hop carries the evidence of the
+/// link that leads to it, and the first the evidence of the link that leaves it, as the
+/// dataflow's chains do; the link facts are fixed per object, like Kubernetes state records.
+fn ownership_hops(container: u64, from: usize) -> Vec<Hop> {
     let pod = container % 4;
     let rs = pod % 2;
-    vec![
-        hop(
-            &format!("container/c{container}"),
-            100 + container,
+    let entities = [
+        format!("container/c{container}"),
+        format!("pod/default/p{pod}"),
+        format!("replicaset/default/r{rs}"),
+        "deployment/default/d0".to_string(),
+    ];
+    // The fact of the link from entity k to entity k + 1.
+    let facts = [100 + container, 200 + pod, 300 + rs];
+    let mut hops = vec![hop(
+        &entities[from],
+        Relation::Start,
+        facts[from],
+        "kubernetes",
+    )];
+    for k in from + 1..entities.len() {
+        hops.push(hop(
+            &entities[k],
+            Relation::OwnedBy,
+            facts[k - 1],
             "kubernetes",
-        ),
-        hop(&format!("pod/default/p{pod}"), 200 + pod, "kubernetes"),
-        hop(&format!("replicaset/default/r{rs}"), 300 + rs, "kubernetes"),
-        hop("deployment/default/d0", 300 + rs, "kubernetes"),
-    ]
+        ));
+    }
+    hops
+}
+
+/// The ownership correlation of `chain`.
+fn ownership(chain: Vec<Hop>) -> Correlation {
+    let depth = chain.len() as u32 - 1;
+    Correlation::new(
+        CorrelationKind::Ownership,
+        chain.last().expect("non-empty").entity.clone(),
+        chain,
+        Detail::Ownership { depth },
+        Confidence {
+            percent: 100,
+            basis: vec![Basis::RecordedLinks],
+        },
+    )
 }
 
 fn random_correlation(rng: &mut Rng) -> Correlation {
     let container = rng.below(6);
     if rng.below(2) == 0 {
         let start = rng.below(3) as usize;
-        let chain = ownership_hops(container)[start..].to_vec();
-        let root = chain.last().expect("non-empty").entity.clone();
-        Correlation {
-            kind: CorrelationKind::Ownership,
-            root_cause: root,
-            chain,
-            explanation: "owned".into(),
-            confidence: 100,
-        }
+        ownership(ownership_hops(container, start))
     } else {
         let pid = rng.below(3);
         let process = format!("process/n1/{pid}/{container}");
         let kill = 1000 + rng.below(4);
         let mut chain = vec![
-            hop(&process, kill, "kernel"),
-            hop(&process, kill + 10, "kernel"),
-            hop(&format!("container/c{container}"), kill + 20, "cri"),
+            hop(&process, Relation::Start, kill, "kernel"),
+            hop(&process, Relation::FollowedBy, kill + 10, "kernel"),
+            hop(
+                &format!("container/c{container}"),
+                Relation::Caused,
+                kill + 20,
+                "cri",
+            ),
         ];
-        chain.extend(ownership_hops(container));
-        Correlation {
-            kind: CorrelationKind::OomRestart,
-            root_cause: process.parse::<EntityId>().expect("entity id"),
+        chain.extend(ownership_hops(container, 0).into_iter().skip(1));
+        Correlation::new(
+            CorrelationKind::OomRestart,
+            process.parse::<EntityId>().expect("entity id"),
             chain,
-            explanation: format!("OOM {kill}"),
-            confidence: 95,
-        }
+            Detail::Sequence {
+                steps: 3,
+                span_ns: 20_000_000,
+                within_ns: 60_000_000_000,
+            },
+            Confidence {
+                percent: 95,
+                basis: vec![Basis::EveryStepObserved, Basis::ContainerEndSaysOom],
+            },
+        )
     }
 }
 
@@ -253,19 +349,21 @@ async fn reference_dump(graph: &Graph, current: &BTreeSet<Correlation>) -> Vec<S
     dump(graph).await
 }
 
-/// The graph's shared elements as text: entities, facts (with time), ABOUT (with what) and
-/// entity-to-entity steps.
+/// The graph's shared elements as text: entities, facts (with time), ABOUT (with what was
+/// observed) and entity-to-entity steps of every type.
 async fn shared_elements_in(graph: &Graph) -> BTreeSet<String> {
+    let types: Vec<String> = Relation::LINKS.into_iter().map(relationship_type).collect();
     let mut found = BTreeSet::new();
     let mut rows = graph
-        .execute(query(
+        .execute(query(&format!(
             "MATCH (e:Entity) RETURN 'entity ' + e.id AS line
              UNION ALL MATCH (f:Fact) RETURN 'fact ' + f.id + ' ' + toString(f.time) AS line
              UNION ALL MATCH (f:Fact)-[a:ABOUT]->(e:Entity)
-               RETURN 'about ' + f.id + ' ' + e.id + ' ' + a.what AS line
-             UNION ALL MATCH (a:Entity)-[l:OWNED_BY|CAUSED]->(b:Entity)
+               RETURN 'about ' + f.id + ' ' + e.id + ' ' + a.observed AS line
+             UNION ALL MATCH (a:Entity)-[l:{}]->(b:Entity)
                RETURN 'step ' + a.id + ' ' + type(l) + ' ' + b.id + ' ' + l.fact_id AS line",
-        ))
+            types.join("|")
+        )))
         .await
         .expect("read shared elements");
     while let Some(row) = rows.next().await.expect("row") {
@@ -283,13 +381,18 @@ fn expected_shared_elements(current: &BTreeSet<Correlation>) -> BTreeSet<String>
         for hop in &c.chain {
             expected.insert(format!("entity {}", hop.entity));
             expected.insert(format!("fact {} {}", hop.fact_id, hop.time));
-            expected.insert(format!("about {} {} {}", hop.fact_id, hop.entity, hop.what));
+            expected.insert(format!(
+                "about {} {} {}",
+                hop.fact_id,
+                hop.entity,
+                observed_json(&hop.observed)
+            ));
         }
         for link in links(c) {
             expected.insert(format!(
                 "step {} {} {} {}",
                 link.from,
-                link.kind.as_str(),
+                relationship_type(link.kind),
                 link.to,
                 link.fact_id
             ));
@@ -298,7 +401,7 @@ fn expected_shared_elements(current: &BTreeSet<Correlation>) -> BTreeSet<String>
     expected
 }
 
-fn expected_chains(current: &BTreeSet<Correlation>) -> BTreeMap<String, Vec<(String, String)>> {
+fn expected_chains(current: &BTreeSet<Correlation>) -> BTreeMap<String, Vec<HopLine>> {
     current
         .iter()
         .map(|c| {
@@ -306,7 +409,13 @@ fn expected_chains(current: &BTreeSet<Correlation>) -> BTreeMap<String, Vec<(Str
                 correlation_id(c),
                 c.chain
                     .iter()
-                    .map(|h| (h.entity.to_string(), h.fact_id.to_string()))
+                    .map(|h| {
+                        (
+                            h.entity.to_string(),
+                            h.fact_id.to_string(),
+                            h.relation.as_str().to_string(),
+                        )
+                    })
                     .collect(),
             )
         })
@@ -327,6 +436,14 @@ async fn random_apply_retract_sequences_leave_the_current_set() {
             correlations_in(&graph).await,
             expected_chains(&current),
             "seed {seed}: correlations and chains"
+        );
+        assert_eq!(
+            data_in(&graph).await,
+            current
+                .iter()
+                .map(|c| (correlation_id(c), c.clone()))
+                .collect(),
+            "seed {seed}: each correlation node holds its correlation's typed data"
         );
         assert_eq!(
             shared_elements_in(&graph).await,
@@ -366,21 +483,8 @@ async fn an_entity_shared_by_two_correlations_survives_the_retraction_of_one() {
     let _db = DATABASE.lock().await;
     let graph = graph().await;
     clear(&graph).await;
-    let chain = ownership_hops(1);
-    let pod_chain = Correlation {
-        kind: CorrelationKind::Ownership,
-        root_cause: chain[3].entity.clone(),
-        chain: chain[1..].to_vec(),
-        explanation: "pod".into(),
-        confidence: 100,
-    };
-    let container_chain = Correlation {
-        kind: CorrelationKind::Ownership,
-        root_cause: chain[3].entity.clone(),
-        chain: chain.clone(),
-        explanation: "container".into(),
-        confidence: 100,
-    };
+    let pod_chain = ownership(ownership_hops(1, 1));
+    let container_chain = ownership(ownership_hops(1, 0));
     write(
         "shared",
         vec![
@@ -846,14 +950,7 @@ async fn running_after(
 /// The ownership correlation of container `container`'s chain from hop `from` on (0: the
 /// container, 1: its pod).
 fn owned(container: u64, from: usize) -> Correlation {
-    let chain = ownership_hops(container)[from..].to_vec();
-    Correlation {
-        kind: CorrelationKind::Ownership,
-        root_cause: chain.last().expect("non-empty").entity.clone(),
-        chain,
-        explanation: format!("container {container} from hop {from}"),
-        confidence: 100,
-    }
+    ownership(ownership_hops(container, from))
 }
 
 /// A writer keeps what it knows of the graph in memory. When another writer (another Tapio
@@ -918,4 +1015,184 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Log lines written while a test runs, for asserting what the sink told the operator.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("logs")).into_owned()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("logs").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How many nodes have `label`.
+async fn count(graph: &Graph, label: &str) -> i64 {
+    graph
+        .execute(query(&format!("MATCH (n:{label}) RETURN count(n) AS n")))
+        .await
+        .expect("count")
+        .next()
+        .await
+        .expect("row")
+        .expect("one row")
+        .get("n")
+        .expect("n")
+}
+
+/// The graph's schema version, if set.
+async fn schema_in(graph: &Graph) -> Option<i64> {
+    graph
+        .execute(query(
+            "MATCH (g:TapioGraph {key: 'graph'}) RETURN g.schema AS schema",
+        ))
+        .await
+        .expect("schema")
+        .next()
+        .await
+        .expect("row")
+        .and_then(|row| row.get::<Option<i64>>("schema").expect("schema"))
+}
+
+/// A graph written by the first version of Tapio (relationship types picked by rule, evidence
+/// as text on `explanation` and `ABOUT.what`, no schema on the graph node) is not mixed with
+/// this version's: the start deletes what that version wrote, cursors included, says so in a
+/// warning that tells how to refill it, and the writer then fills the graph from scratch.
+#[tokio::test]
+async fn a_graph_written_by_an_earlier_version_is_rebuilt_and_the_log_says_so() {
+    let _db = DATABASE.lock().await;
+    let graph = graph().await;
+    clear(&graph).await;
+    graph
+        .run(query(
+            "CREATE (g:TapioGraph {key: 'graph', version: 41})
+             CREATE (w:TapioCursor {writer: 'upgrade', tick: 99})
+             CREATE (c:Correlation {id: 'c1', kind: 'ownership', confidence: 100, since: 9,
+                                    explanation: 'pod/default/p0 is owned by: replicaset/default/r0'})
+             CREATE (pod:Entity {id: 'pod/default/p0'}), (rs:Entity {id: 'replicaset/default/r0'})
+             CREATE (f:Fact {id: 'kubernetes/n1/200', time: 5})
+             CREATE (c)-[:ROOT_CAUSE]->(rs)
+             CREATE (c)-[:HOP {index: 0, fact_id: 'kubernetes/n1/200'}]->(pod)
+             CREATE (c)-[:HOP {index: 1, fact_id: 'kubernetes/n1/200'}]->(rs)
+             CREATE (f)-[:ABOUT {what: 'pod of replicaset'}]->(pod)
+             CREATE (pod)-[:OWNED_BY {fact_id: 'kubernetes/n1/200'}]->(rs)
+             CREATE (:Elsewhere {name: 'not written by Tapio'})",
+        ))
+        .await
+        .expect("write an earlier version's graph");
+
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer({
+            let logs = logs.clone();
+            move || logs.clone()
+        })
+        .finish();
+    let outcome = {
+        let _logging = tracing::subscriber::set_default(subscriber);
+        let mut writer = Neo4jWriter::connect(&settings("upgrade"))
+            .await
+            .expect("connect");
+        let outcome = writer.ensure_schema().await.expect("schema");
+        assert_eq!(writer.cursor().await.expect("cursor"), None, "cursor gone");
+        outcome
+    };
+    assert_eq!(
+        outcome,
+        SchemaOutcome::Rebuilt {
+            found: None,
+            correlations: 1,
+            deleted: 5,
+        }
+    );
+    let logs = logs.text();
+    assert!(
+        logs.contains("WARN")
+            && logs.contains("written by an earlier version of Tapio and was cleared")
+            && logs.contains("tapio replay nats://HOST:PORT/STREAM"),
+        "{logs}"
+    );
+    for label in ["Correlation", "Entity", "Fact", "TapioCursor"] {
+        assert_eq!(count(&graph, label).await, 0, "{label} nodes are gone");
+    }
+    assert_eq!(count(&graph, "Elsewhere").await, 1, "other nodes stay");
+    assert_eq!(schema_in(&graph).await, Some(SCHEMA_VERSION));
+    let version: i64 = graph
+        .execute(query(
+            "MATCH (g:TapioGraph {key: 'graph'}) RETURN g.version AS version",
+        ))
+        .await
+        .expect("version")
+        .next()
+        .await
+        .expect("row")
+        .expect("one row")
+        .get("version")
+        .expect("version");
+    assert_eq!(
+        version, 42,
+        "writers that kept counts of the old graph read it again"
+    );
+
+    // The writer fills it as a fresh graph, and the next start finds it current.
+    let correlation = owned(1, 1);
+    write("upgrade", vec![batch(10, &[(&correlation, 1)])]).await;
+    assert_eq!(
+        correlations_in(&graph).await,
+        expected_chains(&BTreeSet::from([correlation]))
+    );
+    let mut writer = Neo4jWriter::connect(&settings("upgrade"))
+        .await
+        .expect("connect");
+    assert_eq!(
+        writer.ensure_schema().await.expect("schema"),
+        SchemaOutcome::Current
+    );
+}
+
+/// An empty graph just gets the schema; a graph a later version wrote is left alone with one
+/// clear error.
+#[tokio::test]
+async fn an_empty_graph_gets_the_schema_and_a_newer_one_is_refused() {
+    let _db = DATABASE.lock().await;
+    let graph = graph().await;
+    clear(&graph).await;
+    let mut writer = Neo4jWriter::connect(&settings("schema"))
+        .await
+        .expect("connect");
+    assert_eq!(
+        writer.ensure_schema().await.expect("schema"),
+        SchemaOutcome::Created
+    );
+    assert_eq!(schema_in(&graph).await, Some(SCHEMA_VERSION));
+    write("schema", vec![batch(10, &[(&owned(2, 0), 1)])]).await;
+    let before = dump(&graph).await;
+    graph
+        .run(query(
+            "MATCH (g:TapioGraph {key: 'graph'}) SET g.schema = g.schema + 1",
+        ))
+        .await
+        .expect("a later version's schema");
+    let error = writer.ensure_schema().await.expect_err("refused");
+    let text = error_chain(&error);
+    assert!(
+        text.contains("written by a later version of Tapio")
+            && text.contains(&format!("this version writes {SCHEMA_VERSION}")),
+        "{text}"
+    );
+    assert!(!error.is_retryable());
+    assert_eq!(dump(&graph).await, before, "nothing deleted");
 }
