@@ -164,10 +164,7 @@ async fn polls_a_real_kubelet_over_tls_with_an_rbac_token() -> anyhow::Result<()
         "{exit:?}"
     );
     // Each termination is reported once.
-    let mut ids: Vec<&str> = exits
-        .iter()
-        .map(|exit| exit.container_id.as_str())
-        .collect();
+    let mut ids: Vec<&str> = exits.iter().map(|exit| &*exit.container_id).collect();
     ids.dedup();
     assert_eq!(ids.len(), exits.len(), "{exits:#?}");
 

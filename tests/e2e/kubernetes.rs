@@ -378,7 +378,7 @@ async fn rollout_scale_down_restart_and_delete_against_a_real_control_plane() ->
         .await?;
     assert!(
         initial.iter().any(|object| matches!(object, StateObject::NodeCondition(c)
-            if c.node.to_string() == "node/node-1" && c.condition == "Ready" && c.status == "True")),
+            if c.node.to_string() == "node/node-1" && c.condition == "Ready" && c.status == tapio_model::ConditionStatus::True)),
         "{initial:#?}"
     );
     assert!(
