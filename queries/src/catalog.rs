@@ -87,15 +87,19 @@ RETURN x.id AS entity, split(x.id, '/')[0] AS kind, best.how AS how, length(best
        [r IN relationships(best.p) | r.fact_id] AS evidence
 ORDER BY distance, entity";
 
-/// `timeline ENTITY [--since T]`: every fact about the entity or anything it owns, oldest
-/// first, with what it observed there (`observed`) and the entity of the hop before it
+/// `timeline ENTITY [--since T]`: every fact about the entity, anything it owns, and the
+/// entities that caused something to those (the OOM-killed process of a container: processes
+/// have no ownership of their own in the graph), oldest first, with what it observed there (`observed`) and the entity of the hop before it
 /// (`previous`: the start of a step into the entity with that fact as evidence, if any), which
 /// the text of some observations names. `$entity`, `$since` (ns since the Unix epoch; 0 for
 /// everything).
 pub const TIMELINE: &str = "\
 MATCH (e:Entity {id: $entity})
-MATCH (e)<-[:OWNED_BY*0..8]-(x:Entity)
-WITH DISTINCT x
+MATCH (e)<-[:OWNED_BY*0..8]-(owned:Entity)
+OPTIONAL MATCH (cause:Entity)-[:CAUSED]->(owned)
+WITH [owned, cause] AS both
+UNWIND both AS x
+WITH DISTINCT x WHERE x IS NOT NULL
 MATCH (f:Fact)-[a:ABOUT]->(x)
 WHERE f.time >= $since
 RETURN f.time AS time, x.id AS entity, f.id AS fact_id, a.observed AS observed,

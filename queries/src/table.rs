@@ -250,7 +250,7 @@ mod tests {
             "{table}"
         );
         assert!(
-            lines[6].ends_with("runs container/c1 as container app"),
+            lines[6].ends_with("runs container app (container/c1)"),
             "{table}"
         );
     }
@@ -268,7 +268,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(typed, Observed::OwnerReference);
-        assert_eq!(with, "owner of pod/default/p, named by its owner reference");
+        assert_eq!(with, "owner of pod/default/p");
         let (_, without) = crate::evidence(
             "timeline",
             "replicaset/default/r",

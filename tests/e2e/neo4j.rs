@@ -170,7 +170,6 @@ fn kspan_replay_fills_neo4j_and_every_question_is_answered() {
             PROCESS,
             PROCESS,
             CONTAINER,
-            CONTAINER,
             POD,
             "replicaset/default/px-7df978b9bf",
             "deployment/default/px",
@@ -222,14 +221,14 @@ fn kspan_replay_fills_neo4j_and_every_question_is_answered() {
     );
     let deployment = query_json(&config, &["blast-radius", "deployment/default/px"]);
     let inside = strings(&deployment["impacts"], "entity");
-    assert!(inside.contains(&POD.to_string()) && inside.contains(&PROCESS.to_string()));
+    assert!(inside.contains(&POD.to_string()) && inside.contains(&CONTAINER.to_string()));
 
-    // timeline: every fact about the pod and what runs in it, oldest first; --since cuts.
+    // timeline: every fact about the pod, what runs in it and the process that stopped its
+    // container, oldest first; --since cuts.
     let timeline = query_json(&config, &["timeline", POD]);
     let facts = strings(&timeline["events"], "fact_id");
     assert!(
         facts.starts_with(&[
-            "kernel/kind-control-plane/7".to_string(),
             "kernel/kind-control-plane/2".to_string(),
             "kernel/kind-control-plane/3".to_string(),
             "cri/kind-control-plane/1".to_string(),
@@ -248,7 +247,7 @@ fn kspan_replay_fills_neo4j_and_every_question_is_answered() {
         &["timeline", POD, "--since", "2021-05-19T09:43:02.502Z"],
     );
     let later = strings(&later["events"], "fact_id");
-    assert_eq!(later.len(), facts.len() - 2, "{later:?}");
+    assert_eq!(later.len(), facts.len() - 1, "{later:?}");
     assert_eq!(later[0], "kernel/kind-control-plane/3");
 
     // path: caused, then owned by, up to the Deployment.
@@ -258,15 +257,15 @@ fn kspan_replay_fills_neo4j_and_every_question_is_answered() {
         ["CAUSED", "OWNED_BY", "OWNED_BY", "OWNED_BY"]
     );
     assert_eq!(path["nodes"][0], PROCESS);
-    // What each step's evidence says comes from the fact's ABOUT to the effect (CAUSED) or to
-    // the owned entity (OWNED_BY).
+    // What each step's evidence says is rendered from the typed observation on the fact's
+    // ABOUT to the step's end.
     assert_eq!(
         strings(&path["steps"], "what"),
         [
             "container podinfo exited with code 137 (OOMKilled), restart count 1",
-            format!("container podinfo of {POD}").as_str(),
-            "owned by replicaset/default/px-7df978b9bf",
-            "owned by deployment/default/px",
+            format!("runs container podinfo ({CONTAINER})").as_str(),
+            format!("owner of {POD}").as_str(),
+            "owner of replicaset/default/px-7df978b9bf",
         ]
     );
     // Evidence times come from the facts: the same in why, path and timeline.

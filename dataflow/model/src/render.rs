@@ -113,15 +113,15 @@ pub fn describe_hop(hop: &Hop, previous: Option<&Hop>) -> String {
             "container {container_name} exited with code {exit_code} ({reason}), restart count {restart_count}"
         ),
         Observed::OwnerReference => match previous {
-            Some(previous) => format!("owner of {}, named by its owner reference", previous.entity),
+            Some(previous) => format!("owner of {}", previous.entity),
             None => "named its owner in an owner reference".to_string(),
         },
         Observed::PodContainer { container_name } => match previous {
-            Some(previous) => format!("runs {} as container {container_name}", previous.entity),
+            Some(previous) => format!("runs container {container_name} ({})", previous.entity),
             None => format!("container {container_name} of a pod"),
         },
         Observed::ProcessInContainer { filename } => match previous {
-            Some(previous) => format!("runs {} ({filename})", previous.entity),
+            Some(previous) => format!("runs {filename} as {}", previous.entity),
             None => format!("runs {filename} in a container"),
         },
     }
