@@ -1,12 +1,16 @@
-//! Shared helpers for Tapio's cross-crate tests (layer L4).
+//! Shared helpers for Tapio's cross-crate tests and benchmarks (layer L4).
 //!
-//! [`kspan`] builds the shipped recording `tests/recordings/kspan-rollout-oom.jsonl` from the real
+//! [`synthetic`] generates seeded synthetic cluster streams for the end-to-end tests and the
+//! benchmarks; [`random`] holds the small seeded random generators; [`nats`] and
+//! [`control_plane`] run real servers. [`kspan`]
+//! builds the shipped recording `tests/recordings/kspan-rollout-oom.jsonl` from the real
 //! Kubernetes rollout recorded by the kspan project (`tests/fixtures/k8s/kspan/`), plus the
 //! kernel and container-runtime facts of an OOM kill in one of its pods.
 
 pub mod control_plane;
 pub mod kspan;
 pub mod nats;
+pub mod random;
 pub mod synthetic;
 
 use std::path::PathBuf;
