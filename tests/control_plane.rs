@@ -12,12 +12,14 @@
 //! groups, which only the RBAC in `sources/kubernetes/rbac.yaml` grants anything), and
 //! authorizes with RBAC.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+use crate::try_free_port;
 
 /// The control-plane binary: `$TAPIO_CONTROLPLANE_BIN`, or `target/controlplane/controlplane`.
 pub fn binary() -> PathBuf {
@@ -28,10 +30,6 @@ pub fn binary() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::repo_root().join("target"));
     target.join("controlplane").join("controlplane")
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn wait_for_port(port: u16, within: Duration, what: &str, log: &Path) -> Result<()> {
@@ -99,8 +97,8 @@ impl ControlPlane {
             apiserver: None,
             controller_manager: None,
             scheduler: None,
-            etcd_port: free_port()?,
-            port: free_port()?,
+            etcd_port: try_free_port()?,
+            port: try_free_port()?,
         };
         plane.start_etcd()?;
         plane.start_apiserver()?;
@@ -124,7 +122,7 @@ impl ControlPlane {
     }
 
     fn start_etcd(&mut self) -> Result<()> {
-        let peer = free_port()?;
+        let peer = try_free_port()?;
         let client = format!("http://127.0.0.1:{}", self.etcd_port);
         let peer = format!("http://127.0.0.1:{peer}");
         let args: Vec<String> = [
@@ -189,7 +187,7 @@ impl ControlPlane {
                 format!("--kubeconfig={kubeconfig}"),
                 "--leader-elect=false".into(),
                 "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={}", free_port()?),
+                format!("--secure-port={}", try_free_port()?),
                 format!(
                     "--service-account-private-key-file={}",
                     pki.join("sa.key").display()
@@ -209,7 +207,7 @@ impl ControlPlane {
                 format!("--authorization-kubeconfig={kubeconfig}"),
                 "--leader-elect=false".into(),
                 "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={}", free_port()?),
+                format!("--secure-port={}", try_free_port()?),
             ],
         )?);
         Ok(())
@@ -334,7 +332,7 @@ impl ControlPlane {
                     .context("start containerd")?,
             ),
             kubelet: None,
-            port: free_port()?,
+            port: try_free_port()?,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !socket.exists() {
@@ -376,7 +374,7 @@ impl ControlPlane {
         let config = format!(
             "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\naddress: 127.0.0.1\nport: {port}\nreadOnlyPort: 0\nhealthzPort: {healthz}\nfailCgroupV1: false\nfailSwapOn: false\ncgroupDriver: cgroupfs\ncgroupsPerQOS: false\nenforceNodeAllocatable: []\nevictionHard: {{memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}}\ncontainerRuntimeEndpoint: unix://{socket}\ntlsCertFile: {cert}\ntlsPrivateKeyFile: {key}\nauthentication:\n  anonymous: {{enabled: false}}\n  webhook: {{enabled: true}}\n  x509: {{clientCAFile: {ca}}}\nauthorization:\n  mode: Webhook\n  webhook: {{cacheAuthorizedTTL: 1s, cacheUnauthorizedTTL: 1s}}\n",
             port = kubelet.port,
-            healthz = free_port()?,
+            healthz = try_free_port()?,
             socket = socket.display(),
             cert = pki.join("apiserver.crt").display(),
             key = pki.join("apiserver.key").display(),

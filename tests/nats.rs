@@ -5,7 +5,7 @@
 //! package `nats-server`, which `.ci/install` installs), else `nats-server` on `PATH`.
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,15 +32,6 @@ pub fn binary() -> PathBuf {
     }
 }
 
-/// A loopback port nothing listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("local address")
-        .port()
-}
-
 impl NatsServer {
     /// Starts a server on a free port with a fresh store directory named after `name`.
     pub fn start(name: &str) -> NatsServer {
@@ -57,7 +48,7 @@ impl NatsServer {
         std::fs::create_dir_all(dir.join("js")).expect("create the store directory");
         NatsServer {
             binary: binary(),
-            port: free_port(),
+            port: crate::free_port(),
             dir,
             child: None,
         }

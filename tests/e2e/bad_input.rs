@@ -68,14 +68,8 @@ fn bad_lines_are_reported_by_position_and_the_rest_is_correlated() {
 fn a_file_that_is_not_a_recording_is_one_clear_error() {
     let dir = scratch("garbage");
     let path = dir.join("garbage.bin");
-    let mut bytes = Vec::new();
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    for _ in 0..10_000 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        bytes.push(seed as u8);
-    }
+    let mut rng = tapio_tests::random::XorShift64::new(0x9e37_79b9_7f4a_7c15);
+    let bytes: Vec<u8> = (0..10_000).map(|_| rng.next_u64() as u8).collect();
     std::fs::write(&path, bytes).expect("write");
     let output = tapio().arg("replay").arg(&path).output().expect("run");
     let stderr = String::from_utf8_lossy(&output.stderr);

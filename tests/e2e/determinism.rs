@@ -1,13 +1,14 @@
 //! Same recording ⇒ same correlations: for 1, 2 and 4 workers, for 2 processes on loopback, and
 //! for any arrival order within the lateness bound.
 
-use std::net::TcpListener;
 use std::path::Path;
 
 use tapio_model::Observation;
-use tapio_model::recording::{RecordingReader, RecordingWriter};
+use tapio_model::recording::RecordingReader;
+use tapio_tests::free_port;
+use tapio_tests::random::XorShift64;
 
-use crate::support::{kspan_recording, read_changes, replay, scratch, tapio};
+use crate::support::{kspan_recording, read_changes, replay, scratch, tapio, write_recording};
 
 fn read(path: &Path) -> Vec<Observation> {
     let bytes = std::fs::read(path).expect("read recording");
@@ -16,18 +17,10 @@ fn read(path: &Path) -> Vec<Observation> {
         .collect()
 }
 
-fn write(path: &Path, observations: &[Observation]) {
-    let mut writer =
-        RecordingWriter::new(std::fs::File::create(path).expect("create")).expect("header");
-    for observation in observations {
-        writer.write(observation).expect("write");
-    }
-}
-
 fn recordings() -> Vec<(String, std::path::PathBuf)> {
     let dir = scratch("synthetic-recording");
     let synthetic = dir.join("synthetic.jsonl");
-    write(
+    write_recording(
         &synthetic,
         &tapio_tests::synthetic::stream(&tapio_tests::synthetic::Shape::small()),
     );
@@ -55,14 +48,6 @@ fn worker_count_does_not_change_the_output() {
             assert!(one == many, "{name}: {workers} workers differ from 1");
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 #[test]
@@ -130,13 +115,8 @@ fn run_cluster_of_two(recording: &Path, dir: &Path) -> Result<(), String> {
 /// Moves each fact and state update later by up to two heartbeat rounds (1 s, inside the 2 s
 /// lateness bound) and shuffles within each stretch between heartbeats.
 fn reorder_within_lateness(observations: &[Observation], seed: u64) -> Vec<Observation> {
-    let mut state = seed | 1;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut rng = XorShift64::new(seed | 1);
+    let mut next = move || rng.next_u64();
     // Split into stretches: the observations of one heartbeat round, then that round's beats.
     let mut stretches: Vec<(Vec<Observation>, Vec<Observation>)> = vec![(vec![], vec![])];
     for observation in observations {
@@ -200,7 +180,7 @@ fn arrival_order_within_the_lateness_bound_does_not_change_the_output() {
             assert_eq!(shuffled.len(), observations.len());
             let dir = scratch(&format!("{name}-shuffled-{seed}"));
             let path = dir.join("shuffled.jsonl");
-            write(&path, &shuffled);
+            write_recording(&path, &shuffled);
             let (output, log) = replay(&path, &["--workers", "2"], &format!("{name}-run-{seed}"));
             assert!(
                 log.contains("late=0"),
@@ -234,7 +214,7 @@ fn a_fact_beyond_the_lateness_bound_is_clamped_and_counted() {
     observations.insert(beats_seen, exit);
     let dir = scratch("late");
     let path = dir.join("late.jsonl");
-    write(&path, &observations);
+    write_recording(&path, &observations);
     let (changes, log) = replay(&path, &[], "late-run");
     assert!(
         log.contains("late=1"),
@@ -338,7 +318,7 @@ fn a_node_cut_off_and_back() -> Vec<Observation> {
 fn a_node_cut_off_and_back_is_retired_and_rejoins_alike_live_and_in_replay() {
     let dir = scratch("cut-off");
     let recording = dir.join("cut-off.jsonl");
-    write(&recording, &a_node_cut_off_and_back());
+    write_recording(&recording, &a_node_cut_off_and_back());
     let counts = ["sources_retired=1", "sources_rejoined=1", "late=3"];
     let (one, log) = replay(&recording, &["--workers", "1"], "cut-off-w1");
     for count in counts {

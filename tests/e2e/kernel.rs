@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tapio_model::{CorrelationKind, Observed};
+use tapio_tests::random::XorShift64;
 
 use crate::support::{current, read_changes, scratch, tapio};
 
@@ -28,21 +29,10 @@ impl Drop for Cgroups {
     }
 }
 
-fn hex(len: usize, mut seed: u64) -> String {
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            char::from_digit((seed % 16) as u32, 16).expect("hex digit")
-        })
-        .collect()
-}
-
 #[test]
 fn tapio_run_reports_a_real_oom_kill_as_an_oom_restart() {
     let seed = u64::from(std::process::id()) << 20 | 0x5eed;
-    let id = hex(32, seed);
+    let id = XorShift64::new(seed).hex(32);
     let pod_uid = format!(
         "{}-{}-{}-{}-{}",
         &id[0..8],
@@ -51,7 +41,7 @@ fn tapio_run_reports_a_real_oom_kill_as_an_oom_restart() {
         &id[16..20],
         &id[20..32]
     );
-    let container_id = hex(64, seed ^ 0xc0ffee);
+    let container_id = XorShift64::new(seed ^ 0xc0ffee).hex(64);
     let relative = format!("kubepods/burstable/pod{pod_uid}/{container_id}");
     let mut created = Vec::new();
     let mut leaves = Vec::new();

@@ -5,21 +5,21 @@
 //! and a lost connection stores no fact behind a heartbeat beyond the lateness bound.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tapio_model::recording::RecordingWriter;
 use tapio_model::{Fact, FactId, FactPayload, Heartbeat, Observation, ProcessExit};
 use tapio_sinks_nats::{Publisher, PublisherReport};
 use tapio_sources::{Positions, SourceContext, Status};
 use tapio_tests::nats::NatsServer;
+use tapio_tests::synthetic::START_NS;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{kspan_recording, scratch, succeed, tapio};
+use crate::support::{kspan_recording, replay_to, scratch, succeed, tapio, write_recording};
 
 const CONSUMER: &str = "tapio-correlation";
 
@@ -28,26 +28,14 @@ const CONSUMER: &str = "tapio-correlation";
 fn synthetic(dir: &Path) -> (PathBuf, u64) {
     let path = dir.join("synthetic.jsonl");
     let observations = tapio_tests::synthetic::stream(&tapio_tests::synthetic::Shape::small());
-    let mut writer =
-        RecordingWriter::new(std::fs::File::create(&path).expect("create")).expect("header");
-    for observation in &observations {
-        writer.write(observation).expect("write");
-    }
-    writer.flush().expect("flush");
+    write_recording(&path, &observations);
     (path, observations.len() as u64)
 }
 
 /// What `tapio replay FILE` writes: the fault-free correlations.
 fn reference(recording: &Path, extra: &[&str], dir: &Path) -> String {
     let out = dir.join("reference.jsonl");
-    succeed(
-        tapio()
-            .arg("replay")
-            .arg(recording)
-            .arg("--output")
-            .arg(&out)
-            .args(extra),
-    );
+    replay_to(recording, &out, extra);
     std::fs::read_to_string(out).expect("read the reference output")
 }
 
@@ -258,13 +246,7 @@ fn count(stderr: &str, line: &str, name: &str) -> u64 {
 
 fn replay_stream(url: &str, extra: &[&str], dir: &Path) -> (String, String) {
     let out = dir.join("replayed.jsonl");
-    let address = format!("{url}/TAPIO");
-    let output: Output = succeed(
-        tapio()
-            .args(["replay", &address, "--output"])
-            .arg(&out)
-            .args(extra),
-    );
+    let output = replay_to(format!("{url}/TAPIO"), &out, extra);
     (
         std::fs::read_to_string(out).expect("read the replay output"),
         String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -591,8 +573,8 @@ async fn stream_messages(url: &str) -> u64 {
 fn a_batch_with_a_malformed_line_delivers_the_rest_and_reports_the_line() {
     let nats = NatsServer::start("malformed-line");
     let dir = scratch("nats-malformed-line");
-    let first = beat(1_767_225_600_000_000_000);
-    let last = beat(1_767_225_601_000_000_000);
+    let first = beat(START_NS);
+    let last = beat(START_NS + 1_000_000_000);
     let payload = format!(
         "{}\n{{\"kind\":\"fact\",\n{}",
         serde_json::to_string(&first).expect("json"),
@@ -692,9 +674,7 @@ fn a_spooled_batch_keeps_its_id_so_a_re_publish_stores_nothing_twice() {
     let dir = scratch("nats-republish");
     let spool = dir.join("agent.spool");
     let config = nats_config(&nats.url(), &spool);
-    let beats: Vec<Observation> = (0..1000)
-        .map(|i| beat(1_767_225_600_000_000_000 + i))
-        .collect();
+    let beats: Vec<Observation> = (0..1000).map(|i| beat(START_NS + i)).collect();
     // NATS is down: the agent spools whole messages and stops, leaving them for its next start.
     let report = runtime().block_on(publish(&config, &beats, true));
     assert_eq!((report.spooled, report.dropped), (1000, 0), "{report:?}");
@@ -779,7 +759,6 @@ fn a_lost_connection_stores_no_fact_behind_a_heartbeat_beyond_the_lateness() {
     const STEPS: u64 = 40_000;
     const STEP_NS: u64 = 10_000_000;
     const LATENESS_NS: u64 = 2_000_000_000;
-    const START_NS: u64 = 1_767_225_600_000_000_000;
     let mut nats = NatsServer::start("lost-connection");
     let dir = scratch("nats-lost-connection");
     let config = nats_config(&nats.url(), &dir.join("agent.spool"));
@@ -853,9 +832,7 @@ fn a_publisher_that_finds_nats_up_publishes_a_full_input_without_spooling() {
     let dir = scratch("nats-direct");
     let config = nats_config(&nats.url(), &dir.join("agent.spool"));
     // A microsecond apart: well inside the bound on the unacknowledged span.
-    let observations: Vec<Observation> = (0..20_000)
-        .map(|i| beat(1_767_225_600_000_000_000 + i * 1_000))
-        .collect();
+    let observations: Vec<Observation> = (0..20_000).map(|i| beat(START_NS + i * 1_000)).collect();
     let report = runtime().block_on(async {
         let publisher = Publisher::connect(&config).await.expect("client");
         // The client connects in the background; the agent's input is full from the start.
@@ -886,9 +863,7 @@ fn an_agent_back_from_an_outage_under_a_steady_input_returns_to_publishing_direc
     // what the publisher takes, but never idle.
     let rate = 50_000u64;
     let total = 4 * rate;
-    let observations: Vec<Observation> = (0..total)
-        .map(|i| beat(1_767_225_600_000_000_000 + i * 20_000))
-        .collect();
+    let observations: Vec<Observation> = (0..total).map(|i| beat(START_NS + i * 20_000)).collect();
     let started = std::time::SystemTime::now();
     let report = runtime().block_on(async {
         let publisher = Publisher::connect(&config).await.expect("client");

@@ -1,9 +1,11 @@
 //! Running the binary and reading its output.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use tapio_model::CorrelationChange;
+use tapio_model::recording::RecordingWriter;
+use tapio_model::{CorrelationChange, Observation};
 
 /// The `tapio` binary under test.
 pub fn tapio() -> Command {
@@ -25,6 +27,16 @@ pub fn kspan_recording() -> PathBuf {
     tapio_tests::recordings().join("kspan-rollout-oom.jsonl")
 }
 
+/// Writes `observations` as a recording file at `path`.
+pub fn write_recording(path: &Path, observations: &[Observation]) {
+    let mut writer =
+        RecordingWriter::new(std::fs::File::create(path).expect("create")).expect("header");
+    for observation in observations {
+        writer.write(observation).expect("write");
+    }
+    writer.flush().expect("flush");
+}
+
 /// Runs a command, asserts it succeeded, returns its output.
 pub fn succeed(command: &mut Command) -> Output {
     let output = command.output().expect("run tapio");
@@ -37,18 +49,24 @@ pub fn succeed(command: &mut Command) -> Output {
     output
 }
 
+/// Runs `tapio replay <input> --output <out>` with `extra` arguments (the input a recording
+/// file or a NATS address), asserts it succeeded, returns its output.
+pub fn replay_to(input: impl AsRef<OsStr>, out: &Path, extra: &[&str]) -> Output {
+    succeed(
+        tapio()
+            .arg("replay")
+            .arg(input)
+            .arg("--output")
+            .arg(out)
+            .args(extra),
+    )
+}
+
 /// Replays `recording` with `extra` arguments and returns the JSON-lines output.
 pub fn replay(recording: &Path, extra: &[&str], name: &str) -> (Vec<CorrelationChange>, String) {
     let dir = scratch(name);
     let out = dir.join("out.jsonl");
-    let output = succeed(
-        tapio()
-            .arg("replay")
-            .arg(recording)
-            .arg("--output")
-            .arg(&out)
-            .args(extra),
-    );
+    let output = replay_to(recording, &out, extra);
     let changes = read_changes(&out);
     std::fs::remove_dir_all(dir).expect("clean scratch dir");
     (

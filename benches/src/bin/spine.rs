@@ -2,7 +2,7 @@
 //! with both rules on, default engine settings) on a seeded synthetic cluster stream.
 //!
 //! What it isolates: the dataflow and its input path, nothing else. The stream is generated into
-//! memory before the clock starts (see `tapio_benches::cluster`: nodes, Deployments →
+//! memory before the clock starts (see `tapio_tests::synthetic::Cluster`: nodes, Deployments →
 //! ReplicaSets → pods → containers as state, pod churn and rollouts with verbatim retractions,
 //! processes exec'ing and exiting (facts, plus their `ProcessContainer` membership as state), OOM
 //! kill → exit (signal 9) → container exit (137, `OOMKilled`) sequences, a heartbeat per
@@ -65,12 +65,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use tapio_benches::cluster::{Cluster, ClusterSpec, ClusterStats};
 use tapio_benches::proc_status::{mib, peak_rss_bytes, rss_bytes};
 use tapio_dataflow::{
     ClusterLayout, Engine, EngineReport, EngineSettings, Router, TickClock, Watermark,
 };
 use tapio_model::{ClosedBatch, CorrelationKind, EntityId, Fact, FactPayload, Observation, TimeNs};
+use tapio_tests::synthetic::{Cluster, ClusterSpec, ClusterStats};
 use tokio::sync::mpsc;
 
 /// The allocator the `tapio` binary uses, so the engine is measured as it runs.

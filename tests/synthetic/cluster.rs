@@ -1,8 +1,8 @@
-//! A seeded, deterministic synthetic Kubernetes cluster that emits Tapio observations.
+//! The Poisson-rate synthetic cluster, generated tick by tick.
 //!
 //! The cluster has `nodes` nodes and `deployments` Deployments spread over a few namespaces.
 //! Every Deployment owns a current ReplicaSet, which owns pods, which own one to three
-//! containers. Everything Kubernetes knows is emitted as [`StateUpdate`]s from the
+//! containers. Everything Kubernetes knows is emitted as [`StateUpdate`](tapio_model::StateUpdate)s from the
 //! `kubernetes/cluster` source; everything the kernel sees is emitted as facts from `kernel/<node>`
 //! and container stops from `kubelet/<node>`; the node agent (`kernel/<node>`) also publishes
 //! each process's place in its container as a `ProcessContainer` state record, inserted at the
@@ -22,84 +22,22 @@
 //! - rollouts (`rollouts_per_s`) give a Deployment a new ReplicaSet and replace its pods one by
 //!   one, after which the old ReplicaSet is retracted.
 //!
-//! The random source is a xorshift generator, so the same [`ClusterSpec`] always produces the
+//! The random source is [`Rng`] (xorshift64*), so the same [`ClusterSpec`] always produces the
 //! same stream, whether it is generated at once or in chunks.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
 
 use tapio_model::{
-    ContainerExit, EntityId, Fact, FactId, FactPayload, Heartbeat, Observation, OomKill, OwnerRef,
-    PodContainer, ProcessContainer, ProcessExec, ProcessExit, StateObject, StateRecord,
-    StateUpdate, TimeNs, WorkloadObject,
+    ContainerExit, EntityId, Fact, FactId, FactPayload, Observation, OomKill, OwnerRef,
+    PodContainer, StateObject, StateRecord, TimeNs, WorkloadObject,
 };
 
-const NS_PER_MS: u64 = 1_000_000;
-const NS_PER_S: u64 = 1_000_000_000;
-
-/// 2026-01-01T00:00:00Z, ns since the Unix epoch.
-pub const START_2026_NS: TimeNs = 1_767_225_600 * NS_PER_S;
-
-/// A xorshift64* pseudo-random generator: small, fast and deterministic.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator seeded with `seed` (any value, zero included).
-    pub fn new(seed: u64) -> Rng {
-        let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
-        if state == 0 {
-            state = 0x2545_f491_4f6c_dd1d;
-        }
-        Rng(state)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in `0..n` (0 when `n` is 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
-    }
-
-    /// Uniform in `lo..=hi`.
-    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi.saturating_sub(lo) + 1)
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Exponentially distributed with mean `mean_ns`, in ns.
-    pub fn exp_ns(&mut self, mean_ns: f64) -> u64 {
-        (-(1.0 - self.unit()).ln() * mean_ns) as u64
-    }
-
-    /// `len` random lowercase hex digits.
-    pub fn hex(&mut self, len: usize) -> String {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        (0..len)
-            .map(|_| char::from(DIGITS[self.below(16) as usize]))
-            .collect()
-    }
-
-    /// `len` random characters as in generated Kubernetes names.
-    pub fn name_suffix(&mut self, len: usize) -> String {
-        const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-        (0..len)
-            .map(|_| char::from(CHARS[self.below(CHARS.len() as u64) as usize]))
-            .collect()
-    }
-}
+use super::{
+    NS_PER_MS, NS_PER_S, START_NS, exec_payload, exit_payload, heartbeat, kube_record, membership,
+    update,
+};
+use crate::random::Rng;
 
 /// The shape and the rates of the synthetic cluster. Rates are per second of event time.
 #[derive(Clone, Debug, PartialEq)]
@@ -144,7 +82,7 @@ impl Default for ClusterSpec {
             pod_deletes_per_s: 0.5,
             rollouts_per_s: 1.0 / 60.0,
             tick_ms: 100,
-            start_ns: START_2026_NS,
+            start_ns: START_NS,
         }
     }
 }
@@ -393,24 +331,11 @@ impl Cluster {
         }
         for node in 0..self.node_names.len() {
             for source in ["kernel", "kubelet"] {
-                self.push(
-                    out,
-                    Observation::Heartbeat(Heartbeat {
-                        source: source.into(),
-                        node: self.node_names[node].clone(),
-                        upto_ns: end,
-                    }),
-                );
+                let beat = heartbeat(source, &self.node_names[node], end);
+                self.push(out, beat);
             }
         }
-        self.push(
-            out,
-            Observation::Heartbeat(Heartbeat {
-                source: "kubernetes".into(),
-                node: "cluster".into(),
-                upto_ns: end,
-            }),
-        );
+        self.push(out, heartbeat("kubernetes", "cluster", end));
         self.tick_end = end;
         self.stats.ticks += 1;
     }
@@ -515,34 +440,15 @@ impl Cluster {
     }
 
     fn kube_record(&mut self, time: TimeNs, object: StateObject) -> StateRecord {
-        self.kube_seq += 1;
-        StateRecord {
-            evidence: FactId::new("kubernetes", "cluster", self.kube_seq),
-            since_ns: time,
-            object,
-        }
+        kube_record(&mut self.kube_seq, time, object)
     }
 
     fn insert(&mut self, time: TimeNs, record: StateRecord) {
-        self.emit_at(
-            time,
-            Observation::State(StateUpdate {
-                time_ns: time,
-                diff: 1,
-                record,
-            }),
-        );
+        self.emit_at(time, update(time, 1, record));
     }
 
     fn retract(&mut self, time: TimeNs, record: StateRecord) {
-        self.emit_at(
-            time,
-            Observation::State(StateUpdate {
-                time_ns: time,
-                diff: -1,
-                record,
-            }),
-        );
+        self.emit_at(time, update(time, -1, record));
     }
 
     fn kernel_fact(&mut self, node: usize, time: TimeNs, payload: FactPayload) -> Observation {
@@ -757,39 +663,23 @@ impl Cluster {
             .get(&pod)
             .map(|p| p.containers[container].id.clone())
             .unwrap_or_default();
-        let fact = self.kernel_fact(
-            node,
-            time,
-            FactPayload::ProcessExec(ProcessExec {
-                pid,
-                ppid: 1,
-                uid: 0,
-                start_ns,
-                comm: comm.clone(),
-                filename: filename.clone(),
-                args,
-                container_id: Some(container_id.as_str().into()),
-            }),
+        let payload = exec_payload(
+            pid,
+            start_ns,
+            (comm.clone(), filename.clone(), args),
+            &container_id,
         );
+        let fact = self.kernel_fact(node, time, payload);
         self.emit_at(time, fact);
         self.kernel_seq[node] += 1;
-        let membership = StateRecord {
-            evidence: FactId::new(
-                "kernel",
-                self.node_names[node].clone(),
-                self.kernel_seq[node],
-            ),
-            since_ns: time,
-            object: StateObject::ProcessContainer(ProcessContainer {
-                process: EntityId::Process {
-                    node: self.node_names[node].clone().into(),
-                    pid,
-                    start_ns,
-                },
-                container_id: container_id.as_str().into(),
-                filename,
-            }),
-        };
+        let membership = membership(
+            &self.node_names[node],
+            self.kernel_seq[node],
+            time,
+            (pid, start_ns),
+            &container_id,
+            filename,
+        );
         self.insert(time, membership.clone());
         let id = self.id();
         self.processes.insert(
@@ -868,30 +758,15 @@ impl Cluster {
         Some(process)
     }
 
-    fn exit_fact(
-        &mut self,
-        time: TimeNs,
-        process: &Process,
-        exit_code: i32,
-        signal: u32,
-    ) -> Observation {
-        self.kernel_fact(
-            process.node,
-            time,
-            FactPayload::ProcessExit(ProcessExit {
-                pid: process.pid,
-                start_ns: process.start_ns,
-                comm: process.comm.clone(),
-                exit_code,
-                signal,
-                container_id: Some(process.container_id.as_str().into()),
-            }),
-        )
-    }
-
     /// Emits a process's exit (on `signal`, or code 0) and the retraction of its membership.
     fn exit(&mut self, time: TimeNs, process: Process, signal: u32) {
-        let exit = self.exit_fact(time, &process, 0, signal);
+        let payload = exit_payload(
+            (process.pid, process.start_ns),
+            process.comm.clone(),
+            signal,
+            &process.container_id,
+        );
+        let exit = self.kernel_fact(process.node, time, payload);
         self.emit_at(time, exit);
         self.retract(time, process.membership);
     }
@@ -1043,14 +918,7 @@ impl Cluster {
         for container in &mut p.containers {
             for id in std::mem::take(&mut container.processes) {
                 if let Some(process) = self.processes.remove(&id) {
-                    self.emit_at(
-                        time,
-                        Observation::State(StateUpdate {
-                            time_ns: time,
-                            diff: -1,
-                            record: process.membership,
-                        }),
-                    );
+                    self.retract(time, process.membership);
                 }
             }
             if let Some(record) = container.record.take() {
