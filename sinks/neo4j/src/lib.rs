@@ -44,6 +44,7 @@
 
 pub mod cypher;
 mod error;
+#[cfg(feature = "test-harness")]
 pub mod harness;
 pub mod model;
 pub mod wire;
