@@ -29,7 +29,7 @@ pub struct ContainerRef {
 /// use tapio_sources_kernel::cgroup::parse_path;
 /// let id = "c".repeat(64);
 /// let parsed = parse_path(&format!("/kubepods/burstable/pod1b2c3d4e-5f6a-7b8c-9d0e-1f2a3b4c5d6e/{id}")).unwrap();
-/// assert_eq!(parsed.container_id, id);
+/// assert_eq!(&*parsed.container_id, id.as_str());
 /// assert_eq!(parsed.pod_uid.as_deref(), Some("1b2c3d4e-5f6a-7b8c-9d0e-1f2a3b4c5d6e"));
 /// ```
 pub fn parse_path(path: &str) -> Option<ContainerRef> {
