@@ -8,13 +8,14 @@ use tapio_dataflow::rules::{MakeRule, oom_sequence, ownership};
 use tapio_dataflow::{ClusterLayout, Engine, EngineSettings};
 use tapio_model::render::explain;
 use tapio_model::{
-    ClosedBatch, ContainerExit, Correlation, CorrelationKind, EntityId, Fact, FactId, FactPayload,
-    Family, Heartbeat, Observation, Observed, OomKill, OwnerRef, PodContainer, ProcessContainer,
-    ProcessExit, Relation, StateObject, StateRecord, StateUpdate, TimeNs, WorkloadObject,
+    ClosedBatch, Correlation, CorrelationKind, EntityId, Fact, FactId, FactPayload, Family,
+    Heartbeat, Observation, Observed, OwnerRef, PodContainer, ProcessContainer, ProcessExit,
+    Relation, StateObject, StateRecord, StateUpdate, TimeNs, WorkloadObject,
 };
 
-const T0: TimeNs = 1_767_225_600_000_000_000;
-const SECOND: TimeNs = 1_000_000_000;
+mod common;
+
+use common::{SECOND, T0, timeline};
 
 fn run(observations: Vec<Observation>, workers: usize) -> Vec<ClosedBatch> {
     let (batches_tx, mut batches) = tokio::sync::mpsc::channel(1024);
@@ -96,11 +97,6 @@ fn fact(seq: u64, time_ns: TimeNs, payload: FactPayload) -> Observation {
 }
 
 /// Sorts observations by time, heartbeats last among equals.
-fn timeline(mut observations: Vec<Observation>) -> Vec<Observation> {
-    observations.sort_by_key(|o| (o.time_ns(), matches!(o, Observation::Heartbeat(_))));
-    observations
-}
-
 fn changes(batches: &[ClosedBatch], kind: CorrelationKind) -> Vec<(TimeNs, i64, Correlation)> {
     batches
         .iter()
@@ -178,45 +174,7 @@ fn an_ownership_cycle_terminates_with_bounded_chains() {
 }
 
 fn oom_sequence(seq: u64, at: TimeNs, container: &str) -> Vec<Observation> {
-    vec![
-        fact(
-            seq,
-            at,
-            FactPayload::OomKill(OomKill {
-                pid: 7,
-                start_ns: T0,
-                comm: "java".into(),
-                container_id: Some(container.into()),
-                pod_uid: None,
-                memcg: String::new(),
-                rss_pages: 1,
-            }),
-        ),
-        fact(
-            seq + 1,
-            at + 2_000_000,
-            FactPayload::ProcessExit(ProcessExit {
-                pid: 7,
-                start_ns: T0,
-                comm: "java".into(),
-                exit_code: 0,
-                signal: 9,
-                container_id: Some(container.into()),
-            }),
-        ),
-        fact(
-            seq + 2,
-            at + 20_000_000,
-            FactPayload::ContainerExit(ContainerExit {
-                container_id: container.into(),
-                container_name: "app".into(),
-                pod: None,
-                exit_code: 137,
-                reason: "OOMKilled".into(),
-                restart_count: 1,
-            }),
-        ),
-    ]
+    common::oom_sequence("test", "n", seq, at, container)
 }
 
 #[test]

@@ -6,13 +6,12 @@
 use std::time::Duration;
 
 use tapio_dataflow::{ClusterLayout, Engine, EngineReport, EngineSettings, Router};
-use tapio_model::{
-    ClosedBatch, ContainerExit, CorrelationKind, Fact, FactId, FactPayload, Heartbeat, Observation,
-    OomKill, ProcessExit, TimeNs,
-};
+use tapio_model::{ClosedBatch, CorrelationKind, Heartbeat, Observation, TimeNs};
 
-const T0: TimeNs = 1_767_225_600_000_000_000;
-const SECOND: TimeNs = 1_000_000_000;
+mod common;
+
+use common::{SECOND, T0, timeline};
+
 const HALF: TimeNs = SECOND / 2;
 
 /// What a run produced: the batches closed while the stream was still open, those closed when
@@ -104,53 +103,7 @@ fn beat(node: &str, at: TimeNs) -> Observation {
 /// `T0`) to 20 ms later.
 fn oom(node: &str, seq: u64, at: TimeNs) -> Vec<Observation> {
     let container = format!("{node}-c{seq}");
-    let fact = |seq, time_ns, payload| {
-        Observation::Fact(Fact {
-            id: FactId::new("kernel", node, seq),
-            time_ns,
-            payload,
-        })
-    };
-    let at = T0 + at;
-    vec![
-        fact(
-            seq,
-            at,
-            FactPayload::OomKill(OomKill {
-                pid: 7,
-                start_ns: T0,
-                comm: "java".into(),
-                container_id: Some(container.as_str().into()),
-                pod_uid: None,
-                memcg: String::new(),
-                rss_pages: 1,
-            }),
-        ),
-        fact(
-            seq + 1,
-            at + 2_000_000,
-            FactPayload::ProcessExit(ProcessExit {
-                pid: 7,
-                start_ns: T0,
-                comm: "java".into(),
-                exit_code: 0,
-                signal: 9,
-                container_id: Some(container.as_str().into()),
-            }),
-        ),
-        fact(
-            seq + 2,
-            at + 20_000_000,
-            FactPayload::ContainerExit(ContainerExit {
-                container_id: container.into(),
-                container_name: "app".into(),
-                pod: None,
-                exit_code: 137,
-                reason: "OOMKilled".into(),
-                restart_count: 1,
-            }),
-        ),
-    ]
+    common::oom_sequence("kernel", node, seq, T0 + at, &container)
 }
 
 /// Heartbeats of `node` every 500 ms over `[from, to]` (relative to `T0`).
@@ -159,12 +112,6 @@ fn beats(node: &str, from: TimeNs, to: TimeNs) -> Vec<Observation> {
         .step_by(HALF as usize)
         .map(|at| beat(node, at))
         .collect()
-}
-
-/// Sorts by event time, heartbeats last among equals (the order sources publish in).
-fn timeline(mut observations: Vec<Observation>) -> Vec<Observation> {
-    observations.sort_by_key(|o| (o.time_ns(), matches!(o, Observation::Heartbeat(_))));
-    observations
 }
 
 /// Node `n2` heartbeats for 5 s and is never heard again; `n1` goes on for a minute and sees
