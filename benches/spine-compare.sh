@@ -45,7 +45,9 @@ for round in $(seq 1 "$rounds"); do
     bin=$base_bin
     [ "$side" = this ] && bin=$this_bin
     echo "round $round of $rounds: $side" >&2
-    "$bin" "${flags[@]}" 2>/dev/null | grep '^RESULT ' | sed "s/^RESULT /RESULT side=$side /" >>"$results"
+    # Each case runs in a child process whose RESULT line the benchmark relays on stderr.
+    "$bin" "${flags[@]}" 2>&1 | grep -E '^[[:space:]]*RESULT ' \
+      | sed -E "s/^[[:space:]]*RESULT /RESULT side=$side /" >>"$results"
   done
 done
 

@@ -19,9 +19,9 @@
 //! cargo run --release -p tapio-benches --bin spine -- --cases w1 --oom off
 //! ```
 //!
-//! The defaults are sized for the engine as it is (a few thousand observations per second):
-//! the full run takes about ten minutes on 2 cores, most of it in `w2-long`, which stops at
-//! `--time-cap-s`. For an engine near the 500k obs/s target, use the sizes of the second line.
+//! The defaults make a quick run; the engine takes in millions of observations per second, so
+//! use the sizes of the second line (or larger) for figures worth comparing. `w2-long` stops at
+//! `--time-cap-s`. `benches/spine-compare.sh` runs this benchmark against an earlier commit.
 //!
 //! Every case runs in a child process (the binary re-executes itself with `--case <name>`), so
 //! that each peak RSS (`VmHWM`) is clean. Cases:
