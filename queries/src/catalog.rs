@@ -53,10 +53,10 @@ ORDER BY confidence DESC, since DESC, id";
 ///
 /// - `caused`: reached from the entity along `CAUSED` (the container an OOM-killed process
 ///   stopped);
-/// - `inside`: owned by the entity, directly or not (a Deployment's ReplicaSets, pods,
-///   containers and processes);
-/// - `inside affected`: owned by something it caused (the other processes of a restarted
-///   container);
+/// - `inside`: owned by the entity, directly or not (a Deployment's ReplicaSets, pods and
+///   containers);
+/// - `inside affected`: owned by something it caused (the containers of a pod a rule says it
+///   affected);
 /// - `owner of affected`: an owner of something it caused (the pod, ReplicaSet and Deployment of
 ///   a restarted container).
 ///
