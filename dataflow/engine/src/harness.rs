@@ -80,7 +80,7 @@ use timely::worker::Worker;
 
 use crate::clock::{Tick, TickClock};
 use crate::rules::{MakeRule, Rule};
-use crate::worker::{Intake, correlate};
+use crate::worker::{Intake, correlate, wind_down};
 use crate::{EngineError, EngineSettings, WorkerReport};
 
 /// Longest a worker parks while it waits for its peers: a spinning worker could keep a peer on
@@ -315,16 +315,8 @@ fn drive(
     }
     // The end of the stream, as the router announces it: report up to its latest event time.
     let end = intake.end_at(last_ns);
-    let close = end + settings.tick_ms.max(1);
-    if close > *facts_in.time() {
-        facts_in.advance_to(close);
-        state_in.advance_to(close);
-    }
-    facts_in.flush();
-    state_in.flush();
-    while probe.less_than(&close) {
-        worker.step_or_park(PARK);
-    }
+    let inputs = (&mut facts_in, &mut state_in);
+    wind_down(worker, inputs, &probe, end + settings.tick_ms.max(1), PARK);
     let mut report = intake.into_report();
     report.last_tick = end;
     Part {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use differential_dataflow::VecCollection;
 use differential_dataflow::input::{Input, InputSession};
 use tapio_model::{ClosedBatch, Correlation, Fact, Observation, StateRecord, TimeNs};
+use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 use tokio::sync::mpsc::{self, error::TryRecvError};
 
@@ -133,7 +134,25 @@ pub(crate) fn drive(
 
     // Report everything up to `end`, then let the dataflow wind down.
     horizon.set(end);
-    let close = end + clock.tick_ms();
+    let inputs = (&mut facts_in, &mut state_in);
+    wind_down(worker, inputs, &probe, end + clock.tick_ms(), Some(Duration::ZERO));
+    let mut report = intake.into_report();
+    report.last_tick = end;
+    report
+}
+
+/// Closes the inputs at `close` and steps the worker (parking up to `park` between steps)
+/// until the output has passed it: every tick before `close` is then reported.
+pub(crate) fn wind_down(
+    worker: &mut Worker,
+    (facts_in, state_in): (
+        &mut InputSession<Tick, Fact, isize>,
+        &mut InputSession<Tick, StateRecord, isize>,
+    ),
+    probe: &ProbeHandle<Tick>,
+    close: Tick,
+    park: Option<Duration>,
+) {
     if close > *facts_in.time() {
         facts_in.advance_to(close);
         state_in.advance_to(close);
@@ -141,11 +160,8 @@ pub(crate) fn drive(
     facts_in.flush();
     state_in.flush();
     while probe.less_than(&close) {
-        worker.step();
+        worker.step_or_park(park);
     }
-    let mut report = intake.into_report();
-    report.last_tick = end;
-    report
 }
 
 /// Counts a retirement or rejoin; logs it when `log` (one worker per process logs, since every
