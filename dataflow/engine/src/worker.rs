@@ -135,7 +135,13 @@ pub(crate) fn drive(
     // Report everything up to `end`, then let the dataflow wind down.
     horizon.set(end);
     let inputs = (&mut facts_in, &mut state_in);
-    wind_down(worker, inputs, &probe, end + clock.tick_ms(), Some(Duration::ZERO));
+    wind_down(
+        worker,
+        inputs,
+        &probe,
+        end + clock.tick_ms(),
+        Some(Duration::ZERO),
+    );
     let mut report = intake.into_report();
     report.last_tick = end;
     report
