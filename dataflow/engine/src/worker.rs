@@ -42,7 +42,14 @@ pub(crate) fn correlate<'scope, 'rule>(
         TickClock::new(settings.tick_ms),
         &settings.correlation,
     );
-    let outputs: Vec<_> = rules.into_iter().map(|rule| rule.build(&inputs)).collect();
+    let outputs: Vec<_> = rules
+        .into_iter()
+        .map(|rule| {
+            let built = rule.build(&inputs);
+            inputs.add_built(built.clone());
+            built
+        })
+        .collect();
     let (_, empty) = scope.new_collection::<Correlation, isize>();
     empty.concatenate(outputs)
 }

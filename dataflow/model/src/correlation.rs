@@ -11,7 +11,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::entity::EntityId;
-use crate::observation::FactId;
+use crate::observation::{
+    ConditionStatus, ConnectOutcome, EventType, FactId, FactPayload, FileOp, Resource,
+};
 use crate::time::TimeNs;
 
 /// The five families of correlation rules.
@@ -156,6 +158,185 @@ pub enum Observed {
         /// The executable.
         filename: Arc<str>,
     },
+    /// The process called execve.
+    ProcessExec {
+        /// Command name after the exec.
+        comm: Arc<str>,
+        /// The executed file.
+        filename: Arc<str>,
+    },
+    /// The process created a child process.
+    ProcessFork {
+        /// Command name.
+        comm: Arc<str>,
+    },
+    /// A Kubernetes Event about the entity.
+    KubeEvent {
+        /// Machine-readable reason, e.g. `BackOff`, `Unhealthy`, `Evicted`.
+        reason: Arc<str>,
+        /// `Normal` or `Warning`.
+        event_type: EventType,
+        /// How many times Kubernetes saw it.
+        count: u32,
+    },
+    /// An outgoing TCP connection attempt ended.
+    TcpConnect {
+        /// The address connected to, `ip:port`.
+        remote: Arc<str>,
+        /// How it ended.
+        outcome: ConnectOutcome,
+        /// Time from the attempt to its outcome, ns.
+        latency_ns: u64,
+    },
+    /// An incoming TCP connection was established.
+    TcpAccept {
+        /// The peer, `ip:port`.
+        remote: Arc<str>,
+    },
+    /// A TCP connection closed.
+    TcpClose {
+        /// The peer, `ip:port`.
+        remote: Arc<str>,
+        /// Whether it ended with a reset.
+        reset: bool,
+        /// Segments retransmitted over its life.
+        retransmits: u32,
+    },
+    /// A TCP connection retransmitted segments.
+    TcpRetransmit {
+        /// The peer, `ip:port`.
+        remote: Arc<str>,
+        /// Retransmissions counted.
+        count: u32,
+    },
+    /// Opening a file failed.
+    FileOpenFailed {
+        /// The path.
+        path: Arc<str>,
+        /// The error number (2: missing, 13: not allowed).
+        errno: i32,
+    },
+    /// A file was unlinked or renamed.
+    FileChanged {
+        /// The path.
+        path: Arc<str>,
+        /// Unlink or rename.
+        op: FileOp,
+    },
+    /// A container's readiness changed.
+    ContainerReady {
+        /// Container name in the pod spec.
+        container_name: Arc<str>,
+        /// Whether it is ready now.
+        ready: bool,
+        /// The pod's restart count for the container.
+        restart_count: u32,
+    },
+    /// A container's use of a resource crossed the configured share of its limit.
+    ResourceUsage {
+        /// Container name in the pod spec.
+        container_name: Arc<str>,
+        /// Which resource.
+        resource: Resource,
+        /// Use, in the resource's unit (bytes, nanocores).
+        used: u64,
+        /// The container's limit, same unit.
+        limit: u64,
+        /// `true`: rose to or above the share; `false`: fell back below it.
+        above: bool,
+    },
+    /// One of a Service's endpoints became ready or stopped being ready (EndpointSlice).
+    EndpointReady {
+        /// The endpoint, `ip:port`.
+        address: Arc<str>,
+        /// Whether it is ready now.
+        ready: bool,
+    },
+    /// A node condition holds a status (`MemoryPressure` `True`, ...).
+    NodeCondition {
+        /// The condition type, e.g. `MemoryPressure`.
+        condition: Arc<str>,
+        /// Its status.
+        status: ConditionStatus,
+        /// The reason Kubernetes gave.
+        reason: Arc<str>,
+    },
+}
+
+impl Observed {
+    /// What a fact of any kind says, as hop evidence.
+    pub fn of_fact(payload: &FactPayload) -> Observed {
+        let text = |value: &str| -> Arc<str> { value.into() };
+        let address = |value: &std::net::SocketAddr| -> Arc<str> { value.to_string().into() };
+        match payload {
+            FactPayload::ProcessExec(exec) => Observed::ProcessExec {
+                comm: text(&exec.comm),
+                filename: text(&exec.filename),
+            },
+            FactPayload::ProcessExit(exit) => Observed::ProcessExit {
+                comm: text(&exit.comm),
+                exit_code: exit.exit_code,
+                signal: exit.signal,
+            },
+            FactPayload::OomKill(kill) => Observed::OomKill {
+                comm: text(&kill.comm),
+                pid: kill.pid,
+                memcg: text(&kill.memcg),
+                rss_pages: kill.rss_pages,
+            },
+            FactPayload::ContainerExit(exit) => Observed::ContainerExit {
+                container_name: text(&exit.container_name),
+                exit_code: exit.exit_code,
+                reason: text(&exit.reason),
+                restart_count: exit.restart_count,
+            },
+            FactPayload::KubeEvent(event) => Observed::KubeEvent {
+                reason: text(&event.reason),
+                event_type: event.event_type,
+                count: event.count,
+            },
+            FactPayload::ProcessFork(fork) => Observed::ProcessFork {
+                comm: text(&fork.comm),
+            },
+            FactPayload::TcpConnect(connect) => Observed::TcpConnect {
+                remote: address(&connect.remote),
+                outcome: connect.outcome,
+                latency_ns: connect.latency_ns,
+            },
+            FactPayload::TcpAccept(accept) => Observed::TcpAccept {
+                remote: address(&accept.remote),
+            },
+            FactPayload::TcpClose(close) => Observed::TcpClose {
+                remote: address(&close.remote),
+                reset: close.reset,
+                retransmits: close.retransmits,
+            },
+            FactPayload::TcpRetransmit(retransmit) => Observed::TcpRetransmit {
+                remote: address(&retransmit.remote),
+                count: retransmit.count,
+            },
+            FactPayload::FileOpenFailed(failed) => Observed::FileOpenFailed {
+                path: text(&failed.path),
+                errno: failed.errno,
+            },
+            FactPayload::FileChanged(changed) => Observed::FileChanged {
+                path: text(&changed.path),
+                op: changed.op,
+            },
+            FactPayload::ContainerReady(ready) => Observed::ContainerReady {
+                container_name: text(&ready.container_name),
+                ready: ready.ready,
+                restart_count: ready.restart_count,
+            },
+            FactPayload::ResourceUsage(usage) => Observed::ResourceUsage {
+                container_name: text(&usage.container_name),
+                resource: usage.resource,
+                used: usage.used,
+                limit: usage.limit,
+                above: usage.above,
+            },
+        }
+    }
 }
 
 /// One step of an evidence chain: an entity, how it relates to the step before, and the

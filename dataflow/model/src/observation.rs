@@ -689,6 +689,28 @@ pub enum ConnectOutcome {
     Aborted,
 }
 
+impl ConnectOutcome {
+    /// The snake_case name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectOutcome::Established => "established",
+            ConnectOutcome::Refused => "refused",
+            ConnectOutcome::TimedOut => "timed_out",
+            ConnectOutcome::Failed => "failed",
+            ConnectOutcome::Aborted => "aborted",
+        }
+    }
+
+    /// Whether the attempt failed: refused, timed out or another error (not an abort by the
+    /// caller).
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            ConnectOutcome::Refused | ConnectOutcome::TimedOut | ConnectOutcome::Failed
+        )
+    }
+}
+
 /// An outgoing TCP connection attempt and its outcome.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TcpConnect {
@@ -786,6 +808,16 @@ pub enum FileOp {
     Unlink,
     /// It was renamed (see `new_path`).
     Rename,
+}
+
+impl FileOp {
+    /// The snake_case name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileOp::Unlink => "unlink",
+            FileOp::Rename => "rename",
+        }
+    }
 }
 
 /// A file was unlinked or renamed. Identical changes are folded: one fact stands for `count`.

@@ -124,6 +124,70 @@ pub fn describe_hop(hop: &Hop, previous: Option<&Hop>) -> String {
             Some(previous) => format!("runs {filename} as {}", previous.entity),
             None => format!("runs {filename} in a container"),
         },
+        Observed::ProcessExec { comm, filename } => format!("{comm} executed {filename}"),
+        Observed::ProcessFork { comm } => format!("{comm} started a child process"),
+        Observed::KubeEvent {
+            reason,
+            event_type,
+            count,
+        } => format!(
+            "{} Event {reason}, seen {count} time{}",
+            event_type.as_str(),
+            if *count == 1 { "" } else { "s" }
+        ),
+        Observed::TcpConnect {
+            remote,
+            outcome,
+            latency_ns,
+        } => format!(
+            "connect to {remote} {} after {} ms",
+            outcome.as_str().replace('_', " "),
+            latency_ns / 1_000_000
+        ),
+        Observed::TcpAccept { remote } => format!("accepted a connection from {remote}"),
+        Observed::TcpClose {
+            remote,
+            reset,
+            retransmits,
+        } => format!(
+            "connection with {remote} closed{}, {retransmits} retransmits",
+            if *reset { " by a reset" } else { "" }
+        ),
+        Observed::TcpRetransmit { remote, count } => {
+            format!("{count} retransmits to {remote}")
+        }
+        Observed::FileOpenFailed { path, errno } => {
+            format!("opening {path} failed with errno {errno}")
+        }
+        Observed::FileChanged { path, op } => format!("{path}: {}", op.as_str()),
+        Observed::ContainerReady {
+            container_name,
+            ready,
+            restart_count,
+        } => format!(
+            "container {container_name} {}, restart count {restart_count}",
+            if *ready { "ready" } else { "not ready" }
+        ),
+        Observed::ResourceUsage {
+            container_name,
+            resource,
+            used,
+            limit,
+            above,
+        } => format!(
+            "container {container_name} {} {used} of its {} limit {limit}",
+            if *above { "uses" } else { "fell back to" },
+            resource.as_str()
+        ),
+        Observed::EndpointReady { address, ready } => format!(
+            "endpoint {address} {}",
+            if *ready { "ready" } else { "not ready" }
+        ),
+        Observed::NodeCondition {
+            condition,
+            status,
+            reason,
+        } => format!("{condition} is {} ({reason})", status.as_str()),
     }
 }
 

@@ -9,7 +9,10 @@ use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::trace::implementations::ValSpine;
 use serde::{Deserialize, Serialize};
 use tapio_config::CorrelationConfig;
-use tapio_model::{EntityId, Fact, FactId, Hop, Observed, Relation, StateRecord, TimeNs};
+use tapio_model::{
+    Correlation, CorrelationKind, EntityId, Fact, FactId, Hop, Observed, Relation, StateObject,
+    StateRecord, TimeNs,
+};
 
 use super::ownership::{self, Chains, Links};
 use crate::clock::{Tick, TickClock};
@@ -26,6 +29,41 @@ pub struct Evidence {
 }
 
 impl Evidence {
+    /// The evidence a fact gives: its time, its id and what it says.
+    pub fn of(fact: &Fact) -> Evidence {
+        Evidence {
+            time: fact.time_ns,
+            fact_id: fact.id.clone(),
+            observed: Observed::of_fact(&fact.payload),
+        }
+    }
+
+    /// The evidence a state record gives, for the records that describe a condition rather
+    /// than a link: an endpoint's readiness, a node condition. Its time is when the record
+    /// took its current value.
+    pub fn of_state(record: &StateRecord) -> Option<Evidence> {
+        let observed = match &record.object {
+            StateObject::ServiceEndpoint(endpoint) => Observed::EndpointReady {
+                address: match &endpoint.endpoint {
+                    EntityId::Endpoint { address } => address.clone(),
+                    other => other.to_string().into(),
+                },
+                ready: endpoint.ready,
+            },
+            StateObject::NodeCondition(condition) => Observed::NodeCondition {
+                condition: condition.condition.as_str().into(),
+                status: condition.status,
+                reason: condition.reason.as_str().into(),
+            },
+            _ => return None,
+        };
+        Some(Evidence {
+            time: record.since_ns,
+            fact_id: record.evidence.clone(),
+            observed,
+        })
+    }
+
     /// A hop at `entity`, related to the hop before by `relation`, backed by this evidence.
     pub fn hop(&self, entity: &EntityId, relation: Relation) -> Hop {
         Hop {
@@ -57,6 +95,7 @@ pub struct RuleInputs<'scope> {
     ownership: RefCell<Option<(Links<'scope>, Chains<'scope>)>>,
     chains_by_entity: RefCell<Option<ArrangedChains<'scope>>>,
     by_subject: RefCell<Option<FactsBySubject<'scope>>>,
+    built: RefCell<Vec<VecCollection<'scope, Tick, Correlation, isize>>>,
 }
 
 impl<'scope> RuleInputs<'scope> {
@@ -76,7 +115,26 @@ impl<'scope> RuleInputs<'scope> {
             ownership: RefCell::new(None),
             chains_by_entity: RefCell::new(None),
             by_subject: RefCell::new(None),
+            built: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Records what a rule built, so that rules later in the table can build on it
+    /// ([`RuleInputs::correlations_of`]).
+    pub fn add_built(&self, correlations: VecCollection<'scope, Tick, Correlation, isize>) {
+        self.built.borrow_mut().push(correlations);
+    }
+
+    /// The correlations of `kinds` that rules earlier in [`super::TABLE`] built: how a rule
+    /// extends another's conclusion (a failure's dependents, a loop's cause) instead of
+    /// re-deriving it. Empty when those rules are disabled or come later in the table.
+    pub fn correlations_of(
+        &self,
+        kinds: &'static [CorrelationKind],
+    ) -> VecCollection<'scope, Tick, Correlation, isize> {
+        let built = self.built.borrow().clone();
+        differential_dataflow::collection::concatenate(self.facts.scope(), built)
+            .filter(move |correlation| kinds.contains(&correlation.kind))
     }
 
     /// Every fact some enabled rule reads.

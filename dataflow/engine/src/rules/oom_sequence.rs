@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tapio_config::{CorrelationConfig, OomSequenceConfig};
 use tapio_model::{
     Basis, Confidence, Correlation, CorrelationKind, Detail, EntityId, Fact, FactPayload, Hop,
-    Observed, Relation, TimeNs,
+    Relation, TimeNs,
 };
 
 use super::{Evidence, Rule, RuleInputs};
@@ -89,14 +89,6 @@ fn process_of(fact: &Fact, pid: u32, start_ns: TimeNs) -> EntityId {
     }
 }
 
-fn evidence(fact: &Fact, observed: Observed) -> Evidence {
-    Evidence {
-        time: fact.time_ns,
-        fact_id: fact.id.clone(),
-        observed,
-    }
-}
-
 impl Rule for OomSequence {
     fn name(&self) -> &'static str {
         "OOM sequence"
@@ -131,15 +123,7 @@ impl Rule for OomSequence {
             FactPayload::OomKill(kill) => Some((
                 process_of(&fact, kill.pid, kill.start_ns),
                 Kill {
-                    evidence: evidence(
-                        &fact,
-                        Observed::OomKill {
-                            comm: kill.comm.as_str().into(),
-                            pid: kill.pid,
-                            memcg: kill.memcg.as_str().into(),
-                            rss_pages: kill.rss_pages,
-                        },
-                    ),
+                    evidence: Evidence::of(&fact),
                     container_id: kill.container_id.clone(),
                 },
             )),
@@ -149,14 +133,7 @@ impl Rule for OomSequence {
             FactPayload::ProcessExit(exit) if exit.signal == SIGKILL => Some((
                 process_of(&fact, exit.pid, exit.start_ns),
                 Exit {
-                    evidence: evidence(
-                        &fact,
-                        Observed::ProcessExit {
-                            comm: exit.comm.as_str().into(),
-                            exit_code: exit.exit_code,
-                            signal: exit.signal,
-                        },
-                    ),
+                    evidence: Evidence::of(&fact),
                     container_id: exit.container_id.clone(),
                 },
             )),
@@ -166,15 +143,7 @@ impl Rule for OomSequence {
             FactPayload::ContainerExit(stop) => Some((
                 stop.container_id.clone(),
                 ContainerStop {
-                    evidence: evidence(
-                        &fact,
-                        Observed::ContainerExit {
-                            container_name: stop.container_name.as_str().into(),
-                            exit_code: stop.exit_code,
-                            reason: stop.reason.as_str().into(),
-                            restart_count: stop.restart_count,
-                        },
-                    ),
+                    evidence: Evidence::of(&fact),
                     oom_reason: stop.reason == "OOMKilled" || stop.exit_code == 137,
                     pod: stop.pod.clone(),
                 },
