@@ -83,6 +83,12 @@ impl OwnershipConfig {
             self.process_exit_grace,
             Duration::ZERO,
             HOUR,
+        )?;
+        duration_in(
+            &key(path, "container_exit_grace"),
+            self.container_exit_grace,
+            Duration::ZERO,
+            DAY,
         )
     }
 }

@@ -352,6 +352,11 @@ pub struct OwnershipConfig {
     /// a humantime string. Default: `30s`.
     #[serde(with = "humantime_str")]
     pub process_exit_grace: Duration,
+    /// How long a container stays linked to its pod after the pod stops listing it (the
+    /// container restarted or the pod went away), at most `24h`, so that the evidence of its
+    /// last run keeps its owners. Written as a humantime string. Default: `10m`.
+    #[serde(with = "humantime_str")]
+    pub container_exit_grace: Duration,
 }
 
 impl Default for OwnershipConfig {
@@ -363,6 +368,9 @@ impl Default for OwnershipConfig {
             max_depth: 8,
             // Lets late events about a just-exited process still find its owner.
             process_exit_grace: Duration::from_secs(30),
+            // As long as the OOM sequence keeps a match current by default, so a container's
+            // OOM kill still names its pod and Deployment after the container restarts.
+            container_exit_grace: Duration::from_secs(600),
         }
     }
 }

@@ -210,7 +210,11 @@ impl<'scope> RuleInputs<'scope> {
             .borrow_mut()
             .get_or_insert_with(|| {
                 let settings = &self.config.ownership;
-                let links = ownership::links(self.state.clone(), settings.process_exit_grace);
+                let links = ownership::links(
+                    self.state.clone(),
+                    settings.process_exit_grace,
+                    settings.container_exit_grace,
+                );
                 let chains = ownership::chains(links.objects.clone(), settings.max_depth);
                 (links, chains)
             })

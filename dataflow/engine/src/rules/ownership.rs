@@ -9,8 +9,10 @@
 //! their container is shared with every other rule, which puts a process into the output only
 //! inside a chain that names it. A link holds while the state behind it holds; when a process
 //! exits, its link is kept for a grace period so that late events about it still find their
-//! owners. When a link goes away, every chain through it is retracted. Chains are cut at a
-//! maximum depth, so an ownership cycle in bad data cannot run away.
+//! owners, and when a pod stops listing a container (it restarted), the container's link is
+//! kept for a grace period too, so the evidence of its last run keeps naming its pod. When a
+//! link goes away, every chain through it is retracted. Chains are cut at a maximum depth, so
+//! an ownership cycle in bad data cannot run away.
 
 use std::time::Duration;
 
@@ -85,17 +87,20 @@ impl Rule for Ownership {
 }
 
 /// Direct ownership links from state. A process link's retraction (its exit) takes effect
-/// `process_exit_grace` later.
+/// `process_exit_grace` later, a container link's (the pod no longer lists it)
+/// `container_exit_grace` later.
 ///
 /// One pass over the state splits it in two without copying a record: most state updates are
 /// processes, and a second reader of the whole state would get a copy of every one.
 pub fn links<'scope>(
     state: VecCollection<'scope, Tick, StateRecord, isize>,
     process_exit_grace: Duration,
+    container_exit_grace: Duration,
 ) -> Links<'scope> {
     const OBJECT: u64 = 0;
     const PROCESS: u64 = 1;
     let grace = u64::try_from(process_exit_grace.as_millis()).unwrap_or(u64::MAX);
+    let container_grace = u64::try_from(container_exit_grace.as_millis()).unwrap_or(u64::MAX);
     let mut parts = state
         .inner
         .flat_map(move |(record, tick, diff)| {
@@ -125,7 +130,9 @@ pub fn links<'scope>(
                     let child = EntityId::Container {
                         id: container.container_id,
                     };
-                    Some((OBJECT, ((child, link(container.pod, observed)), tick, diff)))
+                    let delay = if diff < 0 { container_grace } else { 0 };
+                    let linked = (child, link(container.pod, observed));
+                    Some((OBJECT, (linked, tick.saturating_add(delay), diff)))
                 }
                 StateObject::ProcessContainer(member) => {
                     let observed = Observed::ProcessInContainer {

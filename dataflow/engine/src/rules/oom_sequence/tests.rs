@@ -20,7 +20,7 @@ use crate::harness::RuleHarness;
 use crate::operators::oracle::{
     MS, Rng, T0, arrival_order, assert_every_tick, entry_ticks, heartbeats,
 };
-use crate::rules::ownership::tests::{naive_chains, state_at};
+use crate::rules::ownership::tests::{CONTAINER_GRACE, naive_chains, state_at};
 
 /// Δ.
 const WITHIN: TimeNs = 3_000 * MS;
@@ -34,6 +34,7 @@ fn config() -> CorrelationConfig {
     config.engine.lateness = Duration::from_nanos(LATENESS);
     config.oom_sequence.within = Duration::from_nanos(WITHIN);
     config.oom_sequence.keep_for = Duration::from_millis(KEEP_FOR_MS);
+    config.ownership.container_exit_grace = Duration::from_millis(CONTAINER_GRACE);
     config
 }
 
@@ -238,7 +239,7 @@ fn naive_oom(
         .filter(|(fact, at)| *at <= tick && tick < clock.tick_of(fact.time_ns) + KEEP_FOR_MS)
         .map(|(fact, _)| fact)
         .collect();
-    let chains = naive_chains(&state_at(arrived, entered, tick), 8);
+    let chains = naive_chains(&state_at(arrived, entered, tick, CONTAINER_GRACE), 8);
     let within =
         |from: &Fact, to: &Fact| to.time_ns >= from.time_ns && to.time_ns - from.time_ns <= WITHIN;
     let mut expected = BTreeMap::new();

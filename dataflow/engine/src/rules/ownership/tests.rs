@@ -21,16 +21,23 @@ use crate::operators::oracle::{
 };
 
 /// The state records held at `tick`: those whose updates that entered by then sum to a positive
-/// count.
+/// count, a pod's container record's removal counting `container_grace` ticks after it entered.
 pub(crate) fn state_at(
     arrived: &[Observation],
     entered: &[Option<Tick>],
     tick: Tick,
+    container_grace: Tick,
 ) -> Vec<StateRecord> {
     let mut counts: BTreeMap<&StateRecord, i64> = BTreeMap::new();
     for (observation, at) in arrived.iter().zip(entered) {
         if let (Observation::State(update), Some(at)) = (observation, at)
-            && *at <= tick
+            && at.saturating_add(
+                if update.diff < 0 && matches!(update.record.object, StateObject::PodContainer(_)) {
+                    container_grace
+                } else {
+                    0
+                },
+            ) <= tick
         {
             *counts.entry(&update.record).or_insert(0) += i64::from(update.diff);
         }
@@ -237,8 +244,12 @@ fn config(max_depth: u32) -> CorrelationConfig {
     config.engine.tick = Duration::from_millis(100);
     config.engine.lateness = Duration::from_secs(2);
     config.ownership.max_depth = max_depth;
+    config.ownership.container_exit_grace = Duration::from_millis(CONTAINER_GRACE);
     config
 }
+
+/// How long a container stays linked to its pod after the pod stops listing it, ms (= ticks).
+pub(crate) const CONTAINER_GRACE: Tick = 700;
 
 /// At every closed tick, the rule holds exactly the chains a naive walk of the links held then
 /// finds; state arrives out of order within the lateness bound.
@@ -265,7 +276,12 @@ fn ownership_equals_a_walk_of_the_links_held_at_every_tick() {
         let seen = assert_every_tick(
             &run,
             clock,
-            |tick| naive_ownership(&state_at(&arrived, &run.entered, tick), max_depth),
+            |tick| {
+                naive_ownership(
+                    &state_at(&arrived, &run.entered, tick, CONTAINER_GRACE),
+                    max_depth,
+                )
+            },
             &context,
         );
         retracted += seen.retracted;
