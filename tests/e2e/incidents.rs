@@ -13,7 +13,8 @@
 //!   because it stands for a dependent on another node: this cluster has one node.
 //!
 //! Each live test asserts that the observations of every link of its incident are in the
-//! recording, and that the recording replays to the OOM sequences the current rules find.
+//! recording, and replays it through `tapio replay`: memory pressure must yield an OOM sequence
+//! for each OOM-killed server container, the cascade the ownership chains of its pods.
 //! With `UPDATE_RECORDINGS=1` it also writes the recording, reduced to the scenario's
 //! namespace, its containers and processes, the watched path and its node (see [`reduce`]), to
 //! `tests/recordings/`; [`shipped_incident_recordings_replay`] checks those shipped files in
@@ -49,6 +50,8 @@ const SERVER_LIMIT: u64 = 32 << 20;
 const USAGE_THRESHOLD: u8 = 50;
 /// The kubelet's crash-loop back-off: every restart waits this long.
 const RESTART_BACKOFF: Duration = Duration::from_secs(2);
+/// The Deployments of the restart cascade; the first is the one behind a Service.
+const CASCADE_DEPLOYMENTS: [&str; 4] = ["backend", "cache", "worker", "metrics"];
 /// The memory-pressure recording shipped with the tests.
 const MEMORY_PRESSURE: &str = "memory-pressure.jsonl";
 /// The service-restart-cascade recording shipped with the tests.
@@ -940,6 +943,26 @@ fn assert_replay_deterministic(recording: &Path, name: &str) {
     );
 }
 
+/// Asserts that `now` holds, for each Deployment of `names` in `namespace`, the ownership chain
+/// of a pod of it (pod → ReplicaSet → Deployment).
+fn assert_deployments_own_pods(now: &[tapio_model::Correlation], namespace: &str, names: &[&str]) {
+    for name in names {
+        let deployment = EntityId::Deployment {
+            namespace: namespace.into(),
+            name: (*name).into(),
+        };
+        assert!(
+            now.iter().any(|correlation| {
+                correlation.kind == CorrelationKind::Ownership
+                    && correlation.root_cause == deployment
+                    && correlation.chain[0].entity.kind() == "pod"
+                    && correlation.chain.len() == 3
+            }),
+            "no pod owned by {deployment}: {now:#?}"
+        );
+    }
+}
+
 /// Asserts that `now` holds an OOM sequence for each of `servers`' OOM-killed containers.
 fn assert_oom_sequences(now: &[tapio_model::Correlation], servers: &BTreeSet<Arc<str>>) {
     let sequences: BTreeSet<String> = now
@@ -1051,7 +1074,7 @@ async fn live_service_restart_cascade() -> Result<()> {
         )
         .await?;
     cluster.expose(namespace, "backend", port).await?;
-    for name in ["cache", "worker", "metrics"] {
+    for name in &CASCADE_DEPLOYMENTS[1..] {
         cluster
             .deploy(namespace, name, "exec sleep 100000", None, None)
             .await?;
@@ -1107,12 +1130,7 @@ async fn live_service_restart_cascade() -> Result<()> {
     assert_restart_cascade(&reduced, namespace, &watched);
     let path = keep_recording(&reduced, &dir, RESTART_CASCADE)?;
     let now = replay_clean(&path, "restart-cascade-replay");
-    assert!(
-        now.iter()
-            .any(|correlation| correlation.kind == CorrelationKind::Ownership
-                && in_namespace(&correlation.chain[0].entity, namespace)),
-        "{now:#?}"
-    );
+    assert_deployments_own_pods(&now, namespace, &CASCADE_DEPLOYMENTS);
     drop(cluster);
     std::fs::remove_dir_all(dir)?;
     Ok(())
@@ -1146,12 +1164,7 @@ fn shipped_incident_recordings_replay() -> Result<()> {
     let watched = recorded_watched_path(&observations);
     assert_restart_cascade(&observations, "shop", &watched);
     let now = replay_clean(&cascade, "restart-cascade-shipped");
-    assert!(
-        now.iter()
-            .any(|correlation| correlation.kind == CorrelationKind::Ownership
-                && in_namespace(&correlation.chain[0].entity, "shop")),
-        "{now:#?}"
-    );
+    assert_deployments_own_pods(&now, "shop", &CASCADE_DEPLOYMENTS);
     assert_replay_deterministic(&cascade, "restart-cascade-workers");
     Ok(())
 }
