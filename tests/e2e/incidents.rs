@@ -984,13 +984,18 @@ fn assert_oom_sequences(now: &[tapio_model::Correlation], servers: &BTreeSet<Arc
 /// Writes the reduced live recording to `tests/recordings/<name>` when `UPDATE_RECORDINGS` is
 /// set, and returns the reduced recording's path (in `dir` otherwise).
 fn keep_recording(reduced: &[Observation], dir: &Path, name: &str) -> Result<PathBuf> {
-    let path = if std::env::var_os("UPDATE_RECORDINGS").is_some() {
-        tapio_tests::recordings().join(name)
-    } else {
-        dir.join(name)
-    };
-    write_recording(&path, reduced)?;
-    Ok(path)
+    let written = dir.join(name);
+    write_recording(&written, reduced)?;
+    if std::env::var_os("UPDATE_RECORDINGS").is_none() {
+        return Ok(written);
+    }
+    // Renamed into place, so that the replay of the shipped files, which may run meanwhile,
+    // never reads half a recording.
+    let shipped = tapio_tests::recordings().join(name);
+    let staged = tapio_tests::recordings().join(format!(".{name}.new"));
+    std::fs::copy(&written, &staged)?;
+    std::fs::rename(&staged, &shipped)?;
+    Ok(shipped)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
