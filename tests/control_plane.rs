@@ -287,6 +287,21 @@ impl ControlPlane {
     /// # Errors
     /// When containerd or the kubelet does not start.
     pub fn start_kubelet(&self, node: &str) -> Result<Kubelet> {
+        self.start_kubelet_with_backoff(node, None)
+    }
+
+    /// [`start_kubelet`](Self::start_kubelet), with the kubelet's crash-loop back-off capped at
+    /// `max_restart_period` (its `crashLoopBackOff.maxContainerRestartPeriod`, at least 1 s;
+    /// the initial 10 s back-off shrinks to it too) when given, so that a test sees a container
+    /// restart several times within seconds.
+    ///
+    /// # Errors
+    /// When containerd or the kubelet does not start.
+    pub fn start_kubelet_with_backoff(
+        &self,
+        node: &str,
+        max_restart_period: Option<Duration>,
+    ) -> Result<Kubelet> {
         let dir = self.dir.join(format!("kubelet-{node}"));
         let containerd = dir.join("containerd");
         std::fs::create_dir_all(containerd.join("root"))?;
@@ -371,8 +386,10 @@ impl ControlPlane {
             }
         }
         let pki = self.dir.join("pki");
+        // Eviction thresholds in bytes, not shares: on a large, nearly full build disk 1% is
+        // gigabytes, and a parallel build crossing it would reject every pod (DiskPressure).
         let config = format!(
-            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\naddress: 127.0.0.1\nport: {port}\nreadOnlyPort: 0\nhealthzPort: {healthz}\nfailCgroupV1: false\nfailSwapOn: false\ncgroupDriver: cgroupfs\ncgroupsPerQOS: false\nenforceNodeAllocatable: []\nevictionHard: {{memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}}\ncontainerRuntimeEndpoint: unix://{socket}\ntlsCertFile: {cert}\ntlsPrivateKeyFile: {key}\nauthentication:\n  anonymous: {{enabled: false}}\n  webhook: {{enabled: true}}\n  x509: {{clientCAFile: {ca}}}\nauthorization:\n  mode: Webhook\n  webhook: {{cacheAuthorizedTTL: 1s, cacheUnauthorizedTTL: 1s}}\n",
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\naddress: 127.0.0.1\nport: {port}\nreadOnlyPort: 0\nhealthzPort: {healthz}\nfailCgroupV1: false\nfailSwapOn: false\ncgroupDriver: cgroupfs\ncgroupsPerQOS: false\nenforceNodeAllocatable: []\nevictionHard: {{memory.available: 100Mi, nodefs.available: 512Mi, imagefs.available: 512Mi, nodefs.inodesFree: 1%}}\ncontainerRuntimeEndpoint: unix://{socket}\ntlsCertFile: {cert}\ntlsPrivateKeyFile: {key}\nauthentication:\n  anonymous: {{enabled: false}}\n  webhook: {{enabled: true}}\n  x509: {{clientCAFile: {ca}}}\nauthorization:\n  mode: Webhook\n  webhook: {{cacheAuthorizedTTL: 1s, cacheUnauthorizedTTL: 1s}}\n",
             port = kubelet.port,
             healthz = try_free_port()?,
             socket = socket.display(),
@@ -380,6 +397,13 @@ impl ControlPlane {
             key = pki.join("apiserver.key").display(),
             ca = pki.join("ca.crt").display(),
         );
+        let config = match max_restart_period {
+            Some(period) => format!(
+                "{config}crashLoopBackOff:\n  maxContainerRestartPeriod: {}s\n",
+                period.as_secs().max(1)
+            ),
+            None => config,
+        };
         std::fs::write(dir.join("kubelet.yaml"), config)?;
         let log = std::fs::File::create(dir.join("kubelet.log"))?;
         kubelet.kubelet = Some(

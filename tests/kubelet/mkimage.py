@@ -10,7 +10,12 @@ import json
 import sys
 import tarfile
 
-APPLETS = ["sh", "sleep", "dd", "head", "tail", "cat", "echo", "true", "false"]
+APPLETS = [
+    "sh", "sleep", "dd", "head", "tail", "cat", "echo", "true", "false",
+    # A TCP server and client for the incident scenarios (tests/e2e/incidents.rs); not wget,
+    # whose name lookup crashes in the static binary without the host's /etc.
+    "httpd", "nc",
+]
 
 
 def blob(out, data):
