@@ -62,11 +62,7 @@ pub struct StepConfig {
     pub on: Option<EntityKind>,
     /// Conditions the observation must meet; only the fields its kind has
     /// ([`StepKind::conditions`]). Default: none.
-    #[serde(
-        rename = "where",
-        default,
-        skip_serializing_if = "StepWhere::is_empty"
-    )]
+    #[serde(rename = "where", default, skip_serializing_if = "StepWhere::is_empty")]
     pub conditions: StepWhere,
 }
 
@@ -377,12 +373,7 @@ impl SequenceConfig {
                 ),
             ));
         }
-        duration_in(
-            &key("within"),
-            self.within,
-            Duration::from_millis(1),
-            HOUR,
-        )?;
+        duration_in(&key("within"), self.within, Duration::from_millis(1), HOUR)?;
         if self.keep_for < self.within {
             return Err(invalid(
                 &key("keep_for"),
@@ -544,7 +535,10 @@ mod tests {
         let mut sequences = builtin_sequences();
         sequences[1].steps[1].conditions.ready = Some(true);
         let error = validate(&sequences, "correlation.sequences").unwrap_err();
-        assert_eq!(error.key_path, "correlation.sequences[1].steps[1].where.ready");
+        assert_eq!(
+            error.key_path,
+            "correlation.sequences[1].steps[1].where.ready"
+        );
         assert_eq!(
             error.message,
             "container_exit has no `ready`; its conditions are reason, exit_code"

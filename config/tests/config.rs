@@ -1077,7 +1077,10 @@ fn a_user_adds_a_sequence_in_yaml() {
 
 #[test]
 fn sequence_errors_name_the_step_and_its_line() {
-    let text = ADDED_SEQUENCE.replace("          on: pod\n          where: {ready", "          on: podd\n          where: {ready");
+    let text = ADDED_SEQUENCE.replace(
+        "          on: pod\n          where: {ready",
+        "          on: podd\n          where: {ready",
+    );
     let error = parse_err(&text);
     assert_eq!(error.key_path, "correlation.sequences[2].steps[1].on");
     assert!(
@@ -1106,7 +1109,10 @@ fn sequence_errors_name_the_step_and_its_line() {
         "{error}"
     );
 
-    let text = ADDED_SEQUENCE.replace("{reason: BackOff, event_type: Warning}", "{reasons: BackOff}");
+    let text = ADDED_SEQUENCE.replace(
+        "{reason: BackOff, event_type: Warning}",
+        "{reasons: BackOff}",
+    );
     let error = parse_err(&text);
     assert_eq!(error.kind, ConfigErrorKind::UnknownKey);
     assert_eq!(
@@ -1121,5 +1127,8 @@ fn sequence_errors_name_the_step_and_its_line() {
     let text = ADDED_SEQUENCE.replace("name: crash_after_backoff", "name: probe_failure_restart");
     let error = parse_err(&text);
     assert_eq!(error.key_path, "correlation.sequences[2].name");
-    assert!(error.message.contains("correlation.sequences[1]"), "{error}");
+    assert!(
+        error.message.contains("correlation.sequences[1]"),
+        "{error}"
+    );
 }
