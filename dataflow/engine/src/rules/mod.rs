@@ -8,6 +8,7 @@
 //! every tick with a recomputation from scratch (as `ownership/tests.rs` and
 //! `oom_sequence/tests.rs` do).
 
+pub mod bad_rollout;
 pub mod declared_sequence;
 pub mod inputs;
 pub mod oom_sequence;
@@ -47,6 +48,7 @@ pub const TABLE: &[MakeRule] = &[
     ownership::from_config,
     oom_sequence::from_config,
     declared_sequence::from_config,
+    bad_rollout::from_config,
 ];
 
 /// The rules `config` enables.
