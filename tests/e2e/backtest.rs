@@ -1,8 +1,11 @@
 //! `tapio backtest`: the shipped recording replayed under two configurations, and what the
 //! change adds, removes or alters.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
+
+use tapio_tests::nats::NatsServer;
 
 use crate::support::{kspan_recording, scratch, succeed, tapio};
 
@@ -23,8 +26,12 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 fn backtest(baseline: Option<&Path>, against: &Path) -> Output {
+    backtest_of(kspan_recording().as_os_str(), baseline, against)
+}
+
+fn backtest_of(source: &OsStr, baseline: Option<&Path>, against: &Path) -> Output {
     let mut command = tapio();
-    command.arg("backtest").arg(kspan_recording());
+    command.arg("backtest").arg(source);
     if let Some(baseline) = baseline {
         command.arg("--config").arg(baseline);
     }
@@ -182,4 +189,42 @@ fn backtest_help_says_what_it_compares() {
     ] {
         assert!(help.contains(words), "`{words}` missing from:\n{help}");
     }
+}
+
+#[test]
+fn a_jetstream_stream_backtests_like_the_recording_it_holds() {
+    let nats = NatsServer::start("backtest");
+    let dir = scratch("backtest-nats");
+    let agent = write(
+        &dir,
+        "agent.yaml",
+        &format!(
+            "node_name: agent-1\ncollectors:\n  kernel:\n    enabled: false\n  recording:\n    enabled: true\n    path: {}\nintegrations:\n  nats:\n    url: {}\n    spool_path: {}\n",
+            kspan_recording().display(),
+            nats.url(),
+            dir.join("agent.spool").display()
+        ),
+    );
+    succeed(
+        tapio()
+            .args(["run", "--mode", "collectors", "--config"])
+            .arg(&agent),
+    );
+    let tighter = write(
+        &dir,
+        "tighter.yaml",
+        "correlation:\n  oom_sequence:\n    within: 10ms\n",
+    );
+    let from_file = report(None, &tighter);
+    let stream = format!("{}/TAPIO", nats.url());
+    let output = backtest_of(OsStr::new(&stream), None, &tighter);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let from_stream = String::from_utf8(output.stdout).expect("utf-8");
+    assert_eq!(from_stream, from_file);
+    assert_eq!(counts(&from_stream)[..3], [0, 1, 0], "{from_stream}");
+    std::fs::remove_dir_all(dir).expect("clean");
 }
