@@ -288,10 +288,6 @@ pub struct CorrelationConfig {
     pub bad_rollout: BadRolloutConfig,
 }
 
-#[expect(
-    clippy::derivable_impls,
-    reason = "hand-written so that every default is stated and explained in one place"
-)]
 impl Default for CorrelationConfig {
     fn default() -> Self {
         CorrelationConfig {
