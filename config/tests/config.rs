@@ -1132,3 +1132,31 @@ fn sequence_errors_name_the_step_and_its_line() {
         "{error}"
     );
 }
+
+#[test]
+fn the_documented_example_of_adding_a_sequence_is_valid() {
+    let docs = include_str!("../../docs/configuration.md");
+    let section = &docs[docs.find("## Declared sequences").expect("the section")..];
+    let start = section.find("```yaml\n").expect("a yaml example") + "```yaml\n".len();
+    let example = &section[start..start + section[start..].find("```").expect("its end")];
+    let config = parse_ok(example);
+    let names: Vec<&str> = config
+        .correlation
+        .sequences
+        .iter()
+        .map(|sequence| sequence.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "oom_to_endpoint_not_ready",
+            "probe_failure_restart",
+            "backoff_then_not_ready"
+        ]
+    );
+    // It keeps the built-ins as they ship.
+    assert_eq!(
+        config.correlation.sequences[..2],
+        tapio_config::builtin_sequences()[..]
+    );
+}
