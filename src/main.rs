@@ -1,6 +1,7 @@
 //! `tapio`: the composition root. Parses the command line, loads the configuration, and wires
 //! sources → dataflow → sinks. Everything else lives in the library crates.
 
+mod backtest;
 mod outputs;
 mod pipeline;
 mod query;
@@ -50,6 +51,21 @@ enum Command {
     Run(RunArgs),
     /// Run a recording through the dataflow, as fast as possible, to backtest.
     Replay(ReplayArgs),
+    /// Replay one recording or JetStream range under two configurations and print which
+    /// correlations the second adds, removes or alters.
+    ///
+    /// The baseline is the `--config` file (the built-in defaults without one); the change is
+    /// the `--against` file. Both runs read the same input, as `tapio replay` does, and write
+    /// nowhere (not to Neo4j either). A correlation is identified by its kind, the declared
+    /// sequence's name for declared sequences, its root cause and its first hop (entity and
+    /// evidence); per identity the last version that became current counts. The output is a
+    /// summary line `added A, removed R, altered L, unchanged U`, the counts per kind, then
+    /// each change with its correlation explained (`+ added`, `- removed`, `~ altered` with
+    /// the version before and after). The exit code is 0 whatever changed.
+    ///
+    /// Example: tapio backtest tests/recordings/kspan-rollout-oom.jsonl --config now.yaml
+    /// --against tighter.yaml
+    Backtest(BacktestArgs),
     /// Record what the enabled collectors observe into a file that `tapio replay` reads.
     Record(RecordArgs),
     /// Configuration tools.
@@ -133,6 +149,27 @@ struct ReplayArgs {
     output: OutputArgs,
     #[command(flatten)]
     cluster: ClusterArgs,
+}
+
+#[derive(Args, Debug)]
+struct BacktestArgs {
+    /// What to replay: a recording file written by `tapio record`, or a JetStream stream,
+    /// `nats://HOST:PORT/STREAM` (optionally `?from_seq=N` or `?since=RFC3339`), as for
+    /// `tapio replay`.
+    source: String,
+    /// The configuration to compare with the `--config` one: the change being tried.
+    #[arg(long, value_name = "FILE")]
+    against: PathBuf,
+    /// Replay only facts at or after this time (RFC 3339, e.g. 2021-05-19T09:43:00Z).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    start: Option<u64>,
+    /// Replay only facts before this time (RFC 3339).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    end: Option<u64>,
+    /// Dataflow worker threads for both runs [default: correlation.engine.worker_count of
+    /// `--config`].
+    #[arg(long, short = 'w', value_name = "N")]
+    workers: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -239,14 +276,7 @@ fn real_main(cli: Cli) -> Result<()> {
         },
         Command::Replay(args) => {
             let layout = layout(&args.cluster, &config)?;
-            let source: Box<dyn tapio_sources::Source> = if args.source.starts_with("nats://") {
-                transport::replay_source(&args.source, args.start, args.end)?
-            } else {
-                Box::new(
-                    tapio_sources_recording::RecordingSource::new(&args.source, 0.0)
-                        .between(args.start, args.end),
-                )
-            };
+            let source = replay_input(&args.source, args.start, args.end)?;
             runtime.block_on(pipeline::correlate(
                 &config,
                 vec![source],
@@ -254,6 +284,28 @@ fn real_main(cli: Cli) -> Result<()> {
                 target(&args.output),
                 None,
             ))
+        }
+        Command::Backtest(args) => {
+            let against = TapioConfig::load(&args.against)?;
+            let cluster = ClusterArgs {
+                workers: args.workers,
+                ..ClusterArgs::default()
+            };
+            let layout = layout(&cluster, &config)?;
+            let first = backtest::Side {
+                origin: cli.config.as_ref().map_or_else(
+                    || "the defaults".to_owned(),
+                    |path| path.display().to_string(),
+                ),
+                config: &config,
+            };
+            let second = backtest::Side {
+                origin: args.against.display().to_string(),
+                config: &against,
+            };
+            runtime.block_on(backtest::run(first, second, layout, || {
+                replay_input(&args.source, args.start, args.end)
+            }))
         }
         Command::Record(args) => {
             let sources = sources::enabled_sources(&config)?;
@@ -266,6 +318,22 @@ fn real_main(cli: Cli) -> Result<()> {
         }
         Command::Query(args) => runtime.block_on(query::run(&config, args)),
         Command::Config(_) => Ok(()),
+    }
+}
+
+/// The input of `tapio replay` and `tapio backtest`: a JetStream range for a `nats://`
+/// address, else a recording file, limited to facts in `[start, end)`.
+fn replay_input(
+    source: &str,
+    start: Option<u64>,
+    end: Option<u64>,
+) -> Result<Box<dyn tapio_sources::Source>> {
+    if source.starts_with("nats://") {
+        transport::replay_source(source, start, end)
+    } else {
+        Ok(Box::new(
+            tapio_sources_recording::RecordingSource::new(source, 0.0).between(start, end),
+        ))
     }
 }
 

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tapio_config::TapioConfig;
-use tapio_dataflow::{ClusterLayout, Engine, EngineSettings, Router, WorkerInput};
-use tapio_model::Observation;
+use tapio_dataflow::{ClusterLayout, Engine, EngineReport, EngineSettings, Router, WorkerInput};
 use tapio_model::recording::RecordingWriter;
+use tapio_model::{ClosedBatch, Observation};
 use tapio_sinks_jsonl::Target;
 use tapio_sources::{
     DROPPED, ERRORS, RECEIVED, SENT, Source, SourceContext, SourceError, SourceHealth, Status,
@@ -263,25 +263,80 @@ pub(crate) async fn correlate(
 ) -> Result<()> {
     let shutdown = CancellationToken::new();
     stop_on_signal_or_timer(&shutdown, run_for);
-    let engine_config = &config.correlation.engine;
+    let (batches_tx, outputs) = outputs::start(config, target).await?;
+    let (report, sources_result) =
+        run_dataflow(config, collectors, layout, batches_tx, &shutdown).await?;
+    let written = outputs.finish().await?;
+    log_finished(&report, &written);
+    shutdown.cancel();
+    sources_result
+}
 
-    let (engine, inputs, outputs) = start_dataflow(config, &layout, target).await?;
+/// Runs `collectors` through the correlation dataflow and keeps its closed ticks in memory, in
+/// order: what a backtest compares.
+pub(crate) async fn correlate_in_memory(
+    config: &TapioConfig,
+    collectors: Vec<Box<dyn Source>>,
+    layout: ClusterLayout,
+) -> Result<Vec<ClosedBatch>> {
+    let shutdown = CancellationToken::new();
+    stop_on_signal_or_timer(&shutdown, None);
+    let (batches_tx, mut batches_rx) =
+        mpsc::channel::<ClosedBatch>(config.correlation.engine.output_buffer_size);
+    let kept = tokio::spawn(async move {
+        let mut batches = Vec::new();
+        while let Some(batch) = batches_rx.recv().await {
+            batches.push(batch);
+        }
+        batches
+    });
+    let (report, sources_result) =
+        run_dataflow(config, collectors, layout, batches_tx, &shutdown).await?;
+    let batches = kept.await.context("the output collector failed")?;
+    let changes = batches.iter().map(|batch| batch.changes.len() as u64).sum();
+    let written = tapio_sinks::SinkReport {
+        batches: batches.len() as u64,
+        changes,
+    };
+    log_finished(&report, &written);
+    shutdown.cancel();
+    sources_result?;
+    Ok(batches)
+}
+
+/// Starts the dataflow writing its closed ticks to `batches`, feeds it what `collectors`
+/// observe until they end, and waits for it to finish. Returns the dataflow's report and how
+/// the sources ended.
+async fn run_dataflow(
+    config: &TapioConfig,
+    collectors: Vec<Box<dyn Source>>,
+    layout: ClusterLayout,
+    batches: mpsc::Sender<ClosedBatch>,
+    shutdown: &CancellationToken,
+) -> Result<(EngineReport, Result<()>)> {
+    let settings = EngineSettings::from_config(config);
+    let engine_layout = layout.clone();
+    let (engine, inputs) =
+        tokio::task::spawn_blocking(move || Engine::start(settings, engine_layout, batches))
+            .await
+            .context("the dataflow start-up thread failed")??;
     tracing::info!(
         workers = layout.workers,
         processes = layout.processes,
         process = layout.process,
         "Dataflow started."
     );
-    let (observations_tx, observations_rx) = mpsc::channel(engine_config.event_buffer_size);
+    let (observations_tx, observations_rx) =
+        mpsc::channel(config.correlation.engine.event_buffer_size);
     let router = tokio::spawn(Router::new(layout, inputs).run(observations_rx));
-
     let (sources_result, progress) =
-        run_collectors(collectors, &node_name(config), observations_tx, &shutdown).await;
+        run_collectors(collectors, &node_name(config), observations_tx, shutdown).await;
     router.await.context("the input router failed")?;
-    finish_dataflow(engine, outputs).await?;
-    shutdown.cancel();
+    let report = tokio::task::spawn_blocking(move || engine.join())
+        .await
+        .context("the dataflow thread failed")??;
     progress.abort();
-    sources_result
+    Ok((report, sources_result))
 }
 
 /// Waits for the dataflow and every output to finish, then logs what went through.
@@ -290,6 +345,11 @@ pub(crate) async fn finish_dataflow(engine: Engine, outputs: outputs::Outputs) -
         .await
         .context("the dataflow thread failed")??;
     let written = outputs.finish().await?;
+    log_finished(&report, &written);
+    Ok(())
+}
+
+fn log_finished(report: &EngineReport, written: &tapio_sinks::SinkReport) {
     tracing::info!(
         facts = report.facts,
         facts_unread = report.facts_unread,
@@ -301,7 +361,6 @@ pub(crate) async fn finish_dataflow(engine: Engine, outputs: outputs::Outputs) -
         ticks_with_changes = written.batches,
         "Dataflow finished."
     );
-    Ok(())
 }
 
 /// Records what `sources` observe into `path`.

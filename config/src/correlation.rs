@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use crate::duration;
 use crate::error::ConfigError;
-use crate::model::{CorrelationConfig, EngineConfig, OomSequenceConfig, OwnershipConfig};
+use crate::model::{
+    BadRolloutConfig, CorrelationConfig, EngineConfig, OomSequenceConfig, OwnershipConfig,
+};
+use crate::sequences;
 use crate::validate::{DAY, HOUR, count_in, duration_in, invalid};
 
 /// Joins a section's path and one of its keys: `correlation.engine` + `tick`.
@@ -23,7 +26,9 @@ impl CorrelationConfig {
     pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
         self.engine.validate(&key(path, "engine"))?;
         self.ownership.validate(&key(path, "ownership"))?;
-        self.oom_sequence.validate(&key(path, "oom_sequence"))
+        self.oom_sequence.validate(&key(path, "oom_sequence"))?;
+        sequences::validate(&self.sequences, &key(path, "sequences"))?;
+        self.bad_rollout.validate(&key(path, "bad_rollout"))
     }
 }
 
@@ -117,5 +122,17 @@ impl OomSequenceConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl BadRolloutConfig {
+    /// Checks this section, found at `path` (`correlation.bad_rollout`).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key path of the first value out of its range.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let second = Duration::from_secs(1);
+        duration_in(&key(path, "within"), self.within, second, DAY)?;
+        duration_in(&key(path, "keep_for"), self.keep_for, second, DAY)
     }
 }

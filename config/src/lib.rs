@@ -17,15 +17,19 @@ mod duration;
 mod error;
 mod model;
 mod parse;
+mod sequences;
 mod validate;
 
 use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrorKind};
 pub use model::{
-    CollectorsConfig, CorrelationConfig, EngineConfig, IntegrationsConfig, KernelCollectorConfig,
-    KubeletCollectorConfig, KubernetesCollectorConfig, NatsConfig, Neo4jConfig, OomSequenceConfig,
-    OwnershipConfig, RecordingCollectorConfig, TapioConfig,
+    BadRolloutConfig, CollectorsConfig, CorrelationConfig, EngineConfig, IntegrationsConfig,
+    KernelCollectorConfig, KubeletCollectorConfig, KubernetesCollectorConfig, NatsConfig,
+    Neo4jConfig, OomSequenceConfig, OwnershipConfig, RecordingCollectorConfig, TapioConfig,
+};
+pub use sequences::{
+    EntityKind, MAX_STEPS, SequenceConfig, StepConfig, StepKind, StepWhere, builtin_sequences,
 };
 
 impl TapioConfig {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::duration::humantime_str;
+use crate::sequences::{SequenceConfig, builtin_sequences};
 
 /// The whole Tapio configuration, as read from `tapio.yaml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -276,18 +277,25 @@ pub struct CorrelationConfig {
     /// Default: enabled, see [`OomSequenceConfig::default`].
     #[serde(deserialize_with = "null_as_default")]
     pub oom_sequence: OomSequenceConfig,
+    /// Declared sequences: steps on shared entities within a bound, each with its name.
+    /// Written, the list replaces the built-in one (copy the built-ins to keep them).
+    /// Default: the built-in sequences, see [`builtin_sequences`].
+    #[serde(deserialize_with = "null_as_default_sequences")]
+    pub sequences: Vec<SequenceConfig>,
+    /// Detects a rollout whose new pods fail while the old ones were ready.
+    /// Default: enabled, see [`BadRolloutConfig::default`].
+    #[serde(deserialize_with = "null_as_default")]
+    pub bad_rollout: BadRolloutConfig,
 }
 
-#[expect(
-    clippy::derivable_impls,
-    reason = "hand-written so that every default is stated and explained in one place"
-)]
 impl Default for CorrelationConfig {
     fn default() -> Self {
         CorrelationConfig {
             engine: EngineConfig::default(),
             ownership: OwnershipConfig::default(),
             oom_sequence: OomSequenceConfig::default(),
+            sequences: builtin_sequences(),
+            bad_rollout: BadRolloutConfig::default(),
         }
     }
 }
@@ -400,6 +408,36 @@ impl Default for OomSequenceConfig {
             within: Duration::from_secs(30),
             // Long enough for a person or alert to look at it, short enough to not go stale.
             keep_for: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+/// The bad rollout rule: a Deployment's new ReplicaSet whose pods fail (containers exit, stop
+/// being ready, fail their probes) while the previous ReplicaSet's pods were ready.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BadRolloutConfig {
+    /// Whether the rule runs. Default: `true`.
+    pub enabled: bool,
+    /// How long after the new ReplicaSet appears its pods' failures are blamed on it,
+    /// `1s..=24h`. Written as a humantime string. Default: `15m`.
+    #[serde(with = "humantime_str")]
+    pub within: Duration,
+    /// How long a detected rollout stays current after the failure that showed it, at least
+    /// `1s` and at most `24h`. Written as a humantime string. Default: `1h`.
+    #[serde(with = "humantime_str")]
+    pub keep_for: Duration,
+}
+
+impl Default for BadRolloutConfig {
+    fn default() -> Self {
+        BadRolloutConfig {
+            enabled: true,
+            // A rollout's new pods start, pass or fail their probes and crash-loop within
+            // minutes; a failure much later is rarely the rollout's.
+            within: Duration::from_secs(15 * 60),
+            // A bad rollout is usually rolled back within the hour; until then it stays news.
+            keep_for: Duration::from_secs(60 * 60),
         }
     }
 }
@@ -542,6 +580,14 @@ impl Default for NatsConfig {
             spool_max_bytes: 1024 * 1024 * 1024,
         }
     }
+}
+
+/// Reads the sequence list; the key written with no value means the built-in sequences.
+fn null_as_default_sequences<'de, D>(deserializer: D) -> Result<Vec<SequenceConfig>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    Ok(Option::<Vec<SequenceConfig>>::deserialize(deserializer)?.unwrap_or_else(builtin_sequences))
 }
 
 /// Reads a section; a section written with no value (`collectors:`) means all its defaults.

@@ -348,7 +348,8 @@ fn wrong_types_name_the_key_path_and_line() {
 #[test]
 fn wrong_types_under_same_named_keys_find_the_right_one() {
     let enabled_true = lines_of(SHIPPED, "enabled: true");
-    assert_eq!(enabled_true.len(), 3, "kernel, ownership and oom_sequence");
+    // Kernel, ownership and oom_sequence come first; later rule sections have their own.
+    assert!(enabled_true.len() >= 3, "{enabled_true:?}");
     let mut lines: Vec<String> = SHIPPED.lines().map(str::to_owned).collect();
     let oom_line = enabled_true[2];
     lines[oom_line - 1] = lines[oom_line - 1].replace("true", "yes");
@@ -591,6 +592,24 @@ const RULES: &[(&str, &str, &str, Option<&str>)] = &[
         "keep_for: 10m",
         "keep_for: 29s",
         "correlation.oom_sequence.keep_for",
+        None,
+    ),
+    (
+        "within: 15m",
+        "within: 0s",
+        "correlation.bad_rollout.within",
+        None,
+    ),
+    (
+        "keep_for: 1h",
+        "keep_for: 25h",
+        "correlation.bad_rollout.keep_for",
+        None,
+    ),
+    (
+        "keep_for: 15m",
+        "keep_for: 1m",
+        "correlation.sequences[0].keep_for",
         None,
     ),
     (
@@ -1000,4 +1019,144 @@ fn garbage_never_panics() {
     ] {
         let _ = parse(&text);
     }
+}
+
+/// A user's own sequence, written after the built-ins it keeps.
+const ADDED_SEQUENCE: &str = "\
+correlation:
+  sequences:
+    - name: oom_to_endpoint_not_ready
+      enabled: false
+      within: 2m
+      steps:
+        - kind: oom_kill
+        - kind: container_exit
+          on: container
+    - name: probe_failure_restart
+      within: 5m
+      steps:
+        - kind: kube_event
+          where: {reason: Unhealthy}
+        - kind: container_exit
+          on: pod
+    - name: crash_after_backoff
+      within: 1m
+      keep_for: 5m
+      steps:
+        - kind: kube_event
+          where: {reason: BackOff, event_type: Warning}
+        - kind: container_ready
+          on: pod
+          where: {ready: false}
+";
+
+#[test]
+fn a_user_adds_a_sequence_in_yaml() {
+    let config = parse_ok(ADDED_SEQUENCE);
+    let sequences = &config.correlation.sequences;
+    assert_eq!(sequences.len(), 3);
+    assert!(!sequences[0].enabled);
+    assert!(sequences[1].enabled, "enabled by default");
+    assert_eq!(sequences[1].keep_for, Duration::from_secs(600));
+    assert_eq!(sequences[2].name, "crash_after_backoff");
+    assert_eq!(sequences[2].steps[1].conditions.ready, Some(false));
+    assert_eq!(parse_ok(&config.to_yaml()), config);
+    // Written with no value, the list is the built-in one; written empty, there is none.
+    let builtin = parse_ok("correlation:\n  sequences:\n");
+    assert_eq!(
+        builtin.correlation.sequences,
+        tapio_config::builtin_sequences()
+    );
+    assert!(
+        parse_ok("correlation:\n  sequences: []\n")
+            .correlation
+            .sequences
+            .is_empty()
+    );
+}
+
+#[test]
+fn sequence_errors_name_the_step_and_its_line() {
+    let text = ADDED_SEQUENCE.replace(
+        "          on: pod\n          where: {ready",
+        "          on: podd\n          where: {ready",
+    );
+    let error = parse_err(&text);
+    assert_eq!(error.key_path, "correlation.sequences[2].steps[1].on");
+    assert!(
+        error
+            .message
+            .starts_with("unknown entity `podd`; expected one of process, container, pod"),
+        "{error}"
+    );
+    assert_eq!(error.line, lines_of(&text, "on: podd").first().copied());
+
+    let text = ADDED_SEQUENCE.replace("on: container", "on: pod");
+    let error = parse_err(&text);
+    assert_eq!(error.kind, ConfigErrorKind::InvalidValue);
+    assert_eq!(error.key_path, "correlation.sequences[0].steps[1].on");
+    assert_eq!(
+        error.message,
+        "oom_kill is not about a pod; it is about process, container"
+    );
+    assert_eq!(error.line, lines_of(&text, "on: pod").first().copied());
+
+    let text = ADDED_SEQUENCE.replace("kind: oom_kill", "kind: oom");
+    let error = parse_err(&text);
+    assert_eq!(error.key_path, "correlation.sequences[0].steps[0].kind");
+    assert!(
+        error.message.starts_with("unknown observation kind `oom`"),
+        "{error}"
+    );
+
+    let text = ADDED_SEQUENCE.replace(
+        "{reason: BackOff, event_type: Warning}",
+        "{reasons: BackOff}",
+    );
+    let error = parse_err(&text);
+    assert_eq!(error.kind, ConfigErrorKind::UnknownKey);
+    assert_eq!(
+        error.key_path,
+        "correlation.sequences[2].steps[0].where.reasons"
+    );
+
+    let text = ADDED_SEQUENCE.replace("within: 1m", "within: 1m\n      keep_for: 30s");
+    let error = parse_err(&text.replace("      keep_for: 5m\n", ""));
+    assert_eq!(error.key_path, "correlation.sequences[2].keep_for");
+
+    let text = ADDED_SEQUENCE.replace("name: crash_after_backoff", "name: probe_failure_restart");
+    let error = parse_err(&text);
+    assert_eq!(error.key_path, "correlation.sequences[2].name");
+    assert!(
+        error.message.contains("correlation.sequences[1]"),
+        "{error}"
+    );
+}
+
+#[test]
+fn the_documented_example_of_adding_a_sequence_is_valid() {
+    let docs = include_str!("../../docs/configuration.md");
+    let section = &docs[docs.find("## Declared sequences").expect("the section")..];
+    let start = section.find("```yaml\n").expect("a yaml example") + "```yaml\n".len();
+    let example = &section[start..start + section[start..].find("```").expect("its end")];
+    let config = parse_ok(example);
+    let names: Vec<&str> = config
+        .correlation
+        .sequences
+        .iter()
+        .map(|sequence| sequence.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "oom_to_endpoint_not_ready",
+            "probe_failure_restart",
+            "backoff_then_not_ready"
+        ]
+    );
+    // It keeps the built-ins as they ship.
+    assert_eq!(
+        config.correlation.sequences[..2],
+        tapio_config::builtin_sequences()[..]
+    );
 }

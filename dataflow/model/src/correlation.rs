@@ -53,6 +53,10 @@ pub enum CorrelationKind {
     Ownership,
     /// A kernel OOM kill that ended a process and, with it, its container.
     OomRestart,
+    /// A sequence declared in the configuration (`correlation.sequences`) matched.
+    DeclaredSequence,
+    /// A Deployment's new ReplicaSet whose pods fail while the previous ReplicaSet's were ready.
+    BadRollout,
 }
 
 impl CorrelationKind {
@@ -61,6 +65,8 @@ impl CorrelationKind {
         match self {
             CorrelationKind::Ownership => "ownership",
             CorrelationKind::OomRestart => "oom_restart",
+            CorrelationKind::DeclaredSequence => "declared_sequence",
+            CorrelationKind::BadRollout => "bad_rollout",
         }
     }
 
@@ -69,6 +75,8 @@ impl CorrelationKind {
         match self {
             CorrelationKind::Ownership => Family::Ownership,
             CorrelationKind::OomRestart => Family::Sequence,
+            CorrelationKind::DeclaredSequence => Family::Sequence,
+            CorrelationKind::BadRollout => Family::Sequence,
         }
     }
 }
@@ -373,6 +381,28 @@ pub enum Detail {
         /// The bound the steps had to fall within, ns.
         within_ns: u64,
     },
+    /// A declared sequence (`correlation.sequences`) that matched.
+    DeclaredSequence {
+        /// The sequence's name.
+        name: Arc<str>,
+        /// Its steps' observation kinds, in order (`oom_kill`, `process_exit`, ...).
+        steps: Vec<Arc<str>>,
+        /// Time from the first step to the last, ns.
+        span_ns: u64,
+        /// The bound every step had to fall within, ns.
+        within_ns: u64,
+    },
+    /// A rollout whose new pods failed.
+    BadRollout {
+        /// The Deployment rolled out.
+        deployment: EntityId,
+        /// The ReplicaSet it replaced, whose pods were ready.
+        previous: EntityId,
+        /// New pods with a failure.
+        failed_pods: u32,
+        /// Time from the new ReplicaSet's appearance to the first failure, ns.
+        after_ns: u64,
+    },
 }
 
 /// Evidence that raised or lowered a correlation's confidence.
@@ -389,6 +419,12 @@ pub enum Basis {
     ContainerEndSaysOom,
     /// The container ended without an OOM reason or code: lowers.
     ContainerEndSaysOther,
+    /// The steps matched a sequence a user declared: as strong as the declaration.
+    DeclaredSteps,
+    /// The previous revision's pods were ready while the new revision's failed: raises.
+    PreviousRevisionReady,
+    /// More than one of the new revision's pods failed: raises.
+    SeveralNewPodsFailed,
 }
 
 /// How sure a rule is, and why.

@@ -30,14 +30,71 @@
 
 use std::fmt::Write;
 
-use crate::correlation::{Correlation, CorrelationKind, Hop, Observed, Relation};
+use crate::correlation::{Correlation, CorrelationKind, Detail, Hop, Observed, Relation};
 
 /// One sentence that says what a correlation concludes.
 pub fn explain(correlation: &Correlation) -> String {
     match correlation.kind {
         CorrelationKind::Ownership => explain_ownership(correlation),
         CorrelationKind::OomRestart => explain_oom_restart(correlation),
+        CorrelationKind::DeclaredSequence => explain_declared_sequence(correlation),
+        CorrelationKind::BadRollout => explain_bad_rollout(correlation),
     }
+}
+
+fn explain_declared_sequence(correlation: &Correlation) -> String {
+    let Detail::DeclaredSequence {
+        name,
+        steps,
+        span_ns,
+        within_ns,
+    } = &correlation.detail
+    else {
+        return format!("a declared sequence starting at {}", correlation.root_cause);
+    };
+    let mut out = format!("sequence {name} from {}: ", correlation.root_cause);
+    let matched = correlation.chain.iter().take(steps.len());
+    for (index, (step, hop)) in steps.iter().zip(matched).enumerate() {
+        if index > 0 {
+            out.push_str(" → ");
+        }
+        let _ = write!(out, "{step} at {}", hop.entity);
+    }
+    let _ = write!(
+        out,
+        ", {} ms from first to last step (bound {} ms)",
+        span_ns / 1_000_000,
+        within_ns / 1_000_000
+    );
+    let owners: Vec<String> = correlation
+        .chain
+        .iter()
+        .skip(steps.len())
+        .map(|hop| hop.entity.to_string())
+        .collect();
+    if !owners.is_empty() {
+        let _ = write!(out, "; then {}", owners.join(" → "));
+    }
+    out
+}
+
+fn explain_bad_rollout(correlation: &Correlation) -> String {
+    let Detail::BadRollout {
+        deployment,
+        previous,
+        failed_pods,
+        after_ns,
+    } = &correlation.detail
+    else {
+        return format!("{} is a bad rollout", correlation.root_cause);
+    };
+    format!(
+        "the rollout of {deployment} to {} went bad: {failed_pods} new pod{} failed, the first \
+         {} s after the new ReplicaSet appeared, while the pods of {previous} were ready",
+        correlation.root_cause,
+        if *failed_pods == 1 { "" } else { "s" },
+        after_ns / 1_000_000_000,
+    )
 }
 
 fn explain_ownership(correlation: &Correlation) -> String {

@@ -56,11 +56,38 @@ where
     A: ExchangeData + std::hash::Hash,
     B: ExchangeData + std::hash::Hash,
 {
+    earliest_in(
+        a,
+        b,
+        move |a: &A| {
+            let start = a_time(a);
+            (start, start.saturating_add(within))
+        },
+        b_time,
+    )
+}
+
+/// For every `(key, a)`, the earliest `(key, b)` whose time falls in `a`'s window
+/// `[from, to]` (both ends included, as `window(a)` gives them): `(key, (a, b))`; ties are
+/// broken by `B`'s order. The generalisation of [`earliest_within`] that a chain of steps
+/// needs: a step must come after the step before it and within a bound of the first.
+pub fn earliest_in<'scope, K, A, B>(
+    a: VecCollection<'scope, Tick, (K, A), isize>,
+    b: VecCollection<'scope, Tick, (K, B), isize>,
+    window: impl Fn(&A) -> (u64, u64) + 'static,
+    b_time: impl Fn(&B) -> u64 + Clone + 'static,
+) -> VecCollection<'scope, Tick, (K, (A, B)), isize>
+where
+    K: ExchangeData + std::hash::Hash,
+    A: ExchangeData + std::hash::Hash,
+    B: ExchangeData + std::hash::Hash,
+{
     let b_time_for_pick = b_time.clone();
     a.join(b)
         .filter(move |(_, (a, b))| {
-            let (start, at) = (a_time(a), b_time(b));
-            at >= start && at - start <= within
+            let (from, to) = window(a);
+            let at = b_time(b);
+            from <= at && at <= to
         })
         .map(|(key, (a, b))| ((key, a), b))
         .reduce(move |_, candidates, output| {
@@ -81,7 +108,7 @@ where
 mod tests {
     use std::collections::BTreeMap;
 
-    use super::earliest_within;
+    use super::{earliest_in, earliest_within};
     use crate::operators::oracle::{Rng, at, run2, times};
 
     /// At every time, the matches equal a from-scratch search: for each A, the earliest B on its
@@ -115,6 +142,56 @@ mod tests {
                     let earliest = held_b
                         .keys()
                         .filter(|(k, b)| k == key && b.0 >= first.0 && b.0 - first.0 <= within)
+                        .map(|(_, b)| *b)
+                        .min();
+                    if let Some(b) = earliest {
+                        expected.insert((*key, (*first, b)), 1isize);
+                    }
+                }
+                assert_eq!(at(&output, time), expected, "seed {seed}, time {time}");
+            }
+        }
+    }
+
+    /// The windowed form, with a window of its own per A (`[lower, upper]`, possibly empty):
+    /// at every time, for each A the earliest B on its key inside A's window.
+    #[test]
+    fn keeps_the_earliest_follower_inside_each_window_at_every_time() {
+        for seed in 1..=20 {
+            let mut rng = Rng::new(seed);
+            let updates = |rng: &mut Rng, count: u64, windowed: bool| {
+                let mut out = Vec::new();
+                for id in 0..count {
+                    let at_time = rng.below(30);
+                    // The upper end sometimes below the lower one: an empty window.
+                    let upper = if windowed { at_time + rng.below(12) } else { 0 };
+                    let lower = if windowed { rng.below(30) } else { 0 };
+                    let record = (rng.below(3) as u32, (at_time, lower, upper, id));
+                    let at = rng.below(20);
+                    out.push((record, at, 1isize));
+                    if rng.below(3) == 0 {
+                        out.push((record, at + 1 + rng.below(10), -1));
+                    }
+                }
+                out
+            };
+            let a = updates(&mut rng, 15, true);
+            let b = updates(&mut rng, 25, false);
+            let output = run2(a.clone(), b.clone(), move |a, b| {
+                earliest_in(
+                    a,
+                    b,
+                    |(_, lower, upper, _)| (*lower, *upper),
+                    |(time, ..)| *time,
+                )
+            });
+            for time in times(&a, &b) {
+                let (held_a, held_b) = (at(&a, time), at(&b, time));
+                let mut expected = BTreeMap::new();
+                for (key, first) in held_a.keys() {
+                    let earliest = held_b
+                        .keys()
+                        .filter(|(k, b)| k == key && first.1 <= b.0 && b.0 <= first.2)
                         .map(|(_, b)| *b)
                         .min();
                     if let Some(b) = earliest {
