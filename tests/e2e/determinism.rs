@@ -17,16 +17,22 @@ fn read(path: &Path) -> Vec<Observation> {
         .collect()
 }
 
+/// The recordings every determinism test replays. The synthetic one is written once, by the
+/// first test that asks, while the others wait: tests run at once, and one rewriting the file
+/// under another's replay would feed it a truncated recording.
 fn recordings() -> Vec<(String, std::path::PathBuf)> {
-    let dir = scratch("synthetic-recording");
-    let synthetic = dir.join("synthetic.jsonl");
-    write_recording(
-        &synthetic,
-        &tapio_tests::synthetic::stream(&tapio_tests::synthetic::Shape::small()),
-    );
+    static SYNTHETIC: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let synthetic = SYNTHETIC.get_or_init(|| {
+        let synthetic = scratch("synthetic-recording").join("synthetic.jsonl");
+        write_recording(
+            &synthetic,
+            &tapio_tests::synthetic::stream(&tapio_tests::synthetic::Shape::small()),
+        );
+        synthetic
+    });
     vec![
         ("kspan".into(), kspan_recording()),
-        ("synthetic".into(), synthetic),
+        ("synthetic".into(), synthetic.clone()),
     ]
 }
 
