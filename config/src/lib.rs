@@ -23,9 +23,10 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrorKind};
 pub use model::{
-    CollectorsConfig, CorrelationConfig, EngineConfig, IntegrationsConfig, KernelCollectorConfig,
-    KubeletCollectorConfig, KubernetesCollectorConfig, NatsConfig, Neo4jConfig, OomSequenceConfig,
-    OwnershipConfig, RecordingCollectorConfig, TapioConfig,
+    BlastRadiusConfig, CollectorsConfig, CorrelationConfig, EngineConfig, IntegrationsConfig,
+    KernelCollectorConfig, KubeletCollectorConfig, KubernetesCollectorConfig, NatsConfig,
+    Neo4jConfig, OomSequenceConfig, OwnershipConfig, RecordingCollectorConfig, ServiceGraphConfig,
+    TapioConfig,
 };
 
 impl TapioConfig {

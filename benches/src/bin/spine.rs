@@ -416,6 +416,7 @@ async fn sink(mut batches: mpsc::Receiver<ClosedBatch>) -> SinkStats {
                     }
                     stats.oom_roots.insert(correlation.root_cause.clone());
                 }
+                CorrelationKind::ServiceDependency | CorrelationKind::BlastRadius => {}
             }
         }
     }

@@ -30,14 +30,64 @@
 
 use std::fmt::Write;
 
-use crate::correlation::{Correlation, CorrelationKind, Hop, Observed, Relation};
+use crate::correlation::{Correlation, CorrelationKind, Detail, Hop, Observed, Relation};
 
 /// One sentence that says what a correlation concludes.
 pub fn explain(correlation: &Correlation) -> String {
     match correlation.kind {
         CorrelationKind::Ownership => explain_ownership(correlation),
         CorrelationKind::OomRestart => explain_oom_restart(correlation),
+        CorrelationKind::ServiceDependency => explain_service_dependency(correlation),
+        CorrelationKind::BlastRadius => explain_blast_radius(correlation),
     }
+}
+
+fn explain_service_dependency(correlation: &Correlation) -> String {
+    let (Some(first), Some(last)) = (correlation.chain.first(), correlation.chain.last()) else {
+        return format!("{} is depended on", correlation.root_cause);
+    };
+    let via = match &correlation.detail {
+        Detail::Dependency { via, .. } => via.as_str().replace('_', " "),
+        _ => "traffic".to_owned(),
+    };
+    format!(
+        "{} depends on {} ({}, by {via})",
+        first.entity,
+        last.entity,
+        describe_hop(last, Some(first))
+    )
+}
+
+fn explain_blast_radius(correlation: &Correlation) -> String {
+    let Detail::BlastRadius {
+        failure,
+        failed,
+        depth,
+        impact,
+    } = &correlation.detail
+    else {
+        return format!("{} reaches its dependents", correlation.root_cause);
+    };
+    let Some(dependent) = correlation.chain.last() else {
+        return format!("{failed} failed");
+    };
+    let what = match failure {
+        Some(kind) => kind.as_str().replace('_', " "),
+        None => "endpoint not ready".to_owned(),
+    };
+    let path: Vec<String> = correlation
+        .chain
+        .iter()
+        .skip_while(|hop| hop.entity != *failed)
+        .map(|hop| hop.entity.to_string())
+        .collect();
+    format!(
+        "{failed} failed ({what}); {} depends on it {depth} edge{} away ({}), {} impact",
+        dependent.entity,
+        if *depth == 1 { "" } else { "s" },
+        path.join(" → "),
+        impact.as_str()
+    )
 }
 
 fn explain_ownership(correlation: &Correlation) -> String {
