@@ -8,6 +8,7 @@
 //! every tick with a recomputation from scratch (as `ownership/tests.rs` and
 //! `oom_sequence/tests.rs` do).
 
+pub mod blast_radius;
 pub mod inputs;
 pub mod oom_sequence;
 pub mod ownership;
@@ -47,6 +48,7 @@ pub const TABLE: &[MakeRule] = &[
     ownership::from_config,
     oom_sequence::from_config,
     service_graph::from_config,
+    blast_radius::from_config,
 ];
 
 /// The rules `config` enables.

@@ -135,7 +135,7 @@ fn accept(seq: u64, time_ns: TimeNs, container: &str, remote: &str) -> Observati
 /// IPs (pods taking over each other's addresses), the Services' cluster IPs, containers in
 /// pods, one process in a container, and connects (to endpoints, to other ports of pod IPs,
 /// to cluster IPs, to unknown addresses) and accepts; heartbeats every 500 ms.
-fn stream(rng: &mut Rng) -> Vec<Observation> {
+pub(crate) fn stream(rng: &mut Rng) -> Vec<Observation> {
     let grid = |steps: u64| steps * 500 * MS;
     let pods = ["pod/ns/a", "pod/ns/b", "pod/ns/c", "pod/ns/d"];
     let ips = ["10.0.0.1", "10.0.0.2", "10.0.0.3"];
@@ -403,7 +403,7 @@ pub(crate) fn naive_connections(
 }
 
 /// From scratch, at `tick`: the service graph's correlations.
-fn naive_graph(
+pub(crate) fn naive_graph(
     arrived: &[Observation],
     entered: &[Option<Tick>],
     clock: TickClock,
