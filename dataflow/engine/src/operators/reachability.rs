@@ -73,6 +73,9 @@ where
 /// A path from a seed: each step's node and the evidence of the edge into it.
 pub type Path<N, E> = Vec<(N, E)>;
 
+/// What [`reach_paths`] finds: `(node, (seed, data, path))`.
+pub type Paths<'scope, N, S, E> = VecCollection<'scope, Tick, (N, (N, S, Path<N, E>)), isize>;
+
 /// `(node, (seed, data, path))` for every node other than the seed that `(seed, data)` reaches
 /// along `edges` (`(from, (to, evidence))`) in at most `max_steps`: of the paths with the fewest
 /// steps, the smallest (compared step by step, node then evidence), so that every edge on it is
@@ -85,7 +88,7 @@ pub fn reach_paths<'scope, N, S, E>(
     edges: VecCollection<'scope, Tick, (N, (N, E)), isize>,
     seeds: VecCollection<'scope, Tick, (N, S), isize>,
     max_steps: u32,
-) -> VecCollection<'scope, Tick, (N, (N, S, Path<N, E>)), isize>
+) -> Paths<'scope, N, S, E>
 where
     N: ExchangeData + std::hash::Hash,
     S: ExchangeData + std::hash::Hash,

@@ -199,9 +199,7 @@ impl Rule for BlastRadius {
         // failure began; the earliest is the evidence.
         let failed_connects = service_graph::resolve(
             inputs,
-            inputs
-                .facts_of("tcp_connect")
-                .filter(|fact| failed_connect(fact)),
+            inputs.facts_of("tcp_connect").filter(failed_connect),
             self.impact_window_ms,
             self.mapping_grace_ms,
         )

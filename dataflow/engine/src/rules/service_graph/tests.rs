@@ -259,6 +259,13 @@ pub(crate) fn held_with_delay(
         .collect()
 }
 
+/// A resolved connection as the naive resolution sees it:
+/// `((client, server), (evidence, via, record))`.
+pub(crate) type NaiveConnection = ((EntityId, EntityId), (Evidence, Resolution, FactId));
+
+/// A traffic edge's candidate evidence, in the order the rule prefers them.
+type NaiveCandidate = (Reverse<u64>, Evidence, Resolution, FactId);
+
 /// A mapping as the naive resolution sees it, in the order it prefers them.
 type NaiveMapping = (u8, Reverse<TimeNs>, EntityId, Resolution, FactId);
 
@@ -272,7 +279,7 @@ pub(crate) fn naive_connections(
     tick: Tick,
     window_ms: Tick,
     keep: impl Fn(&Fact) -> bool,
-) -> Vec<((EntityId, EntityId), (Evidence, Resolution, FactId))> {
+) -> Vec<NaiveConnection> {
     let records = held_with_delay(arrived, entered, tick, |object| match object {
         StateObject::ServiceEndpoint(_) | StateObject::Service(_) => GRACE_MS,
         StateObject::ProcessContainer(_) => EXIT_GRACE_MS,
@@ -410,8 +417,7 @@ pub(crate) fn naive_graph(
     tick: Tick,
 ) -> BTreeMap<Correlation, i64> {
     let window_ns = WINDOW_MS * MS;
-    let mut edges: BTreeMap<(EntityId, EntityId), (Reverse<u64>, Evidence, Resolution, FactId)> =
-        BTreeMap::new();
+    let mut edges: BTreeMap<(EntityId, EntityId), NaiveCandidate> = BTreeMap::new();
     for (pair, (evidence, via, record)) in
         naive_connections(arrived, entered, clock, tick, WINDOW_MS, |_| true)
     {
