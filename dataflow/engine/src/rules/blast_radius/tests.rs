@@ -544,3 +544,81 @@ fn an_oom_kill_reaches_the_clients_through_the_service() {
         }
     )));
 }
+
+/// With no rule saying anything failed, an endpoint that stops being ready is the failure: its
+/// pod, then the Service, then the client that connects through it, as potential impact while
+/// the client's connects still succeed; when the endpoint is ready again it is over.
+#[test]
+fn an_endpoint_that_stops_being_ready_reaches_the_clients() {
+    let ready = endpoint("service/ns/s", "10.0.0.5:80", Some("pod/ns/server"), true);
+    let not_ready = endpoint("service/ns/s", "10.0.0.5:80", Some("pod/ns/server"), false);
+    let cluster_ip = StateObject::Service(ServiceObject {
+        entity: entity("service/ns/s"),
+        uid: "uid".into(),
+        cluster_ips: vec!["10.96.0.1".into()],
+    });
+    let mut stream = vec![
+        state(1, T0, T0, 1, in_pod("cc", "pod/ns/client")),
+        state(2, T0, T0, 1, ready.clone()),
+        state(3, T0, T0, 1, cluster_ip),
+        connect(
+            10,
+            T0 + SECOND,
+            Some("cc"),
+            None,
+            "10.96.0.1:80",
+            ConnectOutcome::Established,
+        ),
+        state(2, T0 + 4 * SECOND, T0, -1, ready.clone()),
+        state(4, T0 + 4 * SECOND, T0 + 4 * SECOND, 1, not_ready.clone()),
+        state(4, T0 + 8 * SECOND, T0 + 4 * SECOND, -1, not_ready),
+        state(5, T0 + 8 * SECOND, T0 + 8 * SECOND, 1, ready),
+    ];
+    stream.extend(heartbeats(T0, T0 + 10 * SECOND, 500 * MS));
+    stream.sort_by_key(|o| (o.time_ns(), matches!(o, Observation::Heartbeat(_))));
+    let (harness, _) = harness(&config());
+    let clock = harness.clock();
+    let run = harness.run(stream).expect("run");
+    assert!(held(&run, clock, 3).is_empty());
+    let at_5 = held(&run, clock, 5);
+    assert_eq!(
+        at_5.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["pod/ns/client", "service/ns/s"]
+    );
+    let client = &at_5["pod/ns/client"];
+    let not_ready_hop = Observed::EndpointReady {
+        address: "10.0.0.5:80".into(),
+        ready: false,
+    };
+    let chain: Vec<(String, Relation, FactId)> = client
+        .chain
+        .iter()
+        .map(|hop| (hop.entity.to_string(), hop.relation, hop.fact_id.clone()))
+        .collect();
+    let record = FactId::new("kubernetes", "cluster", 4);
+    assert_eq!(
+        chain,
+        [
+            ("pod/ns/server".into(), Relation::Start, record.clone()),
+            ("service/ns/s".into(), Relation::Affects, record),
+            (
+                "pod/ns/client".into(),
+                Relation::Affects,
+                FactId::new("kernel", "n1", 10)
+            ),
+        ]
+    );
+    assert_eq!(client.chain[0].observed, not_ready_hop);
+    assert_eq!(client.chain[1].observed, not_ready_hop);
+    assert_eq!(client.root_cause, entity("pod/ns/server"));
+    assert!(matches!(
+        client.detail,
+        Detail::BlastRadius {
+            failure: None,
+            depth: 2,
+            impact: Impact::Potential,
+            ..
+        }
+    ));
+    assert!(held(&run, clock, 9).is_empty(), "ready again: over");
+}
