@@ -24,8 +24,8 @@ enum Question {
         /// Entity id, e.g. pod/default/web-1 (see the README's entity ids).
         entity: String,
     },
-    /// What ENTITY takes down with it: what it caused, what runs inside it, and the owners of
-    /// what it affected.
+    /// What ENTITY takes down with it: what it caused, what runs inside it, the owners of what
+    /// it affected, what its failure reached along the service graph, and what depends on it.
     BlastRadius {
         /// Entity id.
         entity: String,
@@ -39,7 +39,8 @@ enum Question {
         #[arg(long, value_name = "TIME")]
         since: Option<String>,
     },
-    /// The shortest chain of ownership and causal relationships between two entities.
+    /// The shortest chain of ownership, causal and dependency relationships between two
+    /// entities.
     Path {
         /// First entity id.
         from: String,

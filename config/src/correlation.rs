@@ -7,7 +7,8 @@ use std::time::Duration;
 use crate::duration;
 use crate::error::ConfigError;
 use crate::model::{
-    BadRolloutConfig, CorrelationConfig, EngineConfig, OomSequenceConfig, OwnershipConfig,
+    BadRolloutConfig, BlastRadiusConfig, CorrelationConfig, EngineConfig, OomSequenceConfig,
+    OwnershipConfig, ServiceGraphConfig,
 };
 use crate::sequences;
 use crate::validate::{DAY, HOUR, count_in, duration_in, invalid};
@@ -28,7 +29,20 @@ impl CorrelationConfig {
         self.ownership.validate(&key(path, "ownership"))?;
         self.oom_sequence.validate(&key(path, "oom_sequence"))?;
         sequences::validate(&self.sequences, &key(path, "sequences"))?;
-        self.bad_rollout.validate(&key(path, "bad_rollout"))
+        self.bad_rollout.validate(&key(path, "bad_rollout"))?;
+        self.service_graph.validate(&key(path, "service_graph"))?;
+        self.blast_radius.validate(&key(path, "blast_radius"))?;
+        // The blast radius walks the service graph's edges: without them it finds nothing.
+        if self.blast_radius.enabled && !self.service_graph.enabled {
+            return Err(invalid(
+                &key(&key(path, "blast_radius"), "enabled"),
+                format!(
+                    "needs {} (the edges it follows), which is false",
+                    key(&key(path, "service_graph"), "enabled")
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -134,5 +148,42 @@ impl BadRolloutConfig {
         let second = Duration::from_secs(1);
         duration_in(&key(path, "within"), self.within, second, DAY)?;
         duration_in(&key(path, "keep_for"), self.keep_for, second, DAY)
+    }
+}
+
+impl ServiceGraphConfig {
+    /// Checks this section, found at `path` (`correlation.service_graph`).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key path of the first value out of its range.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        duration_in(
+            &key(path, "window"),
+            self.window,
+            Duration::from_secs(1),
+            HOUR,
+        )?;
+        duration_in(
+            &key(path, "mapping_grace"),
+            self.mapping_grace,
+            Duration::ZERO,
+            HOUR,
+        )
+    }
+}
+
+impl BlastRadiusConfig {
+    /// Checks this section, found at `path` (`correlation.blast_radius`).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key path of the first value out of its range.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        count_in(&key(path, "max_depth"), self.max_depth as usize, 1, 16)?;
+        duration_in(
+            &key(path, "impact_window"),
+            self.impact_window,
+            Duration::from_secs(1),
+            HOUR,
+        )
     }
 }

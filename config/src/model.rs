@@ -286,6 +286,14 @@ pub struct CorrelationConfig {
     /// Default: enabled, see [`BadRolloutConfig::default`].
     #[serde(deserialize_with = "null_as_default")]
     pub bad_rollout: BadRolloutConfig,
+    /// Builds the service graph from TCP connects and accepts.
+    /// Default: enabled, see [`ServiceGraphConfig::default`].
+    #[serde(deserialize_with = "null_as_default")]
+    pub service_graph: ServiceGraphConfig,
+    /// Finds what a failure reaches along the service graph.
+    /// Default: enabled, see [`BlastRadiusConfig::default`].
+    #[serde(deserialize_with = "null_as_default")]
+    pub blast_radius: BlastRadiusConfig,
 }
 
 impl Default for CorrelationConfig {
@@ -296,6 +304,8 @@ impl Default for CorrelationConfig {
             oom_sequence: OomSequenceConfig::default(),
             sequences: builtin_sequences(),
             bad_rollout: BadRolloutConfig::default(),
+            service_graph: ServiceGraphConfig::default(),
+            blast_radius: BlastRadiusConfig::default(),
         }
     }
 }
@@ -438,6 +448,63 @@ impl Default for BadRolloutConfig {
             within: Duration::from_secs(15 * 60),
             // A bad rollout is usually rolled back within the hour; until then it stays news.
             keep_for: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+/// The service graph: who connects to whom, resolved through Services and EndpointSlices.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceGraphConfig {
+    /// Whether the rule runs. Default: `true`.
+    pub enabled: bool,
+    /// How long an edge lasts without traffic, `1s..=1h`. Written as a humantime string.
+    /// Default: `5m`.
+    #[serde(with = "humantime_str")]
+    pub window: Duration,
+    /// How long an address keeps resolving to a pod or Service after its EndpointSlice or
+    /// Service record is gone, at most `1h`. Written as a humantime string. Default: `5m`.
+    #[serde(with = "humantime_str")]
+    pub mapping_grace: Duration,
+}
+
+impl Default for ServiceGraphConfig {
+    fn default() -> Self {
+        ServiceGraphConfig {
+            // The dependency graph is what blast radius and path questions walk.
+            enabled: true,
+            // Clients that talk every few minutes (health checks, pollers) keep their edges.
+            window: Duration::from_secs(5 * 60),
+            // As long as the window: a connect still in the window keeps the mapping it was
+            // made under, while a reused address is claimed by its newer record at once.
+            mapping_grace: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+/// The blast radius rule: a failure's transitive dependents along the service graph.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlastRadiusConfig {
+    /// Whether the rule runs; needs `service_graph`. Default: `true`.
+    pub enabled: bool,
+    /// Most dependency edges followed from a failure, `1..=16`. Default: `4`.
+    pub max_depth: u32,
+    /// How long a dependent's failed connect counts as impact, `1s..=1h`. Written as a
+    /// humantime string. Default: `5m`.
+    #[serde(with = "humantime_str")]
+    pub impact_window: Duration,
+}
+
+impl Default for BlastRadiusConfig {
+    fn default() -> Self {
+        BlastRadiusConfig {
+            // A failure's reach is the question people ask first.
+            enabled: true,
+            // Client → Service → pod → Service → pod: deeper paths are rarely causal.
+            max_depth: 4,
+            // As long as the service graph's window.
+            impact_window: Duration::from_secs(5 * 60),
         }
     }
 }

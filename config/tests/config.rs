@@ -95,6 +95,14 @@ fn defaults_have_the_documented_values() {
     assert!(oom.enabled);
     assert_eq!(oom.within, Duration::from_secs(30));
     assert_eq!(oom.keep_for, Duration::from_secs(600));
+    let graph = &config.correlation.service_graph;
+    assert!(graph.enabled);
+    assert_eq!(graph.window, Duration::from_secs(300));
+    assert_eq!(graph.mapping_grace, Duration::from_secs(300));
+    let blast = &config.correlation.blast_radius;
+    assert!(blast.enabled);
+    assert_eq!(blast.max_depth, 4);
+    assert_eq!(blast.impact_window, Duration::from_secs(300));
     assert_eq!(config.integrations.neo4j.uri, "");
     assert_eq!(config.integrations.neo4j.username, "neo4j");
     assert_eq!(config.integrations.neo4j.password, "");
@@ -613,6 +621,30 @@ const RULES: &[(&str, &str, &str, Option<&str>)] = &[
         None,
     ),
     (
+        "window: 5m",
+        "window: 999ms",
+        "correlation.service_graph.window",
+        None,
+    ),
+    (
+        "mapping_grace: 5m",
+        "mapping_grace: 2h",
+        "correlation.service_graph.mapping_grace",
+        None,
+    ),
+    (
+        "max_depth: 4",
+        "max_depth: 17",
+        "correlation.blast_radius.max_depth",
+        None,
+    ),
+    (
+        "impact_window: 5m",
+        "impact_window: 0s",
+        "correlation.blast_radius.impact_window",
+        None,
+    ),
+    (
         "uri: \"\"",
         "uri: http://db:7687",
         "integrations.neo4j.uri",
@@ -823,6 +855,19 @@ fn a_blank_recording_path_is_missing() {
         error.message,
         "is required when collectors.recording.enabled is true"
     );
+}
+
+#[test]
+fn the_blast_radius_needs_the_service_graph() {
+    let error = parse_err("correlation:\n  service_graph:\n    enabled: false\n");
+    assert_eq!(error.key_path, "correlation.blast_radius.enabled");
+    assert_eq!(
+        error.message,
+        "needs correlation.service_graph.enabled (the edges it follows), which is false"
+    );
+    let both_off =
+        "correlation:\n  service_graph:\n    enabled: false\n  blast_radius:\n    enabled: false\n";
+    assert!(parse(both_off).is_ok());
 }
 
 #[test]

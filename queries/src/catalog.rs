@@ -9,7 +9,7 @@
 //! | `HOP` (correlation to entity) | `index`, `fact_id`, `relation` |
 //! | `ROOT_CAUSE` (correlation to its root cause) | |
 //! | `ABOUT` (fact to entity) | `observed` (the hop's typed observation as JSON) |
-//! | `OWNED_BY`, `CAUSED`, `FOLLOWED_BY`, `DEPENDS_ON` (entity to entity) | `fact_id` |
+//! | `OWNED_BY`, `CAUSED`, `FOLLOWED_BY`, `DEPENDS_ON`, `AFFECTS` (entity to entity) | `fact_id` |
 //!
 //! An entity-to-entity relationship's type is the relation of the hop it leads to, one type per
 //! relation that joins hops ([`Relation::LINKS`]), and its evidence is that hop's fact: its time
@@ -24,7 +24,7 @@ use std::sync::LazyLock;
 use tapio_model::Relation;
 
 /// Every relationship type between entities, as a Cypher type alternation:
-/// `OWNED_BY|CAUSED|FOLLOWED_BY|DEPENDS_ON`.
+/// `OWNED_BY|CAUSED|FOLLOWED_BY|DEPENDS_ON|AFFECTS`.
 pub fn link_types() -> String {
     Relation::LINKS
         .into_iter()
@@ -40,15 +40,16 @@ RETURN split(e.id, '/')[0] AS kind";
 
 /// `why ENTITY`: every current correlation whose chain passes through the entity, with its
 /// typed data (`data`, the chain and its evidence included); surest and newest first.
-/// Ownership chains are not causes and are left out. `$entity`.
+/// Ownership chains and the service graph's edges are not causes and are left out (a failure
+/// that reached the entity along them is: `blast_radius`). `$entity`.
 pub const WHY: &str = "\
 MATCH (:Entity {id: $entity})<-[:HOP]-(c:Correlation)
-WHERE c.family <> 'ownership'
+WHERE c.family <> 'ownership' AND c.kind <> 'service_dependency'
 WITH DISTINCT c
 RETURN c.id AS id, c.data AS data, c.confidence AS confidence, c.since AS since
 ORDER BY confidence DESC, since DESC, id";
 
-/// `blast-radius ENTITY`: what the entity takes down with it. Four ways to be hit, each the
+/// `blast-radius ENTITY`: what the entity takes down with it. Six ways to be hit, each the
 /// shortest way found, nearest first:
 ///
 /// - `caused`: reached from the entity along `CAUSED` (the container an OOM-killed process
@@ -58,7 +59,12 @@ ORDER BY confidence DESC, since DESC, id";
 /// - `inside affected`: owned by something it caused (the containers of a pod a rule says it
 ///   affected);
 /// - `owner of affected`: an owner of something it caused (the pod, ReplicaSet and Deployment of
-///   a restarted container).
+///   a restarted container);
+/// - `affected`: reached along `AFFECTS` from the entity, from what it caused or from what
+///   it is in (a blast radius: the Service and clients of a pod whose container was
+///   OOM-killed);
+/// - `dependent`: depends on the entity, or on something in it, along `DEPENDS_ON` (the service
+///   graph: what would be hit if it failed).
 ///
 /// `$entity`.
 pub const BLAST_RADIUS: &str = "\
@@ -79,6 +85,14 @@ CALL {
   WITH e
   MATCH p = (e)-[:CAUSED*1..8]->(:Entity)-[:OWNED_BY*1..8]->(x:Entity)
   RETURN x, 'owner of affected' AS how, p
+  UNION ALL
+  WITH e
+  MATCH p = (e)-[:CAUSED|OWNED_BY*0..8]->(:Entity)-[:AFFECTS*1..8]->(x:Entity)
+  RETURN x, 'affected' AS how, p
+  UNION ALL
+  WITH e
+  MATCH p = (e)<-[:OWNED_BY*0..8]-(:Entity)<-[:DEPENDS_ON*1..8]-(x:Entity)
+  RETURN x, 'dependent' AS how, p
 }
 WITH e, x, how, p WHERE x <> e
 WITH x, how, p ORDER BY length(p), how

@@ -175,7 +175,8 @@ pub struct Impact {
     pub entity: String,
     /// Its kind (`pod`, …).
     pub kind: String,
-    /// How it is hit: `caused`, `inside`, `inside affected`, `owner of affected`.
+    /// How it is hit: `caused`, `inside`, `inside affected`, `owner of affected`, `affected`
+    /// (a failure reached it along the service graph), `dependent` (it depends on the entity).
     pub how: String,
     /// Relationships between the two.
     pub distance: u32,
@@ -201,7 +202,7 @@ pub struct Event {
 /// One step of a path.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
-    /// The relationship type: `OWNED_BY`, `CAUSED`, `FOLLOWED_BY` or `DEPENDS_ON`.
+    /// The relationship type: `OWNED_BY`, `CAUSED`, `FOLLOWED_BY`, `DEPENDS_ON` or `AFFECTS`.
     pub relation: String,
     /// Start of the relationship.
     pub from: String,

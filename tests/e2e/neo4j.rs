@@ -2,7 +2,9 @@
 //! `tapio replay` writes the kspan recording into Neo4j, the graph holds exactly the
 //! correlations current at the end of the JSON-lines output, a second replay writes nothing
 //! twice, `tapio query` answers every question about the OOM restart in it, and bad
-//! credentials, an unreachable server and bad questions each give one clear error.
+//! credentials, an unreachable server and bad questions each give one clear error. A recorded
+//! dependency incident (an OOM kill in a pod behind a Service that two clients use) answers
+//! `blast-radius`, `path` and `why` along the service graph.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -11,10 +13,17 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use neo4rs::{Graph, query};
+use tapio_model::{
+    ConnectOutcome, ContainerExit, Fact, FactId, FactPayload, Heartbeat, Observation, OomKill,
+    OwnerRef, PodContainer, ProcessExit, ServiceEndpoint, ServiceObject, StateObject, StateRecord,
+    StateUpdate, TcpConnect, TimeNs, WorkloadObject,
+};
 use tapio_sinks_neo4j::harness::{self, Neo4jServer};
 use tapio_sinks_neo4j::model::correlation_id;
 
-use crate::support::{current, kspan_recording, read_changes, scratch, succeed, tapio};
+use crate::support::{
+    current, kspan_recording, read_changes, scratch, succeed, tapio, write_recording,
+};
 
 const POD: &str = "pod/default/px-7df978b9bf-jm22q";
 const PROCESS: &str = "process/kind-control-plane/2315/1621357851120000000";
@@ -305,6 +314,278 @@ fn kspan_replay_fills_neo4j_and_every_question_is_answered() {
         .expect("run");
     let error = the_one_error(&malformed);
     assert!(error.contains("is not an entity id"), "{error}");
+    std::fs::remove_dir_all(dir).expect("clean");
+}
+
+/// 2026-01-01T00:00:00Z.
+const T0: TimeNs = 1_767_225_600_000_000_000;
+const SECOND: TimeNs = 1_000_000_000;
+
+fn entity(text: &str) -> tapio_model::EntityId {
+    text.parse().expect("entity")
+}
+
+/// The dependency incident: `pod/shop/api` (Deployment `api`) serves Service `api` on
+/// 10.244.0.5:8080 behind cluster IP 10.96.0.10; `web` connects through the Service, `batch`
+/// to the pod directly. The api container is OOM-killed at 10 s, and web's next connect is
+/// refused.
+fn dependency_incident() -> Vec<Observation> {
+    let mut seq = 0;
+    let mut record = |object: StateObject| {
+        seq += 1;
+        Observation::State(StateUpdate {
+            time_ns: T0,
+            diff: 1,
+            record: StateRecord {
+                evidence: FactId::new("kubernetes", "cluster", seq),
+                since_ns: T0,
+                object,
+            },
+        })
+    };
+    let owned = |child: &str, owner: &str| {
+        StateObject::Workload(WorkloadObject {
+            entity: entity(child),
+            uid: format!("uid-{child}"),
+            owner: Some(OwnerRef {
+                entity: entity(owner),
+                uid: format!("uid-{owner}"),
+            }),
+        })
+    };
+    let container = |id: &str, pod: &str| {
+        StateObject::PodContainer(PodContainer {
+            pod: entity(pod),
+            pod_uid: format!("uid-{pod}"),
+            container_name: "app".into(),
+            container_id: id.into(),
+        })
+    };
+    let mut stream = vec![
+        record(owned("pod/shop/api-7d9-x2", "replicaset/shop/api-7d9")),
+        record(owned("replicaset/shop/api-7d9", "deployment/shop/api")),
+        record(container("api1", "pod/shop/api-7d9-x2")),
+        record(container("web1", "pod/shop/web")),
+        record(container("batch1", "pod/shop/batch")),
+        record(StateObject::Service(ServiceObject {
+            entity: entity("service/shop/api"),
+            uid: "uid-service".into(),
+            cluster_ips: vec!["10.96.0.10".into()],
+        })),
+        record(StateObject::ServiceEndpoint(ServiceEndpoint {
+            service: entity("service/shop/api"),
+            endpoint: entity("endpoint/10.244.0.5:8080"),
+            pod: Some(entity("pod/shop/api-7d9-x2")),
+            ready: true,
+        })),
+    ];
+    let fact = |seq: u64, at: TimeNs, payload: FactPayload| {
+        Observation::Fact(Fact {
+            id: FactId::new("kernel", "n1", seq),
+            time_ns: T0 + at,
+            payload,
+        })
+    };
+    let connect = |container: &str, remote: &str, outcome: ConnectOutcome| {
+        FactPayload::TcpConnect(TcpConnect {
+            process: None,
+            local: "10.244.0.9:41000".parse().expect("address"),
+            remote: remote.parse().expect("address"),
+            outcome,
+            error: if outcome.is_failure() { 111 } else { 0 },
+            latency_ns: 1_000_000,
+            container_id: Some(container.into()),
+        })
+    };
+    stream.extend([
+        fact(
+            1,
+            SECOND,
+            connect("web1", "10.96.0.10:80", ConnectOutcome::Established),
+        ),
+        fact(
+            2,
+            2 * SECOND,
+            connect("batch1", "10.244.0.5:8080", ConnectOutcome::Established),
+        ),
+        fact(
+            3,
+            10 * SECOND,
+            FactPayload::OomKill(OomKill {
+                pid: 4242,
+                start_ns: T0,
+                comm: "api".into(),
+                container_id: Some("api1".into()),
+                pod_uid: None,
+                memcg: "/kubepods/api1".into(),
+                rss_pages: 65_536,
+            }),
+        ),
+        fact(
+            4,
+            10 * SECOND + SECOND / 10,
+            FactPayload::ProcessExit(ProcessExit {
+                pid: 4242,
+                start_ns: T0,
+                comm: "api".into(),
+                exit_code: 0,
+                signal: 9,
+                container_id: Some("api1".into()),
+            }),
+        ),
+        fact(
+            5,
+            10 * SECOND + SECOND / 2,
+            FactPayload::ContainerExit(ContainerExit {
+                container_id: "api1".into(),
+                container_name: "app".into(),
+                pod: Some(entity("pod/shop/api-7d9-x2")),
+                exit_code: 137,
+                reason: "OOMKilled".into(),
+                restart_count: 1,
+            }),
+        ),
+        fact(
+            6,
+            11 * SECOND,
+            connect("web1", "10.96.0.10:80", ConnectOutcome::Refused),
+        ),
+    ]);
+    stream.extend((0..=30).map(|step| {
+        Observation::Heartbeat(Heartbeat {
+            source: "kernel".into(),
+            node: "n1".into(),
+            upto_ns: T0 + step * SECOND / 2,
+        })
+    }));
+    stream.sort_by_key(|o| (o.time_ns(), matches!(o, Observation::Heartbeat(_))));
+    stream
+}
+
+#[test]
+fn a_dependency_incident_answers_blast_radius_path_and_why() {
+    let _db = database();
+    let runtime = runtime();
+    let graph = graph(&runtime);
+    runtime
+        .block_on(graph.run(query("MATCH (n) DETACH DELETE n")))
+        .expect("clear");
+    let dir = scratch("neo4j-dependency");
+    let recording = dir.join("incident.jsonl");
+    write_recording(&recording, &dependency_incident());
+    let config = config(&dir, server().uri(), harness::PASSWORD);
+    succeed(
+        tapio()
+            .arg("--config")
+            .arg(&config)
+            .arg("replay")
+            .arg(&recording)
+            .arg("--output")
+            .arg(dir.join("out.jsonl")),
+    );
+    let process = "process/n1/4242/1767225600000000000";
+    let (api, web, batch) = ("pod/shop/api-7d9-x2", "pod/shop/web", "pod/shop/batch");
+
+    // What the kill reached: the container it stopped and its owners, then along the service
+    // graph the Service and both clients.
+    let blast = query_json(&config, &["blast-radius", process]);
+    let impacts = blast["impacts"].as_array().expect("impacts");
+    let how: Vec<(String, String, u64)> = impacts
+        .iter()
+        .map(|impact| {
+            (
+                impact["entity"].as_str().expect("entity").to_owned(),
+                impact["how"].as_str().expect("how").to_owned(),
+                impact["distance"].as_u64().expect("distance"),
+            )
+        })
+        .collect();
+    for expected in [
+        ("container/api1", "caused", 1),
+        (api, "owner of affected", 2),
+        ("service/shop/api", "affected", 3),
+        (batch, "affected", 3),
+        (web, "affected", 4),
+    ] {
+        let expected = (expected.0.to_owned(), expected.1.to_owned(), expected.2);
+        assert!(how.contains(&expected), "{expected:?} in {how:#?}");
+    }
+    // Each step of the way to the web client carries its evidence: the kill's container exit,
+    // the pod's container record, the endpoint record and web's connect.
+    let to_web = impacts
+        .iter()
+        .find(|impact| impact["entity"] == web)
+        .expect("web is hit");
+    assert_eq!(
+        to_web["evidence"],
+        serde_json::json!([
+            "kernel/n1/5",
+            "kubernetes/cluster/3",
+            "kubernetes/cluster/7",
+            "kernel/n1/1"
+        ])
+    );
+
+    // What depends on the Deployment, through its pod: the Service and both clients.
+    let deployment = query_json(&config, &["blast-radius", "deployment/shop/api"]);
+    let dependents: Vec<(String, String)> = deployment["impacts"]
+        .as_array()
+        .expect("impacts")
+        .iter()
+        .filter(|impact| impact["how"] == "dependent")
+        .map(|impact| {
+            (
+                impact["entity"].as_str().expect("entity").to_owned(),
+                impact["how"].as_str().expect("how").to_owned(),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = dependents
+        .iter()
+        .map(|(entity, _)| entity.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["pod/shop/batch", "service/shop/api", "pod/shop/web"]
+    );
+
+    // web and the api pod are two steps apart, through the Service.
+    let path = query_json(&config, &["path", web, api]);
+    assert_eq!(
+        path["nodes"],
+        serde_json::json!([web, "service/shop/api", api])
+    );
+    for relation in strings(&path["steps"], "relation") {
+        assert!(
+            relation == "DEPENDS_ON" || relation == "AFFECTS",
+            "{relation}"
+        );
+    }
+
+    // Why web suffers: the kill reached it, seen in its refused connect. The service graph's
+    // edges through web are not causes.
+    let why = query_json(&config, &["why", web]);
+    let causes = why["causes"].as_array().expect("causes");
+    assert_eq!(causes.len(), 1, "{why:#}");
+    assert_eq!(causes[0]["kind"], "blast_radius");
+    assert_eq!(causes[0]["root_cause"], process);
+    assert_eq!(causes[0]["confidence"], 90);
+    assert_eq!(
+        strings(&causes[0]["chain"], "relation"),
+        [
+            "start",
+            "followed_by",
+            "caused",
+            "owned_by",
+            "affects",
+            "affects",
+            "followed_by"
+        ]
+    );
+    assert_eq!(
+        causes[0]["chain"][6]["what"],
+        "connect to 10.96.0.10:80 refused after 1 ms"
+    );
     std::fs::remove_dir_all(dir).expect("clean");
 }
 

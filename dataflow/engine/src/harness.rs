@@ -79,8 +79,8 @@ use tapio_model::{ClosedBatch, Correlation, Fact, Observation, StateRecord, Time
 use timely::worker::Worker;
 
 use crate::clock::{Tick, TickClock};
-use crate::rules::{MakeRule, Rule};
-use crate::worker::{Intake, correlate, wind_down};
+use crate::rules::{MakeRule, Rule, RuleInputs};
+use crate::worker::{Intake, wind_down};
 use crate::{EngineError, EngineSettings, WorkerReport};
 
 /// Longest a worker parks while it waits for its peers: a spinning worker could keep a peer on
@@ -91,6 +91,7 @@ const PARK: Option<Duration> = Some(Duration::from_millis(1));
 #[derive(Clone)]
 pub struct RuleHarness {
     rule: Arc<dyn Rule>,
+    upstream: Arc<Vec<Box<dyn Rule>>>,
     settings: Arc<EngineSettings>,
     workers: usize,
 }
@@ -120,9 +121,20 @@ impl RuleHarness {
         });
         RuleHarness {
             rule: Arc::from(rule),
+            upstream: Arc::new(Vec::new()),
             settings: Arc::new(settings),
             workers: 1,
         }
+    }
+
+    /// Runs `upstream` before the rule, in the order given, as earlier entries of
+    /// [`crate::rules::TABLE`] run: the rule reads their correlations
+    /// ([`crate::rules::RuleInputs::correlations_of`]), and their facts are taken in too; only
+    /// the rule's own output is collected.
+    #[must_use]
+    pub fn after(mut self, upstream: Vec<Box<dyn Rule>>) -> RuleHarness {
+        self.upstream = Arc::new(upstream);
+        self
     }
 
     /// A harness for the rule `make` makes from `config` (an entry of [`crate::rules::TABLE`]),
@@ -158,15 +170,17 @@ impl RuleHarness {
         let observations: Arc<Vec<Observation>> = Arc::new(observations.into_iter().collect());
         let parts = if self.workers == 1 {
             let (rule, settings) = (Arc::clone(&self.rule), Arc::clone(&self.settings));
+            let upstream = Arc::clone(&self.upstream);
             let observations = Arc::clone(&observations);
             vec![timely::execute_directly(move |worker| {
-                drive(worker, rule.as_ref(), &settings, &observations)
+                drive(worker, (rule.as_ref(), &upstream), &settings, &observations)
             })]
         } else {
             let (rule, settings) = (Arc::clone(&self.rule), Arc::clone(&self.settings));
+            let upstream = Arc::clone(&self.upstream);
             let shared = Arc::clone(&observations);
             let guards = timely::execute(timely::Config::process(self.workers), move |worker| {
-                drive(worker, rule.as_ref(), &settings, &shared)
+                drive(worker, (rule.as_ref(), &upstream), &settings, &shared)
             })
             .map_err(|reason| EngineError::Start { reason })?;
             guards
@@ -270,7 +284,7 @@ struct Part {
 /// advances, then closes every tick up to the end of the stream.
 fn drive(
     worker: &mut Worker,
-    rule: &dyn Rule,
+    (rule, upstream): (&dyn Rule, &[Box<dyn Rule>]),
     settings: &EngineSettings,
     observations: &[Observation],
 ) -> Part {
@@ -279,8 +293,18 @@ fn drive(
     let (mut facts_in, mut state_in, probe) = worker.dataflow::<Tick, _, _>(|scope| {
         let (facts_in, facts) = scope.new_collection::<Fact, isize>();
         let (state_in, state) = scope.new_collection::<StateRecord, isize>();
+        let inputs = RuleInputs::new(
+            facts,
+            state,
+            TickClock::new(settings.tick_ms),
+            &settings.correlation,
+        );
+        for earlier in upstream {
+            inputs.add_built(earlier.build(&inputs));
+        }
         // Collect before probing, so that once the probe passes a tick its output is collected.
-        let (probe, _) = correlate(facts, state, [rule], settings)
+        let (probe, _) = rule
+            .build(&inputs)
             .inspect(move |(correlation, tick, diff)| {
                 // The receiver outlives the dataflow's input; a failed send cannot happen.
                 let _ = out_tx.send((correlation.clone(), *tick, *diff));
@@ -297,7 +321,8 @@ fn drive(
         if !mine {
             continue;
         }
-        let reads = |fact: &Fact| rule.reads(fact);
+        let reads =
+            |fact: &Fact| rule.reads(fact) || upstream.iter().any(|earlier| earlier.reads(fact));
         let sessions = (&mut facts_in, &mut state_in);
         if let Some(tick) = intake.take(observation.clone(), reads, sessions, index == 0) {
             entered.push((position, tick));

@@ -57,6 +57,11 @@ pub enum CorrelationKind {
     DeclaredSequence,
     /// A Deployment's new ReplicaSet whose pods fail while the previous ReplicaSet's were ready.
     BadRollout,
+    /// One entity of the service graph depends on another: a pod connected to a Service or a
+    /// pod behind it, or a Service routes to a pod.
+    ServiceDependency,
+    /// A failed entity's dependent, reached along the service graph.
+    BlastRadius,
 }
 
 impl CorrelationKind {
@@ -67,6 +72,8 @@ impl CorrelationKind {
             CorrelationKind::OomRestart => "oom_restart",
             CorrelationKind::DeclaredSequence => "declared_sequence",
             CorrelationKind::BadRollout => "bad_rollout",
+            CorrelationKind::ServiceDependency => "service_dependency",
+            CorrelationKind::BlastRadius => "blast_radius",
         }
     }
 
@@ -77,6 +84,7 @@ impl CorrelationKind {
             CorrelationKind::OomRestart => Family::Sequence,
             CorrelationKind::DeclaredSequence => Family::Sequence,
             CorrelationKind::BadRollout => Family::Sequence,
+            CorrelationKind::ServiceDependency | CorrelationKind::BlastRadius => Family::Dependency,
         }
     }
 }
@@ -95,15 +103,19 @@ pub enum Relation {
     FollowedBy,
     /// The previous hop's entity depends on this hop's entity.
     DependsOn,
+    /// This hop's entity depends on the previous hop's entity, and a failure of that one
+    /// reached it: [`Relation::DependsOn`] read in the causal direction.
+    Affects,
 }
 
 impl Relation {
     /// Every relation that joins two hops (all but [`Relation::Start`]).
-    pub const LINKS: [Relation; 4] = [
+    pub const LINKS: [Relation; 5] = [
         Relation::OwnedBy,
         Relation::Caused,
         Relation::FollowedBy,
         Relation::DependsOn,
+        Relation::Affects,
     ];
 
     /// The snake_case name used in JSON.
@@ -114,6 +126,7 @@ impl Relation {
             Relation::Caused => "caused",
             Relation::FollowedBy => "followed_by",
             Relation::DependsOn => "depends_on",
+            Relation::Affects => "affects",
         }
     }
 }
@@ -403,6 +416,74 @@ pub enum Detail {
         /// Time from the new ReplicaSet's appearance to the first failure, ns.
         after_ns: u64,
     },
+    /// An edge of the service graph.
+    Dependency {
+        /// How the address connected to was resolved to the entity depended on.
+        via: Resolution,
+        /// The record that resolved it (the EndpointSlice or Service record).
+        resolved_by: FactId,
+        /// How long the edge lasts without traffic, ns.
+        window_ns: u64,
+    },
+    /// A dependent that a failure reaches.
+    BlastRadius {
+        /// What failed: the kind of the correlation that says so, or `None` when the failure
+        /// is a Service endpoint that stopped being ready.
+        failure: Option<CorrelationKind>,
+        /// The entity that failed, where the dependency path starts.
+        failed: EntityId,
+        /// Dependency edges from the failed entity to the dependent.
+        depth: u32,
+        /// Whether the dependent's own connects show the failure.
+        impact: Impact,
+    },
+}
+
+/// How a service-graph edge was resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    /// The address is a Service endpoint (`ip:port` in an EndpointSlice): the pod behind it,
+    /// or the Service when the slice names no pod.
+    Endpoint,
+    /// The address's IP is a pod's (from the EndpointSlices), on a port no slice lists.
+    PodIp,
+    /// The address's IP is a Service's cluster IP.
+    ClusterIp,
+    /// A Service routes to the pod (an EndpointSlice lists it).
+    ServiceRoute,
+}
+
+impl Resolution {
+    /// The snake_case name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolution::Endpoint => "endpoint",
+            Resolution::PodIp => "pod_ip",
+            Resolution::ClusterIp => "cluster_ip",
+            Resolution::ServiceRoute => "service_route",
+        }
+    }
+}
+
+/// Whether a failure's dependent is seen to suffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Impact {
+    /// The dependent's connects to what it depends on failed after the failure began.
+    Observed,
+    /// The dependent depends on the failed entity, and nothing shows it suffering yet.
+    Potential,
+}
+
+impl Impact {
+    /// The snake_case name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Impact::Observed => "observed",
+            Impact::Potential => "potential",
+        }
+    }
 }
 
 /// Evidence that raised or lowered a correlation's confidence.
@@ -425,6 +506,17 @@ pub enum Basis {
     PreviousRevisionReady,
     /// More than one of the new revision's pods failed: raises.
     SeveralNewPodsFailed,
+    /// The edge is traffic the kernel saw: a connect or an accept, resolved through the
+    /// Service records that held when it was made.
+    ObservedTraffic,
+    /// A Service's EndpointSlice lists the pod.
+    RecordedEndpoint,
+    /// Every edge from the failure to the dependent is in the service graph.
+    DependencyPath,
+    /// The dependent's connects to what it depends on failed after the failure began: raises.
+    DependentConnectsFailed,
+    /// Nothing shows the dependent suffering yet: lowers.
+    NoFailedConnects,
 }
 
 /// How sure a rule is, and why.

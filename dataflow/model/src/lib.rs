@@ -25,7 +25,7 @@ mod time;
 
 pub use correlation::{
     Basis, ClosedBatch, Confidence, Correlation, CorrelationChange, CorrelationKind, Detail,
-    Family, Hop, Observed, Relation,
+    Family, Hop, Impact, Observed, Relation, Resolution,
 };
 pub use entity::{EntityId, EntityIdError};
 pub use observation::{

@@ -39,6 +39,8 @@ pub fn explain(correlation: &Correlation) -> String {
         CorrelationKind::OomRestart => explain_oom_restart(correlation),
         CorrelationKind::DeclaredSequence => explain_declared_sequence(correlation),
         CorrelationKind::BadRollout => explain_bad_rollout(correlation),
+        CorrelationKind::ServiceDependency => explain_service_dependency(correlation),
+        CorrelationKind::BlastRadius => explain_blast_radius(correlation),
     }
 }
 
@@ -94,6 +96,55 @@ fn explain_bad_rollout(correlation: &Correlation) -> String {
         correlation.root_cause,
         if *failed_pods == 1 { "" } else { "s" },
         after_ns / 1_000_000_000,
+    )
+}
+
+fn explain_service_dependency(correlation: &Correlation) -> String {
+    let (Some(first), Some(last)) = (correlation.chain.first(), correlation.chain.last()) else {
+        return format!("{} is depended on", correlation.root_cause);
+    };
+    let via = match &correlation.detail {
+        Detail::Dependency { via, .. } => via.as_str().replace('_', " "),
+        _ => "traffic".to_owned(),
+    };
+    format!(
+        "{} depends on {} ({}, by {via})",
+        first.entity,
+        last.entity,
+        describe_hop(last, Some(first))
+    )
+}
+
+fn explain_blast_radius(correlation: &Correlation) -> String {
+    let Detail::BlastRadius {
+        failure,
+        failed,
+        depth,
+        impact,
+    } = &correlation.detail
+    else {
+        return format!("{} reaches its dependents", correlation.root_cause);
+    };
+    let Some(dependent) = correlation.chain.last() else {
+        return format!("{failed} failed");
+    };
+    let what = match failure {
+        Some(kind) => kind.as_str().replace('_', " "),
+        None => "endpoint not ready".to_owned(),
+    };
+    let mut path: Vec<String> = correlation
+        .chain
+        .iter()
+        .skip_while(|hop| hop.entity != *failed)
+        .map(|hop| hop.entity.to_string())
+        .collect();
+    path.dedup();
+    format!(
+        "{failed} failed ({what}); {} depends on it {depth} edge{} away ({}), {} impact",
+        dependent.entity,
+        if *depth == 1 { "" } else { "s" },
+        path.join(" → "),
+        impact.as_str()
     )
 }
 
@@ -264,5 +315,93 @@ fn write_path(out: &mut String, hops: &[Hop]) {
             out.push_str(" → ");
         }
         let _ = write!(out, "{}", hop.entity);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::explain;
+    use crate::correlation::{
+        Basis, Confidence, Correlation, CorrelationKind, Detail, Hop, Impact, Observed, Relation,
+        Resolution,
+    };
+    use crate::observation::{ConnectOutcome, FactId};
+
+    fn hop(entity: &str, relation: Relation, observed: Observed) -> Hop {
+        Hop {
+            entity: entity.parse().expect("entity"),
+            relation,
+            fact_id: FactId::new("kernel", "n1", 1),
+            time: 1_700_000_000_000_000_000,
+            observed,
+        }
+    }
+
+    fn connect(outcome: ConnectOutcome) -> Observed {
+        Observed::TcpConnect {
+            remote: "10.96.0.10:80".into(),
+            outcome,
+            latency_ns: 2_000_000,
+        }
+    }
+
+    #[test]
+    fn dependencies_and_blast_radii_read_as_sentences() {
+        let established = connect(ConnectOutcome::Established);
+        let edge = Correlation::new(
+            CorrelationKind::ServiceDependency,
+            "service/shop/api".parse().expect("entity"),
+            vec![
+                hop("pod/shop/web", Relation::Start, established.clone()),
+                hop("service/shop/api", Relation::DependsOn, established.clone()),
+            ],
+            Detail::Dependency {
+                via: Resolution::ClusterIp,
+                resolved_by: FactId::new("kubernetes", "cluster", 6),
+                window_ns: 300_000_000_000,
+            },
+            Confidence {
+                percent: 95,
+                basis: vec![Basis::ObservedTraffic],
+            },
+        );
+        assert_eq!(
+            explain(&edge),
+            "pod/shop/web depends on service/shop/api \
+             (connect to 10.96.0.10:80 established after 2 ms, by cluster ip)"
+        );
+        let not_ready = Observed::EndpointReady {
+            address: "10.244.0.5:8080".into(),
+            ready: false,
+        };
+        let blast = Correlation::new(
+            CorrelationKind::BlastRadius,
+            "pod/shop/api".parse().expect("entity"),
+            vec![
+                hop("pod/shop/api", Relation::Start, not_ready.clone()),
+                hop("service/shop/api", Relation::Affects, not_ready),
+                hop("pod/shop/web", Relation::Affects, established),
+                hop(
+                    "pod/shop/web",
+                    Relation::FollowedBy,
+                    connect(ConnectOutcome::Refused),
+                ),
+            ],
+            Detail::BlastRadius {
+                failure: None,
+                failed: "pod/shop/api".parse().expect("entity"),
+                depth: 2,
+                impact: Impact::Observed,
+            },
+            Confidence {
+                percent: 90,
+                basis: vec![Basis::DependencyPath, Basis::DependentConnectsFailed],
+            },
+        );
+        assert_eq!(
+            explain(&blast),
+            "pod/shop/api failed (endpoint not ready); pod/shop/web depends on it 2 edges away \
+             (pod/shop/api → service/shop/api → pod/shop/web), observed impact"
+        );
     }
 }

@@ -127,8 +127,8 @@ SET g.schema = $schema, g.version = g.version + 1";
 /// server's CPU per tick by about a tenth in the benchmark.
 ///
 /// The blocks and their rows, with `"…"` for a string's index in `$s`; deletions first, then
-/// creations. *L* is the number of relationship types, `Relation::LINKS.len()` (4: `OWNED_BY`,
-/// `CAUSED`, `FOLLOWED_BY`, `DEPENDS_ON`, in that order):
+/// creations. *L* is the number of relationship types, `Relation::LINKS.len()` (5: `OWNED_BY`,
+/// `CAUSED`, `FOLLOWED_BY`, `DEPENDS_ON`, `AFFECTS`, in that order):
 ///
 /// 1. `"id"`: retracted correlations, deleted with their HOP and ROOT_CAUSE relationships.
 /// 2. to *L*+1. `["from", "to", "fact_id"]`: steps of each type, in the order of

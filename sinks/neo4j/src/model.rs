@@ -12,7 +12,7 @@
 //! | `(:Entity)` | `id` (the entity id string) | a current correlation mentions it (a hop or its root cause) |
 //! | `(:Fact)` | `id` (the fact id); `time` | a hop of a current correlation cites it |
 //! | `(:Fact)-[:ABOUT]->(:Entity)` | fact and entity; `observed` (the hop's [`tapio_model::Observed`] as JSON) | a hop of a current correlation cites the fact at that entity |
-//! | `(:Entity)-[:OWNED_BY\|CAUSED\|FOLLOWED_BY\|DEPENDS_ON]->(:Entity)` | both entities, type and `fact_id` | a current correlation's chain makes this step ([`Chain::steps`]) |
+//! | `(:Entity)-[:OWNED_BY\|CAUSED\|FOLLOWED_BY\|DEPENDS_ON\|AFFECTS]->(:Entity)` | both entities, type and `fact_id` | a current correlation's chain makes this step ([`Chain::steps`]) |
 //! | `(:TapioGraph {key: 'graph'})` | `version` (one more per transaction), `schema` ([`SCHEMA_VERSION`]) | always |
 //! | `(:TapioCursor)` | `writer`; `tick` | the writer has committed a tick |
 //!
@@ -592,7 +592,7 @@ mod tests {
         let types: BTreeSet<String> = Relation::LINKS.into_iter().map(relationship_type).collect();
         assert_eq!(types.len(), Relation::LINKS.len(), "one type per relation");
         assert!(types.is_superset(&BTreeSet::from(
-            ["CAUSED", "DEPENDS_ON", "FOLLOWED_BY", "OWNED_BY"].map(String::from)
+            ["AFFECTS", "CAUSED", "DEPENDS_ON", "FOLLOWED_BY", "OWNED_BY"].map(String::from)
         )));
     }
 

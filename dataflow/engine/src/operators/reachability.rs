@@ -1,5 +1,6 @@
 //! Seeded reachability: from a set of seed nodes, every node reachable along directed edges
-//! within a number of steps, with the fewest steps it takes from each seed.
+//! within a number of steps, with the fewest steps it takes from each seed ([`reach`]), or
+//! with the path itself and the evidence of every edge on it ([`reach_paths`]).
 //!
 //! Seeded, not all-pairs: the cost follows what the seeds reach. Both the edges and the seeds
 //! may change; the result follows them incrementally, in both directions. A dependency rule
@@ -69,11 +70,67 @@ where
         .map(|((node, seed), steps)| (node, (seed, steps)))
 }
 
+/// A path from a seed: each step's node and the evidence of the edge into it.
+pub type Path<N, E> = Vec<(N, E)>;
+
+/// What [`reach_paths`] finds: `(node, (seed, data, path))`.
+pub type Paths<'scope, N, S, E> = VecCollection<'scope, Tick, (N, (N, S, Path<N, E>)), isize>;
+
+/// `(node, (seed, data, path))` for every node other than the seed that `(seed, data)` reaches
+/// along `edges` (`(from, (to, evidence))`) in at most `max_steps`: of the paths with the fewest
+/// steps, the smallest (compared step by step, node then evidence), so that every edge on it is
+/// named with its evidence. A seed may come with several `data`; each is followed on its own.
+///
+/// The path to a node extends the path to the node before it, so the best path to every node
+/// is found from the best paths to its predecessors: a shorter or smaller path to the
+/// predecessor would make a shorter or smaller path to the node.
+pub fn reach_paths<'scope, N, S, E>(
+    edges: VecCollection<'scope, Tick, (N, (N, E)), isize>,
+    seeds: VecCollection<'scope, Tick, (N, S), isize>,
+    max_steps: u32,
+) -> Paths<'scope, N, S, E>
+where
+    N: ExchangeData + std::hash::Hash,
+    S: ExchangeData + std::hash::Hash,
+    E: ExchangeData + std::hash::Hash,
+{
+    let max = max_steps as usize;
+    let start = seeds
+        .distinct()
+        .map(|(seed, data)| ((seed.clone(), seed, data), Vec::<(N, E)>::new()));
+    let reached = start.clone().iterate(|scope, reached| {
+        let edges = edges.enter(scope);
+        let start = start.enter(scope);
+        reached
+            .map(|((node, seed, data), path)| (node, (seed, data, path)))
+            .join_map(edges, |_from, (seed, data, path), (to, evidence)| {
+                let mut longer = Vec::with_capacity(path.len() + 1);
+                longer.extend(path.iter().cloned());
+                longer.push((to.clone(), evidence.clone()));
+                ((to.clone(), seed.clone(), data.clone()), longer)
+            })
+            .filter(move |(_, path)| path.len() <= max)
+            .concat(start)
+            .reduce(|_, paths, output| {
+                let best = paths
+                    .iter()
+                    .map(|(path, _)| *path)
+                    .min_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+                if let Some(best) = best {
+                    output.push((best.clone(), 1isize));
+                }
+            })
+    });
+    reached
+        .filter(|((node, seed, _), _)| node != seed)
+        .map(|((node, seed, data), path)| (node, (seed, data, path)))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
-    use super::reach;
+    use super::{reach, reach_paths};
     use crate::operators::oracle::{Rng, at, run2, times};
 
     /// At every time, what the seeds reach equals a breadth-first search from scratch over the
@@ -122,6 +179,90 @@ mod tests {
                             }
                         }
                         frontier = next;
+                    }
+                }
+                assert_eq!(at(&output, time), expected, "seed {seed}, time {time}");
+            }
+        }
+    }
+
+    /// Every path of at most `max` steps from `from` over `edges`, by depth-first search.
+    fn all_paths(
+        edges: &[(u8, (u8, u8))],
+        from: u8,
+        max: usize,
+        path: &mut Vec<(u8, u8)>,
+        out: &mut Vec<Vec<(u8, u8)>>,
+    ) {
+        if path.len() == max {
+            return;
+        }
+        let at = path.last().map_or(from, |(node, _)| *node);
+        for (edge_from, step) in edges {
+            if *edge_from == at {
+                path.push(*step);
+                out.push(path.clone());
+                all_paths(edges, from, max, path, out);
+                path.pop();
+            }
+        }
+    }
+
+    /// At every time, each node's path from each seed equals the smallest of the shortest paths
+    /// found by enumerating every path from scratch, with parallel edges (same ends, different
+    /// evidence), cycles, and seeds carrying several data.
+    #[test]
+    fn paths_are_the_smallest_shortest_paths_at_every_time() {
+        for seed in 1..=20 {
+            let mut rng = Rng::new(seed);
+            let max_steps = 1 + rng.below(4) as u32;
+            let mut edges = Vec::new();
+            for _ in 0..18 {
+                let edge = (rng.below(7) as u8, (rng.below(7) as u8, rng.below(3) as u8));
+                let at = rng.below(10);
+                edges.push((edge, at, 1isize));
+                if rng.below(3) == 0 {
+                    edges.push((edge, at + 1 + rng.below(8), -1));
+                }
+            }
+            let mut seeds = Vec::new();
+            for _ in 0..4 {
+                let start = (rng.below(7) as u8, rng.below(2) as u8);
+                let at = rng.below(10);
+                seeds.push((start, at, 1isize));
+                if rng.below(2) == 0 {
+                    seeds.push((start, at + 1 + rng.below(8), -1));
+                }
+            }
+            let output = run2(edges.clone(), seeds.clone(), move |edges, seeds| {
+                reach_paths(edges, seeds, max_steps)
+            });
+            for time in times(&edges, &seeds) {
+                let held_edges: Vec<(u8, (u8, u8))> = at(&edges, time).into_keys().collect();
+                let held_seeds: BTreeSet<(u8, u8)> = at(&seeds, time).into_keys().collect();
+                let mut expected = BTreeMap::new();
+                for &(start, data) in &held_seeds {
+                    let mut paths = Vec::new();
+                    all_paths(
+                        &held_edges,
+                        start,
+                        max_steps as usize,
+                        &mut Vec::new(),
+                        &mut paths,
+                    );
+                    let mut best: BTreeMap<u8, Vec<(u8, u8)>> = BTreeMap::new();
+                    for path in paths {
+                        let end = path.last().expect("a step").0;
+                        if end == start {
+                            continue;
+                        }
+                        let entry = best.entry(end).or_insert_with(|| path.clone());
+                        if (path.len(), &path) < (entry.len(), &*entry) {
+                            *entry = path;
+                        }
+                    }
+                    for (end, path) in best {
+                        expected.insert((end, (start, data, path)), 1isize);
                     }
                 }
                 assert_eq!(at(&output, time), expected, "seed {seed}, time {time}");

@@ -9,10 +9,12 @@
 //! `oom_sequence/tests.rs` do).
 
 pub mod bad_rollout;
+pub mod blast_radius;
 pub mod declared_sequence;
 pub mod inputs;
 pub mod oom_sequence;
 pub mod ownership;
+pub mod service_graph;
 
 use differential_dataflow::VecCollection;
 use tapio_config::CorrelationConfig;
@@ -49,6 +51,8 @@ pub const TABLE: &[MakeRule] = &[
     oom_sequence::from_config,
     declared_sequence::from_config,
     bad_rollout::from_config,
+    service_graph::from_config,
+    blast_radius::from_config,
 ];
 
 /// The rules `config` enables.

@@ -23,9 +23,9 @@ use crate::operators::oracle::{
 use crate::rules::ownership::tests::{CONTAINER_GRACE, naive_chains, state_at};
 
 /// Δ.
-const WITHIN: TimeNs = 3_000 * MS;
+pub(crate) const WITHIN: TimeNs = 3_000 * MS;
 /// How long a match stays current after the kill, ms (= ticks).
-const KEEP_FOR_MS: Tick = 8_000;
+pub(crate) const KEEP_FOR_MS: Tick = 8_000;
 const LATENESS: TimeNs = 2_000 * MS;
 
 fn config() -> CorrelationConfig {
@@ -223,7 +223,7 @@ impl Step<'_> {
 /// pid, start) within Δ after it, then the earliest exit of its container (the kill's, else
 /// the exit's) within Δ of the kill, ties broken by fact id; the chain kill → exit → container
 /// exit, then the container's owners if it has a chain, else its pod as the exit names it.
-fn naive_oom(
+pub(crate) fn naive_oom(
     arrived: &[Observation],
     entered: &[Option<Tick>],
     clock: TickClock,
