@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::entity::EntityId;
 use crate::observation::{
-    ConditionStatus, ConnectOutcome, EventType, FactId, FactPayload, FileOp, Resource,
+    ConditionStatus, ConnectOutcome, DnsOutcome, EventType, FactId, FactPayload, FileOp, Resource,
 };
 use crate::time::TimeNs;
 
@@ -53,6 +53,9 @@ pub enum CorrelationKind {
     Ownership,
     /// A kernel OOM kill that ended a process and, with it, its container.
     OomRestart,
+    /// A burst of failed DNS lookups from a pod, the connection errors that followed, and the
+    /// DNS server's failure behind them when it was observed.
+    DnsFailure,
 }
 
 impl CorrelationKind {
@@ -61,6 +64,7 @@ impl CorrelationKind {
         match self {
             CorrelationKind::Ownership => "ownership",
             CorrelationKind::OomRestart => "oom_restart",
+            CorrelationKind::DnsFailure => "dns_failure",
         }
     }
 
@@ -69,6 +73,7 @@ impl CorrelationKind {
         match self {
             CorrelationKind::Ownership => Family::Ownership,
             CorrelationKind::OomRestart => Family::Sequence,
+            CorrelationKind::DnsFailure => Family::Dependency,
         }
     }
 }
@@ -245,6 +250,19 @@ pub enum Observed {
         /// `true`: rose to or above the share; `false`: fell back below it.
         above: bool,
     },
+    /// A DNS lookup ended.
+    DnsQuery {
+        /// The queried name.
+        name: Arc<str>,
+        /// The query type (1 = A, 28 = AAAA, ...).
+        qtype: u16,
+        /// The server asked, `ip:port`.
+        server: Arc<str>,
+        /// How it ended.
+        outcome: DnsOutcome,
+        /// Time from the query to the response or the timeout, ns.
+        latency_ns: u64,
+    },
     /// One of a Service's endpoints became ready or stopped being ready (EndpointSlice).
     EndpointReady {
         /// The endpoint, `ip:port`.
@@ -335,6 +353,13 @@ impl Observed {
                 limit: usage.limit,
                 above: usage.above,
             },
+            FactPayload::DnsQuery(query) => Observed::DnsQuery {
+                name: text(&query.name),
+                qtype: query.qtype,
+                server: address(&query.server),
+                outcome: query.outcome,
+                latency_ns: query.latency_ns,
+            },
         }
     }
 }
@@ -373,6 +398,17 @@ pub enum Detail {
         /// The bound the steps had to fall within, ns.
         within_ns: u64,
     },
+    /// A burst of failed DNS lookups from one pod to one server.
+    DnsFailure {
+        /// The server the lookups went to, `ip:port`.
+        server: Arc<str>,
+        /// Failed lookups in the burst's window (the chain holds the first of them).
+        failed_lookups: u32,
+        /// The pod's failed TCP connects in the same window.
+        connect_errors: u32,
+        /// The window, ns.
+        window_ns: u64,
+    },
 }
 
 /// Evidence that raised or lowered a correlation's confidence.
@@ -389,6 +425,16 @@ pub enum Basis {
     ContainerEndSaysOom,
     /// The container ended without an OOM reason or code: lowers.
     ContainerEndSaysOther,
+    /// At least the configured number of lookups from one pod to one server failed within
+    /// the window.
+    DnsFailureBurst,
+    /// The DNS server's endpoint stopped being ready, or its pod's container exited or turned
+    /// not ready, shortly before or during the burst: raises.
+    DnsServerFailureObserved,
+    /// Nothing was observed about the DNS server itself: lowers.
+    DnsServerCauseUnknown,
+    /// The pod's TCP connects failed in the same window: raises.
+    ConnectErrorsFollowed,
 }
 
 /// How sure a rule is, and why.

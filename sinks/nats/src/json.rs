@@ -318,6 +318,30 @@ impl Writer<'_> {
                 "limit" => w.u64(p.limit),
                 "above" => w.bool(p.above),
             ),
+            FactPayload::DnsQuery(p) => fields!(w,
+                "process" => w.opt_process_ref(p.process.as_ref()),
+                "container_id" => w.opt_str(p.container_id.as_deref()),
+                "client" => w.address(&p.client),
+                "server" => w.address(&p.server),
+                "name" => w.str(&p.name),
+                "qtype" => w.u64(u64::from(p.qtype)),
+                "outcome" => w.str(p.outcome.as_str()),
+                "rcode" => match p.rcode {
+                    Some(rcode) => w.u64(u64::from(rcode)),
+                    None => w.raw("null"),
+                },
+                "answers" => {
+                    w.raw("[");
+                    for (index, answer) in p.answers.iter().enumerate() {
+                        if index > 0 {
+                            w.raw(",");
+                        }
+                        w.display(answer);
+                    }
+                    w.raw("]");
+                },
+                "latency_ns" => w.u64(p.latency_ns),
+            ),
         }
     }
 
@@ -463,7 +487,7 @@ impl fmt::Write for Escaping<'_> {
 mod tests {
     use super::*;
     use tapio_model::{
-        ConditionStatus, ContainerExit, ContainerReady, EventType, FileChanged, FileOpenFailed,
+        ConditionStatus, ContainerExit, ContainerReady, DnsOutcome, DnsQuery, EventType, FileChanged, FileOpenFailed,
         Heartbeat, KubeEvent, NodeCondition, OomKill, PodContainer, ProcessContainer, ProcessExec,
         ProcessExit, ProcessFork, Resource, ResourceUsage, ServiceEndpoint, ServiceObject,
         StateRecord, StateUpdate, TcpAccept, TcpClose, TcpConnect, TcpRetransmit, WorkloadObject,
@@ -628,7 +652,7 @@ mod tests {
         }
 
         fn payload(&mut self) -> FactPayload {
-            match self.below(14) {
+            match self.below(15) {
                 0 => FactPayload::ProcessExec(ProcessExec {
                     pid: self.u32(),
                     ppid: self.u32(),
@@ -751,6 +775,27 @@ mod tests {
                     container_id: self.text().into(),
                     ready: self.bool(),
                     restart_count: self.u32(),
+                }),
+                14 => FactPayload::DnsQuery(DnsQuery {
+                    process: self.bool().then(|| self.process()),
+                    container_id: self.opt_text().map(Into::into),
+                    client: self.address(),
+                    server: self.address(),
+                    name: self.text(),
+                    qtype: self.next() as u16,
+                    outcome: [
+                        DnsOutcome::Answered,
+                        DnsOutcome::NxDomain,
+                        DnsOutcome::ServFail,
+                        DnsOutcome::Refused,
+                        DnsOutcome::Error,
+                        DnsOutcome::TimedOut,
+                    ][self.below(6) as usize],
+                    rcode: self.bool().then(|| self.next() as u16 & 0xfff),
+                    answers: (0..self.below(4))
+                        .map(|_| self.address().ip())
+                        .collect(),
+                    latency_ns: self.u64(),
                 }),
                 _ => FactPayload::ResourceUsage(ResourceUsage {
                     pod: self.entity(),
