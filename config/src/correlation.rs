@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use crate::duration;
 use crate::error::ConfigError;
-use crate::model::{CorrelationConfig, EngineConfig, OomSequenceConfig, OwnershipConfig};
+use crate::model::{
+    CorrelationConfig, DnsFailureConfig, EngineConfig, OomSequenceConfig, OwnershipConfig,
+};
 use crate::validate::{DAY, HOUR, count_in, duration_in, invalid};
 
 /// Joins a section's path and one of its keys: `correlation.engine` + `tick`.
@@ -23,7 +25,8 @@ impl CorrelationConfig {
     pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
         self.engine.validate(&key(path, "engine"))?;
         self.ownership.validate(&key(path, "ownership"))?;
-        self.oom_sequence.validate(&key(path, "oom_sequence"))
+        self.oom_sequence.validate(&key(path, "oom_sequence"))?;
+        self.dns_failure.validate(&key(path, "dns_failure"))
     }
 }
 
@@ -106,6 +109,45 @@ impl OomSequenceConfig {
                     "must be at least {} ({}), got {}",
                     key(path, "within"),
                     duration::format(self.within),
+                    duration::format(self.keep_for)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl DnsFailureConfig {
+    /// Checks this section, found at `path` (`correlation.dns_failure`).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key path of the first value out of its range.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        count_in(
+            &key(path, "min_failures"),
+            self.min_failures as usize,
+            2,
+            10_000,
+        )?;
+        duration_in(
+            &key(path, "window"),
+            self.window,
+            Duration::from_secs(1),
+            HOUR,
+        )?;
+        duration_in(
+            &key(path, "cause_before"),
+            self.cause_before,
+            Duration::ZERO,
+            HOUR,
+        )?;
+        if self.keep_for < self.window {
+            return Err(invalid(
+                &key(path, "keep_for"),
+                format!(
+                    "must be at least {} ({}), got {}",
+                    key(path, "window"),
+                    duration::format(self.window),
                     duration::format(self.keep_for)
                 ),
             ));

@@ -23,9 +23,9 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrorKind};
 pub use model::{
-    CollectorsConfig, CorrelationConfig, EngineConfig, IntegrationsConfig, KernelCollectorConfig,
-    KubeletCollectorConfig, KubernetesCollectorConfig, NatsConfig, Neo4jConfig, OomSequenceConfig,
-    OwnershipConfig, RecordingCollectorConfig, TapioConfig,
+    CollectorsConfig, CorrelationConfig, DnsFailureConfig, EngineConfig, IntegrationsConfig,
+    KernelCollectorConfig, KubeletCollectorConfig, KubernetesCollectorConfig, NatsConfig,
+    Neo4jConfig, OomSequenceConfig, OwnershipConfig, RecordingCollectorConfig, TapioConfig,
 };
 
 impl TapioConfig {

@@ -95,6 +95,12 @@ fn defaults_have_the_documented_values() {
     assert!(oom.enabled);
     assert_eq!(oom.within, Duration::from_secs(30));
     assert_eq!(oom.keep_for, Duration::from_secs(600));
+    let dns = &config.correlation.dns_failure;
+    assert!(dns.enabled && !dns.count_nxdomain);
+    assert_eq!(dns.min_failures, 3);
+    assert_eq!(dns.window, Duration::from_secs(30));
+    assert_eq!(dns.cause_before, Duration::from_secs(60));
+    assert_eq!(dns.keep_for, Duration::from_secs(900));
     assert_eq!(config.integrations.neo4j.uri, "");
     assert_eq!(config.integrations.neo4j.username, "neo4j");
     assert_eq!(config.integrations.neo4j.password, "");
@@ -138,6 +144,12 @@ fn to_yaml_writes_every_key_and_durations_as_humantime() {
         "oom_sequence:",
         "within: 30s",
         "keep_for: 10m",
+        "dns_failure:",
+        "min_failures: 3",
+        "window: 30s",
+        "cause_before: 1m",
+        "count_nxdomain: false",
+        "keep_for: 15m",
         "integrations:",
         "neo4j:",
         "uri:",
@@ -251,7 +263,9 @@ fn unknown_keys_name_their_full_path_line_and_the_valid_keys() {
     assert_eq!(error.key_path, "correlation.engines");
     assert_eq!((error.line, error.column), (Some(2), Some(3)));
     assert!(
-        error.message.contains("engine, ownership, oom_sequence"),
+        error
+            .message
+            .contains("engine, ownership, oom_sequence, dns_failure"),
         "{error}"
     );
 
@@ -348,7 +362,11 @@ fn wrong_types_name_the_key_path_and_line() {
 #[test]
 fn wrong_types_under_same_named_keys_find_the_right_one() {
     let enabled_true = lines_of(SHIPPED, "enabled: true");
-    assert_eq!(enabled_true.len(), 3, "kernel, ownership and oom_sequence");
+    assert_eq!(
+        enabled_true.len(),
+        4,
+        "kernel, ownership, oom_sequence and dns_failure"
+    );
     let mut lines: Vec<String> = SHIPPED.lines().map(str::to_owned).collect();
     let oom_line = enabled_true[2];
     lines[oom_line - 1] = lines[oom_line - 1].replace("true", "yes");
@@ -594,6 +612,30 @@ const RULES: &[(&str, &str, &str, Option<&str>)] = &[
         None,
     ),
     (
+        "min_failures: 3",
+        "min_failures: 1",
+        "correlation.dns_failure.min_failures",
+        None,
+    ),
+    (
+        "window: 30s",
+        "window: 999ms",
+        "correlation.dns_failure.window",
+        None,
+    ),
+    (
+        "cause_before: 1m",
+        "cause_before: 2h",
+        "correlation.dns_failure.cause_before",
+        None,
+    ),
+    (
+        "keep_for: 15m",
+        "keep_for: 29s",
+        "correlation.dns_failure.keep_for",
+        None,
+    ),
+    (
         "uri: \"\"",
         "uri: http://db:7687",
         "integrations.neo4j.uri",
@@ -777,6 +819,10 @@ fn bounds_themselves_are_accepted() {
         ("process_exit_grace: 30s", "process_exit_grace: 1h"),
         ("within: 30s", "within: 10m"),
         ("keep_for: 10m", "keep_for: 30s"),
+        ("min_failures: 3", "min_failures: 2"),
+        ("window: 30s", "window: 1s"),
+        ("cause_before: 1m", "cause_before: 0s"),
+        ("keep_for: 15m", "keep_for: 30s"),
         ("speed: 0", "speed: 1.0"),
         ("uri: \"\"", "uri: bolt+ssc://user@db.internal"),
         ("url: \"\"", "url: wss://nats.example:443/ws"),

@@ -487,10 +487,11 @@ impl fmt::Write for Escaping<'_> {
 mod tests {
     use super::*;
     use tapio_model::{
-        ConditionStatus, ContainerExit, ContainerReady, DnsOutcome, DnsQuery, EventType, FileChanged, FileOpenFailed,
-        Heartbeat, KubeEvent, NodeCondition, OomKill, PodContainer, ProcessContainer, ProcessExec,
-        ProcessExit, ProcessFork, Resource, ResourceUsage, ServiceEndpoint, ServiceObject,
-        StateRecord, StateUpdate, TcpAccept, TcpClose, TcpConnect, TcpRetransmit, WorkloadObject,
+        ConditionStatus, ContainerExit, ContainerReady, DnsOutcome, DnsQuery, EventType,
+        FileChanged, FileOpenFailed, Heartbeat, KubeEvent, NodeCondition, OomKill, PodContainer,
+        ProcessContainer, ProcessExec, ProcessExit, ProcessFork, Resource, ResourceUsage,
+        ServiceEndpoint, ServiceObject, StateRecord, StateUpdate, TcpAccept, TcpClose, TcpConnect,
+        TcpRetransmit, WorkloadObject,
     };
 
     fn assert_same(observation: &Observation) {
@@ -792,9 +793,7 @@ mod tests {
                         DnsOutcome::TimedOut,
                     ][self.below(6) as usize],
                     rcode: self.bool().then(|| self.next() as u16 & 0xfff),
-                    answers: (0..self.below(4))
-                        .map(|_| self.address().ip())
-                        .collect(),
+                    answers: (0..self.below(4)).map(|_| self.address().ip()).collect(),
                     latency_ns: self.u64(),
                 }),
                 _ => FactPayload::ResourceUsage(ResourceUsage {
