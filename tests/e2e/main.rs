@@ -4,6 +4,7 @@
 mod bad_input;
 mod cli;
 mod determinism;
+mod dns;
 mod kernel;
 mod kspan_tree;
 mod kubelet;

@@ -488,7 +488,8 @@ pub fn dns_type_name(qtype: u16) -> Option<&'static str> {
 }
 
 /// One DNS lookup: a query and its response (or the lack of one), as a collector that sees
-/// the DNS messages on the wire and the socket's process and cgroup reports it.
+/// the DNS messages on the wire and the socket's process and cgroup reports it. The fact's time
+/// is when the lookup ended: the response, or the query plus the collector's timeout.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct DnsQuery {
     /// The querying process, when known.

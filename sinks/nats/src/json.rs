@@ -915,6 +915,13 @@ mod tests {
         let mut checked = 0;
         for entry in std::fs::read_dir(&dir).expect("the recordings directory") {
             let path = entry.expect("an entry").path();
+            // The folder also holds its README.
+            if path
+                .extension()
+                .is_none_or(|extension| extension != "jsonl")
+            {
+                continue;
+            }
             let text = std::fs::read_to_string(&path).expect("a recording");
             for line in text.lines().skip(1) {
                 let observation: Observation = serde_json::from_str(line).expect("a line");
