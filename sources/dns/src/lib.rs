@@ -145,10 +145,11 @@ impl Pairer {
             }
         } else {
             let key = (message.id, source, destination, transport);
-            if self.pending.contains_key(&key) {
-                self.repeated_queries += 1;
-            } else {
-                self.pending.insert(key, (time_ns, message));
+            match self.pending.entry(key) {
+                std::collections::btree_map::Entry::Occupied(_) => self.repeated_queries += 1,
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert((time_ns, message));
+                }
             }
         }
         ended

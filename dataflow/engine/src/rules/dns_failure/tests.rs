@@ -386,9 +386,11 @@ fn hop(fact: &Fact, entity: &EntityId, relation: Relation) -> Hop {
 /// the server pod's exit or readiness loss) from `cause_before` before the start to the end
 /// of the window.
 fn naive(world: &World<'_>) -> BTreeMap<Correlation, i64> {
+    /// A failed lookup: its time, its id, and whether it is held for `keep_for` (else only
+    /// for `keep_for` + W).
+    type NaiveLookup = (TimeNs, FactId, bool);
     let window_ms = WINDOW / MS;
-    let mut failures: BTreeMap<(EntityId, SocketAddr), BTreeSet<(TimeNs, FactId, bool)>> =
-        BTreeMap::new();
+    let mut failures: BTreeMap<(EntityId, SocketAddr), BTreeSet<NaiveLookup>> = BTreeMap::new();
     let mut facts_by_id: BTreeMap<FactId, &Fact> = BTreeMap::new();
     for (width, current) in [(KEEP_FOR_MS, true), (KEEP_FOR_MS + window_ms, false)] {
         for fact in world.held(width) {
@@ -410,7 +412,7 @@ fn naive(world: &World<'_>) -> BTreeMap<Correlation, i64> {
     }
     let mut expected = BTreeMap::new();
     for ((pod, server), lookups) in &failures {
-        let current: Vec<&(TimeNs, FactId, bool)> = lookups.iter().filter(|l| l.2).collect();
+        let current: Vec<&NaiveLookup> = lookups.iter().filter(|l| l.2).collect();
         for (at, first) in current.iter().enumerate() {
             let preceded = lookups.iter().any(|other| {
                 !other.2 && (other.0, &other.1) < (first.0, &first.1) && other.0 + WINDOW >= first.0
