@@ -816,6 +816,16 @@ fn a_burst_reads_from_the_servers_failure_to_the_connect_errors() {
         }
     ));
     assert_eq!(correlation.confidence.percent, 95);
+    assert_eq!(
+        tapio_model::render::explain(correlation),
+        "pod/default/a had 3 failed DNS lookups via 10.96.0.10:53 within 3 s and 1 failed \
+         connect; the DNS server pod/kube-system/dns-0 failed first: endpoint 10.0.0.53:53 not \
+         ready"
+    );
+    assert_eq!(
+        tapio_model::render::describe_chain(&correlation.chain)[1],
+        "lookup of api (A) via 10.96.0.10:53 timed out after 5000 ms"
+    );
 }
 
 /// Look-alikes: failures of one name split between two pods; a single failed lookup; connect
