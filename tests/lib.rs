@@ -5,9 +5,12 @@
 //! [`control_plane`] run real servers; [`free_port`] picks loopback ports for them. [`kspan`]
 //! builds the shipped recording `tests/recordings/kspan-rollout-oom.jsonl` from the real
 //! Kubernetes rollout recorded by the kspan project (`tests/fixtures/k8s/kspan/`), plus the
-//! kernel and container-runtime facts of an OOM kill in one of its pods.
+//! kernel and container-runtime facts of an OOM kill in one of its pods. [`dns_incident`] records
+//! the DNS failures incident from a real DNS server, client and capture
+//! (`tests/recordings/dns-failures.jsonl`).
 
 pub mod control_plane;
+pub mod dns_incident;
 pub mod kspan;
 pub mod nats;
 pub mod random;

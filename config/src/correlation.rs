@@ -7,8 +7,8 @@ use std::time::Duration;
 use crate::duration;
 use crate::error::ConfigError;
 use crate::model::{
-    BadRolloutConfig, BlastRadiusConfig, CorrelationConfig, EngineConfig, OomSequenceConfig,
-    OwnershipConfig, ServiceGraphConfig,
+    BadRolloutConfig, BlastRadiusConfig, CorrelationConfig, DnsFailureConfig, EngineConfig,
+    OomSequenceConfig, OwnershipConfig, ServiceGraphConfig,
 };
 use crate::sequences;
 use crate::validate::{DAY, HOUR, count_in, duration_in, invalid};
@@ -42,7 +42,7 @@ impl CorrelationConfig {
                 ),
             ));
         }
-        Ok(())
+        self.dns_failure.validate(&key(path, "dns_failure"))
     }
 }
 
@@ -185,5 +185,44 @@ impl BlastRadiusConfig {
             Duration::from_secs(1),
             HOUR,
         )
+    }
+}
+
+impl DnsFailureConfig {
+    /// Checks this section, found at `path` (`correlation.dns_failure`).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key path of the first value out of its range.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        count_in(
+            &key(path, "min_failures"),
+            self.min_failures as usize,
+            2,
+            10_000,
+        )?;
+        duration_in(
+            &key(path, "window"),
+            self.window,
+            Duration::from_secs(1),
+            HOUR,
+        )?;
+        duration_in(
+            &key(path, "cause_before"),
+            self.cause_before,
+            Duration::ZERO,
+            HOUR,
+        )?;
+        if self.keep_for < self.window {
+            return Err(invalid(
+                &key(path, "keep_for"),
+                format!(
+                    "must be at least {} ({}), got {}",
+                    key(path, "window"),
+                    duration::format(self.window),
+                    duration::format(self.keep_for)
+                ),
+            ));
+        }
+        Ok(())
     }
 }

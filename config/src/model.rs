@@ -294,6 +294,10 @@ pub struct CorrelationConfig {
     /// Default: enabled, see [`BlastRadiusConfig::default`].
     #[serde(deserialize_with = "null_as_default")]
     pub blast_radius: BlastRadiusConfig,
+    /// Detects a burst of failed DNS lookups from a pod, its connection errors and the DNS
+    /// server's failure behind them. Default: enabled, see [`DnsFailureConfig::default`].
+    #[serde(deserialize_with = "null_as_default")]
+    pub dns_failure: DnsFailureConfig,
 }
 
 impl Default for CorrelationConfig {
@@ -306,6 +310,7 @@ impl Default for CorrelationConfig {
             bad_rollout: BadRolloutConfig::default(),
             service_graph: ServiceGraphConfig::default(),
             blast_radius: BlastRadiusConfig::default(),
+            dns_failure: DnsFailureConfig::default(),
         }
     }
 }
@@ -505,6 +510,54 @@ impl Default for BlastRadiusConfig {
             max_depth: 4,
             // As long as the service graph's window.
             impact_window: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+/// The DNS failure rule: failed lookups from one pod, its connection errors, the server's
+/// failure.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsFailureConfig {
+    /// Whether the rule runs. Default: `true`.
+    pub enabled: bool,
+    /// How many failed lookups from one pod to one server make a burst, `2..=10_000`.
+    /// Default: `3`.
+    pub min_failures: u32,
+    /// The window the failed lookups must fall within, counted from the first; the pod's
+    /// connection errors in it join the burst. `1s..=1h`. Written as a humantime string.
+    /// Default: `30s`.
+    #[serde(with = "humantime_str")]
+    pub window: Duration,
+    /// How long before a burst's first failed lookup a failure of the DNS server (endpoint
+    /// not ready, container exit or readiness loss of its pod) still counts as its cause,
+    /// at most `1h`. Written as a humantime string. Default: `1m`.
+    #[serde(with = "humantime_str")]
+    pub cause_before: Duration,
+    /// Whether `NXDOMAIN` answers count as failed lookups. Default: `false`.
+    pub count_nxdomain: bool,
+    /// How long a burst stays current after its first failed lookup, at least
+    /// [`Self::window`]. Written as a humantime string. Default: `20m`.
+    #[serde(with = "humantime_str")]
+    pub keep_for: Duration,
+}
+
+impl Default for DnsFailureConfig {
+    fn default() -> Self {
+        DnsFailureConfig {
+            enabled: true,
+            // One failure is a retry away from fine; three in a row from one pod is a pattern.
+            min_failures: 3,
+            // A resolver retries within seconds (glibc: 5s timeout, 2 attempts per server),
+            // so an outage fails several lookups of one pod within half a minute.
+            window: Duration::from_secs(30),
+            // The server's pod goes not ready or exits seconds before its clients notice.
+            cause_before: Duration::from_secs(60),
+            // A pod's search path (ndots:5) answers NXDOMAIN for every expansion that does not
+            // exist: the server working, not failing.
+            count_nxdomain: false,
+            // An outage is often looked into after it ended: keep it a while.
+            keep_for: Duration::from_secs(20 * 60),
         }
     }
 }

@@ -103,6 +103,12 @@ fn defaults_have_the_documented_values() {
     assert!(blast.enabled);
     assert_eq!(blast.max_depth, 4);
     assert_eq!(blast.impact_window, Duration::from_secs(300));
+    let dns = &config.correlation.dns_failure;
+    assert!(dns.enabled && !dns.count_nxdomain);
+    assert_eq!(dns.min_failures, 3);
+    assert_eq!(dns.window, Duration::from_secs(30));
+    assert_eq!(dns.cause_before, Duration::from_secs(60));
+    assert_eq!(dns.keep_for, Duration::from_secs(1200));
     assert_eq!(config.integrations.neo4j.uri, "");
     assert_eq!(config.integrations.neo4j.username, "neo4j");
     assert_eq!(config.integrations.neo4j.password, "");
@@ -146,6 +152,12 @@ fn to_yaml_writes_every_key_and_durations_as_humantime() {
         "oom_sequence:",
         "within: 30s",
         "keep_for: 10m",
+        "dns_failure:",
+        "min_failures: 3",
+        "window: 30s",
+        "cause_before: 1m",
+        "count_nxdomain: false",
+        "keep_for: 15m",
         "integrations:",
         "neo4j:",
         "uri:",
@@ -259,7 +271,9 @@ fn unknown_keys_name_their_full_path_line_and_the_valid_keys() {
     assert_eq!(error.key_path, "correlation.engines");
     assert_eq!((error.line, error.column), (Some(2), Some(3)));
     assert!(
-        error.message.contains("engine, ownership, oom_sequence"),
+        error
+            .message
+            .contains("engine, ownership, oom_sequence, dns_failure"),
         "{error}"
     );
 
@@ -615,6 +629,24 @@ const RULES: &[(&str, &str, &str, Option<&str>)] = &[
         None,
     ),
     (
+        "min_failures: 3",
+        "min_failures: 1",
+        "correlation.dns_failure.min_failures",
+        None,
+    ),
+    (
+        "window: 30s",
+        "window: 999ms",
+        "correlation.dns_failure.window",
+        None,
+    ),
+    (
+        "cause_before: 1m",
+        "cause_before: 2h",
+        "correlation.dns_failure.cause_before",
+        None,
+    ),
+    (
         "keep_for: 15m",
         "keep_for: 1m",
         "correlation.sequences[0].keep_for",
@@ -642,6 +674,12 @@ const RULES: &[(&str, &str, &str, Option<&str>)] = &[
         "impact_window: 5m",
         "impact_window: 0s",
         "correlation.blast_radius.impact_window",
+        None,
+    ),
+    (
+        "keep_for: 20m",
+        "keep_for: 29s",
+        "correlation.dns_failure.keep_for",
         None,
     ),
     (
@@ -828,6 +866,10 @@ fn bounds_themselves_are_accepted() {
         ("process_exit_grace: 30s", "process_exit_grace: 1h"),
         ("within: 30s", "within: 10m"),
         ("keep_for: 10m", "keep_for: 30s"),
+        ("min_failures: 3", "min_failures: 2"),
+        ("window: 30s", "window: 1s"),
+        ("cause_before: 1m", "cause_before: 0s"),
+        ("keep_for: 15m", "keep_for: 30s"),
         ("speed: 0", "speed: 1.0"),
         ("uri: \"\"", "uri: bolt+ssc://user@db.internal"),
         ("url: \"\"", "url: wss://nats.example:443/ws"),

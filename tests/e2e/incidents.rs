@@ -531,6 +531,7 @@ fn fact_container(payload: &FactPayload) -> Option<&Arc<str>> {
         FactPayload::TcpRetransmit(fact) => fact.container_id.as_ref(),
         FactPayload::FileOpenFailed(fact) => fact.container_id.as_ref(),
         FactPayload::FileChanged(fact) => fact.container_id.as_ref(),
+        FactPayload::DnsQuery(fact) => fact.container_id.as_ref(),
         FactPayload::ContainerExit(fact) => Some(&fact.container_id),
         FactPayload::ContainerReady(fact) => Some(&fact.container_id),
         FactPayload::KubeEvent(_) | FactPayload::ResourceUsage(_) => None,

@@ -5,6 +5,7 @@ mod backtest;
 mod bad_input;
 mod cli;
 mod determinism;
+mod dns;
 mod incidents;
 mod kernel;
 mod kspan_tree;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::entity::EntityId;
 use crate::observation::{
-    ConditionStatus, ConnectOutcome, EventType, FactId, FactPayload, FileOp, Resource,
+    ConditionStatus, ConnectOutcome, DnsOutcome, EventType, FactId, FactPayload, FileOp, Resource,
 };
 use crate::time::TimeNs;
 
@@ -62,6 +62,9 @@ pub enum CorrelationKind {
     ServiceDependency,
     /// A failed entity's dependent, reached along the service graph.
     BlastRadius,
+    /// A burst of failed DNS lookups from a pod, the connection errors that followed, and the
+    /// DNS server's failure behind them when it was observed.
+    DnsFailure,
 }
 
 impl CorrelationKind {
@@ -74,6 +77,7 @@ impl CorrelationKind {
             CorrelationKind::BadRollout => "bad_rollout",
             CorrelationKind::ServiceDependency => "service_dependency",
             CorrelationKind::BlastRadius => "blast_radius",
+            CorrelationKind::DnsFailure => "dns_failure",
         }
     }
 
@@ -85,6 +89,7 @@ impl CorrelationKind {
             CorrelationKind::DeclaredSequence => Family::Sequence,
             CorrelationKind::BadRollout => Family::Sequence,
             CorrelationKind::ServiceDependency | CorrelationKind::BlastRadius => Family::Dependency,
+            CorrelationKind::DnsFailure => Family::Dependency,
         }
     }
 }
@@ -266,6 +271,19 @@ pub enum Observed {
         /// `true`: rose to or above the share; `false`: fell back below it.
         above: bool,
     },
+    /// A DNS lookup ended.
+    DnsQuery {
+        /// The queried name.
+        name: Arc<str>,
+        /// The query type (1 = A, 28 = AAAA, ...).
+        qtype: u16,
+        /// The server asked, `ip:port`.
+        server: Arc<str>,
+        /// How it ended.
+        outcome: DnsOutcome,
+        /// Time from the query to the response or the timeout, ns.
+        latency_ns: u64,
+    },
     /// One of a Service's endpoints became ready or stopped being ready (EndpointSlice).
     EndpointReady {
         /// The endpoint, `ip:port`.
@@ -356,6 +374,13 @@ impl Observed {
                 limit: usage.limit,
                 above: usage.above,
             },
+            FactPayload::DnsQuery(query) => Observed::DnsQuery {
+                name: text(&query.name),
+                qtype: query.qtype,
+                server: address(&query.server),
+                outcome: query.outcome,
+                latency_ns: query.latency_ns,
+            },
         }
     }
 }
@@ -437,6 +462,17 @@ pub enum Detail {
         /// Whether the dependent's own connects show the failure.
         impact: Impact,
     },
+    /// A burst of failed DNS lookups from one pod to one server.
+    DnsFailure {
+        /// The server the lookups went to, `ip:port`.
+        server: Arc<str>,
+        /// Failed lookups in the burst's window (the chain holds the first of them).
+        failed_lookups: u32,
+        /// The pod's failed TCP connects in the same window.
+        connect_errors: u32,
+        /// The window, ns.
+        window_ns: u64,
+    },
 }
 
 /// How a service-graph edge was resolved.
@@ -517,6 +553,16 @@ pub enum Basis {
     DependentConnectsFailed,
     /// Nothing shows the dependent suffering yet: lowers.
     NoFailedConnects,
+    /// At least the configured number of lookups from one pod to one server failed within
+    /// the window.
+    DnsFailureBurst,
+    /// The DNS server's endpoint stopped being ready, or its pod's container exited or turned
+    /// not ready, shortly before or during the burst: raises.
+    DnsServerFailureObserved,
+    /// Nothing was observed about the DNS server itself: lowers.
+    DnsServerCauseUnknown,
+    /// The pod's TCP connects failed in the same window: raises.
+    ConnectErrorsFollowed,
 }
 
 /// How sure a rule is, and why.

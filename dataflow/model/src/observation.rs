@@ -123,6 +123,8 @@ pub enum FactPayload {
     /// A container's use of a resource crossed the configured share of its limit, upwards or
     /// back down (reported by the kubelet's `/stats/summary`).
     ResourceUsage(ResourceUsage),
+    /// A DNS lookup ended: answered, failed with an error code, or timed out.
+    DnsQuery(DnsQuery),
 }
 
 impl FactPayload {
@@ -143,6 +145,7 @@ impl FactPayload {
             FactPayload::FileChanged(_) => "file_changed",
             FactPayload::ContainerReady(_) => "container_ready",
             FactPayload::ResourceUsage(_) => "resource_usage",
+            FactPayload::DnsQuery(_) => "dns_query",
         }
     }
 }
@@ -150,7 +153,9 @@ impl FactPayload {
 impl Fact {
     /// The entity the fact is about: the process for kernel process, network and file facts
     /// (the one that acted), the container for container exits and readiness, the pod for
-    /// resource use, the involved object for Kubernetes Events. Rules that count facts per
+    /// resource use, the involved object for Kubernetes Events, the queried name for DNS
+    /// lookups (a burst of failures for one name is about the name, whichever processes asked;
+    /// the querying process and container stay in the fact). Rules that count facts per
     /// subject key on it, so two kinds of facts about one entity meet under one key.
     pub fn subject(&self) -> EntityId {
         let process = |pid: u32, start_ns: TimeNs| EntityId::Process {
@@ -190,6 +195,9 @@ impl Fact {
             FactPayload::FileChanged(changed) => {
                 process(changed.process.pid, changed.process.start_ns)
             }
+            FactPayload::DnsQuery(query) => EntityId::Dns {
+                name: query.name.as_str().into(),
+            },
         }
     }
 }
@@ -398,6 +406,112 @@ pub struct ResourceUsage {
     pub limit: u64,
     /// `true` when the use rose to or above the threshold, `false` when it fell back below.
     pub above: bool,
+}
+
+/// How a DNS lookup ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum DnsOutcome {
+    /// The server answered with `NOERROR` (with or without records).
+    #[serde(rename = "answered")]
+    Answered,
+    /// The server said the name does not exist (`NXDOMAIN`, rcode 3).
+    #[serde(rename = "nxdomain")]
+    NxDomain,
+    /// The server failed to resolve the name (`SERVFAIL`, rcode 2).
+    #[serde(rename = "servfail")]
+    ServFail,
+    /// The server refused the query (`REFUSED`, rcode 5).
+    #[serde(rename = "refused")]
+    Refused,
+    /// The server answered with another error code (see `rcode`).
+    #[serde(rename = "error")]
+    Error,
+    /// No response came within the collector's timeout.
+    #[serde(rename = "timed_out")]
+    TimedOut,
+}
+
+impl DnsOutcome {
+    /// The name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DnsOutcome::Answered => "answered",
+            DnsOutcome::NxDomain => "nxdomain",
+            DnsOutcome::ServFail => "servfail",
+            DnsOutcome::Refused => "refused",
+            DnsOutcome::Error => "error",
+            DnsOutcome::TimedOut => "timed_out",
+        }
+    }
+
+    /// The outcome a response code means (the 12-bit code, EDNS extension included).
+    pub fn of_rcode(rcode: u16) -> DnsOutcome {
+        match rcode {
+            0 => DnsOutcome::Answered,
+            2 => DnsOutcome::ServFail,
+            3 => DnsOutcome::NxDomain,
+            5 => DnsOutcome::Refused,
+            _ => DnsOutcome::Error,
+        }
+    }
+
+    /// Whether the server failed the lookup: `SERVFAIL`, `REFUSED`, another error code or no
+    /// answer at all. `NXDOMAIN` is not counted: it is the server working, and every lookup
+    /// through a pod's search path gets it for the expansions that do not exist.
+    pub fn is_server_failure(self) -> bool {
+        matches!(
+            self,
+            DnsOutcome::ServFail | DnsOutcome::Refused | DnsOutcome::Error | DnsOutcome::TimedOut
+        )
+    }
+}
+
+/// The name of a DNS query type as zone files write it (`A`, `AAAA`, ...), `None` for types
+/// without a common name here.
+pub fn dns_type_name(qtype: u16) -> Option<&'static str> {
+    Some(match qtype {
+        1 => "A",
+        2 => "NS",
+        5 => "CNAME",
+        6 => "SOA",
+        12 => "PTR",
+        15 => "MX",
+        16 => "TXT",
+        28 => "AAAA",
+        33 => "SRV",
+        41 => "OPT",
+        64 => "SVCB",
+        65 => "HTTPS",
+        255 => "ANY",
+        _ => return None,
+    })
+}
+
+/// One DNS lookup: a query and its response (or the lack of one), as a collector that sees
+/// the DNS messages on the wire and the socket's process and cgroup reports it. The fact's time
+/// is when the lookup ended: the response, or the query plus the collector's timeout.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DnsQuery {
+    /// The querying process, when known.
+    pub process: Option<ProcessRef>,
+    /// Container of the querying process, when it runs in one.
+    pub container_id: Option<Arc<str>>,
+    /// The client's address and port (the query's source).
+    pub client: std::net::SocketAddr,
+    /// The server's address and port (the query's destination).
+    pub server: std::net::SocketAddr,
+    /// The queried name, lower case, without the trailing dot (`kubernetes.default.svc`).
+    pub name: String,
+    /// The query type (1 = A, 28 = AAAA, ...; [`dns_type_name`]).
+    pub qtype: u16,
+    /// How the lookup ended.
+    pub outcome: DnsOutcome,
+    /// The response code (EDNS extended bits included); `None` when no response came.
+    pub rcode: Option<u16>,
+    /// The addresses in the answer's A and AAAA records, in answer order.
+    pub answers: Vec<std::net::IpAddr>,
+    /// Time from the query to the response (or to the timeout), ns.
+    pub latency_ns: u64,
 }
 
 /// A retractable change to the state of the world: `diff` +1 inserts `record`, -1 retracts it.
@@ -901,6 +1015,47 @@ mod tests {
         assert_eq!(
             anonymous_connect.subject().to_string(),
             "endpoint/10.0.0.1:40000"
+        );
+    }
+
+    #[test]
+    fn a_dns_lookup_is_about_its_name_and_keeps_its_json_shape() {
+        let lookup = Fact {
+            id: FactId::new("dns", "node-1", 3),
+            time_ns: 1_621_417_386_000_000_000,
+            payload: FactPayload::DnsQuery(DnsQuery {
+                process: Some(ProcessRef {
+                    pid: 42,
+                    start_ns: 1_621_417_380_000_000_000,
+                    comm: "curl".into(),
+                }),
+                container_id: Some("abc".into()),
+                client: "10.0.0.7:40000".parse().unwrap(),
+                server: "10.96.0.10:53".parse().unwrap(),
+                name: "api.default.svc".into(),
+                qtype: 1,
+                outcome: DnsOutcome::of_rcode(2),
+                rcode: Some(2),
+                answers: vec!["10.0.0.9".parse().unwrap()],
+                latency_ns: 1_500_000,
+            }),
+        };
+        assert_eq!(lookup.subject().to_string(), "dns/api.default.svc");
+        let json = serde_json::to_string(&lookup).unwrap();
+        assert!(
+            json.contains(r#""outcome":"servfail","rcode":2,"answers":["10.0.0.9"]"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<Fact>(&json).unwrap(), lookup);
+        assert_eq!(
+            [0, 2, 3, 5, 9].map(|rcode| DnsOutcome::of_rcode(rcode).as_str()),
+            ["answered", "servfail", "nxdomain", "refused", "error"]
+        );
+        assert!(!DnsOutcome::NxDomain.is_server_failure());
+        assert!(DnsOutcome::TimedOut.is_server_failure());
+        assert_eq!(
+            serde_json::to_string(&DnsOutcome::TimedOut).unwrap(),
+            r#""timed_out""#
         );
     }
 

@@ -31,6 +31,7 @@
 use std::fmt::Write;
 
 use crate::correlation::{Correlation, CorrelationKind, Detail, Hop, Observed, Relation};
+use crate::observation::{DnsOutcome, dns_type_name};
 
 /// One sentence that says what a correlation concludes.
 pub fn explain(correlation: &Correlation) -> String {
@@ -41,6 +42,7 @@ pub fn explain(correlation: &Correlation) -> String {
         CorrelationKind::BadRollout => explain_bad_rollout(correlation),
         CorrelationKind::ServiceDependency => explain_service_dependency(correlation),
         CorrelationKind::BlastRadius => explain_blast_radius(correlation),
+        CorrelationKind::DnsFailure => explain_dns_failure(correlation),
     }
 }
 
@@ -76,6 +78,46 @@ fn explain_declared_sequence(correlation: &Correlation) -> String {
         .collect();
     if !owners.is_empty() {
         let _ = write!(out, "; then {}", owners.join(" → "));
+    }
+    out
+}
+
+fn explain_dns_failure(correlation: &Correlation) -> String {
+    let chain = &correlation.chain;
+    let lookup = chain
+        .iter()
+        .find(|hop| matches!(hop.observed, Observed::DnsQuery { .. }));
+    let Detail::DnsFailure {
+        server,
+        failed_lookups,
+        connect_errors,
+        window_ns,
+    } = &correlation.detail
+    else {
+        return format!("DNS lookups failed ({})", correlation.root_cause);
+    };
+    let pod = lookup.map_or_else(|| "a pod".to_string(), |hop| hop.entity.to_string());
+    let mut out = format!(
+        "{pod} had {failed_lookups} failed DNS lookups via {server} within {} s",
+        window_ns / 1_000_000_000
+    );
+    if *connect_errors > 0 {
+        let _ = write!(
+            out,
+            " and {connect_errors} failed connect{}",
+            if *connect_errors == 1 { "" } else { "s" }
+        );
+    }
+    match chain.first() {
+        Some(cause) if !matches!(cause.observed, Observed::DnsQuery { .. }) => {
+            let _ = write!(
+                out,
+                "; the DNS server {} failed first: {}",
+                cause.entity,
+                describe_hop(cause, None)
+            );
+        }
+        _ => out.push_str("; nothing was observed about the DNS server itself"),
     }
     out
 }
@@ -287,6 +329,27 @@ pub fn describe_hop(hop: &Hop, previous: Option<&Hop>) -> String {
             if *above { "uses" } else { "fell back to" },
             resource.as_str()
         ),
+        Observed::DnsQuery {
+            name,
+            qtype,
+            server,
+            outcome,
+            latency_ns,
+        } => {
+            let qtype = dns_type_name(*qtype).map_or_else(|| format!("TYPE{qtype}"), Into::into);
+            let outcome = match outcome {
+                DnsOutcome::Answered => "answered".to_string(),
+                DnsOutcome::NxDomain => "NXDOMAIN".to_string(),
+                DnsOutcome::ServFail => "SERVFAIL".to_string(),
+                DnsOutcome::Refused => "REFUSED".to_string(),
+                DnsOutcome::Error => "failed with an error code".to_string(),
+                DnsOutcome::TimedOut => "timed out".to_string(),
+            };
+            format!(
+                "lookup of {name} ({qtype}) via {server} {outcome} after {} ms",
+                latency_ns / 1_000_000
+            )
+        }
         Observed::EndpointReady { address, ready } => format!(
             "endpoint {address} {}",
             if *ready { "ready" } else { "not ready" }

@@ -318,6 +318,30 @@ impl Writer<'_> {
                 "limit" => w.u64(p.limit),
                 "above" => w.bool(p.above),
             ),
+            FactPayload::DnsQuery(p) => fields!(w,
+                "process" => w.opt_process_ref(p.process.as_ref()),
+                "container_id" => w.opt_str(p.container_id.as_deref()),
+                "client" => w.address(&p.client),
+                "server" => w.address(&p.server),
+                "name" => w.str(&p.name),
+                "qtype" => w.u64(u64::from(p.qtype)),
+                "outcome" => w.str(p.outcome.as_str()),
+                "rcode" => match p.rcode {
+                    Some(rcode) => w.u64(u64::from(rcode)),
+                    None => w.raw("null"),
+                },
+                "answers" => {
+                    w.raw("[");
+                    for (index, answer) in p.answers.iter().enumerate() {
+                        if index > 0 {
+                            w.raw(",");
+                        }
+                        w.display(answer);
+                    }
+                    w.raw("]");
+                },
+                "latency_ns" => w.u64(p.latency_ns),
+            ),
         }
     }
 
@@ -463,10 +487,11 @@ impl fmt::Write for Escaping<'_> {
 mod tests {
     use super::*;
     use tapio_model::{
-        ConditionStatus, ContainerExit, ContainerReady, EventType, FileChanged, FileOpenFailed,
-        Heartbeat, KubeEvent, NodeCondition, OomKill, PodContainer, ProcessContainer, ProcessExec,
-        ProcessExit, ProcessFork, Resource, ResourceUsage, ServiceEndpoint, ServiceObject,
-        StateRecord, StateUpdate, TcpAccept, TcpClose, TcpConnect, TcpRetransmit, WorkloadObject,
+        ConditionStatus, ContainerExit, ContainerReady, DnsOutcome, DnsQuery, EventType,
+        FileChanged, FileOpenFailed, Heartbeat, KubeEvent, NodeCondition, OomKill, PodContainer,
+        ProcessContainer, ProcessExec, ProcessExit, ProcessFork, Resource, ResourceUsage,
+        ServiceEndpoint, ServiceObject, StateRecord, StateUpdate, TcpAccept, TcpClose, TcpConnect,
+        TcpRetransmit, WorkloadObject,
     };
 
     fn assert_same(observation: &Observation) {
@@ -628,7 +653,7 @@ mod tests {
         }
 
         fn payload(&mut self) -> FactPayload {
-            match self.below(14) {
+            match self.below(15) {
                 0 => FactPayload::ProcessExec(ProcessExec {
                     pid: self.u32(),
                     ppid: self.u32(),
@@ -752,6 +777,25 @@ mod tests {
                     ready: self.bool(),
                     restart_count: self.u32(),
                 }),
+                14 => FactPayload::DnsQuery(DnsQuery {
+                    process: self.bool().then(|| self.process()),
+                    container_id: self.opt_text().map(Into::into),
+                    client: self.address(),
+                    server: self.address(),
+                    name: self.text(),
+                    qtype: self.next() as u16,
+                    outcome: [
+                        DnsOutcome::Answered,
+                        DnsOutcome::NxDomain,
+                        DnsOutcome::ServFail,
+                        DnsOutcome::Refused,
+                        DnsOutcome::Error,
+                        DnsOutcome::TimedOut,
+                    ][self.below(6) as usize],
+                    rcode: self.bool().then(|| self.next() as u16 & 0xfff),
+                    answers: (0..self.below(4)).map(|_| self.address().ip()).collect(),
+                    latency_ns: self.u64(),
+                }),
                 _ => FactPayload::ResourceUsage(ResourceUsage {
                     pod: self.entity(),
                     container_name: self.text(),
@@ -871,6 +915,13 @@ mod tests {
         let mut checked = 0;
         for entry in std::fs::read_dir(&dir).expect("the recordings directory") {
             let path = entry.expect("an entry").path();
+            // The folder also holds its README.
+            if path
+                .extension()
+                .is_none_or(|extension| extension != "jsonl")
+            {
+                continue;
+            }
             let text = std::fs::read_to_string(&path).expect("a recording");
             for line in text.lines().skip(1) {
                 let observation: Observation = serde_json::from_str(line).expect("a line");

@@ -28,7 +28,11 @@ use crate::operators::reachability::{Path, reach_paths};
 
 /// The kinds of correlation that say an entity failed: every entity in their chains is a
 /// failure's starting point.
-pub const FAILURE_KINDS: &[CorrelationKind] = &[CorrelationKind::OomRestart];
+pub const FAILURE_KINDS: &[CorrelationKind] = &[
+    CorrelationKind::OomRestart,
+    CorrelationKind::DeclaredSequence,
+    CorrelationKind::BadRollout,
+];
 
 /// The blast radius rule, with its configuration.
 pub struct BlastRadius {

@@ -11,6 +11,7 @@
 pub mod bad_rollout;
 pub mod blast_radius;
 pub mod declared_sequence;
+pub mod dns_failure;
 pub mod inputs;
 pub mod oom_sequence;
 pub mod ownership;
@@ -53,6 +54,7 @@ pub const TABLE: &[MakeRule] = &[
     bad_rollout::from_config,
     service_graph::from_config,
     blast_radius::from_config,
+    dns_failure::from_config,
 ];
 
 /// The rules `config` enables.
