@@ -23,9 +23,10 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrorKind};
 pub use model::{
-    CollectorsConfig, CorrelationConfig, EngineConfig, IntegrationsConfig, KernelCollectorConfig,
-    KubeletCollectorConfig, KubernetesCollectorConfig, NatsConfig, Neo4jConfig, OomSequenceConfig,
-    OwnershipConfig, RecordingCollectorConfig, TapioConfig,
+    BurstConfig, BurstThreshold, CoOccurrenceConfig, CollectorsConfig, CorrelationConfig,
+    EngineConfig, IntegrationsConfig, KernelCollectorConfig, KubeletCollectorConfig,
+    KubernetesCollectorConfig, NatsConfig, Neo4jConfig, OomSequenceConfig, OwnershipConfig,
+    RecordingCollectorConfig, RestartLoopConfig, TapioConfig,
 };
 
 impl TapioConfig {

@@ -348,9 +348,14 @@ fn wrong_types_name_the_key_path_and_line() {
 #[test]
 fn wrong_types_under_same_named_keys_find_the_right_one() {
     let enabled_true = lines_of(SHIPPED, "enabled: true");
-    assert_eq!(enabled_true.len(), 3, "kernel, ownership and oom_sequence");
+    assert!(enabled_true.len() >= 3, "kernel, ownership, oom_sequence, ...");
     let mut lines: Vec<String> = SHIPPED.lines().map(str::to_owned).collect();
-    let oom_line = enabled_true[2];
+    // The first `enabled: true` after the `oom_sequence:` section starts.
+    let section = lines_of(SHIPPED, "oom_sequence:")[0];
+    let oom_line = *enabled_true
+        .iter()
+        .find(|line| **line > section)
+        .expect("oom_sequence has an enabled key");
     lines[oom_line - 1] = lines[oom_line - 1].replace("true", "yes");
     let error = parse_err(&lines.join("\n"));
     assert_eq!(error.key_path, "correlation.oom_sequence.enabled");
@@ -591,6 +596,26 @@ const RULES: &[(&str, &str, &str, Option<&str>)] = &[
         "keep_for: 10m",
         "keep_for: 29s",
         "correlation.oom_sequence.keep_for",
+        None,
+    ),
+    ("count: 3", "count: 1", "correlation.restart_loop.count", None),
+    (
+        "within: 10m",
+        "within: 500ms",
+        "correlation.restart_loop.within",
+        None,
+    ),
+    (
+        "keep_for: 5m",
+        "keep_for: 4m",
+        "correlation.burst.keep_for",
+        None,
+    ),
+    ("pods: 3", "pods: 1", "correlation.co_occurrence.pods", None),
+    (
+        "within: 10s",
+        "within: 11m",
+        "correlation.co_occurrence.within",
         None,
     ),
     (

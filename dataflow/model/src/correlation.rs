@@ -53,6 +53,15 @@ pub enum CorrelationKind {
     Ownership,
     /// A kernel OOM kill that ended a process and, with it, its container.
     OomRestart,
+    /// A pod's container that keeps ending: each exit within a bound of the one before, at
+    /// least a threshold number of times.
+    RestartLoop,
+    /// Many facts of one kind about one subject in quick succession: failed connects to one
+    /// endpoint, Warning Events of one reason on one object.
+    Burst,
+    /// Containers of several pods on one node ending together: a node-wide cause such as a
+    /// container runtime or kubelet restart.
+    CoOccurrence,
 }
 
 impl CorrelationKind {
@@ -61,6 +70,9 @@ impl CorrelationKind {
         match self {
             CorrelationKind::Ownership => "ownership",
             CorrelationKind::OomRestart => "oom_restart",
+            CorrelationKind::RestartLoop => "restart_loop",
+            CorrelationKind::Burst => "burst",
+            CorrelationKind::CoOccurrence => "co_occurrence",
         }
     }
 
@@ -69,6 +81,9 @@ impl CorrelationKind {
         match self {
             CorrelationKind::Ownership => Family::Ownership,
             CorrelationKind::OomRestart => Family::Sequence,
+            CorrelationKind::RestartLoop | CorrelationKind::Burst | CorrelationKind::CoOccurrence => {
+                Family::Temporal
+            }
         }
     }
 }
@@ -373,6 +388,85 @@ pub enum Detail {
         /// The bound the steps had to fall within, ns.
         within_ns: u64,
     },
+    /// A restart loop, as it was when its count reached `count`.
+    RestartLoop {
+        /// The container's name in the pod spec.
+        container_name: Arc<str>,
+        /// Exits counted: the level the loop last reached (3, 5, 10, 20, 50, ...).
+        count: u64,
+        /// Time from the earliest to the latest of those exits, ns.
+        span_ns: u64,
+        /// Estimated time between restarts: the span over one less than the count, ns.
+        period_ns: u64,
+        /// The bound each exit had to follow the one before within, ns.
+        within_ns: u64,
+        /// How those exits ended: each exit code and reason with how many ended so, sorted.
+        exits: Vec<ExitTally>,
+    },
+    /// A burst, as it was when its count reached `count`.
+    Burst {
+        /// What was counted.
+        kind: BurstKind,
+        /// Facts counted: the level the burst last reached (5, 10, 20, 50, ...).
+        count: u64,
+        /// Time from the earliest to the latest of those facts, ns.
+        span_ns: u64,
+        /// The bound each fact had to follow the one before within, ns.
+        within_ns: u64,
+        /// What those facts said (a connect's outcome, an Event's reason), with how many said
+        /// it, sorted.
+        tally: Vec<Tally>,
+    },
+    /// Containers of several pods on one node ending together.
+    CoOccurrence {
+        /// Distinct pods whose containers ended: the level last reached (3, 5, 10, 20, ...).
+        pods: u64,
+        /// Time from the earliest to the latest of those exits, ns.
+        span_ns: u64,
+        /// The bound every exit had to fall within, after the first, ns.
+        within_ns: u64,
+    },
+}
+
+/// What a burst counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BurstKind {
+    /// Refused, timed-out or otherwise failed TCP connects to one remote endpoint.
+    ConnectFailures,
+    /// Warning Kubernetes Events of one reason about one object.
+    WarningEvents,
+}
+
+impl BurstKind {
+    /// The snake_case name used in JSON and in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BurstKind::ConnectFailures => "connect_failures",
+            BurstKind::WarningEvents => "warning_events",
+        }
+    }
+}
+
+/// How many of a restart loop's exits ended with one exit code and reason.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ExitTally {
+    /// The exit code.
+    pub exit_code: i32,
+    /// The reason the runtime gave, e.g. `OOMKilled`, `Error`.
+    pub reason: Arc<str>,
+    /// Exits that ended so.
+    pub count: u64,
+}
+
+/// How many of a burst's facts said one thing.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Tally {
+    /// What they said: a connect's outcome (`refused`, `timed_out`, `failed`), an Event's
+    /// reason.
+    pub said: Arc<str>,
+    /// Facts that said it.
+    pub count: u64,
 }
 
 /// Evidence that raised or lowered a correlation's confidence.
@@ -389,6 +483,15 @@ pub enum Basis {
     ContainerEndSaysOom,
     /// The container ended without an OOM reason or code: lowers.
     ContainerEndSaysOther,
+    /// Each occurrence followed the one before within the bound, at least the threshold
+    /// number of times: observed directly.
+    RecurredWithinBound,
+    /// The OOM sequence rule matched a kernel OOM kill to one of the exits: the cause is
+    /// known, raises.
+    ExitsWereOomKills,
+    /// Containers of at least the threshold number of distinct pods on one node ended within
+    /// the bound: a node-wide cause is inferred, not observed.
+    PodsEndedTogether,
 }
 
 /// How sure a rule is, and why.
