@@ -91,6 +91,7 @@ const PARK: Option<Duration> = Some(Duration::from_millis(1));
 #[derive(Clone)]
 pub struct RuleHarness {
     rule: Arc<dyn Rule>,
+    earlier: Arc<Vec<Box<dyn Rule>>>,
     settings: Arc<EngineSettings>,
     workers: usize,
 }
@@ -120,6 +121,7 @@ impl RuleHarness {
         });
         RuleHarness {
             rule: Arc::from(rule),
+            earlier: Arc::new(Vec::new()),
             settings: Arc::new(settings),
             workers: 1,
         }
@@ -129,6 +131,16 @@ impl RuleHarness {
     /// or `None` when `config` disables it.
     pub fn from_table(make: MakeRule, config: &CorrelationConfig) -> Option<RuleHarness> {
         make(config).map(|rule| RuleHarness::new(rule, config))
+    }
+
+    /// Builds `earlier` before the rule, in the order given, as the engine builds the rules
+    /// before it in [`crate::rules::TABLE`]: the rule can read their correlations
+    /// ([`crate::rules::RuleInputs::correlations_of`]), and their correlations are in the
+    /// output too. The facts any of them reads are taken in.
+    #[must_use]
+    pub fn after(mut self, earlier: Vec<Box<dyn Rule>>) -> RuleHarness {
+        self.earlier = Arc::new(earlier);
+        self
     }
 
     /// Runs on `workers` timely worker threads (at least 1) instead of one.
@@ -158,15 +170,17 @@ impl RuleHarness {
         let observations: Arc<Vec<Observation>> = Arc::new(observations.into_iter().collect());
         let parts = if self.workers == 1 {
             let (rule, settings) = (Arc::clone(&self.rule), Arc::clone(&self.settings));
+            let earlier = Arc::clone(&self.earlier);
             let observations = Arc::clone(&observations);
             vec![timely::execute_directly(move |worker| {
-                drive(worker, rule.as_ref(), &settings, &observations)
+                drive(worker, (&earlier, rule.as_ref()), &settings, &observations)
             })]
         } else {
             let (rule, settings) = (Arc::clone(&self.rule), Arc::clone(&self.settings));
+            let earlier = Arc::clone(&self.earlier);
             let shared = Arc::clone(&observations);
             let guards = timely::execute(timely::Config::process(self.workers), move |worker| {
-                drive(worker, rule.as_ref(), &settings, &shared)
+                drive(worker, (&earlier, rule.as_ref()), &settings, &shared)
             })
             .map_err(|reason| EngineError::Start { reason })?;
             guards
@@ -183,6 +197,10 @@ impl std::fmt::Debug for RuleHarness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RuleHarness")
             .field("rule", &self.rule.name())
+            .field(
+                "after",
+                &self.earlier.iter().map(|rule| rule.name()).collect::<Vec<_>>(),
+            )
             .field("settings", &self.settings)
             .field("workers", &self.workers)
             .finish()
@@ -270,17 +288,22 @@ struct Part {
 /// advances, then closes every tick up to the end of the stream.
 fn drive(
     worker: &mut Worker,
-    rule: &dyn Rule,
+    (earlier, rule): (&[Box<dyn Rule>], &dyn Rule),
     settings: &EngineSettings,
     observations: &[Observation],
 ) -> Part {
+    let rules: Vec<&dyn Rule> = earlier
+        .iter()
+        .map(|earlier| earlier.as_ref())
+        .chain([rule])
+        .collect();
     let (index, peers) = (worker.index(), worker.peers());
     let (out_tx, out_rx) = mpsc::channel();
     let (mut facts_in, mut state_in, probe) = worker.dataflow::<Tick, _, _>(|scope| {
         let (facts_in, facts) = scope.new_collection::<Fact, isize>();
         let (state_in, state) = scope.new_collection::<StateRecord, isize>();
         // Collect before probing, so that once the probe passes a tick its output is collected.
-        let (probe, _) = correlate(facts, state, [rule], settings)
+        let (probe, _) = correlate(facts, state, rules.iter().copied(), settings)
             .inspect(move |(correlation, tick, diff)| {
                 // The receiver outlives the dataflow's input; a failed send cannot happen.
                 let _ = out_tx.send((correlation.clone(), *tick, *diff));
@@ -297,7 +320,7 @@ fn drive(
         if !mine {
             continue;
         }
-        let reads = |fact: &Fact| rule.reads(fact);
+        let reads = |fact: &Fact| rules.iter().any(|rule| rule.reads(fact));
         let sessions = (&mut facts_in, &mut state_in);
         if let Some(tick) = intake.take(observation.clone(), reads, sessions, index == 0) {
             entered.push((position, tick));

@@ -11,6 +11,7 @@
 pub mod inputs;
 pub mod oom_sequence;
 pub mod ownership;
+pub mod restart_loop;
 
 use differential_dataflow::VecCollection;
 use tapio_config::CorrelationConfig;
@@ -42,7 +43,11 @@ pub trait Rule: Send + Sync + 'static {
 pub type MakeRule = fn(&CorrelationConfig) -> Option<Box<dyn Rule>>;
 
 /// Every rule Tapio has, in the order their output is built.
-pub const TABLE: &[MakeRule] = &[ownership::from_config, oom_sequence::from_config];
+pub const TABLE: &[MakeRule] = &[
+    ownership::from_config,
+    oom_sequence::from_config,
+    restart_loop::from_config,
+];
 
 /// The rules `config` enables.
 pub fn enabled(config: &CorrelationConfig) -> Vec<Box<dyn Rule>> {
