@@ -8,6 +8,7 @@
 //! every tick with a recomputation from scratch (as `ownership/tests.rs` and
 //! `oom_sequence/tests.rs` do).
 
+pub mod burst;
 pub mod inputs;
 pub mod oom_sequence;
 pub mod ownership;
@@ -47,6 +48,7 @@ pub const TABLE: &[MakeRule] = &[
     ownership::from_config,
     oom_sequence::from_config,
     restart_loop::from_config,
+    burst::from_config,
 ];
 
 /// The rules `config` enables.
