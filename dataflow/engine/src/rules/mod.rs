@@ -9,6 +9,7 @@
 //! `oom_sequence/tests.rs` do).
 
 pub mod burst;
+pub mod co_occurrence;
 pub mod inputs;
 pub mod oom_sequence;
 pub mod ownership;
@@ -49,6 +50,7 @@ pub const TABLE: &[MakeRule] = &[
     oom_sequence::from_config,
     restart_loop::from_config,
     burst::from_config,
+    co_occurrence::from_config,
 ];
 
 /// The rules `config` enables.
