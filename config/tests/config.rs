@@ -348,7 +348,10 @@ fn wrong_types_name_the_key_path_and_line() {
 #[test]
 fn wrong_types_under_same_named_keys_find_the_right_one() {
     let enabled_true = lines_of(SHIPPED, "enabled: true");
-    assert!(enabled_true.len() >= 3, "kernel, ownership, oom_sequence, ...");
+    assert!(
+        enabled_true.len() >= 3,
+        "kernel, ownership, oom_sequence, ..."
+    );
     let mut lines: Vec<String> = SHIPPED.lines().map(str::to_owned).collect();
     // The first `enabled: true` after the `oom_sequence:` section starts.
     let section = lines_of(SHIPPED, "oom_sequence:")[0];
@@ -598,7 +601,12 @@ const RULES: &[(&str, &str, &str, Option<&str>)] = &[
         "correlation.oom_sequence.keep_for",
         None,
     ),
-    ("count: 3", "count: 1", "correlation.restart_loop.count", None),
+    (
+        "count: 3",
+        "count: 1",
+        "correlation.restart_loop.count",
+        None,
+    ),
     (
         "within: 10m",
         "within: 500ms",

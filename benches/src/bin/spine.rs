@@ -416,6 +416,10 @@ async fn sink(mut batches: mpsc::Receiver<ClosedBatch>) -> SinkStats {
                     }
                     stats.oom_roots.insert(correlation.root_cause.clone());
                 }
+                // Counted among the changes only.
+                CorrelationKind::RestartLoop
+                | CorrelationKind::Burst
+                | CorrelationKind::CoOccurrence => {}
             }
         }
     }

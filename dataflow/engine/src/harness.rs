@@ -199,7 +199,11 @@ impl std::fmt::Debug for RuleHarness {
             .field("rule", &self.rule.name())
             .field(
                 "after",
-                &self.earlier.iter().map(|rule| rule.name()).collect::<Vec<_>>(),
+                &self
+                    .earlier
+                    .iter()
+                    .map(|rule| rule.name())
+                    .collect::<Vec<_>>(),
             )
             .field("settings", &self.settings)
             .field("workers", &self.workers)

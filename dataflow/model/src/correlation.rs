@@ -81,9 +81,9 @@ impl CorrelationKind {
         match self {
             CorrelationKind::Ownership => Family::Ownership,
             CorrelationKind::OomRestart => Family::Sequence,
-            CorrelationKind::RestartLoop | CorrelationKind::Burst | CorrelationKind::CoOccurrence => {
-                Family::Temporal
-            }
+            CorrelationKind::RestartLoop
+            | CorrelationKind::Burst
+            | CorrelationKind::CoOccurrence => Family::Temporal,
         }
     }
 }

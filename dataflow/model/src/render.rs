@@ -73,10 +73,18 @@ fn explain_restart_loop(correlation: &Correlation) -> String {
         .iter()
         .rev()
         .find(|hop| matches!(hop.entity, crate::EntityId::Pod { .. }))
-        .map_or_else(|| correlation.root_cause.to_string(), |hop| hop.entity.to_string());
+        .map_or_else(
+            || correlation.root_cause.to_string(),
+            |hop| hop.entity.to_string(),
+        );
     let ended: Vec<String> = exits
         .iter()
-        .map(|tally| format!("{}× code {} ({})", tally.count, tally.exit_code, tally.reason))
+        .map(|tally| {
+            format!(
+                "{}× code {} ({})",
+                tally.count, tally.exit_code, tally.reason
+            )
+        })
         .collect();
     let mut out = format!(
         "container {container_name} of {pod} ended {count} times in {} (about every {}): {}",

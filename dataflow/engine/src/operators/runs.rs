@@ -62,6 +62,9 @@ enum Held<R, I> {
     Item(I),
 }
 
+/// A collection of `(key, value)`.
+type Keyed<'scope, K, V> = VecCollection<'scope, Tick, (K, V), isize>;
+
 /// The current runs of every key: `(key, run)`, each from the tick it took its present value
 /// until [`Fold::expires`] or until an item changes it. `step` is the tick length: items enter
 /// at multiples of it, and [`Fold::expires`] must return multiples of it.
@@ -89,8 +92,7 @@ where
             .take(live)
         })
         .as_collection();
-    let (carried, previous): (_, VecCollection<'scope, Tick, (K, F::Run), isize>) =
-        Variable::new(scope, step);
+    let (carried, previous): (_, Keyed<'scope, K, F::Run>) = Variable::new(scope, step);
     let folder = fold.clone();
     let next = previous
         .map(|(key, run)| (key, Held::Run(run)))
@@ -104,9 +106,9 @@ where
                 match value {
                     Held::Run(run) => runs.push(run.clone()),
                     Held::Item(item) => {
-                        let newest = runs.iter_mut().max_by(|a, b| {
-                            (folder.latest(a), &**a).cmp(&(folder.latest(b), &**b))
-                        });
+                        let newest = runs
+                            .iter_mut()
+                            .max_by(|a, b| (folder.latest(a), &**a).cmp(&(folder.latest(b), &**b)));
                         match newest {
                             Some(run) if folder.admits(run, item) => folder.add(run, item),
                             _ => runs.push(folder.start(item)),
@@ -472,6 +474,9 @@ mod tests {
             }
             assert!(output.iter().all(|(_, time, _)| time % step == 0));
         }
-        assert!(long > 20 && ended > 30 && split > 5, "{long} {ended} {split}");
+        assert!(
+            long > 20 && ended > 30 && split > 5,
+            "{long} {ended} {split}"
+        );
     }
 }

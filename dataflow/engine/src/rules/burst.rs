@@ -202,11 +202,7 @@ impl Rule for Burst {
 }
 
 /// The correlation of a burst that has reached a level.
-fn correlation(
-    (kind, subject, _): Key,
-    run: Count<Hit>,
-    within_ns: u64,
-) -> Option<Correlation> {
+fn correlation((kind, subject, _): Key, run: Count<Hit>, within_ns: u64) -> Option<Correlation> {
     let level = run.level?;
     let mut recorded = run.first;
     if level.count > recorded.len() as u64 {

@@ -12,12 +12,11 @@
 
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use tapio_config::{CoOccurrenceConfig, CorrelationConfig};
 use tapio_model::{
-    Basis, Confidence, Correlation, CorrelationKind, Detail, EntityId, Fact, FactPayload,
-    Relation,
+    Basis, Confidence, Correlation, CorrelationKind, Detail, EntityId, Fact, FactPayload, Relation,
 };
-use std::sync::Arc;
 
 use super::{Evidence, Rule, RuleInputs};
 use crate::clock::{Tick, TickClock};
@@ -41,7 +40,8 @@ pub fn from_config(config: &CorrelationConfig) -> Option<Box<dyn Rule>> {
         within,
         keep_for,
     } = &config.co_occurrence;
-    let ns = |duration: &std::time::Duration| u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+    let ns =
+        |duration: &std::time::Duration| u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
     enabled.then(|| {
         Box::new(CoOccurrence {
             pods: u64::from(*pods),

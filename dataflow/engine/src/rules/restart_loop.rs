@@ -50,7 +50,8 @@ pub fn from_config(config: &CorrelationConfig) -> Option<Box<dyn Rule>> {
         within,
         keep_for,
     } = &config.restart_loop;
-    let ns = |duration: &std::time::Duration| u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+    let ns =
+        |duration: &std::time::Duration| u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
     enabled.then(|| {
         Box::new(RestartLoop {
             count: u64::from(*count),
@@ -123,10 +124,13 @@ impl Loop {
 
 /// The container exit an OOM sequence correlation ends a container with: its container id.
 fn oom_container(correlation: &Correlation) -> Option<Arc<str>> {
-    correlation.chain.iter().find_map(|hop| match (&hop.entity, &hop.observed) {
-        (EntityId::Container { id }, Observed::ContainerExit { .. }) => Some(Arc::clone(id)),
-        _ => None,
-    })
+    correlation
+        .chain
+        .iter()
+        .find_map(|hop| match (&hop.entity, &hop.observed) {
+            (EntityId::Container { id }, Observed::ContainerExit { .. }) => Some(Arc::clone(id)),
+            _ => None,
+        })
 }
 
 impl Rule for RestartLoop {
@@ -189,9 +193,9 @@ impl Rule for RestartLoop {
                 (found.clone(), (*index, cause.clone()))
             })
             .reduce(|_, causes, output| output.push((causes[0].0.clone(), 1isize)));
-        let with_cause = caused
-            .clone()
-            .map(move |(found, (index, cause))| correlation(&found, Some((index, &cause)), within_ns));
+        let with_cause = caused.clone().map(move |(found, (index, cause))| {
+            correlation(&found, Some((index, &cause)), within_ns)
+        });
         let without_cause = loops
             .map(|found| (found, ()))
             .antijoin(caused.map(|(found, _)| found).distinct())

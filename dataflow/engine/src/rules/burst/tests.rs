@@ -45,7 +45,13 @@ fn harness() -> RuleHarness {
     RuleHarness::from_table(from_config, &config()).expect("enabled")
 }
 
-fn connect(seq: u64, node: &str, time_ns: TimeNs, remote: &str, outcome: ConnectOutcome) -> Observation {
+fn connect(
+    seq: u64,
+    node: &str,
+    time_ns: TimeNs,
+    remote: &str,
+    outcome: ConnectOutcome,
+) -> Observation {
     Observation::Fact(Fact {
         id: FactId::new("kernel", node, seq),
         time_ns,
@@ -152,13 +158,16 @@ fn threshold(kind: BurstKind) -> (u64, TimeNs) {
 
 type Key = (BurstKind, EntityId, Arc<str>);
 
+/// A run of facts, each with what it said, in fold order.
+type Run<'a> = Vec<(Arc<str>, &'a Fact)>;
+
 /// From scratch: the facts that count, folded tick by tick in entry order into runs per kind,
 /// subject and qualifier, as the rule defines bursts.
 struct Naive<'a> {
     hits: Vec<(Tick, Key, Arc<str>, &'a Fact)>,
     clock: TickClock,
     next: usize,
-    runs: BTreeMap<Key, Vec<Vec<(Arc<str>, &'a Fact)>>>,
+    runs: BTreeMap<Key, Vec<Run<'a>>>,
 }
 
 impl<'a> Naive<'a> {
@@ -185,7 +194,11 @@ impl<'a> Naive<'a> {
                 }
                 FactPayload::KubeEvent(event) if event.event_type == EventType::Warning => {
                     let reason: Arc<str> = event.reason.as_str().into();
-                    let key = (BurstKind::WarningEvents, event.involved.clone(), reason.clone());
+                    let key = (
+                        BurstKind::WarningEvents,
+                        event.involved.clone(),
+                        reason.clone(),
+                    );
                     (key, reason)
                 }
                 _ => continue,
@@ -362,10 +375,22 @@ fn refused_connects_to_one_endpoint_make_a_burst_rooted_at_it() {
     let mut facts: Vec<Observation> = (0..4)
         .map(|n| {
             let node = if n % 2 == 0 { "n1" } else { "n2" };
-            connect(n + 1, node, T0 + SECOND + n * 500 * MS, "10.0.0.1:80", ConnectOutcome::Refused)
+            connect(
+                n + 1,
+                node,
+                T0 + SECOND + n * 500 * MS,
+                "10.0.0.1:80",
+                ConnectOutcome::Refused,
+            )
         })
         .collect();
-    facts.push(connect(9, "n1", T0 + 1_200 * MS, "10.0.0.1:80", ConnectOutcome::Established));
+    facts.push(connect(
+        9,
+        "n1",
+        T0 + 1_200 * MS,
+        "10.0.0.1:80",
+        ConnectOutcome::Established,
+    ));
     let run = harness().run(sorted(facts, T0 + 10 * SECOND)).expect("run");
     // Appears with the fourth (at 2.5 s), retracted 6 s after it.
     assert_eq!(
@@ -406,20 +431,43 @@ fn warning_events_burst_per_object_and_reason_only() {
     // that are Normal, and a BackOff on another object do not add to it.
     let mut facts = Vec::new();
     for n in 0..3 {
-        facts.push(event(n + 1, T0 + SECOND + n * SECOND, "pod/ns/p0", "BackOff", true));
-        facts.push(event(n + 10, T0 + SECOND + n * SECOND, "pod/ns/p1", "BackOff", false));
+        facts.push(event(
+            n + 1,
+            T0 + SECOND + n * SECOND,
+            "pod/ns/p0",
+            "BackOff",
+            true,
+        ));
+        facts.push(event(
+            n + 10,
+            T0 + SECOND + n * SECOND,
+            "pod/ns/p1",
+            "BackOff",
+            false,
+        ));
     }
     facts.push(event(20, T0 + 2 * SECOND, "pod/ns/p0", "Unhealthy", true));
     facts.push(event(21, T0 + 3 * SECOND, "pod/ns/p0", "Unhealthy", true));
-    facts.push(event(22, T0 + 3 * SECOND, "deployment/ns/d", "BackOff", true));
+    facts.push(event(
+        22,
+        T0 + 3 * SECOND,
+        "deployment/ns/d",
+        "BackOff",
+        true,
+    ));
     let run = harness().run(sorted(facts, T0 + 12 * SECOND)).expect("run");
     assert_eq!(
         bursts(&run),
-        vec![(30, 1, "pod/ns/p0".into(), 3), (90, -1, "pod/ns/p0".into(), 3)]
+        vec![
+            (30, 1, "pod/ns/p0".into(), 3),
+            (90, -1, "pod/ns/p0".into(), 3)
+        ]
     );
     let (_, _, found) = run.changes().next().expect("a burst");
-    assert!(matches!(&found.detail, Detail::Burst { kind: BurstKind::WarningEvents, tally, .. }
-        if tally == &vec![Tally { said: "BackOff".into(), count: 3 }]));
+    assert!(
+        matches!(&found.detail, Detail::Burst { kind: BurstKind::WarningEvents, tally, .. }
+        if tally == &vec![Tally { said: "BackOff".into(), count: 3 }])
+    );
 }
 
 #[test]
@@ -427,7 +475,9 @@ fn every_burst_kind_reads_the_facts_it_names() {
     for spec in KINDS {
         let rule = from_config(&config()).expect("enabled");
         let fact = match spec.kind {
-            BurstKind::ConnectFailures => connect(1, "n", T0, "10.0.0.1:80", ConnectOutcome::TimedOut),
+            BurstKind::ConnectFailures => {
+                connect(1, "n", T0, "10.0.0.1:80", ConnectOutcome::TimedOut)
+            }
             BurstKind::WarningEvents => event(1, T0, "pod/ns/p", "BackOff", true),
         };
         let Observation::Fact(fact) = fact else {

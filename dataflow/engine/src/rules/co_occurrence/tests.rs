@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tapio_config::CorrelationConfig;
 use tapio_model::{
-    Basis, Confidence, ContainerExit, Correlation, CorrelationKind, Detail, EntityId, Fact,
-    FactId, FactPayload, Observation, Relation, TimeNs,
+    Basis, Confidence, ContainerExit, Correlation, CorrelationKind, Detail, EntityId, Fact, FactId,
+    FactPayload, Observation, Relation, TimeNs,
 };
 
 use super::from_config;
@@ -70,7 +70,9 @@ fn sorted(mut stream: Vec<Observation>, until: TimeNs) -> Vec<Observation> {
 /// A random stream: bunches of exits of a few of six pods on one of two nodes, on a 250 ms
 /// grid, spread over up to twice the bound; the same pod more than once; exits naming no pod.
 fn stream(rng: &mut Rng) -> Vec<Observation> {
-    let pods = ["pod/a/p0", "pod/a/p1", "pod/b/p2", "pod/b/p3", "pod/c/p4", "pod/c/p5"];
+    let pods = [
+        "pod/a/p0", "pod/a/p1", "pod/b/p2", "pod/b/p3", "pod/c/p4", "pod/c/p5",
+    ];
     let grid = |steps: u64| steps * 250 * MS;
     let mut out = Vec::new();
     let mut seq = 0;
@@ -148,7 +150,9 @@ impl<'a> Naive<'a> {
             let latest = |group: &Vec<&Fact>| group.iter().map(|fact| fact.time_ns).max();
             let earliest = |group: &Vec<&Fact>| group.iter().map(|fact| fact.time_ns).min();
             match groups.iter_mut().max_by_key(|group| latest(group)) {
-                Some(group) if fact.time_ns <= earliest(group).unwrap() + WITHIN => group.push(fact),
+                Some(group) if fact.time_ns <= earliest(group).unwrap() + WITHIN => {
+                    group.push(fact)
+                }
                 _ => groups.push(vec![fact]),
             }
         }

@@ -11,8 +11,7 @@ use std::time::Duration;
 use tapio_config::CorrelationConfig;
 use tapio_model::{
     Basis, Confidence, ContainerExit, Correlation, CorrelationKind, Detail, EntityId, ExitTally,
-    Fact, FactId, FactPayload, Observation, Observed, OomKill, ProcessExit, Relation,
-    TimeNs,
+    Fact, FactId, FactPayload, Observation, Observed, OomKill, ProcessExit, Relation, TimeNs,
 };
 
 use super::from_config;
@@ -251,7 +250,12 @@ impl<'a> Naive<'a> {
 }
 
 /// The correlation of one run of exits, in fold order, from scratch.
-fn expected(pod: &EntityId, name: &str, run: &[&Fact], causes: &[Correlation]) -> Option<Correlation> {
+fn expected(
+    pod: &EntityId,
+    name: &str,
+    run: &[&Fact],
+    causes: &[Correlation],
+) -> Option<Correlation> {
     let reached = level(run.len() as u64, COUNT)? as usize;
     let counted = &run[..reached];
     let mut recorded: Vec<&Fact> = run[..COUNT as usize].to_vec();
@@ -458,7 +462,14 @@ fn exits_at(seconds: &[u64]) -> Vec<Observation> {
         .enumerate()
         .map(|(index, at)| {
             let seq = index as u64 + 1;
-            exit(seq, T0 + at * 1_000 * MS, "pod/ns/p0", "app", &format!("c{seq}"), false)
+            exit(
+                seq,
+                T0 + at * 1_000 * MS,
+                "pod/ns/p0",
+                "app",
+                &format!("c{seq}"),
+                false,
+            )
         })
         .collect();
     let end = T0 + seconds.iter().max().unwrap() * 1_000 * MS;
@@ -537,8 +548,20 @@ fn an_oom_killed_exit_gives_the_loop_its_cause() {
     for (index, at) in [2u64, 4, 6].into_iter().enumerate() {
         let seq = index as u64 * 10 + 1;
         let id = format!("c{seq}");
-        stream.extend(kill(seq + 1, T0 + at * 1_000 * MS - 500 * MS, 40 + seq as u32, &id));
-        stream.push(exit(seq, T0 + at * 1_000 * MS, "pod/ns/p0", "app", &id, true));
+        stream.extend(kill(
+            seq + 1,
+            T0 + at * 1_000 * MS - 500 * MS,
+            40 + seq as u32,
+            &id,
+        ));
+        stream.push(exit(
+            seq,
+            T0 + at * 1_000 * MS,
+            "pod/ns/p0",
+            "app",
+            &id,
+            true,
+        ));
     }
     let stream = sorted(stream, T0 + 6_000 * MS + KEEP_FOR + LATENESS);
     let run = harness(&config()).run(stream.clone()).expect("run");
@@ -548,7 +571,10 @@ fn an_oom_killed_exit_gives_the_loop_its_cause() {
         .map(|(_, _, c)| c)
         .collect();
     let first = found.first().expect("a loop");
-    assert_eq!(first.root_cause, entity("process/n1/41/1767225600000000000"));
+    assert_eq!(
+        first.root_cause,
+        entity("process/n1/41/1767225600000000000")
+    );
     let relations: Vec<Relation> = first.chain.iter().map(|hop| hop.relation).collect();
     assert_eq!(
         relations,
@@ -575,6 +601,9 @@ fn an_oom_killed_exit_gives_the_loop_its_cause() {
     let (_, _, plain) = run.changes().next().expect("a loop");
     assert_eq!(plain.root_cause, entity("pod/ns/p0"));
     assert_eq!(plain.chain[0].relation, Relation::Start);
-    assert!(matches!(plain.chain[0].observed, Observed::ContainerExit { .. }));
+    assert!(matches!(
+        plain.chain[0].observed,
+        Observed::ContainerExit { .. }
+    ));
     assert_eq!(plain.confidence.basis, vec![Basis::RecurredWithinBound]);
 }
