@@ -1,6 +1,7 @@
 //! A harness that runs **one** rule over a scripted stream of observations, with nothing else
 //! around it: no [`crate::Engine`], no [`crate::Router`], no output channel. Closed batches are
-//! collected in memory, so a test may span any number of ticks.
+//! collected in memory, so a test may span any number of ticks. A rule that builds on another
+//! rule's correlations runs after it ([`RuleHarness::after`]), as in [`crate::rules::TABLE`].
 //!
 //! The rule sees exactly what it sees in the engine: observations are taken in by the same code
 //! as a worker's ([`crate::TickClock`] ticks; a fact or state update that arrives behind the
