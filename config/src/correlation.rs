@@ -7,8 +7,9 @@ use std::time::Duration;
 use crate::duration;
 use crate::error::ConfigError;
 use crate::model::{
-    BadRolloutConfig, BlastRadiusConfig, CorrelationConfig, DnsFailureConfig, EngineConfig,
-    OomSequenceConfig, OwnershipConfig, ServiceGraphConfig,
+    BadRolloutConfig, BlastRadiusConfig, BurstConfig, BurstThreshold, CoOccurrenceConfig,
+    CorrelationConfig, DnsFailureConfig, EngineConfig, OomSequenceConfig, OwnershipConfig,
+    RestartLoopConfig, ServiceGraphConfig,
 };
 use crate::sequences;
 use crate::validate::{DAY, HOUR, count_in, duration_in, invalid};
@@ -28,6 +29,9 @@ impl CorrelationConfig {
         self.engine.validate(&key(path, "engine"))?;
         self.ownership.validate(&key(path, "ownership"))?;
         self.oom_sequence.validate(&key(path, "oom_sequence"))?;
+        self.restart_loop.validate(&key(path, "restart_loop"))?;
+        self.burst.validate(&key(path, "burst"))?;
+        self.co_occurrence.validate(&key(path, "co_occurrence"))?;
         sequences::validate(&self.sequences, &key(path, "sequences"))?;
         self.bad_rollout.validate(&key(path, "bad_rollout"))?;
         self.service_graph.validate(&key(path, "service_graph"))?;
@@ -136,6 +140,105 @@ impl OomSequenceConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// Checks that `keep_for` (at `path`.keep_for) is at least `within` (at `within_path`) and at
+/// most `max`.
+fn keep_for_in(
+    path: &str,
+    keep_for: Duration,
+    within_path: &str,
+    within: Duration,
+    max: Duration,
+) -> Result<(), ConfigError> {
+    if keep_for < within {
+        return Err(invalid(
+            &key(path, "keep_for"),
+            format!(
+                "must be at least {within_path} ({}), got {}",
+                duration::format(within),
+                duration::format(keep_for)
+            ),
+        ));
+    }
+    duration_in(&key(path, "keep_for"), keep_for, within, max)
+}
+
+impl RestartLoopConfig {
+    /// Checks this section, found at `path` (`correlation.restart_loop`).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key path of the first value out of its range.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        count_in(&key(path, "count"), self.count as usize, 2, 1000)?;
+        duration_in(
+            &key(path, "within"),
+            self.within,
+            Duration::from_secs(1),
+            DAY,
+        )?;
+        keep_for_in(
+            path,
+            self.keep_for,
+            &key(path, "within"),
+            self.within,
+            7 * DAY,
+        )
+    }
+}
+
+impl BurstThreshold {
+    /// Checks one kind's threshold, found at `path` (`correlation.burst.connect_failures`).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key path of the first value out of its range.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        count_in(&key(path, "count"), self.count as usize, 2, 1_000_000)?;
+        duration_in(
+            &key(path, "within"),
+            self.within,
+            Duration::from_millis(1),
+            HOUR,
+        )
+    }
+}
+
+impl BurstConfig {
+    /// Checks this section, found at `path` (`correlation.burst`).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key path of the first value out of its range.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let kinds = [
+            ("connect_failures", &self.connect_failures),
+            ("warning_events", &self.warning_events),
+        ];
+        for (name, threshold) in kinds {
+            threshold.validate(&key(path, name))?;
+        }
+        for (name, threshold) in kinds {
+            let within_path = key(&key(path, name), "within");
+            keep_for_in(path, self.keep_for, &within_path, threshold.within, DAY)?;
+        }
+        Ok(())
+    }
+}
+
+impl CoOccurrenceConfig {
+    /// Checks this section, found at `path` (`correlation.co_occurrence`).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key path of the first value out of its range.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        count_in(&key(path, "pods"), self.pods as usize, 2, 1000)?;
+        duration_in(
+            &key(path, "within"),
+            self.within,
+            Duration::from_millis(1),
+            Duration::from_secs(10 * 60),
+        )?;
+        keep_for_in(path, self.keep_for, &key(path, "within"), self.within, DAY)
     }
 }
 

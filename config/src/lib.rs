@@ -24,10 +24,11 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrorKind};
 pub use model::{
-    BadRolloutConfig, BlastRadiusConfig, CollectorsConfig, CorrelationConfig, DnsFailureConfig,
-    EngineConfig, IntegrationsConfig, KernelCollectorConfig, KubeletCollectorConfig,
-    KubernetesCollectorConfig, NatsConfig, Neo4jConfig, OomSequenceConfig, OwnershipConfig,
-    RecordingCollectorConfig, ServiceGraphConfig, TapioConfig,
+    BadRolloutConfig, BlastRadiusConfig, BurstConfig, BurstThreshold, CoOccurrenceConfig,
+    CollectorsConfig, CorrelationConfig, DnsFailureConfig, EngineConfig, IntegrationsConfig,
+    KernelCollectorConfig, KubeletCollectorConfig, KubernetesCollectorConfig, NatsConfig,
+    Neo4jConfig, OomSequenceConfig, OwnershipConfig, RecordingCollectorConfig, RestartLoopConfig,
+    ServiceGraphConfig, TapioConfig,
 };
 pub use sequences::{
     EntityKind, MAX_STEPS, SequenceConfig, StepConfig, StepKind, StepWhere, builtin_sequences,

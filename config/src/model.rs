@@ -277,6 +277,18 @@ pub struct CorrelationConfig {
     /// Default: enabled, see [`OomSequenceConfig::default`].
     #[serde(deserialize_with = "null_as_default")]
     pub oom_sequence: OomSequenceConfig,
+    /// Finds a pod's container that keeps ending. Default: enabled, see
+    /// [`RestartLoopConfig::default`].
+    #[serde(deserialize_with = "null_as_default")]
+    pub restart_loop: RestartLoopConfig,
+    /// Finds many facts of one kind about one subject in quick succession. Default: enabled,
+    /// see [`BurstConfig::default`].
+    #[serde(deserialize_with = "null_as_default")]
+    pub burst: BurstConfig,
+    /// Finds containers of several pods on one node ending together. Default: enabled, see
+    /// [`CoOccurrenceConfig::default`].
+    #[serde(deserialize_with = "null_as_default")]
+    pub co_occurrence: CoOccurrenceConfig,
     /// Declared sequences: steps on shared entities within a bound, each with its name.
     /// Written, the list replaces the built-in one (copy the built-ins to keep them).
     /// Default: the built-in sequences, see [`builtin_sequences`].
@@ -306,6 +318,9 @@ impl Default for CorrelationConfig {
             engine: EngineConfig::default(),
             ownership: OwnershipConfig::default(),
             oom_sequence: OomSequenceConfig::default(),
+            restart_loop: RestartLoopConfig::default(),
+            burst: BurstConfig::default(),
+            co_occurrence: CoOccurrenceConfig::default(),
             sequences: builtin_sequences(),
             bad_rollout: BadRolloutConfig::default(),
             service_graph: ServiceGraphConfig::default(),
@@ -423,6 +438,134 @@ impl Default for OomSequenceConfig {
             within: Duration::from_secs(30),
             // Long enough for a person or alert to look at it, short enough to not go stale.
             keep_for: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+/// The restart loop rule: a pod's container that ends again and again, each exit within
+/// [`Self::within`] of the one before.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestartLoopConfig {
+    /// Whether the rule runs. Default: `true`.
+    pub enabled: bool,
+    /// Exits that make a loop, `2..=1000`. Default: `3`.
+    pub count: u32,
+    /// Each exit must follow the one before within this, `1s..=24h`. Written as a humantime
+    /// string. Default: `10m`.
+    #[serde(with = "humantime_str")]
+    pub within: Duration,
+    /// How long a loop stays current after its latest exit, at least [`Self::within`], at
+    /// most `7d`. Written as a humantime string. Default: `15m`.
+    #[serde(with = "humantime_str")]
+    pub keep_for: Duration,
+}
+
+impl Default for RestartLoopConfig {
+    fn default() -> Self {
+        RestartLoopConfig {
+            // A loop is the commonest sign that a workload is broken.
+            enabled: true,
+            // Kubernetes restarts a container that ends; the third end in a row is no accident.
+            count: 3,
+            // Crash-loop back-off grows to 5 minutes between restarts: 10 minutes keeps a
+            // backed-off loop one loop.
+            within: Duration::from_secs(10 * 60),
+            // A little beyond `within`: the loop stays visible until it has clearly stopped.
+            keep_for: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// When facts of one kind make a burst: how many, each within how long of the one before.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BurstThreshold {
+    /// Facts that make a burst, `2..=1000000`. Default: `5`.
+    pub count: u32,
+    /// Each fact must follow the one before within this, `1ms..=1h`. Written as a humantime
+    /// string. Default: `1m`.
+    #[serde(with = "humantime_str")]
+    pub within: Duration,
+}
+
+impl Default for BurstThreshold {
+    fn default() -> Self {
+        BurstThreshold {
+            // One failure is noise; five in a row are a pattern.
+            count: 5,
+            // Clients retry within seconds; a minute's gap ends a burst.
+            within: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The burst rule: many facts of one kind about one subject, each within a bound of the one
+/// before, per kind of burst.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BurstConfig {
+    /// Whether the rule runs. Default: `true`.
+    pub enabled: bool,
+    /// How long a burst stays current after its latest fact, at least every kind's `within`,
+    /// at most `24h`. Written as a humantime string. Default: `5m`.
+    #[serde(with = "humantime_str")]
+    pub keep_for: Duration,
+    /// Refused, timed-out or failed TCP connects to one remote endpoint. Default: `5` within
+    /// `1m`.
+    #[serde(deserialize_with = "null_as_default")]
+    pub connect_failures: BurstThreshold,
+    /// Warning Kubernetes Events of one reason about one object. Default: `5` within `5m`.
+    #[serde(deserialize_with = "null_as_default")]
+    pub warning_events: BurstThreshold,
+}
+
+impl Default for BurstConfig {
+    fn default() -> Self {
+        BurstConfig {
+            // Failed connects and repeated warnings are what people look for first.
+            enabled: true,
+            // Long enough to look at, short enough to not outlive the problem by much.
+            keep_for: Duration::from_secs(5 * 60),
+            connect_failures: BurstThreshold::default(),
+            warning_events: BurstThreshold {
+                count: 5,
+                // Kubernetes emits and aggregates Events more slowly than clients retry.
+                within: Duration::from_secs(5 * 60),
+            },
+        }
+    }
+}
+
+/// The co-occurrence rule: containers of several pods on one node ending together.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoOccurrenceConfig {
+    /// Whether the rule runs. Default: `true`.
+    pub enabled: bool,
+    /// Distinct pods whose containers must end, `2..=1000`. Default: `3`.
+    pub pods: u32,
+    /// Every exit must fall within this after the first, `1ms..=10m`. Written as a humantime
+    /// string. Default: `10s`.
+    #[serde(with = "humantime_str")]
+    pub within: Duration,
+    /// How long a co-occurrence stays current after its latest exit, at least
+    /// [`Self::within`], at most `24h`. Written as a humantime string. Default: `15m`.
+    #[serde(with = "humantime_str")]
+    pub keep_for: Duration,
+}
+
+impl Default for CoOccurrenceConfig {
+    fn default() -> Self {
+        CoOccurrenceConfig {
+            // A node-wide restart explains many pods at once.
+            enabled: true,
+            // Two pods ending together happens by chance on a busy node; three rarely does.
+            pods: 3,
+            // A runtime or kubelet restart ends its containers within seconds.
+            within: Duration::from_secs(10),
+            // As long as a restart loop stays: the two are read together.
+            keep_for: Duration::from_secs(15 * 60),
         }
     }
 }

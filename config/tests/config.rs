@@ -29,15 +29,33 @@ fn parse_err(text: &str) -> ConfigError {
 /// 1-based number of that line.
 fn shipped_with(from: &str, to: &str) -> (String, usize) {
     let lines: Vec<&str> = SHIPPED.lines().collect();
-    let matching: Vec<usize> = (0..lines.len())
+    // `anchor / line`: the first `line` after the line `anchor`, for a line that more than one
+    // section has.
+    let (after, from) = match from.split_once(" / ") {
+        Some((anchor, line)) => {
+            let anchor_at = lines
+                .iter()
+                .position(|line| line.trim() == anchor)
+                .unwrap_or_else(|| panic!("`{anchor}` is on no line of tapio.yaml"));
+            (anchor_at, line)
+        }
+        None => (0, from),
+    };
+    let matching: Vec<usize> = (after..lines.len())
         .filter(|&index| lines[index].trim() == from)
         .collect();
-    assert_eq!(
-        matching.len(),
-        1,
-        "`{from}` must be on exactly one line of tapio.yaml"
-    );
-    let index = matching[0];
+    let index = if after == 0 {
+        assert_eq!(
+            matching.len(),
+            1,
+            "`{from}` must be on exactly one line of tapio.yaml"
+        );
+        matching[0]
+    } else {
+        *matching
+            .first()
+            .unwrap_or_else(|| panic!("`{from}` is on no line of tapio.yaml after its anchor"))
+    };
     let indent = &lines[index][..lines[index].len() - lines[index].trim_start().len()];
     let mut out = String::new();
     for (at, line) in lines.iter().enumerate() {
@@ -373,7 +391,12 @@ fn wrong_types_under_same_named_keys_find_the_right_one() {
     // Kernel, ownership and oom_sequence come first; later rule sections have their own.
     assert!(enabled_true.len() >= 3, "{enabled_true:?}");
     let mut lines: Vec<String> = SHIPPED.lines().map(str::to_owned).collect();
-    let oom_line = enabled_true[2];
+    // The first `enabled: true` after the `oom_sequence:` section starts.
+    let section = lines_of(SHIPPED, "oom_sequence:")[0];
+    let oom_line = *enabled_true
+        .iter()
+        .find(|line| **line > section)
+        .expect("oom_sequence has an enabled key");
     lines[oom_line - 1] = lines[oom_line - 1].replace("true", "yes");
     let error = parse_err(&lines.join("\n"));
     assert_eq!(error.key_path, "correlation.oom_sequence.enabled");
@@ -647,7 +670,7 @@ const RULES: &[(&str, &str, &str, Option<&str>)] = &[
         None,
     ),
     (
-        "keep_for: 15m",
+        "- name: oom_to_endpoint_not_ready / keep_for: 15m",
         "keep_for: 1m",
         "correlation.sequences[0].keep_for",
         None,
@@ -680,6 +703,31 @@ const RULES: &[(&str, &str, &str, Option<&str>)] = &[
         "keep_for: 20m",
         "keep_for: 29s",
         "correlation.dns_failure.keep_for",
+        None,
+    ),
+    (
+        "count: 3",
+        "count: 1",
+        "correlation.restart_loop.count",
+        None,
+    ),
+    (
+        "within: 10m",
+        "within: 500ms",
+        "correlation.restart_loop.within",
+        None,
+    ),
+    (
+        "keep_for: 5m",
+        "keep_for: 4m",
+        "correlation.burst.keep_for",
+        None,
+    ),
+    ("pods: 3", "pods: 1", "correlation.co_occurrence.pods", None),
+    (
+        "within: 10s",
+        "within: 11m",
+        "correlation.co_occurrence.within",
         None,
     ),
     (

@@ -1,6 +1,7 @@
 //! A harness that runs **one** rule over a scripted stream of observations, with nothing else
 //! around it: no [`crate::Engine`], no [`crate::Router`], no output channel. Closed batches are
-//! collected in memory, so a test may span any number of ticks.
+//! collected in memory, so a test may span any number of ticks. A rule that builds on another
+//! rule's correlations runs after it ([`RuleHarness::after`]), as in [`crate::rules::TABLE`].
 //!
 //! The rule sees exactly what it sees in the engine: observations are taken in by the same code
 //! as a worker's ([`crate::TickClock`] ticks; a fact or state update that arrives behind the
@@ -92,6 +93,7 @@ const PARK: Option<Duration> = Some(Duration::from_millis(1));
 pub struct RuleHarness {
     rule: Arc<dyn Rule>,
     upstream: Arc<Vec<Box<dyn Rule>>>,
+    upstream_output: bool,
     settings: Arc<EngineSettings>,
     workers: usize,
 }
@@ -122,6 +124,7 @@ impl RuleHarness {
         RuleHarness {
             rule: Arc::from(rule),
             upstream: Arc::new(Vec::new()),
+            upstream_output: false,
             settings: Arc::new(settings),
             workers: 1,
         }
@@ -134,6 +137,14 @@ impl RuleHarness {
     #[must_use]
     pub fn after(mut self, upstream: Vec<Box<dyn Rule>>) -> RuleHarness {
         self.upstream = Arc::new(upstream);
+        self
+    }
+
+    /// Collects the output of the rules given to [`RuleHarness::after`] too, for a test that
+    /// checks the rule against what they concluded at every tick.
+    #[must_use]
+    pub fn with_upstream_output(mut self) -> RuleHarness {
+        self.upstream_output = true;
         self
     }
 
@@ -168,19 +179,25 @@ impl RuleHarness {
         observations: impl IntoIterator<Item = Observation>,
     ) -> Result<RuleRun, EngineError> {
         let observations: Arc<Vec<Observation>> = Arc::new(observations.into_iter().collect());
+        let keep = self.upstream_output;
         let parts = if self.workers == 1 {
             let (rule, settings) = (Arc::clone(&self.rule), Arc::clone(&self.settings));
             let upstream = Arc::clone(&self.upstream);
             let observations = Arc::clone(&observations);
             vec![timely::execute_directly(move |worker| {
-                drive(worker, (rule.as_ref(), &upstream), &settings, &observations)
+                drive(
+                    worker,
+                    (rule.as_ref(), &upstream, keep),
+                    &settings,
+                    &observations,
+                )
             })]
         } else {
             let (rule, settings) = (Arc::clone(&self.rule), Arc::clone(&self.settings));
             let upstream = Arc::clone(&self.upstream);
             let shared = Arc::clone(&observations);
             let guards = timely::execute(timely::Config::process(self.workers), move |worker| {
-                drive(worker, (rule.as_ref(), &upstream), &settings, &shared)
+                drive(worker, (rule.as_ref(), &upstream, keep), &settings, &shared)
             })
             .map_err(|reason| EngineError::Start { reason })?;
             guards
@@ -197,6 +214,14 @@ impl std::fmt::Debug for RuleHarness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RuleHarness")
             .field("rule", &self.rule.name())
+            .field(
+                "after",
+                &self
+                    .upstream
+                    .iter()
+                    .map(|rule| rule.name())
+                    .collect::<Vec<_>>(),
+            )
             .field("settings", &self.settings)
             .field("workers", &self.workers)
             .finish()
@@ -284,7 +309,7 @@ struct Part {
 /// advances, then closes every tick up to the end of the stream.
 fn drive(
     worker: &mut Worker,
-    (rule, upstream): (&dyn Rule, &[Box<dyn Rule>]),
+    (rule, upstream, upstream_output): (&dyn Rule, &[Box<dyn Rule>], bool),
     settings: &EngineSettings,
     observations: &[Observation],
 ) -> Part {
@@ -299,12 +324,17 @@ fn drive(
             TickClock::new(settings.tick_ms),
             &settings.correlation,
         );
+        let mut collected = Vec::new();
         for earlier in upstream {
-            inputs.add_built(earlier.build(&inputs));
+            let built = earlier.build(&inputs);
+            inputs.add_built(built.clone());
+            if upstream_output {
+                collected.push(built);
+            }
         }
+        collected.push(rule.build(&inputs));
         // Collect before probing, so that once the probe passes a tick its output is collected.
-        let (probe, _) = rule
-            .build(&inputs)
+        let (probe, _) = differential_dataflow::collection::concatenate(scope, collected)
             .inspect(move |(correlation, tick, diff)| {
                 // The receiver outlives the dataflow's input; a failed send cannot happen.
                 let _ = out_tx.send((correlation.clone(), *tick, *diff));

@@ -65,6 +65,15 @@ pub enum CorrelationKind {
     /// A burst of failed DNS lookups from a pod, the connection errors that followed, and the
     /// DNS server's failure behind them when it was observed.
     DnsFailure,
+    /// A pod's container that keeps ending: each exit within a bound of the one before, at
+    /// least a threshold number of times.
+    RestartLoop,
+    /// Many facts of one kind about one subject in quick succession: failed connects to one
+    /// endpoint, Warning Events of one reason on one object.
+    Burst,
+    /// Containers of several pods on one node ending together: a node-wide cause such as a
+    /// container runtime or kubelet restart.
+    CoOccurrence,
 }
 
 impl CorrelationKind {
@@ -78,6 +87,9 @@ impl CorrelationKind {
             CorrelationKind::ServiceDependency => "service_dependency",
             CorrelationKind::BlastRadius => "blast_radius",
             CorrelationKind::DnsFailure => "dns_failure",
+            CorrelationKind::RestartLoop => "restart_loop",
+            CorrelationKind::Burst => "burst",
+            CorrelationKind::CoOccurrence => "co_occurrence",
         }
     }
 
@@ -90,6 +102,9 @@ impl CorrelationKind {
             CorrelationKind::BadRollout => Family::Sequence,
             CorrelationKind::ServiceDependency | CorrelationKind::BlastRadius => Family::Dependency,
             CorrelationKind::DnsFailure => Family::Dependency,
+            CorrelationKind::RestartLoop
+            | CorrelationKind::Burst
+            | CorrelationKind::CoOccurrence => Family::Temporal,
         }
     }
 }
@@ -473,6 +488,85 @@ pub enum Detail {
         /// The window, ns.
         window_ns: u64,
     },
+    /// A restart loop, as it was when its count reached `count`.
+    RestartLoop {
+        /// The container's name in the pod spec.
+        container_name: Arc<str>,
+        /// Exits counted: the level the loop last reached (3, 5, 10, 20, 50, ...).
+        count: u64,
+        /// Time from the earliest to the latest of those exits, ns.
+        span_ns: u64,
+        /// Estimated time between restarts: the span over one less than the count, ns.
+        period_ns: u64,
+        /// The bound each exit had to follow the one before within, ns.
+        within_ns: u64,
+        /// How those exits ended: each exit code and reason with how many ended so, sorted.
+        exits: Vec<ExitTally>,
+    },
+    /// A burst, as it was when its count reached `count`.
+    Burst {
+        /// What was counted.
+        kind: BurstKind,
+        /// Facts counted: the level the burst last reached (5, 10, 20, 50, ...).
+        count: u64,
+        /// Time from the earliest to the latest of those facts, ns.
+        span_ns: u64,
+        /// The bound each fact had to follow the one before within, ns.
+        within_ns: u64,
+        /// What those facts said (a connect's outcome, an Event's reason), with how many said
+        /// it, sorted.
+        tally: Vec<Tally>,
+    },
+    /// Containers of several pods on one node ending together.
+    CoOccurrence {
+        /// Distinct pods whose containers ended: the level last reached (3, 5, 10, 20, ...).
+        pods: u64,
+        /// Time from the earliest to the latest of those exits, ns.
+        span_ns: u64,
+        /// The bound every exit had to fall within, after the first, ns.
+        within_ns: u64,
+    },
+}
+
+/// What a burst counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BurstKind {
+    /// Refused, timed-out or otherwise failed TCP connects to one remote endpoint.
+    ConnectFailures,
+    /// Warning Kubernetes Events of one reason about one object.
+    WarningEvents,
+}
+
+impl BurstKind {
+    /// The snake_case name used in JSON and in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BurstKind::ConnectFailures => "connect_failures",
+            BurstKind::WarningEvents => "warning_events",
+        }
+    }
+}
+
+/// How many of a restart loop's exits ended with one exit code and reason.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ExitTally {
+    /// The exit code.
+    pub exit_code: i32,
+    /// The reason the runtime gave, e.g. `OOMKilled`, `Error`.
+    pub reason: Arc<str>,
+    /// Exits that ended so.
+    pub count: u64,
+}
+
+/// How many of a burst's facts said one thing.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Tally {
+    /// What they said: a connect's outcome (`refused`, `timed_out`, `failed`), an Event's
+    /// reason.
+    pub said: Arc<str>,
+    /// Facts that said it.
+    pub count: u64,
 }
 
 /// How a service-graph edge was resolved.
@@ -563,6 +657,15 @@ pub enum Basis {
     DnsServerCauseUnknown,
     /// The pod's TCP connects failed in the same window: raises.
     ConnectErrorsFollowed,
+    /// Each occurrence followed the one before within the bound, at least the threshold
+    /// number of times: observed directly.
+    RecurredWithinBound,
+    /// The OOM sequence rule matched a kernel OOM kill to one of the exits: the cause is
+    /// known, raises.
+    ExitsWereOomKills,
+    /// Containers of at least the threshold number of distinct pods on one node ended within
+    /// the bound: a node-wide cause is inferred, not observed.
+    PodsEndedTogether,
 }
 
 /// How sure a rule is, and why.

@@ -24,8 +24,8 @@ pub mod render;
 mod time;
 
 pub use correlation::{
-    Basis, ClosedBatch, Confidence, Correlation, CorrelationChange, CorrelationKind, Detail,
-    Family, Hop, Impact, Observed, Relation, Resolution,
+    Basis, BurstKind, ClosedBatch, Confidence, Correlation, CorrelationChange, CorrelationKind,
+    Detail, ExitTally, Family, Hop, Impact, Observed, Relation, Resolution, Tally,
 };
 pub use entity::{EntityId, EntityIdError};
 pub use observation::{

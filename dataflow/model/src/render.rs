@@ -30,7 +30,9 @@
 
 use std::fmt::Write;
 
-use crate::correlation::{Correlation, CorrelationKind, Detail, Hop, Observed, Relation};
+use crate::correlation::{
+    BurstKind, Correlation, CorrelationKind, Detail, Hop, Observed, Relation,
+};
 use crate::observation::{DnsOutcome, dns_type_name};
 
 /// One sentence that says what a correlation concludes.
@@ -43,6 +45,9 @@ pub fn explain(correlation: &Correlation) -> String {
         CorrelationKind::ServiceDependency => explain_service_dependency(correlation),
         CorrelationKind::BlastRadius => explain_blast_radius(correlation),
         CorrelationKind::DnsFailure => explain_dns_failure(correlation),
+        CorrelationKind::RestartLoop => explain_restart_loop(correlation),
+        CorrelationKind::Burst => explain_burst(correlation),
+        CorrelationKind::CoOccurrence => explain_co_occurrence(correlation),
     }
 }
 
@@ -122,6 +127,63 @@ fn explain_dns_failure(correlation: &Correlation) -> String {
     out
 }
 
+/// A duration for people: `850 ms`, `42 s`, `12 min`, `3 h`.
+fn span(ns: u64) -> String {
+    let ms = ns / 1_000_000;
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..120_000 => format!("{} s", ms / 1_000),
+        120_000..7_200_000 => format!("{} min", ms / 60_000),
+        _ => format!("{} h", ms / 3_600_000),
+    }
+}
+
+fn explain_restart_loop(correlation: &Correlation) -> String {
+    let Detail::RestartLoop {
+        container_name,
+        count,
+        span_ns,
+        period_ns,
+        exits,
+        ..
+    } = &correlation.detail
+    else {
+        return format!("{} keeps restarting", correlation.root_cause);
+    };
+    let pod = correlation
+        .chain
+        .iter()
+        .rev()
+        .find(|hop| matches!(hop.entity, crate::EntityId::Pod { .. }))
+        .map_or_else(
+            || correlation.root_cause.to_string(),
+            |hop| hop.entity.to_string(),
+        );
+    let ended: Vec<String> = exits
+        .iter()
+        .map(|tally| {
+            format!(
+                "{}× code {} ({})",
+                tally.count, tally.exit_code, tally.reason
+            )
+        })
+        .collect();
+    let mut out = format!(
+        "container {container_name} of {pod} ended {count} times in {} (about every {}): {}",
+        span(*span_ns),
+        span(*period_ns),
+        ended.join(", ")
+    );
+    if let Some(kill) = correlation
+        .chain
+        .iter()
+        .find(|hop| matches!(hop.observed, Observed::OomKill { .. }))
+    {
+        let _ = write!(out, "; the kernel OOM killer ended {}", kill.entity);
+    }
+    out
+}
+
 fn explain_bad_rollout(correlation: &Correlation) -> String {
     let Detail::BadRollout {
         deployment,
@@ -188,6 +250,47 @@ fn explain_blast_radius(correlation: &Correlation) -> String {
         path.join(" → "),
         impact.as_str()
     )
+}
+
+fn explain_burst(correlation: &Correlation) -> String {
+    let Detail::Burst {
+        kind,
+        count,
+        span_ns,
+        tally,
+        ..
+    } = &correlation.detail
+    else {
+        return format!("a burst about {}", correlation.root_cause);
+    };
+    let said: Vec<String> = tally
+        .iter()
+        .map(|tally| format!("{} {}", tally.count, tally.said.replace('_', " ")))
+        .collect();
+    let what = match kind {
+        BurstKind::ConnectFailures => "failed connects to",
+        BurstKind::WarningEvents => "Warning Events about",
+    };
+    format!(
+        "{count} {what} {} in {} ({})",
+        correlation.root_cause,
+        span(*span_ns),
+        said.join(", ")
+    )
+}
+
+fn explain_co_occurrence(correlation: &Correlation) -> String {
+    let Detail::CoOccurrence { pods, span_ns, .. } = &correlation.detail else {
+        return format!("containers on {} ended together", correlation.root_cause);
+    };
+    let mut out = format!(
+        "containers of {pods} pods on {} ended within {}: ",
+        correlation.root_cause,
+        span(*span_ns)
+    );
+    write_path(&mut out, correlation.chain.get(1..).unwrap_or_default());
+    out.push_str("; a node-wide cause such as a container runtime or kubelet restart");
+    out
 }
 
 fn explain_ownership(correlation: &Correlation) -> String {

@@ -30,6 +30,8 @@ use crate::operators::reachability::{Path, reach_paths};
 /// failure's starting point.
 pub const FAILURE_KINDS: &[CorrelationKind] = &[
     CorrelationKind::OomRestart,
+    CorrelationKind::RestartLoop,
+    CorrelationKind::CoOccurrence,
     CorrelationKind::DeclaredSequence,
     CorrelationKind::BadRollout,
 ];

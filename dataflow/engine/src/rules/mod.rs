@@ -10,11 +10,14 @@
 
 pub mod bad_rollout;
 pub mod blast_radius;
+pub mod burst;
+pub mod co_occurrence;
 pub mod declared_sequence;
 pub mod dns_failure;
 pub mod inputs;
 pub mod oom_sequence;
 pub mod ownership;
+pub mod restart_loop;
 pub mod service_graph;
 
 use differential_dataflow::VecCollection;
@@ -50,6 +53,9 @@ pub type MakeRule = fn(&CorrelationConfig) -> Option<Box<dyn Rule>>;
 pub const TABLE: &[MakeRule] = &[
     ownership::from_config,
     oom_sequence::from_config,
+    restart_loop::from_config,
+    burst::from_config,
+    co_occurrence::from_config,
     declared_sequence::from_config,
     bad_rollout::from_config,
     service_graph::from_config,
