@@ -175,7 +175,7 @@ fn to_yaml_writes_every_key_and_durations_as_humantime() {
         "window: 30s",
         "cause_before: 1m",
         "count_nxdomain: false",
-        "keep_for: 15m",
+        "keep_for: 20m",
         "integrations:",
         "neo4j:",
         "uri:",
@@ -291,7 +291,7 @@ fn unknown_keys_name_their_full_path_line_and_the_valid_keys() {
     assert!(
         error
             .message
-            .contains("engine, ownership, oom_sequence, dns_failure"),
+            .contains("engine, ownership, oom_sequence, restart_loop"),
         "{error}"
     );
 
@@ -917,7 +917,7 @@ fn bounds_themselves_are_accepted() {
         ("min_failures: 3", "min_failures: 2"),
         ("window: 30s", "window: 1s"),
         ("cause_before: 1m", "cause_before: 0s"),
-        ("keep_for: 15m", "keep_for: 30s"),
+        ("keep_for: 20m", "keep_for: 30s"),
         ("speed: 0", "speed: 1.0"),
         ("uri: \"\"", "uri: bolt+ssc://user@db.internal"),
         ("url: \"\"", "url: wss://nats.example:443/ws"),
