@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use crate::duration;
 use crate::error::ConfigError;
-use crate::model::{CorrelationConfig, EngineConfig, OomSequenceConfig, OwnershipConfig};
+use crate::model::{
+    CorrelationConfig, EngineConfig, MemoryExhaustionConfig, NodePressureConfig, OomSequenceConfig,
+    OwnershipConfig,
+};
 use crate::validate::{DAY, HOUR, count_in, duration_in, invalid};
 
 /// Joins a section's path and one of its keys: `correlation.engine` + `tick`.
@@ -23,7 +26,10 @@ impl CorrelationConfig {
     pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
         self.engine.validate(&key(path, "engine"))?;
         self.ownership.validate(&key(path, "ownership"))?;
-        self.oom_sequence.validate(&key(path, "oom_sequence"))
+        self.oom_sequence.validate(&key(path, "oom_sequence"))?;
+        self.memory_exhaustion
+            .validate(&key(path, "memory_exhaustion"))?;
+        self.node_pressure.validate(&key(path, "node_pressure"))
     }
 }
 
@@ -111,5 +117,47 @@ impl OomSequenceConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl MemoryExhaustionConfig {
+    /// Checks this section, found at `path` (`correlation.memory_exhaustion`).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key path of the first value out of its range.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        duration_in(
+            &key(path, "within"),
+            self.within,
+            Duration::from_millis(1),
+            HOUR,
+        )
+    }
+}
+
+impl NodePressureConfig {
+    /// Checks this section, found at `path` (`correlation.node_pressure`).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key path of the first value out of its range.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        duration_in(
+            &key(path, "within"),
+            self.within,
+            Duration::from_millis(1),
+            HOUR,
+        )?;
+        if self.keep_for < self.within {
+            return Err(invalid(
+                &key(path, "keep_for"),
+                format!(
+                    "must be at least {} ({}), got {}",
+                    key(path, "within"),
+                    duration::format(self.within),
+                    duration::format(self.keep_for)
+                ),
+            ));
+        }
+        duration_in(&key(path, "keep_for"), self.keep_for, Duration::ZERO, DAY)
     }
 }

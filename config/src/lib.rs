@@ -24,8 +24,9 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrorKind};
 pub use model::{
     CollectorsConfig, CorrelationConfig, EngineConfig, IntegrationsConfig, KernelCollectorConfig,
-    KubeletCollectorConfig, KubernetesCollectorConfig, NatsConfig, Neo4jConfig, OomSequenceConfig,
-    OwnershipConfig, RecordingCollectorConfig, TapioConfig,
+    KubeletCollectorConfig, KubernetesCollectorConfig, MemoryExhaustionConfig, NatsConfig,
+    Neo4jConfig, NodePressureConfig, OomSequenceConfig, OwnershipConfig, RecordingCollectorConfig,
+    TapioConfig,
 };
 
 impl TapioConfig {

@@ -95,6 +95,13 @@ fn defaults_have_the_documented_values() {
     assert!(oom.enabled);
     assert_eq!(oom.within, Duration::from_secs(30));
     assert_eq!(oom.keep_for, Duration::from_secs(600));
+    let exhaustion = &config.correlation.memory_exhaustion;
+    assert!(exhaustion.enabled);
+    assert_eq!(exhaustion.within, Duration::from_secs(600));
+    let pressure = &config.correlation.node_pressure;
+    assert!(pressure.enabled);
+    assert_eq!(pressure.within, Duration::from_secs(300));
+    assert_eq!(pressure.keep_for, Duration::from_secs(900));
     assert_eq!(config.integrations.neo4j.uri, "");
     assert_eq!(config.integrations.neo4j.username, "neo4j");
     assert_eq!(config.integrations.neo4j.password, "");
@@ -348,7 +355,11 @@ fn wrong_types_name_the_key_path_and_line() {
 #[test]
 fn wrong_types_under_same_named_keys_find_the_right_one() {
     let enabled_true = lines_of(SHIPPED, "enabled: true");
-    assert_eq!(enabled_true.len(), 3, "kernel, ownership and oom_sequence");
+    assert_eq!(
+        enabled_true.len(),
+        5,
+        "kernel, ownership, oom_sequence, memory_exhaustion and node_pressure"
+    );
     let mut lines: Vec<String> = SHIPPED.lines().map(str::to_owned).collect();
     let oom_line = enabled_true[2];
     lines[oom_line - 1] = lines[oom_line - 1].replace("true", "yes");
@@ -591,6 +602,30 @@ const RULES: &[(&str, &str, &str, Option<&str>)] = &[
         "keep_for: 10m",
         "keep_for: 29s",
         "correlation.oom_sequence.keep_for",
+        None,
+    ),
+    (
+        "within: 10m",
+        "within: 2h",
+        "correlation.memory_exhaustion.within",
+        None,
+    ),
+    (
+        "within: 5m",
+        "within: 0s",
+        "correlation.node_pressure.within",
+        None,
+    ),
+    (
+        "keep_for: 15m",
+        "keep_for: 4m",
+        "correlation.node_pressure.keep_for",
+        None,
+    ),
+    (
+        "keep_for: 15m",
+        "keep_for: 25h",
+        "correlation.node_pressure.keep_for",
         None,
     ),
     (

@@ -416,6 +416,8 @@ async fn sink(mut batches: mpsc::Receiver<ClosedBatch>) -> SinkStats {
                     }
                     stats.oom_roots.insert(correlation.root_cause.clone());
                 }
+                // The spine's stream has no usage reports or node conditions to match.
+                _ => {}
             }
         }
     }

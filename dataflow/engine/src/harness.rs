@@ -1,4 +1,5 @@
-//! A harness that runs **one** rule over a scripted stream of observations, with nothing else
+//! A harness that runs **one** rule (or, with [`RuleHarness::from_tables`], a rule with the
+//! earlier rules it builds on) over a scripted stream of observations, with nothing else
 //! around it: no [`crate::Engine`], no [`crate::Router`], no output channel. Closed batches are
 //! collected in memory, so a test may span any number of ticks.
 //!
@@ -40,6 +41,7 @@
 //!                     entity: "replicaset/a/r".parse().unwrap(),
 //!                     uid: "uid-r".into(),
 //!                 }),
+//!                 node: None,
 //!             }),
 //!         },
 //!     })
@@ -90,7 +92,7 @@ const PARK: Option<Duration> = Some(Duration::from_millis(1));
 /// Runs one rule over scripted observations (see the [module documentation](self)).
 #[derive(Clone)]
 pub struct RuleHarness {
-    rule: Arc<dyn Rule>,
+    rules: Arc<Vec<Box<dyn Rule>>>,
     settings: Arc<EngineSettings>,
     workers: usize,
 }
@@ -102,8 +104,8 @@ pub struct RuleRun {
     /// the engine hands them to its sinks (consolidated, sorted, no zero diffs).
     pub batches: Vec<ClosedBatch>,
     /// For each observation, in the order given: the tick it entered the dataflow at (its own
-    /// tick, or later if it arrived late), or `None` for a heartbeat and for a fact the rule
-    /// does not read.
+    /// tick, or later if it arrived late), or `None` for a heartbeat and for a fact no rule of
+    /// the harness reads.
     pub entered: Vec<Option<Tick>>,
     /// What was taken in, summed over the workers as [`crate::Engine::join`] sums them;
     /// `last_tick` is the last tick reported.
@@ -114,15 +116,31 @@ impl RuleHarness {
     /// A harness for `rule`, with the engine settings (tick, lateness, idle timeout) and rule
     /// settings of `config`, on one worker.
     pub fn new(rule: Box<dyn Rule>, config: &CorrelationConfig) -> RuleHarness {
+        RuleHarness::with_rules(vec![rule], config)
+    }
+
+    fn with_rules(rules: Vec<Box<dyn Rule>>, config: &CorrelationConfig) -> RuleHarness {
         let settings = EngineSettings::from_config(&TapioConfig {
             correlation: config.clone(),
             ..TapioConfig::default()
         });
         RuleHarness {
-            rule: Arc::from(rule),
+            rules: Arc::new(rules),
             settings: Arc::new(settings),
             workers: 1,
         }
+    }
+
+    /// A harness for the rules `makes` make from `config`, built in the order given (as
+    /// [`crate::rules::TABLE`] orders them), so that a rule that builds on another's
+    /// correlations ([`crate::rules::RuleInputs::correlations_of`]) runs with it; the output is
+    /// all of theirs. `None` when `config` disables any of them.
+    pub fn from_tables(makes: &[MakeRule], config: &CorrelationConfig) -> Option<RuleHarness> {
+        let rules = makes
+            .iter()
+            .map(|make| make(config))
+            .collect::<Option<Vec<_>>>()?;
+        Some(RuleHarness::with_rules(rules, config))
     }
 
     /// A harness for the rule `make` makes from `config` (an entry of [`crate::rules::TABLE`]),
@@ -157,16 +175,16 @@ impl RuleHarness {
     ) -> Result<RuleRun, EngineError> {
         let observations: Arc<Vec<Observation>> = Arc::new(observations.into_iter().collect());
         let parts = if self.workers == 1 {
-            let (rule, settings) = (Arc::clone(&self.rule), Arc::clone(&self.settings));
+            let (rules, settings) = (Arc::clone(&self.rules), Arc::clone(&self.settings));
             let observations = Arc::clone(&observations);
             vec![timely::execute_directly(move |worker| {
-                drive(worker, rule.as_ref(), &settings, &observations)
+                drive(worker, &rules, &settings, &observations)
             })]
         } else {
-            let (rule, settings) = (Arc::clone(&self.rule), Arc::clone(&self.settings));
+            let (rules, settings) = (Arc::clone(&self.rules), Arc::clone(&self.settings));
             let shared = Arc::clone(&observations);
             let guards = timely::execute(timely::Config::process(self.workers), move |worker| {
-                drive(worker, rule.as_ref(), &settings, &shared)
+                drive(worker, &rules, &settings, &shared)
             })
             .map_err(|reason| EngineError::Start { reason })?;
             guards
@@ -182,7 +200,14 @@ impl RuleHarness {
 impl std::fmt::Debug for RuleHarness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RuleHarness")
-            .field("rule", &self.rule.name())
+            .field(
+                "rules",
+                &self
+                    .rules
+                    .iter()
+                    .map(|rule| rule.name())
+                    .collect::<Vec<_>>(),
+            )
             .field("settings", &self.settings)
             .field("workers", &self.workers)
             .finish()
@@ -270,7 +295,7 @@ struct Part {
 /// advances, then closes every tick up to the end of the stream.
 fn drive(
     worker: &mut Worker,
-    rule: &dyn Rule,
+    rules: &[Box<dyn Rule>],
     settings: &EngineSettings,
     observations: &[Observation],
 ) -> Part {
@@ -280,7 +305,7 @@ fn drive(
         let (facts_in, facts) = scope.new_collection::<Fact, isize>();
         let (state_in, state) = scope.new_collection::<StateRecord, isize>();
         // Collect before probing, so that once the probe passes a tick its output is collected.
-        let (probe, _) = correlate(facts, state, [rule], settings)
+        let (probe, _) = correlate(facts, state, rules.iter().map(AsRef::as_ref), settings)
             .inspect(move |(correlation, tick, diff)| {
                 // The receiver outlives the dataflow's input; a failed send cannot happen.
                 let _ = out_tx.send((correlation.clone(), *tick, *diff));
@@ -297,7 +322,7 @@ fn drive(
         if !mine {
             continue;
         }
-        let reads = |fact: &Fact| rule.reads(fact);
+        let reads = |fact: &Fact| rules.iter().any(|rule| rule.reads(fact));
         let sessions = (&mut facts_in, &mut state_in);
         if let Some(tick) = intake.take(observation.clone(), reads, sessions, index == 0) {
             entered.push((position, tick));

@@ -53,6 +53,10 @@ pub enum CorrelationKind {
     Ownership,
     /// A kernel OOM kill that ended a process and, with it, its container.
     OomRestart,
+    /// A container's memory use crossed its limit share, then the OOM killer ended it.
+    MemoryExhaustion,
+    /// A node came under pressure (memory, disk, PIDs) and the kubelet evicted pods from it.
+    NodePressureEviction,
 }
 
 impl CorrelationKind {
@@ -61,6 +65,8 @@ impl CorrelationKind {
         match self {
             CorrelationKind::Ownership => "ownership",
             CorrelationKind::OomRestart => "oom_restart",
+            CorrelationKind::MemoryExhaustion => "memory_exhaustion",
+            CorrelationKind::NodePressureEviction => "node_pressure_eviction",
         }
     }
 
@@ -69,6 +75,9 @@ impl CorrelationKind {
         match self {
             CorrelationKind::Ownership => Family::Ownership,
             CorrelationKind::OomRestart => Family::Sequence,
+            CorrelationKind::MemoryExhaustion | CorrelationKind::NodePressureEviction => {
+                Family::Performance
+            }
         }
     }
 }
@@ -373,6 +382,30 @@ pub enum Detail {
         /// The bound the steps had to fall within, ns.
         within_ns: u64,
     },
+    /// A container ran out of a resource.
+    Exhaustion {
+        /// Which resource.
+        resource: Resource,
+        /// Use when it crossed the threshold, in the resource's unit.
+        used: u64,
+        /// The container's limit, same unit.
+        limit: u64,
+        /// The share of the limit, percent, at which the collector reports a crossing.
+        threshold_percent: u8,
+        /// Time from the crossing to the kill, ns.
+        span_ns: u64,
+        /// The bound the kill had to follow the crossing within, ns.
+        within_ns: u64,
+    },
+    /// A node condition under which the kubelet evicted pods.
+    NodePressure {
+        /// The condition, e.g. `MemoryPressure`.
+        condition: Arc<str>,
+        /// How many pods were evicted under it.
+        evicted_pods: u32,
+        /// The bound the evictions had to follow the condition within, ns.
+        within_ns: u64,
+    },
 }
 
 /// Evidence that raised or lowered a correlation's confidence.
@@ -389,6 +422,14 @@ pub enum Basis {
     ContainerEndSaysOom,
     /// The container ended without an OOM reason or code: lowers.
     ContainerEndSaysOther,
+    /// The container's use was at or above its limit share when the kill came (no report of it
+    /// falling back in between): raises.
+    UsageAboveThresholdAtKill,
+    /// The eviction Event names the resource the condition is about (memory for
+    /// `MemoryPressure`, ...): raises.
+    EvictionNamesTheResource,
+    /// Some eviction Event names another resource, or none: lowers.
+    EvictionNamesOtherResource,
 }
 
 /// How sure a rule is, and why.

@@ -30,13 +30,16 @@
 
 use std::fmt::Write;
 
-use crate::correlation::{Correlation, CorrelationKind, Hop, Observed, Relation};
+use crate::correlation::{Correlation, CorrelationKind, Detail, Hop, Observed, Relation};
+use crate::entity::EntityId;
 
 /// One sentence that says what a correlation concludes.
 pub fn explain(correlation: &Correlation) -> String {
     match correlation.kind {
         CorrelationKind::Ownership => explain_ownership(correlation),
         CorrelationKind::OomRestart => explain_oom_restart(correlation),
+        CorrelationKind::MemoryExhaustion => explain_memory_exhaustion(correlation),
+        CorrelationKind::NodePressureEviction => explain_node_pressure(correlation),
     }
 }
 
@@ -78,6 +81,63 @@ fn explain_oom_restart(correlation: &Correlation) -> String {
         exit.time.saturating_sub(kill.time) / 1_000_000,
         stop.entity,
         stop.time.saturating_sub(kill.time) / 1_000_000,
+    )
+}
+
+fn explain_memory_exhaustion(correlation: &Correlation) -> String {
+    let Detail::Exhaustion {
+        resource,
+        used,
+        limit,
+        threshold_percent,
+        span_ns,
+        ..
+    } = &correlation.detail
+    else {
+        return format!("{} ran out of memory", correlation.root_cause);
+    };
+    let pod = correlation
+        .chain
+        .iter()
+        .find(|hop| matches!(hop.entity, EntityId::Pod { .. }))
+        .map(|hop| format!(" of {}", hop.entity))
+        .unwrap_or_default();
+    let name = correlation
+        .chain
+        .iter()
+        .find_map(|hop| match &hop.observed {
+            Observed::ResourceUsage { container_name, .. } => Some(container_name.clone()),
+            _ => None,
+        });
+    format!(
+        "container {}{pod} ({}) used {used} of its {} limit {limit} (at or above {threshold_percent}%); the kernel OOM killer ended it {} s later",
+        name.as_deref().unwrap_or("?"),
+        correlation.root_cause,
+        resource.as_str(),
+        span_ns / 1_000_000_000,
+    )
+}
+
+fn explain_node_pressure(correlation: &Correlation) -> String {
+    let Detail::NodePressure {
+        condition,
+        evicted_pods,
+        ..
+    } = &correlation.detail
+    else {
+        return format!("{} was under pressure", correlation.root_cause);
+    };
+    let pods: Vec<String> = correlation
+        .chain
+        .iter()
+        .skip(1)
+        .map(|hop| hop.entity.to_string())
+        .collect();
+    format!(
+        "{} came under {condition} and the kubelet evicted {evicted_pods} pod{}: {}",
+        correlation.root_cause,
+        if *evicted_pods == 1 { "" } else { "s" },
+        pods.join(", ")
     )
 }
 

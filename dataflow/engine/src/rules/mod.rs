@@ -9,6 +9,7 @@
 //! `oom_sequence/tests.rs` do).
 
 pub mod inputs;
+pub mod memory_exhaustion;
 pub mod oom_sequence;
 pub mod ownership;
 
@@ -42,7 +43,11 @@ pub trait Rule: Send + Sync + 'static {
 pub type MakeRule = fn(&CorrelationConfig) -> Option<Box<dyn Rule>>;
 
 /// Every rule Tapio has, in the order their output is built.
-pub const TABLE: &[MakeRule] = &[ownership::from_config, oom_sequence::from_config];
+pub const TABLE: &[MakeRule] = &[
+    ownership::from_config,
+    oom_sequence::from_config,
+    memory_exhaustion::from_config,
+];
 
 /// The rules `config` enables.
 pub fn enabled(config: &CorrelationConfig) -> Vec<Box<dyn Rule>> {

@@ -246,4 +246,4 @@ fn correlation(sequence: &Sequence, ownership: Option<&Vec<Hop>>, within_ns: u64
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

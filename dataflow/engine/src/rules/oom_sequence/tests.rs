@@ -23,12 +23,12 @@ use crate::operators::oracle::{
 use crate::rules::ownership::tests::{naive_chains, state_at};
 
 /// Δ.
-const WITHIN: TimeNs = 3_000 * MS;
+pub(crate) const WITHIN: TimeNs = 3_000 * MS;
 /// How long a match stays current after the kill, ms (= ticks).
-const KEEP_FOR_MS: Tick = 8_000;
-const LATENESS: TimeNs = 2_000 * MS;
+pub(crate) const KEEP_FOR_MS: Tick = 8_000;
+pub(crate) const LATENESS: TimeNs = 2_000 * MS;
 
-fn config() -> CorrelationConfig {
+pub(crate) fn config() -> CorrelationConfig {
     let mut config = CorrelationConfig::default();
     config.engine.tick = Duration::from_millis(100);
     config.engine.lateness = Duration::from_nanos(LATENESS);
@@ -37,7 +37,13 @@ fn config() -> CorrelationConfig {
     config
 }
 
-fn fact(source: &str, node: &str, seq: u64, time_ns: TimeNs, payload: FactPayload) -> Observation {
+pub(crate) fn fact(
+    source: &str,
+    node: &str,
+    seq: u64,
+    time_ns: TimeNs,
+    payload: FactPayload,
+) -> Observation {
     Observation::Fact(Fact {
         id: FactId::new(source, node, seq),
         time_ns,
@@ -45,7 +51,7 @@ fn fact(source: &str, node: &str, seq: u64, time_ns: TimeNs, payload: FactPayloa
     })
 }
 
-fn state(seq: u64, time_ns: TimeNs, diff: i8, object: StateObject) -> Observation {
+pub(crate) fn state(seq: u64, time_ns: TimeNs, diff: i8, object: StateObject) -> Observation {
     Observation::State(StateUpdate {
         time_ns,
         diff,
@@ -57,7 +63,7 @@ fn state(seq: u64, time_ns: TimeNs, diff: i8, object: StateObject) -> Observatio
     })
 }
 
-fn entity(text: &str) -> EntityId {
+pub(crate) fn entity(text: &str) -> EntityId {
     text.parse().expect("entity")
 }
 
@@ -174,6 +180,7 @@ fn stream(rng: &mut Rng) -> Vec<Observation> {
                 entity: entity(owner),
                 uid: "uid".into(),
             }),
+            node: None,
         });
         let seq = next();
         out.push(state(seq, from, 1, object.clone()));
@@ -222,7 +229,7 @@ impl Step<'_> {
 /// pid, start) within Δ after it, then the earliest exit of its container (the kill's, else
 /// the exit's) within Δ of the kill, ties broken by fact id; the chain kill → exit → container
 /// exit, then the container's owners if it has a chain, else its pod as the exit names it.
-fn naive_oom(
+pub(crate) fn naive_oom(
     arrived: &[Observation],
     entered: &[Option<Tick>],
     clock: TickClock,
