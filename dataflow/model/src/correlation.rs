@@ -428,8 +428,8 @@ pub enum Basis {
     /// The eviction Event names the resource the condition is about (memory for
     /// `MemoryPressure`, ...): raises.
     EvictionNamesTheResource,
-    /// Some eviction Event names another resource, or none: lowers.
-    EvictionNamesOtherResource,
+    /// Some eviction Event names no resource: lowers.
+    EvictionNamesNoResource,
 }
 
 /// How sure a rule is, and why.

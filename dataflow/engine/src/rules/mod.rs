@@ -10,6 +10,7 @@
 
 pub mod inputs;
 pub mod memory_exhaustion;
+pub mod node_pressure;
 pub mod oom_sequence;
 pub mod ownership;
 
@@ -47,6 +48,7 @@ pub const TABLE: &[MakeRule] = &[
     ownership::from_config,
     oom_sequence::from_config,
     memory_exhaustion::from_config,
+    node_pressure::from_config,
 ];
 
 /// The rules `config` enables.
