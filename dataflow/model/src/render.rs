@@ -269,3 +269,126 @@ fn write_path(out: &mut String, hops: &[Hop]) {
         let _ = write!(out, "{}", hop.entity);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correlation::{Basis, Confidence};
+    use crate::observation::{ConditionStatus, EventType, FactId, Resource};
+
+    fn hop(entity: &str, relation: Relation, time: u64, observed: Observed) -> Hop {
+        Hop {
+            entity: entity.parse().expect("entity"),
+            relation,
+            fact_id: FactId::new("test", "n", time),
+            time,
+            observed,
+        }
+    }
+
+    fn confidence() -> Confidence {
+        Confidence {
+            percent: 90,
+            basis: vec![Basis::EveryStepObserved],
+        }
+    }
+
+    #[test]
+    fn memory_exhaustion_says_use_limit_threshold_and_the_kill() {
+        let second = 1_000_000_000;
+        let chain = vec![
+            hop(
+                "container/c1",
+                Relation::Start,
+                0,
+                Observed::ResourceUsage {
+                    container_name: "app".into(),
+                    resource: Resource::Memory,
+                    used: 950,
+                    limit: 1000,
+                    above: true,
+                },
+            ),
+            hop(
+                "process/n/7/1",
+                Relation::Caused,
+                3 * second,
+                Observed::OomKill {
+                    comm: "java".into(),
+                    pid: 7,
+                    memcg: "".into(),
+                    rss_pages: 1,
+                },
+            ),
+            hop(
+                "pod/ns/p0",
+                Relation::OwnedBy,
+                3 * second,
+                Observed::OwnerReference,
+            ),
+        ];
+        let correlation = Correlation::new(
+            CorrelationKind::MemoryExhaustion,
+            "container/c1".parse().expect("entity"),
+            chain,
+            Detail::Exhaustion {
+                resource: Resource::Memory,
+                used: 950,
+                limit: 1000,
+                threshold_percent: 90,
+                span_ns: 3 * second,
+                within_ns: 600 * second,
+            },
+            confidence(),
+        );
+        assert_eq!(
+            explain(&correlation),
+            "container app of pod/ns/p0 (container/c1) used 950 of its memory limit 1000 (at or above 90%); the kernel OOM killer ended it 3 s later"
+        );
+    }
+
+    #[test]
+    fn node_pressure_names_the_condition_and_the_evicted_pods() {
+        let evicted = |pod: &str| {
+            hop(
+                pod,
+                Relation::Caused,
+                2,
+                Observed::KubeEvent {
+                    reason: "Evicted".into(),
+                    event_type: EventType::Warning,
+                    count: 1,
+                },
+            )
+        };
+        let chain = vec![
+            hop(
+                "node/n1",
+                Relation::Start,
+                1,
+                Observed::NodeCondition {
+                    condition: "MemoryPressure".into(),
+                    status: ConditionStatus::True,
+                    reason: "KubeletHasInsufficientMemory".into(),
+                },
+            ),
+            evicted("pod/ns/p0"),
+            evicted("pod/ns/p1"),
+        ];
+        let correlation = Correlation::new(
+            CorrelationKind::NodePressureEviction,
+            "node/n1".parse().expect("entity"),
+            chain,
+            Detail::NodePressure {
+                condition: "MemoryPressure".into(),
+                evicted_pods: 2,
+                within_ns: 1,
+            },
+            confidence(),
+        );
+        assert_eq!(
+            explain(&correlation),
+            "node/n1 came under MemoryPressure and the kubelet evicted 2 pods: pod/ns/p0, pod/ns/p1"
+        );
+    }
+}
