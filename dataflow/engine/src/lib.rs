@@ -13,8 +13,8 @@
 //! exactly the watermarks of the live run, and the output is the same for any number of workers
 //! or processes.
 //!
-//! Rules (one module each under [`rules`], listed in [`rules::TABLE`]): [`rules::ownership`] and
-//! [`rules::oom_sequence`]. They are built from the reusable incremental operators in
+//! Rules (one module each under [`rules`], listed in [`rules::TABLE`]): [`rules::ownership`],
+//! [`rules::oom_sequence`], [`rules::memory_exhaustion`] and [`rules::node_pressure`]. They are built from the reusable incremental operators in
 //! [`operators`]. To test a rule on its own, run it over a scripted stream with
 //! [`harness::RuleHarness`].
 //!
