@@ -84,26 +84,27 @@ impl Rule for MemoryExhaustion {
     ) -> VecCollection<'scope, Tick, Correlation, isize> {
         let clock = inputs.clock();
         let within = self.within_ns;
-        let reports = retain(
-            inputs.facts_of("resource_usage"),
-            self.retain_ms,
-            move |fact: &Fact| clock.tick_of(fact.time_ns),
-        )
-        .flat_map(|fact| match &fact.payload {
-            FactPayload::ResourceUsage(usage) if usage.resource == Resource::Memory => {
-                let key: Key = (usage.pod.clone(), usage.container_name.as_str().into());
-                Some((
-                    key,
-                    Usage {
-                        evidence: Evidence::of(&fact),
-                        used: usage.used,
-                        limit: usage.limit,
-                        threshold_percent: usage.threshold_percent,
-                        above: usage.above,
-                    },
-                ))
-            }
-            _ => None,
+        let memory = inputs
+            .facts_of("resource_usage")
+            .flat_map(|fact| match &fact.payload {
+                FactPayload::ResourceUsage(usage) if usage.resource == Resource::Memory => {
+                    let key: Key = (usage.pod.clone(), usage.container_name.as_str().into());
+                    Some((
+                        key,
+                        Usage {
+                            evidence: Evidence::of(&fact),
+                            used: usage.used,
+                            limit: usage.limit,
+                            threshold_percent: usage.threshold_percent,
+                            above: usage.above,
+                        },
+                    ))
+                }
+                _ => None,
+            });
+        // Memory reports only, then windowed: other rules' reports never enter the window.
+        let reports = retain(memory, self.retain_ms, move |(_, usage): &(Key, Usage)| {
+            clock.tick_of(usage.evidence.time)
         });
         let restarts = inputs
             .correlations_of(&[CorrelationKind::OomRestart])

@@ -9,7 +9,9 @@
 //! is not about (memory under `DiskPressure`) is not blamed on it; one that names none is, with
 //! less confidence. An eviction on another node is never blamed on this node's pressure. The
 //! episode stays current for `keep_for` after the condition turned `True`, whether or not it has
-//! cleared since, so the incident outlives the relief the evictions bring.
+//! cleared since, so the incident outlives the relief the evictions bring. A pod's node is the
+//! one its object names in the state: an evicted pod whose object is deleted before the episode
+//! expires drops out of it.
 
 use std::sync::Arc;
 
@@ -158,29 +160,33 @@ impl Rule for NodePressure {
             move |(_, episode): &(EntityId, Episode)| clock.tick_of(episode.evidence.time),
         )
         .distinct();
+        let evicted = inputs
+            .facts_of("kube_event")
+            .flat_map(|fact| match &fact.payload {
+                FactPayload::KubeEvent(event) if event.reason == EVICTED => {
+                    let pod = event.involved.clone();
+                    matches!(pod, EntityId::Pod { .. }).then(|| {
+                        let resource = resource_named(&event.message).map(Arc::from);
+                        (
+                            pod.clone(),
+                            Eviction {
+                                evidence: Evidence::of(&fact),
+                                pod,
+                                resource,
+                            },
+                        )
+                    })
+                }
+                _ => None,
+            });
+        // Evictions only, then windowed: other rules' Events never enter the window.
         let evictions = retain(
-            inputs.facts_of("kube_event"),
+            evicted,
             self.keep_for_ms,
-            move |fact: &Fact| clock.tick_of(fact.time_ns),
-        )
-        .flat_map(|fact| match &fact.payload {
-            FactPayload::KubeEvent(event) if event.reason == EVICTED => {
-                let pod = event.involved.clone();
-                matches!(pod, EntityId::Pod { .. }).then(|| {
-                    let resource = resource_named(&event.message).map(Arc::from);
-                    (
-                        pod.clone(),
-                        Eviction {
-                            evidence: Evidence::of(&fact),
-                            pod,
-                            resource,
-                        },
-                    )
-                })
-            }
-            _ => None,
-        });
-        // Where each pod is scheduled.
+            move |(_, eviction): &(EntityId, Eviction)| clock.tick_of(eviction.evidence.time),
+        );
+        // Where each pod is scheduled, as the state says when the eviction is joined: an
+        // evicted pod whose object has since been deleted drops out of the episode.
         let placements = inputs.state().flat_map(|record| match record.object {
             StateObject::Workload(workload) => match (workload.entity, workload.node) {
                 (pod @ EntityId::Pod { .. }, Some(node)) => Some((pod, node)),
