@@ -8,8 +8,8 @@ use crate::duration;
 use crate::error::ConfigError;
 use crate::model::{
     BadRolloutConfig, BlastRadiusConfig, BurstConfig, BurstThreshold, CoOccurrenceConfig,
-    CorrelationConfig, DnsFailureConfig, EngineConfig, OomSequenceConfig, OwnershipConfig,
-    RestartLoopConfig, ServiceGraphConfig,
+    CorrelationConfig, DnsFailureConfig, EngineConfig, MemoryExhaustionConfig, NodePressureConfig,
+    OomSequenceConfig, OwnershipConfig, RestartLoopConfig, ServiceGraphConfig,
 };
 use crate::sequences;
 use crate::validate::{DAY, HOUR, count_in, duration_in, invalid};
@@ -32,6 +32,9 @@ impl CorrelationConfig {
         self.restart_loop.validate(&key(path, "restart_loop"))?;
         self.burst.validate(&key(path, "burst"))?;
         self.co_occurrence.validate(&key(path, "co_occurrence"))?;
+        self.memory_exhaustion
+            .validate(&key(path, "memory_exhaustion"))?;
+        self.node_pressure.validate(&key(path, "node_pressure"))?;
         sequences::validate(&self.sequences, &key(path, "sequences"))?;
         self.bad_rollout.validate(&key(path, "bad_rollout"))?;
         self.service_graph.validate(&key(path, "service_graph"))?;
@@ -239,6 +242,48 @@ impl CoOccurrenceConfig {
             Duration::from_secs(10 * 60),
         )?;
         keep_for_in(path, self.keep_for, &key(path, "within"), self.within, DAY)
+    }
+}
+
+impl MemoryExhaustionConfig {
+    /// Checks this section, found at `path` (`correlation.memory_exhaustion`).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key path of the first value out of its range.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        duration_in(
+            &key(path, "within"),
+            self.within,
+            Duration::from_millis(1),
+            HOUR,
+        )
+    }
+}
+
+impl NodePressureConfig {
+    /// Checks this section, found at `path` (`correlation.node_pressure`).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key path of the first value out of its range.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        duration_in(
+            &key(path, "within"),
+            self.within,
+            Duration::from_millis(1),
+            HOUR,
+        )?;
+        if self.keep_for < self.within {
+            return Err(invalid(
+                &key(path, "keep_for"),
+                format!(
+                    "must be at least {} ({}), got {}",
+                    key(path, "within"),
+                    duration::format(self.within),
+                    duration::format(self.keep_for)
+                ),
+            ));
+        }
+        duration_in(&key(path, "keep_for"), self.keep_for, Duration::ZERO, DAY)
     }
 }
 

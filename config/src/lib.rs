@@ -26,9 +26,9 @@ pub use error::{ConfigError, ConfigErrorKind};
 pub use model::{
     BadRolloutConfig, BlastRadiusConfig, BurstConfig, BurstThreshold, CoOccurrenceConfig,
     CollectorsConfig, CorrelationConfig, DnsFailureConfig, EngineConfig, IntegrationsConfig,
-    KernelCollectorConfig, KubeletCollectorConfig, KubernetesCollectorConfig, NatsConfig,
-    Neo4jConfig, OomSequenceConfig, OwnershipConfig, RecordingCollectorConfig, RestartLoopConfig,
-    ServiceGraphConfig, TapioConfig,
+    KernelCollectorConfig, KubeletCollectorConfig, KubernetesCollectorConfig,
+    MemoryExhaustionConfig, NatsConfig, Neo4jConfig, NodePressureConfig, OomSequenceConfig,
+    OwnershipConfig, RecordingCollectorConfig, RestartLoopConfig, ServiceGraphConfig, TapioConfig,
 };
 pub use sequences::{
     EntityKind, MAX_STEPS, SequenceConfig, StepConfig, StepKind, StepWhere, builtin_sequences,

@@ -289,6 +289,14 @@ pub struct CorrelationConfig {
     /// [`CoOccurrenceConfig::default`].
     #[serde(deserialize_with = "null_as_default")]
     pub co_occurrence: CoOccurrenceConfig,
+    /// Detects memory use crossing its limit share followed by an OOM kill of that container.
+    /// Default: enabled, see [`MemoryExhaustionConfig::default`].
+    #[serde(deserialize_with = "null_as_default")]
+    pub memory_exhaustion: MemoryExhaustionConfig,
+    /// Detects node pressure conditions followed by evictions from that node.
+    /// Default: enabled, see [`NodePressureConfig::default`].
+    #[serde(deserialize_with = "null_as_default")]
+    pub node_pressure: NodePressureConfig,
     /// Declared sequences: steps on shared entities within a bound, each with its name.
     /// Written, the list replaces the built-in one (copy the built-ins to keep them).
     /// Default: the built-in sequences, see [`builtin_sequences`].
@@ -321,6 +329,8 @@ impl Default for CorrelationConfig {
             restart_loop: RestartLoopConfig::default(),
             burst: BurstConfig::default(),
             co_occurrence: CoOccurrenceConfig::default(),
+            memory_exhaustion: MemoryExhaustionConfig::default(),
+            node_pressure: NodePressureConfig::default(),
             sequences: builtin_sequences(),
             bad_rollout: BadRolloutConfig::default(),
             service_graph: ServiceGraphConfig::default(),
@@ -565,6 +575,61 @@ impl Default for CoOccurrenceConfig {
             // A runtime or kubelet restart ends its containers within seconds.
             within: Duration::from_secs(10),
             // As long as a restart loop stays: the two are read together.
+            keep_for: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// The memory exhaustion rule: a container's memory use crosses the kubelet collector's share
+/// of its limit, then the OOM killer ends it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryExhaustionConfig {
+    /// Whether the rule runs. It builds on the OOM sequence rule's matches, so it finds
+    /// nothing while that rule is disabled. Default: `true`.
+    pub enabled: bool,
+    /// Δ: the OOM kill must follow the usage crossing within this, `1ms..=1h`. Written as a
+    /// humantime string. Default: `10m`.
+    #[serde(with = "humantime_str")]
+    pub within: Duration,
+}
+
+impl Default for MemoryExhaustionConfig {
+    fn default() -> Self {
+        MemoryExhaustionConfig {
+            // Cheap (it joins two small collections) and it names the cause of an OOM kill.
+            enabled: true,
+            // A leak climbs from 90% to the limit over minutes, seen by polls every 10s.
+            within: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+/// The node pressure rule: a node's `MemoryPressure`, `DiskPressure` or `PIDPressure` turns
+/// `True`, then the kubelet evicts pods from it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodePressureConfig {
+    /// Whether the rule runs. Default: `true`.
+    pub enabled: bool,
+    /// Δ: evictions must follow the condition turning `True` within this, `1ms..=1h`. Written
+    /// as a humantime string. Default: `5m`.
+    #[serde(with = "humantime_str")]
+    pub within: Duration,
+    /// How long a match stays current after the condition turned `True`, at least
+    /// [`Self::within`]. Written as a humantime string. Default: `15m`.
+    #[serde(with = "humantime_str")]
+    pub keep_for: Duration,
+}
+
+impl Default for NodePressureConfig {
+    fn default() -> Self {
+        NodePressureConfig {
+            // Evictions are rare and always worth explaining.
+            enabled: true,
+            // Hard thresholds evict at once, soft ones after their grace period (minutes).
+            within: Duration::from_secs(5 * 60),
+            // The kubelet holds a pressure condition at least 5m after the threshold clears.
             keep_for: Duration::from_secs(15 * 60),
         }
     }

@@ -127,6 +127,13 @@ fn defaults_have_the_documented_values() {
     assert_eq!(dns.window, Duration::from_secs(30));
     assert_eq!(dns.cause_before, Duration::from_secs(60));
     assert_eq!(dns.keep_for, Duration::from_secs(1200));
+    let exhaustion = &config.correlation.memory_exhaustion;
+    assert!(exhaustion.enabled);
+    assert_eq!(exhaustion.within, Duration::from_secs(600));
+    let pressure = &config.correlation.node_pressure;
+    assert!(pressure.enabled);
+    assert_eq!(pressure.within, Duration::from_secs(300));
+    assert_eq!(pressure.keep_for, Duration::from_secs(900));
     assert_eq!(config.integrations.neo4j.uri, "");
     assert_eq!(config.integrations.neo4j.username, "neo4j");
     assert_eq!(config.integrations.neo4j.password, "");
@@ -712,7 +719,7 @@ const RULES: &[(&str, &str, &str, Option<&str>)] = &[
         None,
     ),
     (
-        "within: 10m",
+        "restart_loop: / within: 10m",
         "within: 500ms",
         "correlation.restart_loop.within",
         None,
@@ -728,6 +735,30 @@ const RULES: &[(&str, &str, &str, Option<&str>)] = &[
         "within: 10s",
         "within: 11m",
         "correlation.co_occurrence.within",
+        None,
+    ),
+    (
+        "memory_exhaustion: / within: 10m",
+        "within: 2h",
+        "correlation.memory_exhaustion.within",
+        None,
+    ),
+    (
+        "node_pressure: / within: 5m",
+        "within: 0s",
+        "correlation.node_pressure.within",
+        None,
+    ),
+    (
+        "node_pressure: / keep_for: 15m",
+        "keep_for: 4m",
+        "correlation.node_pressure.keep_for",
+        None,
+    ),
+    (
+        "node_pressure: / keep_for: 15m",
+        "keep_for: 25h",
+        "correlation.node_pressure.keep_for",
         None,
     ),
     (

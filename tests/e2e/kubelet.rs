@@ -113,8 +113,13 @@ async fn polls_a_real_kubelet_over_tls_with_an_rbac_token() -> anyhow::Result<()
     );
     assert_eq!(grow[0].pod.to_string(), "pod/default/hog");
     assert_eq!(
-        (grow[0].resource.as_str(), grow[0].limit, grow[0].above),
-        ("memory", 32 << 20, true)
+        (
+            grow[0].resource.as_str(),
+            grow[0].limit,
+            grow[0].threshold_percent,
+            grow[0].above
+        ),
+        ("memory", 32 << 20, 70, true)
     );
     assert!(grow[0].used >= 24 << 20, "{:?}", grow[0]);
     let exits: Vec<_> = seen

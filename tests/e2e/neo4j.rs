@@ -351,6 +351,7 @@ fn dependency_incident() -> Vec<Observation> {
                 entity: entity(owner),
                 uid: format!("uid-{owner}"),
             }),
+            node: None,
         })
     };
     let container = |id: &str, pod: &str| {

@@ -479,6 +479,7 @@ impl Cluster {
                 entity,
                 uid: uid.clone(),
                 owner: None,
+                node: None,
             });
             let record = self.kube_record(time, object);
             self.insert(time, record);
@@ -525,6 +526,7 @@ impl Cluster {
                 },
                 uid: d.uid.clone(),
             }),
+            node: None,
         });
         let record = self.kube_record(time, object);
         self.insert(time, record.clone());
@@ -559,6 +561,7 @@ impl Cluster {
                 entity: rs.entity.clone(),
                 uid: rs.uid.clone(),
             }),
+            node: None,
         });
         let containers = d.containers;
         let record = self.kube_record(time, object);

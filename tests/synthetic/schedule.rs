@@ -201,6 +201,7 @@ impl Generator {
                     entity: replicaset.clone(),
                     uid: rs_uid.into(),
                 }),
+                node: None,
             }),
         );
         self.state(time, 1, workload.clone());
@@ -243,6 +244,7 @@ impl Generator {
                     entity: deployment.clone(),
                     uid: uid.into(),
                 }),
+                node: None,
             }),
         );
         self.state(time, 1, record.clone());
@@ -290,6 +292,7 @@ pub fn stream(shape: &Shape) -> Vec<Observation> {
                 entity: entity.clone(),
                 uid: uid.clone(),
                 owner: None,
+                node: None,
             }),
         );
         g.state(time, 1, record);

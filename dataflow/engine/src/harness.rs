@@ -1,4 +1,5 @@
-//! A harness that runs **one** rule over a scripted stream of observations, with nothing else
+//! A harness that runs **one** rule (or, with [`RuleHarness::from_tables`], a rule with the
+//! earlier rules it builds on) over a scripted stream of observations, with nothing else
 //! around it: no [`crate::Engine`], no [`crate::Router`], no output channel. Closed batches are
 //! collected in memory, so a test may span any number of ticks. A rule that builds on another
 //! rule's correlations runs after it ([`RuleHarness::after`]), as in [`crate::rules::TABLE`].
@@ -41,6 +42,7 @@
 //!                     entity: "replicaset/a/r".parse().unwrap(),
 //!                     uid: "uid-r".into(),
 //!                 }),
+//!                 node: None,
 //!             }),
 //!         },
 //!     })
@@ -105,8 +107,8 @@ pub struct RuleRun {
     /// the engine hands them to its sinks (consolidated, sorted, no zero diffs).
     pub batches: Vec<ClosedBatch>,
     /// For each observation, in the order given: the tick it entered the dataflow at (its own
-    /// tick, or later if it arrived late), or `None` for a heartbeat and for a fact the rule
-    /// does not read.
+    /// tick, or later if it arrived late), or `None` for a heartbeat and for a fact no rule of
+    /// the harness reads.
     pub entered: Vec<Option<Tick>>,
     /// What was taken in, summed over the workers as [`crate::Engine::join`] sums them;
     /// `last_tick` is the last tick reported.
@@ -146,6 +148,23 @@ impl RuleHarness {
     pub fn with_upstream_output(mut self) -> RuleHarness {
         self.upstream_output = true;
         self
+    }
+
+    /// A harness for the last rule of `makes`, built after the others in the order given (as
+    /// [`crate::rules::TABLE`] orders them), so that a rule that builds on another's
+    /// correlations ([`crate::rules::RuleInputs::correlations_of`]) runs with it; the output is
+    /// all of theirs. `None` when `config` disables any of them.
+    pub fn from_tables(makes: &[MakeRule], config: &CorrelationConfig) -> Option<RuleHarness> {
+        let (last, earlier) = makes.split_last()?;
+        let upstream = earlier
+            .iter()
+            .map(|make| make(config))
+            .collect::<Option<Vec<_>>>()?;
+        Some(
+            RuleHarness::from_table(*last, config)?
+                .after(upstream)
+                .with_upstream_output(),
+        )
     }
 
     /// A harness for the rule `make` makes from `config` (an entry of [`crate::rules::TABLE`]),

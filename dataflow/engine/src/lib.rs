@@ -14,7 +14,7 @@
 //! or processes.
 //!
 //! Rules (one module each under [`rules`], listed in [`rules::TABLE`]): [`rules::ownership`],
-//! [`rules::oom_sequence`], [`rules::service_graph`] and [`rules::blast_radius`]. They are built from the reusable incremental operators in
+//! [`rules::oom_sequence`], [`rules::memory_exhaustion`], [`rules::node_pressure`], [`rules::service_graph`] and [`rules::blast_radius`]. They are built from the reusable incremental operators in
 //! [`operators`]. To test a rule on its own, run it over a scripted stream with
 //! [`harness::RuleHarness`].
 //!

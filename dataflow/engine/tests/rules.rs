@@ -85,6 +85,7 @@ fn workload(entity: &str, owner: Option<&str>) -> StateObject {
             entity: owner.parse().expect("owner"),
             uid: format!("uid-{owner}"),
         }),
+        node: None,
     })
 }
 

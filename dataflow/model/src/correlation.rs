@@ -74,6 +74,10 @@ pub enum CorrelationKind {
     /// Containers of several pods on one node ending together: a node-wide cause such as a
     /// container runtime or kubelet restart.
     CoOccurrence,
+    /// A container's memory use crossed its limit share, then the OOM killer ended it.
+    MemoryExhaustion,
+    /// A node came under pressure (memory, disk, PIDs) and the kubelet evicted pods from it.
+    NodePressureEviction,
 }
 
 impl CorrelationKind {
@@ -90,6 +94,8 @@ impl CorrelationKind {
             CorrelationKind::RestartLoop => "restart_loop",
             CorrelationKind::Burst => "burst",
             CorrelationKind::CoOccurrence => "co_occurrence",
+            CorrelationKind::MemoryExhaustion => "memory_exhaustion",
+            CorrelationKind::NodePressureEviction => "node_pressure_eviction",
         }
     }
 
@@ -105,6 +111,9 @@ impl CorrelationKind {
             CorrelationKind::RestartLoop
             | CorrelationKind::Burst
             | CorrelationKind::CoOccurrence => Family::Temporal,
+            CorrelationKind::MemoryExhaustion | CorrelationKind::NodePressureEviction => {
+                Family::Performance
+            }
         }
     }
 }
@@ -526,6 +535,30 @@ pub enum Detail {
         /// The bound every exit had to fall within, after the first, ns.
         within_ns: u64,
     },
+    /// A container ran out of a resource.
+    Exhaustion {
+        /// Which resource.
+        resource: Resource,
+        /// Use when it crossed the threshold, in the resource's unit.
+        used: u64,
+        /// The container's limit, same unit.
+        limit: u64,
+        /// The share of the limit, percent, at which the collector reports a crossing.
+        threshold_percent: u8,
+        /// Time from the crossing to the kill, ns.
+        span_ns: u64,
+        /// The bound the kill had to follow the crossing within, ns.
+        within_ns: u64,
+    },
+    /// A node condition under which the kubelet evicted pods.
+    NodePressure {
+        /// The condition, e.g. `MemoryPressure`.
+        condition: Arc<str>,
+        /// How many pods were evicted under it.
+        evicted_pods: u32,
+        /// The bound the evictions had to follow the condition within, ns.
+        within_ns: u64,
+    },
 }
 
 /// What a burst counts.
@@ -666,6 +699,14 @@ pub enum Basis {
     /// Containers of at least the threshold number of distinct pods on one node ended within
     /// the bound: a node-wide cause is inferred, not observed.
     PodsEndedTogether,
+    /// The container's use was at or above its limit share when the kill came (no report of it
+    /// falling back in between): raises.
+    UsageAboveThresholdAtKill,
+    /// The eviction Event names the resource the condition is about (memory for
+    /// `MemoryPressure`, ...): raises.
+    EvictionNamesTheResource,
+    /// Some eviction Event names no resource: lowers.
+    EvictionNamesNoResource,
 }
 
 /// How sure a rule is, and why.

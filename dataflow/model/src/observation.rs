@@ -404,6 +404,9 @@ pub struct ResourceUsage {
     pub used: u64,
     /// The container's limit, in the same unit.
     pub limit: u64,
+    /// The share of the limit, percent, that the collector reports crossings of (its
+    /// configured threshold when it observed this).
+    pub threshold_percent: u8,
     /// `true` when the use rose to or above the threshold, `false` when it fell back below.
     pub above: bool,
 }
@@ -568,6 +571,11 @@ pub struct WorkloadObject {
     pub uid: String,
     /// Its controlling owner (the `ownerReference` with `controller: true`), if any.
     pub owner: Option<OwnerRef>,
+    /// For a pod: the node it is scheduled on (`spec.nodeName`), once it is. `None` for every
+    /// other kind. Left out of JSON while unknown, so records written before it existed read
+    /// and write back unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<EntityId>,
 }
 
 /// A controlling owner reference.

@@ -33,6 +33,7 @@ use std::fmt::Write;
 use crate::correlation::{
     BurstKind, Correlation, CorrelationKind, Detail, Hop, Observed, Relation,
 };
+use crate::entity::EntityId;
 use crate::observation::{DnsOutcome, dns_type_name};
 
 /// One sentence that says what a correlation concludes.
@@ -48,6 +49,8 @@ pub fn explain(correlation: &Correlation) -> String {
         CorrelationKind::RestartLoop => explain_restart_loop(correlation),
         CorrelationKind::Burst => explain_burst(correlation),
         CorrelationKind::CoOccurrence => explain_co_occurrence(correlation),
+        CorrelationKind::MemoryExhaustion => explain_memory_exhaustion(correlation),
+        CorrelationKind::NodePressureEviction => explain_node_pressure(correlation),
     }
 }
 
@@ -334,6 +337,63 @@ fn explain_oom_restart(correlation: &Correlation) -> String {
     )
 }
 
+fn explain_memory_exhaustion(correlation: &Correlation) -> String {
+    let Detail::Exhaustion {
+        resource,
+        used,
+        limit,
+        threshold_percent,
+        span_ns,
+        ..
+    } = &correlation.detail
+    else {
+        return format!("{} ran out of memory", correlation.root_cause);
+    };
+    let pod = correlation
+        .chain
+        .iter()
+        .find(|hop| matches!(hop.entity, EntityId::Pod { .. }))
+        .map(|hop| format!(" of {}", hop.entity))
+        .unwrap_or_default();
+    let name = correlation
+        .chain
+        .iter()
+        .find_map(|hop| match &hop.observed {
+            Observed::ResourceUsage { container_name, .. } => Some(container_name.clone()),
+            _ => None,
+        });
+    format!(
+        "container {}{pod} ({}) used {used} of its {} limit {limit} (at or above {threshold_percent}%); the kernel OOM killer ended it {} s later",
+        name.as_deref().unwrap_or("?"),
+        correlation.root_cause,
+        resource.as_str(),
+        span_ns / 1_000_000_000,
+    )
+}
+
+fn explain_node_pressure(correlation: &Correlation) -> String {
+    let Detail::NodePressure {
+        condition,
+        evicted_pods,
+        ..
+    } = &correlation.detail
+    else {
+        return format!("{} was under pressure", correlation.root_cause);
+    };
+    let pods: Vec<String> = correlation
+        .chain
+        .iter()
+        .skip(1)
+        .map(|hop| hop.entity.to_string())
+        .collect();
+    format!(
+        "{} came under {condition} and the kubelet evicted {evicted_pods} pod{}: {}",
+        correlation.root_cause,
+        if *evicted_pods == 1 { "" } else { "s" },
+        pods.join(", ")
+    )
+}
+
 /// What a hop's observation says, in a few words; `previous` is the hop before it, if any.
 pub fn describe_hop(hop: &Hop, previous: Option<&Hop>) -> String {
     match &hop.observed {
@@ -568,6 +628,129 @@ mod tests {
             explain(&blast),
             "pod/shop/api failed (endpoint not ready); pod/shop/web depends on it 2 edges away \
              (pod/shop/api → service/shop/api → pod/shop/web), observed impact"
+        );
+    }
+}
+
+#[cfg(test)]
+mod performance_sentences {
+    use super::*;
+    use crate::correlation::{Basis, Confidence};
+    use crate::observation::{ConditionStatus, EventType, FactId, Resource};
+
+    fn hop(entity: &str, relation: Relation, time: u64, observed: Observed) -> Hop {
+        Hop {
+            entity: entity.parse().expect("entity"),
+            relation,
+            fact_id: FactId::new("test", "n", time),
+            time,
+            observed,
+        }
+    }
+
+    fn confidence() -> Confidence {
+        Confidence {
+            percent: 90,
+            basis: vec![Basis::EveryStepObserved],
+        }
+    }
+
+    #[test]
+    fn memory_exhaustion_says_use_limit_threshold_and_the_kill() {
+        let second = 1_000_000_000;
+        let chain = vec![
+            hop(
+                "container/c1",
+                Relation::Start,
+                0,
+                Observed::ResourceUsage {
+                    container_name: "app".into(),
+                    resource: Resource::Memory,
+                    used: 950,
+                    limit: 1000,
+                    above: true,
+                },
+            ),
+            hop(
+                "process/n/7/1",
+                Relation::Caused,
+                3 * second,
+                Observed::OomKill {
+                    comm: "java".into(),
+                    pid: 7,
+                    memcg: "".into(),
+                    rss_pages: 1,
+                },
+            ),
+            hop(
+                "pod/ns/p0",
+                Relation::OwnedBy,
+                3 * second,
+                Observed::OwnerReference,
+            ),
+        ];
+        let correlation = Correlation::new(
+            CorrelationKind::MemoryExhaustion,
+            "container/c1".parse().expect("entity"),
+            chain,
+            Detail::Exhaustion {
+                resource: Resource::Memory,
+                used: 950,
+                limit: 1000,
+                threshold_percent: 90,
+                span_ns: 3 * second,
+                within_ns: 600 * second,
+            },
+            confidence(),
+        );
+        assert_eq!(
+            explain(&correlation),
+            "container app of pod/ns/p0 (container/c1) used 950 of its memory limit 1000 (at or above 90%); the kernel OOM killer ended it 3 s later"
+        );
+    }
+
+    #[test]
+    fn node_pressure_names_the_condition_and_the_evicted_pods() {
+        let evicted = |pod: &str| {
+            hop(
+                pod,
+                Relation::Caused,
+                2,
+                Observed::KubeEvent {
+                    reason: "Evicted".into(),
+                    event_type: EventType::Warning,
+                    count: 1,
+                },
+            )
+        };
+        let chain = vec![
+            hop(
+                "node/n1",
+                Relation::Start,
+                1,
+                Observed::NodeCondition {
+                    condition: "MemoryPressure".into(),
+                    status: ConditionStatus::True,
+                    reason: "KubeletHasInsufficientMemory".into(),
+                },
+            ),
+            evicted("pod/ns/p0"),
+            evicted("pod/ns/p1"),
+        ];
+        let correlation = Correlation::new(
+            CorrelationKind::NodePressureEviction,
+            "node/n1".parse().expect("entity"),
+            chain,
+            Detail::NodePressure {
+                condition: "MemoryPressure".into(),
+                evicted_pods: 2,
+                within_ns: 1,
+            },
+            confidence(),
+        );
+        assert_eq!(
+            explain(&correlation),
+            "node/n1 came under MemoryPressure and the kubelet evicted 2 pods: pod/ns/p0, pod/ns/p1"
         );
     }
 }

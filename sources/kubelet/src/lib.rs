@@ -272,7 +272,7 @@ mod tests {
         assert!(polls.facts(pods.clone(), Some(&usage(50)), 90).len() == 1);
         let up = polls.facts(pods.clone(), Some(&usage(91)), 90);
         assert!(
-            matches!(&up[..], [FactPayload::ResourceUsage(u)] if u.above && u.used == 91 && u.limit == 100)
+            matches!(&up[..], [FactPayload::ResourceUsage(u)] if u.above && u.used == 91 && u.limit == 100 && u.threshold_percent == 90)
         );
         assert!(polls.facts(pods, Some(&usage(99)), 90).is_empty());
     }

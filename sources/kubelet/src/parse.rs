@@ -356,6 +356,7 @@ pub fn pressure(
                         resource,
                         used,
                         limit,
+                        threshold_percent,
                         above: true,
                     },
                 );

@@ -117,6 +117,7 @@ fn workload(meta: &ObjectMeta, kind: &'static str) -> Result<WorkloadObject, Con
         })?,
         uid: uid.to_string(),
         owner: controller(meta.owner_references.as_ref(), namespace),
+        node: None,
     })
 }
 
@@ -148,10 +149,16 @@ plain_workload!(
 impl WatchedKind for Pod {
     const KIND: &'static str = "Pod";
 
-    /// The pod with its controlling owner, then one record per container (regular, then init)
-    /// that has a runtime id in the status.
+    /// The pod with its controlling owner and the node it is scheduled on, then one record per
+    /// container (regular, then init) that has a runtime id in the status.
     fn records(&self) -> Result<Vec<StateObject>, ConvertError> {
-        let object = workload(&self.metadata, Self::KIND)?;
+        let mut object = workload(&self.metadata, Self::KIND)?;
+        object.node = self
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.node_name.as_deref())
+            .filter(|name| !name.is_empty())
+            .map(|name| EntityId::Node { name: name.into() });
         let mut out = Vec::with_capacity(2);
         let statuses = self.status.as_ref();
         let containers = statuses
@@ -417,10 +424,27 @@ mod tests {
             workload.owner.as_ref().unwrap().entity.to_string(),
             "replicaset/shop/web"
         );
+        assert_eq!(workload.node, None, "not scheduled yet");
         let StateObject::PodContainer(container) = &records[1] else {
             panic!("{records:?}")
         };
         assert_eq!(&*container.container_id, "abc");
+    }
+
+    #[test]
+    fn a_scheduled_pod_names_its_node() {
+        let pod = pod(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "shop", "uid": "u1"},
+            "spec": {"nodeName": "worker-2", "containers": [{"name": "app"}]}
+        }));
+        let records = pod.records().unwrap();
+        let [StateObject::Workload(workload)] = &records[..] else {
+            panic!("{records:?}")
+        };
+        assert_eq!(
+            workload.node.as_ref().map(ToString::to_string).as_deref(),
+            Some("node/worker-2")
+        );
     }
 
     #[test]

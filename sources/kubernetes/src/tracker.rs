@@ -217,6 +217,7 @@ mod tests {
                 },
                 uid: name.into(),
             }),
+            node: None,
         })
     }
 

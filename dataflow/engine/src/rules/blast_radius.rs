@@ -34,6 +34,8 @@ pub const FAILURE_KINDS: &[CorrelationKind] = &[
     CorrelationKind::CoOccurrence,
     CorrelationKind::DeclaredSequence,
     CorrelationKind::BadRollout,
+    CorrelationKind::MemoryExhaustion,
+    CorrelationKind::NodePressureEviction,
 ];
 
 /// The blast radius rule, with its configuration.

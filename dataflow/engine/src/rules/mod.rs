@@ -15,6 +15,8 @@ pub mod co_occurrence;
 pub mod declared_sequence;
 pub mod dns_failure;
 pub mod inputs;
+pub mod memory_exhaustion;
+pub mod node_pressure;
 pub mod oom_sequence;
 pub mod ownership;
 pub mod restart_loop;
@@ -58,6 +60,8 @@ pub const TABLE: &[MakeRule] = &[
     co_occurrence::from_config,
     declared_sequence::from_config,
     bad_rollout::from_config,
+    memory_exhaustion::from_config,
+    node_pressure::from_config,
     service_graph::from_config,
     blast_radius::from_config,
     dns_failure::from_config,

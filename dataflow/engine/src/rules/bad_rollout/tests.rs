@@ -76,6 +76,7 @@ fn owned_by(child: &str, owner: &str) -> StateObject {
             entity: entity(owner),
             uid: "uid".into(),
         }),
+        node: None,
     })
 }
 
@@ -241,7 +242,7 @@ fn naive(
     clock: TickClock,
     tick: Tick,
 ) -> BTreeMap<Correlation, i64> {
-    let held = state_at(arrived, entered, tick);
+    let held = state_at(arrived, entered, tick, 0);
     let revisions: Vec<(EntityId, Revision)> = held.iter().filter_map(revision).collect();
     let pods: Vec<(EntityId, EntityId)> = held.iter().filter_map(pod_of).collect();
     let ready_pods: Vec<EntityId> = held.iter().filter_map(ready_pod).collect();

@@ -26,7 +26,7 @@ use crate::operators::oracle::{
     MS, Rng, T0, arrival_order, assert_every_tick, entry_ticks, heartbeats,
 };
 use crate::rules::Evidence;
-use crate::rules::ownership::tests::{naive_chains, state_at};
+use crate::rules::ownership::tests::{CONTAINER_GRACE, naive_chains, state_at};
 
 const LATENESS: TimeNs = 2_000 * MS;
 const SECOND: TimeNs = 1_000 * MS;
@@ -79,6 +79,7 @@ fn config(sequences: Vec<SequenceConfig>) -> CorrelationConfig {
     config.engine.tick = Duration::from_millis(100);
     config.engine.lateness = Duration::from_nanos(LATENESS);
     config.sequences = sequences;
+    config.ownership.container_exit_grace = Duration::from_millis(CONTAINER_GRACE);
     config
 }
 
@@ -220,6 +221,7 @@ fn owned(seq: u64, at: TimeNs, child: &str, owner: &str) -> Observation {
                 entity: entity(owner),
                 uid: "uid".into(),
             }),
+            node: None,
         }),
     )
 }
@@ -372,7 +374,7 @@ fn naive(
     clock: TickClock,
     tick: Tick,
 ) -> BTreeMap<Correlation, i64> {
-    let held = state_at(arrived, entered, tick);
+    let held = state_at(arrived, entered, tick, CONTAINER_GRACE);
     let chains = naive_chains(&held, 8);
     let mut expected = BTreeMap::new();
     for sequence in sequences.iter().filter(|sequence| sequence.enabled) {

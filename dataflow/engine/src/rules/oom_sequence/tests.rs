@@ -26,9 +26,9 @@ use crate::rules::ownership::tests::{CONTAINER_GRACE, naive_chains, state_at};
 pub(crate) const WITHIN: TimeNs = 3_000 * MS;
 /// How long a match stays current after the kill, ms (= ticks).
 pub(crate) const KEEP_FOR_MS: Tick = 8_000;
-const LATENESS: TimeNs = 2_000 * MS;
+pub(crate) const LATENESS: TimeNs = 2_000 * MS;
 
-fn config() -> CorrelationConfig {
+pub(crate) fn config() -> CorrelationConfig {
     let mut config = CorrelationConfig::default();
     config.engine.tick = Duration::from_millis(100);
     config.engine.lateness = Duration::from_nanos(LATENESS);
@@ -38,7 +38,13 @@ fn config() -> CorrelationConfig {
     config
 }
 
-fn fact(source: &str, node: &str, seq: u64, time_ns: TimeNs, payload: FactPayload) -> Observation {
+pub(crate) fn fact(
+    source: &str,
+    node: &str,
+    seq: u64,
+    time_ns: TimeNs,
+    payload: FactPayload,
+) -> Observation {
     Observation::Fact(Fact {
         id: FactId::new(source, node, seq),
         time_ns,
@@ -46,7 +52,7 @@ fn fact(source: &str, node: &str, seq: u64, time_ns: TimeNs, payload: FactPayloa
     })
 }
 
-fn state(seq: u64, time_ns: TimeNs, diff: i8, object: StateObject) -> Observation {
+pub(crate) fn state(seq: u64, time_ns: TimeNs, diff: i8, object: StateObject) -> Observation {
     Observation::State(StateUpdate {
         time_ns,
         diff,
@@ -58,7 +64,7 @@ fn state(seq: u64, time_ns: TimeNs, diff: i8, object: StateObject) -> Observatio
     })
 }
 
-fn entity(text: &str) -> EntityId {
+pub(crate) fn entity(text: &str) -> EntityId {
     text.parse().expect("entity")
 }
 
@@ -175,6 +181,7 @@ fn stream(rng: &mut Rng) -> Vec<Observation> {
                 entity: entity(owner),
                 uid: "uid".into(),
             }),
+            node: None,
         });
         let seq = next();
         out.push(state(seq, from, 1, object.clone()));

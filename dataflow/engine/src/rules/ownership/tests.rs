@@ -196,6 +196,7 @@ pub(crate) fn history(rng: &mut Rng, seq_base: u64) -> Vec<Observation> {
                     entity: pick(rng, &workloads),
                     uid: "uid".into(),
                 }),
+                node: None,
             }),
             9..=12 => StateObject::PodContainer(PodContainer {
                 pod: pick(rng, pods),
