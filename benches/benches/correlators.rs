@@ -23,7 +23,9 @@
 //!   its batch reaching the sink.
 //! - `full-w2-short`, `full-w2-long`: `--memory-obs` observations and `--long-factor` times
 //!   more, generated in chunks of a tenth of the short run so that the stream's own footprint is
-//!   the same; VmRSS at every tenth.
+//!   the same; VmRSS at every tenth. State grows until the longest window is full (the OOM
+//!   sequence's `keep_for`, 10 minutes of event time by default; the default long run spans
+//!   about 20), and should stay flat after that.
 //! - `seq-tapio`: the engine with only the OOM sequence rule on (every other section's
 //!   `enabled` set to false), 1 worker, on the `--obs` stream.
 //! - `seq-dd`: a hand-written differential dataflow program (timely, 1 worker) for the same
@@ -41,8 +43,10 @@
 //! pid, start) to a file, and the table says whether the sets are equal.
 //!
 //! Flags (defaults in brackets): `--obs` [1000000]; `--paced-obs` [150000]; `--paced-rate`
-//! [10000]; `--memory-obs` [400000]; `--long-factor` [10]; `--seed` [42]; `--phases` [all of
-//! the above]; `--time-cap-s` [300] stops feeding a flood phase after that long.
+//! [10000]; `--memory-obs` [1000000]; `--long-factor` [10]; `--seed` [42]; `--phases` [all of
+//! the above]; `--time-cap-s` [300] stops feeding a flood phase after that long; `--rounds` [3]
+//! runs of each sequence phase, interleaved round by round (the table gives medians, and the
+//! ratios are taken within a round).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -79,6 +83,7 @@ struct Options {
     seed: u64,
     phases: Vec<String>,
     time_cap_s: f64,
+    rounds: usize,
     case: Option<String>,
     dir: Option<PathBuf>,
     forward: Vec<String>,
@@ -87,7 +92,8 @@ struct Options {
 fn usage() -> String {
     format!(
         "usage: correlators [--obs N] [--paced-obs N] [--paced-rate OBS_PER_S] [--memory-obs N] \
-         [--long-factor F] [--seed S] [--phases LIST] [--time-cap-s S]\nphases: {ALL_PHASES}"
+         [--long-factor F] [--seed S] [--phases LIST] [--time-cap-s S] [--rounds N]\nphases: \
+         {ALL_PHASES}"
     )
 }
 
@@ -97,11 +103,12 @@ impl Options {
             obs: 1_000_000,
             paced_obs: 150_000,
             paced_rate: 10_000.0,
-            memory_obs: 400_000,
+            memory_obs: 1_000_000,
             long_factor: 10,
             seed: 42,
             phases: ALL_PHASES.split(',').map(str::to_string).collect(),
             time_cap_s: 300.0,
+            rounds: 3,
             case: None,
             dir: None,
             forward: Vec::new(),
@@ -128,6 +135,10 @@ impl Options {
                 "--long-factor" => options.long_factor = value.parse().with_context(bad)?,
                 "--seed" => options.seed = value.parse().with_context(bad)?,
                 "--time-cap-s" => options.time_cap_s = value.parse().with_context(bad)?,
+                "--rounds" => {
+                    options.rounds = value.parse().with_context(bad)?;
+                    continue;
+                }
                 "--phases" => {
                     options.phases = value.split(',').map(str::to_string).collect();
                     continue;
@@ -148,8 +159,8 @@ impl Options {
         if options.obs < 10 || options.memory_obs < 10 || options.long_factor == 0 {
             bail!("--obs and --memory-obs must be at least 10, --long-factor positive");
         }
-        if options.paced_rate <= 0.0 {
-            bail!("--paced-rate must be positive");
+        if options.paced_rate <= 0.0 || options.rounds == 0 {
+            bail!("--paced-rate and --rounds must be positive");
         }
         for phase in &options.phases {
             if !ALL_PHASES.split(',').any(|known| known == phase) {
@@ -387,7 +398,7 @@ fn tapio_case(options: &Options, case: &str, dir: &Path, run: Tapio) -> Result<(
     let mut watermark = Watermark::new(clock, run.settings.lateness_ns);
     let mut closed_upto = clock.floor(spec.start_ns);
     let mut closes: Vec<(u64, Instant)> = Vec::new();
-    let mut samples: Vec<(u64, f64)> = Vec::new();
+    let mut samples: Vec<(u64, f64, f64)> = Vec::new();
     let mut fed = 0u64;
     let mut busy = Duration::ZERO;
     let mut oom_fed = 0u64;
@@ -432,13 +443,15 @@ fn tapio_case(options: &Options, case: &str, dir: &Path, run: Tapio) -> Result<(
                     }
                     Observation::State(_) => {}
                 }
+                let time_ns = observation.time_ns();
                 if !router.route(observation).await {
                     eprintln!("the engine stopped accepting input");
                     break 'feed;
                 }
                 fed += 1;
                 if fed.is_multiple_of(tenth) {
-                    samples.push((fed, mib(rss_bytes())));
+                    let event_s = time_ns.saturating_sub(spec.start_ns) as f64 / 1e9;
+                    samples.push((fed, event_s, mib(rss_bytes())));
                 }
                 if run.pace.is_none()
                     && fed.is_multiple_of(8_192)
@@ -507,9 +520,9 @@ fn tapio_case(options: &Options, case: &str, dir: &Path, run: Tapio) -> Result<(
         sink.oom_kills.len(),
         rule_names(&run.settings),
     );
-    for (index, (at, rss)) in samples.iter().enumerate() {
+    for (index, (at, event_s, rss)) in samples.iter().enumerate() {
         println!(
-            "SAMPLE case={case} n={} fed={at} rss_mib={rss:.1}",
+            "SAMPLE case={case} n={} fed={at} event_s={event_s:.0} rss_mib={rss:.1}",
             index + 1
         );
     }
@@ -801,82 +814,183 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// One run of a phase, in a child process: its RESULT fields and SAMPLE lines, or why not.
+fn run_phase(
+    exe: &Path,
+    dir: &Path,
+    options: &Options,
+    phase: &str,
+    label: &str,
+) -> Result<std::result::Result<(Fields, Vec<Fields>), String>> {
+    eprintln!(
+        "==> phase {label}: {phase} (load average {})",
+        load_average()
+    );
+    let started = Instant::now();
+    let mut child = Command::new(exe)
+        .arg("--case")
+        .arg(phase)
+        .arg("--dir")
+        .arg(dir)
+        .args(&options.forward)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("cannot start phase {phase}"))?;
+    let stdout = child.stdout.take().context("no stdout from the child")?;
+    let mut result = None;
+    let mut samples = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        if let Some(rest) = line.strip_prefix("RESULT ") {
+            result = Some(fields(rest));
+        } else if let Some(rest) = line.strip_prefix("SAMPLE ") {
+            samples.push(fields(rest));
+        }
+        eprintln!("    {line}");
+    }
+    let status = child.wait()?;
+    eprintln!(
+        "<== phase {phase} done in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(match result {
+        Some(result) if status.success() => Ok((result, samples)),
+        _ => Err(format!("failed: {status}")),
+    })
+}
+
+/// What every phase gave: its runs (one, or one per round for the sequence phases).
+#[derive(Default)]
+struct Outcomes {
+    runs: BTreeMap<String, Vec<Fields>>,
+    failures: BTreeMap<String, String>,
+    samples: BTreeMap<String, Vec<Fields>>,
+    /// Per round: Tapio's obs/s over Esper's and over the hand-written program's.
+    esper_ratios: Vec<f64>,
+    dd_ratios: Vec<f64>,
+    /// Per phase: whether its matches equalled Tapio's in every round.
+    same: BTreeMap<String, bool>,
+}
+
 fn run_all(options: &Options) -> Result<()> {
     let exe = std::env::current_exe().context("cannot find this binary to re-execute it")?;
     let dir = std::env::temp_dir().join(format!("tapio-bench-correlators-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let load_before = load_average();
-    let mut results: BTreeMap<String, Fields> = BTreeMap::new();
-    let mut failures: BTreeMap<String, String> = BTreeMap::new();
-    let mut samples: BTreeMap<String, Vec<Fields>> = BTreeMap::new();
-    let count = options.phases.len();
-    for (index, phase) in options.phases.iter().enumerate() {
-        eprintln!(
-            "==> phase {}/{count}: {phase} (load average {})",
-            index + 1,
-            load_average()
-        );
-        let started = Instant::now();
-        let mut child = Command::new(&exe)
-            .arg("--case")
-            .arg(phase)
-            .arg("--dir")
-            .arg(&dir)
-            .args(&options.forward)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("cannot start phase {phase}"))?;
-        let stdout = child.stdout.take().context("no stdout from the child")?;
-        for line in BufReader::new(stdout).lines() {
-            let line = line?;
-            if let Some(rest) = line.strip_prefix("RESULT ") {
-                results.insert(phase.clone(), fields(rest));
-            } else if let Some(rest) = line.strip_prefix("SAMPLE ") {
-                samples.entry(phase.clone()).or_default().push(fields(rest));
+    let mut outcomes = Outcomes::default();
+    let (sequence, full): (Vec<&String>, Vec<&String>) = options
+        .phases
+        .iter()
+        .partition(|phase| phase.starts_with("seq-"));
+    let total = full.len() + sequence.len() * options.rounds;
+    let mut done = 0;
+    for phase in full {
+        done += 1;
+        match run_phase(&exe, &dir, options, phase, &format!("{done}/{total}"))? {
+            Ok((result, samples)) => {
+                outcomes.runs.entry(phase.clone()).or_default().push(result);
+                outcomes.samples.insert(phase.clone(), samples);
             }
-            eprintln!("    {line}");
+            Err(why) => {
+                outcomes.failures.insert(phase.clone(), why);
+            }
         }
-        let status = child.wait()?;
-        if !status.success() || !results.contains_key(phase) {
-            failures.insert(phase.clone(), format!("failed: {status}"));
+    }
+    for round in 1..=options.rounds {
+        let mut rates = BTreeMap::new();
+        for phase in &sequence {
+            done += 1;
+            let label = format!("{done}/{total}, round {round}/{}", options.rounds);
+            let _ = std::fs::remove_file(dir.join(format!("{phase}.keys")));
+            match run_phase(&exe, &dir, options, phase, &label)? {
+                Ok((result, _)) => {
+                    rates.insert(phase.to_string(), number(Some(&result), "obs_per_s"));
+                    outcomes
+                        .runs
+                        .entry(phase.to_string())
+                        .or_default()
+                        .push(result);
+                }
+                Err(why) => {
+                    outcomes.failures.insert(phase.to_string(), why);
+                }
+            }
         }
-        eprintln!(
-            "<== phase {phase} done in {:.1} s",
-            started.elapsed().as_secs_f64()
-        );
+        let tapio_keys = std::fs::read_to_string(dir.join("seq-tapio.keys")).ok();
+        for phase in ["seq-esper", "seq-dd"] {
+            let keys = std::fs::read_to_string(dir.join(format!("{phase}.keys"))).ok();
+            if let (Some(keys), Some(tapio)) = (keys, &tapio_keys) {
+                let same = outcomes.same.entry(phase.to_string()).or_insert(true);
+                *same &= keys == *tapio;
+            }
+        }
+        if let Some(tapio) = rates.get("seq-tapio") {
+            if let Some(esper) = rates.get("seq-esper") {
+                outcomes.esper_ratios.push(tapio / esper);
+            }
+            if let Some(dd) = rates.get("seq-dd") {
+                outcomes.dd_ratios.push(tapio / dd);
+            }
+        }
     }
     let load_after = load_average();
-    print_tables(options, &dir, &results, &failures, &samples);
+    print_tables(options, &outcomes);
     println!();
     println!("load average (1, 5, 15 min): {load_before} before, {load_after} after");
     Ok(())
 }
 
-fn print_tables(
-    options: &Options,
-    dir: &Path,
-    results: &BTreeMap<String, Fields>,
-    failures: &BTreeMap<String, String>,
-    samples: &BTreeMap<String, Vec<Fields>>,
-) {
-    let get = |phase: &str| results.get(phase);
+fn median(values: &[f64]) -> f64 {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[middle]
+    } else {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    }
+}
+
+/// `median (min–max)` with `digits` decimals; just the value for one.
+fn spread(values: &[f64], digits: usize) -> String {
+    let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    if finite.len() <= 1 {
+        return format!("{:.digits$}", median(&finite));
+    }
+    let min = finite.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!(
+        "{:.digits$} ({min:.digits$}–{max:.digits$})",
+        median(&finite)
+    )
+}
+
+fn print_tables(options: &Options, outcomes: &Outcomes) {
+    let runs = |phase: &str| outcomes.runs.get(phase).map_or(&[][..], Vec::as_slice);
+    let values = |phase: &str, key: &str| -> Vec<f64> {
+        runs(phase).iter().map(|r| number(Some(r), key)).collect()
+    };
+    let first = |phase: &str| runs(phase).first();
     println!();
     println!(
         "correlators: seed {}, ClusterSpec::with_incidents; flood {} observations, paced {} at \
-         {}/s, memory {} and ×{}",
+         {}/s, memory {} and ×{}; sequence phases {} round(s)",
         options.seed,
         options.obs,
         options.paced_obs,
         options.paced_rate,
         options.memory_obs,
-        options.long_factor
+        options.long_factor,
+        options.rounds
     );
-    if let Some(rules) = results.values().find_map(|r| {
-        r.get("case")
-            .filter(|c| c.starts_with("full"))
-            .and(r.get("rules"))
-    }) {
+    if let Some(rules) = ["full-w1", "full-w2", "full-w2-paced"]
+        .iter()
+        .find_map(|phase| first(phase).and_then(|r| r.get("rules")))
+    {
         println!("full rule set: {rules}");
     }
     println!();
@@ -885,10 +999,13 @@ fn print_tables(
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for phase in &options.phases {
-        let Some(r) = get(phase) else {
+        let Some(r) = first(phase) else {
             println!(
                 "| {phase} | {} |  |  |  |  |  |  |  |  |  |",
-                failures.get(phase).map_or("not run", String::as_str)
+                outcomes
+                    .failures
+                    .get(phase)
+                    .map_or("not run", String::as_str)
             );
             continue;
         };
@@ -898,14 +1015,14 @@ fn print_tables(
         } else {
             ""
         };
-        let cpu = number(Some(r), "cpu_s");
+        let cpu = median(&values(phase, "cpu_s"));
         println!(
-            "| {phase}{truncated} | {} | {} | {} | {:.2} | {:.0} | {} | {} | {} | {} | {} |",
+            "| {phase}{truncated} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             field("workers"),
             field("obs"),
             field("event_s"),
-            number(Some(r), "secs"),
-            number(Some(r), "obs_per_s"),
+            spread(&values(phase, "secs"), 2),
+            spread(&values(phase, "obs_per_s"), 0),
             if cpu.is_finite() {
                 format!("{cpu:.1}")
             } else {
@@ -919,61 +1036,70 @@ fn print_tables(
     }
 
     println!();
-    println!("OOM sequence on the same stream:");
+    println!("OOM sequence on the same stream (medians over the rounds, min–max in brackets):");
     println!();
     println!(
         "| implementation | obs/s | events sent | matches | same matches as Tapio | Tapio / this |"
     );
     println!("|---|---|---|---|---|---|");
-    let tapio = get("seq-tapio");
-    let tapio_rate = number(tapio, "obs_per_s");
-    let tapio_keys = std::fs::read_to_string(dir.join("seq-tapio.keys")).ok();
-    for (phase, name) in [
-        ("seq-tapio", "Tapio, OOM sequence rule only (1 worker)"),
-        ("seq-esper", "Esper 9.0.0 EPL pattern"),
-        ("seq-dd", "hand-written differential dataflow (1 worker)"),
+    for (phase, name, ratios) in [
+        (
+            "seq-tapio",
+            "Tapio, OOM sequence rule only (1 worker)",
+            None,
+        ),
+        (
+            "seq-esper",
+            "Esper 9.0.0 EPL pattern (1 thread)",
+            Some(&outcomes.esper_ratios),
+        ),
+        (
+            "seq-dd",
+            "hand-written differential dataflow (1 worker)",
+            Some(&outcomes.dd_ratios),
+        ),
     ] {
         if !options.phases.iter().any(|p| p == phase) {
             continue;
         }
-        let Some(r) = get(phase) else {
+        let Some(r) = first(phase) else {
             println!(
                 "| {name} | {} |  |  |  |  |",
-                failures.get(phase).map_or("not run", String::as_str)
+                outcomes
+                    .failures
+                    .get(phase)
+                    .map_or("not run", String::as_str)
             );
             continue;
         };
-        let keys = std::fs::read_to_string(dir.join(format!("{phase}.keys"))).ok();
-        let same = match (&keys, &tapio_keys) {
-            (Some(keys), Some(tapio)) => {
-                if keys == tapio {
-                    "yes"
-                } else {
-                    "**no**"
-                }
-            }
-            _ => "?",
+        let same = match (phase, outcomes.same.get(phase)) {
+            ("seq-tapio", _) => "–",
+            (_, Some(true)) => "yes",
+            (_, Some(false)) => "**no**",
+            (_, None) => "?",
         };
         println!(
-            "| {name} | {:.0} | {} | {} | {same} | {:.2} |",
-            number(Some(r), "obs_per_s"),
+            "| {name} | {} | {} | {} | {same} | {} |",
+            spread(&values(phase, "obs_per_s"), 0),
             r.get("events").map_or("–", String::as_str),
             r.get("oom_matched").map_or("?", String::as_str),
-            tapio_rate / number(Some(r), "obs_per_s"),
+            ratios.map_or("1.00".to_string(), |ratios| spread(ratios, 2)),
         );
     }
 
     println!();
     println!("Targets:");
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-    let w2 = number(get("full-w2"), "obs_per_s");
+    let rate = |phase: &str| median(&values(phase, "obs_per_s"));
+    let field = |phase: &str, key: &str| median(&values(phase, key));
+    let w2 = rate("full-w2");
     if w2.is_finite() {
         println!(
             "- full rule set at 2 workers: {w2:.0} obs/s (target ≥ 400,000: {})",
             verdict(w2 >= 400_000.0)
         );
     }
-    let p99 = number(get("full-w2-paced"), "p99_ms");
+    let p99 = field("full-w2-paced", "p99_ms");
     if p99.is_finite() {
         println!(
             "- paced p99 tick close → sink: {p99:.1} ms at {}/s (target ≤ 20 ms: {})",
@@ -982,42 +1108,49 @@ fn print_tables(
         );
     }
     let (short, long) = (
-        number(get("full-w2-short"), "peak_rss_mib"),
-        number(get("full-w2-long"), "peak_rss_mib"),
+        field("full-w2-short", "peak_rss_mib"),
+        field("full-w2-long", "peak_rss_mib"),
     );
     if short.is_finite() && long.is_finite() {
         println!(
             "- peak RSS of the {}× longer run / the short one: {:.2} ({long:.0} vs {short:.0} MiB; \
-             flat is about 1)",
+             see the tenths below: state grows until the longest window is full)",
             options.long_factor,
             long / short
         );
     }
-    let esper = number(get("seq-esper"), "obs_per_s");
-    if esper.is_finite() && tapio_rate.is_finite() {
-        let ratio = tapio_rate / esper;
+    let esper = median(&outcomes.esper_ratios);
+    if esper.is_finite() {
         println!(
-            "- Tapio / Esper on the OOM sequence: {ratio:.2} (target ≥ 1.0: {}; goal 2.0: {})",
-            verdict(ratio >= 1.0),
-            verdict(ratio >= 2.0)
+            "- Tapio / Esper on the OOM sequence: {esper:.2} (target ≥ 1.0: {}; goal 2.0: {})",
+            verdict(esper >= 1.0),
+            verdict(esper >= 2.0)
         );
     }
-    let dd = number(get("seq-dd"), "obs_per_s");
-    if dd.is_finite() && tapio_rate.is_finite() {
-        let ratio = tapio_rate / dd;
+    let dd = median(&outcomes.dd_ratios);
+    if dd.is_finite() {
         println!(
-            "- Tapio / hand-written on the OOM sequence: {ratio:.2} (target ≥ 0.5: {})",
-            verdict(ratio >= 0.5)
+            "- Tapio / hand-written on the OOM sequence: {dd:.2} (target ≥ 0.5: {})",
+            verdict(dd >= 0.5)
         );
     }
-    for (phase, list) in samples {
+    for (phase, list) in &outcomes.samples {
         if !(phase.ends_with("-long") || phase.ends_with("-short")) {
             continue;
         }
         let text: Vec<String> = list
             .iter()
-            .map(|s| format!("{:.0}", number(Some(s), "rss_mib")))
+            .map(|s| {
+                format!(
+                    "{:.0} s: {:.0}",
+                    number(Some(s), "event_s"),
+                    number(Some(s), "rss_mib")
+                )
+            })
             .collect();
-        println!("- VmRSS MiB of {phase} at each tenth: {}", text.join(", "));
+        println!(
+            "- VmRSS MiB of {phase} at each tenth (event time: MiB): {}",
+            text.join(", ")
+        );
     }
 }
