@@ -936,6 +936,10 @@ fn run_all(options: &Options) -> Result<()> {
     }
     let load_after = load_average();
     print_tables(options, &outcomes);
+    // The stream file and the match lists are only needed until the tables are printed.
+    if let Err(error) = std::fs::remove_dir_all(&dir) {
+        eprintln!("cannot remove {}: {error}", dir.display());
+    }
     println!();
     println!("load average (1, 5, 15 min): {load_before} before, {load_after} after");
     Ok(())
