@@ -12,7 +12,9 @@
 //! - [`Cluster`] with a [`ClusterSpec`]: events arrive at Poisson rates and the stream is
 //!   generated tick by tick, in chunks of any size (the benchmarks' stream; also pod deletions,
 //!   several containers per pod, side processes with realistic command lines, container exits
-//!   from `kubelet/<node>`).
+//!   from `kubelet/<node>`); [`ClusterSpec::with_incidents`] adds Services and endpoints,
+//!   readiness, TCP connects between pods, memory usage crossings, crashes, and the seeded
+//!   incidents of [`IncidentKind`] (the correlator benchmark's stream).
 //! - [`stream`] with a [`Shape`]: a fixed schedule (so many execs per second, an OOM kill and a
 //!   rollout every so many seconds), a few thousand observations generated at once, container
 //!   exits from `cri/<node>` (the end-to-end tests' stream).
@@ -22,7 +24,7 @@
 mod cluster;
 mod schedule;
 
-pub use cluster::{Cluster, ClusterSpec, ClusterStats};
+pub use cluster::{Cluster, ClusterSpec, ClusterStats, Incident, IncidentKind};
 pub use schedule::{Shape, stream};
 
 use tapio_model::{

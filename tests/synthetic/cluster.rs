@@ -20,13 +20,18 @@
 //!   are retracted verbatim 1.5 s later, and the ReplicaSet creates a replacement on a random
 //!   node;
 //! - rollouts (`rollouts_per_s`) give a Deployment a new ReplicaSet and replace its pods one by
-//!   one, after which the old ReplicaSet is retracted.
+//!   one, after which the old ReplicaSet is retracted;
+//! - with `services` (off by default, on in [`ClusterSpec::with_incidents`]; the `services`
+//!   module): Services with endpoints that follow readiness, TCP connects between pods,
+//!   memory usage crossings, crashes, and the seeded incidents of [`IncidentKind`] at known
+//!   times ([`ClusterStats::incidents`]). Without it the stream is what it always was.
 //!
 //! The random source is [`Rng`] (xorshift64*), so the same [`ClusterSpec`] always produces the
 //! same stream, whether it is generated at once or in chunks.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::net::Ipv4Addr;
 
 use tapio_model::{
     ContainerExit, EntityId, Fact, FactId, FactPayload, Observation, OomKill, OwnerRef,
@@ -38,6 +43,8 @@ use super::{
     update,
 };
 use crate::random::Rng;
+
+mod services;
 
 /// The shape and the rates of the synthetic cluster. Rates are per second of event time.
 #[derive(Clone, Debug, PartialEq)]
@@ -66,6 +73,22 @@ pub struct ClusterSpec {
     pub tick_ms: u64,
     /// Event time of the first observation, ns since the Unix epoch.
     pub start_ns: TimeNs,
+    /// Give every Deployment a Service with a cluster IP, every pod an IP and an endpoint
+    /// (`ServiceEndpoint`, ready while all its containers are), and every container readiness
+    /// facts from its kubelet. Connects, usage crossings, restarts and incidents need it.
+    pub services: bool,
+    /// TCP connects per second, cluster-wide, from a container to a Service its Deployment
+    /// depends on (Deployment `d` depends on `d + 1` and `d + 7`): mostly established (with the
+    /// server's accept), some refused or timed out, refused while no endpoint is ready.
+    pub connects_per_s: f64,
+    /// Memory use crossing its limit share (kubelet `resource_usage`, above and later back
+    /// below) per second, cluster-wide.
+    pub usage_crossings_per_s: f64,
+    /// Container crashes (exit 134, `Error`, restart after 10 s) per second, cluster-wide.
+    pub restarts_per_s: f64,
+    /// Seed the two incidents every this many seconds of event time (0: none): memory pressure
+    /// at 10 s into each period, a node-wide container restart at 40 s (see [`IncidentKind`]).
+    pub incident_period_s: u64,
 }
 
 impl Default for ClusterSpec {
@@ -83,8 +106,54 @@ impl Default for ClusterSpec {
             rollouts_per_s: 1.0 / 60.0,
             tick_ms: 100,
             start_ns: START_NS,
+            services: false,
+            connects_per_s: 0.0,
+            usage_crossings_per_s: 0.0,
+            restarts_per_s: 0.0,
+            incident_period_s: 0,
         }
     }
+}
+
+impl ClusterSpec {
+    /// The default cluster with Services, 1,000 connects per second, usage crossings, crashes
+    /// and an incident of each kind every minute: the stream the correlator benchmark runs on.
+    pub fn with_incidents() -> ClusterSpec {
+        ClusterSpec {
+            services: true,
+            connects_per_s: 1_000.0,
+            usage_crossings_per_s: 0.5,
+            restarts_per_s: 0.2,
+            incident_period_s: 60,
+            ..ClusterSpec::default()
+        }
+    }
+}
+
+/// The incidents [`ClusterSpec::incident_period_s`] seeds into the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IncidentKind {
+    /// A container's memory use crosses its limit share, then it is OOM-killed (kill → exit on
+    /// signal 9 → container exit 137 `OOMKilled` → readiness false → endpoint not ready → a
+    /// client's refused connects to it); it restarts after 10 s and the same happens 20 and
+    /// 40 s after the first round: three exits, a restart loop.
+    MemoryPressure,
+    /// Every running container on one node ends within 3 s (a runtime or kubelet restart:
+    /// processes on SIGTERM, container exit 255 `Error`, readiness false, endpoint not ready),
+    /// and pods of the Deployments that depend on each one fail to connect to it (refused or
+    /// timed out); the containers restart 5–15 s later.
+    NodeRestart,
+}
+
+/// One seeded incident.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Incident {
+    /// What happened.
+    pub kind: IncidentKind,
+    /// When it started (the first usage crossing, or the first container end), ns.
+    pub time_ns: TimeNs,
+    /// The pod whose container ran out of memory, or the node.
+    pub subject: EntityId,
 }
 
 /// What the generator has produced so far.
@@ -114,6 +183,20 @@ pub struct ClusterStats {
     pub rollouts: u64,
     /// Ticks generated.
     pub ticks: u64,
+    /// TCP connects emitted.
+    pub connects: u64,
+    /// TCP connects that were refused or timed out.
+    pub failed_connects: u64,
+    /// TCP accepts emitted.
+    pub accepts: u64,
+    /// Resource usage crossings emitted (above and below).
+    pub usage_crossings: u64,
+    /// Container readiness changes emitted.
+    pub readiness_changes: u64,
+    /// Container ends followed by a restart that were not OOM kills (crashes, node restarts).
+    pub crashes: u64,
+    /// The incidents seeded, in order.
+    pub incidents: Vec<Incident>,
 }
 
 /// Commands of the side processes: (comm, filename, args).
@@ -156,6 +239,8 @@ struct Deployment {
     current: u64,
     pods: Vec<u64>,
     rolling: bool,
+    /// The Service in front of it and its cluster IP, with [`ClusterSpec::services`].
+    service: Option<(EntityId, Ipv4Addr)>,
 }
 
 #[derive(Debug)]
@@ -168,6 +253,8 @@ struct Container {
     restarts: u32,
     main: Option<u64>,
     processes: Vec<u64>,
+    /// Its readiness probe passes (with [`ClusterSpec::services`]).
+    ready: bool,
 }
 
 #[derive(Debug)]
@@ -180,6 +267,10 @@ struct Pod {
     record: StateRecord,
     containers: Vec<Container>,
     terminating: bool,
+    /// Its IP, with [`ClusterSpec::services`].
+    ip: Option<Ipv4Addr>,
+    /// Its endpoint record in its Service, while it is listed.
+    endpoint: Option<StateRecord>,
 }
 
 #[derive(Debug)]
@@ -214,6 +305,29 @@ enum Event {
     RemovePod(u64),
     RolloutStep(usize),
     RetireReplicaSets(usize),
+    Connect,
+    UsageCrossing,
+    Crash,
+    ContainerReady {
+        pod: u64,
+        container: usize,
+        incarnation: u32,
+    },
+    UsageBelow {
+        pod: u64,
+        container: usize,
+    },
+    MemoryIncident,
+    MemoryRound {
+        pod: u64,
+        client: u64,
+        round: u32,
+    },
+    MemoryKill {
+        pod: u64,
+        client: u64,
+    },
+    NodeRestartIncident,
 }
 
 #[derive(Debug)]
@@ -262,6 +376,13 @@ pub struct Cluster {
     next_oom: TimeNs,
     next_delete: TimeNs,
     next_rollout: TimeNs,
+    next_connect: TimeNs,
+    next_usage: TimeNs,
+    next_crash: TimeNs,
+    next_incident: TimeNs,
+    /// Per node, the last host number handed out in its pod subnet (`10.244.<node>.0/24`).
+    next_host: Vec<u8>,
+    ips_in_use: HashSet<Ipv4Addr>,
     stats: ClusterStats,
 }
 
@@ -290,6 +411,16 @@ impl Cluster {
             next_oom: start + NS_PER_S + rng.exp_ns(rate_mean(spec.oom_per_s)),
             next_delete: start + NS_PER_S + rng.exp_ns(rate_mean(spec.pod_deletes_per_s)),
             next_rollout: start + NS_PER_S + rng.exp_ns(rate_mean(spec.rollouts_per_s)),
+            next_connect: first_arrival(&mut rng, start, spec.connects_per_s),
+            next_usage: first_arrival(&mut rng, start, spec.usage_crossings_per_s),
+            next_crash: first_arrival(&mut rng, start, spec.restarts_per_s),
+            next_incident: if spec.services && spec.incident_period_s > 0 {
+                start
+            } else {
+                TimeNs::MAX
+            },
+            next_host: vec![1; nodes],
+            ips_in_use: HashSet::new(),
             tick_end: start,
             rng,
             stats: ClusterStats::default(),
@@ -352,6 +483,15 @@ impl Cluster {
                     FactPayload::ContainerExit(exit) if exit.reason == "OOMKilled" => {
                         stats.oom_sequences += 1;
                     }
+                    FactPayload::TcpConnect(connect) => {
+                        stats.connects += 1;
+                        if connect.outcome.is_failure() {
+                            stats.failed_connects += 1;
+                        }
+                    }
+                    FactPayload::TcpAccept(_) => stats.accepts += 1,
+                    FactPayload::ResourceUsage(_) => stats.usage_crossings += 1,
+                    FactPayload::ContainerReady(_) => stats.readiness_changes += 1,
                     _ => {}
                 }
             }
@@ -403,6 +543,7 @@ impl Cluster {
             self.schedule(self.next_rollout, Event::Rollout);
             self.next_rollout += self.rng.exp_ns(rate_mean(spec.rollouts_per_s)).max(1);
         }
+        self.spontaneous_network(end);
     }
 
     fn handle(&mut self, time: TimeNs, event: Event, out: &mut Vec<Observation>) {
@@ -436,6 +577,7 @@ impl Cluster {
             Event::RemovePod(pod) => self.remove_pod(time, pod),
             Event::RolloutStep(deployment) => self.rollout_step(time, deployment),
             Event::RetireReplicaSets(deployment) => self.retire_replica_sets(time, deployment),
+            other => self.handle_network(time, other),
         }
     }
 
@@ -499,7 +641,11 @@ impl Cluster {
                 current: 0,
                 pods: Vec::new(),
                 rolling: false,
+                service: None,
             });
+            if self.spec.services {
+                self.create_service(time, index);
+            }
             let replica_set = self.new_replica_set(time, index);
             for _ in 0..replicas {
                 self.create_pod(time, index, replica_set);
@@ -584,13 +730,19 @@ impl Cluster {
                     restarts: 0,
                     main: None,
                     processes: Vec::new(),
+                    ready: false,
                 })
                 .collect(),
             terminating: false,
+            ip: None,
+            endpoint: None,
         };
         self.pods.insert(id, pod);
         self.live_pods.push(id);
         self.deployments[deployment].pods.push(id);
+        if self.spec.services {
+            self.assign_ip(time, id);
+        }
         for container in 0..containers {
             let start = time + self.rng.between(500, 2_000) * NS_PER_MS;
             self.schedule(
@@ -646,6 +798,17 @@ impl Cluster {
         );
         if let Some(p) = self.pods.get_mut(&pod) {
             p.containers[container].main = Some(main);
+        }
+        if self.spec.services {
+            let at = time + self.rng.between(800, 2_000) * NS_PER_MS;
+            self.schedule(
+                at,
+                Event::ContainerReady {
+                    pod,
+                    container,
+                    incarnation,
+                },
+            );
         }
     }
 
@@ -804,7 +967,8 @@ impl Cluster {
         let node = p.node;
         let pod_entity = p.entity.clone();
         let c = &mut p.containers[container];
-        if reason == "OOMKilled" {
+        // Every end but a deletion's is followed by a restart.
+        if reason != "Completed" {
             c.restarts += 1;
         }
         let payload = FactPayload::ContainerExit(ContainerExit {
@@ -832,12 +996,15 @@ impl Cluster {
         let Some((pod, container)) = self.random_container() else {
             return;
         };
-        let Some(main) = self.pods[&pod].containers[container].main else {
-            return;
-        };
-        let Some(victim) = self.end_process(main) else {
-            return;
-        };
+        self.oom_kill(time, pod, container);
+    }
+
+    /// The OOM killer ends the main process of a running container: kill, exit on signal 9,
+    /// the container's exit (137, `OOMKilled`), not ready, restart 10 s later. Returns the
+    /// container's exit time, or `None` when it had no main process.
+    fn oom_kill(&mut self, time: TimeNs, pod: u64, container: usize) -> Option<TimeNs> {
+        let main = self.pods.get(&pod)?.containers[container].main?;
+        let victim = self.end_process(main)?;
         let p = &self.pods[&pod];
         let memcg = format!("/kubepods/burstable/pod{}/{}", p.uid, victim.container_id);
         let pod_uid = p.uid.clone();
@@ -861,6 +1028,9 @@ impl Cluster {
         self.kill_processes(time, pod, container, 9);
         let stop = time + self.rng.between(100, 400) * NS_PER_MS;
         self.container_exit(stop, pod, container, (137, "OOMKilled"));
+        if self.spec.services {
+            self.not_ready(stop, pod, container);
+        }
         let incarnation = {
             let c = &mut self.pods.get_mut(&pod).expect("pod exists").containers[container];
             c.incarnation += 1;
@@ -875,6 +1045,7 @@ impl Cluster {
                 incarnation,
             },
         );
+        Some(stop)
     }
 
     /// Deletes a pod: its containers stop, its records are retracted 1.5 s later; with
@@ -887,8 +1058,13 @@ impl Cluster {
             return;
         }
         p.terminating = true;
+        let endpoint = p.endpoint.take();
         let deployment = p.deployment;
         let containers = p.containers.len();
+        // The EndpointSlice drops a terminating pod at once.
+        if let Some(endpoint) = endpoint {
+            self.retract(time, endpoint);
+        }
         self.live_pods.retain(|other| *other != pod);
         self.stats.pods_deleted += 1;
         for container in 0..containers {
@@ -927,6 +1103,12 @@ impl Cluster {
             if let Some(record) = container.record.take() {
                 self.retract(time, record);
             }
+        }
+        if let Some(endpoint) = p.endpoint.take() {
+            self.retract(time, endpoint);
+        }
+        if let Some(ip) = p.ip {
+            self.ips_in_use.remove(&ip);
         }
         self.retract(time, p.record);
         self.deployments[p.deployment]
@@ -1013,6 +1195,16 @@ fn uid(rng: &mut Rng) -> String {
     )
 }
 
+/// The first Poisson arrival after `start` at `per_s`, or never when the rate is not positive
+/// (drawing nothing, so that a stream without the feature is the stream it always was).
+fn first_arrival(rng: &mut Rng, start: TimeNs, per_s: f64) -> TimeNs {
+    if per_s > 0.0 {
+        start + NS_PER_S + rng.exp_ns(rate_mean(per_s))
+    } else {
+        TimeNs::MAX
+    }
+}
+
 fn rate_mean(per_s: f64) -> f64 {
     if per_s > 0.0 {
         NS_PER_S as f64 / per_s
@@ -1042,12 +1234,33 @@ mod tests {
     }
 
     #[test]
+    fn same_seed_same_stream_with_incidents() {
+        let mut whole = Cluster::new(ClusterSpec::with_incidents());
+        let mut all = Vec::new();
+        whole.fill(&mut all, 120_000);
+        let mut chunked = Cluster::new(ClusterSpec::with_incidents());
+        let mut parts = Vec::new();
+        while parts.len() < all.len() {
+            let want = parts.len() + 9_000;
+            chunked.fill(&mut parts, want);
+        }
+        parts.truncate(all.len());
+        assert_eq!(all, parts);
+    }
+
+    #[test]
     fn retractions_match_inserts_and_times_do_not_go_back() {
+        for spec in [ClusterSpec::default(), ClusterSpec::with_incidents()] {
+            churning(spec);
+        }
+    }
+
+    fn churning(spec: ClusterSpec) {
         let mut cluster = Cluster::new(ClusterSpec {
             pod_deletes_per_s: 5.0,
             rollouts_per_s: 0.5,
             oom_per_s: 5.0,
-            ..ClusterSpec::default()
+            ..spec
         });
         let mut out = Vec::new();
         cluster.fill(&mut out, 300_000);
