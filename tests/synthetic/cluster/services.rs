@@ -282,6 +282,8 @@ impl Cluster {
             resource: Resource::Memory,
             used,
             limit: MEMORY_LIMIT,
+            // The kubelet collector's default share.
+            threshold_percent: 90,
             above,
         });
         let node = p.node;
