@@ -13,8 +13,10 @@
 //!   because it stands for a dependent on another node: this cluster has one node.
 //!
 //! Each live test asserts that the observations of every link of its incident are in the
-//! recording, and replays it through `tapio replay`: memory pressure must yield an OOM sequence
-//! for each OOM-killed server container, the cascade the ownership chains of its pods.
+//! recording, and replays it through `tapio replay`, which must explain the incident whole:
+//! memory pressure as usage above the limit share → the OOM kill → the exits → the server pod →
+//! the client's refused connects, plus the server's restart loop of OOM kills; the cascade as
+//! the node-wide restart rooted at the node → the backend → the client's refused connects.
 //! With `UPDATE_RECORDINGS=1` it also writes the recording, reduced to the scenario's
 //! namespace, its containers and processes, the watched path and its node (see [`reduce`]), to
 //! `tests/recordings/`; [`shipped_incident_recordings_replay`] checks those shipped files in
@@ -35,7 +37,8 @@ use kube::{Api, Client};
 use serde_json::json;
 use tapio_model::recording::{RecordingReader, RecordingWriter};
 use tapio_model::{
-    ConnectOutcome, CorrelationKind, EntityId, FactPayload, FileOp, Observation, StateObject,
+    BurstKind, ConnectOutcome, CorrelationKind, Detail, EntityId, FactPayload, FileOp, Impact,
+    Observation, Observed, Relation, StateObject,
 };
 use tapio_tests::control_plane::{BUSYBOX_IMAGE, ControlPlane, Kubelet};
 
@@ -982,6 +985,135 @@ fn assert_oom_sequences(now: &[tapio_model::Correlation], servers: &BTreeSet<Arc
     );
 }
 
+/// What each hop of a chain observed, by kind, in order: `resource_usage`, `oom_kill`, ...
+fn observed_kinds(chain: &[tapio_model::Hop]) -> Vec<String> {
+    chain
+        .iter()
+        .map(|hop| match serde_json::to_value(&hop.observed) {
+            Ok(serde_json::Value::Object(map)) => map.keys().next().cloned().unwrap_or_default(),
+            Ok(serde_json::Value::String(kind)) => kind,
+            _ => String::new(),
+        })
+        .collect()
+}
+
+/// Whether `wanted` appears in `kinds` in order (not necessarily next to each other).
+fn in_order(kinds: &[String], wanted: &[&str]) -> bool {
+    let mut rest = kinds.iter();
+    wanted.iter().all(|kind| rest.any(|seen| seen == kind))
+}
+
+/// Asserts the memory-pressure incident as Tapio explains it, whole:
+/// - a blast radius whose failure is the memory exhaustion of a server container: usage above
+///   the limit share → the OOM kill (`caused`) → the process exit → the container exit →
+///   the server pod → the client (`affects`) → the client's refused connect, observed impact;
+/// - the server's restart loop, joined to its OOM cause: the kill first, then ≥ 3 exits, all
+///   OOM kills;
+/// - a burst of refused connects at the server's endpoint.
+fn assert_memory_pressure_chains(now: &[tapio_model::Correlation]) {
+    let explained = || {
+        now.iter()
+            .map(tapio_model::render::explain)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let whole = now.iter().find(|correlation| {
+        let Detail::BlastRadius {
+            failure: Some(CorrelationKind::MemoryExhaustion),
+            impact: Impact::Observed,
+            ..
+        } = &correlation.detail
+        else {
+            return false;
+        };
+        let relations: Vec<Relation> = correlation.chain.iter().map(|hop| hop.relation).collect();
+        let last = correlation.chain.last();
+        in_order(
+            &observed_kinds(&correlation.chain),
+            &[
+                "resource_usage",
+                "oom_kill",
+                "process_exit",
+                "container_exit",
+                "pod_container",
+                "tcp_connect",
+            ],
+        ) && relations.contains(&Relation::Affects)
+            && matches!(last.map(|hop| &hop.observed), Some(Observed::TcpConnect { outcome, .. }) if *outcome == ConnectOutcome::Refused)
+            && matches!(last.map(|hop| &hop.entity), Some(EntityId::Pod { name, .. }) if name.as_ref() == "client")
+    });
+    assert!(
+        whole.is_some(),
+        "no usage → OOM kill → exit → container exit → client refused chain:\n{}",
+        explained()
+    );
+    let looped = now.iter().find(|correlation| {
+        matches!(
+            &correlation.detail,
+            Detail::RestartLoop { count, exits, .. }
+                if *count >= 3 && exits.iter().all(|tally| tally.reason.as_ref() == "OOMKilled")
+        ) && matches!(
+            correlation.chain.first().map(|hop| &hop.observed),
+            Some(Observed::OomKill { .. })
+        )
+    });
+    assert!(
+        looped.is_some(),
+        "no restart loop of OOM kills with its cause:\n{}",
+        explained()
+    );
+    assert!(
+        now.iter().any(|correlation| matches!(
+            &correlation.detail,
+            Detail::Burst { kind: BurstKind::ConnectFailures, count, .. } if *count >= 5
+        )),
+        "no burst of refused connects:\n{}",
+        explained()
+    );
+}
+
+/// Asserts the service restart cascade as Tapio explains it, whole: the node is the root of ≥ 3
+/// pods' containers ending together (`co_occurrence`), and a blast radius from that node-wide
+/// restart reaches the client through the backend, with the client's refused connect as
+/// observed impact.
+fn assert_restart_cascade_chains(now: &[tapio_model::Correlation]) {
+    let explained = || {
+        now.iter()
+            .map(tapio_model::render::explain)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        now.iter().any(|correlation| {
+            matches!(&correlation.detail, Detail::CoOccurrence { pods, .. } if *pods >= 3)
+                && matches!(correlation.root_cause, EntityId::Node { .. })
+        }),
+        "no node-wide co-occurrence:\n{}",
+        explained()
+    );
+    let reached = now.iter().find(|correlation| {
+        let Detail::BlastRadius {
+            failure: Some(CorrelationKind::CoOccurrence),
+            failed: EntityId::Pod { name, .. },
+            impact: Impact::Observed,
+            ..
+        } = &correlation.detail
+        else {
+            return false;
+        };
+        let last = correlation.chain.last();
+        name.starts_with("backend-")
+            && matches!(correlation.root_cause, EntityId::Node { .. })
+            && correlation.chain.iter().any(|hop| hop.relation == Relation::Affects)
+            && matches!(last.map(|hop| &hop.observed), Some(Observed::TcpConnect { outcome, .. }) if outcome.is_failure())
+    });
+    assert!(
+        reached.is_some(),
+        "no node restart → backend → client refused chain:\n{}",
+        explained()
+    );
+}
+
 /// Writes the reduced live recording to `tests/recordings/<name>` when `UPDATE_RECORDINGS` is
 /// set, and returns the reduced recording's path (in `dir` otherwise).
 fn keep_recording(reduced: &[Observation], dir: &Path, name: &str) -> Result<PathBuf> {
@@ -1050,6 +1182,7 @@ async fn live_memory_pressure() -> Result<()> {
     let path = keep_recording(&reduced, &dir, MEMORY_PRESSURE)?;
     let now = replay_clean(&path, "memory-pressure-replay");
     assert_oom_sequences(&now, &servers);
+    assert_memory_pressure_chains(&now);
     drop(cluster);
     std::fs::remove_dir_all(dir)?;
     Ok(())
@@ -1137,6 +1270,7 @@ async fn live_service_restart_cascade() -> Result<()> {
     let path = keep_recording(&reduced, &dir, RESTART_CASCADE)?;
     let now = replay_clean(&path, "restart-cascade-replay");
     assert_deployments_own_pods(&now, namespace, &CASCADE_DEPLOYMENTS);
+    assert_restart_cascade_chains(&now);
     drop(cluster);
     std::fs::remove_dir_all(dir)?;
     Ok(())
@@ -1163,6 +1297,7 @@ fn shipped_incident_recordings_replay() -> Result<()> {
     let servers = assert_memory_pressure(&observations, "shop");
     let now = replay_clean(&memory, "memory-pressure-shipped");
     assert_oom_sequences(&now, &servers);
+    assert_memory_pressure_chains(&now);
     assert_replay_deterministic(&memory, "memory-pressure-workers");
 
     let cascade = tapio_tests::recordings().join(RESTART_CASCADE);
@@ -1171,6 +1306,7 @@ fn shipped_incident_recordings_replay() -> Result<()> {
     assert_restart_cascade(&observations, "shop", &watched);
     let now = replay_clean(&cascade, "restart-cascade-shipped");
     assert_deployments_own_pods(&now, "shop", &CASCADE_DEPLOYMENTS);
+    assert_restart_cascade_chains(&now);
     assert_replay_deterministic(&cascade, "restart-cascade-workers");
     Ok(())
 }

@@ -133,13 +133,19 @@ impl Rule for MemoryExhaustion {
     }
 }
 
-/// The pod and container name an OOM restart is about: the name from its container-exit hop,
-/// the pod from the first pod hop among its owners. `None` when it names no pod.
+/// The pod and container name an OOM restart is about: the name from its container-exit hop
+/// or, when the exit did not name it (the kernel reports exits without names), from the pod's
+/// record of the container; the pod from the first pod hop among its owners. `None` when it
+/// names no pod or no container name.
 fn restart_key(restart: &Correlation) -> Option<Key> {
-    let name = restart.chain.iter().find_map(|hop| match &hop.observed {
-        Observed::ContainerExit { container_name, .. } => Some(Arc::clone(container_name)),
+    let named = |hop: &Hop| match &hop.observed {
+        Observed::ContainerExit { container_name, .. }
+        | Observed::PodContainer { container_name } => {
+            (!container_name.is_empty()).then(|| Arc::clone(container_name))
+        }
         _ => None,
-    })?;
+    };
+    let name = restart.chain.iter().find_map(named)?;
     let pod = restart
         .chain
         .iter()
