@@ -168,6 +168,20 @@ pub(crate) fn arrival_order(
         .collect()
 }
 
+/// The stream as it arrives when every observation is delayed by less than `lateness` ns,
+/// except one fact in ten, which comes between one and five times `lateness` late: the arrival
+/// the rules' oracle tests use, late facts included.
+pub(crate) fn arrival_with_late_facts(
+    stream: &[Observation],
+    rng: &mut Rng,
+    lateness: u64,
+) -> Vec<Observation> {
+    arrival_order(stream, |observation| match observation {
+        Observation::Fact(_) if rng.below(10) == 0 => lateness + rng.below(4 * lateness),
+        _ => rng.below(lateness),
+    })
+}
+
 /// From scratch, for a stream with one heartbeat source: the tick each observation enters at.
 /// A fact or state update enters at its own tick, or at the input tick if that is later (the
 /// latest promise minus the lateness, floored to a tick); `None` for heartbeats and for facts

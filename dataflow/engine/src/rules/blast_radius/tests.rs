@@ -19,7 +19,7 @@ use super::{Failure, Reached, correlation, from_config};
 use crate::clock::{Tick, TickClock};
 use crate::harness::{RuleHarness, RuleRun};
 use crate::operators::oracle::{
-    MS, Rng, T0, arrival_order, assert_every_tick, entry_ticks, heartbeats,
+    MS, Rng, T0, arrival_order, arrival_with_late_facts, assert_every_tick, entry_ticks, heartbeats,
 };
 use crate::rules::oom_sequence::tests::{KEEP_FOR_MS, WITHIN, naive_oom};
 use crate::rules::service_graph::tests::{
@@ -285,10 +285,7 @@ fn the_blast_radius_equals_a_recomputation_from_scratch_at_every_tick() {
     for seed in 1..=16 {
         let mut rng = Rng::new(seed);
         let stream = stream(&mut rng);
-        let arrived = arrival_order(&stream, |observation| match observation {
-            Observation::Fact(_) if rng.below(10) == 0 => LATENESS + rng.below(4 * LATENESS),
-            _ => rng.below(LATENESS),
-        });
+        let arrived = arrival_with_late_facts(&stream, &mut rng, LATENESS);
         let (harness, readers) = harness(&config());
         let clock = harness.clock();
         let run = harness.run(arrived.clone()).expect("run");

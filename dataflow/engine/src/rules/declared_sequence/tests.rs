@@ -23,7 +23,7 @@ use super::{Selected, from_config, select_fact, select_state};
 use crate::clock::{Tick, TickClock};
 use crate::harness::RuleHarness;
 use crate::operators::oracle::{
-    MS, Rng, T0, arrival_order, assert_every_tick, entry_ticks, heartbeats,
+    MS, Rng, T0, arrival_order, arrival_with_late_facts, assert_every_tick, entry_ticks, heartbeats,
 };
 use crate::rules::Evidence;
 use crate::rules::ownership::tests::{CONTAINER_GRACE, naive_chains, state_at};
@@ -492,10 +492,7 @@ fn declared_sequences_equal_a_recomputation_from_scratch_at_every_tick() {
     for seed in 1..=12 {
         let mut rng = Rng::new(seed);
         let stream = stream(&mut rng);
-        let arrived = arrival_order(&stream, |observation| match observation {
-            Observation::Fact(_) if rng.below(10) == 0 => LATENESS + rng.below(4 * LATENESS),
-            _ => rng.below(LATENESS),
-        });
+        let arrived = arrival_with_late_facts(&stream, &mut rng, LATENESS);
         let config = config(sequences.clone());
         let harness = RuleHarness::from_table(from_config, &config).expect("enabled");
         let rule = from_config(&config).expect("enabled");

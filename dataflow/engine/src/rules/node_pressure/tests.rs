@@ -15,7 +15,7 @@ use super::{from_config, resource_named, resources_of};
 use crate::clock::{Tick, TickClock};
 use crate::harness::{RuleHarness, RuleRun};
 use crate::operators::oracle::{
-    MS, Rng, T0, arrival_order, assert_every_tick, entry_ticks, heartbeats,
+    MS, Rng, T0, arrival_order, arrival_with_late_facts, assert_every_tick, entry_ticks, heartbeats,
 };
 use crate::rules::oom_sequence::tests::{entity, fact, state};
 use crate::rules::ownership::tests::state_at;
@@ -326,10 +326,7 @@ fn node_pressure_equals_a_recomputation_from_scratch_at_every_tick() {
     for seed in 1..=16 {
         let mut rng = Rng::new(seed);
         let stream = stream(&mut rng);
-        let arrived = arrival_order(&stream, |observation| match observation {
-            Observation::Fact(_) if rng.below(10) == 0 => LATENESS + rng.below(4 * LATENESS),
-            _ => rng.below(LATENESS),
-        });
+        let arrived = arrival_with_late_facts(&stream, &mut rng, LATENESS);
         let harness = harness();
         let rule = from_config(&config()).expect("enabled");
         let clock = harness.clock();

@@ -17,7 +17,9 @@ use tapio_model::{
 use super::from_config;
 use crate::clock::{Tick, TickClock};
 use crate::harness::{RuleHarness, RuleRun};
-use crate::operators::oracle::{MS, Rng, T0, arrival_order, assert_every_tick, heartbeats};
+use crate::operators::oracle::{
+    MS, Rng, T0, arrival_order, arrival_with_late_facts, assert_every_tick, heartbeats,
+};
 use crate::operators::runs::level;
 use crate::rules::{Evidence, oom_sequence};
 
@@ -384,10 +386,7 @@ fn restart_loops_equal_a_recomputation_from_scratch_at_every_tick() {
     for seed in 1..=10 {
         let mut rng = Rng::new(seed);
         let stream = stream(&mut rng);
-        let arrived = arrival_order(&stream, |observation| match observation {
-            Observation::Fact(_) if rng.below(10) == 0 => LATENESS + rng.below(4 * LATENESS),
-            _ => rng.below(LATENESS),
-        });
+        let arrived = arrival_with_late_facts(&stream, &mut rng, LATENESS);
         let harness = harness(&config());
         let clock = harness.clock();
         let run = harness.run(arrived.clone()).expect("run");
