@@ -22,6 +22,7 @@ use crate::operators::oracle::{
     MS, Rng, T0, arrival_order, arrival_with_late_facts, assert_every_tick, entry_ticks, heartbeats,
 };
 use crate::rules::oom_sequence::tests::{KEEP_FOR_MS, WITHIN, naive_oom};
+use crate::rules::ownership::tests::CONTAINER_GRACE;
 use crate::rules::service_graph::tests::{
     self as graph, LATENESS, connect, endpoint, entity, held_with_delay, in_pod, naive_connections,
     naive_graph, state,
@@ -36,6 +37,8 @@ fn config() -> CorrelationConfig {
     let mut config = graph::config();
     config.oom_sequence.within = Duration::from_nanos(WITHIN);
     config.oom_sequence.keep_for = Duration::from_millis(KEEP_FOR_MS);
+    // As the OOM recomputation it reuses assumes.
+    config.ownership.container_exit_grace = Duration::from_millis(CONTAINER_GRACE);
     config.blast_radius.max_depth = MAX_DEPTH;
     config.blast_radius.impact_window = Duration::from_millis(IMPACT_MS);
     config
