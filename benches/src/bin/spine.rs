@@ -182,6 +182,18 @@ impl Options {
         }
         rules.ownership.enabled = self.ownership;
         rules.oom_sequence.enabled = self.oom;
+        // The spine measures the router and the engine with the two rules its stream exercises;
+        // the correlator benchmark runs the whole rule set.
+        rules.restart_loop.enabled = false;
+        rules.burst.enabled = false;
+        rules.co_occurrence.enabled = false;
+        rules.sequences.clear();
+        rules.bad_rollout.enabled = false;
+        rules.memory_exhaustion.enabled = false;
+        rules.node_pressure.enabled = false;
+        rules.blast_radius.enabled = false;
+        rules.service_graph.enabled = false;
+        rules.dns_failure.enabled = false;
         if let Some(tick) = self.tick_ms {
             settings.tick_ms = tick.max(1);
         }
