@@ -9,7 +9,7 @@ use differential_dataflow::{ExchangeData, VecCollection};
 use tapio_model::{Correlation, Fact, Heartbeat, Observation, TimeNs};
 
 use crate::clock::{Tick, TickClock};
-use crate::harness::RuleRun;
+use crate::harness::{RuleHarness, RuleRun};
 
 /// A small deterministic random generator (xorshift64*), so failures reproduce.
 pub(crate) struct Rng(u64);
@@ -180,6 +180,22 @@ pub(crate) fn arrival_with_late_facts(
         Observation::Fact(_) if rng.below(10) == 0 => lateness + rng.below(4 * lateness),
         _ => rng.below(lateness),
     })
+}
+
+/// Asserts that `harness` gives the same batches as `in_order` on `shuffled` (the stream in
+/// another arrival order within the lateness bound), on one worker and on two; returns the
+/// one-worker run on `shuffled`.
+pub(crate) fn same_for_any_order_and_two_workers(
+    harness: &RuleHarness,
+    shuffled: Vec<Observation>,
+    in_order: &RuleRun,
+    seed: u64,
+) -> RuleRun {
+    let reordered = harness.run(shuffled.clone()).expect("run");
+    assert_eq!(reordered.batches, in_order.batches, "seed {seed}");
+    let two = harness.clone().workers(2).run(shuffled).expect("run");
+    assert_eq!(two.batches, in_order.batches, "seed {seed}, 2 workers");
+    reordered
 }
 
 /// From scratch, for a stream with one heartbeat source: the tick each observation enters at.

@@ -18,7 +18,8 @@ use super::{Revision, correlation, failure, from_config, pod_of, ready_pod, revi
 use crate::clock::{Tick, TickClock};
 use crate::harness::RuleHarness;
 use crate::operators::oracle::{
-    MS, Rng, T0, arrival_order, arrival_with_late_facts, assert_every_tick, entry_ticks, heartbeats,
+    MS, Rng, T0, arrival_order, arrival_with_late_facts, assert_every_tick, entry_ticks,
+    heartbeats, same_for_any_order_and_two_workers,
 };
 use crate::rules::ownership::tests::state_at;
 
@@ -345,10 +346,7 @@ fn bad_rollout_does_not_depend_on_arrival_order_or_workers() {
             RuleHarness::from_table(from_config, &config(WITHIN, KEEP_FOR_MS)).expect("on");
         let in_order = harness.run(stream.clone()).expect("run");
         let shuffled = arrival_order(&stream, |_| rng.below(LATENESS));
-        let reordered = harness.run(shuffled.clone()).expect("run");
-        assert_eq!(reordered.batches, in_order.batches, "seed {seed}");
-        let two = harness.clone().workers(2).run(shuffled).expect("run");
-        assert_eq!(two.batches, in_order.batches, "seed {seed}, 2 workers");
+        same_for_any_order_and_two_workers(&harness, shuffled, &in_order, seed);
     }
 }
 

@@ -18,6 +18,7 @@ use crate::clock::{Tick, TickClock};
 use crate::harness::{RuleHarness, RuleRun};
 use crate::operators::oracle::{
     MS, Rng, T0, arrival_order, arrival_with_late_facts, assert_every_tick, heartbeats,
+    same_for_any_order_and_two_workers,
 };
 use crate::operators::runs::level;
 use crate::rules::Evidence;
@@ -246,10 +247,7 @@ fn co_occurrences_do_not_depend_on_arrival_order_or_workers() {
         let in_order = harness().run(stream.clone()).expect("run");
         assert!(in_order.changes().count() > 0, "seed {seed}");
         let shuffled = arrival_order(&stream, |_| rng.below(LATENESS));
-        let reordered = harness().run(shuffled.clone()).expect("run");
-        assert_eq!(reordered.batches, in_order.batches, "seed {seed}");
-        let two = harness().workers(2).run(shuffled).expect("run");
-        assert_eq!(two.batches, in_order.batches, "seed {seed}, 2 workers");
+        same_for_any_order_and_two_workers(&harness(), shuffled, &in_order, seed);
     }
 }
 

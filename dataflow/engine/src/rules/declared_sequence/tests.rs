@@ -23,7 +23,8 @@ use super::{Selected, from_config, select_fact, select_state};
 use crate::clock::{Tick, TickClock};
 use crate::harness::RuleHarness;
 use crate::operators::oracle::{
-    MS, Rng, T0, arrival_order, arrival_with_late_facts, assert_every_tick, entry_ticks, heartbeats,
+    MS, Rng, T0, arrival_order, arrival_with_late_facts, assert_every_tick, entry_ticks,
+    heartbeats, same_for_any_order_and_two_workers,
 };
 use crate::rules::Evidence;
 use crate::rules::ownership::tests::{CONTAINER_GRACE, naive_chains, state_at};
@@ -555,10 +556,7 @@ fn declared_sequences_do_not_depend_on_arrival_order_or_workers() {
         let in_order = harness.run(stream.clone()).expect("run");
         assert!(in_order.changes().count() > 4, "seed {seed}");
         let shuffled = arrival_order(&stream, |_| rng.below(LATENESS));
-        let reordered = harness.run(shuffled.clone()).expect("run");
-        assert_eq!(reordered.batches, in_order.batches, "seed {seed}");
-        let two = harness.clone().workers(2).run(shuffled).expect("run");
-        assert_eq!(two.batches, in_order.batches, "seed {seed}, 2 workers");
+        same_for_any_order_and_two_workers(&harness, shuffled, &in_order, seed);
     }
 }
 

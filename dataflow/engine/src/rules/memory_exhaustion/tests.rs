@@ -15,7 +15,8 @@ use tapio_model::{
 use crate::clock::{Tick, TickClock};
 use crate::harness::{RuleHarness, RuleRun};
 use crate::operators::oracle::{
-    MS, Rng, T0, arrival_order, arrival_with_late_facts, assert_every_tick, entry_ticks, heartbeats,
+    MS, Rng, T0, arrival_order, arrival_with_late_facts, assert_every_tick, entry_ticks,
+    heartbeats, same_for_any_order_and_two_workers,
 };
 use crate::rules::oom_sequence::tests::{
     KEEP_FOR_MS, LATENESS, config as oom_config, entity, fact, naive_oom, state,
@@ -367,10 +368,7 @@ fn memory_exhaustion_does_not_depend_on_arrival_order_or_workers() {
         let in_order = harness().run(stream.clone()).expect("run");
         assert!(!exhaustions(&in_order).is_empty(), "seed {seed}");
         let shuffled = arrival_order(&stream, |_| rng.below(LATENESS));
-        let reordered = harness().run(shuffled.clone()).expect("run");
-        assert_eq!(reordered.batches, in_order.batches, "seed {seed}");
-        let two = harness().workers(2).run(shuffled).expect("run");
-        assert_eq!(two.batches, in_order.batches, "seed {seed}, 2 workers");
+        same_for_any_order_and_two_workers(&harness(), shuffled, &in_order, seed);
     }
 }
 
