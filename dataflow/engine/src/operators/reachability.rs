@@ -73,57 +73,101 @@ where
 /// A path from a seed: each step's node and the evidence of the edge into it.
 pub type Path<N, E> = Vec<(N, E)>;
 
-/// What [`reach_paths`] finds: `(node, (seed, data, path))`.
-pub type Paths<'scope, N, S, E> = VecCollection<'scope, Tick, (N, (N, S, Path<N, E>)), isize>;
+/// What [`reach_paths`] finds: `(node, (seed, path))`.
+pub type Paths<'scope, N, E> = VecCollection<'scope, Tick, (N, (N, Path<N, E>)), isize>;
 
-/// `(node, (seed, data, path))` for every node other than the seed that `(seed, data)` reaches
-/// along `edges` (`(from, (to, evidence))`) in at most `max_steps`: of the paths with the fewest
-/// steps, the smallest (compared step by step, node then evidence), so that every edge on it is
-/// named with its evidence. A seed may come with several `data`; each is followed on its own.
+/// `(node, (seed, path))` for every node other than the seed that `seed` reaches along `edges`
+/// (`(from, (to, evidence))`) in at most `max_steps`: of the paths with the fewest steps, the
+/// smallest (compared step by step, node then evidence), so that every edge on it is named with
+/// its evidence.
 ///
-/// The path to a node extends the path to the node before it, so the best path to every node
-/// is found from the best paths to its predecessors: a shorter or smaller path to the
-/// predecessor would make a shorter or smaller path to the node.
-pub fn reach_paths<'scope, N, S, E>(
+/// The path to a node extends the path to the node before it, so the best route (its nodes) to
+/// every node is found from the best routes to its predecessors. The iteration follows the
+/// edges' ends only: evidence that changes on an edge whose ends stay (a busy connection's
+/// newest period) does not make it search again. Each step's evidence, the smallest on that
+/// edge, is attached to the routes afterwards; since a step's evidence does not constrain the
+/// steps after it, that is the smallest path compared node then evidence.
+pub fn reach_paths<'scope, N, E>(
     edges: VecCollection<'scope, Tick, (N, (N, E)), isize>,
-    seeds: VecCollection<'scope, Tick, (N, S), isize>,
+    seeds: VecCollection<'scope, Tick, N, isize>,
     max_steps: u32,
-) -> Paths<'scope, N, S, E>
+) -> Paths<'scope, N, E>
 where
     N: ExchangeData + std::hash::Hash,
-    S: ExchangeData + std::hash::Hash,
     E: ExchangeData + std::hash::Hash,
 {
     let max = max_steps as usize;
+    let links = edges.clone().map(|(from, (to, _))| (from, to)).distinct();
     let start = seeds
         .distinct()
-        .map(|(seed, data)| ((seed.clone(), seed, data), Vec::<(N, E)>::new()));
-    let reached = start.clone().iterate(|scope, reached| {
-        let edges = edges.enter(scope);
+        .map(|seed| ((seed.clone(), seed), Vec::<N>::new()));
+    let routes = start.clone().iterate(|scope, reached| {
+        let links = links.enter(scope);
         let start = start.enter(scope);
         reached
-            .map(|((node, seed, data), path)| (node, (seed, data, path)))
-            .join_map(edges, |_from, (seed, data, path), (to, evidence)| {
-                let mut longer = Vec::with_capacity(path.len() + 1);
-                longer.extend(path.iter().cloned());
-                longer.push((to.clone(), evidence.clone()));
-                ((to.clone(), seed.clone(), data.clone()), longer)
+            .map(|((node, seed), route)| (node, (seed, route)))
+            .join_map(links, |_from, (seed, route), to| {
+                let mut longer = Vec::with_capacity(route.len() + 1);
+                longer.extend(route.iter().cloned());
+                longer.push(to.clone());
+                ((to.clone(), seed.clone()), longer)
             })
-            .filter(move |(_, path)| path.len() <= max)
+            .filter(move |(_, route)| route.len() <= max)
             .concat(start)
-            .reduce(|_, paths, output| {
-                let best = paths
+            .reduce(|_, routes, output| {
+                let best = routes
                     .iter()
-                    .map(|(path, _)| *path)
+                    .map(|(route, _)| *route)
                     .min_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
                 if let Some(best) = best {
                     output.push((best.clone(), 1isize));
                 }
             })
     });
-    reached
-        .filter(|((node, seed, _), _)| node != seed)
-        .map(|((node, seed, data), path)| (node, (seed, data, path)))
+
+    // Every step of every route, by its edge, with the smallest evidence on that edge.
+    let steps =
+        routes
+            .filter(|((node, seed), _)| node != seed)
+            .flat_map(|((node, seed), route)| {
+                let mut from = seed.clone();
+                let mut steps = Vec::with_capacity(route.len());
+                for (index, to) in route.into_iter().enumerate() {
+                    let edge = (from, to.clone());
+                    from = to;
+                    steps.push((edge, (node.clone(), seed.clone(), index)));
+                }
+                steps
+            });
+    let evidence = edges
+        .map(|(from, (to, evidence))| ((from, to), evidence))
+        .reduce(|_, evidence, output| {
+            if let Some((smallest, _)) = evidence.iter().find(|(_, count)| *count > 0) {
+                output.push(((*smallest).clone(), 1isize));
+            }
+        });
+    steps
+        .join_map(evidence, |(_, to), (node, seed, index), evidence| {
+            (
+                (node.clone(), seed.clone()),
+                (*index, to.clone(), evidence.clone()),
+            )
+        })
+        .reduce(|_, steps, output| {
+            // Sorted by index: a route's steps in order, one each.
+            let complete = steps
+                .iter()
+                .enumerate()
+                .all(|(position, ((index, _, _), _))| *index == position);
+            if complete {
+                let path: Path<N, E> = steps
+                    .iter()
+                    .map(|((_, to, evidence), _)| (to.clone(), evidence.clone()))
+                    .collect();
+                output.push((path, 1isize));
+            }
+        })
+        .map(|((node, seed), path)| (node, (seed, path)))
 }
 
 #[cfg(test)]
@@ -210,7 +254,7 @@ mod tests {
 
     /// At every time, each node's path from each seed equals the smallest of the shortest paths
     /// found by enumerating every path from scratch, with parallel edges (same ends, different
-    /// evidence), cycles, and seeds carrying several data.
+    /// evidence) and cycles.
     #[test]
     fn paths_are_the_smallest_shortest_paths_at_every_time() {
         for seed in 1..=20 {
@@ -227,7 +271,7 @@ mod tests {
             }
             let mut seeds = Vec::new();
             for _ in 0..4 {
-                let start = (rng.below(7) as u8, rng.below(2) as u8);
+                let start = rng.below(7) as u8;
                 let at = rng.below(10);
                 seeds.push((start, at, 1isize));
                 if rng.below(2) == 0 {
@@ -239,9 +283,9 @@ mod tests {
             });
             for time in times(&edges, &seeds) {
                 let held_edges: Vec<(u8, (u8, u8))> = at(&edges, time).into_keys().collect();
-                let held_seeds: BTreeSet<(u8, u8)> = at(&seeds, time).into_keys().collect();
+                let held_seeds: BTreeSet<u8> = at(&seeds, time).into_keys().collect();
                 let mut expected = BTreeMap::new();
-                for &(start, data) in &held_seeds {
+                for &start in &held_seeds {
                     let mut paths = Vec::new();
                     all_paths(
                         &held_edges,
@@ -262,7 +306,7 @@ mod tests {
                         }
                     }
                     for (end, path) in best {
-                        expected.insert((end, (start, data, path)), 1isize);
+                        expected.insert((end, (start, path)), 1isize);
                     }
                 }
                 assert_eq!(at(&output, time), expected, "seed {seed}, time {time}");

@@ -179,19 +179,26 @@ impl Rule for BlastRadius {
             .antijoin(concluded.clone().map(|(entity, _)| entity).distinct());
         let seeds = concluded.concat(not_ready);
 
-        // Each failure's dependents: per failure and dependent, the shortest path from the
-        // entity of the failure nearest its start.
-        let reached = reach_paths(edges, seeds, self.max_depth)
-            .map(|(dependent, (failed, failure, path))| {
+        // Each failed entity's dependents, searched once however many failures name it; then
+        // per failure and dependent, the shortest path from the entity of the failure nearest
+        // its start.
+        let routes = reach_paths(
+            edges,
+            seeds.clone().map(|(failed, _)| failed),
+            self.max_depth,
+        )
+        .map(|(dependent, (failed, path))| (failed, (dependent, path)));
+        let reached = routes
+            .join_map(seeds, |failed, (dependent, path), failure| {
                 let order = (path.len(), failure.hops.len());
                 (
-                    (failure.id.clone(), dependent),
+                    (failure.id.clone(), dependent.clone()),
                     (
                         order,
                         Reached {
-                            failed,
-                            failure,
-                            path,
+                            failed: failed.clone(),
+                            failure: failure.clone(),
+                            path: path.clone(),
                         },
                     ),
                 )
@@ -205,13 +212,13 @@ impl Rule for BlastRadius {
 
         // Observed impact: the dependent's failed connects to the entity before it, after the
         // failure began; the earliest is the evidence.
-        let failed_connects = service_graph::resolve(
+        let failed = service_graph::held_traffic(
             inputs,
             inputs.facts_of("tcp_connect").filter(failed_connect),
             self.impact_window_ms,
-            self.mapping_grace_ms,
-        )
-        .map(|(pair, resolved)| (pair, resolved.evidence));
+        );
+        let failed_connects = service_graph::resolve(inputs, failed, self.mapping_grace_ms)
+            .map(|(pair, resolved)| (pair, resolved.evidence));
         let keyed = reached.map(|reached| (reached.last_edge(), reached));
         let observed = keyed
             .clone()
