@@ -46,7 +46,8 @@
 //! [10000]; `--memory-obs` [1000000]; `--long-factor` [10]; `--seed` [42]; `--phases` [all of
 //! the above]; `--time-cap-s` [300] stops feeding a flood phase after that long; `--rounds` [3]
 //! runs of each sequence phase, interleaved round by round (the table gives medians, and the
-//! ratios are taken within a round).
+//! ratios are taken within a round); `--rules` [the default configuration's] the rule sections
+//! (`ownership,oom_sequence,…`) the `full-*` phases enable, to see what each rule costs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -84,6 +85,8 @@ struct Options {
     phases: Vec<String>,
     time_cap_s: f64,
     rounds: usize,
+    /// Rule sections the `full-*` phases enable (`None`: the default configuration's).
+    rules: Option<Vec<String>>,
     case: Option<String>,
     dir: Option<PathBuf>,
     forward: Vec<String>,
@@ -92,7 +95,7 @@ struct Options {
 fn usage() -> String {
     format!(
         "usage: correlators [--obs N] [--paced-obs N] [--paced-rate OBS_PER_S] [--memory-obs N] \
-         [--long-factor F] [--seed S] [--phases LIST] [--time-cap-s S] [--rounds N]\nphases: \
+         [--long-factor F] [--seed S] [--phases LIST] [--time-cap-s S] [--rounds N] [--rules SECTIONS]\nphases: \
          {ALL_PHASES}"
     )
 }
@@ -109,6 +112,7 @@ impl Options {
             phases: ALL_PHASES.split(',').map(str::to_string).collect(),
             time_cap_s: 300.0,
             rounds: 3,
+            rules: None,
             case: None,
             dir: None,
             forward: Vec::new(),
@@ -135,6 +139,7 @@ impl Options {
                 "--long-factor" => options.long_factor = value.parse().with_context(bad)?,
                 "--seed" => options.seed = value.parse().with_context(bad)?,
                 "--time-cap-s" => options.time_cap_s = value.parse().with_context(bad)?,
+                "--rules" => options.rules = Some(value.split(',').map(str::to_string).collect()),
                 "--rounds" => {
                     options.rounds = value.parse().with_context(bad)?;
                     continue;
@@ -220,16 +225,16 @@ fn write_keys(dir: &Path, case: &str, keys: &BTreeSet<String>) -> Result<()> {
 
 fn run_case(options: &Options, case: &str, dir: &Path) -> Result<()> {
     match case {
-        "full-w1" => tapio_case(options, case, dir, Tapio::flood(1, full_settings())),
-        "full-w2" => tapio_case(options, case, dir, Tapio::flood(2, full_settings())),
+        "full-w1" => tapio_case(options, case, dir, Tapio::flood(1, full_settings(options)?)),
+        "full-w2" => tapio_case(options, case, dir, Tapio::flood(2, full_settings(options)?)),
         "full-w2-paced" => {
-            let mut run = Tapio::flood(2, full_settings());
+            let mut run = Tapio::flood(2, full_settings(options)?);
             run.pace = Some(options.paced_rate);
             run.total = Some(options.paced_obs);
             tapio_case(options, case, dir, run)
         }
         "full-w2-short" | "full-w2-long" => {
-            let mut run = Tapio::flood(2, full_settings());
+            let mut run = Tapio::flood(2, full_settings(options)?);
             let factor = if case == "full-w2-long" {
                 options.long_factor
             } else {
@@ -239,20 +244,29 @@ fn run_case(options: &Options, case: &str, dir: &Path) -> Result<()> {
             run.chunk = Some((options.memory_obs / 10).max(1));
             tapio_case(options, case, dir, run)
         }
-        "seq-tapio" => tapio_case(options, case, dir, Tapio::flood(1, sequence_settings()?)),
+        "seq-tapio" => tapio_case(
+            options,
+            case,
+            dir,
+            Tapio::flood(1, settings_with_only(&["oom_sequence".to_string()])?),
+        ),
         "seq-dd" => handwritten_case(options, case, dir),
         "seq-esper" => esper_case(options, case, dir),
         _ => bail!("unknown case `{case}`"),
     }
 }
 
-/// The default settings: every rule the default configuration enables.
-fn full_settings() -> EngineSettings {
-    EngineSettings::default()
+/// The settings of the `full-*` phases: every rule the default configuration enables, or only
+/// the `--rules` sections.
+fn full_settings(options: &Options) -> Result<EngineSettings> {
+    match &options.rules {
+        Some(sections) => settings_with_only(sections),
+        None => Ok(EngineSettings::default()),
+    }
 }
 
-/// The default settings with every rule section but `oom_sequence` disabled.
-fn sequence_settings() -> Result<EngineSettings> {
+/// The default settings with every rule section but `sections` disabled.
+fn settings_with_only(wanted_sections: &[String]) -> Result<EngineSettings> {
     let mut settings = EngineSettings::default();
     let mut value = serde_json::to_value(&settings.correlation)?;
     if let Some(sections) = value.as_object_mut() {
@@ -260,8 +274,13 @@ fn sequence_settings() -> Result<EngineSettings> {
             if let Some(enabled) = section.get_mut("enabled")
                 && enabled.is_boolean()
             {
-                *enabled = serde_json::Value::Bool(name == "oom_sequence");
+                *enabled = serde_json::Value::Bool(wanted_sections.contains(name));
             }
+        }
+    }
+    for wanted in wanted_sections {
+        if value.get(wanted).is_none() {
+            bail!("--rules: no rule section `{wanted}` in the configuration");
         }
     }
     settings.correlation = serde_json::from_value::<CorrelationConfig>(value)

@@ -316,6 +316,12 @@ impl ServiceGraphConfig {
             self.mapping_grace,
             Duration::ZERO,
             HOUR,
+        )?;
+        duration_in(
+            &key(path, "resolve_every"),
+            self.resolve_every,
+            Duration::from_millis(100),
+            self.window,
         )
     }
 }

@@ -679,6 +679,12 @@ pub struct ServiceGraphConfig {
     /// Service record is gone, at most `1h`. Written as a humantime string. Default: `5m`.
     #[serde(with = "humantime_str")]
     pub mapping_grace: Duration,
+    /// How often a flow's connections (one container to one address) are resolved anew:
+    /// the first connection of each slot this long is resolved through the records, the
+    /// others in the slot count as it does. A reused address is followed within one slot.
+    /// `100ms..=window`. Written as a humantime string. Default: `30s`.
+    #[serde(with = "humantime_str")]
+    pub resolve_every: Duration,
 }
 
 impl Default for ServiceGraphConfig {
@@ -691,6 +697,9 @@ impl Default for ServiceGraphConfig {
             // As long as the window: a connect still in the window keeps the mapping it was
             // made under, while a reused address is claimed by its newer record at once.
             mapping_grace: Duration::from_secs(5 * 60),
+            // A busy flow costs one resolution per slot, not one per connection, and an
+            // address that changes hands is followed within half a minute.
+            resolve_every: Duration::from_secs(30),
         }
     }
 }

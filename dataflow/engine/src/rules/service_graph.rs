@@ -11,9 +11,14 @@
 //! connections still in the window keep the mapping they were made under), and a connection
 //! made after that finds nothing. An accept names the server side by its container and the
 //! client by its IP. A Service also depends on every pod its EndpointSlices list, with the
-//! endpoint's readiness as evidence. A traffic edge lasts while there was traffic on it within
-//! the window `W`; its evidence is the earliest connection of the newest `W`-long period with
-//! traffic, so while traffic goes on the edge changes once per `W` however busy it is.
+//! endpoint's readiness as evidence. Connections are taken per flow (the same local side, the
+//! same address, the same direction) and per slot of event time (`resolve_every`, 30 s): the
+//! slot's earliest connection stands for the others, resolved as the records were when it was
+//! made, and the slot is current until `W` after its latest connection. So a busy flow costs
+//! about what a quiet one does, and an address that changes hands is followed from the next
+//! slot. A traffic edge lasts while one of its slots is current; its evidence is the earliest
+//! connection of the newest `W`-long period with traffic, so while traffic goes on the edge
+//! changes once per `W` however busy it is.
 
 use std::cmp::Reverse;
 use std::sync::Arc;
@@ -28,7 +33,8 @@ use tapio_model::{
 use timely::dataflow::operators::vec::Map;
 
 use super::{Evidence, Rule, RuleInputs};
-use crate::clock::Tick;
+use crate::clock::{Tick, TickClock};
+use crate::operators::runs::{Fold, runs};
 use crate::operators::window::retain;
 
 /// The service graph rule, with its configuration.
@@ -37,6 +43,8 @@ pub struct ServiceGraph {
     window_ms: u64,
     /// How long a mapping outlives its record, ms.
     grace_ms: u64,
+    /// How often a flow's connections are resolved anew, ms.
+    resolve_every_ms: u64,
 }
 
 /// The rule when `correlation.service_graph.enabled`.
@@ -45,11 +53,13 @@ pub fn from_config(config: &CorrelationConfig) -> Option<Box<dyn Rule>> {
         enabled,
         window,
         mapping_grace,
+        resolve_every,
     } = &config.service_graph;
     enabled.then(|| {
         Box::new(ServiceGraph {
             window_ms: millis(*window),
             grace_ms: millis(*mapping_grace),
+            resolve_every_ms: millis(*resolve_every),
         }) as Box<dyn Rule>
     })
 }
@@ -80,6 +90,77 @@ pub(crate) struct Traffic {
     /// The remote IP alone.
     remote_ip: Arc<str>,
     local: Local,
+}
+
+impl Traffic {
+    /// The flow the connection belongs to: its local side, the address it names (the whole
+    /// `ip:port` of a connect; only the IP of an accept, whose remote port is the client's
+    /// ephemeral one) and its direction.
+    fn flow(&self) -> Flow {
+        let address = if self.outbound {
+            &self.remote
+        } else {
+            &self.remote_ip
+        };
+        (self.local.clone(), Arc::clone(address), self.outbound)
+    }
+}
+
+/// Connections from one local side to one address in one direction.
+type Flow = (Local, Arc<str>, bool);
+
+/// One slot of a flow's connections: the earliest, which stands for them all, and the time of
+/// the latest, which keeps the slot current for `W` after it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct Slot {
+    index: u64,
+    earliest: Traffic,
+    latest_ns: TimeNs,
+}
+
+/// How a flow's connections fold into slots: a connection joins the flow's newest slot when it
+/// falls in the same `resolve_every`-long stretch of event time, and a slot is current until
+/// `W` after its latest connection. A flow's state is its slots, not its connections, so a
+/// busy flow costs the rule little more than a quiet one.
+#[derive(Clone)]
+struct Slots {
+    slot_ns: u64,
+    window_ms: u64,
+    clock: TickClock,
+}
+
+impl Fold for Slots {
+    type Item = Traffic;
+    type Run = Slot;
+
+    fn start(&self, item: &Traffic) -> Slot {
+        Slot {
+            index: item.evidence.time / self.slot_ns,
+            earliest: item.clone(),
+            latest_ns: item.evidence.time,
+        }
+    }
+
+    fn admits(&self, slot: &Slot, item: &Traffic) -> bool {
+        item.evidence.time / self.slot_ns == slot.index
+    }
+
+    fn add(&self, slot: &mut Slot, item: &Traffic) {
+        if *item < slot.earliest {
+            slot.earliest = item.clone();
+        }
+        slot.latest_ns = slot.latest_ns.max(item.evidence.time);
+    }
+
+    fn latest(&self, slot: &Slot) -> u64 {
+        slot.latest_ns
+    }
+
+    fn expires(&self, slot: &Slot) -> Tick {
+        self.clock
+            .tick_of(slot.latest_ns)
+            .saturating_add(self.window_ms)
+    }
 }
 
 /// One mapping from an address to an entity, valid from `since`.
@@ -131,14 +212,23 @@ impl Rule for ServiceGraph {
         &self,
         inputs: &RuleInputs<'scope>,
     ) -> VecCollection<'scope, Tick, Correlation, isize> {
-        let window_ns = self.window_ms.saturating_mul(1_000_000);
-        let traffic = inputs
+        let window_ns = self.window_ms.saturating_mul(1_000_000).max(1);
+        let clock = inputs.clock();
+        let connections = inputs
             .facts_of("tcp_connect")
-            .concat(inputs.facts_of("tcp_accept"));
-        let edges = resolve(inputs, traffic, self.window_ms, self.grace_ms);
+            .concat(inputs.facts_of("tcp_accept"))
+            .flat_map(|fact| traffic_of(&fact))
+            .map(|traffic| (traffic.flow(), traffic));
+        let slots = Slots {
+            slot_ns: self.resolve_every_ms.saturating_mul(1_000_000).max(1),
+            window_ms: self.window_ms,
+            clock,
+        };
+        let earliest = runs(connections, slots, clock.tick_ms()).map(|(_, slot)| slot.earliest);
+        let edges = resolve(inputs, earliest, self.grace_ms);
         let traffic_edges = edges
             .map(move |(pair, resolved)| {
-                let bucket = resolved.evidence.time / window_ns.max(1);
+                let bucket = resolved.evidence.time / window_ns;
                 (pair, (Reverse(bucket), resolved))
             })
             .reduce(|_, candidates, output| {
@@ -154,23 +244,29 @@ impl Rule for ServiceGraph {
     }
 }
 
-/// Every connection in `facts` (connects and accepts) held for `window_ms` after it was made,
-/// with both sides resolved: `((client, server), resolved)`. The local side is the fact's
-/// container or its process's container, then that container's pod; the remote side is the
-/// newest mapping of its address whose record appeared at or before the connection and is
-/// still held, or went away less than `grace_ms` ago. Connections to themselves are left out.
-pub(crate) fn resolve<'scope>(
+/// Every connect or accept in `facts`, held for `window_ms` after it was made.
+pub(crate) fn held_traffic<'scope>(
     inputs: &RuleInputs<'scope>,
     facts: VecCollection<'scope, Tick, Fact, isize>,
     window_ms: u64,
-    grace_ms: u64,
-) -> VecCollection<'scope, Tick, ((EntityId, EntityId), Resolved), isize> {
+) -> VecCollection<'scope, Tick, Traffic, isize> {
     let clock = inputs.clock();
-    let traffic = retain(facts, window_ms, move |fact: &Fact| {
+    retain(facts, window_ms, move |fact: &Fact| {
         clock.tick_of(fact.time_ns)
     })
-    .flat_map(|fact| traffic_of(&fact));
+    .flat_map(|fact| traffic_of(&fact))
+}
 
+/// Every connection in `traffic` with both sides resolved: `((client, server), resolved)`.
+/// The local side is the fact's container or its process's container, then that container's
+/// pod; the remote side is the newest mapping of its address whose record appeared at or
+/// before the connection and is still held, or went away less than `grace_ms` ago.
+/// Connections to themselves are left out.
+pub(crate) fn resolve<'scope>(
+    inputs: &RuleInputs<'scope>,
+    traffic: VecCollection<'scope, Tick, Traffic, isize>,
+    grace_ms: u64,
+) -> VecCollection<'scope, Tick, ((EntityId, EntityId), Resolved), isize> {
     // The remote side, as the records were when the connection was made.
     let by_address = traffic.flat_map(|traffic| {
         let exact = traffic
