@@ -192,7 +192,8 @@ named!(
         OomKill = "oom_kill",
         /// A process exited. About: process, container.
         ProcessExit = "process_exit",
-        /// A container stopped. About: container, pod.
+        /// A container stopped. About: container, pod (when the exit names none, as the
+        /// kernel's do not, the pod whose status lists the container).
         ContainerExit = "container_exit",
         /// A container's readiness changed. About: container, pod.
         ContainerReady = "container_ready",

@@ -38,6 +38,7 @@ use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 use tapio_model::recording::{RecordingReader, RecordingWriter};
+use tapio_model::CorrelationChange;
 use tapio_model::{
     BurstKind, ConnectOutcome, CorrelationKind, Detail, EntityId, FactPayload, FileOp, Impact,
     Observation, Observed, Relation, StateObject,
@@ -912,15 +913,24 @@ fn burst<K: Ord>(events: &[(u64, K)], window: u64, count: usize) -> Option<u64> 
 }
 
 /// Replays `recording` through `tapio replay` with `extra` arguments, asserting no source or
-/// rule logged an error, and returns the correlations current at the end.
-fn replay_clean(recording: &Path, extra: &[&str], name: &str) -> Vec<tapio_model::Correlation> {
+/// rule logged an error, and returns every change it made.
+fn replay_clean(recording: &Path, extra: &[&str], name: &str) -> Vec<CorrelationChange> {
     let (changes, log) = replay(recording, extra, name);
     assert!(
         !log.lines().any(|line| line.contains("ERROR")),
         "the replay of {} logged errors:\n{log}",
         recording.display()
     );
-    current(&changes)
+    changes
+}
+
+/// Every correlation that became current at some point of `changes`.
+fn ever(changes: &[CorrelationChange]) -> Vec<&tapio_model::Correlation> {
+    changes
+        .iter()
+        .filter(|change| change.diff > 0)
+        .map(|change| &change.correlation)
+        .collect()
 }
 
 /// Asserts that replaying `recording` (with `extra` arguments) with two workers changes exactly
@@ -1015,8 +1025,10 @@ fn in_order(kinds: &[String], wanted: &[&str]) -> bool {
 /// - a burst of refused connects at the server's endpoint;
 /// - the declared sequence `oom_to_endpoint_not_ready`: the OOM kill → the SIGKILL exit → the
 ///   container exit → the pod's container not ready → the Service's endpoint for the pod not
-///   ready, then the pod and its owners up to the Deployment.
-fn assert_memory_pressure_chains(now: &[tapio_model::Correlation]) {
+///   ready, then the pod and its owners up to the Deployment. A match goes when the endpoint
+///   is ready again, as it is at the end, so this one is looked for in every change.
+fn assert_memory_pressure_chains(changes: &[CorrelationChange]) {
+    let now = current(changes);
     let explained = || {
         now.iter()
             .map(tapio_model::render::explain)
@@ -1079,7 +1091,7 @@ fn assert_memory_pressure_chains(now: &[tapio_model::Correlation]) {
     // The declared sequence, whole: the kill through the pod's readiness (the kubelet
     // collector's, at the time Kubernetes recorded it) to the Service's endpoint for the pod,
     // then the server pod's owners.
-    let declared = now.iter().find(|correlation| {
+    let declared = ever(changes).into_iter().find(|correlation| {
         matches!(&correlation.detail, Detail::DeclaredSequence { name, .. } if name.as_ref() == "oom_to_endpoint_not_ready")
             && in_order(
                 &observed_kinds(&correlation.chain),
@@ -1256,9 +1268,9 @@ async fn live_memory_pressure() -> Result<()> {
     let reduced = reduce(&observations, namespace, &cluster.node, &[]);
     let servers = assert_memory_pressure(&reduced, namespace);
     let path = keep_recording(&reduced, &dir, MEMORY_PRESSURE)?;
-    let now = replay_clean(&path, &[], "memory-pressure-replay");
-    assert_oom_sequences(&now, &servers);
-    assert_memory_pressure_chains(&now);
+    let changes = replay_clean(&path, &[], "memory-pressure-replay");
+    assert_oom_sequences(&current(&changes), &servers);
+    assert_memory_pressure_chains(&changes);
     drop(cluster);
     std::fs::remove_dir_all(dir)?;
     Ok(())
@@ -1346,11 +1358,11 @@ async fn live_service_restart_cascade() -> Result<()> {
     let path = keep_recording(&reduced, &dir, RESTART_CASCADE)?;
     let replay_config = cascade_config(&dir, &watched)?;
     let replay_config = replay_config.to_string_lossy();
-    let now = replay_clean(
+    let now = current(&replay_clean(
         &path,
         &["--config", &replay_config],
         "restart-cascade-replay",
-    );
+    ));
     assert_deployments_own_pods(&now, namespace, &CASCADE_DEPLOYMENTS);
     assert_restart_cascade_chains(&now, &watched);
     drop(cluster);
@@ -1377,9 +1389,9 @@ fn shipped_incident_recordings_replay() -> Result<()> {
     let memory = tapio_tests::recordings().join(MEMORY_PRESSURE);
     let observations = read_recording(&memory)?;
     let servers = assert_memory_pressure(&observations, "shop");
-    let now = replay_clean(&memory, &[], "memory-pressure-shipped");
-    assert_oom_sequences(&now, &servers);
-    assert_memory_pressure_chains(&now);
+    let changes = replay_clean(&memory, &[], "memory-pressure-shipped");
+    assert_oom_sequences(&current(&changes), &servers);
+    assert_memory_pressure_chains(&changes);
     assert_replay_deterministic(&memory, &[], "memory-pressure-workers");
 
     let cascade = tapio_tests::recordings().join(RESTART_CASCADE);
@@ -1389,17 +1401,17 @@ fn shipped_incident_recordings_replay() -> Result<()> {
     let dir = scratch("restart-cascade-config");
     let config = cascade_config(&dir, &watched)?;
     let config = config.to_string_lossy();
-    let now = replay_clean(
+    let now = current(&replay_clean(
         &cascade,
         &["--config", &config],
         "restart-cascade-shipped",
-    );
+    ));
     assert_deployments_own_pods(&now, "shop", &CASCADE_DEPLOYMENTS);
     assert_restart_cascade_chains(&now, &watched);
     assert_replay_deterministic(&cascade, &["--config", &config], "restart-cascade-workers");
     // Under the default configuration paths (`/etc/**`) the test's directory is no
     // configuration: the restart stays rooted at the node.
-    let now = replay_clean(&cascade, &[], "restart-cascade-default");
+    let now = current(&replay_clean(&cascade, &[], "restart-cascade-default"));
     assert!(
         !now.iter()
             .any(|correlation| correlation.kind == CorrelationKind::ConfigChangeRestart),

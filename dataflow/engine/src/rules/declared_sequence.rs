@@ -297,9 +297,54 @@ fn selected<'scope>(
             .state()
             .flat_map(move |record| select_state(&step_for_state, &record)),
     };
-    retain(records, keep_for_ms, move |selected: &Selected| {
+    retain(with_pods(inputs, records), keep_for_ms, move |selected: &Selected| {
         clock.tick_of(selected.evidence.time)
     })
+}
+
+/// The container an observation is about when it names no pod (the kernel knows containers,
+/// not pods).
+pub(crate) fn unplaced_container(selected: &Selected) -> Option<EntityId> {
+    if selected.entity(EntityKind::Pod).is_some() {
+        return None;
+    }
+    selected.entity(EntityKind::Container).cloned()
+}
+
+/// `selected` with the pod of its container added to what it is about, when it names a
+/// container but no pod and the container's chain of owners starts with a pod.
+pub(crate) fn placed(mut selected: Selected, owners: &[Hop]) -> Selected {
+    if let Some(pod) = owners.get(1).filter(|hop| hop.entity.kind() == "pod") {
+        selected.about.push(pod.entity.clone());
+    }
+    selected
+}
+
+/// The observations, each about its container's pod too when it names a container but no pod:
+/// the pod whose status lists the container (its ownership chain), so that a step on the pod
+/// follows a kernel observation of the container.
+fn with_pods<'scope>(
+    inputs: &RuleInputs<'scope>,
+    records: VecCollection<'scope, Tick, Selected, isize>,
+) -> VecCollection<'scope, Tick, Selected, isize> {
+    let named = records
+        .clone()
+        .filter(|selected| unplaced_container(selected).is_none());
+    let unplaced =
+        records.flat_map(|selected| Some((unplaced_container(&selected)?, selected)));
+    let found = unplaced.clone().join_core(
+        inputs.ownership_chains_by_entity(),
+        |_, selected, owners| Some(placed(selected.clone(), owners)),
+    );
+    let unknown = unplaced
+        .antijoin(
+            inputs
+                .ownership_chains()
+                .map(|(entity, _)| entity)
+                .distinct(),
+        )
+        .map(|(_, selected)| selected);
+    named.concat(found).concat(unknown)
 }
 
 fn build_one<'scope>(

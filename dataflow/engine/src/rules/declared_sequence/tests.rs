@@ -19,7 +19,7 @@ use tapio_model::{
     TimeNs, WorkloadObject,
 };
 
-use super::{Selected, from_config, select_fact, select_state};
+use super::{Selected, from_config, placed, select_fact, select_state, unplaced_container};
 use crate::clock::{Tick, TickClock};
 use crate::harness::RuleHarness;
 use crate::operators::oracle::{
@@ -400,6 +400,13 @@ fn naive(
                 facts
                     .chain(records)
                     .filter(|selected| visible(selected.evidence.time))
+                    .map(|selected| match unplaced_container(&selected) {
+                        Some(container) => match chains.get(&container) {
+                            Some(owners) => placed(selected, owners),
+                            None => selected,
+                        },
+                        None => selected,
+                    })
                     .collect()
             })
             .collect();
@@ -715,6 +722,35 @@ fn a_readiness_change_recorded_to_the_second_follows_the_exit_within_the_slack()
     let mut strict = builtin_only("oom_to_endpoint_not_ready");
     strict.sequences[0].slack = Duration::ZERO;
     assert!(held(&strict, oom_incident(recorded, false)).is_empty());
+}
+
+/// The kernel reports a container's exit without its pod: the pod whose status lists the
+/// container is what the next step, on the pod, follows.
+#[test]
+fn a_container_exit_without_its_pod_reaches_the_pod_through_its_container_list() {
+    let config = builtin_only("oom_to_endpoint_not_ready");
+    let offsets = [4 * MS, 40 * MS, 3 * SECOND, 4 * SECOND];
+    let unnamed = |mut stream: Vec<Observation>| {
+        for observation in &mut stream {
+            if let Observation::Fact(fact) = observation
+                && let FactPayload::ContainerExit(exit) = &mut fact.payload
+            {
+                exit.pod = None;
+            }
+        }
+        stream
+    };
+    let found = held(&config, unnamed(oom_incident(offsets, false)));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    // Without the pod's container list, nothing says which pod the container was in.
+    let unlisted: Vec<Observation> = unnamed(oom_incident(offsets, false))
+        .into_iter()
+        .filter(|observation| {
+            !matches!(observation, Observation::State(update)
+                if matches!(update.record.object, StateObject::PodContainer(_)))
+        })
+        .collect();
+    assert!(held(&config, unlisted).is_empty());
 }
 
 #[test]
