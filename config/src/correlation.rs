@@ -8,8 +8,8 @@ use crate::duration;
 use crate::error::ConfigError;
 use crate::model::{
     BadRolloutConfig, BlastRadiusConfig, BurstConfig, BurstThreshold, CoOccurrenceConfig,
-    ConfigChangeConfig, CorrelationConfig, DnsFailureConfig, EngineConfig, MemoryExhaustionConfig, NodePressureConfig,
-    OomSequenceConfig, OwnershipConfig, RestartLoopConfig, ServiceGraphConfig,
+    ConfigChangeConfig, CorrelationConfig, DnsFailureConfig, EngineConfig, MemoryExhaustionConfig,
+    NodePressureConfig, OomSequenceConfig, OwnershipConfig, RestartLoopConfig, ServiceGraphConfig,
 };
 use crate::sequences;
 use crate::validate::{DAY, HOUR, count_in, duration_in, invalid};
@@ -261,7 +261,8 @@ impl ConfigChangeConfig {
             ));
         }
         for (index, glob) in self.paths.iter().enumerate() {
-            crate::glob::check(glob).map_err(|message| invalid(&format!("{paths}[{index}]"), message))?;
+            crate::glob::check(glob)
+                .map_err(|message| invalid(&format!("{paths}[{index}]"), message))?;
         }
         duration_in(
             &key(path, "within"),

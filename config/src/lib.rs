@@ -27,8 +27,8 @@ pub use error::{ConfigError, ConfigErrorKind};
 pub use glob::glob_matches;
 pub use model::{
     BadRolloutConfig, BlastRadiusConfig, BurstConfig, BurstThreshold, CoOccurrenceConfig,
-    CollectorsConfig, ConfigChangeConfig, CorrelationConfig, DnsFailureConfig, EngineConfig, IntegrationsConfig,
-    KernelCollectorConfig, KubeletCollectorConfig, KubernetesCollectorConfig,
+    CollectorsConfig, ConfigChangeConfig, CorrelationConfig, DnsFailureConfig, EngineConfig,
+    IntegrationsConfig, KernelCollectorConfig, KubeletCollectorConfig, KubernetesCollectorConfig,
     MemoryExhaustionConfig, NatsConfig, Neo4jConfig, NodePressureConfig, OomSequenceConfig,
     OwnershipConfig, RecordingCollectorConfig, RestartLoopConfig, ServiceGraphConfig, TapioConfig,
 };

@@ -45,7 +45,11 @@ pub struct SequenceConfig {
     /// second, the kernel to the nanosecond), so a step that really came after the one before
     /// may carry an earlier time by up to the coarser precision. Written as a humantime
     /// string. Default: `0s`.
-    #[serde(with = "humantime_str", default, skip_serializing_if = "Duration::is_zero")]
+    #[serde(
+        with = "humantime_str",
+        default,
+        skip_serializing_if = "Duration::is_zero"
+    )]
     pub slack: Duration,
     /// The steps, in order: 2 to [`MAX_STEPS`]. Required.
     pub steps: Vec<StepConfig>,

@@ -37,8 +37,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
-use tapio_model::recording::{RecordingReader, RecordingWriter};
 use tapio_model::CorrelationChange;
+use tapio_model::recording::{RecordingReader, RecordingWriter};
 use tapio_model::{
     BurstKind, ConnectOutcome, CorrelationKind, Detail, EntityId, FactPayload, FileOp, Impact,
     Observation, Observed, Relation, StateObject,

@@ -311,10 +311,16 @@ mod tests {
         };
         let mut polls = Polls::default();
         assert!(
-            polls.facts(pods.clone(), Some(&usage(95)), 90, 1).is_empty(),
+            polls
+                .facts(pods.clone(), Some(&usage(95)), 90, 1)
+                .is_empty(),
             "baseline"
         );
-        assert!(polls.facts(pods.clone(), Some(&usage(96)), 90, 2).is_empty());
+        assert!(
+            polls
+                .facts(pods.clone(), Some(&usage(96)), 90, 2)
+                .is_empty()
+        );
         assert!(polls.facts(pods.clone(), Some(&usage(50)), 90, 3).len() == 1);
         let up = polls.facts(pods.clone(), Some(&usage(91)), 90, 4);
         assert!(
@@ -351,7 +357,11 @@ mod tests {
     /// The time of the one readiness fact of a poll at `poll` after a poll at `before`.
     fn readiness_time(now: PodsSnapshot, before: TimeNs, poll: TimeNs) -> TimeNs {
         let mut polls = Polls::default();
-        assert!(polls.facts(pod(true, "True", None), None, 90, before).is_empty());
+        assert!(
+            polls
+                .facts(pod(true, "True", None), None, 90, before)
+                .is_empty()
+        );
         match &polls.facts(now, None, 90, poll)[..] {
             [(time, FactPayload::ContainerReady(ready))] => {
                 assert!(!ready.ready);
@@ -365,19 +375,38 @@ mod tests {
     fn readiness_changes_carry_the_time_kubernetes_recorded() {
         let (before, poll) = (AT - SECOND / 2, AT + 700_000_000);
         // Recorded in the second after the previous poll began: that time.
-        assert_eq!(readiness_time(pod(false, "False", Some(0)), before, poll), AT);
+        assert_eq!(
+            readiness_time(pod(false, "False", Some(0)), before, poll),
+            AT
+        );
         // The recorded second may start before the previous poll: the change is in it.
         assert_eq!(
-            readiness_time(pod(false, "False", Some(0)), AT + SECOND / 2, AT + 2 * SECOND),
+            readiness_time(
+                pod(false, "False", Some(0)),
+                AT + SECOND / 2,
+                AT + 2 * SECOND
+            ),
             AT
         );
         // A condition that changed before the previous poll, or after this one, or whose
         // status disagrees with the container's, is not this change: the poll's time.
-        assert_eq!(readiness_time(pod(false, "False", Some(-2)), before, poll), poll);
-        assert_eq!(readiness_time(pod(false, "False", Some(3)), before, poll), poll);
-        assert_eq!(readiness_time(pod(false, "True", Some(0)), before, poll), poll);
+        assert_eq!(
+            readiness_time(pod(false, "False", Some(-2)), before, poll),
+            poll
+        );
+        assert_eq!(
+            readiness_time(pod(false, "False", Some(3)), before, poll),
+            poll
+        );
+        assert_eq!(
+            readiness_time(pod(false, "True", Some(0)), before, poll),
+            poll
+        );
         // No condition: the poll's time.
-        assert_eq!(readiness_time(pod(false, "False", None), before, poll), poll);
+        assert_eq!(
+            readiness_time(pod(false, "False", None), before, poll),
+            poll
+        );
     }
 
     #[test]

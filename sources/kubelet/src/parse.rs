@@ -178,7 +178,11 @@ pub fn pods(body: &[u8]) -> Result<PodsSnapshot, ParseError> {
         let readiness = conditions
             .clone()
             .find(|condition| condition.type_ == "ContainersReady")
-            .or_else(|| conditions.clone().find(|condition| condition.type_ == "Ready"))
+            .or_else(|| {
+                conditions
+                    .clone()
+                    .find(|condition| condition.type_ == "Ready")
+            })
             .and_then(|condition| {
                 let since = condition.last_transition_time.as_ref()?;
                 let ns = u64::try_from(since.0.as_nanosecond()).ok()?;

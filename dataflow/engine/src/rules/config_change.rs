@@ -80,7 +80,11 @@ pub(crate) fn change(paths: &[String], fact: &Fact) -> Option<(Arc<str>, Change)
     let FactPayload::FileChanged(changed) = &fact.payload else {
         return None;
     };
-    if changed.container_id.as_ref().is_some_and(|id| !id.is_empty()) {
+    if changed
+        .container_id
+        .as_ref()
+        .is_some_and(|id| !id.is_empty())
+    {
         return None;
     }
     let path = changed

@@ -297,9 +297,11 @@ fn selected<'scope>(
             .state()
             .flat_map(move |record| select_state(&step_for_state, &record)),
     };
-    retain(with_pods(inputs, records), keep_for_ms, move |selected: &Selected| {
-        clock.tick_of(selected.evidence.time)
-    })
+    retain(
+        with_pods(inputs, records),
+        keep_for_ms,
+        move |selected: &Selected| clock.tick_of(selected.evidence.time),
+    )
 }
 
 /// The container an observation is about when it names no pod (the kernel knows containers,
@@ -330,8 +332,7 @@ fn with_pods<'scope>(
     let named = records
         .clone()
         .filter(|selected| unplaced_container(selected).is_none());
-    let unplaced =
-        records.flat_map(|selected| Some((unplaced_container(&selected)?, selected)));
+    let unplaced = records.flat_map(|selected| Some((unplaced_container(&selected)?, selected)));
     let found = unplaced.clone().join_core(
         inputs.ownership_chains_by_entity(),
         |_, selected, owners| Some(placed(selected.clone(), owners)),

@@ -114,7 +114,11 @@ fn pod_of(fact: &Fact) -> EntityId {
 }
 
 impl<'a> Naive<'a> {
-    pub(crate) fn new(arrived: &'a [Observation], entered: &[Option<Tick>], clock: TickClock) -> Self {
+    pub(crate) fn new(
+        arrived: &'a [Observation],
+        entered: &[Option<Tick>],
+        clock: TickClock,
+    ) -> Self {
         let mut exits: Vec<(Tick, &Fact)> = arrived
             .iter()
             .zip(entered)

@@ -62,7 +62,11 @@ fn file_change(
                 start_ns: T0,
                 comm: "deploy".into(),
             },
-            op: if unlink { FileOp::Unlink } else { FileOp::Rename },
+            op: if unlink {
+                FileOp::Unlink
+            } else {
+                FileOp::Rename
+            },
             path: if unlink {
                 path.to_string()
             } else {
@@ -155,12 +159,15 @@ fn naive(
         let latest = changes
             .iter()
             .filter(|(node, change)| {
-                node == name && change.evidence.time <= first && first - change.evidence.time <= WITHIN
+                node == name
+                    && change.evidence.time <= first
+                    && first - change.evidence.time <= WITHIN
             })
             .map(|(_, change)| change)
             .max();
         if let Some(change) = latest {
-            *out.entry(correlation(&restart, change, WITHIN)).or_insert(0) += 1;
+            *out.entry(correlation(&restart, change, WITHIN))
+                .or_insert(0) += 1;
         }
     }
     out
