@@ -8,8 +8,8 @@ use crate::duration;
 use crate::error::ConfigError;
 use crate::model::{
     BadRolloutConfig, BlastRadiusConfig, BurstConfig, BurstThreshold, CoOccurrenceConfig,
-    CorrelationConfig, DnsFailureConfig, EngineConfig, MemoryExhaustionConfig, NodePressureConfig,
-    OomSequenceConfig, OwnershipConfig, RestartLoopConfig, ServiceGraphConfig,
+    ConfigChangeConfig, CorrelationConfig, DnsFailureConfig, EngineConfig, MemoryExhaustionConfig,
+    NodePressureConfig, OomSequenceConfig, OwnershipConfig, RestartLoopConfig, ServiceGraphConfig,
 };
 use crate::sequences;
 use crate::validate::{DAY, HOUR, count_in, duration_in, invalid};
@@ -36,6 +36,7 @@ impl CorrelationConfig {
             .validate(&key(path, "memory_exhaustion"))?;
         self.node_pressure.validate(&key(path, "node_pressure"))?;
         sequences::validate(&self.sequences, &key(path, "sequences"))?;
+        self.config_change.validate(&key(path, "config_change"))?;
         self.bad_rollout.validate(&key(path, "bad_rollout"))?;
         self.service_graph.validate(&key(path, "service_graph"))?;
         self.blast_radius.validate(&key(path, "blast_radius"))?;
@@ -242,6 +243,33 @@ impl CoOccurrenceConfig {
             Duration::from_secs(10 * 60),
         )?;
         keep_for_in(path, self.keep_for, &key(path, "within"), self.within, DAY)
+    }
+}
+
+impl ConfigChangeConfig {
+    /// Checks this section, found at `path` (`correlation.config_change`).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key path of the first problem, e.g.
+    /// `correlation.config_change.paths[1]`.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let paths = key(path, "paths");
+        if self.paths.is_empty() {
+            return Err(invalid(
+                &paths,
+                "needs at least one glob; set enabled: false to turn the rule off",
+            ));
+        }
+        for (index, glob) in self.paths.iter().enumerate() {
+            crate::glob::check(glob)
+                .map_err(|message| invalid(&format!("{paths}[{index}]"), message))?;
+        }
+        duration_in(
+            &key(path, "within"),
+            self.within,
+            Duration::from_millis(1),
+            HOUR,
+        )
     }
 }
 

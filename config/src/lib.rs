@@ -15,6 +15,7 @@ mod collectors;
 mod correlation;
 mod duration;
 mod error;
+mod glob;
 mod model;
 mod parse;
 mod sequences;
@@ -23,10 +24,11 @@ mod validate;
 use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrorKind};
+pub use glob::glob_matches;
 pub use model::{
     BadRolloutConfig, BlastRadiusConfig, BurstConfig, BurstThreshold, CoOccurrenceConfig,
-    CollectorsConfig, CorrelationConfig, DnsFailureConfig, EngineConfig, IntegrationsConfig,
-    KernelCollectorConfig, KubeletCollectorConfig, KubernetesCollectorConfig,
+    CollectorsConfig, ConfigChangeConfig, CorrelationConfig, DnsFailureConfig, EngineConfig,
+    IntegrationsConfig, KernelCollectorConfig, KubeletCollectorConfig, KubernetesCollectorConfig,
     MemoryExhaustionConfig, NatsConfig, Neo4jConfig, NodePressureConfig, OomSequenceConfig,
     OwnershipConfig, RecordingCollectorConfig, RestartLoopConfig, ServiceGraphConfig, TapioConfig,
 };

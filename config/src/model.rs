@@ -302,6 +302,10 @@ pub struct CorrelationConfig {
     /// Default: the built-in sequences, see [`builtin_sequences`].
     #[serde(deserialize_with = "null_as_default_sequences")]
     pub sequences: Vec<SequenceConfig>,
+    /// Links a configuration file change on a node to the node-wide container restart that
+    /// followed it. Default: enabled, see [`ConfigChangeConfig::default`].
+    #[serde(deserialize_with = "null_as_default")]
+    pub config_change: ConfigChangeConfig,
     /// Detects a rollout whose new pods fail while the old ones were ready.
     /// Default: enabled, see [`BadRolloutConfig::default`].
     #[serde(deserialize_with = "null_as_default")]
@@ -332,6 +336,7 @@ impl Default for CorrelationConfig {
             memory_exhaustion: MemoryExhaustionConfig::default(),
             node_pressure: NodePressureConfig::default(),
             sequences: builtin_sequences(),
+            config_change: ConfigChangeConfig::default(),
             bad_rollout: BadRolloutConfig::default(),
             service_graph: ServiceGraphConfig::default(),
             blast_radius: BlastRadiusConfig::default(),
@@ -576,6 +581,39 @@ impl Default for CoOccurrenceConfig {
             within: Duration::from_secs(10),
             // As long as a restart loop stays: the two are read together.
             keep_for: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// The configuration change rule: a configuration file on a node changes, then containers of
+/// several pods on that node end together (a co-occurrence).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConfigChangeConfig {
+    /// Whether the rule runs. It builds on the co-occurrence rule's findings, so it finds
+    /// nothing while that rule is disabled. Default: `true`.
+    pub enabled: bool,
+    /// Which files are configuration: absolute path globs (`*` and `?` within a segment, `**`
+    /// for any number of segments) matched against the changed path, or the new path of a
+    /// rename. Only files the kernel collector watches are reported at all
+    /// (`collectors.kernel.file_path_prefixes`). At least one. Default: `["/etc/**"]`.
+    pub paths: Vec<String>,
+    /// How long before the restart's first exit the change may come, `1ms..=1h`. Written as a
+    /// humantime string. Default: `10m`.
+    #[serde(with = "humantime_str")]
+    pub within: Duration,
+}
+
+impl Default for ConfigChangeConfig {
+    fn default() -> Self {
+        ConfigChangeConfig {
+            // Cheap (few file changes, fewer node-wide restarts) and it names a cause.
+            enabled: true,
+            // Where a node's services keep their configuration.
+            paths: vec!["/etc/**".into()],
+            // A changed file is picked up by a restart someone makes minutes later, or by one
+            // a crash forces; beyond ten minutes the order says little.
+            within: Duration::from_secs(10 * 60),
         }
     }
 }

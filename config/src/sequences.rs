@@ -16,6 +16,9 @@ use crate::duration::{self, humantime_str};
 use crate::error::ConfigError;
 use crate::validate::{DAY, HOUR, duration_in, invalid};
 
+/// The largest [`SequenceConfig::slack`].
+const MINUTE: Duration = Duration::from_secs(60);
+
 /// Most steps a sequence may have.
 pub const MAX_STEPS: usize = 8;
 
@@ -37,6 +40,17 @@ pub struct SequenceConfig {
     /// most `24h`. Written as a humantime string. Default: `10m`.
     #[serde(with = "humantime_str", default = "keep_for_by_default")]
     pub keep_for: Duration,
+    /// How far before the step it follows a step may be and still match, `0s..=1m`: sources
+    /// record times at different precisions (Kubernetes records readiness changes to the
+    /// second, the kernel to the nanosecond), so a step that really came after the one before
+    /// may carry an earlier time by up to the coarser precision. Written as a humantime
+    /// string. Default: `0s`.
+    #[serde(
+        with = "humantime_str",
+        default,
+        skip_serializing_if = "Duration::is_zero"
+    )]
+    pub slack: Duration,
     /// The steps, in order: 2 to [`MAX_STEPS`]. Required.
     pub steps: Vec<StepConfig>,
 }
@@ -182,7 +196,8 @@ named!(
         OomKill = "oom_kill",
         /// A process exited. About: process, container.
         ProcessExit = "process_exit",
-        /// A container stopped. About: container, pod.
+        /// A container stopped. About: container, pod (when the exit names none, as the
+        /// kernel's do not, the pod whose status lists the container).
         ContainerExit = "container_exit",
         /// A container's readiness changed. About: container, pod.
         ContainerReady = "container_ready",
@@ -276,11 +291,14 @@ pub fn builtin_sequences() -> Vec<SequenceConfig> {
         // the pod stops being ready and the Service loses the pod's endpoint. The readiness
         // steps come from the kubelet's polls and the EndpointSlice controller, seconds to tens
         // of seconds after the kill: a bound of 2m covers a poll interval and a probe period.
+        // The pod's readiness change carries the time Kubernetes recorded, to the second: up
+        // to a second before the kernel's nanosecond time of the container exit it followed.
         SequenceConfig {
             name: "oom_to_endpoint_not_ready".into(),
             enabled: true,
             within: Duration::from_secs(2 * 60),
             keep_for: Duration::from_secs(15 * 60),
+            slack: Duration::from_secs(1),
             steps: vec![
                 step(StepKind::OomKill, None, StepWhere::default()),
                 step(
@@ -308,6 +326,7 @@ pub fn builtin_sequences() -> Vec<SequenceConfig> {
             enabled: true,
             within: Duration::from_secs(5 * 60),
             keep_for: Duration::from_secs(30 * 60),
+            slack: Duration::ZERO,
             steps: vec![
                 step(
                     StepKind::KubeEvent,
@@ -386,6 +405,7 @@ impl SequenceConfig {
             ));
         }
         duration_in(&key("keep_for"), self.keep_for, Duration::ZERO, DAY)?;
+        duration_in(&key("slack"), self.slack, Duration::ZERO, MINUTE)?;
         if !(2..=MAX_STEPS).contains(&self.steps.len()) {
             return Err(invalid(
                 &key("steps"),
@@ -573,6 +593,10 @@ mod tests {
         sequences[0].keep_for = Duration::from_secs(1);
         let error = validate(&sequences, "correlation.sequences").unwrap_err();
         assert_eq!(error.key_path, "correlation.sequences[0].keep_for");
+        let mut slack = builtin_sequences();
+        slack[1].slack = Duration::from_secs(61);
+        let error = validate(&slack, "correlation.sequences").unwrap_err();
+        assert_eq!(error.key_path, "correlation.sequences[1].slack");
         sequences[0].within = Duration::ZERO;
         let error = validate(&sequences, "correlation.sequences").unwrap_err();
         assert_eq!(error.key_path, "correlation.sequences[0].within");

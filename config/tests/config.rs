@@ -738,6 +738,36 @@ const RULES: &[(&str, &str, &str, Option<&str>)] = &[
         None,
     ),
     (
+        "config_change: / paths: [\"/etc/**\"]",
+        "paths: [\"/etc/**\", \"etc/**\"]",
+        "correlation.config_change.paths[1]",
+        None,
+    ),
+    (
+        "config_change: / paths: [\"/etc/**\"]",
+        "paths: [\"/etc/a**\"]",
+        "correlation.config_change.paths[0]",
+        None,
+    ),
+    (
+        "config_change: / paths: [\"/etc/**\"]",
+        "paths: []",
+        "correlation.config_change.paths",
+        None,
+    ),
+    (
+        "config_change: / within: 10m",
+        "within: 2h",
+        "correlation.config_change.within",
+        None,
+    ),
+    (
+        "slack: 1s",
+        "slack: 61s",
+        "correlation.sequences[0].slack",
+        None,
+    ),
+    (
         "memory_exhaustion: / within: 10m",
         "within: 2h",
         "correlation.memory_exhaustion.within",

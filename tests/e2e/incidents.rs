@@ -15,8 +15,10 @@
 //! Each live test asserts that the observations of every link of its incident are in the
 //! recording, and replays it through `tapio replay`, which must explain the incident whole:
 //! memory pressure as usage above the limit share → the OOM kill → the exits → the server pod →
-//! the client's refused connects, plus the server's restart loop of OOM kills; the cascade as
-//! the node-wide restart rooted at the node → the backend → the client's refused connects.
+//! the client's refused connects, plus the server's restart loop of OOM kills and the declared
+//! sequence from the kill to the Service's endpoint; the cascade as the configuration change
+//! (the rename, its directory declared as configuration for the replay) → the node-wide
+//! restart → the backend → the client's refused connects.
 //! With `UPDATE_RECORDINGS=1` it also writes the recording, reduced to the scenario's
 //! namespace, its containers and processes, the watched path and its node (see [`reduce`]), to
 //! `tests/recordings/`; [`shipped_incident_recordings_replay`] checks those shipped files in
@@ -35,6 +37,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
+use tapio_model::CorrelationChange;
 use tapio_model::recording::{RecordingReader, RecordingWriter};
 use tapio_model::{
     BurstKind, ConnectOutcome, CorrelationKind, Detail, EntityId, FactPayload, FileOp, Impact,
@@ -909,23 +912,33 @@ fn burst<K: Ord>(events: &[(u64, K)], window: u64, count: usize) -> Option<u64> 
     })
 }
 
-/// Replays `recording` through `tapio replay`, asserting no source or rule logged an error,
-/// and returns the correlations current at the end.
-fn replay_clean(recording: &Path, name: &str) -> Vec<tapio_model::Correlation> {
-    let (changes, log) = replay(recording, &[], name);
+/// Replays `recording` through `tapio replay` with `extra` arguments, asserting no source or
+/// rule logged an error, and returns every change it made.
+fn replay_clean(recording: &Path, extra: &[&str], name: &str) -> Vec<CorrelationChange> {
+    let (changes, log) = replay(recording, extra, name);
     assert!(
         !log.lines().any(|line| line.contains("ERROR")),
         "the replay of {} logged errors:\n{log}",
         recording.display()
     );
-    current(&changes)
+    changes
 }
 
-/// Asserts that replaying `recording` with two workers changes exactly what one worker
-/// changes: the same correlations inserted and retracted at the same ticks.
-fn assert_replay_deterministic(recording: &Path, name: &str) {
-    let sorted = |extra: &[&str], suffix: &str| {
-        let (changes, _) = replay(recording, extra, &format!("{name}-{suffix}"));
+/// Every correlation that became current at some point of `changes`.
+fn ever(changes: &[CorrelationChange]) -> Vec<&tapio_model::Correlation> {
+    changes
+        .iter()
+        .filter(|change| change.diff > 0)
+        .map(|change| &change.correlation)
+        .collect()
+}
+
+/// Asserts that replaying `recording` (with `extra` arguments) with two workers changes exactly
+/// what one worker changes: the same correlations inserted and retracted at the same ticks.
+fn assert_replay_deterministic(recording: &Path, extra: &[&str], name: &str) {
+    let sorted = |workers: &[&str], suffix: &str| {
+        let args: Vec<&str> = extra.iter().chain(workers).copied().collect();
+        let (changes, _) = replay(recording, &args, &format!("{name}-{suffix}"));
         let mut lines: Vec<String> = changes
             .iter()
             .map(|change| serde_json::to_string(change).expect("serialize"))
@@ -1009,8 +1022,13 @@ fn in_order(kinds: &[String], wanted: &[&str]) -> bool {
 ///   the server pod → the client (`affects`) → the client's refused connect, observed impact;
 /// - the server's restart loop, joined to its OOM cause: the kill first, then ≥ 3 exits, all
 ///   OOM kills;
-/// - a burst of refused connects at the server's endpoint.
-fn assert_memory_pressure_chains(now: &[tapio_model::Correlation]) {
+/// - a burst of refused connects at the server's endpoint;
+/// - the declared sequence `oom_to_endpoint_not_ready`: the OOM kill → the SIGKILL exit → the
+///   container exit → the pod's container not ready → the Service's endpoint for the pod not
+///   ready, then the pod and its owners up to the Deployment. A match goes when the endpoint
+///   is ready again, as it is at the end, so this one is looked for in every change.
+fn assert_memory_pressure_chains(changes: &[CorrelationChange]) {
+    let now = current(changes);
     let explained = || {
         now.iter()
             .map(tapio_model::render::explain)
@@ -1070,13 +1088,44 @@ fn assert_memory_pressure_chains(now: &[tapio_model::Correlation]) {
         "no burst of refused connects:\n{}",
         explained()
     );
+    // The declared sequence, whole: the kill through the pod's readiness (the kubelet
+    // collector's, at the time Kubernetes recorded it) to the Service's endpoint for the pod,
+    // then the server pod's owners.
+    let declared = ever(changes).into_iter().find(|correlation| {
+        matches!(&correlation.detail, Detail::DeclaredSequence { name, .. } if name.as_ref() == "oom_to_endpoint_not_ready")
+            && in_order(
+                &observed_kinds(&correlation.chain),
+                &[
+                    "oom_kill",
+                    "process_exit",
+                    "container_exit",
+                    "container_ready",
+                    "endpoint_ready",
+                ],
+            )
+            && correlation.chain.iter().any(|hop| {
+                matches!(&hop.entity, EntityId::Pod { name, .. } if name.starts_with("server-"))
+                    && hop.relation == Relation::DependsOn
+            })
+            && correlation.chain.iter().any(|hop| {
+                matches!(&hop.entity, EntityId::Deployment { name, .. } if name.as_ref() == "server")
+            })
+    });
+    assert!(
+        declared.is_some(),
+        "no oom_to_endpoint_not_ready from the kill to the server's endpoint:\n{}",
+        explained()
+    );
 }
 
-/// Asserts the service restart cascade as Tapio explains it, whole: the node is the root of ≥ 3
-/// pods' containers ending together (`co_occurrence`), and a blast radius from that node-wide
-/// restart reaches the client through the backend, with the client's refused connect as
-/// observed impact.
-fn assert_restart_cascade_chains(now: &[tapio_model::Correlation]) {
+/// Asserts the service restart cascade as Tapio explains it, whole, from the configuration
+/// change under `watched`:
+/// - the node is the root of ≥ 3 pods' containers ending together (`co_occurrence`);
+/// - the change of `backend.yaml` is linked to it (`config_change_restart`): rooted at the
+///   process that renamed the file, the change → the node (`caused`) → the pods' exits;
+/// - a blast radius from that change reaches the client through the backend, with the
+///   client's refused connect as observed impact: change → node → backend → client → connect.
+fn assert_restart_cascade_chains(now: &[tapio_model::Correlation], watched: &str) {
     let explained = || {
         now.iter()
             .map(tapio_model::render::explain)
@@ -1091,9 +1140,36 @@ fn assert_restart_cascade_chains(now: &[tapio_model::Correlation]) {
         "no node-wide co-occurrence:\n{}",
         explained()
     );
+    let starts_at_the_change = |correlation: &tapio_model::Correlation| {
+        matches!(correlation.root_cause, EntityId::Process { .. })
+            && matches!(
+                correlation.chain.first(),
+                Some(hop) if hop.entity == correlation.root_cause
+                    && hop.relation == Relation::Start
+                    && matches!(&hop.observed, Observed::FileChanged { op: FileOp::Rename, .. })
+            )
+            && matches!(
+                correlation.chain.get(1),
+                Some(hop) if matches!(hop.entity, EntityId::Node { .. })
+                    && hop.relation == Relation::Caused
+            )
+    };
+    let changed = now.iter().find(|correlation| {
+        matches!(
+            &correlation.detail,
+            Detail::ConfigChange { path, pods, .. }
+                if path.starts_with(watched) && path.ends_with("/backend.yaml") && *pods >= 3
+        ) && starts_at_the_change(correlation)
+    });
+    let Some(changed) = changed else {
+        panic!(
+            "no configuration change of backend.yaml → node-wide restart:\n{}",
+            explained()
+        );
+    };
     let reached = now.iter().find(|correlation| {
         let Detail::BlastRadius {
-            failure: Some(CorrelationKind::CoOccurrence),
+            failure: Some(CorrelationKind::ConfigChangeRestart),
             failed: EntityId::Pod { name, .. },
             impact: Impact::Observed,
             ..
@@ -1103,15 +1179,27 @@ fn assert_restart_cascade_chains(now: &[tapio_model::Correlation]) {
         };
         let last = correlation.chain.last();
         name.starts_with("backend-")
-            && matches!(correlation.root_cause, EntityId::Node { .. })
+            && correlation.root_cause == changed.root_cause
+            && starts_at_the_change(correlation)
             && correlation.chain.iter().any(|hop| hop.relation == Relation::Affects)
             && matches!(last.map(|hop| &hop.observed), Some(Observed::TcpConnect { outcome, .. }) if outcome.is_failure())
     });
     assert!(
         reached.is_some(),
-        "no node restart → backend → client refused chain:\n{}",
+        "no configuration change → node restart → backend → client refused chain:\n{}",
         explained()
     );
+}
+
+/// A Tapio configuration in `dir` under which `backend.yaml`'s directory `watched` (ending in
+/// `/`) holds configuration, for the cascade's replays.
+fn cascade_config(dir: &Path, watched: &str) -> Result<PathBuf> {
+    let path = dir.join("cascade.yaml");
+    std::fs::write(
+        &path,
+        format!("correlation:\n  config_change:\n    paths: [\"{watched}**\"]\n"),
+    )?;
+    Ok(path)
 }
 
 /// Writes the reduced live recording to `tests/recordings/<name>` when `UPDATE_RECORDINGS` is
@@ -1180,9 +1268,9 @@ async fn live_memory_pressure() -> Result<()> {
     let reduced = reduce(&observations, namespace, &cluster.node, &[]);
     let servers = assert_memory_pressure(&reduced, namespace);
     let path = keep_recording(&reduced, &dir, MEMORY_PRESSURE)?;
-    let now = replay_clean(&path, "memory-pressure-replay");
-    assert_oom_sequences(&now, &servers);
-    assert_memory_pressure_chains(&now);
+    let changes = replay_clean(&path, &[], "memory-pressure-replay");
+    assert_oom_sequences(&current(&changes), &servers);
+    assert_memory_pressure_chains(&changes);
     drop(cluster);
     std::fs::remove_dir_all(dir)?;
     Ok(())
@@ -1268,9 +1356,15 @@ async fn live_service_restart_cascade() -> Result<()> {
     let reduced = reduce(&observations, namespace, &cluster.node, &[&watched]);
     assert_restart_cascade(&reduced, namespace, &watched);
     let path = keep_recording(&reduced, &dir, RESTART_CASCADE)?;
-    let now = replay_clean(&path, "restart-cascade-replay");
+    let replay_config = cascade_config(&dir, &watched)?;
+    let replay_config = replay_config.to_string_lossy();
+    let now = current(&replay_clean(
+        &path,
+        &["--config", &replay_config],
+        "restart-cascade-replay",
+    ));
     assert_deployments_own_pods(&now, namespace, &CASCADE_DEPLOYMENTS);
-    assert_restart_cascade_chains(&now);
+    assert_restart_cascade_chains(&now, &watched);
     drop(cluster);
     std::fs::remove_dir_all(dir)?;
     Ok(())
@@ -1295,18 +1389,34 @@ fn shipped_incident_recordings_replay() -> Result<()> {
     let memory = tapio_tests::recordings().join(MEMORY_PRESSURE);
     let observations = read_recording(&memory)?;
     let servers = assert_memory_pressure(&observations, "shop");
-    let now = replay_clean(&memory, "memory-pressure-shipped");
-    assert_oom_sequences(&now, &servers);
-    assert_memory_pressure_chains(&now);
-    assert_replay_deterministic(&memory, "memory-pressure-workers");
+    let changes = replay_clean(&memory, &[], "memory-pressure-shipped");
+    assert_oom_sequences(&current(&changes), &servers);
+    assert_memory_pressure_chains(&changes);
+    assert_replay_deterministic(&memory, &[], "memory-pressure-workers");
 
     let cascade = tapio_tests::recordings().join(RESTART_CASCADE);
     let observations = read_recording(&cascade)?;
     let watched = recorded_watched_path(&observations);
     assert_restart_cascade(&observations, "shop", &watched);
-    let now = replay_clean(&cascade, "restart-cascade-shipped");
+    let dir = scratch("restart-cascade-config");
+    let config = cascade_config(&dir, &watched)?;
+    let config = config.to_string_lossy();
+    let now = current(&replay_clean(
+        &cascade,
+        &["--config", &config],
+        "restart-cascade-shipped",
+    ));
     assert_deployments_own_pods(&now, "shop", &CASCADE_DEPLOYMENTS);
-    assert_restart_cascade_chains(&now);
-    assert_replay_deterministic(&cascade, "restart-cascade-workers");
+    assert_restart_cascade_chains(&now, &watched);
+    assert_replay_deterministic(&cascade, &["--config", &config], "restart-cascade-workers");
+    // Under the default configuration paths (`/etc/**`) the test's directory is no
+    // configuration: the restart stays rooted at the node.
+    let now = current(&replay_clean(&cascade, &[], "restart-cascade-default"));
+    assert!(
+        !now.iter()
+            .any(|correlation| correlation.kind == CorrelationKind::ConfigChangeRestart),
+        "a change outside the configuration paths was linked"
+    );
+    std::fs::remove_dir_all(dir)?;
     Ok(())
 }

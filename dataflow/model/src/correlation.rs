@@ -78,6 +78,9 @@ pub enum CorrelationKind {
     MemoryExhaustion,
     /// A node came under pressure (memory, disk, PIDs) and the kubelet evicted pods from it.
     NodePressureEviction,
+    /// A configuration file on a node changed, then containers of several pods on that node
+    /// ended together.
+    ConfigChangeRestart,
 }
 
 impl CorrelationKind {
@@ -96,6 +99,7 @@ impl CorrelationKind {
             CorrelationKind::CoOccurrence => "co_occurrence",
             CorrelationKind::MemoryExhaustion => "memory_exhaustion",
             CorrelationKind::NodePressureEviction => "node_pressure_eviction",
+            CorrelationKind::ConfigChangeRestart => "config_change_restart",
         }
     }
 
@@ -106,6 +110,7 @@ impl CorrelationKind {
             CorrelationKind::OomRestart => Family::Sequence,
             CorrelationKind::DeclaredSequence => Family::Sequence,
             CorrelationKind::BadRollout => Family::Sequence,
+            CorrelationKind::ConfigChangeRestart => Family::Sequence,
             CorrelationKind::ServiceDependency | CorrelationKind::BlastRadius => Family::Dependency,
             CorrelationKind::DnsFailure => Family::Dependency,
             CorrelationKind::RestartLoop
@@ -550,6 +555,17 @@ pub enum Detail {
         /// The bound the kill had to follow the crossing within, ns.
         within_ns: u64,
     },
+    /// A configuration file change and the node-wide restart that followed it.
+    ConfigChange {
+        /// The configuration file: the changed path, or the new path of a rename.
+        path: Arc<str>,
+        /// Distinct pods whose containers ended together (the co-occurrence's level).
+        pods: u64,
+        /// Time from the change to the restart's first exit, ns.
+        gap_ns: u64,
+        /// The bound the restart had to follow the change within, ns.
+        within_ns: u64,
+    },
     /// A node condition under which the kubelet evicted pods.
     NodePressure {
         /// The condition, e.g. `MemoryPressure`.
@@ -707,6 +723,9 @@ pub enum Basis {
     EvictionNamesTheResource,
     /// Some eviction Event names no resource: lowers.
     EvictionNamesNoResource,
+    /// A configuration file on the node changed shortly before: the cause is inferred from
+    /// the order, not observed.
+    ConfigChangedBefore,
 }
 
 /// How sure a rule is, and why.

@@ -51,6 +51,7 @@ pub fn explain(correlation: &Correlation) -> String {
         CorrelationKind::CoOccurrence => explain_co_occurrence(correlation),
         CorrelationKind::MemoryExhaustion => explain_memory_exhaustion(correlation),
         CorrelationKind::NodePressureEviction => explain_node_pressure(correlation),
+        CorrelationKind::ConfigChangeRestart => explain_config_change(correlation),
     }
 }
 
@@ -293,6 +294,26 @@ fn explain_co_occurrence(correlation: &Correlation) -> String {
     );
     write_path(&mut out, correlation.chain.get(1..).unwrap_or_default());
     out.push_str("; a node-wide cause such as a container runtime or kubelet restart");
+    out
+}
+
+fn explain_config_change(correlation: &Correlation) -> String {
+    let Detail::ConfigChange {
+        path, pods, gap_ns, ..
+    } = &correlation.detail
+    else {
+        return format!("{} changed a configuration file", correlation.root_cause);
+    };
+    let node = correlation
+        .chain
+        .get(1)
+        .map_or_else(|| "its node".to_string(), |hop| hop.entity.to_string());
+    let mut out = format!(
+        "{} changed {path}, and {} later containers of {pods} pods on {node} ended together: ",
+        correlation.root_cause,
+        span(*gap_ns)
+    );
+    write_path(&mut out, correlation.chain.get(2..).unwrap_or_default());
     out
 }
 

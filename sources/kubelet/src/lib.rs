@@ -12,6 +12,17 @@
 //! - a container's memory working set or CPU use reached `usage_threshold_percent` of its
 //!   limit, or fell back below → `resource_usage`.
 //!
+//! A fact's time is the poll's, except a readiness change's: Kubernetes records when a pod's
+//! containers' readiness last changed (the `lastTransitionTime` of its `ContainersReady`
+//! condition, or of `Ready` without one), and the fact carries that time when the condition
+//! agrees with the container's readiness and the time falls after the previous poll and not
+//! after this one; otherwise the poll's time. A poll only sees a change up to a poll interval
+//! after it happened, and the endpoints of a pod that stopped being ready change within
+//! moments, so the recorded time keeps the readiness change before its consequences.
+//! Kubernetes records these times to the second (the time is the start of the second the
+//! change happened in), so a later poll may report a change up to a second before the latest
+//! poll, and the heartbeats promise only that far.
+//!
 //! The first poll is the baseline and reports nothing: what it shows happened before the
 //! source started. Node conditions (Memory/Disk/PIDPressure) come from the Node objects the
 //! `kubernetes` collector watches (`node_condition` state), not from here: the kubelet API has
@@ -26,7 +37,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tapio_config::{KubeletCollectorConfig, TapioConfig};
-use tapio_model::{Fact, FactPayload, ResourceUsage};
+use tapio_model::{Fact, FactPayload, ResourceUsage, TimeNs};
 use tapio_sources::{BoxFuture, Source, SourceContext, SourceError, now_ns};
 
 use crate::parse::{ContainerKey, PodsSnapshot};
@@ -119,32 +130,51 @@ async fn get(client: &kube::Client, path: &str) -> Result<Vec<u8>, kube::Error> 
     client.request_text(request).await.map(String::into_bytes)
 }
 
+/// Kubernetes records condition transition times to the second: a recorded time is a whole
+/// second at or up to this long before the transition.
+const RECORDED_PRECISION_NS: TimeNs = 1_000_000_000;
+
 /// The state carried from one poll to the next.
 #[derive(Default)]
 struct Polls {
     pods: Option<PodsSnapshot>,
+    /// When the latest poll was made.
+    polled_ns: TimeNs,
     pressure: BTreeMap<(ContainerKey, tapio_model::Resource), ResourceUsage>,
 }
 
 impl Polls {
-    /// Facts from one poll's answers.
+    /// Facts from the answers of the poll made at `observed`, with their times: the time
+    /// Kubernetes recorded for a readiness change when it is known and falls after the
+    /// previous poll (within the second it is recorded to) and not after this one, the poll's
+    /// own time otherwise.
     fn facts(
         &mut self,
         pods: PodsSnapshot,
         usage: Option<&BTreeMap<ContainerKey, parse::Usage>>,
         threshold: u8,
-    ) -> Vec<FactPayload> {
+        observed: TimeNs,
+    ) -> Vec<(TimeNs, FactPayload)> {
         let mut out = Vec::new();
         let baseline = self.pods.is_none();
         if let Some(previous) = &self.pods {
-            out.extend(parse::pod_changes(previous, &pods));
+            let after = self.polled_ns;
+            out.extend(parse::pod_changes(previous, &pods).into_iter().map(
+                |(recorded, payload)| {
+                    let time = recorded
+                        .filter(|at| at.saturating_add(RECORDED_PRECISION_NS) > after)
+                        .filter(|at| *at <= observed)
+                        .unwrap_or(observed);
+                    (time, payload)
+                },
+            ));
         }
         if let Some(usage) = usage {
             let now = parse::pressure(&pods, usage, threshold);
             if !baseline {
                 for (key, above) in &now {
                     if !self.pressure.contains_key(key) {
-                        out.push(FactPayload::ResourceUsage(above.clone()));
+                        out.push((observed, FactPayload::ResourceUsage(above.clone())));
                     }
                 }
                 for (key, was) in &self.pressure {
@@ -156,18 +186,34 @@ impl Polls {
                         tapio_model::Resource::Cpu => usage.cpu,
                     });
                     if let Some(used) = used {
-                        out.push(FactPayload::ResourceUsage(ResourceUsage {
-                            used,
-                            above: false,
-                            ..was.clone()
-                        }));
+                        out.push((
+                            observed,
+                            FactPayload::ResourceUsage(ResourceUsage {
+                                used,
+                                above: false,
+                                ..was.clone()
+                            }),
+                        ));
                     }
                 }
             }
             self.pressure = now;
         }
         self.pods = Some(pods);
+        self.polled_ns = observed;
         out
+    }
+
+    /// How far this source's facts are complete at `now`: a later poll may report a
+    /// readiness change at a time Kubernetes recorded up to a second before the latest poll,
+    /// so the promise trails that poll (or, before the first, `now`) by a second.
+    fn complete_to(&self, now: TimeNs) -> TimeNs {
+        let upto = if self.pods.is_some() {
+            self.polled_ns.min(now)
+        } else {
+            now
+        };
+        upto.saturating_sub(RECORDED_PRECISION_NS)
     }
 }
 
@@ -190,7 +236,7 @@ impl Source for KubeletSource {
                 tokio::select! {
                     () = cx.shutdown.cancelled() => break,
                     _ = beat.tick() => {
-                        if cx.heartbeat(now_ns()).await.is_err() { break; }
+                        if cx.heartbeat(polls.complete_to(now_ns())).await.is_err() { break; }
                     }
                     _ = poll.tick() => {
                         let observed = now_ns();
@@ -224,16 +270,16 @@ impl Source for KubeletSource {
                                 None
                             }
                         };
-                        let facts = polls.facts(pods, usage.as_ref(), settings.usage_threshold_percent);
+                        let facts = polls.facts(pods, usage.as_ref(), settings.usage_threshold_percent, observed);
                         let mut closed = false;
-                        for payload in facts {
-                            let fact = Fact { id: cx.next_fact_id(), time_ns: observed, payload };
+                        for (time_ns, payload) in facts {
+                            let fact = Fact { id: cx.next_fact_id(), time_ns, payload };
                             if cx.send(tapio_model::Observation::Fact(fact)).await.is_err() {
                                 closed = true;
                                 break;
                             }
                         }
-                        if closed || cx.heartbeat(now_ns()).await.is_err() { break; }
+                        if closed || cx.heartbeat(polls.complete_to(now_ns())).await.is_err() { break; }
                     }
                 }
             }
@@ -265,15 +311,112 @@ mod tests {
         };
         let mut polls = Polls::default();
         assert!(
-            polls.facts(pods.clone(), Some(&usage(95)), 90).is_empty(),
+            polls
+                .facts(pods.clone(), Some(&usage(95)), 90, 1)
+                .is_empty(),
             "baseline"
         );
-        assert!(polls.facts(pods.clone(), Some(&usage(96)), 90).is_empty());
-        assert!(polls.facts(pods.clone(), Some(&usage(50)), 90).len() == 1);
-        let up = polls.facts(pods.clone(), Some(&usage(91)), 90);
         assert!(
-            matches!(&up[..], [FactPayload::ResourceUsage(u)] if u.above && u.used == 91 && u.limit == 100 && u.threshold_percent == 90)
+            polls
+                .facts(pods.clone(), Some(&usage(96)), 90, 2)
+                .is_empty()
         );
-        assert!(polls.facts(pods, Some(&usage(99)), 90).is_empty());
+        assert!(polls.facts(pods.clone(), Some(&usage(50)), 90, 3).len() == 1);
+        let up = polls.facts(pods.clone(), Some(&usage(91)), 90, 4);
+        assert!(
+            matches!(&up[..], [(4, FactPayload::ResourceUsage(u))] if u.above && u.used == 91 && u.limit == 100 && u.threshold_percent == 90)
+        );
+        assert!(polls.facts(pods, Some(&usage(99)), 90, 5).is_empty());
+    }
+
+    const SECOND: TimeNs = 1_000_000_000;
+    /// 2026-12-07T19:10:46Z, in ns.
+    const AT: TimeNs = 1_796_670_646 * SECOND;
+
+    /// A pod whose one container is `ready`, with a `ContainersReady` condition of `status`
+    /// that last changed at `AT` + `offset` seconds (none when `offset` is `None`).
+    fn pod(ready: bool, status: &str, offset: Option<i64>) -> PodsSnapshot {
+        let conditions = offset.map_or(String::new(), |offset| {
+            let at = k8s_openapi::jiff::Timestamp::from_second(1_796_670_646 + offset).unwrap();
+            format!(
+                r#", "conditions": [{{"type": "Ready", "status": "True", "lastTransitionTime": "2020-01-01T00:00:00Z"}},
+                {{"type": "ContainersReady", "status": "{status}", "lastTransitionTime": "{at}"}}]"#
+            )
+        });
+        parse::pods(
+            format!(
+                r#"{{"items": [{{"metadata": {{"name": "p", "namespace": "n", "uid": "u"}},
+                "status": {{"containerStatuses": [{{"name": "c", "containerID": "containerd://abc",
+                "image": "i", "imageID": "", "ready": {ready}, "restartCount": 0}}]{conditions}}}}}]}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    /// The time of the one readiness fact of a poll at `poll` after a poll at `before`.
+    fn readiness_time(now: PodsSnapshot, before: TimeNs, poll: TimeNs) -> TimeNs {
+        let mut polls = Polls::default();
+        assert!(
+            polls
+                .facts(pod(true, "True", None), None, 90, before)
+                .is_empty()
+        );
+        match &polls.facts(now, None, 90, poll)[..] {
+            [(time, FactPayload::ContainerReady(ready))] => {
+                assert!(!ready.ready);
+                *time
+            }
+            other => panic!("one readiness change, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn readiness_changes_carry_the_time_kubernetes_recorded() {
+        let (before, poll) = (AT - SECOND / 2, AT + 700_000_000);
+        // Recorded in the second after the previous poll began: that time.
+        assert_eq!(
+            readiness_time(pod(false, "False", Some(0)), before, poll),
+            AT
+        );
+        // The recorded second may start before the previous poll: the change is in it.
+        assert_eq!(
+            readiness_time(
+                pod(false, "False", Some(0)),
+                AT + SECOND / 2,
+                AT + 2 * SECOND
+            ),
+            AT
+        );
+        // A condition that changed before the previous poll, or after this one, or whose
+        // status disagrees with the container's, is not this change: the poll's time.
+        assert_eq!(
+            readiness_time(pod(false, "False", Some(-2)), before, poll),
+            poll
+        );
+        assert_eq!(
+            readiness_time(pod(false, "False", Some(3)), before, poll),
+            poll
+        );
+        assert_eq!(
+            readiness_time(pod(false, "True", Some(0)), before, poll),
+            poll
+        );
+        // No condition: the poll's time.
+        assert_eq!(
+            readiness_time(pod(false, "False", None), before, poll),
+            poll
+        );
+    }
+
+    #[test]
+    fn heartbeats_trail_the_latest_poll_by_the_recorded_precision() {
+        let mut polls = Polls::default();
+        assert_eq!(polls.complete_to(AT), AT - SECOND);
+        polls.facts(pod(true, "True", None), None, 90, AT);
+        assert_eq!(polls.complete_to(AT + 5 * SECOND), AT - SECOND);
+        // What a later poll may still report is after the promise.
+        let time = readiness_time(pod(false, "False", Some(0)), AT, AT + 3 * SECOND);
+        assert!(time > polls.complete_to(AT + 5 * SECOND));
     }
 }

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
-use tapio_model::{ContainerExit, ContainerReady, EntityId, FactPayload, Resource, ResourceUsage};
+use tapio_model::{
+    ContainerExit, ContainerReady, EntityId, FactPayload, Resource, ResourceUsage, TimeNs,
+};
 
 /// Why an answer could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,12 @@ pub struct ContainerState {
     pub restart_count: u32,
     /// Whether it passes its readiness probe.
     pub ready: bool,
+    /// When Kubernetes recorded the pod's containers' readiness last changing to what this
+    /// container's is now, ns since the Unix epoch: the `lastTransitionTime` of the pod's
+    /// `ContainersReady` condition (or, without one, its `Ready` condition) when that
+    /// condition's status agrees with this container's readiness. Kubernetes records it to the
+    /// second, so it is a whole second at or up to a second before the transition.
+    pub ready_since: Option<TimeNs>,
     /// The previous instance's termination: (container id, exit code, reason, finished at).
     pub last_terminated: Option<(String, i32, String, String)>,
     /// Memory limit in bytes, when set.
@@ -162,6 +170,24 @@ pub fn pods(body: &[u8]) -> Result<PodsSnapshot, ParseError> {
                 )
             })
             .collect();
+        let conditions = pod
+            .status
+            .iter()
+            .flat_map(|status| status.conditions.iter().flatten());
+        // (status, since) of ContainersReady, else of Ready.
+        let readiness = conditions
+            .clone()
+            .find(|condition| condition.type_ == "ContainersReady")
+            .or_else(|| {
+                conditions
+                    .clone()
+                    .find(|condition| condition.type_ == "Ready")
+            })
+            .and_then(|condition| {
+                let since = condition.last_transition_time.as_ref()?;
+                let ns = u64::try_from(since.0.as_nanosecond()).ok()?;
+                Some((condition.status == "True", ns))
+            });
         for status in pod
             .status
             .iter()
@@ -199,6 +225,9 @@ pub fn pods(body: &[u8]) -> Result<PodsSnapshot, ParseError> {
                         container_id: status.container_id.as_deref().map(bare).unwrap_or_default(),
                         restart_count: u32::try_from(status.restart_count).unwrap_or(0),
                         ready: status.ready,
+                        ready_since: readiness
+                            .filter(|(ready, _)| *ready == status.ready)
+                            .map(|(_, since)| since),
                         last_terminated,
                         memory_limit,
                         cpu_limit,
@@ -210,14 +239,19 @@ pub fn pods(body: &[u8]) -> Result<PodsSnapshot, ParseError> {
     Ok(snapshot)
 }
 
-/// What changed between two polls of `/pods`, as fact payloads:
+/// What changed between two polls of `/pods`, as fact payloads, each with the time Kubernetes
+/// recorded for it when it did:
 ///
 /// - a container whose previous instance's termination is new (another container id or finish
-///   time) → [`ContainerExit`] with its exit code, reason and restart count;
-/// - a container whose readiness flipped → [`ContainerReady`].
+///   time) → [`ContainerExit`] with its exit code, reason and restart count; no time;
+/// - a container whose readiness flipped → [`ContainerReady`], with
+///   [`ContainerState::ready_since`] when it is known.
 ///
 /// Containers seen for the first time report nothing: their history predates the source.
-pub fn pod_changes(previous: &PodsSnapshot, current: &PodsSnapshot) -> Vec<FactPayload> {
+pub fn pod_changes(
+    previous: &PodsSnapshot,
+    current: &PodsSnapshot,
+) -> Vec<(Option<TimeNs>, FactPayload)> {
     let mut out = Vec::new();
     for (key, (pod, now)) in &current.containers {
         let Some((_, before)) = previous.containers.get(key) else {
@@ -226,23 +260,29 @@ pub fn pod_changes(previous: &PodsSnapshot, current: &PodsSnapshot) -> Vec<FactP
         if now.last_terminated != before.last_terminated
             && let Some((container_id, exit_code, reason, _)) = &now.last_terminated
         {
-            out.push(FactPayload::ContainerExit(ContainerExit {
-                container_id: container_id.as_str().into(),
-                container_name: key.1.clone(),
-                pod: Some(pod.clone()),
-                exit_code: *exit_code,
-                reason: reason.clone(),
-                restart_count: now.restart_count,
-            }));
+            out.push((
+                None,
+                FactPayload::ContainerExit(ContainerExit {
+                    container_id: container_id.as_str().into(),
+                    container_name: key.1.clone(),
+                    pod: Some(pod.clone()),
+                    exit_code: *exit_code,
+                    reason: reason.clone(),
+                    restart_count: now.restart_count,
+                }),
+            ));
         }
         if now.ready != before.ready {
-            out.push(FactPayload::ContainerReady(ContainerReady {
-                pod: pod.clone(),
-                container_name: key.1.clone(),
-                container_id: now.container_id.as_str().into(),
-                ready: now.ready,
-                restart_count: now.restart_count,
-            }));
+            out.push((
+                now.ready_since,
+                FactPayload::ContainerReady(ContainerReady {
+                    pod: pod.clone(),
+                    container_name: key.1.clone(),
+                    container_id: now.container_id.as_str().into(),
+                    ready: now.ready,
+                    restart_count: now.restart_count,
+                }),
+            ));
         }
     }
     out
@@ -418,7 +458,7 @@ mod tests {
         let failing = pods(list(false).as_bytes()).unwrap();
         let changes = pod_changes(&ready, &failing);
         assert!(
-            matches!(&changes[..], [FactPayload::ContainerReady(c)]
+            matches!(&changes[..], [(None, FactPayload::ContainerReady(c))]
                 if !c.ready && &*c.container_id == "abc" && c.restart_count == 2 && c.pod.to_string() == "pod/n/p"),
             "{changes:?}"
         );

@@ -36,6 +36,7 @@ pub const FAILURE_KINDS: &[CorrelationKind] = &[
     CorrelationKind::BadRollout,
     CorrelationKind::MemoryExhaustion,
     CorrelationKind::NodePressureEviction,
+    CorrelationKind::ConfigChangeRestart,
 ];
 
 /// The blast radius rule, with its configuration.

@@ -194,4 +194,4 @@ fn correlation(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

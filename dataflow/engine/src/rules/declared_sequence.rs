@@ -5,8 +5,9 @@
 //! container or Service endpoint that stopped being ready), and names the entity it shares
 //! with the step before (`on: process`, `container`, `pod`, `service`, ...). A match is one
 //! observation per step, each on the entity it shares with the one before, none before the
-//! step it follows and all within the bound Δ (`within`) of the first; of several candidates
-//! for a step, the earliest is kept. A match stays current for `keep_for` after its first
+//! step it follows (by more than the sequence's `slack`, for times recorded at a coarser
+//! precision than the step before's) and all within the bound Δ (`within`) of the first; of
+//! several candidates for a step, the earliest is kept. A match stays current for `keep_for` after its first
 //! step, and goes away earlier if an observation in it is retracted (an endpoint becoming
 //! ready again), when the next candidate takes its place.
 //!
@@ -51,6 +52,8 @@ struct Declared {
     links: Vec<EntityKind>,
     kinds: Vec<Arc<str>>,
     within_ns: u64,
+    /// How far a step may come before the step it follows, ns.
+    slack_ns: u64,
     keep_for_ms: u64,
 }
 
@@ -74,6 +77,7 @@ impl Declared {
                 .map(|step| step.kind.as_str().into())
                 .collect(),
             within_ns: u64::try_from(config.within.as_nanos()).unwrap_or(u64::MAX),
+            slack_ns: u64::try_from(config.slack.as_nanos()).unwrap_or(u64::MAX),
             keep_for_ms: u64::try_from(config.keep_for.as_millis()).unwrap_or(u64::MAX),
         })
     }
@@ -293,16 +297,62 @@ fn selected<'scope>(
             .state()
             .flat_map(move |record| select_state(&step_for_state, &record)),
     };
-    retain(records, keep_for_ms, move |selected: &Selected| {
-        clock.tick_of(selected.evidence.time)
-    })
+    retain(
+        with_pods(inputs, records),
+        keep_for_ms,
+        move |selected: &Selected| clock.tick_of(selected.evidence.time),
+    )
+}
+
+/// The container an observation is about when it names no pod (the kernel knows containers,
+/// not pods).
+pub(crate) fn unplaced_container(selected: &Selected) -> Option<EntityId> {
+    if selected.entity(EntityKind::Pod).is_some() {
+        return None;
+    }
+    selected.entity(EntityKind::Container).cloned()
+}
+
+/// `selected` with the pod of its container added to what it is about, when it names a
+/// container but no pod and the container's chain of owners starts with a pod.
+pub(crate) fn placed(mut selected: Selected, owners: &[Hop]) -> Selected {
+    if let Some(pod) = owners.get(1).filter(|hop| hop.entity.kind() == "pod") {
+        selected.about.push(pod.entity.clone());
+    }
+    selected
+}
+
+/// The observations, each about its container's pod too when it names a container but no pod:
+/// the pod whose status lists the container (its ownership chain), so that a step on the pod
+/// follows a kernel observation of the container.
+fn with_pods<'scope>(
+    inputs: &RuleInputs<'scope>,
+    records: VecCollection<'scope, Tick, Selected, isize>,
+) -> VecCollection<'scope, Tick, Selected, isize> {
+    let named = records
+        .clone()
+        .filter(|selected| unplaced_container(selected).is_none());
+    let unplaced = records.flat_map(|selected| Some((unplaced_container(&selected)?, selected)));
+    let found = unplaced.clone().join_core(
+        inputs.ownership_chains_by_entity(),
+        |_, selected, owners| Some(placed(selected.clone(), owners)),
+    );
+    let unknown = unplaced
+        .antijoin(
+            inputs
+                .ownership_chains()
+                .map(|(entity, _)| entity)
+                .distinct(),
+        )
+        .map(|(_, selected)| selected);
+    named.concat(found).concat(unknown)
 }
 
 fn build_one<'scope>(
     inputs: &RuleInputs<'scope>,
     sequence: &Arc<Declared>,
 ) -> VecCollection<'scope, Tick, Correlation, isize> {
-    let within = sequence.within_ns;
+    let (within, slack) = (sequence.within_ns, sequence.slack_ns);
     let mut partial: VecCollection<'scope, Tick, Partial, isize> =
         selected(inputs, &sequence.steps[0], sequence.keep_for_ms).map(|first| vec![first]);
     for (step, &on) in sequence.steps[1..].iter().zip(&sequence.links) {
@@ -318,7 +368,7 @@ fn build_one<'scope>(
             move |steps: &Partial| {
                 let first = steps[0].evidence.time;
                 let last = steps[steps.len() - 1].evidence.time;
-                (last, first.saturating_add(within))
+                (last.saturating_sub(slack), first.saturating_add(within))
             },
             |next: &Selected| next.evidence.time,
         )

@@ -12,6 +12,7 @@ pub mod bad_rollout;
 pub mod blast_radius;
 pub mod burst;
 pub mod co_occurrence;
+pub mod config_change;
 pub mod declared_sequence;
 pub mod dns_failure;
 pub mod inputs;
@@ -59,6 +60,7 @@ pub const TABLE: &[MakeRule] = &[
     burst::from_config,
     co_occurrence::from_config,
     declared_sequence::from_config,
+    config_change::from_config,
     bad_rollout::from_config,
     memory_exhaustion::from_config,
     node_pressure::from_config,

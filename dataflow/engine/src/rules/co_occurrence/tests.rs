@@ -23,13 +23,13 @@ use crate::operators::oracle::{
 use crate::operators::runs::level;
 use crate::rules::Evidence;
 
-const PODS: u64 = 3;
-const WITHIN: TimeNs = 2_000 * MS;
-const KEEP_FOR: TimeNs = 5_000 * MS;
-const LATENESS: TimeNs = 2_000 * MS;
-const SECOND: TimeNs = 1_000 * MS;
+pub(crate) const PODS: u64 = 3;
+pub(crate) const WITHIN: TimeNs = 2_000 * MS;
+pub(crate) const KEEP_FOR: TimeNs = 5_000 * MS;
+pub(crate) const LATENESS: TimeNs = 2_000 * MS;
+pub(crate) const SECOND: TimeNs = 1_000 * MS;
 
-fn config() -> CorrelationConfig {
+pub(crate) fn config() -> CorrelationConfig {
     let mut config = CorrelationConfig::default();
     config.engine.tick = Duration::from_millis(100);
     config.engine.lateness = Duration::from_nanos(LATENESS);
@@ -44,7 +44,7 @@ fn harness() -> RuleHarness {
 }
 
 /// A container exit of `pod` reported by the kubelet on `node`.
-fn exit(seq: u64, node: &str, time_ns: TimeNs, pod: &str) -> Observation {
+pub(crate) fn exit(seq: u64, node: &str, time_ns: TimeNs, pod: &str) -> Observation {
     Observation::Fact(Fact {
         id: FactId::new("kubelet", node, seq),
         time_ns,
@@ -59,7 +59,7 @@ fn exit(seq: u64, node: &str, time_ns: TimeNs, pod: &str) -> Observation {
     })
 }
 
-fn sorted(mut stream: Vec<Observation>, until: TimeNs) -> Vec<Observation> {
+pub(crate) fn sorted(mut stream: Vec<Observation>, until: TimeNs) -> Vec<Observation> {
     stream.extend(heartbeats(T0, until, 500 * MS));
     stream.sort_by_key(|observation| {
         (
@@ -72,7 +72,7 @@ fn sorted(mut stream: Vec<Observation>, until: TimeNs) -> Vec<Observation> {
 
 /// A random stream: bunches of exits of a few of six pods on one of two nodes, on a 250 ms
 /// grid, spread over up to twice the bound; the same pod more than once; exits naming no pod.
-fn stream(rng: &mut Rng) -> Vec<Observation> {
+pub(crate) fn stream(rng: &mut Rng) -> Vec<Observation> {
     let pods = [
         "pod/a/p0", "pod/a/p1", "pod/b/p2", "pod/b/p3", "pod/c/p4", "pod/c/p5",
     ];
@@ -99,7 +99,7 @@ fn stream(rng: &mut Rng) -> Vec<Observation> {
 
 /// From scratch: each node's exits folded tick by tick in entry order into groups within the
 /// bound after a group's first exit, as the rule defines them.
-struct Naive<'a> {
+pub(crate) struct Naive<'a> {
     exits: Vec<(Tick, &'a Fact)>,
     clock: TickClock,
     next: usize,
@@ -114,7 +114,11 @@ fn pod_of(fact: &Fact) -> EntityId {
 }
 
 impl<'a> Naive<'a> {
-    fn new(arrived: &'a [Observation], entered: &[Option<Tick>], clock: TickClock) -> Self {
+    pub(crate) fn new(
+        arrived: &'a [Observation],
+        entered: &[Option<Tick>],
+        clock: TickClock,
+    ) -> Self {
         let mut exits: Vec<(Tick, &Fact)> = arrived
             .iter()
             .zip(entered)
@@ -135,7 +139,7 @@ impl<'a> Naive<'a> {
         }
     }
 
-    fn at(&mut self, tick: Tick) -> BTreeMap<Correlation, i64> {
+    pub(crate) fn at(&mut self, tick: Tick) -> BTreeMap<Correlation, i64> {
         let clock = self.clock;
         let expires = move |group: &Vec<&Fact>| {
             let latest = group.iter().map(|fact| fact.time_ns).max().unwrap_or(0);
