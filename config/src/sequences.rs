@@ -86,6 +86,9 @@ pub struct StepWhere {
     /// An Event's type: `Normal` or `Warning`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_type: Option<String>,
+    /// The systemd unit of a unit restart, exactly (`containerd.service`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 impl StepWhere {
@@ -102,6 +105,7 @@ impl StepWhere {
             signal,
             ready,
             event_type,
+            unit,
         } = self;
         [
             ("reason", reason.is_some()),
@@ -109,6 +113,7 @@ impl StepWhere {
             ("signal", signal.is_some()),
             ("ready", ready.is_some()),
             ("event_type", event_type.is_some()),
+            ("unit", unit.is_some()),
         ]
         .into_iter()
         .filter(|(_, set)| *set)
@@ -191,6 +196,9 @@ named!(
         /// A Service endpoint's readiness (a state record; its time is when it took its
         /// value). About: service, pod, endpoint.
         EndpointReady = "endpoint_ready",
+        /// A systemd unit restarted: a restart job stopped it to start it again (`systemctl
+        /// restart`, or `Restart=` after its process ended). About: unit, node.
+        UnitRestart = "unit_restart",
     }
 );
 
@@ -219,6 +227,8 @@ named!(
         DaemonSet = "daemonset",
         /// A Job.
         Job = "job",
+        /// A systemd unit on a node.
+        Unit = "unit",
     }
 );
 
@@ -229,7 +239,10 @@ impl StepKind {
         use EntityKind::*;
         match self {
             StepKind::OomKill | StepKind::ProcessExit => &[Process, Container],
-            StepKind::ContainerExit | StepKind::ContainerReady => &[Container, Pod],
+            // A container exit is also about the node that reported it, so that a step on the
+            // node (a unit restart) can lead to it.
+            StepKind::ContainerExit => &[Container, Pod, Node],
+            StepKind::ContainerReady => &[Container, Pod],
             StepKind::KubeEvent => &[
                 Pod,
                 Node,
@@ -241,6 +254,7 @@ impl StepKind {
                 Job,
             ],
             StepKind::EndpointReady => &[Service, Pod, Endpoint],
+            StepKind::UnitRestart => &[Unit, Node],
         }
     }
 
@@ -252,6 +266,7 @@ impl StepKind {
             StepKind::ContainerExit => &["reason", "exit_code"],
             StepKind::ContainerReady | StepKind::EndpointReady => &["ready"],
             StepKind::KubeEvent => &["reason", "event_type"],
+            StepKind::UnitRestart => &["unit"],
         }
     }
 }
@@ -503,7 +518,7 @@ mod tests {
         assert_eq!(
             error,
             "unknown entity `podd`; expected one of process, container, pod, service, endpoint, \
-             node, deployment, replicaset, statefulset, daemonset, job"
+             node, deployment, replicaset, statefulset, daemonset, job, unit"
         );
     }
 
