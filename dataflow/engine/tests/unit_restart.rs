@@ -10,9 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tapio_config::{
-    EntityKind, SequenceConfig, StepConfig, StepKind, StepWhere, TapioConfig,
-};
+use tapio_config::{EntityKind, SequenceConfig, StepConfig, StepKind, StepWhere, TapioConfig};
 use tapio_dataflow::{ClusterLayout, Engine, EngineSettings};
 use tapio_model::recording::RecordingReader;
 use tapio_model::{
@@ -157,7 +155,10 @@ fn a_unit_restart_leads_to_the_node_wide_container_exits() {
     assert_eq!(chain.chain[0].entity, unit);
     assert!(matches!(
         &chain.chain[0].observed,
-        Observed::UnitChange { state: UnitState::Restarted, .. }
+        Observed::UnitChange {
+            state: UnitState::Restarted,
+            ..
+        }
     ));
     assert_eq!(chain.chain[1].entity, exit.subject());
     assert_eq!(chain.chain[1].relation, Relation::Caused);

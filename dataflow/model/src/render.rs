@@ -529,7 +529,11 @@ pub fn describe_hop(hop: &Hop, previous: Option<&Hop>) -> String {
                 Some(exit) => {
                     text.push_str(&format!(
                         ", its process was {} by signal {}",
-                        if exit.code == "dumped" { "dumped" } else { "killed" },
+                        if exit.code == "dumped" {
+                            "dumped"
+                        } else {
+                            "killed"
+                        },
                         exit.status
                     ));
                 }

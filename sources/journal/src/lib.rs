@@ -117,7 +117,10 @@ pub fn save_cursor(path: &Path, saved: &Saved) -> Result<(), CursorFileError> {
         path: path.into(),
         source,
     };
-    if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+    if let Some(parent) = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+    {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
     let staged = path.with_extension("new");
@@ -177,8 +180,13 @@ impl Source for JournalSource {
                 None => None,
             };
             match &saved {
-                Some(saved) => tracing::info!(cursor = %saved.cursor, "Resuming the journal after the saved cursor."),
-                None => tracing::info!(read_existing = config.read_existing, "Following the journal from the start of its files or from now."),
+                Some(saved) => {
+                    tracing::info!(cursor = %saved.cursor, "Resuming the journal after the saved cursor.")
+                }
+                None => tracing::info!(
+                    read_existing = config.read_existing,
+                    "Following the journal from the start of its files or from now."
+                ),
             }
             let settings = Settings {
                 directories: config.directories.iter().map(PathBuf::from).collect(),
@@ -207,7 +215,8 @@ impl Source for JournalSource {
             let mut out = Some(out);
             let mut pending: Pending = VecDeque::new();
             let mut position = 0u64;
-            let mut last_cursor: Option<Arc<str>> = saved.as_ref().map(|saved| Arc::from(saved.cursor.as_str()));
+            let mut last_cursor: Option<Arc<str>> =
+                saved.as_ref().map(|saved| Arc::from(saved.cursor.as_str()));
             let mut saved_cursor = last_cursor.clone();
             let mut last_save = Instant::now();
             let save = |pending: &mut Pending, taken: u64, saved_cursor: &mut Option<Arc<str>>| {
@@ -221,10 +230,15 @@ impl Source for JournalSource {
                 if saved_cursor.as_ref() == Some(&cursor) {
                     return;
                 }
-                let saved = Saved { cursor: cursor.to_string(), state };
+                let saved = Saved {
+                    cursor: cursor.to_string(),
+                    state,
+                };
                 match save_cursor(path, &saved) {
                     Ok(()) => *saved_cursor = Some(cursor),
-                    Err(error) => tracing::error!(error = %error, "Cannot save the journal position; a restart would read again what came after the last saved one."),
+                    Err(error) => {
+                        tracing::error!(error = %error, "Cannot save the journal position; a restart would read again what came after the last saved one.")
+                    }
                 }
             };
             loop {

@@ -139,7 +139,8 @@ impl Files {
             .iter()
             .map(|path| path.to_string_lossy().into_owned())
             .collect();
-        let mut journal = OpenFilesOptions::default().open_files(names.iter().map(String::as_str))?;
+        let mut journal =
+            OpenFilesOptions::default().open_files(names.iter().map(String::as_str))?;
         // Unit messages of systemd itself (PID 1), or kernel messages.
         for id in MESSAGE_IDS {
             journal.match_add("MESSAGE_ID", id)?;
@@ -152,9 +153,10 @@ impl Files {
 }
 
 fn text(journal: &mut Journal, field: &str) -> Result<Option<String>, systemd::Error> {
-    Ok(journal
-        .get_data(field)?
-        .and_then(|data| data.value().map(|value| String::from_utf8_lossy(value).into_owned())))
+    Ok(journal.get_data(field)?.and_then(|data| {
+        data.value()
+            .map(|value| String::from_utf8_lossy(value).into_owned())
+    }))
 }
 
 /// The reader.
@@ -221,7 +223,11 @@ impl Reader {
     }
 
     /// One entry's facts, if any.
-    fn entry(journal: &mut Journal, settings: &Settings, state: &mut State) -> Result<Option<(u64, FactPayload)>, systemd::Error> {
+    fn entry(
+        journal: &mut Journal,
+        settings: &Settings,
+        state: &mut State,
+    ) -> Result<Option<(u64, FactPayload)>, systemd::Error> {
         let time_ns = journal.timestamp_usec()?.saturating_mul(1000);
         if let Some(message_id) = text(journal, "MESSAGE_ID")?
             && MESSAGE_IDS.contains(&message_id.as_str())

@@ -16,7 +16,11 @@ const T0: u64 = 1_700_000_000_000_000;
 fn units(first: u64, count: u64) -> Vec<Entry> {
     (first..first + count)
         .map(|i| {
-            let id = if i % 2 == 0 { UNIT_STARTED } else { UNIT_STOPPED };
+            let id = if i % 2 == 0 {
+                UNIT_STARTED
+            } else {
+                UNIT_STOPPED
+            };
             Entry::systemd(T0 + i * 1000, id, &format!("svc-{i}.service"), "unit")
                 .with("JOB_RESULT", "done")
         })
@@ -34,7 +38,9 @@ fn unit_names(facts: &[Fact]) -> Vec<String> {
 }
 
 fn expected_names(first: u64, count: u64) -> Vec<String> {
-    (first..first + count).map(|i| format!("svc-{i}.service")).collect()
+    (first..first + count)
+        .map(|i| format!("svc-{i}.service"))
+        .collect()
 }
 
 #[tokio::test]
@@ -45,8 +51,14 @@ async fn a_restart_resumes_after_the_last_entry_taken_in() {
     let cursor = dir.join("state/journal.cursor");
     // First file: 2500 unit entries (more than two batches), then the start of an OOM record.
     let mut first = units(0, 2500);
-    first.push(Entry::kernel(T0 + 2500 * 1000, "stress invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj=0"));
-    first.push(Entry::kernel(T0 + 2501 * 1000, "Task in /kubepods/pod1 killed as a result of limit of /kubepods/pod1"));
+    first.push(Entry::kernel(
+        T0 + 2500 * 1000,
+        "stress invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj=0",
+    ));
+    first.push(Entry::kernel(
+        T0 + 2501 * 1000,
+        "Task in /kubepods/pod1 killed as a result of limit of /kubepods/pod1",
+    ));
     write_journal(&journals.join("system@0001.journal"), &first);
     let settings = config(&journals, Some(&cursor));
     let (facts, stats) = run(&settings, Duration::from_millis(1000)).await;
@@ -56,7 +68,10 @@ async fn a_restart_resumes_after_the_last_entry_taken_in() {
     let saved = tapio_sources_journal::load_cursor(&cursor)
         .expect("readable")
         .expect("a cursor was saved");
-    assert!(!saved.state.oom.is_idle(), "the open OOM record is kept with the cursor");
+    assert!(
+        !saved.state.oom.is_idle(),
+        "the open OOM record is kept with the cursor"
+    );
 
     // Nothing new: a restart reads nothing again.
     let (facts, stats) = run(&settings, Duration::from_millis(500)).await;
@@ -74,7 +89,10 @@ async fn a_restart_resumes_after_the_last_entry_taken_in() {
     let FactPayload::OomKill(kill) = &facts[0].payload else {
         panic!("the OOM kill first: {:?}", facts[0]);
     };
-    assert_eq!((kill.pid, kill.comm.as_str(), kill.memcg.as_str()), (4242, "stress", "/kubepods/pod1"));
+    assert_eq!(
+        (kill.pid, kill.comm.as_str(), kill.memcg.as_str()),
+        (4242, "stress", "/kubepods/pod1")
+    );
     assert_eq!(kill.rss_pages, 10);
     assert_eq!(unit_names(&facts[1..]), expected_names(2503, 700));
     assert_eq!(stats.received, 701);

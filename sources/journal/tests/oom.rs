@@ -12,7 +12,8 @@ use tapio_model::FactPayload;
 use tapio_sources_journal::oom::{OomParser, OomRecord, killed_process, summary, task_in};
 
 fn expected() -> Value {
-    let text = std::fs::read_to_string(fixtures().join("oom/expected.json")).expect("expected.json");
+    let text =
+        std::fs::read_to_string(fixtures().join("oom/expected.json")).expect("expected.json");
     serde_json::from_str(&text).expect("expected.json parses")
 }
 
@@ -42,8 +43,14 @@ fn time_of(spec: &Value, number: usize) -> u64 {
 fn assert_record(record: &OomRecord, expected: &Value) {
     assert_eq!(u64::from(record.pid), expected["pid"].as_u64().unwrap());
     assert_eq!(record.comm, expected["process_name"].as_str().unwrap());
-    assert_eq!(record.task_memcg, expected["container_name"].as_str().unwrap());
-    assert_eq!(record.oom_memcg, expected["victim_container_name"].as_str().unwrap());
+    assert_eq!(
+        record.task_memcg,
+        expected["container_name"].as_str().unwrap()
+    );
+    assert_eq!(
+        record.oom_memcg,
+        expected["victim_container_name"].as_str().unwrap()
+    );
     assert_eq!(record.constraint, expected["constraint"].as_str().unwrap());
 }
 
@@ -100,10 +107,17 @@ fn single_lines_say_what_their_expectations_say() {
     let derived = &files["cadvisor-cgv2-oomkill-line.log"]["derived_not_asserted_by_cadvisor"];
     let kill = summary(line).unwrap().to_fact();
     assert_eq!(kill.pod_uid.as_deref(), derived["pod_uid"].as_str());
-    assert_eq!(kill.container_id.as_deref(), derived["container_id"].as_str());
+    assert_eq!(
+        kill.container_id.as_deref(),
+        derived["container_id"].as_str()
+    );
     // Inside a record, the summary completes it at once.
     let mut parser = OomParser::default();
-    assert!(parser.line(&lines("cadvisor-line-invoked-oom-killer.log")[0], 1).is_none());
+    assert!(
+        parser
+            .line(&lines("cadvisor-line-invoked-oom-killer.log")[0], 1)
+            .is_none()
+    );
     assert!(!parser.is_idle(), "the start line opens a record");
     assert_record(&parser.line(line, 2).expect("completed"), wanted);
     assert!(parser.is_idle());
@@ -115,7 +129,10 @@ fn single_lines_say_what_their_expectations_say() {
     assert_eq!(limit, wanted["victim_container_name"].as_str().unwrap());
     let mut parser = OomParser::default();
     parser.line("x invoked oom-killer: gfp_mask=0x0", 1);
-    assert!(parser.line(line, 2).is_none(), "the legacy line never completes a record");
+    assert!(
+        parser.line(line, 2).is_none(),
+        "the legacy line never completes a record"
+    );
 
     let line = &lines("cadvisor-line-invoked-oom-killer.log")[0];
     assert!(killed_process(line).is_none() && task_in(line).is_none() && summary(line).is_none());
@@ -128,7 +145,10 @@ fn single_lines_say_what_their_expectations_say() {
     assert_eq!(rss_kb, 1_414_008 + 4);
 
     for (file, spec) in [
-        ("cadvisor-killed-process-names.log", &files["cadvisor-killed-process-names.log"]),
+        (
+            "cadvisor-killed-process-names.log",
+            &files["cadvisor-killed-process-names.log"],
+        ),
         ("npd-oom_kill.log", &files["npd-oom_kill.log"]),
     ] {
         let lines = lines(file);
@@ -136,11 +156,19 @@ fn single_lines_say_what_their_expectations_say() {
             let line = &lines[wanted["line"].as_u64().unwrap() as usize - 1];
             match killed_process(line) {
                 Some((pid, comm, _)) => {
-                    assert_ne!(wanted["yields_pid_and_name"], Value::Bool(false), "{file}: {line}");
+                    assert_ne!(
+                        wanted["yields_pid_and_name"],
+                        Value::Bool(false),
+                        "{file}: {line}"
+                    );
                     assert_eq!(u64::from(pid), wanted["pid"].as_u64().unwrap(), "{file}");
                     assert_eq!(comm, wanted["process_name"].as_str().unwrap(), "{file}");
                 }
-                None => assert_eq!(wanted["yields_pid_and_name"], Value::Bool(false), "{file}: {line}"),
+                None => assert_eq!(
+                    wanted["yields_pid_and_name"],
+                    Value::Bool(false),
+                    "{file}: {line}"
+                ),
             }
         }
     }
@@ -174,7 +202,11 @@ async fn the_fixtures_read_from_a_journal_file_are_the_expected_kills() {
     }
     write_journal(&dir.join("system.journal"), &entries);
     let (facts, stats) = run(&common::config(&dir, None), Duration::from_millis(1500)).await;
-    assert_eq!(stats.received, entries.len() as u64, "every kernel entry is read");
+    assert_eq!(
+        stats.received,
+        entries.len() as u64,
+        "every kernel entry is read"
+    );
     assert_eq!(stats.errors, 0);
     assert_eq!(facts.len(), wanted.len(), "{facts:?}");
     for (fact, (record, time_ns)) in facts.iter().zip(&wanted) {
@@ -189,7 +221,10 @@ async fn the_fixtures_read_from_a_journal_file_are_the_expected_kills() {
         let task = record["container_name"].as_str().unwrap();
         let docker = task.strip_prefix("/docker/");
         assert_eq!(kill.container_id.as_deref(), docker);
-        assert!(kill.rss_pages > 0, "the Killed process line gives the resident memory");
+        assert!(
+            kill.rss_pages > 0,
+            "the Killed process line gives the resident memory"
+        );
     }
     std::fs::remove_dir_all(dir).expect("clean up");
 }

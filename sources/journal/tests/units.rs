@@ -41,55 +41,174 @@ async fn systemd_messages_become_unit_changes() {
     };
     let entries = vec![
         // kubelet starts, crashes with status 1, is restarted by Restart=always.
-        job(Entry::systemd(t(1), UNIT_STARTED, "kubelet.service", "Started kubelet: The Kubernetes Node Agent."), "start", Some("done")),
-        Entry::systemd(t(2), UNIT_PROCESS_EXIT, "kubelet.service", "kubelet.service: Main process exited, code=exited, status=1/FAILURE")
-            .with("EXIT_CODE", "exited").with("EXIT_STATUS", "1"),
-        Entry::systemd(t(3), UNIT_FAILURE_RESULT, "kubelet.service", "kubelet.service: Failed with result 'exit-code'.")
-            .with("UNIT_RESULT", "exit-code"),
-        Entry::systemd(t(4), "5eb03494b6584870a536b337290809b3", "kubelet.service", "kubelet.service: Scheduled restart job, restart counter is at 1.")
-            .with("N_RESTARTS", "1"),
-        job(Entry::systemd(t(5), UNIT_STOPPED, "kubelet.service", "Stopped kubelet: The Kubernetes Node Agent."), "restart", Some("done")),
-        job(Entry::systemd(t(6), UNIT_STARTED, "kubelet.service", "Started kubelet: The Kubernetes Node Agent."), "start", Some("done")),
+        job(
+            Entry::systemd(
+                t(1),
+                UNIT_STARTED,
+                "kubelet.service",
+                "Started kubelet: The Kubernetes Node Agent.",
+            ),
+            "start",
+            Some("done"),
+        ),
+        Entry::systemd(
+            t(2),
+            UNIT_PROCESS_EXIT,
+            "kubelet.service",
+            "kubelet.service: Main process exited, code=exited, status=1/FAILURE",
+        )
+        .with("EXIT_CODE", "exited")
+        .with("EXIT_STATUS", "1"),
+        Entry::systemd(
+            t(3),
+            UNIT_FAILURE_RESULT,
+            "kubelet.service",
+            "kubelet.service: Failed with result 'exit-code'.",
+        )
+        .with("UNIT_RESULT", "exit-code"),
+        Entry::systemd(
+            t(4),
+            "5eb03494b6584870a536b337290809b3",
+            "kubelet.service",
+            "kubelet.service: Scheduled restart job, restart counter is at 1.",
+        )
+        .with("N_RESTARTS", "1"),
+        job(
+            Entry::systemd(
+                t(5),
+                UNIT_STOPPED,
+                "kubelet.service",
+                "Stopped kubelet: The Kubernetes Node Agent.",
+            ),
+            "restart",
+            Some("done"),
+        ),
+        job(
+            Entry::systemd(
+                t(6),
+                UNIT_STARTED,
+                "kubelet.service",
+                "Started kubelet: The Kubernetes Node Agent.",
+            ),
+            "start",
+            Some("done"),
+        ),
         // containerd restarted by hand.
-        job(Entry::systemd(t(7), "de5b426a63be47a7b6ac3eaac82e2f6f", "containerd.service", "Stopping containerd container runtime..."), "stop", None),
-        job(Entry::systemd(t(8), UNIT_STOPPED, "containerd.service", "Stopped containerd container runtime."), "restart", Some("done")),
-        job(Entry::systemd(t(9), UNIT_STARTED, "containerd.service", "Started containerd container runtime."), "start", Some("done")),
+        job(
+            Entry::systemd(
+                t(7),
+                "de5b426a63be47a7b6ac3eaac82e2f6f",
+                "containerd.service",
+                "Stopping containerd container runtime...",
+            ),
+            "stop",
+            None,
+        ),
+        job(
+            Entry::systemd(
+                t(8),
+                UNIT_STOPPED,
+                "containerd.service",
+                "Stopped containerd container runtime.",
+            ),
+            "restart",
+            Some("done"),
+        ),
+        job(
+            Entry::systemd(
+                t(9),
+                UNIT_STARTED,
+                "containerd.service",
+                "Started containerd container runtime.",
+            ),
+            "start",
+            Some("done"),
+        ),
         // A service killed by SIGKILL while starting: its start job fails.
-        Entry::systemd(t(10), UNIT_PROCESS_EXIT, "db.service", "db.service: Main process exited, code=killed, status=9/KILL")
-            .with("EXIT_CODE", "killed").with("EXIT_STATUS", "9"),
-        Entry::systemd(t(11), UNIT_FAILURE_RESULT, "db.service", "db.service: Failed with result 'signal'.")
-            .with("UNIT_RESULT", "signal"),
-        job(Entry::systemd(t(12), UNIT_FAILED, "db.service", "Failed to start db.service."), "start", Some("failed")),
+        Entry::systemd(
+            t(10),
+            UNIT_PROCESS_EXIT,
+            "db.service",
+            "db.service: Main process exited, code=killed, status=9/KILL",
+        )
+        .with("EXIT_CODE", "killed")
+        .with("EXIT_STATUS", "9"),
+        Entry::systemd(
+            t(11),
+            UNIT_FAILURE_RESULT,
+            "db.service",
+            "db.service: Failed with result 'signal'.",
+        )
+        .with("UNIT_RESULT", "signal"),
+        job(
+            Entry::systemd(
+                t(12),
+                UNIT_FAILED,
+                "db.service",
+                "Failed to start db.service.",
+            ),
+            "start",
+            Some("failed"),
+        ),
         // Stopped on purpose.
-        job(Entry::systemd(t(13), UNIT_STOPPED, "db.service", "Stopped db.service."), "stop", Some("done")),
+        job(
+            Entry::systemd(t(13), UNIT_STOPPED, "db.service", "Stopped db.service."),
+            "stop",
+            Some("done"),
+        ),
         // Not a service: filtered out.
-        job(Entry::systemd(t(14), UNIT_STARTED, "session-3.scope", "Started Session 3 of User root."), "start", Some("done")),
+        job(
+            Entry::systemd(
+                t(14),
+                UNIT_STARTED,
+                "session-3.scope",
+                "Started Session 3 of User root.",
+            ),
+            "start",
+            Some("done"),
+        ),
         // The same id from a process that is not systemd: not systemd's word.
-        Entry::systemd(t(15), UNIT_STARTED, "kubelet.service", "Started kubelet").with("_PID", "4242"),
+        Entry::systemd(t(15), UNIT_STARTED, "kubelet.service", "Started kubelet")
+            .with("_PID", "4242"),
         // A kernel line that is no OOM kill.
         Entry::kernel(t(16), "eth0: link up"),
     ];
     // The impostor keeps only its own _PID.
     let mut entries = entries;
-    entries[14].0.retain(|(name, value)| !(name == "_PID" && value == b"1"));
+    entries[14]
+        .0
+        .retain(|(name, value)| !(name == "_PID" && value == b"1"));
     write_journal(&dir.join("system.journal"), &entries);
     let (facts, stats) = run(&config(&dir, None), Duration::from_millis(800)).await;
     assert_eq!(
         payloads(&facts),
         vec![
             change("kubelet.service", UnitState::Started, "done", None),
-            change("kubelet.service", UnitState::Failed, "exit-code", Some(("exited", 1))),
+            change(
+                "kubelet.service",
+                UnitState::Failed,
+                "exit-code",
+                Some(("exited", 1))
+            ),
             change("kubelet.service", UnitState::Restarted, "done", None),
             change("kubelet.service", UnitState::Started, "done", None),
             change("containerd.service", UnitState::Restarted, "done", None),
             change("containerd.service", UnitState::Started, "done", None),
-            change("db.service", UnitState::Failed, "signal", Some(("killed", 9))),
+            change(
+                "db.service",
+                UnitState::Failed,
+                "signal",
+                Some(("killed", 9))
+            ),
             change("db.service", UnitState::StartFailed, "failed", None),
             change("db.service", UnitState::Stopped, "done", None),
         ]
     );
     assert_eq!(facts[0].time_ns, t(1) * 1000);
-    assert_eq!(facts[1].subject().to_string(), "unit/node-1/kubelet.service");
+    assert_eq!(
+        facts[1].subject().to_string(),
+        "unit/node-1/kubelet.service"
+    );
     // The entries read are systemd's (PID 1) catalogued ones and the kernel's: not the
     // Stopping and Scheduled-restart messages, nor the impostor.
     assert_eq!(stats.received, 13);
@@ -141,10 +260,16 @@ async fn the_sonobuoy_node_journals_read_back_exactly() {
                 let result = field("RESULT");
                 match field("MESSAGE_ID").as_str() {
                     UNIT_STARTED => {
-                        wanted.insert(time_us, change("kubelet.service", UnitState::Started, &result, None));
+                        wanted.insert(
+                            time_us,
+                            change("kubelet.service", UnitState::Started, &result, None),
+                        );
                     }
                     UNIT_STOPPED => {
-                        wanted.insert(time_us, change("kubelet.service", UnitState::Stopped, &result, None));
+                        wanted.insert(
+                            time_us,
+                            change("kubelet.service", UnitState::Stopped, &result, None),
+                        );
                     }
                     _ => {}
                 }
@@ -156,7 +281,11 @@ async fn the_sonobuoy_node_journals_read_back_exactly() {
         nodes += 1;
     }
     assert_eq!(nodes, 3);
-    assert!(wanted.len() >= 30, "the kubelet restarted many times: {}", wanted.len());
+    assert!(
+        wanted.len() >= 30,
+        "the kubelet restarted many times: {}",
+        wanted.len()
+    );
     let mut settings = config(&journals, None);
     settings.unit_filter = vec!["kubelet.service".into()];
     let (facts, stats) = run(&settings, Duration::from_millis(2000)).await;
@@ -168,7 +297,11 @@ async fn the_sonobuoy_node_journals_read_back_exactly() {
     assert_eq!(got, wanted);
     // journalctl with the same matches reads as many entries (one JSON object a line).
     let mut journalctl = Command::new("journalctl");
-    journalctl.arg("--directory").arg(&journals).arg("-o").arg("json");
+    journalctl
+        .arg("--directory")
+        .arg(&journals)
+        .arg("-o")
+        .arg("json");
     for id in tapio_sources_journal::units::MESSAGE_IDS {
         journalctl.arg(format!("MESSAGE_ID={id}"));
     }

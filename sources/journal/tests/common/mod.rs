@@ -23,13 +23,19 @@ impl Entry {
     /// An entry at `realtime_us` with the fields every journald entry has.
     pub fn at(realtime_us: u64) -> Entry {
         Entry(vec![
-            ("__REALTIME_TIMESTAMP".into(), realtime_us.to_string().into()),
+            (
+                "__REALTIME_TIMESTAMP".into(),
+                realtime_us.to_string().into(),
+            ),
             (
                 "__MONOTONIC_TIMESTAMP".into(),
                 (realtime_us - 1_700_000_000_000_000).to_string().into(),
             ),
             ("_BOOT_ID".into(), BOOT_ID.into()),
-            ("_MACHINE_ID".into(), "fedcba9876543210fedcba9876543210".into()),
+            (
+                "_MACHINE_ID".into(),
+                "fedcba9876543210fedcba9876543210".into(),
+            ),
             ("_HOSTNAME".into(), "node-1".into()),
         ])
     }
@@ -117,7 +123,9 @@ pub fn config(directory: &Path, cursor_file: Option<&Path>) -> SystemdCollectorC
         enabled: true,
         unit_filter: vec!["*.service".into()],
         directories: vec![directory.display().to_string()],
-        cursor_file: cursor_file.map(|path| path.display().to_string()).unwrap_or_default(),
+        cursor_file: cursor_file
+            .map(|path| path.display().to_string())
+            .unwrap_or_default(),
         read_existing: true,
         oom: true,
         poll_interval: Duration::from_millis(20),
