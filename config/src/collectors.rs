@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::error::ConfigError;
 use crate::model::{
     CollectorsConfig, KernelCollectorConfig, KubeletCollectorConfig, KubernetesCollectorConfig,
-    RecordingCollectorConfig,
+    RecordingCollectorConfig, SystemdCollectorConfig,
 };
 use crate::validate::{HOUR, check_url, count_in, duration_in, invalid};
 
@@ -26,7 +26,8 @@ impl CollectorsConfig {
         self.kernel.validate(&key(path, "kernel"))?;
         self.recording.validate(&key(path, "recording"))?;
         self.kubernetes.validate(&key(path, "kubernetes"))?;
-        self.kubelet.validate(&key(path, "kubelet"))
+        self.kubelet.validate(&key(path, "kubelet"))?;
+        self.systemd.validate(&key(path, "systemd"))
     }
 }
 
@@ -173,6 +174,39 @@ impl KubeletCollectorConfig {
     }
 }
 
+impl SystemdCollectorConfig {
+    /// Checks this section, found at `path` (`collectors.systemd`).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key path: an empty or oversized list, an empty pattern or
+    /// directory (`unit_filter[2]`), or a poll interval out of range.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        for (name, list, most) in [
+            ("unit_filter", &self.unit_filter, 64),
+            ("directories", &self.directories, 16),
+        ] {
+            if list.is_empty() || list.len() > most {
+                return Err(invalid(
+                    &key(path, name),
+                    format!("must hold 1 to {most} entries, got {}", list.len()),
+                ));
+            }
+            if let Some(index) = list.iter().position(|entry| entry.trim().is_empty()) {
+                return Err(invalid(
+                    &format!("{path}.{name}[{index}]"),
+                    "must not be empty",
+                ));
+            }
+        }
+        duration_in(
+            &key(path, "poll_interval"),
+            self.poll_interval,
+            Duration::from_millis(10),
+            Duration::from_secs(10),
+        )
+    }
+}
+
 /// Whether `name` is a DNS-1123 label, the form of a namespace name.
 fn is_dns_label(name: &str) -> bool {
     !name.is_empty()
@@ -236,6 +270,35 @@ fn selector_problem(selector: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_systemd_section_names_the_bad_entry() {
+        let systemd = SystemdCollectorConfig {
+            unit_filter: vec!["*.service".into(), " ".into()],
+            ..SystemdCollectorConfig::default()
+        };
+        let error = systemd
+            .validate("collectors.systemd")
+            .expect_err("empty pattern");
+        assert_eq!(error.key_path, "collectors.systemd.unit_filter[1]");
+        let systemd = SystemdCollectorConfig {
+            directories: Vec::new(),
+            ..SystemdCollectorConfig::default()
+        };
+        let error = systemd
+            .validate("collectors.systemd")
+            .expect_err("no directory");
+        assert_eq!(error.key_path, "collectors.systemd.directories");
+        let systemd = SystemdCollectorConfig {
+            poll_interval: Duration::from_millis(5),
+            ..SystemdCollectorConfig::default()
+        };
+        let error = systemd
+            .validate("collectors.systemd")
+            .expect_err("too fast");
+        assert_eq!(error.key_path, "collectors.systemd.poll_interval");
+        assert!(SystemdCollectorConfig::default().validate("c").is_ok());
+    }
 
     #[test]
     fn a_section_names_its_keys_under_the_path_it_is_given() {

@@ -30,7 +30,8 @@ pub use model::{
     CollectorsConfig, ConfigChangeConfig, CorrelationConfig, DnsFailureConfig, EngineConfig,
     IntegrationsConfig, KernelCollectorConfig, KubeletCollectorConfig, KubernetesCollectorConfig,
     MemoryExhaustionConfig, NatsConfig, Neo4jConfig, NodePressureConfig, OomSequenceConfig,
-    OwnershipConfig, RecordingCollectorConfig, RestartLoopConfig, ServiceGraphConfig, TapioConfig,
+    OwnershipConfig, RecordingCollectorConfig, RestartLoopConfig, ServiceGraphConfig,
+    SystemdCollectorConfig, TapioConfig,
 };
 pub use sequences::{
     EntityKind, MAX_STEPS, SequenceConfig, StepConfig, StepKind, StepWhere, builtin_sequences,

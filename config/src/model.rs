@@ -62,6 +62,10 @@ pub struct CollectorsConfig {
     /// Polls this node's kubelet. Default: disabled.
     #[serde(deserialize_with = "null_as_default")]
     pub kubelet: KubeletCollectorConfig,
+    /// Follows the node's systemd journal: unit lifecycle and kernel OOM kills. Default:
+    /// disabled.
+    #[serde(deserialize_with = "null_as_default")]
+    pub systemd: SystemdCollectorConfig,
 }
 
 #[expect(
@@ -75,6 +79,7 @@ impl Default for CollectorsConfig {
             recording: RecordingCollectorConfig::default(),
             kubernetes: KubernetesCollectorConfig::default(),
             kubelet: KubeletCollectorConfig::default(),
+            systemd: SystemdCollectorConfig::default(),
         }
     }
 }
@@ -258,6 +263,55 @@ impl Default for KubeletCollectorConfig {
             poll_interval: Duration::from_secs(10),
             // 90%: close enough to the limit that an OOM kill or throttling is likely next.
             usage_threshold_percent: 90,
+        }
+    }
+}
+
+/// Follows the systemd journal of the node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SystemdCollectorConfig {
+    /// Whether the journal is followed. Default: `false`.
+    pub enabled: bool,
+    /// Units whose lifecycle is reported, as globs (`*` any run of characters, `?` one), e.g.
+    /// `kubelet.service`, `*.service`; 1 to 64 non-empty patterns. Default: `["*.service"]`.
+    pub unit_filter: Vec<String>,
+    /// Directories holding the journal files read: every `*.journal` and `*.journal~` file in
+    /// them and in their subdirectories one level down (journald's `<machine-id>/`); 1 to 16
+    /// non-empty paths. A directory that does not exist is skipped. Default:
+    /// `["/var/log/journal", "/run/log/journal"]` (journald's persistent and volatile stores).
+    pub directories: Vec<String>,
+    /// File where the position in the journal (its cursor) is kept, so that a restart resumes
+    /// after the last entry the dataflow took in. Empty: not kept, every start begins afresh.
+    /// Default: `/var/lib/tapio/journal.cursor`.
+    pub cursor_file: String,
+    /// Without a kept position: read the entries already in the journal (`true`) or only
+    /// those written from now on (`false`). Default: `false`.
+    pub read_existing: bool,
+    /// Kernel messages (`_TRANSPORT=kernel`) are parsed for OOM kills. Default: `true`.
+    pub oom: bool,
+    /// How often the journal is checked for new entries and new files when it has nothing
+    /// new, `10ms..=10s`. Default: `250ms`.
+    #[serde(with = "humantime_str")]
+    pub poll_interval: Duration,
+}
+
+impl Default for SystemdCollectorConfig {
+    fn default() -> Self {
+        SystemdCollectorConfig {
+            // Off: needs read access to the node's journal (root or the systemd-journal group).
+            enabled: false,
+            // Services: the units that run daemons (kubelet, containerd, ...).
+            unit_filter: vec!["*.service".into()],
+            // journald's persistent store, then its volatile one.
+            directories: vec!["/var/log/journal".into(), "/run/log/journal".into()],
+            // Beside Tapio's other state on the node.
+            cursor_file: "/var/lib/tapio/journal.cursor".into(),
+            // Only new entries: a first start does not report the node's whole history.
+            read_existing: false,
+            oom: true,
+            // A unit restart reaches the dataflow well within a tick of the default lateness.
+            poll_interval: Duration::from_millis(250),
         }
     }
 }

@@ -100,6 +100,9 @@ pub struct StepWhere {
     /// An Event's type: `Normal` or `Warning`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_type: Option<String>,
+    /// The systemd unit of a unit restart, exactly (`containerd.service`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 impl StepWhere {
@@ -116,6 +119,7 @@ impl StepWhere {
             signal,
             ready,
             event_type,
+            unit,
         } = self;
         [
             ("reason", reason.is_some()),
@@ -123,6 +127,7 @@ impl StepWhere {
             ("signal", signal.is_some()),
             ("ready", ready.is_some()),
             ("event_type", event_type.is_some()),
+            ("unit", unit.is_some()),
         ]
         .into_iter()
         .filter(|(_, set)| *set)
@@ -206,6 +211,9 @@ named!(
         /// A Service endpoint's readiness (a state record; its time is when it took its
         /// value). About: service, pod, endpoint.
         EndpointReady = "endpoint_ready",
+        /// A systemd unit restarted: a restart job stopped it to start it again (`systemctl
+        /// restart`, or `Restart=` after its process ended). About: unit, node.
+        UnitRestart = "unit_restart",
     }
 );
 
@@ -234,6 +242,8 @@ named!(
         DaemonSet = "daemonset",
         /// A Job.
         Job = "job",
+        /// A systemd unit on a node.
+        Unit = "unit",
     }
 );
 
@@ -244,7 +254,10 @@ impl StepKind {
         use EntityKind::*;
         match self {
             StepKind::OomKill | StepKind::ProcessExit => &[Process, Container],
-            StepKind::ContainerExit | StepKind::ContainerReady => &[Container, Pod],
+            // A container exit is also about the node that reported it, so that a step on the
+            // node (a unit restart) can lead to it.
+            StepKind::ContainerExit => &[Container, Pod, Node],
+            StepKind::ContainerReady => &[Container, Pod],
             StepKind::KubeEvent => &[
                 Pod,
                 Node,
@@ -256,6 +269,7 @@ impl StepKind {
                 Job,
             ],
             StepKind::EndpointReady => &[Service, Pod, Endpoint],
+            StepKind::UnitRestart => &[Unit, Node],
         }
     }
 
@@ -267,6 +281,7 @@ impl StepKind {
             StepKind::ContainerExit => &["reason", "exit_code"],
             StepKind::ContainerReady | StepKind::EndpointReady => &["ready"],
             StepKind::KubeEvent => &["reason", "event_type"],
+            StepKind::UnitRestart => &["unit"],
         }
     }
 }
@@ -523,7 +538,7 @@ mod tests {
         assert_eq!(
             error,
             "unknown entity `podd`; expected one of process, container, pod, service, endpoint, \
-             node, deployment, replicaset, statefulset, daemonset, job"
+             node, deployment, replicaset, statefulset, daemonset, job, unit"
         );
     }
 

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::entity::EntityId;
 use crate::observation::{
     ConditionStatus, ConnectOutcome, DnsOutcome, EventType, FactId, FactPayload, FileOp, Resource,
+    UnitExit, UnitState,
 };
 use crate::time::TimeNs;
 
@@ -313,6 +314,15 @@ pub enum Observed {
         /// Time from the query to the response or the timeout, ns.
         latency_ns: u64,
     },
+    /// A systemd unit changed state.
+    UnitChange {
+        /// What happened to it.
+        state: UnitState,
+        /// systemd's result (empty when it gave none).
+        result: Arc<str>,
+        /// How its process ended just before, when systemd logged it.
+        exit: Option<UnitExit>,
+    },
     /// One of a Service's endpoints became ready or stopped being ready (EndpointSlice).
     EndpointReady {
         /// The endpoint, `ip:port`.
@@ -409,6 +419,11 @@ impl Observed {
                 server: address(&query.server),
                 outcome: query.outcome,
                 latency_ns: query.latency_ns,
+            },
+            FactPayload::UnitChange(change) => Observed::UnitChange {
+                state: change.state,
+                result: text(&change.result),
+                exit: change.exit.clone(),
             },
         }
     }

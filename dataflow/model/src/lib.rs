@@ -34,6 +34,6 @@ pub use observation::{
     InvalidObservation, KubeEvent, NodeCondition, Observation, OomKill, OwnerRef, PodContainer,
     ProcessContainer, ProcessExec, ProcessExit, ProcessFork, ProcessRef, Resource, ResourceUsage,
     ServiceEndpoint, ServiceObject, StateObject, StateRecord, StateUpdate, TcpAccept, TcpClose,
-    TcpConnect, TcpRetransmit, WorkloadObject, dns_type_name,
+    TcpConnect, TcpRetransmit, UnitChange, UnitExit, UnitState, WorkloadObject, dns_type_name,
 };
 pub use time::{MAX_PLAUSIBLE_NS, MIN_PLAUSIBLE_NS, TimeNs, format_time, stable_hash};

@@ -125,6 +125,9 @@ pub enum FactPayload {
     ResourceUsage(ResourceUsage),
     /// A DNS lookup ended: answered, failed with an error code, or timed out.
     DnsQuery(DnsQuery),
+    /// A systemd unit on the node started, stopped, restarted or failed (from systemd's own
+    /// journal messages).
+    UnitChange(UnitChange),
 }
 
 impl FactPayload {
@@ -146,6 +149,7 @@ impl FactPayload {
             FactPayload::ContainerReady(_) => "container_ready",
             FactPayload::ResourceUsage(_) => "resource_usage",
             FactPayload::DnsQuery(_) => "dns_query",
+            FactPayload::UnitChange(_) => "unit_change",
         }
     }
 }
@@ -197,6 +201,10 @@ impl Fact {
             }
             FactPayload::DnsQuery(query) => EntityId::Dns {
                 name: query.name.as_str().into(),
+            },
+            FactPayload::UnitChange(change) => EntityId::Unit {
+                node: self.id.node.clone(),
+                name: change.unit.as_str().into(),
             },
         }
     }
@@ -515,6 +523,61 @@ pub struct DnsQuery {
     pub answers: Vec<std::net::IpAddr>,
     /// Time from the query to the response (or to the timeout), ns.
     pub latency_ns: u64,
+}
+
+/// What happened to a systemd unit, as systemd's own journal message (its `MESSAGE_ID`) says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitState {
+    /// A start job finished: the unit is up (`Started …`).
+    Started,
+    /// A stop job finished: the unit is down (`Stopped …`).
+    Stopped,
+    /// A restart job stopped the unit to start it again: `systemctl restart`, or systemd's own
+    /// `Restart=` after the main process ended (`Stopped …` of a job of type `restart`).
+    Restarted,
+    /// The unit failed (`Failed with result '…'`), with systemd's result for it.
+    Failed,
+    /// A start job did not succeed (`Failed to start …`, `Dependency failed for …`).
+    StartFailed,
+}
+
+impl UnitState {
+    /// The snake_case name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitState::Started => "started",
+            UnitState::Stopped => "stopped",
+            UnitState::Restarted => "restarted",
+            UnitState::Failed => "failed",
+            UnitState::StartFailed => "start_failed",
+        }
+    }
+}
+
+/// How a unit's process ended, as systemd logged it (`EXIT_CODE`, `EXIT_STATUS`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct UnitExit {
+    /// `exited` (it called exit), `killed` (a signal ended it) or `dumped` (a signal ended it
+    /// with a core dump).
+    pub code: String,
+    /// The exit status when it exited, the signal number otherwise.
+    pub status: i32,
+}
+
+/// A systemd unit changed state.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct UnitChange {
+    /// The unit, e.g. `kubelet.service`.
+    pub unit: String,
+    /// What happened to it.
+    pub state: UnitState,
+    /// systemd's result: of the unit for `failed` (`exit-code`, `signal`, `timeout`,
+    /// `oom-kill`, `core-dump`, `watchdog`, ...), of the job otherwise (`done`, `failed`,
+    /// `timeout`, `dependency`, ...); empty when the message had none.
+    pub result: String,
+    /// How the unit's process ended just before it failed, when systemd logged it.
+    pub exit: Option<UnitExit>,
 }
 
 /// A retractable change to the state of the world: `diff` +1 inserts `record`, -1 retracts it.

@@ -534,6 +534,34 @@ pub fn describe_hop(hop: &Hop, previous: Option<&Hop>) -> String {
                 latency_ns / 1_000_000
             )
         }
+        Observed::UnitChange {
+            state,
+            result,
+            exit,
+        } => {
+            let mut text = format!("unit {}", state.as_str().replace('_', " "));
+            if !result.is_empty() {
+                text.push_str(&format!(" with result {result}"));
+            }
+            match exit {
+                Some(exit) if exit.code == "exited" => {
+                    text.push_str(&format!(", its process exited with status {}", exit.status));
+                }
+                Some(exit) => {
+                    text.push_str(&format!(
+                        ", its process was {} by signal {}",
+                        if exit.code == "dumped" {
+                            "dumped"
+                        } else {
+                            "killed"
+                        },
+                        exit.status
+                    ));
+                }
+                None => {}
+            }
+            text
+        }
         Observed::EndpointReady { address, ready } => format!(
             "endpoint {address} {}",
             if *ready { "ready" } else { "not ready" }

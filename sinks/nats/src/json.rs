@@ -344,6 +344,22 @@ impl Writer<'_> {
                 },
                 "latency_ns" => w.u64(p.latency_ns),
             ),
+            FactPayload::UnitChange(p) => fields!(w,
+                "unit" => w.str(&p.unit),
+                "state" => w.str(p.state.as_str()),
+                "result" => w.str(&p.result),
+                "exit" => match &p.exit {
+                    Some(exit) => {
+                        w.raw("{");
+                        fields!(w,
+                            "code" => w.str(&exit.code),
+                            "status" => w.i64(i64::from(exit.status)),
+                        );
+                        w.raw("}");
+                    }
+                    None => w.raw("null"),
+                },
+            ),
         }
     }
 
@@ -498,7 +514,7 @@ mod tests {
         FileChanged, FileOpenFailed, Heartbeat, KubeEvent, NodeCondition, OomKill, PodContainer,
         ProcessContainer, ProcessExec, ProcessExit, ProcessFork, Resource, ResourceUsage,
         ServiceEndpoint, ServiceObject, StateRecord, StateUpdate, TcpAccept, TcpClose, TcpConnect,
-        TcpRetransmit, WorkloadObject,
+        TcpRetransmit, UnitChange, UnitExit, UnitState, WorkloadObject,
     };
 
     fn assert_same(observation: &Observation) {
@@ -660,7 +676,7 @@ mod tests {
         }
 
         fn payload(&mut self) -> FactPayload {
-            match self.below(15) {
+            match self.below(16) {
                 0 => FactPayload::ProcessExec(ProcessExec {
                     pid: self.u32(),
                     ppid: self.u32(),
@@ -802,6 +818,21 @@ mod tests {
                     rcode: self.bool().then(|| self.next() as u16 & 0xfff),
                     answers: (0..self.below(4)).map(|_| self.address().ip()).collect(),
                     latency_ns: self.u64(),
+                }),
+                15 => FactPayload::UnitChange(UnitChange {
+                    unit: self.text(),
+                    state: [
+                        UnitState::Started,
+                        UnitState::Stopped,
+                        UnitState::Restarted,
+                        UnitState::Failed,
+                        UnitState::StartFailed,
+                    ][self.below(5) as usize],
+                    result: self.text(),
+                    exit: self.bool().then(|| UnitExit {
+                        code: self.text(),
+                        status: self.i32(),
+                    }),
                 }),
                 _ => FactPayload::ResourceUsage(ResourceUsage {
                     pod: self.entity(),

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tapio_config::{CorrelationConfig, EntityKind, SequenceConfig, StepConfig, StepKind};
 use tapio_model::{
     Basis, Confidence, Correlation, CorrelationKind, Detail, EntityId, Fact, FactPayload, Hop,
-    Relation, StateObject, StateRecord,
+    Relation, StateObject, StateRecord, UnitState,
 };
 
 use super::{Evidence, Rule, RuleInputs};
@@ -122,6 +122,13 @@ fn process(fact: &Fact, pid: u32, start_ns: u64) -> EntityId {
     }
 }
 
+/// The node a fact was observed on.
+fn node(fact: &Fact) -> EntityId {
+    EntityId::Node {
+        name: Arc::clone(&fact.id.node),
+    }
+}
+
 fn container(id: &Option<Arc<str>>) -> Option<EntityId> {
     id.as_ref()
         .filter(|id| !id.is_empty())
@@ -166,10 +173,19 @@ pub(crate) fn select_fact(step: &StepConfig, fact: &Fact) -> Option<Selected> {
             [
                 container(&Some(Arc::clone(&exit.container_id))),
                 exit.pod.clone(),
+                Some(node(fact)),
             ]
             .into_iter()
             .flatten()
             .collect()
+        }
+        (FactPayload::UnitChange(change), StepKind::UnitRestart) => {
+            if change.state != UnitState::Restarted
+                || when.unit.as_ref().is_some_and(|unit| *unit != change.unit)
+            {
+                return None;
+            }
+            vec![fact.subject(), node(fact)]
         }
         (FactPayload::ContainerReady(ready), StepKind::ContainerReady) => {
             if when.ready.is_some_and(|wanted| wanted != ready.ready) {
@@ -241,6 +257,7 @@ fn fact_kind(kind: StepKind) -> Option<&'static str> {
         StepKind::ContainerExit => Some("container_exit"),
         StepKind::ContainerReady => Some("container_ready"),
         StepKind::KubeEvent => Some("kube_event"),
+        StepKind::UnitRestart => Some("unit_change"),
         StepKind::EndpointReady => None,
     }
 }
