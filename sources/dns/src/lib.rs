@@ -1,9 +1,10 @@
 //! The start of the DNS collector (layer L2; depends on `tapio-model`): DNS lookups as Tapio
 //! sees them on the wire.
 //!
-//! - [`message::decode`] reads one DNS message: header, questions, answers (A, AAAA, CNAME),
-//!   the response code with its EDNS extension; malformed input is a typed error naming the
-//!   section and offset, never a panic.
+//! - [`message::decode`] reads one DNS message with `hickory-proto`: header, questions,
+//!   answers (A, AAAA, CNAME, with TTLs), the response code with its EDNS extension; malformed
+//!   input is a typed error of a counted class (truncated, compression loop, bad label, bad
+//!   record), never a panic.
 //! - [`capture`] finds the DNS message in a captured frame (Ethernet, loopback, raw IP or
 //!   Linux cooked; IPv4 or IPv6; UDP, or TCP with its length prefix) and reads classic pcap
 //!   files.
