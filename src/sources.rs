@@ -19,7 +19,7 @@ struct Collector {
 }
 
 /// Every collector, in the order they start.
-const COLLECTORS: [Collector; 4] = [
+const COLLECTORS: [Collector; 5] = [
     Collector {
         name: "kernel",
         enabled: |config| config.collectors.kernel.enabled,
@@ -39,6 +39,11 @@ const COLLECTORS: [Collector; 4] = [
         name: "kubelet",
         enabled: |config| config.collectors.kubelet.enabled,
         build: tapio_sources_kubelet::from_config,
+    },
+    Collector {
+        name: "dns",
+        enabled: |config| config.collectors.dns.enabled,
+        build: tapio_sources_dns::live::from_config,
     },
 ];
 

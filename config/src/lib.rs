@@ -25,8 +25,8 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrorKind};
 pub use model::{
     BadRolloutConfig, BlastRadiusConfig, BurstConfig, BurstThreshold, CoOccurrenceConfig,
-    CollectorsConfig, CorrelationConfig, DnsFailureConfig, EngineConfig, IntegrationsConfig,
-    KernelCollectorConfig, KubeletCollectorConfig, KubernetesCollectorConfig,
+    CollectorsConfig, CorrelationConfig, DnsCollectorConfig, DnsFailureConfig, EngineConfig,
+    IntegrationsConfig, KernelCollectorConfig, KubeletCollectorConfig, KubernetesCollectorConfig,
     MemoryExhaustionConfig, NatsConfig, Neo4jConfig, NodePressureConfig, OomSequenceConfig,
     OwnershipConfig, RecordingCollectorConfig, RestartLoopConfig, ServiceGraphConfig, TapioConfig,
 };
