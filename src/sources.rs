@@ -19,7 +19,7 @@ struct Collector {
 }
 
 /// Every collector, in the order they start.
-const COLLECTORS: [Collector; 5] = [
+const COLLECTORS: [Collector; 6] = [
     Collector {
         name: "kernel",
         enabled: |config| config.collectors.kernel.enabled,
@@ -44,6 +44,11 @@ const COLLECTORS: [Collector; 5] = [
         name: "systemd",
         enabled: |config| config.collectors.systemd.enabled,
         build: tapio_sources_journal::from_config,
+    },
+    Collector {
+        name: "dns",
+        enabled: |config| config.collectors.dns.enabled,
+        build: tapio_sources_dns::live::from_config,
     },
 ];
 

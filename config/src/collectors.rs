@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 use crate::model::{
-    CollectorsConfig, KernelCollectorConfig, KubeletCollectorConfig, KubernetesCollectorConfig,
-    RecordingCollectorConfig, SystemdCollectorConfig,
+    CollectorsConfig, DnsCollectorConfig, KernelCollectorConfig, KubeletCollectorConfig,
+    KubernetesCollectorConfig, RecordingCollectorConfig, SystemdCollectorConfig,
 };
 use crate::validate::{HOUR, check_url, count_in, duration_in, invalid};
 
@@ -27,7 +27,51 @@ impl CollectorsConfig {
         self.recording.validate(&key(path, "recording"))?;
         self.kubernetes.validate(&key(path, "kubernetes"))?;
         self.kubelet.validate(&key(path, "kubelet"))?;
-        self.systemd.validate(&key(path, "systemd"))
+        self.systemd.validate(&key(path, "systemd"))?;
+        self.dns.validate(&key(path, "dns"))
+    }
+}
+
+impl DnsCollectorConfig {
+    /// Checks this section, found at `path` (`collectors.dns`).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key path: no ports, too many, port 0 or a repeated port,
+    /// a duration or ring size out of range.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let ports = key(path, "ports");
+        count_in(&ports, self.ports.len(), 1, 64)?;
+        for (at, port) in self.ports.iter().enumerate() {
+            if *port == 0 {
+                return Err(invalid(&format!("{ports}[{at}]"), "port 0 is not a port"));
+            }
+            if self.ports[..at].contains(port) {
+                return Err(invalid(
+                    &format!("{ports}[{at}]"),
+                    format!("port {port} is listed twice"),
+                ));
+            }
+        }
+        duration_in(
+            &key(path, "timeout"),
+            self.timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(60),
+        )?;
+        duration_in(
+            &key(path, "search_window"),
+            self.search_window,
+            Duration::ZERO,
+            Duration::from_secs(60),
+        )?;
+        let ring = self.ring_buffer_bytes;
+        if !ring.is_power_of_two() || !(65_536..=1 << 30).contains(&ring) {
+            return Err(invalid(
+                &key(path, "ring_buffer_bytes"),
+                format!("must be a power of two between 65536 and 1073741824, got {ring}"),
+            ));
+        }
+        Ok(())
     }
 }
 

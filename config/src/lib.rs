@@ -27,11 +27,11 @@ pub use error::{ConfigError, ConfigErrorKind};
 pub use glob::glob_matches;
 pub use model::{
     BadRolloutConfig, BlastRadiusConfig, BurstConfig, BurstThreshold, CoOccurrenceConfig,
-    CollectorsConfig, ConfigChangeConfig, CorrelationConfig, DnsFailureConfig, EngineConfig,
-    IntegrationsConfig, KernelCollectorConfig, KubeletCollectorConfig, KubernetesCollectorConfig,
-    MemoryExhaustionConfig, NatsConfig, Neo4jConfig, NodePressureConfig, OomSequenceConfig,
-    OwnershipConfig, RecordingCollectorConfig, RestartLoopConfig, ServiceGraphConfig,
-    SystemdCollectorConfig, TapioConfig,
+    CollectorsConfig, ConfigChangeConfig, CorrelationConfig, DnsCollectorConfig, DnsFailureConfig,
+    EngineConfig, IntegrationsConfig, KernelCollectorConfig, KubeletCollectorConfig,
+    KubernetesCollectorConfig, MemoryExhaustionConfig, NatsConfig, Neo4jConfig, NodePressureConfig,
+    OomSequenceConfig, OwnershipConfig, RecordingCollectorConfig, RestartLoopConfig,
+    ServiceGraphConfig, SystemdCollectorConfig, TapioConfig,
 };
 pub use sequences::{
     EntityKind, MAX_STEPS, SequenceConfig, StepConfig, StepKind, StepWhere, builtin_sequences,

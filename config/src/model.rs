@@ -66,6 +66,9 @@ pub struct CollectorsConfig {
     /// disabled.
     #[serde(deserialize_with = "null_as_default")]
     pub systemd: SystemdCollectorConfig,
+    /// DNS lookups of every process on the node through eBPF. Default: disabled.
+    #[serde(deserialize_with = "null_as_default")]
+    pub dns: DnsCollectorConfig,
 }
 
 #[expect(
@@ -80,6 +83,7 @@ impl Default for CollectorsConfig {
             kubernetes: KubernetesCollectorConfig::default(),
             kubelet: KubeletCollectorConfig::default(),
             systemd: SystemdCollectorConfig::default(),
+            dns: DnsCollectorConfig::default(),
         }
     }
 }
@@ -218,6 +222,48 @@ impl Default for KubernetesCollectorConfig {
             namespaces: Vec::new(),
             // Everything.
             label_selector: String::new(),
+        }
+    }
+}
+
+/// Captures DNS queries and responses of every socket on the node (any network namespace) with
+/// `cgroup_skb` programs on the cgroup v2 root, and pairs them into `dns_query` facts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsCollectorConfig {
+    /// Whether DNS is captured. Default: `false`.
+    pub enabled: bool,
+    /// DNS server ports: queries to them and responses from them, over UDP and TCP, are
+    /// captured; 1 to 64 distinct ports, none 0. Default: `[53]`.
+    pub ports: Vec<u16>,
+    /// A query with no response within this is reported as timed out, `100ms..=1m`.
+    /// Default: `5s`.
+    #[serde(with = "humantime_str")]
+    pub timeout: Duration,
+    /// An NXDOMAIN answer is held this long for the next name of the same search-path lookup
+    /// (the same process, query type and first label), `0s..=1m`; `0s` reports every name on
+    /// its own. Default: `1s`.
+    #[serde(with = "humantime_str")]
+    pub search_window: Duration,
+    /// Ring buffer between the eBPF programs and Tapio, in bytes: a power of two from 65536
+    /// to 1073741824. Default: `8388608` (8 MiB).
+    pub ring_buffer_bytes: u32,
+}
+
+impl Default for DnsCollectorConfig {
+    fn default() -> Self {
+        DnsCollectorConfig {
+            // Off: it attaches to the packet path of every socket on the node, a choice to make
+            // explicitly.
+            enabled: false,
+            // The DNS port; add the ports of DNS servers that listen elsewhere.
+            ports: vec![53],
+            // glibc's resolver waits 5 s for an answer before it retries (`options timeout`).
+            timeout: Duration::from_secs(5),
+            // The names of one search-path lookup follow each other within milliseconds.
+            search_window: Duration::from_secs(1),
+            // 8 MiB holds about 7 000 messages between reads.
+            ring_buffer_bytes: 8 << 20,
         }
     }
 }

@@ -9,13 +9,15 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::{Command, exit};
 
-const PROGRAMS: &[&str] = &["tapio"];
+const PROGRAMS: &[&str] = &["tapio", "dns"];
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let programs = manifest.join("../programs");
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets it"));
 
+    // The directory too: a new program file changes its modification time.
+    println!("cargo:rerun-if-changed={}", programs.display());
     for entry in std::fs::read_dir(&programs).expect("ebpf/programs exists") {
         let path = entry.expect("readable directory entry").path();
         println!("cargo:rerun-if-changed={}", path.display());

@@ -34,6 +34,7 @@ fn settings() -> EngineSettings {
         enabled: true,
         within: Duration::from_secs(30),
         keep_for: Duration::from_secs(600),
+        slack: Duration::ZERO,
         steps: vec![
             StepConfig {
                 kind: StepKind::UnitRestart,

@@ -523,6 +523,40 @@ pub struct DnsQuery {
     pub answers: Vec<std::net::IpAddr>,
     /// Time from the query to the response (or to the timeout), ns.
     pub latency_ns: u64,
+    /// The answer's address and CNAME records with their owners and TTLs, in answer order
+    /// (left out of JSON when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub records: Vec<DnsRecord>,
+    /// Names of the same lookup tried before this one through the resolver's search path
+    /// (`api.default.svc.cluster.local`, ... before `api`) that got NXDOMAIN and are reported
+    /// only here, folded into this lookup (left out of JSON when 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub search_expansions: u16,
+}
+
+fn is_zero(count: &u16) -> bool {
+    *count == 0
+}
+
+/// One address or CNAME record of a DNS answer.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DnsRecord {
+    /// The owner name, lower case, without the trailing dot.
+    pub name: String,
+    /// Time to live, seconds.
+    pub ttl: u32,
+    /// What the record says.
+    pub data: DnsRecordData,
+}
+
+/// The data of a [`DnsRecord`].
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DnsRecordData {
+    /// An A or AAAA record's address.
+    Address(std::net::IpAddr),
+    /// A CNAME record's target, lower case, without the trailing dot.
+    Cname(String),
 }
 
 /// What happened to a systemd unit, as systemd's own journal message (its `MESSAGE_ID`) says.
@@ -1109,6 +1143,19 @@ mod tests {
                 rcode: Some(2),
                 answers: vec!["10.0.0.9".parse().unwrap()],
                 latency_ns: 1_500_000,
+                records: vec![
+                    DnsRecord {
+                        name: "api.default.svc".into(),
+                        ttl: 30,
+                        data: DnsRecordData::Cname("api-1.default.svc".into()),
+                    },
+                    DnsRecord {
+                        name: "api-1.default.svc".into(),
+                        ttl: 5,
+                        data: DnsRecordData::Address("10.0.0.9".parse().unwrap()),
+                    },
+                ],
+                search_expansions: 2,
             }),
         };
         assert_eq!(lookup.subject().to_string(), "dns/api.default.svc");
@@ -1117,7 +1164,21 @@ mod tests {
             json.contains(r#""outcome":"servfail","rcode":2,"answers":["10.0.0.9"]"#),
             "{json}"
         );
+        assert!(
+            json.contains(r#""records":[{"name":"api.default.svc","ttl":30,"data":{"cname":"api-1.default.svc"}},{"name":"api-1.default.svc","ttl":5,"data":{"address":"10.0.0.9"}}],"search_expansions":2"#),
+            "{json}"
+        );
         assert_eq!(serde_json::from_str::<Fact>(&json).unwrap(), lookup);
+        // Without records or search expansions, neither is written, and both read back empty.
+        let FactPayload::DnsQuery(mut plain) = lookup.payload.clone() else {
+            unreachable!("a dns_query")
+        };
+        plain.records.clear();
+        plain.search_expansions = 0;
+        let plain = FactPayload::DnsQuery(plain);
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(json.ends_with(r#""latency_ns":1500000}}"#), "{json}");
+        assert_eq!(serde_json::from_str::<FactPayload>(&json).unwrap(), plain);
         assert_eq!(
             [0, 2, 3, 5, 9].map(|rcode| DnsOutcome::of_rcode(rcode).as_str()),
             ["answered", "servfail", "nxdomain", "refused", "error"]

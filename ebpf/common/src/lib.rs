@@ -20,6 +20,8 @@
               implements aya::Pod; each use has a SAFETY comment"
 )]
 
+pub mod dns;
+
 use std::mem::size_of;
 
 /// Length of a kernel `comm`.

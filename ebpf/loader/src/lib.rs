@@ -21,6 +21,7 @@
 //! ```
 
 pub mod clock;
+pub mod dns;
 
 use std::fmt;
 use std::os::fd::OwnedFd;

@@ -14,8 +14,8 @@ use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
 
 use tapio_model::{
-    ConnectOutcome, EntityId, Fact, FactId, FactPayload, FileOp, Observation, OwnerRef, ProcessRef,
-    StateObject,
+    ConnectOutcome, DnsRecordData, EntityId, Fact, FactId, FactPayload, FileOp, Observation,
+    OwnerRef, ProcessRef, StateObject,
 };
 
 /// Appends the JSON of `observation` to `out`.
@@ -342,7 +342,38 @@ impl Writer<'_> {
                     }
                     w.raw("]");
                 },
-                "latency_ns" => w.u64(p.latency_ns),
+                "latency_ns" => {
+                    w.u64(p.latency_ns);
+                    // Both are left out when empty, as the model's serde attributes say.
+                    if !p.records.is_empty() {
+                        w.raw(",\"records\":[");
+                        for (index, record) in p.records.iter().enumerate() {
+                            if index > 0 {
+                                w.raw(",");
+                            }
+                            w.raw("{\"name\":");
+                            w.str(&record.name);
+                            w.raw(",\"ttl\":");
+                            w.u64(u64::from(record.ttl));
+                            match &record.data {
+                                DnsRecordData::Address(ip) => {
+                                    w.raw(",\"data\":{\"address\":");
+                                    w.display(ip);
+                                }
+                                DnsRecordData::Cname(target) => {
+                                    w.raw(",\"data\":{\"cname\":");
+                                    w.str(target);
+                                }
+                            }
+                            w.raw("}}");
+                        }
+                        w.raw("]");
+                    }
+                    if p.search_expansions > 0 {
+                        w.raw(",\"search_expansions\":");
+                        w.u64(u64::from(p.search_expansions));
+                    }
+                },
             ),
             FactPayload::UnitChange(p) => fields!(w,
                 "unit" => w.str(&p.unit),
@@ -510,7 +541,7 @@ impl fmt::Write for Escaping<'_> {
 mod tests {
     use super::*;
     use tapio_model::{
-        ConditionStatus, ContainerExit, ContainerReady, DnsOutcome, DnsQuery, EventType,
+        ConditionStatus, ContainerExit, ContainerReady, DnsOutcome, DnsQuery, DnsRecord, EventType,
         FileChanged, FileOpenFailed, Heartbeat, KubeEvent, NodeCondition, OomKill, PodContainer,
         ProcessContainer, ProcessExec, ProcessExit, ProcessFork, Resource, ResourceUsage,
         ServiceEndpoint, ServiceObject, StateRecord, StateUpdate, TcpAccept, TcpClose, TcpConnect,
@@ -818,6 +849,18 @@ mod tests {
                     rcode: self.bool().then(|| self.next() as u16 & 0xfff),
                     answers: (0..self.below(4)).map(|_| self.address().ip()).collect(),
                     latency_ns: self.u64(),
+                    records: (0..self.below(3))
+                        .map(|_| DnsRecord {
+                            name: self.text(),
+                            ttl: self.u32(),
+                            data: if self.bool() {
+                                DnsRecordData::Address(self.address().ip())
+                            } else {
+                                DnsRecordData::Cname(self.text())
+                            },
+                        })
+                        .collect(),
+                    search_expansions: self.next() as u16,
                 }),
                 15 => FactPayload::UnitChange(UnitChange {
                     unit: self.text(),

@@ -27,6 +27,7 @@
 //! drop(rx.try_recv());
 //! ```
 
+pub mod cgroup;
 mod health;
 
 use std::future::Future;

@@ -1,9 +1,10 @@
 //! The start of the DNS collector (layer L2; depends on `tapio-model`): DNS lookups as Tapio
 //! sees them on the wire.
 //!
-//! - [`message::decode`] reads one DNS message: header, questions, answers (A, AAAA, CNAME),
-//!   the response code with its EDNS extension; malformed input is a typed error naming the
-//!   section and offset, never a panic.
+//! - [`message::decode`] reads one DNS message with `hickory-proto`: header, questions,
+//!   answers (A, AAAA, CNAME, with TTLs), the response code with its EDNS extension; malformed
+//!   input is a typed error of a counted class (truncated, compression loop, bad label, bad
+//!   record), never a panic.
 //! - [`capture`] finds the DNS message in a captured frame (Ethernet, loopback, raw IP or
 //!   Linux cooked; IPv4 or IPv6; UDP, or TCP with its length prefix) and reads classic pcap
 //!   files.
@@ -12,13 +13,15 @@
 //!   [`Lookup::to_fact`] turns a pair into the `dns_query` fact the correlation rules read.
 
 pub mod capture;
+pub mod live;
 pub mod message;
+pub mod search;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use tapio_model::{DnsOutcome, DnsQuery, FactPayload, ProcessRef};
+use tapio_model::{DnsOutcome, DnsQuery, DnsRecord, DnsRecordData, FactPayload, ProcessRef};
 
 use capture::Transport;
 use message::{Message, RecordData};
@@ -57,7 +60,7 @@ impl Lookup {
         container_id: Option<Arc<str>>,
     ) -> FactPayload {
         let question = self.query.questions.first();
-        let (outcome, rcode, answers) = match &self.response {
+        let (outcome, rcode, answers, records) = match &self.response {
             Some((_, response)) => (
                 DnsOutcome::of_rcode(response.rcode),
                 Some(response.rcode),
@@ -70,8 +73,27 @@ impl Lookup {
                         _ => None,
                     })
                     .collect(),
+                response
+                    .answers
+                    .iter()
+                    .filter_map(|record| {
+                        let data = match &record.data {
+                            RecordData::A(ip) => DnsRecordData::Address(IpAddr::V4(*ip)),
+                            RecordData::Aaaa(ip) => DnsRecordData::Address(IpAddr::V6(*ip)),
+                            RecordData::Cname(target) => {
+                                DnsRecordData::Cname(target.to_ascii_lowercase())
+                            }
+                            RecordData::Other => return None,
+                        };
+                        Some(DnsRecord {
+                            name: record.name.to_ascii_lowercase(),
+                            ttl: record.ttl,
+                            data,
+                        })
+                    })
+                    .collect(),
             ),
-            None => (DnsOutcome::TimedOut, None, Vec::new()),
+            None => (DnsOutcome::TimedOut, None, Vec::new(), Vec::new()),
         };
         FactPayload::DnsQuery(DnsQuery {
             process,
@@ -84,18 +106,23 @@ impl Lookup {
             rcode,
             answers,
             latency_ns: self.ended_ns(timeout_ns).saturating_sub(self.sent_ns),
+            records,
+            search_expansions: 0,
         })
     }
 }
 
 /// What pairs a response with its query: id, client, server, transport.
-type Key = (u16, SocketAddr, SocketAddr, Transport);
+pub type Key = (u16, SocketAddr, SocketAddr, Transport);
 
 /// Pairs queries with responses, in capture order.
 #[derive(Debug)]
 pub struct Pairer {
     timeout_ns: u64,
     pending: BTreeMap<Key, (u64, Message)>,
+    /// The pending queries by the time they were sent, oldest first: expiry looks only at
+    /// the front.
+    by_time: BTreeSet<(u64, Key)>,
     /// Responses that matched no pending query (late after a timeout, or never asked here).
     pub unmatched_responses: u64,
     /// Queries sent again with the same key before an answer (the first is kept).
@@ -108,6 +135,7 @@ impl Pairer {
         Pairer {
             timeout_ns,
             pending: BTreeMap::new(),
+            by_time: BTreeSet::new(),
             unmatched_responses: 0,
             repeated_queries: 0,
         }
@@ -133,14 +161,17 @@ impl Pairer {
         if message.response {
             let key = (message.id, destination, source, transport);
             match self.pending.remove(&key) {
-                Some((sent_ns, query)) => ended.push(Lookup {
-                    sent_ns,
-                    client: destination,
-                    server: source,
-                    transport,
-                    query,
-                    response: Some((time_ns, message)),
-                }),
+                Some((sent_ns, query)) => {
+                    self.by_time.remove(&(sent_ns, key));
+                    ended.push(Lookup {
+                        sent_ns,
+                        client: destination,
+                        server: source,
+                        transport,
+                        query,
+                        response: Some((time_ns, message)),
+                    });
+                }
                 None => self.unmatched_responses += 1,
             }
         } else {
@@ -149,6 +180,7 @@ impl Pairer {
                 std::collections::btree_map::Entry::Occupied(_) => self.repeated_queries += 1,
                 std::collections::btree_map::Entry::Vacant(slot) => {
                     slot.insert((time_ns, message));
+                    self.by_time.insert((time_ns, key));
                 }
             }
         }
@@ -158,29 +190,34 @@ impl Pairer {
     /// The pending queries older than the timeout at `now_ns`, as timed-out lookups, oldest
     /// first.
     pub fn expire(&mut self, now_ns: u64) -> Vec<Lookup> {
-        let timeout = self.timeout_ns;
-        let expired: Vec<Key> = self
-            .pending
-            .iter()
-            .filter(|(_, (sent_ns, _))| now_ns.saturating_sub(*sent_ns) > timeout)
-            .map(|(key, _)| *key)
-            .collect();
-        let mut out: Vec<Lookup> = expired
-            .into_iter()
-            .filter_map(|key| {
-                let (sent_ns, query) = self.pending.remove(&key)?;
-                Some(Lookup {
+        let mut out = Vec::new();
+        while let Some(&(sent_ns, key)) = self.by_time.first() {
+            if now_ns.saturating_sub(sent_ns) <= self.timeout_ns {
+                break;
+            }
+            self.by_time.pop_first();
+            if let Some((sent_ns, query)) = self.pending.remove(&key) {
+                out.push(Lookup {
                     sent_ns,
                     client: key.1,
                     server: key.2,
                     transport: key.3,
                     query,
                     response: None,
-                })
-            })
-            .collect();
-        out.sort_by_key(|lookup| lookup.sent_ns);
+                });
+            }
+        }
         out
+    }
+
+    /// When the oldest pending query was sent, if any is pending.
+    pub fn oldest_pending(&self) -> Option<u64> {
+        self.by_time.first().map(|(sent_ns, _)| *sent_ns)
+    }
+
+    /// Queries waiting for their response.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
     }
 }
 

@@ -29,8 +29,10 @@
 //! assert!(!stats.snapshot().ready);
 //! ```
 
-pub mod cgroup;
 mod identity;
+
+/// Container identity from cgroup paths (shared with the DNS collector, in `tapio-sources`).
+pub use tapio_sources::cgroup;
 mod stats;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

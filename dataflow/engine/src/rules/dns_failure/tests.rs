@@ -139,6 +139,8 @@ fn stream(rng: &mut Rng) -> Vec<Observation> {
                     rcode: (outcome != DnsOutcome::TimedOut).then_some(2),
                     answers: Vec::new(),
                     latency_ns: 5_000 * MS,
+                    records: Vec::new(),
+                    search_expansions: 0,
                 }),
             ));
         }
@@ -758,6 +760,8 @@ fn lookup(container: &str, name: &str, outcome: DnsOutcome) -> FactPayload {
         rcode: None,
         answers: Vec::new(),
         latency_ns: 5_000 * MS,
+        records: Vec::new(),
+        search_expansions: 0,
     })
 }
 

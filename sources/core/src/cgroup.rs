@@ -26,7 +26,7 @@ pub struct ContainerRef {
 /// Parses a cgroup path (`/a/b/c`, or relative) into a container reference.
 ///
 /// ```
-/// use tapio_sources_kernel::cgroup::parse_path;
+/// use tapio_sources::cgroup::parse_path;
 /// let id = "c".repeat(64);
 /// let parsed = parse_path(&format!("/kubepods/burstable/pod1b2c3d4e-5f6a-7b8c-9d0e-1f2a3b4c5d6e/{id}")).unwrap();
 /// assert_eq!(&*parsed.container_id, id.as_str());
