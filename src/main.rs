@@ -71,7 +71,8 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Ask the correlation graph in Neo4j a question (needs integrations.neo4j in --config).
+    /// Ask a question about the correlations: from Neo4j when integrations.neo4j is in
+    /// --config, from the in-memory store of a replayed recording with --recording.
     Query(query::QueryArgs),
 }
 

@@ -24,11 +24,12 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrorKind};
 pub use model::{
-    BadRolloutConfig, BlastRadiusConfig, BurstConfig, BurstThreshold, CoOccurrenceConfig,
-    CollectorsConfig, CorrelationConfig, DnsFailureConfig, EngineConfig, IntegrationsConfig,
-    KernelCollectorConfig, KubeletCollectorConfig, KubernetesCollectorConfig,
+    ApiConfig, BadRolloutConfig, BlastRadiusConfig, BurstConfig, BurstThreshold,
+    CoOccurrenceConfig, CollectorsConfig, CorrelationConfig, DnsFailureConfig, EngineConfig,
+    IntegrationsConfig, KernelCollectorConfig, KubeletCollectorConfig, KubernetesCollectorConfig,
     MemoryExhaustionConfig, NatsConfig, Neo4jConfig, NodePressureConfig, OomSequenceConfig,
-    OwnershipConfig, RecordingCollectorConfig, RestartLoopConfig, ServiceGraphConfig, TapioConfig,
+    OwnershipConfig, RecordingCollectorConfig, RestartLoopConfig, ServiceGraphConfig, StoreConfig,
+    TapioConfig,
 };
 pub use sequences::{
     EntityKind, MAX_STEPS, SequenceConfig, StepConfig, StepKind, StepWhere, builtin_sequences,
