@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use tapio_model::{EntityId, Family, Relation, TimeNs};
-use tapio_sinks_store::State;
+use tapio_sinks_store::{State, Stored};
 
 use crate::{Answer, Cause, Event, Impact, QueryError, Step, cause_of, evidence_of};
 
@@ -28,6 +28,15 @@ fn ensure_exists(state: &State, entity: &str) -> Result<(), QueryError> {
             entity: entity.to_owned(),
         })
     }
+}
+
+/// A stored correlation with the evidence of every hop, its sentences rendered.
+pub fn cause(stored: &Stored) -> Cause {
+    cause_of(
+        stored.id.to_string(),
+        (*stored.correlation).clone(),
+        stored.since,
+    )
 }
 
 /// Root-cause chains through `entity`, as [`crate::why`].
@@ -54,16 +63,7 @@ pub fn why(state: &State, entity: &EntityId) -> Result<Answer, QueryError> {
             .then(b.since.cmp(&a.since))
             .then(a.id.cmp(&b.id))
     });
-    let causes: Vec<Cause> = found
-        .into_iter()
-        .map(|stored| {
-            cause_of(
-                stored.id.to_string(),
-                (*stored.correlation).clone(),
-                stored.since,
-            )
-        })
-        .collect();
+    let causes: Vec<Cause> = found.into_iter().map(|stored| cause(stored)).collect();
     Ok(Answer::Why { entity: id, causes })
 }
 
@@ -166,12 +166,19 @@ const HITS: [(&str, &[Run]); 6] = [
 /// A place in a pattern walk: the entity, the run and how many steps of it are behind.
 type At = (Arc<str>, usize, usize);
 
+/// How each place was first reached: the place before and the fact of the step (none for a
+/// move to the next run).
+type Parents = HashMap<At, Option<(At, Option<Arc<str>>)>>;
+
+/// The best way an entity is hit: length, how, the facts of its steps.
+type Hit = (usize, &'static str, Vec<Arc<str>>);
+
 /// The shortest walk from `start` that matches `runs`, to every entity it can end at: its
 /// length and the facts of its steps. Breadth first, the zero-length moves from one run to the
 /// next taken first.
 fn shortest(state: &State, start: &Arc<str>, runs: &[Run]) -> BTreeMap<Arc<str>, Vec<Arc<str>>> {
     let mut reached: BTreeMap<Arc<str>, Vec<Arc<str>>> = BTreeMap::new();
-    let mut parent: HashMap<At, Option<(At, Option<Arc<str>>)>> = HashMap::new();
+    let mut parent: Parents = HashMap::new();
     let mut queue: VecDeque<At> = VecDeque::new();
     let first = (Arc::clone(start), 0, 0);
     parent.insert(first.clone(), None);
@@ -211,7 +218,7 @@ fn shortest(state: &State, start: &Arc<str>, runs: &[Run]) -> BTreeMap<Arc<str>,
 }
 
 /// The facts of the steps that led to `at`, in order.
-fn facts_to(parent: &HashMap<At, Option<(At, Option<Arc<str>>)>>, at: &At) -> Vec<Arc<str>> {
+fn facts_to(parent: &Parents, at: &At) -> Vec<Arc<str>> {
     let mut facts = Vec::new();
     let mut current = at.clone();
     while let Some(Some((before, fact))) = parent.get(&current) {
@@ -233,7 +240,7 @@ pub fn blast_radius(state: &State, entity: &EntityId) -> Result<Answer, QueryErr
     ensure_exists(state, &id)?;
     let start: Arc<str> = Arc::from(id.as_str());
     // Per entity hit: the shortest way, then the first by name (as `ORDER BY length(p), how`).
-    let mut best: BTreeMap<Arc<str>, (usize, &'static str, Vec<Arc<str>>)> = BTreeMap::new();
+    let mut best: BTreeMap<Arc<str>, Hit> = BTreeMap::new();
     for (how, runs) in HITS {
         for (hit, facts) in shortest(state, &start, runs) {
             if hit == start {

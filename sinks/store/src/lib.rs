@@ -64,6 +64,15 @@ pub struct Stored {
 /// fact its evidence.
 pub type LinkEnd = (Relation, Arc<str>, Arc<str>);
 
+/// The facts cited at an entity, each with what it observed there and how many hops cite it.
+type FactsAt = BTreeMap<Arc<str>, (Observed, u32)>;
+
+/// A step of a chain: (from, relation, to, fact).
+type Step = (Arc<str>, Relation, Arc<str>, Arc<str>);
+
+/// Finds a kept correlation by id and the time its index holds it under.
+type Lookup<'a> = &'a dyn Fn(&Arc<str>, TimeNs) -> Option<Arc<Stored>>;
+
 /// Correlations ordered newest first, then by id.
 type Ordered = BTreeSet<(Reverse<TimeNs>, Arc<str>)>;
 
@@ -137,7 +146,7 @@ pub struct State {
     strings: HashMap<Arc<str>, ()>,
     entities: HashMap<Arc<str>, u32>,
     facts: HashMap<Arc<str>, (TimeNs, u32)>,
-    about: HashMap<Arc<str>, BTreeMap<Arc<str>, (Observed, u32)>>,
+    about: HashMap<Arc<str>, FactsAt>,
     out_links: HashMap<Arc<str>, BTreeMap<LinkEnd, u32>>,
     in_links: HashMap<Arc<str>, BTreeMap<LinkEnd, u32>>,
     tick: Option<TimeNs>,
@@ -150,7 +159,7 @@ struct Parts {
     entities: Vec<Arc<str>>,
     root: Arc<str>,
     hops: Vec<(Arc<str>, Arc<str>, TimeNs, Observed)>,
-    links: Vec<(Arc<str>, Relation, Arc<str>, Arc<str>)>,
+    links: Vec<Step>,
 }
 
 impl State {
@@ -188,7 +197,7 @@ impl State {
         entities.push(Arc::clone(&root));
         // The steps of the chain, as the Neo4j sink draws them: consecutive hops at different
         // entities, the later hop's relation and fact; each distinct step counted once.
-        let mut links: Vec<(Arc<str>, Relation, Arc<str>, Arc<str>)> = hops
+        let mut links: Vec<Step> = hops
             .windows(2)
             .zip(correlation.chain.windows(2))
             .filter_map(|(pair, typed)| {
@@ -424,14 +433,13 @@ impl State {
         retracted: bool,
         limit: usize,
     ) -> (Vec<Arc<Stored>>, usize) {
-        let (index, stored_of): (&Index, &dyn Fn(&Arc<str>, TimeNs) -> Option<Arc<Stored>>) =
-            if retracted {
-                (&self.history_index, &|id, time| {
-                    self.history.get(&(time, Arc::clone(id))).cloned()
-                })
-            } else {
-                (&self.current_index, &|id, _| self.current.get(id).cloned())
-            };
+        let (index, stored_of): (&Index, Lookup<'_>) = if retracted {
+            (&self.history_index, &|id, time| {
+                self.history.get(&(time, Arc::clone(id))).cloned()
+            })
+        } else {
+            (&self.current_index, &|id, _| self.current.get(id).cloned())
+        };
         if filter.to == Some(0) {
             return (Vec::new(), 0);
         }
@@ -558,10 +566,10 @@ fn matches(stored: &Stored, filter: &Filter) -> bool {
             return false;
         }
     }
-    if let Some(namespace) = filter.namespace.as_deref() {
-        if namespace_of(&correlation.root_cause) != Some(namespace) {
-            return false;
-        }
+    if let Some(namespace) = filter.namespace.as_deref()
+        && namespace_of(&correlation.root_cause) != Some(namespace)
+    {
+        return false;
     }
     true
 }
