@@ -1,7 +1,10 @@
 //! `tapio`: the composition root. Parses the command line, loads the configuration, and wires
 //! sources → dataflow → sinks. Everything else lives in the library crates.
 
+mod api;
 mod backtest;
+mod health;
+mod metrics;
 mod outputs;
 mod pipeline;
 mod query;
@@ -41,6 +44,11 @@ struct Cli {
     #[arg(long, global = true, default_value = "info", env = "TAPIO_LOG")]
     log: String,
 
+    /// Serve the HTTP API on this `host:port` instead of api.address (port 0 picks a free
+    /// one, which the log names).
+    #[arg(long, global = true, value_name = "ADDRESS", env = "TAPIO_API_ADDRESS")]
+    api_address: Option<String>,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -71,7 +79,8 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Ask the correlation graph in Neo4j a question (needs integrations.neo4j in --config).
+    /// Ask a question about the correlations: from Neo4j when integrations.neo4j is in
+    /// --config, from the in-memory store of a replayed recording with --recording.
     Query(query::QueryArgs),
 }
 
@@ -149,6 +158,10 @@ struct ReplayArgs {
     output: OutputArgs,
     #[command(flatten)]
     cluster: ClusterArgs,
+    /// Serve the HTTP API (api.address) during the replay and after it, until SIGINT or
+    /// SIGTERM: to look at a recorded incident through the API.
+    #[arg(long)]
+    serve: bool,
 }
 
 #[derive(Args, Debug)]
@@ -238,10 +251,19 @@ fn real_main(cli: Cli) -> Result<()> {
         eprintln!("{}: valid", file.display());
         return Ok(());
     }
-    let config = match &cli.config {
+    let mut config = match &cli.config {
         Some(path) => TapioConfig::load(path)?,
         None => TapioConfig::default(),
     };
+    if let Some(address) = cli.api_address {
+        if address.parse::<std::net::SocketAddr>().is_err() {
+            bail!(
+                "--api-address (or TAPIO_API_ADDRESS) must be an IP address and a port, e.g. \
+                 127.0.0.1:7600, got `{address}`"
+            );
+        }
+        config.api.address = address;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -258,6 +280,7 @@ fn real_main(cli: Cli) -> Result<()> {
                     layout,
                     target(&args.output),
                     args.run_for,
+                    pipeline::Serve::WhileRunning,
                 ))
             }
             Mode::Collectors => {
@@ -277,12 +300,18 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Replay(args) => {
             let layout = layout(&args.cluster, &config)?;
             let source = replay_input(&args.source, args.start, args.end)?;
+            let serve = if args.serve {
+                pipeline::Serve::UntilStopped
+            } else {
+                pipeline::Serve::No
+            };
             runtime.block_on(pipeline::correlate(
                 &config,
                 vec![source],
                 layout,
                 target(&args.output),
                 None,
+                serve,
             ))
         }
         Command::Backtest(args) => {

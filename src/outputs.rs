@@ -1,13 +1,19 @@
-//! The outputs of `tapio run`/`tapio replay`: the JSON-lines or terminal sink, and the Neo4j
-//! sink when `integrations.neo4j.uri` is set. Every sink is health-checked before the dataflow
-//! starts; with more than one, `tapio_sinks::fan_out` copies each closed tick to all of them.
+//! The outputs of `tapio run`/`tapio replay`: the JSON-lines or terminal sink, the in-memory
+//! store (always: the API and its metrics read it), and the Neo4j sink when
+//! `integrations.neo4j.uri` is set. Every sink is health-checked before the dataflow starts;
+//! `tapio_sinks::fan_out` copies each closed tick to all of them. Each sink's state and queue
+//! are registered with the process's health.
 
 use anyhow::{Context, Result, anyhow};
 use tapio_config::TapioConfig;
 use tapio_model::ClosedBatch;
+use tapio_sinks::BoxFuture;
 use tapio_sinks::{Sink, SinkError, SinkReport};
 use tapio_sinks_jsonl::{JsonlSink, Target};
 use tapio_sinks_neo4j::{Neo4jSettings, Neo4jSink};
+use tapio_sinks_store::Store;
+
+use crate::health::health;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -22,8 +28,14 @@ pub(crate) struct Outputs {
 pub(crate) async fn start(
     config: &TapioConfig,
     target: Target,
+    store: Store,
 ) -> Result<(mpsc::Sender<ClosedBatch>, Outputs)> {
-    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonlSink::new(target))];
+    let mut sinks: Vec<Box<dyn Sink>> = vec![
+        Box::new(JsonlSink::new(target)),
+        Box::new(Measured {
+            store: store.clone(),
+        }),
+    ];
     let neo4j = &config.integrations.neo4j;
     if !neo4j.uri.is_empty() {
         sinks.push(Box::new(Neo4jSink::new(Neo4jSettings::from_config(neo4j))));
@@ -34,22 +46,20 @@ pub(crate) async fn start(
     let capacity = config.correlation.engine.output_buffer_size;
     let (input, input_rx) = mpsc::channel(capacity);
     let mut running = Vec::new();
-    if sinks.len() == 1 {
-        let sink = sinks.remove(0);
-        running.push((sink.name(), tokio::spawn(sink.run(input_rx))));
-        return Ok((
-            input,
-            Outputs {
-                sinks: running,
-                fan_out: None,
-            },
-        ));
-    }
     let mut senders = Vec::new();
     for sink in sinks {
         let (tx, rx) = mpsc::channel(capacity);
+        let name = sink.name();
+        health().add_queue(name, tx.downgrade());
+        health().add_sink(name);
         senders.push(tx);
-        running.push((sink.name(), tokio::spawn(sink.run(rx))));
+        let task = tokio::spawn(async move {
+            let result = sink.run(rx).await;
+            let error = result.as_ref().err().map(|error| crate::error_chain(error));
+            health().end_sink(name, error);
+            result
+        });
+        running.push((name, task));
     }
     let fan_out = tokio::spawn(tapio_sinks::fan_out(input_rx, senders));
     Ok((
@@ -63,6 +73,7 @@ pub(crate) async fn start(
 
 impl Outputs {
     /// Waits until every sink has written everything; returns the first sink's report.
+    /// (The JSON lines sink is the first; the store reports the same ticks.)
     ///
     /// # Errors
     /// The first sink failure (each failure is also logged).
@@ -97,5 +108,40 @@ impl Outputs {
             Some(error) => Err(error),
             None => Ok(first_report.unwrap_or_default()),
         }
+    }
+}
+
+/// The store as a sink, timed: how long after its tick closed each batch arrives, and how long
+/// applying it takes.
+struct Measured {
+    store: Store,
+}
+
+impl Sink for Measured {
+    fn name(&self) -> &'static str {
+        "store"
+    }
+
+    fn healthcheck(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn run(
+        self: Box<Self>,
+        mut batches: mpsc::Receiver<ClosedBatch>,
+    ) -> BoxFuture<'static, Result<SinkReport, SinkError>> {
+        Box::pin(async move {
+            let metrics = crate::metrics::metrics();
+            let mut report = SinkReport::default();
+            while let Some(batch) = batches.recv().await {
+                metrics.observe_tick_at_sink("store", batch.time);
+                report.batches += 1;
+                report.changes += batch.changes.len() as u64;
+                let started = std::time::Instant::now();
+                self.store.apply(batch);
+                metrics.observe_commit("store", started.elapsed());
+            }
+            Ok(report)
+        })
     }
 }

@@ -18,6 +18,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use tapio_sinks_store::{Store, StoreSettings};
+
+use crate::api;
+use crate::health::{Phase, health};
 use crate::outputs;
 
 /// This node's name: the configured one, or the host name.
@@ -98,6 +102,7 @@ pub(crate) async fn run_collectors(
 pub(crate) fn start(source: Box<dyn Source>, cx: SourceContext) -> RunningSource {
     let kind = source.kind();
     let health = Arc::clone(&cx.health);
+    crate::health::health().add_source(Arc::clone(&health));
     let watched = Arc::clone(&health);
     tracing::info!(source = kind, node = %cx.node, "Source starting.");
     let task = tokio::spawn(async move {
@@ -243,14 +248,63 @@ pub(crate) async fn start_dataflow(
     layout: &ClusterLayout,
     target: Target,
 ) -> Result<(Engine, Vec<WorkerInput>, outputs::Outputs)> {
-    let (batches_tx, outputs) = outputs::start(config, target).await?;
+    let (batches_tx, outputs) = outputs::start(config, target, new_store(config)).await?;
     let settings = EngineSettings::from_config(config);
     let engine_layout = layout.clone();
     let (engine, inputs) =
         tokio::task::spawn_blocking(move || Engine::start(settings, engine_layout, batches_tx))
             .await
             .context("the dataflow start-up thread failed")??;
+    running(&engine);
     Ok((engine, inputs, outputs))
+}
+
+/// A new in-memory store, registered as this process's.
+fn new_store(config: &TapioConfig) -> Store {
+    let store = Store::new(StoreSettings::from_config(&config.store));
+    health().set_store(store.clone());
+    store
+}
+
+/// The dataflow has started.
+fn running(engine: &Engine) {
+    health().set_engine(engine.counters());
+    health().set_dataflow(Phase::Running, None);
+}
+
+/// The dataflow has ended with `result`.
+fn ended<T>(result: &Result<T, tapio_dataflow::EngineError>) {
+    match result {
+        Ok(_) => health().set_dataflow(Phase::Finished, None),
+        Err(error) => health().set_dataflow(Phase::Failed, Some(error.to_string())),
+    }
+}
+
+/// Whether the API is served, and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Serve {
+    /// Not at all.
+    No,
+    /// While the pipeline runs.
+    WhileRunning,
+    /// While the pipeline runs, and after it has finished until the process is stopped.
+    UntilStopped,
+}
+
+/// Starts the API over this process's store when `serve` and `api.enabled` say so.
+///
+/// # Errors
+/// When it cannot listen or read its token.
+pub(crate) async fn serve_api(config: &TapioConfig, serve: Serve) -> Result<Option<api::Server>> {
+    if serve == Serve::No || !config.api.enabled {
+        return Ok(None);
+    }
+    let store = health()
+        .store()
+        .context("the API needs the in-memory store, which has not started")?;
+    Ok(Some(
+        api::serve(&config.api, &config.api.address, store).await?,
+    ))
 }
 
 /// Runs `collectors` through the correlation dataflow into `target`.
@@ -260,14 +314,26 @@ pub(crate) async fn correlate(
     layout: ClusterLayout,
     target: Target,
     run_for: Option<Duration>,
+    serve: Serve,
 ) -> Result<()> {
     let shutdown = CancellationToken::new();
     stop_on_signal_or_timer(&shutdown, run_for);
-    let (batches_tx, outputs) = outputs::start(config, target).await?;
+    let (batches_tx, outputs) = outputs::start(config, target, new_store(config)).await?;
+    let server = serve_api(config, serve).await?;
     let (report, sources_result) =
         run_dataflow(config, collectors, layout, batches_tx, &shutdown).await?;
     let written = outputs.finish().await?;
     log_finished(&report, &written);
+    if let Some(server) = server {
+        if serve == Serve::UntilStopped && !shutdown.is_cancelled() {
+            tracing::info!(
+                address = %format!("http://{}", server.address),
+                "Finished; the API keeps serving until stopped (SIGINT or SIGTERM)."
+            );
+            shutdown.cancelled().await;
+        }
+        server.stop().await;
+    }
     shutdown.cancel();
     sources_result
 }
@@ -320,6 +386,7 @@ async fn run_dataflow(
         tokio::task::spawn_blocking(move || Engine::start(settings, engine_layout, batches))
             .await
             .context("the dataflow start-up thread failed")??;
+    running(&engine);
     tracing::info!(
         workers = layout.workers,
         processes = layout.processes,
@@ -334,7 +401,9 @@ async fn run_dataflow(
     router.await.context("the input router failed")?;
     let report = tokio::task::spawn_blocking(move || engine.join())
         .await
-        .context("the dataflow thread failed")??;
+        .context("the dataflow thread failed")?;
+    ended(&report);
+    let report = report?;
     progress.abort();
     Ok((report, sources_result))
 }
@@ -343,7 +412,9 @@ async fn run_dataflow(
 pub(crate) async fn finish_dataflow(engine: Engine, outputs: outputs::Outputs) -> Result<()> {
     let report = tokio::task::spawn_blocking(move || engine.join())
         .await
-        .context("the dataflow thread failed")??;
+        .context("the dataflow thread failed")?;
+    ended(&report);
+    let report = report?;
     let written = outputs.finish().await?;
     log_finished(&report, &written);
     Ok(())

@@ -1,11 +1,15 @@
-//! `tapio query …`: the question catalog (`tapio-queries`) on the command line.
+//! `tapio query …`: the question catalog (`tapio-queries`) on the command line, answered from
+//! Neo4j when `integrations.neo4j` is configured, else from the in-memory store: the one a
+//! recording given with `--recording` is replayed into.
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use tapio_config::TapioConfig;
 use tapio_model::EntityId;
+use tapio_sinks_store::{Store, StoreSettings};
 
 /// `tapio query` arguments.
 #[derive(Args, Debug)]
@@ -13,6 +17,10 @@ pub(crate) struct QueryArgs {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// Replay this recording into the in-memory store and answer from it, with no service
+    /// running (Neo4j, if configured, is then not asked).
+    #[arg(long, global = true, value_name = "FILE")]
+    recording: Option<PathBuf>,
     #[command(subcommand)]
     question: Question,
 }
@@ -70,7 +78,8 @@ fn since(text: &str) -> Result<u64> {
     Ok(u64::try_from(now.saturating_sub(back).as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// Answers one question from the Neo4j in `config` and prints it.
+/// Answers one question from the Neo4j in `config`, or from the store a recording is replayed
+/// into, and prints it.
 pub(crate) async fn run(config: &TapioConfig, args: QueryArgs) -> Result<()> {
     // Parse the arguments before connecting, so a typo fails fast.
     enum Parsed {
@@ -88,12 +97,24 @@ pub(crate) async fn run(config: &TapioConfig, args: QueryArgs) -> Result<()> {
         } => Parsed::Timeline(entity(e)?, s.as_deref().map(since).transpose()?),
         Question::Path { from, to } => Parsed::Path(entity(from)?, entity(to)?),
     };
-    let graph = tapio_queries::connect(&config.integrations.neo4j).await?;
-    let answer = match parsed {
-        Parsed::Why(e) => tapio_queries::why(&graph, &e).await?,
-        Parsed::BlastRadius(e) => tapio_queries::blast_radius(&graph, &e).await?,
-        Parsed::Timeline(e, s) => tapio_queries::timeline(&graph, &e, s).await?,
-        Parsed::Path(a, b) => tapio_queries::path(&graph, &a, &b).await?,
+    let answer = if let Some(recording) = &args.recording {
+        let store = replayed(config, recording).await?;
+        let state = store.read();
+        use tapio_queries::memory;
+        match parsed {
+            Parsed::Why(e) => memory::why(&state, &e)?,
+            Parsed::BlastRadius(e) => memory::blast_radius(&state, &e)?,
+            Parsed::Timeline(e, s) => memory::timeline(&state, &e, s)?,
+            Parsed::Path(a, b) => memory::path(&state, &a, &b)?,
+        }
+    } else {
+        let graph = tapio_queries::connect(&config.integrations.neo4j).await?;
+        match parsed {
+            Parsed::Why(e) => tapio_queries::why(&graph, &e).await?,
+            Parsed::BlastRadius(e) => tapio_queries::blast_radius(&graph, &e).await?,
+            Parsed::Timeline(e, s) => tapio_queries::timeline(&graph, &e, s).await?,
+            Parsed::Path(a, b) => tapio_queries::path(&graph, &a, &b).await?,
+        }
     };
     let text = if args.json {
         let mut json = serde_json::to_string_pretty(&answer).context("cannot encode the answer")?;
@@ -107,4 +128,23 @@ pub(crate) async fn run(config: &TapioConfig, args: QueryArgs) -> Result<()> {
         .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
         .context("cannot write the answer to standard output")
+}
+
+/// The store after replaying `recording` through the dataflow of `config`.
+async fn replayed(config: &TapioConfig, recording: &std::path::Path) -> Result<Store> {
+    if !recording.is_file() {
+        bail!(
+            "the recording {} is not a readable file",
+            recording.display()
+        );
+    }
+    let source = tapio_sources_recording::RecordingSource::new(recording, 0.0);
+    let layout = tapio_dataflow::ClusterLayout::single(config.correlation.engine.worker_count);
+    let batches =
+        crate::pipeline::correlate_in_memory(config, vec![Box::new(source)], layout).await?;
+    let store = Store::new(StoreSettings::from_config(&config.store));
+    for batch in batches {
+        store.apply(batch);
+    }
+    Ok(store)
 }

@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::{
-    finish_dataflow, node_name, report_progress, run_collectors, start, start_dataflow,
-    stop_on_signal_or_timer, wait_for_sources,
+    Serve, finish_dataflow, node_name, report_progress, run_collectors, serve_api, start,
+    start_dataflow, stop_on_signal_or_timer, wait_for_sources,
 };
 
 fn nats_config(config: &TapioConfig, mode: &str) -> Result<NatsConfig> {
@@ -104,6 +104,7 @@ pub(crate) async fn correlate(
     let engine_config = &config.correlation.engine;
 
     let (engine, inputs, outputs) = start_dataflow(config, &layout, target).await?;
+    let server = serve_api(config, Serve::WhileRunning).await?;
 
     // Process I of a cluster reads every message through its own durable consumer.
     let consumer =
@@ -141,6 +142,9 @@ pub(crate) async fn correlate(
     let sources_result = wait_for_sources(running).await;
     router.await.context("the input router failed")?;
     finish_dataflow(engine, outputs).await?;
+    if let Some(server) = server {
+        server.stop().await;
+    }
     forwarder.abort();
     shutdown.cancel();
     progress.abort();

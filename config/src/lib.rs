@@ -26,12 +26,12 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrorKind};
 pub use glob::glob_matches;
 pub use model::{
-    BadRolloutConfig, BlastRadiusConfig, BurstConfig, BurstThreshold, CoOccurrenceConfig,
-    CollectorsConfig, ConfigChangeConfig, CorrelationConfig, DnsCollectorConfig, DnsFailureConfig,
-    EngineConfig, IntegrationsConfig, KernelCollectorConfig, KubeletCollectorConfig,
-    KubernetesCollectorConfig, MemoryExhaustionConfig, NatsConfig, Neo4jConfig, NodePressureConfig,
-    OomSequenceConfig, OwnershipConfig, RecordingCollectorConfig, RestartLoopConfig,
-    ServiceGraphConfig, SystemdCollectorConfig, TapioConfig,
+    ApiConfig, BadRolloutConfig, BlastRadiusConfig, BurstConfig, BurstThreshold,
+    CoOccurrenceConfig, CollectorsConfig, ConfigChangeConfig, CorrelationConfig,
+    DnsCollectorConfig, DnsFailureConfig, EngineConfig, IntegrationsConfig, KernelCollectorConfig,
+    KubeletCollectorConfig, KubernetesCollectorConfig, MemoryExhaustionConfig, NatsConfig,
+    Neo4jConfig, NodePressureConfig, OomSequenceConfig, OwnershipConfig, RecordingCollectorConfig,
+    RestartLoopConfig, ServiceGraphConfig, StoreConfig, SystemdCollectorConfig, TapioConfig,
 };
 pub use sequences::{
     EntityKind, MAX_STEPS, SequenceConfig, StepConfig, StepKind, StepWhere, builtin_sequences,

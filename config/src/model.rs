@@ -27,6 +27,14 @@ pub struct TapioConfig {
     /// Optional external systems that receive results. Default: all disabled.
     #[serde(deserialize_with = "null_as_default")]
     pub integrations: IntegrationsConfig,
+    /// The embedded in-memory store of correlations. Default: an hour of history, at most
+    /// 10000 retracted correlations.
+    #[serde(deserialize_with = "null_as_default")]
+    pub store: StoreConfig,
+    /// The HTTP API and `/metrics` of `tapio run` and `tapio replay`. Default: on, on
+    /// `127.0.0.1:7600`.
+    #[serde(deserialize_with = "null_as_default")]
+    pub api: ApiConfig,
 }
 
 #[expect(
@@ -41,6 +49,69 @@ impl Default for TapioConfig {
             collectors: CollectorsConfig::default(),
             correlation: CorrelationConfig::default(),
             integrations: IntegrationsConfig::default(),
+            store: StoreConfig::default(),
+            api: ApiConfig::default(),
+        }
+    }
+}
+
+/// The embedded in-memory store: the current correlations (all of them, always) and a bounded
+/// history of the ones that stopped being current.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Most retracted correlations kept, `0..=10000000`; `0` keeps none. Default: `10000`.
+    pub history_count: usize,
+    /// Retracted correlations are dropped once they are older than this (event time, before
+    /// the newest tick), at most `720h`. Written as a humantime string. Default: `1h`.
+    #[serde(with = "humantime_str")]
+    pub history_max_age: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            // Enough to look back over an incident that has just ended.
+            history_count: 10_000,
+            // An incident is usually looked into within the hour.
+            history_max_age: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+/// The HTTP API (read-only JSON, server-sent events of changes, health) and the Prometheus
+/// `/metrics`, served by every process that correlates.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Whether to serve it. Default: `true`.
+    pub enabled: bool,
+    /// `host:port` to listen on, an IP address and a port (`0` picks a free one). Default:
+    /// `127.0.0.1:7600` (this machine only).
+    pub address: String,
+    /// Environment variable holding the bearer token that every request but `/healthz`,
+    /// `/readyz` and `/metrics` must carry; unset or empty: no token. Only `A-Z 0-9 _`.
+    /// Default: `TAPIO_API_TOKEN`.
+    pub token_env: String,
+    /// File holding the bearer token (surrounding white space ignored); used when the
+    /// variable is unset. Empty: none. Default: empty.
+    pub token_file: String,
+    /// Most items one request may ask for (`limit`), `1..=100000`. Default: `1000`.
+    pub max_limit: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            // The embedded default: answers with no external service.
+            enabled: true,
+            // Loopback only: exposing it is a decision for whoever deploys Tapio.
+            address: "127.0.0.1:7600".to_owned(),
+            // A secret never sits in the YAML itself.
+            token_env: "TAPIO_API_TOKEN".to_owned(),
+            token_file: String::new(),
+            // Enough for a page of incidents; a larger answer is a bulk export.
+            max_limit: 1000,
         }
     }
 }

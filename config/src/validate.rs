@@ -116,6 +116,41 @@ pub(crate) fn validate(config: &TapioConfig) -> Result<(), ConfigError> {
             format!("must be at least 1024, got {}", nats.spool_max_bytes),
         ));
     }
+
+    let store = &config.store;
+    count_in("store.history_count", store.history_count, 0, 10_000_000)?;
+    duration_in(
+        "store.history_max_age",
+        store.history_max_age,
+        Duration::ZERO,
+        720 * HOUR,
+    )?;
+
+    let api = &config.api;
+    if api.address.parse::<std::net::SocketAddr>().is_err() {
+        return Err(invalid(
+            "api.address",
+            format!(
+                "must be an IP address and a port, e.g. 127.0.0.1:7600 or [::1]:7600, got `{}`",
+                api.address
+            ),
+        ));
+    }
+    if api.token_env.is_empty()
+        || !api
+            .token_env
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(invalid(
+            "api.token_env",
+            format!(
+                "must be an environment variable name of A-Z, 0-9 and _, got `{}`",
+                api.token_env
+            ),
+        ));
+    }
+    count_in("api.max_limit", api.max_limit, 1, 100_000)?;
     Ok(())
 }
 

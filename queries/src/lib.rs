@@ -28,6 +28,7 @@
 //! ```
 
 pub mod catalog;
+pub mod memory;
 mod table;
 
 use std::time::Duration;
@@ -458,8 +459,13 @@ fn cause(id: String, data: &str, since: TimeNs) -> Result<Cause, QueryError> {
             question: "why",
             reason: format!("correlation {id} holds data this version cannot read: {error}"),
         })?;
+    Ok(cause_of(id, correlation, since))
+}
+
+/// A current correlation as a [`Cause`], its sentences rendered.
+fn cause_of(id: String, correlation: Correlation, since: TimeNs) -> Cause {
     let what = describe_chain(&correlation.chain);
-    Ok(Cause {
+    Cause {
         kind: correlation.kind.as_str().to_owned(),
         family: correlation.family.as_str().to_owned(),
         root_cause: correlation.root_cause.to_string(),
@@ -480,7 +486,7 @@ fn cause(id: String, data: &str, since: TimeNs) -> Result<Cause, QueryError> {
             })
             .collect(),
         id,
-    })
+    }
 }
 
 /// The typed observation of a fact at `entity` (`observed`, JSON from an `ABOUT`
@@ -500,6 +506,22 @@ fn evidence(
     };
     let observed: Observed = serde_json::from_str(observed)
         .map_err(|error| bad("an observation this version cannot read", &error))?;
+    evidence_of(question, entity, fact_id, time, observed, previous)
+}
+
+/// [`evidence`] for an observation that is typed already.
+fn evidence_of(
+    question: &'static str,
+    entity: &str,
+    fact_id: &str,
+    time: TimeNs,
+    observed: Observed,
+    previous: Option<&str>,
+) -> Result<(Observed, String), QueryError> {
+    let bad = |what: &str, error: &dyn std::fmt::Display| QueryError::Failed {
+        question,
+        reason: format!("the graph has {what} for {fact_id} at {entity}: {error}"),
+    };
     let entity_id = |id: &str| {
         id.parse::<EntityId>()
             .map_err(|error| bad("a bad entity id", &error))

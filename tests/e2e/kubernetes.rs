@@ -672,6 +672,7 @@ async fn tapio_run_with_the_kubernetes_collector_reports_ownership() -> Result<(
     )?;
     let out = dir.join("out.jsonl");
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_tapio"))
+        .env("TAPIO_API_ADDRESS", "127.0.0.1:0")
         .arg("run")
         .arg("--config")
         .arg(&config)

@@ -28,8 +28,13 @@ fn allowed(name: &str) -> Option<&'static [&'static str]> {
             &["tapio-sources", "tapio-model", "tapio-config"]
         }
         sink if sink.starts_with("tapio-sinks-") => &["tapio-sinks", "tapio-model", "tapio-config"],
-        // L3: the question catalog.
-        "tapio-queries" => &["tapio-dataflow", "tapio-model", "tapio-config"],
+        // L3: the question catalog, answered from Neo4j or from the in-memory store (a sink).
+        "tapio-queries" => &[
+            "tapio-dataflow",
+            "tapio-model",
+            "tapio-config",
+            "tapio-sinks-store",
+        ],
         // L4: the binary, tests and benchmarks may use everything.
         "tapio" | "tapio-tests" | "tapio-benches" => return Some(&["*"]),
         _ => return None,

@@ -1,6 +1,7 @@
 //! End-to-end tests: the `tapio` binary against recordings, across worker and process counts,
 //! with bad input; with a real Neo4j; the layering rule of the workspace.
 
+mod api;
 mod backtest;
 mod bad_input;
 mod cli;

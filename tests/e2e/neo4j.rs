@@ -656,3 +656,190 @@ fn an_unreachable_neo4j_is_one_clear_error() {
     assert!(error.contains("no Neo4j configured"), "{error}");
     std::fs::remove_dir_all(dir).expect("clean");
 }
+
+/// Every entity of the correlations current at the end of `out` (a JSON-lines output), and the
+/// pairs `path` is asked about: each chain's root cause to each of its hops.
+fn questions_of(out: &Path) -> (BTreeSet<String>, BTreeSet<(String, String)>) {
+    let mut entities = BTreeSet::new();
+    let mut pairs = BTreeSet::new();
+    for correlation in current(&read_changes(out)) {
+        let root = correlation.root_cause.to_string();
+        entities.insert(root.clone());
+        for hop in &correlation.chain {
+            let entity = hop.entity.to_string();
+            entities.insert(entity.clone());
+            pairs.insert((root.clone(), entity));
+        }
+    }
+    (entities, pairs)
+}
+
+/// The in-memory store answers every question as Neo4j does: each recording is replayed once
+/// into Neo4j (by `tapio replay`) and once into the store (by `tapio query --recording`, and in
+/// this process from the same JSON-lines output), and why, blast-radius, timeline and path
+/// about every entity of every current correlation give equal answers.
+#[test]
+fn the_store_answers_every_question_as_neo4j_does() {
+    use tapio_queries::memory;
+    use tapio_sinks_store::{Store, StoreSettings};
+
+    let _db = database();
+    let runtime = runtime();
+    let graph = graph(&runtime);
+    let dir = scratch("neo4j-store");
+    let dependency = dir.join("dependency.jsonl");
+    write_recording(&dependency, &dependency_incident());
+    let recordings_dir = tapio_tests::repo_root().join("tests/recordings");
+    let recordings = [
+        kspan_recording(),
+        dependency,
+        recordings_dir.join("memory-pressure.jsonl"),
+        recordings_dir.join("service-restart-cascade.jsonl"),
+        recordings_dir.join("dns-failures.jsonl"),
+    ];
+    let config = config(&dir, server().uri(), harness::PASSWORD);
+    let bolt = tapio_config::Neo4jConfig {
+        uri: server().uri().to_owned(),
+        username: harness::USERNAME.to_owned(),
+        password: harness::PASSWORD.to_owned(),
+    };
+    let connection = runtime
+        .block_on(tapio_queries::connect(&bolt))
+        .expect("connect");
+    let mut compared = 0usize;
+    let mut identical_paths = 0usize;
+    for (index, recording) in recordings.iter().enumerate() {
+        runtime
+            .block_on(graph.run(query("MATCH (n) DETACH DELETE n")))
+            .expect("clear");
+        let out = dir.join(format!("out-{index}.jsonl"));
+        succeed(
+            tapio()
+                .arg("--config")
+                .arg(&config)
+                .arg("replay")
+                .arg(recording)
+                .arg("--output")
+                .arg(&out),
+        );
+        // The store, filled tick by tick from the same output.
+        let store = Store::new(StoreSettings {
+            history_count: 100,
+            history_max_age: Duration::from_secs(3600),
+        });
+        let changes = read_changes(&out);
+        let mut ticks: Vec<tapio_model::ClosedBatch> = Vec::new();
+        for change in changes {
+            match ticks.last_mut() {
+                Some(tick) if tick.time == change.time => {
+                    tick.changes.push((change.correlation, change.diff));
+                }
+                _ => ticks.push(tapio_model::ClosedBatch {
+                    time: change.time,
+                    changes: vec![(change.correlation, change.diff)],
+                }),
+            }
+        }
+        for tick in ticks {
+            store.apply(tick);
+        }
+        let state = store.read();
+        let (entities, pairs) = questions_of(&out);
+        assert!(
+            !entities.is_empty(),
+            "{} concludes something",
+            recording.display()
+        );
+        let json = |answer: Result<tapio_queries::Answer, tapio_queries::QueryError>| {
+            serde_json::to_value(answer.expect("answered")).expect("JSON")
+        };
+        for text in &entities {
+            let id = entity(text);
+            let asked = |what: &str, neo4j: serde_json::Value, store: serde_json::Value| {
+                assert_eq!(
+                    store,
+                    neo4j,
+                    "{what} {text} after {}: the store (left) and Neo4j (right) differ",
+                    recording.display()
+                );
+            };
+            asked(
+                "why",
+                json(runtime.block_on(tapio_queries::why(&connection, &id))),
+                json(memory::why(&state, &id)),
+            );
+            asked(
+                "blast-radius",
+                json(runtime.block_on(tapio_queries::blast_radius(&connection, &id))),
+                json(memory::blast_radius(&state, &id)),
+            );
+            asked(
+                "timeline",
+                json(runtime.block_on(tapio_queries::timeline(&connection, &id, None))),
+                json(memory::timeline(&state, &id, None)),
+            );
+            compared += 3;
+        }
+        for (from, to) in &pairs {
+            let (a, b) = (entity(from), entity(to));
+            let neo4j = json(runtime.block_on(tapio_queries::path(&connection, &a, &b)));
+            let stored = json(memory::path(&state, &a, &b));
+            // Where several shortest paths exist (or two facts support the same step), either
+            // may pick another one, as Cypher's shortestPath leaves the choice open: the length
+            // always agrees, and along the same entities each step joins the same two (by
+            // whichever relationship joins them: a pod CAUSED a container that is OWNED_BY it).
+            assert_eq!(
+                stored["nodes"].as_array().map(Vec::len),
+                neo4j["nodes"].as_array().map(Vec::len),
+                "path {from} {to}: {stored:#} vs {neo4j:#}"
+            );
+            let shape = |answer: &serde_json::Value| -> Vec<BTreeSet<String>> {
+                answer["steps"]
+                    .as_array()
+                    .expect("steps")
+                    .iter()
+                    .map(|step| {
+                        let text = |key: &str| step[key].as_str().expect("a string").to_owned();
+                        BTreeSet::from([text("from"), text("to")])
+                    })
+                    .collect()
+            };
+            if stored["nodes"] == neo4j["nodes"] {
+                assert_eq!(shape(&stored), shape(&neo4j), "path {from} {to}");
+            }
+            if stored == neo4j {
+                identical_paths += 1;
+            }
+            compared += 1;
+        }
+        drop(state);
+
+        // The binary: `tapio query --recording` (no Neo4j asked) prints what `tapio query`
+        // prints from Neo4j, as JSON and as a table.
+        let no_neo4j = dir.join("no-neo4j.yaml");
+        std::fs::write(&no_neo4j, "").expect("write config");
+        let first = entities.iter().next().expect("an entity").clone();
+        for question in [["why", first.as_str()], ["timeline", first.as_str()]] {
+            let from_store = succeed(
+                tapio()
+                    .arg("--config")
+                    .arg(&no_neo4j)
+                    .arg("query")
+                    .arg("--recording")
+                    .arg(recording)
+                    .args(question),
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&from_store.stdout),
+                query_table(&config, &question),
+                "{question:?} after {}",
+                recording.display()
+            );
+        }
+    }
+    assert!(compared > 50, "only {compared} answers compared");
+    assert!(
+        identical_paths > 10,
+        "only {identical_paths} paths are identical"
+    );
+}

@@ -7,10 +7,12 @@ use std::process::{Command, Output};
 use tapio_model::recording::RecordingWriter;
 use tapio_model::{CorrelationChange, Observation};
 
-/// The `tapio` binary under test.
+/// The `tapio` binary under test. Its API listens on a free port, so that the tests that run
+/// it at once do not contend for the default one.
 pub fn tapio() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tapio"));
     command.env("TAPIO_LOG", "info");
+    command.env("TAPIO_API_ADDRESS", "127.0.0.1:0");
     command
 }
 

@@ -42,6 +42,7 @@
 //! ```
 
 mod clock;
+mod counters;
 pub mod harness;
 pub mod operators;
 mod output;
@@ -58,6 +59,7 @@ use tapio_model::ClosedBatch;
 use tokio::sync::mpsc;
 
 pub use clock::{Membership, SourceChange, Tick, TickClock, Watermark};
+pub use counters::{CountersSnapshot, EngineCounters};
 pub use progress::TakenIn;
 pub use router::{ClusterLayout, Ingest, Router, WorkerInput};
 pub use rules::{Rule, RuleInputs};
@@ -180,6 +182,7 @@ pub struct Engine {
     guards: timely::communication::initialize::WorkerGuards<WorkerReport>,
     emitted: Arc<AtomicU64>,
     taken_in: TakenIn,
+    counters: EngineCounters,
 }
 
 impl Engine {
@@ -214,6 +217,8 @@ impl Engine {
         let worker_emitted = Arc::clone(&emitted);
         let taken_in = TakenIn::new(layout.workers);
         let worker_taken_in = taken_in.clone();
+        let counters = EngineCounters::new(layout.workers);
+        let worker_counters = counters.clone();
         let guards = timely::execute(config, move |worker| {
             let local = worker.index() - first_local;
             let receiver = receivers[local]
@@ -230,7 +235,7 @@ impl Engine {
                 output.clone(),
                 Arc::clone(&horizon),
                 Arc::clone(&worker_emitted),
-                (local, worker_taken_in.clone()),
+                (local, worker_taken_in.clone(), &worker_counters),
             )
         })
         .map_err(|reason| EngineError::Start { reason })?;
@@ -239,9 +244,15 @@ impl Engine {
                 guards,
                 emitted,
                 taken_in,
+                counters,
             },
             senders,
         ))
+    }
+
+    /// What this process's workers have taken in so far, live.
+    pub fn counters(&self) -> EngineCounters {
+        self.counters.clone()
     }
 
     /// How far this process's workers have taken in their input (see [`TakenIn`]).

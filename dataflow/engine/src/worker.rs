@@ -61,7 +61,7 @@ pub(crate) fn drive(
     out: mpsc::Sender<ClosedBatch>,
     horizon: Arc<Horizon>,
     emitted: Arc<AtomicU64>,
-    (local, taken_in): (usize, TakenIn),
+    (local, taken_in, counters): (usize, TakenIn, &crate::EngineCounters),
 ) -> WorkerReport {
     // From now on the router wakes this thread when it sends.
     let _ = input.thread.set(std::thread::current());
@@ -119,6 +119,7 @@ pub(crate) fn drive(
             // Everything before the mark is now in the flushed input sessions.
             taken_in.record(local, position);
         }
+        counters.publish(local, &intake.report, intake.input_tick());
         if let Some(end) = end {
             break end;
         }

@@ -793,6 +793,23 @@ impl Correlation {
     }
 }
 
+/// The stable id of a correlation: the first 128 bits of the SHA-256 of its JSON form, in hex.
+/// Equal correlations get equal ids in every process and every run, in every sink (the Neo4j
+/// graph and the in-memory store name a correlation alike); the JSON holds no prose, so
+/// rewording a rendered sentence never changes an id.
+pub fn correlation_id(correlation: &Correlation) -> String {
+    use sha2::{Digest, Sha256};
+    let json =
+        serde_json::to_vec(correlation).unwrap_or_else(|_| format!("{correlation:?}").into());
+    let digest = Sha256::digest(&json);
+    let mut id = String::with_capacity(32);
+    for byte in &digest[..16] {
+        use std::fmt::Write;
+        let _ = write!(id, "{byte:02x}");
+    }
+    id
+}
+
 /// One change to the set of current correlations, as the sinks write it.
 ///
 /// JSON: `{"diff":1,"time":1621417387000000000,"correlation":{...}}`.

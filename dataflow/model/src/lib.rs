@@ -25,7 +25,7 @@ mod time;
 
 pub use correlation::{
     Basis, BurstKind, ClosedBatch, Confidence, Correlation, CorrelationChange, CorrelationKind,
-    Detail, ExitTally, Family, Hop, Impact, Observed, Relation, Resolution, Tally,
+    Detail, ExitTally, Family, Hop, Impact, Observed, Relation, Resolution, Tally, correlation_id,
 };
 pub use entity::{EntityId, EntityIdError};
 pub use observation::{

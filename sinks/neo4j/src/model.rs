@@ -32,7 +32,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use sha2::{Digest, Sha256};
 use tapio_model::{Correlation, Relation};
 
 /// The shape of the graph this version writes, stored as `schema` on the graph's
@@ -71,18 +70,9 @@ pub struct Link {
     pub fact_id: String,
 }
 
-/// The stable id of a correlation in the graph: the first 128 bits of the SHA-256 of its JSON
-/// form, in hex. Equal correlations get equal ids in every process and every run; the JSON holds
-/// no prose, so rewording a rendered sentence never changes an id.
-pub fn correlation_id(correlation: &Correlation) -> String {
-    let json =
-        serde_json::to_vec(correlation).unwrap_or_else(|_| format!("{correlation:?}").into());
-    let digest = Sha256::digest(&json);
-    digest[..16]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
-}
+/// The stable id of a correlation in the graph ([`tapio_model::correlation_id`]): the first 128
+/// bits of the SHA-256 of its JSON form, in hex.
+pub use tapio_model::correlation_id;
 
 /// One hop of a [`Chain`]: its entity, its fact and how it relates to the hop before.
 #[derive(Clone, Debug, PartialEq, Eq)]
