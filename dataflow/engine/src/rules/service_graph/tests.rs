@@ -424,7 +424,9 @@ fn naive_stand_ins(
     tick: Tick,
 ) -> BTreeSet<FactId> {
     let slot_ns = RESOLVE_EVERY_MS * MS;
-    let mut entering: Vec<(Tick, TimeNs, FactId, (String, String, bool))> = Vec::new();
+    // A flow as the rule keys it: local side, address, direction.
+    type Flow = (String, String, bool);
+    let mut entering: Vec<(Tick, TimeNs, FactId, Flow)> = Vec::new();
     for (observation, at) in arrived.iter().zip(entered) {
         let (Observation::Fact(fact), Some(at)) = (observation, at) else {
             continue;
@@ -463,7 +465,7 @@ fn naive_stand_ins(
     entering.dedup();
     // Per flow: (slot, earliest (time, id), latest time).
     type Slot = (u64, (TimeNs, FactId), TimeNs);
-    let mut flows: BTreeMap<(String, String, bool), Vec<Slot>> = BTreeMap::new();
+    let mut flows: BTreeMap<Flow, Vec<Slot>> = BTreeMap::new();
     let expires = |slot: &Slot| clock.tick_of(slot.2) + WINDOW_MS;
     for (at, time, id, flow) in entering {
         let slots = flows.entry(flow).or_default();
