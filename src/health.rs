@@ -50,6 +50,7 @@ pub(crate) struct Health {
     store: Mutex<Option<Store>>,
     engine: Mutex<Option<EngineCounters>>,
     queues: Mutex<Vec<(&'static str, WeakSender<ClosedBatch>)>>,
+    newest: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -149,6 +150,26 @@ impl Health {
                 let queue = queue.upgrade()?;
                 Some((*name, queue.max_capacity() - queue.capacity()))
             })
+            .collect()
+    }
+
+    /// The dataflow took in an observation from `source` (the source kind its id or heartbeat
+    /// names) with event time `time_ns`.
+    pub(crate) fn taken_in(&self, source: &str, time_ns: u64) {
+        let mut newest = lock(&self.newest);
+        match newest.get_mut(source) {
+            Some(known) => *known = (*known).max(time_ns),
+            None => {
+                newest.insert(source.to_owned(), time_ns);
+            }
+        }
+    }
+
+    /// The newest event time taken in from each source kind, ns.
+    pub(crate) fn newest_per_source(&self) -> Vec<(String, u64)> {
+        lock(&self.newest)
+            .iter()
+            .map(|(source, time)| (source.clone(), *time))
             .collect()
     }
 

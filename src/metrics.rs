@@ -221,6 +221,19 @@ impl Collector for Snapshot {
             &up,
         )?;
 
+        let now_s = tapio_sources::now_ns() as f64 / 1e9;
+        let lag: Vec<(Labels, f64)> = health
+            .newest_per_source()
+            .into_iter()
+            .map(|(source, newest)| (vec![("source", source)], now_s - newest as f64 / 1e9))
+            .collect();
+        gauge(
+            &mut encoder,
+            "tapio_source_lag_seconds",
+            "Wall time minus the newest event time the dataflow took in from a source (facts, state updates and heartbeats, by the source their id names)",
+            &lag,
+        )?;
+
         if let Some(engine) = health.engine() {
             let now = engine.snapshot();
             counter(

@@ -115,7 +115,7 @@ pub(crate) async fn correlate(
     let (observations_tx, observations_rx) = mpsc::channel(engine_config.event_buffer_size);
     let (taken_in_tx, taken_in_rx) = watch::channel(0u64);
     let router = tokio::spawn(route_deliveries(
-        Router::new(layout.clone(), inputs),
+        crate::pipeline::facts_into_store(Router::new(layout.clone(), inputs)),
         deliveries_rx,
         observations_rx,
     ));

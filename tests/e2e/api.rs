@@ -15,9 +15,9 @@ const POD: &str = "pod/default/px-7df978b9bf-jm22q";
 const PROCESS: &str = "process/kind-control-plane/2315/1621357851120000000";
 
 /// A running `tapio`, stopped (SIGTERM, then killed) when dropped.
-struct Running {
+pub(crate) struct Running {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Drop for Running {
@@ -39,7 +39,7 @@ impl Drop for Running {
 }
 
 /// One HTTP/1.1 GET: the status and the body.
-fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+pub(crate) fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the API");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -66,7 +66,7 @@ fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
     (status, body)
 }
 
-fn json(port: u16, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+pub(crate) fn json(port: u16, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
     let (status, body) = get(port, path, token);
     let value = serde_json::from_str(&body)
         .unwrap_or_else(|error| panic!("{path} answered no JSON ({error}): {body}"));
@@ -74,7 +74,7 @@ fn json(port: u16, path: &str, token: Option<&str>) -> (u16, serde_json::Value) 
 }
 
 /// Starts `tapio` with `args` serving on a free port and waits until `/healthz` answers.
-fn start(args: &[&str], envs: &[(&str, &str)]) -> Running {
+pub(crate) fn start(args: &[&str], envs: &[(&str, &str)]) -> Running {
     let port = tapio_tests::free_port();
     let mut command = tapio();
     command
@@ -98,7 +98,7 @@ fn start(args: &[&str], envs: &[(&str, &str)]) -> Running {
 }
 
 /// Waits until `ready` holds of the `/readyz` answer.
-fn wait_for(port: u16, what: &str, ready: impl Fn(&serde_json::Value) -> bool) {
+pub(crate) fn wait_for(port: u16, what: &str, ready: impl Fn(&serde_json::Value) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, body) = json(port, "/readyz", None);
@@ -110,7 +110,7 @@ fn wait_for(port: u16, what: &str, ready: impl Fn(&serde_json::Value) -> bool) {
     }
 }
 
-fn replayed(envs: &[(&str, &str)]) -> Running {
+pub(crate) fn replayed(envs: &[(&str, &str)]) -> Running {
     let recording = kspan_recording();
     let running = start(
         &["replay", recording.to_str().expect("UTF-8"), "--serve"],
@@ -400,4 +400,11 @@ fn prometheus_scrapes_the_metrics_and_answers_promql() {
     assert_eq!(ask("tapio_correlation_changes_total"), Some(11.0));
     assert_eq!(ask("tapio_dataflow_facts_total"), Some(26.0));
     assert_eq!(ask("up{job=\"tapio\"}"), Some(1.0));
+    // The recording is from May 2021: its sources lag by years.
+    let lag = ask("tapio_source_lag_seconds{source=\"kernel\"}").expect("the kernel's lag");
+    assert!(lag > 3.0 * 365.0 * 86_400.0, "lag {lag} s");
+    assert!(
+        ask("tapio_source_lag_seconds{source=\"kubernetes\"}").is_some(),
+        "a lag per source"
+    );
 }
