@@ -109,6 +109,30 @@ impl Server {
 /// When the address cannot be bound or the token cannot be read.
 pub(crate) async fn serve(config: &ApiConfig, address: &str, store: Store) -> Result<Server> {
     let token = token(config)?;
+    let api = Api {
+        store,
+        token: token.map(Arc::from),
+        max_limit: config.max_limit,
+        metrics: crate::metrics::metrics(),
+    };
+    listen(address, router(api)).await
+}
+
+/// Binds `address` and serves only `/healthz`, `/readyz` and `/metrics`: for the node agent,
+/// which correlates nothing.
+///
+/// # Errors
+/// When the address cannot be bound.
+pub(crate) async fn serve_metrics(address: &str) -> Result<Server> {
+    let router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_only))
+        .fallback(not_found);
+    listen(address, router).await
+}
+
+async fn listen(address: &str, router: Router) -> Result<Server> {
     let address: SocketAddr = address
         .parse()
         .with_context(|| format!("the API address `{address}` is not an IP address and a port"))?;
@@ -118,13 +142,6 @@ pub(crate) async fn serve(config: &ApiConfig, address: &str, store: Store) -> Re
     let address = listener
         .local_addr()
         .context("the API socket has no address")?;
-    let api = Api {
-        store,
-        token: token.map(Arc::from),
-        max_limit: config.max_limit,
-        metrics: crate::metrics::metrics(),
-    };
-    let router = router(api);
     let stop = CancellationToken::new();
     let stopped = stop.clone();
     let task = tokio::spawn(async move {
@@ -730,7 +747,15 @@ async fn readyz() -> Response {
 }
 
 async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
-    let text = api.metrics.encode().map_err(|error| {
+    encode_metrics(&api.metrics)
+}
+
+async fn metrics_only() -> Result<Response, ApiError> {
+    encode_metrics(&crate::metrics::metrics())
+}
+
+fn encode_metrics(metrics: &crate::metrics::Metrics) -> Result<Response, ApiError> {
+    let text = metrics.encode().map_err(|error| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot encode the metrics: {error}"),

@@ -51,6 +51,7 @@ pub(crate) struct Health {
     engine: Mutex<Option<EngineCounters>>,
     queues: Mutex<Vec<(&'static str, WeakSender<ClosedBatch>)>>,
     newest: Mutex<std::collections::BTreeMap<String, u64>>,
+    publisher: Mutex<Option<Arc<tapio_sinks_nats::PublisherGauges>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -173,6 +174,16 @@ impl Health {
             .collect()
     }
 
+    /// The node agent's NATS publisher.
+    pub(crate) fn set_publisher(&self, gauges: Arc<tapio_sinks_nats::PublisherGauges>) {
+        *lock(&self.publisher) = Some(gauges);
+    }
+
+    /// The NATS publisher's live gauges, in the node agent.
+    pub(crate) fn publisher(&self) -> Option<Arc<tapio_sinks_nats::PublisherGauges>> {
+        lock(&self.publisher).clone()
+    }
+
     /// Whether every part works: no source failed or is still starting, the dataflow runs
     /// (or has finished its input), and no sink failed. Also says what is not ready.
     pub(crate) fn ready(&self) -> (bool, Vec<String>) {
@@ -189,6 +200,8 @@ impl Health {
             }
         }
         match self.dataflow() {
+            // The node agent runs no dataflow: it publishes.
+            None if self.publisher().is_some() => {}
             None | Some((Phase::Starting, _)) => not_ready.push("the dataflow is starting".into()),
             Some((Phase::Failed, message)) => not_ready.push(format!(
                 "the dataflow failed: {}",

@@ -326,6 +326,28 @@ impl Collector for Snapshot {
             }
         }
 
+        if let Some(publisher) = health.publisher() {
+            use std::sync::atomic::Ordering;
+            gauge(
+                &mut encoder,
+                "tapio_nats_spool_bytes",
+                "Bytes in the node agent's spool: observations written while NATS was unreachable, not yet published",
+                &[(
+                    Vec::new(),
+                    publisher.spool_bytes.load(Ordering::Relaxed) as f64,
+                )],
+            )?;
+            gauge(
+                &mut encoder,
+                "tapio_nats_unacknowledged_observations",
+                "Observations the node agent handed to NATS that JetStream has not acknowledged yet",
+                &[(
+                    Vec::new(),
+                    publisher.unacknowledged.load(Ordering::Relaxed) as f64,
+                )],
+            )?;
+        }
+
         let sinks = health.sinks();
         let failures: Vec<(Labels, u64)> = sinks
             .iter()

@@ -41,6 +41,13 @@ pub(crate) async fn collect(
     let shutdown = CancellationToken::new();
     stop_on_signal_or_timer(&shutdown, run_for);
     let publisher = Publisher::connect(&nats).await?;
+    crate::health::health().set_publisher(publisher.gauges());
+    // The agent correlates nothing: it serves health and metrics only.
+    let server = if config.api.enabled {
+        Some(crate::api::serve_metrics(&config.api.address).await?)
+    } else {
+        None
+    };
     let (observations_tx, observations_rx) =
         mpsc::channel(config.correlation.engine.event_buffer_size);
     let publishing = tokio::spawn(publisher.run(observations_rx, shutdown.clone()));
@@ -50,6 +57,9 @@ pub(crate) async fn collect(
     let report = publishing.await.context("the NATS publisher crashed")??;
     shutdown.cancel();
     progress.abort();
+    if let Some(server) = server {
+        server.stop().await;
+    }
     tracing::info!(
         published = report.published,
         messages = report.messages,
