@@ -857,3 +857,57 @@ fn the_store_answers_every_question_as_neo4j_does() {
     );
     assert!(blast_radii > 10, "only {blast_radii} blast radii compared");
 }
+
+/// The Neo4j sink on `/metrics`: a commit latency per tick it wrote, and no failure.
+#[test]
+fn the_neo4j_sink_reports_its_commits_and_failures_on_metrics() {
+    let _db = database();
+    let runtime = runtime();
+    let graph = graph(&runtime);
+    runtime
+        .block_on(graph.run(query("MATCH (n) DETACH DELETE n")))
+        .expect("clear");
+    let dir = scratch("neo4j-metrics");
+    let config = config(&dir, server().uri(), harness::PASSWORD);
+    let out = dir.join("out.jsonl");
+    let recording = kspan_recording();
+    let api = crate::api::start(
+        &[
+            "--config",
+            config.to_str().expect("UTF-8"),
+            "replay",
+            recording.to_str().expect("UTF-8"),
+            "--serve",
+            "--output",
+            out.to_str().expect("UTF-8"),
+        ],
+        &[],
+    );
+    crate::api::wait_for(api.port, "written everything to Neo4j", |body| {
+        body["sinks"].as_array().is_some_and(|sinks| {
+            sinks
+                .iter()
+                .any(|sink| sink["name"] == "neo4j" && sink["status"] == "finished")
+        })
+    });
+    let (status, text) = crate::api::get(api.port, "/metrics", None);
+    assert_eq!(status, 200);
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    let ticks = value("tapio_ticks_with_changes_total ");
+    assert!(ticks > 0.0);
+    assert_eq!(
+        value("tapio_sink_commit_seconds_count{sink=\"neo4j\"} "),
+        ticks,
+        "one commit per tick"
+    );
+    assert!(value("tapio_sink_commit_seconds_sum{sink=\"neo4j\"} ") > 0.0);
+    assert_eq!(
+        value("tapio_tick_to_sink_seconds_count{sink=\"neo4j\"} "),
+        ticks
+    );
+    assert_eq!(value("tapio_sink_failures_total{sink=\"neo4j\"} "), 0.0);
+}
