@@ -395,6 +395,8 @@ function incidentView(id) {
   document.body.dataset.view = "incident";
   view.append(el("p", { class: "muted" }, "Loading…"));
   let stopped = false;
+  let shown = null;
+  const selection = { hop: null };
   async function load() {
     let answer;
     try {
@@ -405,18 +407,25 @@ function incidentView(id) {
       return;
     }
     if (stopped) return;
-    renderIncident(answer);
+    shown = answer.correlation;
+    renderIncident(answer, selection);
   }
   load();
-  // A change to this correlation (it was retracted, say) is shown as it happens.
-  const stop = onChanges(() => true, load);
+  // A change to this correlation (it was retracted, say) is shown as it happens; a change is
+  // this correlation's when its kind, root cause and first hop's evidence are.
+  const same = (change) => {
+    const other = change.correlation;
+    return Boolean(shown && other && other.kind === shown.kind && other.root_cause === shown.root_cause
+      && other.chain.length > 0 && shown.chain.length > 0 && other.chain[0].fact_id === shown.chain[0].fact_id);
+  };
+  const stop = onChanges(same, load);
   return () => {
     stopped = true;
     stop();
   };
 }
 
-function renderIncident(answer) {
+function renderIncident(answer, selection) {
   clear(view);
   const correlation = answer.correlation;
   const chain = answer.evidence;
@@ -451,6 +460,7 @@ function renderIncident(answer) {
   view.append(table);
 
   const select = (index) => {
+    selection.hop = index;
     for (const node of view.querySelectorAll(".selected")) node.classList.remove("selected");
     for (const node of view.querySelectorAll(`[data-hop="${index}"]`)) node.classList.add("selected");
     const hop = chain[index];
@@ -478,6 +488,7 @@ function renderIncident(answer) {
         el("td", {}, hop.what)));
   });
   graph.append(drawChain(chain, rootEntity, base, select));
+  if (selection.hop !== null && selection.hop < chain.length) select(selection.hop);
 }
 
 // Lays the chain out as a graph: one box per entity (in the order the chain first reaches
