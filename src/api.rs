@@ -425,9 +425,7 @@ async fn incidents(
 ) -> Result<Response, ApiError> {
     let Query(params) = params?;
     if params.per_group.is_some() {
-        return Err(ApiError::bad(
-            "`per_group` applies to /v1/root-causes only",
-        ));
+        return Err(ApiError::bad("`per_group` applies to /v1/root-causes only"));
     }
     let listing = listing(&api, params)?;
     let started = std::time::Instant::now();
@@ -486,7 +484,8 @@ async fn root_causes(
             })
         })
         .collect();
-    api.metrics.observe_request("root_causes", started.elapsed());
+    api.metrics
+        .observe_request("root_causes", started.elapsed());
     Ok(axum::Json(serde_json::json!({ "total": total, "root_causes": groups })).into_response())
 }
 

@@ -18,7 +18,10 @@ const ICON: &str = include_str!("web/icon.svg");
 /// The page's routes: `/` and its assets under `/assets/`.
 pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
-        .route("/", get(|| async { asset(INDEX, "text/html; charset=utf-8") }))
+        .route(
+            "/",
+            get(|| async { asset(INDEX, "text/html; charset=utf-8") }),
+        )
         .route(
             "/assets/app.js",
             get(|| async { asset(SCRIPT, "text/javascript; charset=utf-8") }),

@@ -273,11 +273,9 @@ pub fn blast_radius(state: &State, entity: &EntityId) -> Result<Answer, QueryErr
             if hit == start {
                 continue;
             }
-            let better = best
-                .get(&hit)
-                .is_none_or(|(length, known, evidence)| {
-                    (facts.len(), how, &facts) < (*length, *known, evidence)
-                });
+            let better = best.get(&hit).is_none_or(|(length, known, evidence)| {
+                (facts.len(), how, &facts) < (*length, *known, evidence)
+            });
             if better {
                 best.insert(hit, (facts.len(), how, facts));
             }

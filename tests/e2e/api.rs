@@ -167,13 +167,20 @@ fn a_replayed_recording_answers_over_http_and_bad_requests_get_json_errors() {
     assert_eq!(groups["total"], 1);
     assert_eq!(groups["root_causes"][0]["root_cause"], PROCESS);
     assert_eq!(groups["root_causes"][0]["count"], 1);
-    assert_eq!(groups["root_causes"][0]["kinds"], serde_json::json!(["oom_restart"]));
+    assert_eq!(
+        groups["root_causes"][0]["kinds"],
+        serde_json::json!(["oom_restart"])
+    );
     assert_eq!(
         groups["root_causes"][0]["incidents"][0]["id"],
         incident["id"]
     );
     let (_, first) = json(port, "/v1/incidents?family=ownership&limit=2", None);
-    let (_, second) = json(port, "/v1/incidents?family=ownership&limit=2&offset=2", None);
+    let (_, second) = json(
+        port,
+        "/v1/incidents?family=ownership&limit=2&offset=2",
+        None,
+    );
     assert_eq!(second["total"], first["total"]);
     assert_eq!(second["incidents"].as_array().map(Vec::len), Some(2));
     assert_ne!(second["incidents"][0]["id"], first["incidents"][0]["id"]);

@@ -416,7 +416,10 @@ fn an_agent_started_while_nats_is_down_spools_then_publishes() {
         "the agent's /metrics never showed spooled bytes while NATS was down"
     );
     let (status, ready) = crate::api::json(port, "/readyz", None);
-    assert_eq!(status, 200, "the agent runs no dataflow and is ready: {ready:#}");
+    assert_eq!(
+        status, 200,
+        "the agent runs no dataflow and is ready: {ready:#}"
+    );
     std::thread::sleep(Duration::from_millis(1000).saturating_sub(started.elapsed()));
     nats.restart();
     wait_success(agent, "the agent", &dir.join("agent.stderr"));

@@ -43,10 +43,11 @@ fn request(port: u16, method: &str, path: &str, body: Option<&Value>) -> Value {
     let mut head = String::new();
     loop {
         let mut line = String::new();
-        let read = reader
-            .read_line(&mut line)
-            .expect("read from chromedriver");
-        assert!(read > 0, "{method} {path}: chromedriver closed the connection");
+        let read = reader.read_line(&mut line).expect("read from chromedriver");
+        assert!(
+            read > 0,
+            "{method} {path}: chromedriver closed the connection"
+        );
         if line == "\r\n" {
             break;
         }
@@ -71,15 +72,19 @@ fn request(port: u16, method: &str, path: &str, body: Option<&Value>) -> Value {
             reader
                 .read_to_string(&mut body)
                 .expect("read from chromedriver");
-            if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            if head
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked")
+            {
                 dechunk(&body)
             } else {
                 body
             }
         }
     };
-    let value: Value = serde_json::from_str(&body)
-        .unwrap_or_else(|error| panic!("{method} {path}: no JSON from chromedriver ({error}): {body}"));
+    let value: Value = serde_json::from_str(&body).unwrap_or_else(|error| {
+        panic!("{method} {path}: no JSON from chromedriver ({error}): {body}")
+    });
     if let Some(error) = value["value"]["error"].as_str() {
         panic!(
             "{method} {path}: WebDriver error `{error}`: {}",
@@ -374,9 +379,9 @@ fn the_page_shows_the_oom_incident_its_graph_and_the_timeline() {
     );
     let entries = entries.as_array().expect("entries");
     let has = |class: &str, label: &str| {
-        entries.iter().any(|entry| {
-            entry[0].as_str().is_some_and(|c| c.contains(class)) && entry[1] == label
-        })
+        entries
+            .iter()
+            .any(|entry| entry[0].as_str().is_some_and(|c| c.contains(class)) && entry[1] == label)
     };
     assert!(has("fact", "oom kill"), "{entries:#?}");
     assert!(has("fact", "process exec"), "{entries:#?}");
@@ -385,7 +390,11 @@ fn the_page_shows_the_oom_incident_its_graph_and_the_timeline() {
         "return document.querySelectorAll('#timeline-axis rect.hit').length",
         json!([]),
     );
-    assert_eq!(marks, json!(entries.len()), "one mark per entry on the axis");
+    assert_eq!(
+        marks,
+        json!(entries.len()),
+        "one mark per entry on the axis"
+    );
     browser.screenshot("timeline");
 }
 
@@ -445,7 +454,10 @@ fn a_live_incident_appears_on_the_open_page_without_a_reload() {
         json!([]),
     );
     assert_eq!(state[0], json!(true), "the page was not reloaded");
-    assert!(state[1].as_u64().expect("count") > 0, "changes came over SSE");
+    assert!(
+        state[1].as_u64().expect("count") > 0,
+        "changes came over SSE"
+    );
     assert_eq!(state[2], json!(true), "the new incident is marked as new");
     browser.screenshot("live");
 }

@@ -374,9 +374,7 @@ impl Publisher {
             self.gauges
                 .spool_bytes
                 .store(spool.len(), Ordering::Relaxed);
-            self.gauges
-                .unacknowledged
-                .store(unacked, Ordering::Relaxed);
+            self.gauges.unacknowledged.store(unacked, Ordering::Relaxed);
             if lost {
                 lost = false;
                 self.lose_connection(&mut inflight, &mut spool, &mut report, spooling)?;

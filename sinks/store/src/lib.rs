@@ -31,8 +31,8 @@ use tokio::sync::{broadcast, mpsc};
 
 mod facts;
 
-pub use facts::KeptFact;
 use facts::FactHistory;
+pub use facts::KeptFact;
 
 /// How much history the store keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -727,7 +727,11 @@ impl Store {
         self.facts
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .record(fact, self.settings.facts_per_entity, self.settings.facts_max);
+            .record(
+                fact,
+                self.settings.facts_per_entity,
+                self.settings.facts_max,
+            );
     }
 
     /// The kept facts about `entity` (its subject's id) before `before` (exclusive), newest

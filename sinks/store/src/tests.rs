@@ -226,7 +226,11 @@ fn pages_and_root_cause_groups_follow_the_newest_first_order() {
         incidents_only: true,
         ..Filter::default()
     };
-    assert_eq!(state.list(&incidents, false, 10).1, 0, "ownership is context");
+    assert_eq!(
+        state.list(&incidents, false, 10).1,
+        0,
+        "ownership is context"
+    );
 }
 
 fn kube_event(seq: u64, involved: &str) -> tapio_model::Fact {
