@@ -205,6 +205,12 @@ impl Tracker {
                     (false, lookup.sent_ns.saturating_add(timeout))
                 }
             };
+            // With nothing held, an answered lookup has nothing to fold into it and is
+            // reported as it is: no key to build (the common case, and a saving per lookup).
+            if !nxdomain && self.search.is_empty() {
+                self.ready.push(((lookup, owner), 0));
+                continue;
+            }
             let name = lookup
                 .query
                 .questions
@@ -489,35 +495,46 @@ impl DnsSource {
         out: &mut Vec<Observation>,
     ) {
         let timeout = duration_ns(self.config.timeout);
-        for done in ended.drain(..) {
-            let process = done.owner.as_ref().map(|owner| ProcessRef {
-                pid: owner.pid,
-                start_ns: owner.start_mono_ns.saturating_add(start_offset),
-                comm: owner.comm.clone(),
-            });
-            let container = done.owner.as_ref().and_then(|owner| {
+        // Counted here and added to the shared counters once per pass.
+        let (mut lookups, mut attributed, mut timeouts) = (0u64, 0u64, 0u64);
+        for Ended {
+            lookup,
+            owner,
+            search_expansions,
+        } in ended.drain(..)
+        {
+            let container = owner.as_ref().and_then(|owner| {
                 containers.resolve(owner.cgroup_id, owner.pid, owner.start_mono_ns)
             });
-            if container.is_some() {
-                self.stats.attributed.fetch_add(1, Ordering::Relaxed);
-            }
-            let mut payload = done.lookup.to_fact(
+            attributed += u64::from(container.is_some());
+            // The owner is not needed after this: its comm moves into the fact.
+            let process = owner.map(|owner| ProcessRef {
+                pid: owner.pid,
+                start_ns: owner.start_mono_ns.saturating_add(start_offset),
+                comm: owner.comm,
+            });
+            let mut payload = lookup.to_fact(
                 timeout,
                 process,
                 container.map(|c| Arc::clone(&c.container_id)),
             );
             if let FactPayload::DnsQuery(query) = &mut payload {
-                query.search_expansions = done.search_expansions;
-                if query.outcome == DnsOutcome::TimedOut {
-                    self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-                }
+                query.search_expansions = search_expansions;
+                timeouts += u64::from(query.outcome == DnsOutcome::TimedOut);
             }
-            self.stats.lookups.fetch_add(1, Ordering::Relaxed);
+            lookups += 1;
             out.push(Observation::Fact(Fact {
                 id: cx.next_fact_id(),
-                time_ns: done.lookup.ended_ns(timeout),
+                time_ns: lookup.ended_ns(timeout),
                 payload,
             }));
+        }
+        if lookups > 0 {
+            self.stats.lookups.fetch_add(lookups, Ordering::Relaxed);
+            self.stats
+                .attributed
+                .fetch_add(attributed, Ordering::Relaxed);
+            self.stats.timeouts.fetch_add(timeouts, Ordering::Relaxed);
         }
     }
 
