@@ -10,6 +10,7 @@ use tapio_dataflow::{ClusterLayout, Engine, EngineReport, EngineSettings, Router
 use tapio_model::recording::RecordingWriter;
 use tapio_model::{ClosedBatch, Observation};
 use tapio_sinks_jsonl::Target;
+use tapio_sources::containers::CgroupResolver;
 use tapio_sources::{
     DROPPED, ERRORS, RECEIVED, SENT, Source, SourceContext, SourceError, SourceHealth, Status,
 };
@@ -83,10 +84,14 @@ pub(crate) async fn run_collectors(
     out: mpsc::Sender<Observation>,
     shutdown: &CancellationToken,
 ) -> (Result<()>, JoinHandle<()>) {
+    // One cgroup → container cache for every collector (the kernel and DNS ones both
+    // resolve cgroup ids): a walk of the hierarchy done for one serves the other.
+    let containers = Arc::new(CgroupResolver::new());
     let running: Vec<RunningSource> = sources
         .into_iter()
         .map(|source| {
-            let cx = SourceContext::new(source.kind(), node, out.clone(), shutdown.child_token());
+            let cx = SourceContext::new(source.kind(), node, out.clone(), shutdown.child_token())
+                .with_containers(Arc::clone(&containers));
             start(source, cx)
         })
         .collect();
