@@ -18,3 +18,4 @@ mod neo4j;
 mod recording;
 mod sources;
 mod support;
+mod web;
