@@ -4,8 +4,7 @@
 //! endpoint it serves stops being ready (one that was ready and is still listed; a new pod that
 //! is not ready yet has not failed). From the failed entity the rule follows the service
 //! graph backwards, from what is depended on to its dependents, up to a maximum depth, and
-//! makes one correlation per dependent. Of several failures that name one entity, the one that
-//! began first stands for it. A correlation holds the failure's hops first (up to the failed
+//! makes one correlation per dependent: the failure's own hops first (up to the failed
 //! entity), then each dependent on the way with the evidence of its dependency edge (a Service
 //! routing to a pod carries the endpoint's readiness, so a not-ready endpoint shows on that
 //! hop), ending at the dependent. A dependent whose own connects to the entity before it on the
@@ -192,17 +191,7 @@ impl Rule for BlastRadius {
                 _ => None,
             })
             .antijoin(concluded.clone().map(|(entity, _)| entity).distinct());
-        // Of several failures naming one entity, the one that began first (then by kind, root
-        // and first fact) stands for it: one OOM kill named by three rules reaches each
-        // dependent once.
-        let seeds = concluded
-            .concat(not_ready)
-            .map(|(failed, failure)| (failed, ((failure.began, failure.id.clone()), failure)))
-            .reduce(|_, failures, output| {
-                if let Some(((_, failure), _)) = failures.iter().find(|(_, count)| *count > 0) {
-                    output.push(((*failure).clone(), 1isize));
-                }
-            });
+        let seeds = concluded.concat(not_ready);
 
         // Each failed entity's dependents, searched once however many failures name it; then
         // per failure and dependent, the shortest path from the entity of the failure nearest

@@ -283,15 +283,6 @@ fn naive_blast(
             },
         ));
     }
-    // Per entity, the failure that began first (then by its id).
-    let mut first: BTreeMap<EntityId, Failure> = BTreeMap::new();
-    for (entity, failure) in seeds {
-        let entry = first.entry(entity).or_insert_with(|| failure.clone());
-        if (failure.began, &failure.id, &failure) < (entry.began, &entry.id, &*entry) {
-            *entry = failure;
-        }
-    }
-    let seeds: Vec<(EntityId, Failure)> = first.into_iter().collect();
     // Per failure and dependent, the best of every seed's best path.
     let mut best: BTreeMap<_, ((usize, usize), Reached)> = BTreeMap::new();
     for (seed, failure) in seeds.into_iter().collect::<BTreeSet<_>>() {
