@@ -2,7 +2,8 @@
 """Builds the Tapio container image offline, as an OCI image-layout tar that
 `ctr images import` (containerd), `podman load` and `skopeo` read: no registry, no base image.
 
-It holds what the Containerfile's image holds at run time: the `tapio` binary at /usr/bin/tapio,
+It holds what the Containerfile's image holds at run time: the `tapio` binary, stripped of its
+debug information (binutils' strip), at /usr/bin/tapio,
 the shared libraries it links (found with ldd, copied from this machine's Debian packages:
 libsystemd and its dependencies, glibc), the system CA roots, and /etc/passwd and /etc/group
 with root and the unprivileged user tapio (65532), which the image runs as by default.
@@ -19,6 +20,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import tempfile
 
 USER = 65532
 PASSWD = b"root:x:0:0:root:/root:/usr/sbin/nologin\ntapio:x:65532:65532:tapio:/var/lib/tapio:/usr/sbin/nologin\n"
@@ -61,7 +63,17 @@ def blob(out, data):
 
 
 def main(binary, path, ref):
-    files = {"/usr/bin/tapio": (binary, 0o755)}
+    stripped = tempfile.NamedTemporaryFile(prefix="tapio-", delete=False)
+    stripped.close()
+    try:
+        subprocess.run(["strip", "-o", stripped.name, binary], check=True)
+        build(binary, stripped.name, path, ref)
+    finally:
+        os.unlink(stripped.name)
+
+
+def build(binary, stripped, path, ref):
+    files = {"/usr/bin/tapio": (stripped, 0o755)}
     for library in libraries(binary):
         # The loader and libraries go where the binary looks for them; their content is the
         # file the path resolves to (Debian ships them behind version symlinks).
