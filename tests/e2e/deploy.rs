@@ -75,7 +75,13 @@ fn render(release: &str, set: &[(&str, &str)]) -> std::result::Result<Vec<Value>
         .arg(chart())
         .args(["--namespace", NAMESPACE]);
     for (key, value) in set {
-        command.arg("--set").arg(format!("{key}={value}"));
+        // Environment variable values are strings, whatever they look like.
+        let flag = if key.contains("extraEnv") {
+            "--set-string"
+        } else {
+            "--set"
+        };
+        command.arg(flag).arg(format!("{key}={value}"));
     }
     let output = command.output().expect("run helm");
     if !output.status.success() {
@@ -744,7 +750,9 @@ async fn chart_installs_on_a_real_cluster() -> Result<()> {
             .filter(|terminated| terminated.reason.as_deref() == Some("OOMKilled"))
             .and_then(|terminated| terminated.container_id);
         if let Some(id) = id {
-            break id.rsplit("://").next().unwrap_or_default().to_owned();
+            let id = id.rsplit("://").next().unwrap_or_default().to_owned();
+            assert_eq!(id.len(), 64, "a containerd container id: {id}");
+            break id;
         }
         anyhow::ensure!(Instant::now() < deadline, "the hog was never OOM-killed");
         tokio::time::sleep(Duration::from_millis(500)).await;
