@@ -13,18 +13,18 @@
 //!   running it on the node and publishing to NATS JetStream, and an OOM kill in another pod on
 //!   that node in the correlation job's API.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use kube::api::{DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
-use kube::discovery::Scope;
+use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use tapio_tests::control_plane::{BUSYBOX_IMAGE, ControlPlane};
+use tapio_tests::deploy::{self, apply, chart, helm};
 use tapio_tests::nats::NatsServer;
 
 use crate::kubernetes::{client, wait_ready};
@@ -37,73 +37,10 @@ const NAMESPACE: &str = "tapio";
 /// The image the tests build and import.
 const IMAGE: &str = "localhost/tapio/tapio:e2e";
 
-/// The Helm binary: `$TAPIO_HELM_BIN`, or `target/helm/helm` (built by `.ci/install`).
-fn helm() -> Command {
-    let path = std::env::var_os("TAPIO_HELM_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| tapio_tests::repo_root().join("target"))
-                .join("helm/helm")
-        });
-    assert!(
-        path.exists(),
-        "Helm is missing at {}: build it with .ci/install",
-        path.display()
-    );
-    let mut command = Command::new(path);
-    // Keep Helm's cache, configuration and data out of the user's home.
-    let home = std::env::temp_dir().join(format!("tapio-e2e-helm-{}", std::process::id()));
-    command
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"));
-    command
-}
-
-fn chart() -> PathBuf {
-    tapio_tests::repo_root().join("charts/tapio")
-}
-
 /// `helm template <release> charts/tapio --namespace tapio` with `--set` pairs: the rendered
 /// documents, or Helm's error output.
 fn render(release: &str, set: &[(&str, &str)]) -> std::result::Result<Vec<Value>, String> {
-    let mut command = helm();
-    command
-        .args(["template", release])
-        .arg(chart())
-        .args(["--namespace", NAMESPACE]);
-    for (key, value) in set {
-        // Environment variable values are strings, whatever they look like.
-        let flag = if key.contains("extraEnv") {
-            "--set-string"
-        } else {
-            "--set"
-        };
-        command.arg(flag).arg(format!("{key}={value}"));
-    }
-    let output = command.output().expect("run helm");
-    if !output.status.success() {
-        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
-    }
-    let text = String::from_utf8_lossy(&output.stdout);
-    let mut documents = Vec::new();
-    let mut current = String::new();
-    for line in text.lines().chain(std::iter::once("---")) {
-        if line == "---" {
-            let value: Value = serde_saphyr::from_str(&current)
-                .unwrap_or_else(|error| panic!("helm rendered bad YAML ({error}):\n{current}"));
-            if !value.is_null() {
-                documents.push(value);
-            }
-            current.clear();
-        } else {
-            current.push_str(line);
-            current.push('\n');
-        }
-    }
-    Ok(documents)
+    deploy::render(release, NAMESPACE, set)
 }
 
 fn of_kind<'a>(documents: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -261,6 +198,12 @@ fn chart_lints_renders_valid_configurations_and_refuses_nonsense() {
     assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
     assert_eq!(security["capabilities"]["add"], json!(["BPF", "PERFMON"]));
     assert_eq!(security["readOnlyRootFilesystem"], true);
+    // The agent's resources are its own (sized by the footprint benchmark), not the
+    // all-in-one pods'.
+    assert_eq!(
+        container(agent)["resources"],
+        json!({"requests": {"cpu": "20m", "memory": "96Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}})
+    );
     assert_eq!(
         container(agent)["args"],
         json!([
@@ -348,6 +291,7 @@ fn chart_lints_renders_valid_configurations_and_refuses_nonsense() {
     assert_eq!(solo_config["collectors"]["kubernetes"]["enabled"], true);
     assert_eq!(solo_config["collectors"]["kernel"]["enabled"], true);
     let daemon = named(&solo, "DaemonSet", "tapio-all-in-one");
+    assert_eq!(container(daemon)["resources"]["limits"]["memory"], "2Gi");
     assert_eq!(
         container(daemon)["args"],
         json!([
@@ -397,35 +341,6 @@ fn chart_lints_renders_valid_configurations_and_refuses_nonsense() {
         );
     }
     std::fs::remove_dir_all(dir).expect("clean the scratch dir");
-}
-
-/// Server-side applies `documents` as `admin`, for real or as a dry run; the namespace of
-/// namespaced objects is the one they name.
-async fn apply(admin: &Client, documents: &[Value], dry_run: bool) -> Result<()> {
-    for document in documents {
-        let object: DynamicObject = serde_json::from_value(document.clone())?;
-        let types = object
-            .types
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("no apiVersion/kind: {document}"))?;
-        let gvk = GroupVersionKind::try_from(types)?;
-        let (resource, capabilities) = kube::discovery::pinned_kind(admin, &gvk).await?;
-        let api: Api<DynamicObject> = if capabilities.scope == Scope::Namespaced {
-            let namespace = object.metadata.namespace.as_deref().unwrap_or("default");
-            Api::namespaced_with(admin.clone(), namespace, &resource)
-        } else {
-            Api::all_with(admin.clone(), &resource)
-        };
-        let name = object.metadata.name.clone().unwrap_or_default();
-        let mut params = PatchParams::apply("tapio-e2e").force();
-        params.dry_run = dry_run;
-        api.patch(&name, &params, &Patch::Apply(&object))
-            .await
-            .map_err(|error| {
-                anyhow::anyhow!("the API server refused {} {name}: {error}", gvk.kind)
-            })?;
-    }
-    Ok(())
 }
 
 /// Whether the API server's RBAC allows `verb` on `resource` (`group/resource[/sub]`) to the
@@ -611,17 +526,7 @@ async fn chart_installs_on_a_real_cluster() -> Result<()> {
 
     // The image, built offline from this test's binary and its libraries.
     let tar = dir.join("tapio-image.tar");
-    let built = Command::new("python3")
-        .arg(tapio_tests::repo_root().join("tests/image/build_image.py"))
-        .arg(env!("CARGO_BIN_EXE_tapio"))
-        .arg(&tar)
-        .arg(IMAGE)
-        .output()?;
-    anyhow::ensure!(
-        built.status.success(),
-        "build_image.py: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    deploy::build_image(Path::new(env!("CARGO_BIN_EXE_tapio")), &tar, IMAGE)?;
     kubelet.import_image(&tar)?;
 
     // Values for this cluster: no CNI, so every pod shares the node's network and reaches the
