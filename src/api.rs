@@ -3,9 +3,13 @@
 //!
 //! | path | what |
 //! | --- | --- |
-//! | `GET /v1/incidents` | current correlations that are incidents (every family but ownership, unless asked), newest first; `family`, `kind`, `entity`, `namespace`, `from`, `to`, `limit`, `state=current\|retracted` |
+//! | `GET /` | the web page (incidents, causal graphs, entity timelines), its assets embedded in the binary |
+//! | `GET /v1/incidents` | current correlations that are incidents (every family but ownership, unless asked), newest first; `family`, `kind`, `entity`, `namespace`, `from`, `to`, `context`, `offset`, `limit`, `state=current\|retracted` |
+//! | `GET /v1/root-causes` | the same, grouped by root cause, the group with the newest correlation first; same filters, `offset`, `limit`, `per_group` |
+//! | `GET /v1/summary` | how many correlations are current per family and kind, and how many retracted ones are kept |
 //! | `GET /v1/correlations/{id}` | one correlation, current or retracted, with the evidence of every hop |
 //! | `GET /v1/entities/{entity id}/why`, `…/blast-radius`, `…/timeline?since=T`, `…/path?to=ENTITY` | the four questions, as `tapio query --json` answers them |
+//! | `GET /v1/entities/{entity id}/facts?before=T&limit=N` | the facts kept about the entity, newest first |
 //! | `GET /v1/changes` | server-sent events, one `change` per correlation change, as the JSON lines output writes it |
 //! | `GET /healthz` | the process answers |
 //! | `GET /readyz` | 200 when every source, the dataflow and every sink work, else 503 and why |
@@ -105,6 +109,30 @@ impl Server {
 /// When the address cannot be bound or the token cannot be read.
 pub(crate) async fn serve(config: &ApiConfig, address: &str, store: Store) -> Result<Server> {
     let token = token(config)?;
+    let api = Api {
+        store,
+        token: token.map(Arc::from),
+        max_limit: config.max_limit,
+        metrics: crate::metrics::metrics(),
+    };
+    listen(address, router(api)).await
+}
+
+/// Binds `address` and serves only `/healthz`, `/readyz` and `/metrics`: for the node agent,
+/// which correlates nothing.
+///
+/// # Errors
+/// When the address cannot be bound.
+pub(crate) async fn serve_metrics(address: &str) -> Result<Server> {
+    let router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_only))
+        .fallback(not_found);
+    listen(address, router).await
+}
+
+async fn listen(address: &str, router: Router) -> Result<Server> {
     let address: SocketAddr = address
         .parse()
         .with_context(|| format!("the API address `{address}` is not an IP address and a port"))?;
@@ -114,13 +142,6 @@ pub(crate) async fn serve(config: &ApiConfig, address: &str, store: Store) -> Re
     let address = listener
         .local_addr()
         .context("the API socket has no address")?;
-    let api = Api {
-        store,
-        token: token.map(Arc::from),
-        max_limit: config.max_limit,
-        metrics: crate::metrics::metrics(),
-    };
-    let router = router(api);
     let stop = CancellationToken::new();
     let stopped = stop.clone();
     let task = tokio::spawn(async move {
@@ -142,6 +163,8 @@ pub(crate) async fn serve(config: &ApiConfig, address: &str, store: Store) -> Re
 fn router(api: Api) -> Router {
     let v1 = Router::new()
         .route("/v1/incidents", get(incidents))
+        .route("/v1/root-causes", get(root_causes))
+        .route("/v1/summary", get(summary))
         .route("/v1/correlations/{id}", get(correlation))
         .route("/v1/entities/{*question}", get(entity_question))
         .route("/v1/changes", get(changes))
@@ -151,6 +174,7 @@ fn router(api: Api) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::web::routes())
         .fallback(not_found)
         .with_state(api)
 }
@@ -214,7 +238,8 @@ async fn not_found(request: Request) -> ApiError {
         StatusCode::NOT_FOUND,
         format!(
             "no such endpoint: {} {} (see /v1/incidents, /v1/correlations/ID, \
-             /v1/entities/ENTITY/why, /v1/changes, /healthz, /readyz, /metrics)",
+             /v1/entities/ENTITY/why, /v1/changes, /healthz, /readyz, /metrics, and the web \
+             page at /)",
             request.method(),
             request.uri().path()
         ),
@@ -295,8 +320,11 @@ struct IncidentParams {
     namespace: Option<String>,
     from: Option<String>,
     to: Option<String>,
+    context: Option<bool>,
+    offset: Option<usize>,
     limit: Option<usize>,
     state: Option<String>,
+    per_group: Option<usize>,
 }
 
 fn limit(api: &Api, asked: Option<usize>) -> Result<usize, ApiError> {
@@ -335,12 +363,17 @@ fn item(stored: &Stored) -> Item {
     }
 }
 
-async fn incidents(
-    State(api): State<Api>,
-    params: Result<Query<IncidentParams>, QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(params) = params?;
-    let limit = limit(&api, params.limit)?;
+/// A list request, checked: the filter, current or retracted, and the page.
+struct Listing {
+    filter: Filter,
+    retracted: bool,
+    offset: usize,
+    limit: usize,
+}
+
+fn listing(api: &Api, params: IncidentParams) -> Result<Listing, ApiError> {
+    let limit = limit(api, params.limit)?;
+    let offset = params.offset.unwrap_or(0);
     let retracted = match params.state.as_deref() {
         None | Some("current") => false,
         Some("retracted") => true,
@@ -366,34 +399,113 @@ async fn incidents(
     if let Some(text) = &params.entity {
         entity(text)?;
     }
-    // Ownership is context, not an incident: listed only when asked for by name.
-    let context_only = params.family.is_none() && params.kind.is_none();
-    let filter = Filter {
-        family: params.family,
-        kind: params.kind,
-        entity: params.entity,
-        namespace: params.namespace,
-        from,
-        to,
-    };
+    // Ownership is context, not an incident: listed only when asked for by name or with
+    // `context=true`.
+    let incidents_only =
+        params.family.is_none() && params.kind.is_none() && params.context != Some(true);
+    Ok(Listing {
+        filter: Filter {
+            family: params.family,
+            kind: params.kind,
+            entity: params.entity,
+            namespace: params.namespace,
+            from,
+            to,
+            incidents_only,
+        },
+        retracted,
+        offset,
+        limit,
+    })
+}
+
+async fn incidents(
+    State(api): State<Api>,
+    params: Result<Query<IncidentParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params?;
+    if params.per_group.is_some() {
+        return Err(ApiError::bad("`per_group` applies to /v1/root-causes only"));
+    }
+    let listing = listing(&api, params)?;
     let started = std::time::Instant::now();
     let state = api.store.read();
-    let (found, total) = if context_only {
-        // Every family but ownership: list all, skip ownership.
-        let (all, _) = state.list(&filter, retracted, usize::MAX);
-        let incidents: Vec<_> = all
-            .into_iter()
-            .filter(|stored| stored.correlation.family != tapio_model::Family::Ownership)
-            .collect();
-        let total = incidents.len();
-        (incidents.into_iter().take(limit).collect::<Vec<_>>(), total)
-    } else {
-        state.list(&filter, retracted, limit)
-    };
-    let items: Vec<Item> = found.iter().map(|stored| item(stored)).collect();
+    let (found, total) = state.list_page(
+        &listing.filter,
+        listing.retracted,
+        listing.offset,
+        listing.limit,
+    );
     drop(state);
+    let items: Vec<Item> = found.iter().map(|stored| item(stored)).collect();
     api.metrics.observe_request("incidents", started.elapsed());
     Ok(axum::Json(serde_json::json!({ "total": total, "incidents": items })).into_response())
+}
+
+/// Correlations a group returns when the request names no `per_group`.
+const DEFAULT_PER_GROUP: usize = 3;
+
+async fn root_causes(
+    State(api): State<Api>,
+    params: Result<Query<IncidentParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params?;
+    let per_group = match params.per_group {
+        None => DEFAULT_PER_GROUP,
+        Some(0) => return Err(ApiError::bad("`per_group` must be at least 1")),
+        Some(asked) => limit(&api, Some(asked)).map_err(|_| {
+            ApiError::bad(format!(
+                "`per_group` must be at most {} (api.max_limit), got {asked}",
+                api.max_limit
+            ))
+        })?,
+    };
+    let listing = listing(&api, params)?;
+    let started = std::time::Instant::now();
+    let state = api.store.read();
+    let (groups, total) = state.groups(
+        &listing.filter,
+        listing.retracted,
+        listing.offset,
+        listing.limit,
+        per_group,
+    );
+    drop(state);
+    let groups: Vec<serde_json::Value> = groups
+        .iter()
+        .map(|group| {
+            serde_json::json!({
+                "root_cause": group.root_cause,
+                "count": group.count,
+                "kinds": group.kinds,
+                "families": group.families,
+                "since": group.newest.first().map(|stored| stored.since),
+                "incidents": group.newest.iter().map(|stored| item(stored)).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    api.metrics
+        .observe_request("root_causes", started.elapsed());
+    Ok(axum::Json(serde_json::json!({ "total": total, "root_causes": groups })).into_response())
+}
+
+async fn summary(State(api): State<Api>) -> Response {
+    let state = api.store.read();
+    let kinds: Vec<serde_json::Value> = state
+        .current_by_kind()
+        .into_iter()
+        .map(|((family, kind), count)| {
+            serde_json::json!({ "family": family, "kind": kind, "current": count })
+        })
+        .collect();
+    let body = serde_json::json!({
+        "current": state.current_len(),
+        "retracted": state.history_len(),
+        "tick": state.tick(),
+        "kinds": kinds,
+    });
+    drop(state);
+    axum::Json(body).into_response()
 }
 
 async fn correlation(State(api): State<Api>, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -432,6 +544,8 @@ async fn correlation(State(api): State<Api>, Path(id): Path<String>) -> Result<R
 struct QuestionParams {
     since: Option<String>,
     to: Option<String>,
+    before: Option<String>,
+    limit: Option<usize>,
 }
 
 async fn entity_question(
@@ -453,20 +567,37 @@ async fn entity_question(
     let allowed: &[&str] = match question {
         "timeline" => &["since"],
         "path" => &["to"],
+        "facts" => &["before", "limit"],
         "why" | "blast-radius" => &[],
         other => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
-                format!("no question `{other}`: ask why, blast-radius, timeline or path"),
+                format!(
+                    "no question `{other}`: ask why, blast-radius, timeline or path (or facts)"
+                ),
             ));
         }
     };
-    for (name, given) in [("since", &params.since), ("to", &params.to)] {
-        if given.is_some() && !allowed.contains(&name) {
+    for (name, given) in [
+        ("since", params.since.is_some()),
+        ("to", params.to.is_some()),
+        ("before", params.before.is_some()),
+        ("limit", params.limit.is_some()),
+    ] {
+        if given && !allowed.contains(&name) {
             return Err(ApiError::bad(format!(
                 "`{name}` does not apply to the {question} question"
             )));
         }
+    }
+    if question == "facts" {
+        let before = params
+            .before
+            .as_deref()
+            .map(|t| time("before", t))
+            .transpose()?;
+        let limit = limit(&api, params.limit)?;
+        return Ok(facts(&api, &subject, before, limit));
     }
     let since = params
         .since
@@ -502,6 +633,43 @@ async fn entity_question(
         started.elapsed(),
     );
     Ok(axum::Json(answer).into_response())
+}
+
+/// The kept facts about `subject`, newest first, each with its sentence.
+fn facts(api: &Api, subject: &EntityId, before: Option<TimeNs>, limit: usize) -> Response {
+    let (kept, total) = api.store.facts_about(&subject.to_string(), before, limit);
+    let facts: Vec<serde_json::Value> = kept
+        .into_iter()
+        .map(|fact| {
+            let what = fact
+                .id
+                .parse::<tapio_model::FactId>()
+                .map(|fact_id| {
+                    let hop = tapio_model::Hop {
+                        entity: subject.clone(),
+                        relation: tapio_model::Relation::Start,
+                        fact_id,
+                        time: fact.time,
+                        observed: fact.observed.clone(),
+                    };
+                    tapio_model::render::describe_hop(&hop, None)
+                })
+                .unwrap_or_default();
+            serde_json::json!({
+                "fact_id": fact.id.as_ref(),
+                "time": fact.time,
+                "kind": fact.kind,
+                "observed": fact.observed,
+                "what": what,
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({
+        "entity": subject.to_string(),
+        "total": total,
+        "facts": facts,
+    }))
+    .into_response()
 }
 
 /// `path` without `to` was answered above.
@@ -578,7 +746,15 @@ async fn readyz() -> Response {
 }
 
 async fn metrics(State(api): State<Api>) -> Result<Response, ApiError> {
-    let text = api.metrics.encode().map_err(|error| {
+    encode_metrics(&api.metrics)
+}
+
+async fn metrics_only() -> Result<Response, ApiError> {
+    encode_metrics(&crate::metrics::metrics())
+}
+
+fn encode_metrics(metrics: &crate::metrics::Metrics) -> Result<Response, ApiError> {
+    let text = metrics.encode().map_err(|error| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot encode the metrics: {error}"),

@@ -50,6 +50,8 @@ pub(crate) struct Health {
     store: Mutex<Option<Store>>,
     engine: Mutex<Option<EngineCounters>>,
     queues: Mutex<Vec<(&'static str, WeakSender<ClosedBatch>)>>,
+    newest: Mutex<std::collections::BTreeMap<String, u64>>,
+    publisher: Mutex<Option<Arc<tapio_sinks_nats::PublisherGauges>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -152,6 +154,36 @@ impl Health {
             .collect()
     }
 
+    /// The dataflow took in an observation from `source` (the source kind its id or heartbeat
+    /// names) with event time `time_ns`.
+    pub(crate) fn taken_in(&self, source: &str, time_ns: u64) {
+        let mut newest = lock(&self.newest);
+        match newest.get_mut(source) {
+            Some(known) => *known = (*known).max(time_ns),
+            None => {
+                newest.insert(source.to_owned(), time_ns);
+            }
+        }
+    }
+
+    /// The newest event time taken in from each source kind, ns.
+    pub(crate) fn newest_per_source(&self) -> Vec<(String, u64)> {
+        lock(&self.newest)
+            .iter()
+            .map(|(source, time)| (source.clone(), *time))
+            .collect()
+    }
+
+    /// The node agent's NATS publisher.
+    pub(crate) fn set_publisher(&self, gauges: Arc<tapio_sinks_nats::PublisherGauges>) {
+        *lock(&self.publisher) = Some(gauges);
+    }
+
+    /// The NATS publisher's live gauges, in the node agent.
+    pub(crate) fn publisher(&self) -> Option<Arc<tapio_sinks_nats::PublisherGauges>> {
+        lock(&self.publisher).clone()
+    }
+
     /// Whether every part works: no source failed or is still starting, the dataflow runs
     /// (or has finished its input), and no sink failed. Also says what is not ready.
     pub(crate) fn ready(&self) -> (bool, Vec<String>) {
@@ -168,6 +200,8 @@ impl Health {
             }
         }
         match self.dataflow() {
+            // The node agent runs no dataflow: it publishes.
+            None if self.publisher().is_some() => {}
             None | Some((Phase::Starting, _)) => not_ready.push("the dataflow is starting".into()),
             Some((Phase::Failed, message)) => not_ready.push(format!(
                 "the dataflow failed: {}",

@@ -10,6 +10,7 @@ mod pipeline;
 mod query;
 mod sources;
 mod transport;
+mod web;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

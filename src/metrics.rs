@@ -221,6 +221,19 @@ impl Collector for Snapshot {
             &up,
         )?;
 
+        let now_s = tapio_sources::now_ns() as f64 / 1e9;
+        let lag: Vec<(Labels, f64)> = health
+            .newest_per_source()
+            .into_iter()
+            .map(|(source, newest)| (vec![("source", source)], now_s - newest as f64 / 1e9))
+            .collect();
+        gauge(
+            &mut encoder,
+            "tapio_source_lag_seconds",
+            "Wall time minus the newest event time the dataflow took in from a source (facts, state updates and heartbeats, by the source their id names)",
+            &lag,
+        )?;
+
         if let Some(engine) = health.engine() {
             let now = engine.snapshot();
             counter(
@@ -311,6 +324,28 @@ impl Collector for Snapshot {
                     &[(Vec::new(), tick as f64 / 1e9)],
                 )?;
             }
+        }
+
+        if let Some(publisher) = health.publisher() {
+            use std::sync::atomic::Ordering;
+            gauge(
+                &mut encoder,
+                "tapio_nats_spool_bytes",
+                "Bytes in the node agent's spool: observations written while NATS was unreachable, not yet published",
+                &[(
+                    Vec::new(),
+                    publisher.spool_bytes.load(Ordering::Relaxed) as f64,
+                )],
+            )?;
+            gauge(
+                &mut encoder,
+                "tapio_nats_unacknowledged_observations",
+                "Observations the node agent handed to NATS that JetStream has not acknowledged yet",
+                &[(
+                    Vec::new(),
+                    publisher.unacknowledged.load(Ordering::Relaxed) as f64,
+                )],
+            )?;
         }
 
         let sinks = health.sinks();

@@ -4,6 +4,10 @@
 //! `tapio_sinks::fan_out` copies each closed tick to all of them. Each sink's state and queue
 //! are registered with the process's health.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
 use anyhow::{Context, Result, anyhow};
 use tapio_config::TapioConfig;
 use tapio_model::ClosedBatch;
@@ -38,7 +42,9 @@ pub(crate) async fn start(
     ];
     let neo4j = &config.integrations.neo4j;
     if !neo4j.uri.is_empty() {
-        sinks.push(Box::new(Neo4jSink::new(Neo4jSettings::from_config(neo4j))));
+        sinks.push(Box::new(TimedNeo4j {
+            sink: Neo4jSink::new(Neo4jSettings::from_config(neo4j)),
+        }));
     }
     for sink in &mut sinks {
         sink.healthcheck().await?;
@@ -142,6 +148,75 @@ impl Sink for Measured {
                 metrics.observe_commit("store", started.elapsed());
             }
             Ok(report)
+        })
+    }
+}
+
+/// The Neo4j sink, timed: how long after its tick closed each batch arrives, and how long from
+/// handing it to the sink to its commit (the sink's progress says when a batch is done).
+struct TimedNeo4j {
+    sink: Neo4jSink,
+}
+
+impl Sink for TimedNeo4j {
+    fn name(&self) -> &'static str {
+        self.sink.name()
+    }
+
+    fn healthcheck(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        self.sink.healthcheck()
+    }
+
+    fn run(
+        self: Box<Self>,
+        mut batches: mpsc::Receiver<ClosedBatch>,
+    ) -> BoxFuture<'static, Result<SinkReport, SinkError>> {
+        let mut progress = self.sink.progress();
+        Box::pin(async move {
+            let metrics = crate::metrics::metrics();
+            // When each batch not yet done was handed to the sink, oldest first.
+            let handed: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
+            // One batch at a time: the time a batch waits in front of the sink is the queue's,
+            // which the queue depth shows.
+            let (tx, rx) = mpsc::channel(1);
+            let inner = Box::new(self.sink).run(rx);
+            let forward = {
+                let handed = Arc::clone(&handed);
+                let metrics = Arc::clone(&metrics);
+                async move {
+                    while let Some(batch) = batches.recv().await {
+                        metrics.observe_tick_at_sink("neo4j", batch.time);
+                        handed
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .push_back(Instant::now());
+                        if tx.send(batch).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            };
+            let watch = async move {
+                let mut done = 0u64;
+                // Ends when the sink, which holds the sender, ends.
+                while progress.changed().await.is_ok() {
+                    let now = {
+                        let progress = progress.borrow_and_update();
+                        progress.batches + progress.skipped
+                    };
+                    let mut handed = handed
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    while done < now {
+                        if let Some(at) = handed.pop_front() {
+                            metrics.observe_commit("neo4j", at.elapsed());
+                        }
+                        done += 1;
+                    }
+                }
+            };
+            let (result, (), ()) = tokio::join!(inner, forward, watch);
+            result
         })
     }
 }

@@ -10,6 +10,7 @@ use tapio_dataflow::{ClusterLayout, Engine, EngineReport, EngineSettings, Router
 use tapio_model::recording::RecordingWriter;
 use tapio_model::{ClosedBatch, Observation};
 use tapio_sinks_jsonl::Target;
+use tapio_sources::containers::CgroupResolver;
 use tapio_sources::{
     DROPPED, ERRORS, RECEIVED, SENT, Source, SourceContext, SourceError, SourceHealth, Status,
 };
@@ -83,10 +84,14 @@ pub(crate) async fn run_collectors(
     out: mpsc::Sender<Observation>,
     shutdown: &CancellationToken,
 ) -> (Result<()>, JoinHandle<()>) {
+    // One cgroup → container cache for every collector (the kernel and DNS ones both
+    // resolve cgroup ids): a walk of the hierarchy done for one serves the other.
+    let containers = Arc::new(CgroupResolver::new());
     let running: Vec<RunningSource> = sources
         .into_iter()
         .map(|source| {
-            let cx = SourceContext::new(source.kind(), node, out.clone(), shutdown.child_token());
+            let cx = SourceContext::new(source.kind(), node, out.clone(), shutdown.child_token())
+                .with_containers(Arc::clone(&containers));
             start(source, cx)
         })
         .collect();
@@ -266,6 +271,46 @@ fn new_store(config: &TapioConfig) -> Store {
     store
 }
 
+/// How far event time must move on before the newest time per source is published again
+/// (the lag metric), so that the router does not take a lock per observation.
+const NEWEST_STEP_NS: u64 = 50_000_000;
+
+/// `router`, also keeping every fact it routes in this process's store's fact history (the
+/// entity timelines) and the newest event time taken in per source (its lag, on `/metrics`).
+pub(crate) fn facts_into_store(router: Router) -> Router {
+    let store = health().store();
+    // The newest time per source published so far.
+    let mut published: Vec<(String, u64)> = Vec::new();
+    router.with_tap(Box::new(move |observation| {
+        let (source, time) = match observation {
+            tapio_model::Observation::Fact(fact) => {
+                if let Some(store) = &store {
+                    store.record_fact(fact);
+                }
+                (fact.id.source.as_ref(), fact.time_ns)
+            }
+            tapio_model::Observation::State(update) => {
+                (update.record.evidence.source.as_ref(), update.time_ns)
+            }
+            tapio_model::Observation::Heartbeat(heartbeat) => {
+                (heartbeat.source.as_str(), heartbeat.upto_ns)
+            }
+        };
+        let heartbeat = matches!(observation, tapio_model::Observation::Heartbeat(_));
+        match published.iter_mut().find(|(known, _)| known == source) {
+            Some((_, newest)) if heartbeat || time >= newest.saturating_add(NEWEST_STEP_NS) => {
+                *newest = (*newest).max(time);
+                health().taken_in(source, time);
+            }
+            Some(_) => {}
+            None => {
+                published.push((source.to_owned(), time));
+                health().taken_in(source, time);
+            }
+        }
+    }))
+}
+
 /// The dataflow has started.
 fn running(engine: &Engine) {
     health().set_engine(engine.counters());
@@ -395,7 +440,7 @@ async fn run_dataflow(
     );
     let (observations_tx, observations_rx) =
         mpsc::channel(config.correlation.engine.event_buffer_size);
-    let router = tokio::spawn(Router::new(layout, inputs).run(observations_rx));
+    let router = tokio::spawn(facts_into_store(Router::new(layout, inputs)).run(observations_rx));
     let (sources_result, progress) =
         run_collectors(collectors, &node_name(config), observations_tx, shutdown).await;
     router.await.context("the input router failed")?;

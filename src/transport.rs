@@ -41,6 +41,13 @@ pub(crate) async fn collect(
     let shutdown = CancellationToken::new();
     stop_on_signal_or_timer(&shutdown, run_for);
     let publisher = Publisher::connect(&nats).await?;
+    crate::health::health().set_publisher(publisher.gauges());
+    // The agent correlates nothing: it serves health and metrics only.
+    let server = if config.api.enabled {
+        Some(crate::api::serve_metrics(&config.api.address).await?)
+    } else {
+        None
+    };
     let (observations_tx, observations_rx) =
         mpsc::channel(config.correlation.engine.event_buffer_size);
     let publishing = tokio::spawn(publisher.run(observations_rx, shutdown.clone()));
@@ -50,6 +57,9 @@ pub(crate) async fn collect(
     let report = publishing.await.context("the NATS publisher crashed")??;
     shutdown.cancel();
     progress.abort();
+    if let Some(server) = server {
+        server.stop().await;
+    }
     tracing::info!(
         published = report.published,
         messages = report.messages,
@@ -115,7 +125,7 @@ pub(crate) async fn correlate(
     let (observations_tx, observations_rx) = mpsc::channel(engine_config.event_buffer_size);
     let (taken_in_tx, taken_in_rx) = watch::channel(0u64);
     let router = tokio::spawn(route_deliveries(
-        Router::new(layout.clone(), inputs),
+        crate::pipeline::facts_into_store(Router::new(layout.clone(), inputs)),
         deliveries_rx,
         observations_rx,
     ));

@@ -66,6 +66,12 @@ pub struct StoreConfig {
     /// the newest tick), at most `720h`. Written as a humantime string. Default: `1h`.
     #[serde(with = "humantime_str")]
     pub history_max_age: Duration,
+    /// Most facts kept per entity for its timeline (its newest), `0..=100000`; `0` keeps none.
+    /// Default: `200`.
+    pub facts_per_entity: usize,
+    /// Most facts kept for timelines in all (the newest in event time), `0..=10000000`; `0`
+    /// keeps none. Default: `100000`.
+    pub facts_max: usize,
 }
 
 impl Default for StoreConfig {
@@ -75,6 +81,10 @@ impl Default for StoreConfig {
             history_count: 10_000,
             // An incident is usually looked into within the hour.
             history_max_age: Duration::from_secs(60 * 60),
+            // A restart loop's hour of events and exits fits.
+            facts_per_entity: 200,
+            // About 30 MiB of facts.
+            facts_max: 100_000,
         }
     }
 }

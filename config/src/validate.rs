@@ -125,6 +125,8 @@ pub(crate) fn validate(config: &TapioConfig) -> Result<(), ConfigError> {
         Duration::ZERO,
         720 * HOUR,
     )?;
+    count_in("store.facts_per_entity", store.facts_per_entity, 0, 100_000)?;
+    count_in("store.facts_max", store.facts_max, 0, 10_000_000)?;
 
     let api = &config.api;
     if api.address.parse::<std::net::SocketAddr>().is_err() {

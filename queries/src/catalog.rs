@@ -95,7 +95,7 @@ CALL {
   RETURN x, 'dependent' AS how, p
 }
 WITH e, x, how, p WHERE x <> e
-WITH x, how, p ORDER BY length(p), how
+WITH x, how, p ORDER BY length(p), how, [r IN relationships(p) | r.fact_id]
 WITH x, collect({how: how, p: p})[0] AS best
 RETURN x.id AS entity, split(x.id, '/')[0] AS kind, best.how AS how, length(best.p) AS distance,
        [r IN relationships(best.p) | r.fact_id] AS evidence

@@ -6,7 +6,7 @@
 //! Where Cypher leaves a choice open (two shortest paths of equal length), the store takes the
 //! first in the order of relation, entity id and fact id.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use tapio_model::{EntityId, Family, Relation, TimeNs};
@@ -166,69 +166,95 @@ const HITS: [(&str, &[Run]); 6] = [
 /// A place in a pattern walk: the entity, the run and how many steps of it are behind.
 type At = (Arc<str>, usize, usize);
 
-/// How each place was first reached: the place before and the fact of the step (none for a
-/// move to the next run).
-type Parents = HashMap<At, Option<(At, Option<Arc<str>>)>>;
-
 /// The best way an entity is hit: length, how, the facts of its steps.
 type Hit = (usize, &'static str, Vec<Arc<str>>);
 
-/// The shortest walk from `start` that matches `runs`, to every entity it can end at: its
-/// length and the facts of its steps. Breadth first, the zero-length moves from one run to the
-/// next taken first.
-fn shortest(state: &State, start: &Arc<str>, runs: &[Run]) -> BTreeMap<Arc<str>, Vec<Arc<str>>> {
-    let mut reached: BTreeMap<Arc<str>, Vec<Arc<str>>> = BTreeMap::new();
-    let mut parent: Parents = HashMap::new();
-    let mut queue: VecDeque<At> = VecDeque::new();
-    let first = (Arc::clone(start), 0, 0);
-    parent.insert(first.clone(), None);
-    queue.push_back(first);
-    let last = runs.len() - 1;
-    while let Some(at) = queue.pop_front() {
-        let (entity, run, taken) = at.clone();
-        if run == last && taken >= runs[run].min && !reached.contains_key(&entity) {
-            reached.insert(Arc::clone(&entity), facts_to(&parent, &at));
+/// Keeps `facts` as the way to `at` when it has none yet or `facts` comes first (by fact ids,
+/// as Cypher orders lists); returns whether it did.
+fn keep_first(ways: &mut HashMap<At, Vec<Arc<str>>>, at: At, facts: Vec<Arc<str>>) -> bool {
+    match ways.get_mut(&at) {
+        Some(known) if *known <= facts => false,
+        Some(known) => {
+            *known = facts;
+            true
         }
-        if run < last && taken >= runs[run].min {
-            let next = (Arc::clone(&entity), run + 1, 0);
-            if !parent.contains_key(&next) {
-                parent.insert(next.clone(), Some((at.clone(), None)));
-                queue.push_front(next);
-            }
-        }
-        if taken == MAX_RUN {
-            continue;
-        }
-        let steps: Vec<&tapio_sinks_store::LinkEnd> = match runs[run].way {
-            Way::Out => state.links_from(&entity).collect(),
-            Way::In => state.links_to(&entity).collect(),
-        };
-        for (relation, other, fact) in steps {
-            if !runs[run].relations.contains(relation) {
-                continue;
-            }
-            let next = (Arc::clone(other), run, taken + 1);
-            if !parent.contains_key(&next) {
-                parent.insert(next.clone(), Some((at.clone(), Some(Arc::clone(fact)))));
-                queue.push_back(next);
-            }
+        None => {
+            ways.insert(at, facts);
+            true
         }
     }
-    reached
 }
 
-/// The facts of the steps that led to `at`, in order.
-fn facts_to(parent: &Parents, at: &At) -> Vec<Arc<str>> {
-    let mut facts = Vec::new();
-    let mut current = at.clone();
-    while let Some(Some((before, fact))) = parent.get(&current) {
-        if let Some(fact) = fact {
-            facts.push(Arc::clone(fact));
+/// The shortest walk from `start` that matches `runs`, to every entity it can end at: the
+/// facts of its steps; of several shortest walks, the one whose list of facts comes first, as
+/// `ORDER BY length(p), how, [r IN relationships(p) | r.fact_id]` picks in Cypher. Level by
+/// level (a level: the walks with that many steps), the zero-length moves from one run to the
+/// next closed within a level.
+fn shortest(state: &State, start: &Arc<str>, runs: &[Run]) -> BTreeMap<Arc<str>, Vec<Arc<str>>> {
+    let mut reached: BTreeMap<Arc<str>, Vec<Arc<str>>> = BTreeMap::new();
+    // The first way to every place reached on an earlier level or this one.
+    let mut settled: HashSet<At> = HashSet::new();
+    let last = runs.len() - 1;
+    let mut level: HashMap<At, Vec<Arc<str>>> = HashMap::new();
+    level.insert((Arc::clone(start), 0, 0), Vec::new());
+    while !level.is_empty() {
+        // Moves to the next run cost nothing: close the level under them.
+        let mut pending: Vec<At> = level.keys().cloned().collect();
+        while let Some(at) = pending.pop() {
+            let (entity, run, taken) = at.clone();
+            if run < last && taken >= runs[run].min {
+                let next = (entity, run + 1, 0);
+                if settled.contains(&next) {
+                    continue;
+                }
+                let facts = level[&at].clone();
+                if keep_first(&mut level, next.clone(), facts) {
+                    pending.push(next);
+                }
+            }
         }
-        current = before.clone();
+        // Entities first reached on this level.
+        let mut here: BTreeMap<Arc<str>, &Vec<Arc<str>>> = BTreeMap::new();
+        for ((entity, run, taken), facts) in &level {
+            if *run == last && *taken >= runs[*run].min && !reached.contains_key(entity) {
+                let better = here.get(entity).is_none_or(|known| facts < *known);
+                if better {
+                    here.insert(Arc::clone(entity), facts);
+                }
+            }
+        }
+        let found: Vec<(Arc<str>, Vec<Arc<str>>)> = here
+            .into_iter()
+            .map(|(entity, facts)| (entity, facts.clone()))
+            .collect();
+        reached.extend(found);
+        settled.extend(level.keys().cloned());
+        // One more step.
+        let mut next_level: HashMap<At, Vec<Arc<str>>> = HashMap::new();
+        for ((entity, run, taken), facts) in &level {
+            if *taken == MAX_RUN {
+                continue;
+            }
+            let steps: Vec<&tapio_sinks_store::LinkEnd> = match runs[*run].way {
+                Way::Out => state.links_from(entity).collect(),
+                Way::In => state.links_to(entity).collect(),
+            };
+            for (relation, other, fact) in steps {
+                if !runs[*run].relations.contains(relation) {
+                    continue;
+                }
+                let next = (Arc::clone(other), *run, taken + 1);
+                if settled.contains(&next) {
+                    continue;
+                }
+                let mut longer = facts.clone();
+                longer.push(Arc::clone(fact));
+                keep_first(&mut next_level, next, longer);
+            }
+        }
+        level = next_level;
     }
-    facts.reverse();
-    facts
+    reached
 }
 
 /// What `entity` takes down with it, as [`crate::blast_radius`].
@@ -239,16 +265,17 @@ pub fn blast_radius(state: &State, entity: &EntityId) -> Result<Answer, QueryErr
     let id = entity.to_string();
     ensure_exists(state, &id)?;
     let start: Arc<str> = Arc::from(id.as_str());
-    // Per entity hit: the shortest way, then the first by name (as `ORDER BY length(p), how`).
+    // Per entity hit: the shortest way, then the first by name, then by its facts (as
+    // `ORDER BY length(p), how, [r IN relationships(p) | r.fact_id]`).
     let mut best: BTreeMap<Arc<str>, Hit> = BTreeMap::new();
     for (how, runs) in HITS {
         for (hit, facts) in shortest(state, &start, runs) {
             if hit == start {
                 continue;
             }
-            let better = best
-                .get(&hit)
-                .is_none_or(|(length, known, _)| (facts.len(), how) < (*length, *known));
+            let better = best.get(&hit).is_none_or(|(length, known, evidence)| {
+                (facts.len(), how, &facts) < (*length, *known, evidence)
+            });
             if better {
                 best.insert(hit, (facts.len(), how, facts));
             }

@@ -15,9 +15,9 @@ const POD: &str = "pod/default/px-7df978b9bf-jm22q";
 const PROCESS: &str = "process/kind-control-plane/2315/1621357851120000000";
 
 /// A running `tapio`, stopped (SIGTERM, then killed) when dropped.
-struct Running {
+pub(crate) struct Running {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Drop for Running {
@@ -39,7 +39,7 @@ impl Drop for Running {
 }
 
 /// One HTTP/1.1 GET: the status and the body.
-fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+pub(crate) fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the API");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -66,7 +66,7 @@ fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
     (status, body)
 }
 
-fn json(port: u16, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+pub(crate) fn json(port: u16, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
     let (status, body) = get(port, path, token);
     let value = serde_json::from_str(&body)
         .unwrap_or_else(|error| panic!("{path} answered no JSON ({error}): {body}"));
@@ -74,7 +74,7 @@ fn json(port: u16, path: &str, token: Option<&str>) -> (u16, serde_json::Value) 
 }
 
 /// Starts `tapio` with `args` serving on a free port and waits until `/healthz` answers.
-fn start(args: &[&str], envs: &[(&str, &str)]) -> Running {
+pub(crate) fn start(args: &[&str], envs: &[(&str, &str)]) -> Running {
     let port = tapio_tests::free_port();
     let mut command = tapio();
     command
@@ -98,7 +98,7 @@ fn start(args: &[&str], envs: &[(&str, &str)]) -> Running {
 }
 
 /// Waits until `ready` holds of the `/readyz` answer.
-fn wait_for(port: u16, what: &str, ready: impl Fn(&serde_json::Value) -> bool) {
+pub(crate) fn wait_for(port: u16, what: &str, ready: impl Fn(&serde_json::Value) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, body) = json(port, "/readyz", None);
@@ -110,7 +110,7 @@ fn wait_for(port: u16, what: &str, ready: impl Fn(&serde_json::Value) -> bool) {
     }
 }
 
-fn replayed(envs: &[(&str, &str)]) -> Running {
+pub(crate) fn replayed(envs: &[(&str, &str)]) -> Running {
     let recording = kspan_recording();
     let running = start(
         &["replay", recording.to_str().expect("UTF-8"), "--serve"],
@@ -160,6 +160,74 @@ fn a_replayed_recording_answers_over_http_and_bad_requests_get_json_errors() {
     assert_eq!(by_entity["total"], 1);
     let (_, before) = json(port, "/v1/incidents?to=2021-05-19T09:00:00Z", None);
     assert_eq!(before["total"], 0);
+
+    // Grouped by root cause, as the web page lists them; paged; counted per kind.
+    let (status, groups) = json(port, "/v1/root-causes", None);
+    assert_eq!(status, 200, "{groups:#}");
+    assert_eq!(groups["total"], 1);
+    assert_eq!(groups["root_causes"][0]["root_cause"], PROCESS);
+    assert_eq!(groups["root_causes"][0]["count"], 1);
+    assert_eq!(
+        groups["root_causes"][0]["kinds"],
+        serde_json::json!(["oom_restart"])
+    );
+    assert_eq!(
+        groups["root_causes"][0]["incidents"][0]["id"],
+        incident["id"]
+    );
+    let (_, first) = json(port, "/v1/incidents?family=ownership&limit=2", None);
+    let (_, second) = json(
+        port,
+        "/v1/incidents?family=ownership&limit=2&offset=2",
+        None,
+    );
+    assert_eq!(second["total"], first["total"]);
+    assert_eq!(second["incidents"].as_array().map(Vec::len), Some(2));
+    assert_ne!(second["incidents"][0]["id"], first["incidents"][0]["id"]);
+    assert_ne!(second["incidents"][0]["id"], first["incidents"][1]["id"]);
+    let (_, with_context) = json(port, "/v1/incidents?context=true&limit=1", None);
+    let (_, summary) = json(port, "/v1/summary", None);
+    assert_eq!(with_context["total"], summary["current"]);
+    assert_eq!(
+        summary["current"].as_u64(),
+        ownership["total"].as_u64().map(|n| n + 1),
+        "{summary:#}"
+    );
+
+    // The facts kept about the process, newest first, paged back in time.
+    let (status, facts) = json(port, &format!("/v1/entities/{PROCESS}/facts"), None);
+    assert_eq!(status, 200, "{facts:#}");
+    let kinds: Vec<&str> = facts["facts"]
+        .as_array()
+        .expect("facts")
+        .iter()
+        .map(|fact| fact["kind"].as_str().expect("kind"))
+        .collect();
+    assert_eq!(kinds, ["process_exit", "oom_kill", "process_exec"]);
+    assert_eq!(facts["total"], 3);
+    assert!(
+        facts["facts"][1]["what"]
+            .as_str()
+            .expect("what")
+            .contains("OOM-killed"),
+        "{facts:#}"
+    );
+    let oom_time = facts["facts"][1]["time"].as_u64().expect("time");
+    let (_, earlier) = json(
+        port,
+        &format!("/v1/entities/{PROCESS}/facts?before={oom_time}&limit=1"),
+        None,
+    );
+    assert_eq!(earlier["total"], 1);
+    assert_eq!(earlier["facts"][0]["kind"], "process_exec");
+
+    // The web page and its assets, from the binary.
+    let (status, page) = get(port, "/", None);
+    assert_eq!(status, 200);
+    assert!(page.contains("/assets/app.js"), "{page}");
+    for asset in ["/assets/app.js", "/assets/style.css", "/assets/icon.svg"] {
+        assert_eq!(get(port, asset, None).0, 200, "{asset}");
+    }
 
     // The correlation by id, with the evidence of every hop.
     let id = incident["id"].as_str().expect("id");
@@ -240,6 +308,18 @@ fn a_replayed_recording_answers_over_http_and_bad_requests_get_json_errors() {
             "the path question needs `to`",
         ),
         ("/v2/incidents", 404, "no such endpoint"),
+        (
+            &format!("/v1/entities/{POD}/facts?since=2021-05-19T00:00:00Z"),
+            400,
+            "`since` does not apply to the facts question",
+        ),
+        ("/v1/root-causes?per_group=0", 400, "`per_group` must be"),
+        (
+            "/v1/incidents?per_group=2",
+            400,
+            "applies to /v1/root-causes only",
+        ),
+        ("/v1/root-causes?offset=x", 400, "bad query string"),
     ] {
         let (code, body) = json(port, path, None);
         assert_eq!(code, status, "{path}: {body:#}");
@@ -400,4 +480,11 @@ fn prometheus_scrapes_the_metrics_and_answers_promql() {
     assert_eq!(ask("tapio_correlation_changes_total"), Some(11.0));
     assert_eq!(ask("tapio_dataflow_facts_total"), Some(26.0));
     assert_eq!(ask("up{job=\"tapio\"}"), Some(1.0));
+    // The recording is from May 2021: its sources lag by years.
+    let lag = ask("tapio_source_lag_seconds{source=\"kernel\"}").expect("the kernel's lag");
+    assert!(lag > 3.0 * 365.0 * 86_400.0, "lag {lag} s");
+    assert!(
+        ask("tapio_source_lag_seconds{source=\"kubernetes\"}").is_some(),
+        "a lag per source"
+    );
 }

@@ -1,6 +1,7 @@
-//! Two of the incidents Tapio was designed around, run live: a real control plane, a real
-//! kubelet on a private containerd (`tests/control_plane.rs`), busybox pods with host
-//! networking, and `tapio record` with the kernel, kubernetes and kubelet collectors on.
+//! The incidents Tapio was designed around, run live: a real control plane, a real kubelet on
+//! a private containerd (`tests/control_plane.rs`), busybox pods with host networking, and
+//! `tapio record` with the kernel, kubernetes and kubelet collectors on (and the DNS one for
+//! the DNS outage).
 //!
 //! - **Memory pressure**: a server Deployment behind a Service whose memory climbs above its
 //!   limit share, holds there, then past the limit, so the kernel OOM-kills it on every run and
@@ -11,6 +12,12 @@
 //!   containerd at once (a node-wide container restart); the backend takes a few seconds to
 //!   listen again and the client's connects to it are refused meanwhile. The client is spared
 //!   because it stands for a dependent on another node: this cluster has one node.
+//! - **DNS outage**: a DNS server (the host's `dnsmasq`, run chrooted into the host's root in
+//!   a pod behind a Service) answers a client pod's lookups (the host's `dig`, chrooted the
+//!   same way) every 300 ms; its container is killed through containerd and comes back only
+//!   after [`DNS_DOWN_SECS`]. Meanwhile the client's lookups go unanswered and it connects to
+//!   a stale address it falls back on, which refuses. The replay must explain it as the
+//!   server pod's failure → the client's failed lookups → its failed connects.
 //!
 //! Each live test asserts that the observations of every link of its incident are in the
 //! recording, and replays it through `tapio replay`, which must explain the incident whole:
@@ -40,8 +47,8 @@ use serde_json::json;
 use tapio_model::CorrelationChange;
 use tapio_model::recording::{RecordingReader, RecordingWriter};
 use tapio_model::{
-    BurstKind, ConnectOutcome, CorrelationKind, Detail, EntityId, FactPayload, FileOp, Impact,
-    Observation, Observed, Relation, StateObject,
+    Basis, BurstKind, ConnectOutcome, CorrelationKind, Detail, DnsOutcome, EntityId, FactPayload,
+    FileOp, Impact, Observation, Observed, Relation, StateObject,
 };
 use tapio_tests::control_plane::{BUSYBOX_IMAGE, ControlPlane, Kubelet};
 
@@ -62,6 +69,12 @@ const CASCADE_DEPLOYMENTS: [&str; 4] = ["backend", "cache", "worker", "metrics"]
 const MEMORY_PRESSURE: &str = "memory-pressure.jsonl";
 /// The service-restart-cascade recording shipped with the tests.
 const RESTART_CASCADE: &str = "service-restart-cascade.jsonl";
+/// The DNS outage recording shipped with the tests.
+const DNS_OUTAGE: &str = "dns-outage.jsonl";
+/// The name the DNS outage's client looks up.
+const DNS_NAME: &str = "api.shop.test";
+/// How long the DNS server of the outage takes to come back after it is killed, s.
+const DNS_DOWN_SECS: u64 = 6;
 
 /// A control plane with its controllers and one kubelet node, the Tapio RBAC applied.
 struct Cluster {
@@ -100,12 +113,19 @@ impl Cluster {
     }
 
     /// A Tapio configuration with the kernel, kubernetes (watching `namespace`) and kubelet
-    /// collectors on, the kernel watching `watched` for file events.
-    fn tapio_config(&self, dir: &Path, namespace: &str, watched: &[&str]) -> Result<PathBuf> {
+    /// collectors on, the kernel watching `watched` for file events, and `more` collector
+    /// sections (YAML indented under `collectors:`).
+    fn tapio_config(
+        &self,
+        dir: &Path,
+        namespace: &str,
+        watched: &[&str],
+        more: &str,
+    ) -> Result<PathBuf> {
         let pki = self.plane.dir().join("pki");
         let watched: Vec<String> = watched.iter().map(|path| format!("\"{path}\"")).collect();
         let text = format!(
-            "node_name: {node}\ncollectors:\n  kernel:\n    enabled: true\n    file_path_prefixes: [{watched}]\n  kubernetes:\n    enabled: true\n    kubeconfig: {kubeconfig}\n    namespaces: [{namespace}]\n  kubelet:\n    enabled: true\n    url: https://127.0.0.1:{port}\n    token_path: {token}\n    ca_path: {ca}\n    poll_interval: 1s\n    usage_threshold_percent: {USAGE_THRESHOLD}\n",
+            "node_name: {node}\ncollectors:\n  kernel:\n    enabled: true\n    file_path_prefixes: [{watched}]\n  kubernetes:\n    enabled: true\n    kubeconfig: {kubeconfig}\n    namespaces: [{namespace}]\n  kubelet:\n    enabled: true\n    url: https://127.0.0.1:{port}\n    token_path: {token}\n    ca_path: {ca}\n    poll_interval: 1s\n    usage_threshold_percent: {USAGE_THRESHOLD}\n{more}",
             node = self.node,
             watched = watched.join(", "),
             kubeconfig = self.plane.kubeconfig("tapio").display(),
@@ -129,7 +149,8 @@ impl Cluster {
     }
 
     /// A one-replica Deployment `name` (label `app: name`) of one busybox container running
-    /// `script` on this node with host networking; with `port`, a TCP readiness probe on it.
+    /// `script` on this node with host networking; with `port`, a TCP readiness probe on it;
+    /// with `host_root`, the volumes of [`host_root_volume`].
     async fn deploy(
         &self,
         namespace: &str,
@@ -137,11 +158,16 @@ impl Cluster {
         script: &str,
         port: Option<u16>,
         memory_limit: Option<&str>,
+        host_root: bool,
     ) -> Result<()> {
         let mut container = json!({
             "name": name, "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
             "command": ["/bin/sh", "-c", script],
         });
+        let mut volumes = json!([]);
+        if host_root {
+            (container["volumeMounts"], volumes) = host_root_volume();
+        }
         if let Some(port) = port {
             container["ports"] = json!([{"containerPort": port}]);
             container["readinessProbe"] = json!({
@@ -163,7 +189,7 @@ impl Cluster {
                     "metadata": {"labels": {"app": name}},
                     "spec": {"nodeName": self.node, "hostNetwork": true,
                         "terminationGracePeriodSeconds": 0,
-                        "containers": [container]},
+                        "containers": [container], "volumes": volumes},
                 },
             },
         }))?;
@@ -204,6 +230,43 @@ impl Cluster {
                     "command": ["/bin/sh", "-c", format!(
                         "sleep 2147483647 | while true; do nc -w 1 {ip} {port} </dev/null 2>/dev/null; read -t 0.2 line; done"
                     )]}]},
+        }))?;
+        Api::<Pod>::namespaced(self.admin.clone(), namespace)
+            .create(&PostParams::default(), &pod)
+            .await?;
+        Ok(())
+    }
+
+    /// A pod `client` that looks `DNS_NAME` up with the host's `dig` (chrooted into the host's
+    /// root) at the DNS server `server` (`ip:port`) every 300 ms and connects to the answer's
+    /// address on `port`; when the lookup fails it falls back on an address it remembers,
+    /// `127.0.0.1:stale_port`, where nothing listens any more.
+    async fn dns_client_pod(
+        &self,
+        namespace: &str,
+        server: &str,
+        port: u16,
+        stale_port: u16,
+    ) -> Result<()> {
+        let (ip, dns_port) = server
+            .rsplit_once(':')
+            .ok_or_else(|| anyhow::anyhow!("`{server}` is not ip:port"))?;
+        let (mounts, volumes) = host_root_volume();
+        let script = format!(
+            "sleep 2147483647 | while true; do \
+             a=$(chroot /host /usr/bin/dig +short +tries=1 +time=1 -p {dns_port} @{ip} {DNS_NAME} A | head -n 1); \
+             case \"$a\" in [0-9]*) nc -w 1 \"$a\" {port} ;; *) nc -w 1 127.0.0.1 {stale_port} ;; esac \
+             </dev/null 2>/dev/null; read -t 0.3 line; done"
+        );
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "client"},
+            "spec": {"nodeName": self.node, "hostNetwork": true,
+                "terminationGracePeriodSeconds": 0,
+                "containers": [{"name": "client", "image": BUSYBOX_IMAGE,
+                    "imagePullPolicy": "Never", "volumeMounts": mounts,
+                    "command": ["/bin/sh", "-c", script]}],
+                "volumes": volumes},
         }))?;
         Api::<Pod>::namespaced(self.admin.clone(), namespace)
             .create(&PostParams::default(), &pod)
@@ -321,6 +384,18 @@ impl Cluster {
     }
 }
 
+/// A container's `volumeMounts` and a pod's `volumes` that mount the host's root filesystem,
+/// read-only, at `/host`, and an empty directory that outlives the container's restarts at
+/// `/state`.
+fn host_root_volume() -> (serde_json::Value, serde_json::Value) {
+    (
+        json!([{"name": "host", "mountPath": "/host", "readOnly": true},
+            {"name": "state", "mountPath": "/state"}]),
+        json!([{"name": "host", "hostPath": {"path": "/", "type": "Directory"}},
+            {"name": "state", "emptyDir": {}}]),
+    )
+}
+
 /// The restart count and the last termination reason of `pod`'s container `name`.
 fn container_status(pod: &Pod, name: &str) -> Option<(i32, Option<String>, Option<String>)> {
     let status = pod
@@ -383,8 +458,8 @@ impl Drop for Recorder {
 
 impl Recorder {
     /// Starts `tapio record --config <config>` into `path` and waits until the kernel source
-    /// runs.
-    fn start(config: &Path, path: &Path) -> Result<Recorder> {
+    /// runs (and the DNS source, with `dns`).
+    fn start(config: &Path, path: &Path, dns: bool) -> Result<Recorder> {
         let mut child = tapio()
             .arg("record")
             .arg("--config")
@@ -397,11 +472,17 @@ impl Recorder {
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let log = std::thread::spawn(move || {
             let mut log = String::new();
+            let mut waiting = vec!["Kernel source started"];
+            if dns {
+                waiting.push("DNS source started");
+            }
             for line in BufReader::new(stderr)
                 .lines()
                 .map_while(std::io::Result::ok)
             {
-                if line.contains("Kernel source started") {
+                let before = waiting.len();
+                waiting.retain(|started| !line.contains(started));
+                if waiting.is_empty() && before > 0 {
                     let _ = started_tx.send(());
                 }
                 log.push_str(&line);
@@ -413,7 +494,7 @@ impl Recorder {
             let _ = child.kill();
             let _ = child.wait();
             anyhow::bail!(
-                "the kernel source did not start within 30 s:\n{}",
+                "the kernel (or DNS) source did not start within 30 s:\n{}",
                 log.join().unwrap_or_default()
             );
         }
@@ -438,7 +519,7 @@ impl Recorder {
             .and_then(|log| log.join().ok())
             .unwrap_or_default();
         anyhow::ensure!(status.success(), "tapio record failed: {status}\n{log}");
-        for source in ["kernel", "kubernetes", "kubelet"] {
+        for source in ["kernel", "kubernetes", "kubelet", "dns"] {
             anyhow::ensure!(
                 !log.lines()
                     .any(|line| line.contains("ERROR")
@@ -1227,8 +1308,8 @@ async fn live_memory_pressure() -> Result<()> {
     let cluster = Cluster::start("memory-pressure", "node-mem").await?;
     cluster.create_namespace(namespace).await?;
     let dir = scratch("memory-pressure");
-    let config = cluster.tapio_config(&dir, namespace, &[])?;
-    let recorder = Recorder::start(&config, &dir.join("live.jsonl"))?;
+    let config = cluster.tapio_config(&dir, namespace, &[], "")?;
+    let recorder = Recorder::start(&config, &dir.join("live.jsonl"), false)?;
 
     // The server listens at once; two seconds later it reads 20 MiB (62% of its 32 MiB limit)
     // into memory, holds it for 5 s (the kubelet's stats see it within about 2 s), then reads
@@ -1243,6 +1324,7 @@ async fn live_memory_pressure() -> Result<()> {
             ),
             Some(port),
             Some("32Mi"),
+            false,
         )
         .await?;
     cluster.expose(namespace, "server", port).await?;
@@ -1287,8 +1369,8 @@ async fn live_service_restart_cascade() -> Result<()> {
     let etc = dir.join("etc");
     std::fs::create_dir_all(&etc)?;
     let watched = format!("{}/", etc.display());
-    let config = cluster.tapio_config(&dir, namespace, &[&watched])?;
-    let recorder = Recorder::start(&config, &dir.join("live.jsonl"))?;
+    let config = cluster.tapio_config(&dir, namespace, &[&watched], "")?;
+    let recorder = Recorder::start(&config, &dir.join("live.jsonl"), false)?;
 
     // The backend loads its configuration for 4 s before it listens, so after a restart its
     // dependents are refused for as long.
@@ -1300,12 +1382,13 @@ async fn live_service_restart_cascade() -> Result<()> {
             &format!("sleep 4; exec httpd -f -p {port} -h /tmp"),
             Some(port),
             None,
+            false,
         )
         .await?;
     cluster.expose(namespace, "backend", port).await?;
     for name in &CASCADE_DEPLOYMENTS[1..] {
         cluster
-            .deploy(namespace, name, "exec sleep 100000", None, None)
+            .deploy(namespace, name, "exec sleep 100000", None, None, false)
             .await?;
     }
     let address = cluster.ready_endpoint(namespace, "backend").await?;
@@ -1372,6 +1455,268 @@ async fn live_service_restart_cascade() -> Result<()> {
     Ok(())
 }
 
+/// The DNS collector's section of the outage's Tapio configuration: the server's port, and a
+/// one-second timeout.
+fn dns_collector(port: u16) -> String {
+    format!("  dns:\n    enabled: true\n    ports: [{port}]\n    timeout: 1s\n")
+}
+
+/// The client's lookups of [`DNS_NAME`] in `observations`: (time, outcome, server).
+fn client_lookups(
+    observations: &[Observation],
+    clients: &BTreeSet<Arc<str>>,
+) -> Vec<(u64, DnsOutcome, String)> {
+    facts(observations)
+        .filter_map(|fact| match &fact.payload {
+            FactPayload::DnsQuery(query)
+                if query.name == DNS_NAME
+                    && query
+                        .container_id
+                        .as_ref()
+                        .is_some_and(|id| clients.contains(id)) =>
+            {
+                Some((fact.time_ns, query.outcome, query.server.to_string()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Asserts the observations of every link of the DNS outage in `observations`: the client's
+/// lookups to the DNS Service's endpoint answered, then three or more failing (no answer),
+/// then answered again; the DNS server container's exit (kubelet); the client's refused
+/// connects to the address it falls back on, while its lookups fail.
+fn assert_dns_outage(observations: &[Observation], namespace: &str) {
+    let servers = containers_named(observations, namespace, "dns-", "dns");
+    let clients = containers_named(observations, namespace, "client", "client");
+    assert!(
+        servers.len() >= 2 && !clients.is_empty(),
+        "the server restarted once: {servers:?}, the client ran: {clients:?}"
+    );
+    let endpoint = endpoint_of(observations, namespace, "dns").expect("the DNS endpoint");
+    let lookups = client_lookups(observations, &clients);
+    assert!(
+        lookups.iter().all(|(_, _, server)| *server == endpoint),
+        "{lookups:?}"
+    );
+    let failed: Vec<u64> = lookups
+        .iter()
+        .filter(|(_, outcome, _)| outcome.is_server_failure())
+        .map(|(time, _, _)| *time)
+        .collect();
+    assert!(failed.len() >= 3, "{lookups:?}");
+    let (first, last) = (failed[0], failed[failed.len() - 1]);
+    let answered = |keep: &dyn Fn(u64) -> bool| {
+        lookups
+            .iter()
+            .filter(|(time, outcome, _)| *outcome == DnsOutcome::Answered && keep(*time))
+            .count()
+    };
+    assert!(answered(&|time| time < first) >= 3, "{lookups:?}");
+    assert!(answered(&|time| time > last) >= 1, "{lookups:?}");
+    let exits: Vec<u64> = facts(observations)
+        .filter_map(|fact| match &fact.payload {
+            FactPayload::ContainerExit(exit)
+                if servers.contains(&exit.container_id) && exit.pod.is_some() =>
+            {
+                Some(fact.time_ns)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(
+        exits
+            .iter()
+            .any(|exit| *exit <= first + FEW_SECONDS && first <= exit + FEW_SECONDS),
+        "the server's exit {exits:?} and the first failed lookup {first}"
+    );
+    let refused: Vec<u64> = facts(observations)
+        .filter_map(|fact| match &fact.payload {
+            FactPayload::TcpConnect(connect)
+                if connect.outcome == ConnectOutcome::Refused
+                    && connect
+                        .container_id
+                        .as_ref()
+                        .is_some_and(|id| clients.contains(id)) =>
+            {
+                Some(fact.time_ns)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(
+        refused
+            .iter()
+            .filter(|time| **time >= first && **time <= last + FEW_SECONDS)
+            .count()
+            >= 2,
+        "refused connects {refused:?} while lookups failed from {first} to {last}"
+    );
+}
+
+/// Asserts the DNS failure a replay of the outage ends with, hop by hop: the DNS server pod's
+/// failure (its container's exit or its readiness or endpoint going false) → the client pod's
+/// first three failed lookups to the DNS Service's endpoint → the client's failed connects.
+fn assert_dns_outage_chain(now: &[tapio_model::Correlation], namespace: &str) {
+    let found: Vec<_> = now
+        .iter()
+        .filter(|correlation| correlation.kind == CorrelationKind::DnsFailure)
+        .collect();
+    assert_eq!(found.len(), 1, "{found:#?}");
+    let correlation = found[0];
+    assert!(
+        matches!(&correlation.root_cause, EntityId::Pod { namespace: ns, name }
+            if &**ns == namespace && name.starts_with("dns-")),
+        "{correlation:#?}"
+    );
+    let chain = &correlation.chain;
+    assert_eq!(chain[0].relation, Relation::Start);
+    assert_eq!(chain[0].entity, correlation.root_cause);
+    assert!(
+        matches!(
+            &chain[0].observed,
+            Observed::ContainerExit { .. }
+                | Observed::ContainerReady { .. }
+                | Observed::EndpointReady { .. }
+        ),
+        "{:?}",
+        chain[0]
+    );
+    let client = EntityId::Pod {
+        namespace: namespace.into(),
+        name: "client".into(),
+    };
+    for (hop, relation) in
+        chain[1..4]
+            .iter()
+            .zip([Relation::Caused, Relation::FollowedBy, Relation::FollowedBy])
+    {
+        assert_eq!(hop.relation, relation, "{hop:?}");
+        assert_eq!(hop.entity, client);
+        assert!(
+            matches!(&hop.observed, Observed::DnsQuery { name, outcome, .. }
+                if &**name == DNS_NAME && outcome.is_server_failure()),
+            "{hop:?}"
+        );
+    }
+    assert_eq!(chain[4].relation, Relation::Caused);
+    assert_eq!(chain[4].entity, client);
+    assert!(
+        matches!(&chain[4].observed, Observed::TcpConnect { outcome, .. } if outcome.is_failure()),
+        "{:?}",
+        chain[4]
+    );
+    let Detail::DnsFailure {
+        failed_lookups,
+        connect_errors,
+        ..
+    } = &correlation.detail
+    else {
+        panic!("{:?}", correlation.detail)
+    };
+    assert!(
+        *failed_lookups >= 3 && *connect_errors >= 1,
+        "{correlation:#?}"
+    );
+    assert_eq!(correlation.confidence.percent, 95);
+    assert!(
+        correlation
+            .confidence
+            .basis
+            .contains(&Basis::DnsServerFailureObserved)
+    );
+}
+
+/// The DNS outage: a DNS server (the host's `dnsmasq`, chrooted, in a pod behind a Service)
+/// answers a client pod's lookups, is killed through containerd and comes back only after
+/// [`DNS_DOWN_SECS`] (its restarted container waits); meanwhile the client's lookups go
+/// unanswered and it connects to a stale address that refuses. Tapio records with the DNS
+/// collector on next to the kernel, kubernetes and kubelet ones, and the replay explains the
+/// outage as the server's failure → the client's failed lookups → its failed connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_dns_outage() -> Result<()> {
+    let namespace = "shop";
+    let cluster = Cluster::start("dns-outage", "node-dns").await?;
+    cluster.create_namespace(namespace).await?;
+    let dir = scratch("dns-outage");
+    let dns_port = tapio_tests::free_port();
+    let config = cluster.tapio_config(&dir, namespace, &[], &dns_collector(dns_port))?;
+    let recorder = Recorder::start(&config, &dir.join("live.jsonl"), true)?;
+
+    let api_port = tapio_tests::free_port();
+    cluster
+        .deploy(
+            namespace,
+            "api",
+            &format!("exec httpd -f -p {api_port} -h /tmp"),
+            Some(api_port),
+            None,
+            false,
+        )
+        .await?;
+    // A restarted server container waits before it serves again: the outage's length.
+    cluster
+        .deploy(
+            namespace,
+            "dns",
+            &format!(
+                "if [ -e /state/started ]; then sleep {DNS_DOWN_SECS}; fi; echo > /state/started; \
+                 exec chroot /host /usr/sbin/dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv \
+                 --no-hosts --pid-file= --user=root --port={dns_port} --local=/shop.test/ \
+                 --address=/{DNS_NAME}/127.0.0.1"
+            ),
+            Some(dns_port),
+            None,
+            true,
+        )
+        .await?;
+    cluster.expose(namespace, "dns", dns_port).await?;
+    let server = cluster.ready_endpoint(namespace, "dns").await?;
+    let stale_port = tapio_tests::free_port();
+    cluster
+        .dns_client_pod(namespace, &server, api_port, stale_port)
+        .await?;
+    cluster
+        .wait_pods(
+            namespace,
+            Duration::from_secs(60),
+            "three running pods",
+            |pods| pods.len() == 3 && pods.iter().all(pod_ready),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // The outage: the DNS server's container is killed.
+    let pods = cluster.pods(namespace).await?;
+    let dns_pod = pod_named(&pods, "dns-").expect("the DNS pod");
+    let (restarts, _, id) = container_status(&dns_pod, "dns").expect("a container status");
+    cluster.kill_containers(&[id.expect("a running container has an id")])?;
+    cluster
+        .wait_pods(
+            namespace,
+            Duration::from_secs(60),
+            "the DNS server's restart",
+            |pods| {
+                pod_named(pods, "dns-").is_some_and(|pod| {
+                    pod_ready(&pod)
+                        && container_status(&pod, "dns").is_some_and(|(now, _, _)| now > restarts)
+                })
+            },
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let observations = recorder.stop()?;
+
+    let reduced = reduce(&observations, namespace, &cluster.node, &[]);
+    assert_dns_outage(&reduced, namespace);
+    let path = keep_recording(&reduced, &dir, DNS_OUTAGE)?;
+    let changes = replay_clean(&path, &[], "dns-outage-replay");
+    assert_dns_outage_chain(&current(&changes), namespace);
+    drop(cluster);
+    std::fs::remove_dir_all(dir)?;
+    Ok(())
+}
+
 /// The watched path the shipped cascade recording was made with: the config file's directory.
 fn recorded_watched_path(observations: &[Observation]) -> String {
     facts(observations)
@@ -1410,6 +1755,13 @@ fn shipped_incident_recordings_replay() -> Result<()> {
     ));
     assert_deployments_own_pods(&now, "shop", &CASCADE_DEPLOYMENTS);
     assert_restart_cascade_chains(&now, &watched);
+    let outage = tapio_tests::recordings().join(DNS_OUTAGE);
+    assert_dns_outage(&read_recording(&outage)?, "shop");
+    assert_dns_outage_chain(
+        &current(&replay_clean(&outage, &[], "dns-outage-shipped")),
+        "shop",
+    );
+    assert_replay_deterministic(&outage, &[], "dns-outage-workers");
     assert_replay_deterministic(&cascade, &["--config", &config], "restart-cascade-workers");
     // Under the default configuration paths (`/etc/**`) the test's directory is no
     // configuration: the restart stays rooted at the node.

@@ -19,3 +19,4 @@ mod neo4j;
 mod recording;
 mod sources;
 mod support;
+mod web;

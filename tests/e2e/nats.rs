@@ -381,12 +381,46 @@ fn an_agent_started_while_nats_is_down_spools_then_publishes() {
     let (recording, _) = synthetic(&dir);
     let expected = reference(&recording, &[], &dir);
     // 40 s of event time at 20x: about 2 s of publishing, the first second with no NATS.
-    let agent = spawn(
-        &["run", "--mode", "collectors"],
-        &agent_config(&dir, &nats.url(), &recording, 20.0),
-        &dir.join("agent.stderr"),
+    let port = tapio_tests::free_port();
+    let agent = Running(
+        tapio()
+            .env("TAPIO_API_ADDRESS", format!("127.0.0.1:{port}"))
+            .args(["run", "--mode", "collectors", "--config"])
+            .arg(agent_config(&dir, &nats.url(), &recording, 20.0))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("agent.stderr")).expect("create stderr file"))
+            .spawn()
+            .expect("start tapio"),
     );
-    std::thread::sleep(Duration::from_millis(1000));
+    // The agent's /metrics shows the spool growing while NATS is down.
+    let started = Instant::now();
+    let gauge = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+    };
+    let mut spooled = None;
+    while started.elapsed() < Duration::from_millis(900) && spooled.is_none() {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let (status, text) = crate::api::get(port, "/metrics", None);
+            assert_eq!(status, 200);
+            assert!(
+                gauge(&text, "tapio_nats_unacknowledged_observations ").is_some(),
+                "{text}"
+            );
+            spooled = gauge(&text, "tapio_nats_spool_bytes ").filter(|bytes| *bytes > 0.0);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        spooled.is_some(),
+        "the agent's /metrics never showed spooled bytes while NATS was down"
+    );
+    let (status, ready) = crate::api::json(port, "/readyz", None);
+    assert_eq!(
+        status, 200,
+        "the agent runs no dataflow and is ready: {ready:#}"
+    );
+    std::thread::sleep(Duration::from_millis(1000).saturating_sub(started.elapsed()));
     nats.restart();
     wait_success(agent, "the agent", &dir.join("agent.stderr"));
     let agent_log = std::fs::read_to_string(dir.join("agent.stderr")).expect("agent log");

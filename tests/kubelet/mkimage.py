@@ -15,6 +15,9 @@ APPLETS = [
     # A TCP server and client for the incident scenarios (tests/e2e/incidents.rs); not wget,
     # whose name lookup crashes in the static binary without the host's /etc.
     "httpd", "nc",
+    # The DNS outage scenario runs the host's dnsmasq and dig in pods, chrooted into the host's
+    # root filesystem (a hostPath volume).
+    "chroot",
 ]
 
 

@@ -61,7 +61,7 @@ use tokio::sync::mpsc;
 pub use clock::{Membership, SourceChange, Tick, TickClock, Watermark};
 pub use counters::{CountersSnapshot, EngineCounters};
 pub use progress::TakenIn;
-pub use router::{ClusterLayout, Ingest, Router, WorkerInput};
+pub use router::{ClusterLayout, Ingest, Router, Tap, WorkerInput};
 pub use rules::{Rule, RuleInputs};
 
 /// What the dataflow computes and how time advances.

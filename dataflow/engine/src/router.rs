@@ -120,12 +120,16 @@ impl WorkerInput {
 /// a slow stream does not wait for one to fill.
 const BATCH: usize = 4096;
 
+/// Something that sees every observation a [`Router`] routes, before it is routed.
+pub type Tap = Box<dyn FnMut(&Observation) + Send>;
+
 /// Routes a process's observations to its local workers' channels.
 pub struct Router {
     layout: ClusterLayout,
     outputs: Vec<WorkerInput>,
     pending: Vec<Vec<Observation>>,
     last_ns: TimeNs,
+    tap: Option<Tap>,
 }
 
 impl Router {
@@ -137,7 +141,15 @@ impl Router {
             outputs,
             pending,
             last_ns: 0,
+            tap: None,
         }
+    }
+
+    /// Shows every observation to `tap` before routing it (every observation of the stream,
+    /// also those another process's workers own), e.g. to keep a history of facts per entity.
+    pub fn with_tap(mut self, tap: Tap) -> Router {
+        self.tap = Some(tap);
+        self
     }
 
     fn owner(&self, observation: &Observation) -> Option<usize> {
@@ -156,6 +168,9 @@ impl Router {
     ///
     /// Returns `false` once the dataflow has stopped accepting input.
     pub async fn route(&mut self, observation: Observation) -> bool {
+        if let Some(tap) = &mut self.tap {
+            tap(&observation);
+        }
         self.last_ns = self.last_ns.max(observation.time_ns());
         let first_local = self.layout.process * self.layout.workers;
         match self.owner(&observation) {

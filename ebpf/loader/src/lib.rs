@@ -22,6 +22,7 @@
 
 pub mod clock;
 pub mod dns;
+pub mod ring;
 
 use std::fmt;
 use std::os::fd::OwnedFd;

@@ -43,6 +43,8 @@ use std::collections::VecDeque;
 use std::future::{Future, IntoFuture};
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, publish::PublishAck};
@@ -98,6 +100,15 @@ pub struct PublisherReport {
     pub left_in_spool: u64,
 }
 
+/// What a running publisher holds now, for metrics: updated at every turn of its loop.
+#[derive(Debug, Default)]
+pub struct PublisherGauges {
+    /// Bytes in the spool (written while NATS was unreachable, not yet published).
+    pub spool_bytes: AtomicU64,
+    /// Observations handed to the server and not yet acknowledged.
+    pub unacknowledged: AtomicU64,
+}
+
 /// Publishes observations to JetStream, spooling while NATS is unreachable.
 pub struct Publisher {
     client: async_nats::Client,
@@ -113,6 +124,7 @@ pub struct Publisher {
     connections: watch::Receiver<u64>,
     spool_path: PathBuf,
     spool_max_bytes: u64,
+    gauges: Arc<PublisherGauges>,
 }
 
 type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, async_nats::Error>> + Send>>;
@@ -182,7 +194,13 @@ impl Publisher {
             connections,
             spool_path: PathBuf::from(&config.spool_path),
             spool_max_bytes: config.spool_max_bytes,
+            gauges: Arc::new(PublisherGauges::default()),
         })
+    }
+
+    /// The publisher's live spool size and unacknowledged observations.
+    pub fn gauges(&self) -> Arc<PublisherGauges> {
+        Arc::clone(&self.gauges)
     }
 
     async fn publish(&self, batch: &Batch) -> AckFuture {
@@ -353,6 +371,10 @@ impl Publisher {
         // of the loop recovers first.
         let mut lost = false;
         loop {
+            self.gauges
+                .spool_bytes
+                .store(spool.len(), Ordering::Relaxed);
+            self.gauges.unacknowledged.store(unacked, Ordering::Relaxed);
             if lost {
                 lost = false;
                 self.lose_connection(&mut inflight, &mut spool, &mut report, spooling)?;
@@ -547,6 +569,10 @@ impl Publisher {
             }
         }
         report.left_in_spool = spool.len();
+        self.gauges
+            .spool_bytes
+            .store(report.left_in_spool, Ordering::Relaxed);
+        self.gauges.unacknowledged.store(0, Ordering::Relaxed);
         if report.left_in_spool > 0 {
             tracing::warn!(spool = %self.spool_path.display(), bytes = report.left_in_spool, "NATS is unreachable; unpublished observations stay in the spool for the next start.");
         }

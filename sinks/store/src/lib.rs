@@ -15,17 +15,24 @@
 //! | entities, facts (event time), `ABOUT` (what a fact observed at an entity) and steps (`OWNED_BY`, `CAUSED`, …) | entity | a current correlation cites them |
 //!
 //! Readers take a consistent snapshot with [`Store::read`] (a read lock held for the length of
-//! one question); every applied tick is also published to [`Store::subscribe`]rs.
+//! one question); every applied tick is also published to [`Store::subscribe`]rs. Next to the
+//! correlations, a bounded history of every fact taken in, per entity ([`Store::record_fact`],
+//! [`Store::facts_about`]), lets an entity's timeline show what no rule used.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use tapio_model::{ClosedBatch, Correlation, Observed, Relation, TimeNs, correlation_id};
+use tapio_model::{ClosedBatch, Correlation, Fact, Observed, Relation, TimeNs, correlation_id};
 use tapio_sinks::{BoxFuture, Sink, SinkError, SinkReport};
 use tokio::sync::{broadcast, mpsc};
+
+mod facts;
+
+use facts::FactHistory;
+pub use facts::KeptFact;
 
 /// How much history the store keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +41,10 @@ pub struct StoreSettings {
     pub history_count: usize,
     /// Retracted correlations older than this (event time, before the newest tick) are dropped.
     pub history_max_age: Duration,
+    /// At most this many facts kept per entity; 0 keeps none.
+    pub facts_per_entity: usize,
+    /// At most this many facts kept in all (the oldest go first); 0 keeps none.
+    pub facts_max: usize,
 }
 
 impl StoreSettings {
@@ -42,6 +53,8 @@ impl StoreSettings {
         StoreSettings {
             history_count: config.history_count,
             history_max_age: config.history_max_age,
+            facts_per_entity: config.facts_per_entity,
+            facts_max: config.facts_max,
         }
     }
 }
@@ -133,6 +146,23 @@ pub struct Filter {
     pub from: Option<TimeNs>,
     /// Only correlations that became current before this time, ns.
     pub to: Option<TimeNs>,
+    /// Only incidents: every family but ownership, which is context.
+    pub incidents_only: bool,
+}
+
+/// The correlations that share a root cause, as the incidents view groups them.
+#[derive(Clone, Debug)]
+pub struct Group {
+    /// The root cause's entity id.
+    pub root_cause: String,
+    /// How many correlations passed the filter with this root cause.
+    pub count: usize,
+    /// Their kinds, sorted.
+    pub kinds: BTreeSet<&'static str>,
+    /// Their families, sorted.
+    pub families: BTreeSet<&'static str>,
+    /// The newest of them (at most the number asked for), newest first.
+    pub newest: Vec<Arc<Stored>>,
 }
 
 /// The store's content: read it through [`Store::read`].
@@ -433,6 +463,76 @@ impl State {
         retracted: bool,
         limit: usize,
     ) -> (Vec<Arc<Stored>>, usize) {
+        self.list_page(filter, retracted, 0, limit)
+    }
+
+    /// As [`State::list`], skipping the first `offset` that pass.
+    pub fn list_page(
+        &self,
+        filter: &Filter,
+        retracted: bool,
+        offset: usize,
+        limit: usize,
+    ) -> (Vec<Arc<Stored>>, usize) {
+        let mut found = Vec::new();
+        let total = self.scan(filter, retracted, |index, stored| {
+            if index >= offset && found.len() < limit {
+                found.push(Arc::clone(stored));
+            }
+        });
+        (found, total)
+    }
+
+    /// The correlations that pass `filter` grouped by root cause, the group with the newest
+    /// correlation first; groups `offset..offset + limit`, each with its `per_group` newest
+    /// correlations. Also returns how many groups there are in all.
+    pub fn groups(
+        &self,
+        filter: &Filter,
+        retracted: bool,
+        offset: usize,
+        limit: usize,
+        per_group: usize,
+    ) -> (Vec<Group>, usize) {
+        let mut groups: Vec<Group> = Vec::new();
+        let mut at: HashMap<String, usize> = HashMap::new();
+        self.scan(filter, retracted, |_, stored| {
+            let correlation = &stored.correlation;
+            let root = correlation.root_cause.to_string();
+            let place = match at.get(&root) {
+                Some(place) => *place,
+                None => {
+                    at.insert(root.clone(), groups.len());
+                    groups.push(Group {
+                        root_cause: root,
+                        count: 0,
+                        kinds: BTreeSet::new(),
+                        families: BTreeSet::new(),
+                        newest: Vec::new(),
+                    });
+                    groups.len() - 1
+                }
+            };
+            let group = &mut groups[place];
+            group.count += 1;
+            group.kinds.insert(correlation.kind.as_str());
+            group.families.insert(correlation.family.as_str());
+            if group.newest.len() < per_group {
+                group.newest.push(Arc::clone(stored));
+            }
+        });
+        let total = groups.len();
+        (groups.into_iter().skip(offset).take(limit).collect(), total)
+    }
+
+    /// Calls `each` with every correlation that passes `filter`, newest first, and its place
+    /// among them; returns how many passed.
+    fn scan(
+        &self,
+        filter: &Filter,
+        retracted: bool,
+        mut each: impl FnMut(usize, &Arc<Stored>),
+    ) -> usize {
         let (index, stored_of): (&Index, Lookup<'_>) = if retracted {
             (&self.history_index, &|id, time| {
                 self.history.get(&(time, Arc::clone(id))).cloned()
@@ -441,7 +541,7 @@ impl State {
             (&self.current_index, &|id, _| self.current.get(id).cloned())
         };
         if filter.to == Some(0) {
-            return (Vec::new(), 0);
+            return 0;
         }
         let empty = Ordered::new();
         // Start from the narrowest index the filter names.
@@ -464,7 +564,6 @@ impl State {
             Reverse(filter.to.map_or(TimeNs::MAX, |to| to.saturating_sub(1))),
             Arc::<str>::from(""),
         );
-        let mut found = Vec::new();
         let mut total = 0usize;
         for (Reverse(time), id) in base.range(lower..) {
             if filter.from.is_some_and(|from| *time < from) {
@@ -476,12 +575,10 @@ impl State {
             if !matches(&stored, filter) {
                 continue;
             }
+            each(total, &stored);
             total += 1;
-            if found.len() < limit {
-                found.push(stored);
-            }
         }
-        (found, total)
+        total
     }
 
     /// Whether a current correlation mentions the entity (a hop or its root cause).
@@ -544,6 +641,9 @@ impl State {
 /// Whether `stored` passes the parts of `filter` its index did not settle.
 fn matches(stored: &Stored, filter: &Filter) -> bool {
     let correlation = &stored.correlation;
+    if filter.incidents_only && correlation.family == tapio_model::Family::Ownership {
+        return false;
+    }
     if filter
         .kind
         .as_deref()
@@ -605,6 +705,7 @@ pub struct Store {
     settings: StoreSettings,
     changes: broadcast::Sender<Arc<ClosedBatch>>,
     stats: Arc<StoreStats>,
+    facts: Arc<Mutex<FactHistory>>,
 }
 
 impl Store {
@@ -616,7 +717,44 @@ impl Store {
             settings,
             changes,
             stats: Arc::new(StoreStats::default()),
+            facts: Arc::new(Mutex::new(FactHistory::default())),
         }
+    }
+
+    /// Keeps `fact` in its subject's fact history (bounded by `store.facts_per_entity` and
+    /// `store.facts_max`). Facts come from the dataflow's input, as it takes them in.
+    pub fn record_fact(&self, fact: &Fact) {
+        self.facts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .record(
+                fact,
+                self.settings.facts_per_entity,
+                self.settings.facts_max,
+            );
+    }
+
+    /// The kept facts about `entity` (its subject's id) before `before` (exclusive), newest
+    /// first, at most `limit`; and how many are kept before `before` in all.
+    pub fn facts_about(
+        &self,
+        entity: &str,
+        before: Option<TimeNs>,
+        limit: usize,
+    ) -> (Vec<KeptFact>, usize) {
+        self.facts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .about(entity, before, limit)
+    }
+
+    /// Facts kept in the fact history, and facts taken in since the start.
+    pub fn facts_kept(&self) -> (usize, u64) {
+        let facts = self
+            .facts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        (facts.len(), facts.seen())
     }
 
     /// Applies one closed tick, then publishes it to subscribers.

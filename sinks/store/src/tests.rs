@@ -51,6 +51,8 @@ fn store(history_count: usize, history_max_age: Duration) -> Store {
     Store::new(StoreSettings {
         history_count,
         history_max_age,
+        facts_per_entity: 3,
+        facts_max: 5,
     })
 }
 
@@ -196,4 +198,88 @@ async fn the_sink_applies_every_batch_and_publishes_it() {
     assert_eq!(report.batches, 1);
     assert_eq!(changes.recv().await.expect("published").time, SECOND);
     assert_eq!(store.read().current_len(), 1);
+}
+
+#[test]
+fn pages_and_root_cause_groups_follow_the_newest_first_order() {
+    let store = store(10, Duration::from_secs(3600));
+    // Two pods of `web` and one of `api`, each a tick apart.
+    store.apply(batch(1, vec![(ownership("default", "a", "web", 1), 1)]));
+    store.apply(batch(2, vec![(ownership("default", "b", "api", 3), 1)]));
+    store.apply(batch(3, vec![(ownership("default", "c", "web", 5), 1)]));
+    let state = store.read();
+    let (page, total) = state.list_page(&Filter::default(), false, 1, 1);
+    assert_eq!(total, 3);
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].since, 2 * SECOND);
+    let (groups, total) = state.groups(&Filter::default(), false, 0, 10, 1);
+    assert_eq!(total, 2);
+    assert_eq!(groups[0].root_cause, "replicaset/default/web");
+    assert_eq!(groups[0].count, 2);
+    assert_eq!(groups[0].newest.len(), 1);
+    assert_eq!(groups[0].newest[0].since, 3 * SECOND);
+    assert_eq!(groups[1].root_cause, "replicaset/default/api");
+    let (second, _) = state.groups(&Filter::default(), false, 1, 10, 1);
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].root_cause, "replicaset/default/api");
+    let incidents = Filter {
+        incidents_only: true,
+        ..Filter::default()
+    };
+    assert_eq!(
+        state.list(&incidents, false, 10).1,
+        0,
+        "ownership is context"
+    );
+}
+
+fn kube_event(seq: u64, involved: &str) -> tapio_model::Fact {
+    tapio_model::Fact {
+        id: FactId::new("kubernetes", "cluster", seq),
+        time_ns: seq * SECOND,
+        payload: tapio_model::FactPayload::KubeEvent(tapio_model::KubeEvent {
+            involved: involved.parse().expect("entity id"),
+            reason: "BackOff".into(),
+            message: String::new(),
+            component: "kubelet".into(),
+            event_type: tapio_model::EventType::Warning,
+            count: 1,
+            first_ns: seq * SECOND,
+            last_ns: seq * SECOND,
+        }),
+    }
+}
+
+#[test]
+fn the_fact_history_is_bounded_per_entity_and_in_all() {
+    let store = store(10, Duration::from_secs(3600));
+    // Out of order: 4 arrives before 2.
+    for seq in [1, 4, 2, 3] {
+        store.record_fact(&kube_event(seq, "pod/default/a"));
+    }
+    // At most 3 per entity: the oldest (1) went.
+    let (facts, total) = store.facts_about("pod/default/a", None, 10);
+    assert_eq!(total, 3);
+    let times: Vec<u64> = facts.iter().map(|fact| fact.time / SECOND).collect();
+    assert_eq!(times, [4, 3, 2]);
+    assert_eq!(facts[0].kind, "kube_event");
+    assert_eq!(facts[0].id.as_ref(), "kubernetes/cluster/4");
+    // Before a time, newest first, limited.
+    let (earlier, total) = store.facts_about("pod/default/a", Some(4 * SECOND), 1);
+    assert_eq!(total, 2);
+    assert_eq!(earlier[0].time, 3 * SECOND);
+    // The same fact twice is kept once.
+    store.record_fact(&kube_event(4, "pod/default/a"));
+    assert_eq!(store.facts_about("pod/default/a", None, 10).1, 3);
+    // At most 5 in all: the oldest in event time go first, whichever entity holds them.
+    for seq in [5, 6, 7] {
+        store.record_fact(&kube_event(seq, "pod/default/b"));
+    }
+    assert_eq!(store.facts_kept(), (5, 8));
+    let (a, _) = store.facts_about("pod/default/a", None, 10);
+    assert_eq!(
+        a.iter().map(|fact| fact.time / SECOND).collect::<Vec<_>>(),
+        [4, 3]
+    );
+    assert_eq!(store.facts_about("pod/default/nobody", None, 10).1, 0);
 }

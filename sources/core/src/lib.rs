@@ -28,6 +28,7 @@
 //! ```
 
 pub mod cgroup;
+pub mod containers;
 mod health;
 
 use std::future::Future;
@@ -39,6 +40,8 @@ use std::time::Duration;
 use tapio_model::{FactId, Heartbeat, Observation, TimeNs};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+use crate::containers::CgroupResolver;
 
 pub use health::{
     Counter, Counters, DROPPED, ERRORS, Health, RECEIVED, SENT, SourceHealth, Status,
@@ -175,6 +178,8 @@ pub struct SourceContext {
     pub stats: Arc<SourceStats>,
     /// This source's status and counters, as reported (holds [`SourceContext::stats`]).
     pub health: Arc<SourceHealth>,
+    /// Which container a cgroup v2 id names, shared by the sources of one process.
+    pub containers: Arc<CgroupResolver>,
     positions: Option<Positions>,
     next_seq: AtomicU64,
 }
@@ -224,6 +229,7 @@ impl SourceContext {
             shutdown,
             health: Arc::new(SourceHealth::new(kind, Arc::clone(&stats))),
             stats,
+            containers: Arc::new(CgroupResolver::new()),
             positions: None,
             next_seq: AtomicU64::new(first_sequence()),
         }
@@ -234,6 +240,14 @@ impl SourceContext {
     #[must_use]
     pub fn with_positions(mut self, positions: Positions) -> SourceContext {
         self.positions = Some(positions);
+        self
+    }
+
+    /// This context, resolving cgroup ids through `containers`: the resolver (and its cache)
+    /// every source of the process shares.
+    #[must_use]
+    pub fn with_containers(mut self, containers: Arc<CgroupResolver>) -> SourceContext {
+        self.containers = containers;
         self
     }
 

@@ -20,18 +20,19 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tapio_config::{DnsCollectorConfig, TapioConfig};
 use tapio_ebpf::clock;
-use tapio_ebpf::dns::{DnsProbeOptions, DnsProbes, cgroup2_mount};
+use tapio_ebpf::dns::{DnsProbeOptions, DnsProbes};
+use tapio_ebpf::ring::{AsyncRing, Wake};
 use tapio_ebpf_common::dns::DnsEvent;
 use tapio_model::{DnsOutcome, Fact, FactPayload, Observation, ProcessRef};
-use tapio_sources::cgroup::{ContainerRef, parse_path, parse_proc_cgroup};
+use tapio_sources::containers::{Bounded, CgroupResolver, Resolved, container_of_process};
 use tapio_sources::{BoxFuture, Counter, Counters, Source, SourceContext, SourceError, Status};
-use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -204,6 +205,12 @@ impl Tracker {
                     (false, lookup.sent_ns.saturating_add(timeout))
                 }
             };
+            // With nothing held, an answered lookup has nothing to fold into it and is
+            // reported as it is: no key to build (the common case, and a saving per lookup).
+            if !nxdomain && self.search.is_empty() {
+                self.ready.push(((lookup, owner), 0));
+                continue;
+            }
             let name = lookup
                 .query
                 .questions
@@ -333,17 +340,6 @@ fn duration_ns(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Registers the ring buffer's fd with tokio's reactor.
-#[allow(
-    unsafe_code,
-    reason = "tokio's AsyncFd::register is unsafe: the caller promises the fd stays open"
-)]
-fn register<T: std::os::fd::AsRawFd>(ring: T) -> std::io::Result<AsyncFd<T>> {
-    // SAFETY: the RingBuf owns its map fd and closes it only when dropped, which happens
-    // after AsyncFd deregisters it (AsyncFd drops its registration before its inner value).
-    unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from)
-}
-
 fn input_error(what: &str, source: impl std::error::Error + Send + Sync + 'static) -> SourceError {
     SourceError::Input {
         kind: KIND,
@@ -382,8 +378,8 @@ impl DnsSource {
             what: "the DNS_EVENTS ring buffer".into(),
             source: "ring buffer already taken".into(),
         })?;
-        let mut ring =
-            register(ring).map_err(|err| input_error("the DNS_EVENTS ring buffer fd", err))?;
+        let mut ring = AsyncRing::new(ring)
+            .map_err(|err| input_error("the DNS_EVENTS ring buffer fd", err))?;
 
         let start_offset = clock::realtime_offset_ns();
         let mut offset = start_offset;
@@ -391,7 +387,7 @@ impl DnsSource {
             duration_ns(self.config.timeout),
             duration_ns(self.config.search_window),
         );
-        let mut containers = Containers::new();
+        let mut containers = Containers::new(Arc::clone(&cx.containers));
         self.stats.ready.store(true, Ordering::Relaxed);
         cx.health.set(Status::Running, None);
         info!(node = %cx.node, ports = ?self.config.ports, "DNS source started.");
@@ -404,21 +400,14 @@ impl DnsSource {
         let mut safe_mono = clock::monotonic_ns();
         let outcome = loop {
             let pass_start = clock::monotonic_ns();
-            let mut read = 0usize;
             let mut bad = 0u64;
-            let ring_ref = ring.get_mut();
-            while read < BATCH {
-                let Some(item) = ring_ref.next() else {
-                    safe_mono = pass_start;
-                    break;
-                };
-                read += 1;
-                let event = match DnsEvent::parse(&item) {
+            let pass = ring.pass(BATCH, |item| {
+                let event = match DnsEvent::parse(item) {
                     Ok(event) => event,
                     Err(err) => {
                         bad += 1;
                         debug!(error = %err, "Skipped an unreadable DNS record.");
-                        continue;
+                        return;
                     }
                 };
                 let owner = (event.tgid != 0).then(|| Owner {
@@ -440,7 +429,11 @@ impl DnsSource {
                     owner,
                     &mut ended,
                 );
+            });
+            if pass.drained {
+                safe_mono = pass_start;
             }
+            let read = pass.read;
             let now_wall = clock::monotonic_ns().saturating_add(offset);
             tracker.tick(now_wall.saturating_sub(HEARTBEAT_SLACK_NS), &mut ended);
             self.to_facts(&cx, &mut ended, &mut containers, start_offset, &mut out);
@@ -481,15 +474,8 @@ impl DnsSource {
                 continue;
             }
             let wake_at = (now + READ_EVERY).min(next_heartbeat);
-            tokio::select! {
-                biased;
-                () = cx.shutdown.cancelled() => break Ok(()),
-                guard = ring.readable_mut() => {
-                    if let Ok(mut guard) = guard {
-                        guard.clear_ready();
-                    }
-                }
-                () = tokio::time::sleep_until(wake_at) => {}
+            if ring.wait(wake_at, cx.shutdown.cancelled()).await == Wake::Cancelled {
+                break Ok(());
             }
         };
         self.refresh(&probes, &tracker, &cx);
@@ -509,35 +495,46 @@ impl DnsSource {
         out: &mut Vec<Observation>,
     ) {
         let timeout = duration_ns(self.config.timeout);
-        for done in ended.drain(..) {
-            let process = done.owner.as_ref().map(|owner| ProcessRef {
-                pid: owner.pid,
-                start_ns: owner.start_mono_ns.saturating_add(start_offset),
-                comm: owner.comm.clone(),
-            });
-            let container = done.owner.as_ref().and_then(|owner| {
+        // Counted here and added to the shared counters once per pass.
+        let (mut lookups, mut attributed, mut timeouts) = (0u64, 0u64, 0u64);
+        for Ended {
+            lookup,
+            owner,
+            search_expansions,
+        } in ended.drain(..)
+        {
+            let container = owner.as_ref().and_then(|owner| {
                 containers.resolve(owner.cgroup_id, owner.pid, owner.start_mono_ns)
             });
-            if container.is_some() {
-                self.stats.attributed.fetch_add(1, Ordering::Relaxed);
-            }
-            let mut payload = done.lookup.to_fact(
+            attributed += u64::from(container.is_some());
+            // The owner is not needed after this: its comm moves into the fact.
+            let process = owner.map(|owner| ProcessRef {
+                pid: owner.pid,
+                start_ns: owner.start_mono_ns.saturating_add(start_offset),
+                comm: owner.comm,
+            });
+            let mut payload = lookup.to_fact(
                 timeout,
                 process,
                 container.map(|c| Arc::clone(&c.container_id)),
             );
             if let FactPayload::DnsQuery(query) = &mut payload {
-                query.search_expansions = done.search_expansions;
-                if query.outcome == DnsOutcome::TimedOut {
-                    self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-                }
+                query.search_expansions = search_expansions;
+                timeouts += u64::from(query.outcome == DnsOutcome::TimedOut);
             }
-            self.stats.lookups.fetch_add(1, Ordering::Relaxed);
+            lookups += 1;
             out.push(Observation::Fact(Fact {
                 id: cx.next_fact_id(),
-                time_ns: done.lookup.ended_ns(timeout),
+                time_ns: lookup.ended_ns(timeout),
                 payload,
             }));
+        }
+        if lookups > 0 {
+            self.stats.lookups.fetch_add(lookups, Ordering::Relaxed);
+            self.stats
+                .attributed
+                .fetch_add(attributed, Ordering::Relaxed);
+            self.stats.timeouts.fetch_add(timeouts, Ordering::Relaxed);
         }
     }
 
@@ -570,40 +567,26 @@ impl DnsSource {
     }
 }
 
-/// Which container a socket's cgroup (or a process) belongs to: cgroup ids are resolved by
-/// scanning the cgroup v2 hierarchy (at most every 2 s), processes by `/proc/<pid>/cgroup`.
+/// Which container a socket's cgroup (or a process) belongs to: cgroup ids through the
+/// resolver shared with the other collectors, processes by `/proc/<pid>/cgroup`.
 struct Containers {
-    by_cgroup: HashMap<u64, Option<Arc<ContainerRef>>>,
-    by_process: HashMap<(u32, u64), Option<Arc<ContainerRef>>>,
-    root: Option<std::path::PathBuf>,
-    last_scan: Option<std::time::Instant>,
+    cgroups: Arc<CgroupResolver>,
+    by_process: Bounded<(u32, u64), Resolved>,
 }
 
-const RESCAN_EVERY: Duration = Duration::from_secs(2);
-const CACHE_LIMIT: usize = 65_536;
+const PROCESS_CACHE: usize = 65_536;
 
 impl Containers {
-    fn new() -> Containers {
+    fn new(cgroups: Arc<CgroupResolver>) -> Containers {
         Containers {
-            by_cgroup: HashMap::new(),
-            by_process: HashMap::new(),
-            root: cgroup2_mount(),
-            last_scan: None,
+            cgroups,
+            by_process: Bounded::new(PROCESS_CACHE),
         }
     }
 
-    fn resolve(&mut self, cgroup_id: u64, pid: u32, start: u64) -> Option<Arc<ContainerRef>> {
-        // 0: unknown; 1: the root, where hybrid hosts keep every process not in a container.
-        if cgroup_id > 1 {
-            if let Some(known) = self.by_cgroup.get(&cgroup_id) {
-                return known.clone();
-            }
-            if self.last_scan.is_none_or(|at| at.elapsed() >= RESCAN_EVERY) {
-                self.scan();
-                if let Some(known) = self.by_cgroup.get(&cgroup_id) {
-                    return known.clone();
-                }
-            }
+    fn resolve(&mut self, cgroup_id: u64, pid: u32, start: u64) -> Resolved {
+        if let Some(found) = self.cgroups.container_of(cgroup_id) {
+            return Some(found);
         }
         if pid == 0 {
             return None;
@@ -611,48 +594,8 @@ impl Containers {
         if let Some(known) = self.by_process.get(&(pid, start)) {
             return known.clone();
         }
-        let resolved = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .ok()
-            .and_then(|text| parse_proc_cgroup(&text))
-            .map(Arc::new);
-        if self.by_process.len() >= CACHE_LIMIT {
-            self.by_process.clear();
-        }
+        let resolved = container_of_process(Path::new("/proc"), pid);
         self.by_process.insert((pid, start), resolved.clone());
         resolved
-    }
-
-    fn scan(&mut self) {
-        use std::os::unix::fs::MetadataExt;
-        self.last_scan = Some(std::time::Instant::now());
-        let Some(root) = self.root.clone() else {
-            return;
-        };
-        if self.by_cgroup.len() > CACHE_LIMIT {
-            self.by_cgroup.clear();
-        }
-        let mut stack = vec![root.clone()];
-        let mut seen = 0usize;
-        while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let Ok(meta) = entry.metadata() else { continue };
-                if !meta.is_dir() {
-                    continue;
-                }
-                seen += 1;
-                if seen > CACHE_LIMIT {
-                    return;
-                }
-                let path = entry.path();
-                if let Some(relative) = path.strip_prefix(&root).ok().and_then(|p| p.to_str()) {
-                    let resolved = parse_path(&format!("/{relative}")).map(Arc::new);
-                    self.by_cgroup.insert(meta.ino(), resolved);
-                }
-                stack.push(path);
-            }
-        }
     }
 }

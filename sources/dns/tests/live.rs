@@ -3,10 +3,13 @@
 //! and real clients: `dig`, and Python calling glibc's `getaddrinfo`. Checks A, AAAA and CNAME
 //! answers with their TTLs, NXDOMAIN, a timeout (a port nobody answers on), an answer over
 //! TCP, a lookup through a search path folded into one, and a query from a process in
-//! another network namespace attributed to its process and its container's cgroup.
+//! another network namespace attributed to its process and its container's cgroup; then
+//! SERVFAIL (a real `unbound` upstream that fails), REFUSED, and a truncated UDP answer that
+//! `dig` retries over TCP, each answer paired with its own query.
 //!
-//! Needs root, BTF, a cgroup2 mount, `dnsmasq`, `dig`, `python3` and `ip`; on a machine
-//! without them the test says what is missing and passes without running.
+//! Needs root, BTF, a cgroup2 mount, `dnsmasq`, `dig`, `python3` and `ip` (and `unbound` for
+//! the failure test); on a machine without them the test says what is missing and passes
+//! without running.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -34,12 +37,7 @@ fn missing() -> Option<String> {
         return Some("root".into());
     }
     for tool in ["dnsmasq", "dig", "python3", "ip"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if !found {
+        if !command_exists(tool) {
             return Some(tool.into());
         }
     }
@@ -359,6 +357,236 @@ async fn live_lookups_of_every_outcome_are_captured_paired_and_attributed() {
     assert_eq!(svc[0].outcome, DnsOutcome::Answered);
     assert_eq!(svc[0].search_expansions, 1);
     assert!(stats.search_expansions.load(Ordering::Relaxed) >= 1);
+    assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
+    drop(cleanup);
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// The front server of the failure test: dnsmasq, forwarding `broken.test.local` upstream.
+const FRONT_PORT: u16 = 15363;
+/// Its upstream for `broken.test.local`: unbound, which forwards the zone to a server that
+/// refuses it and so answers SERVFAIL.
+const UPSTREAM_PORT: u16 = 15364;
+/// The server unbound forwards to: dnsmasq with no upstream of its own, which refuses.
+const REFUSING_PORT: u16 = 15365;
+/// Addresses of `big.test.local`: 40 A records make a 672-byte answer, over the 512 bytes a
+/// UDP answer without EDNS may carry.
+const BIG: usize = 40;
+
+fn command_exists(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// SERVFAIL and REFUSED answers, and a truncated UDP answer that the client retries over TCP:
+/// a real dnsmasq forwards a zone to a real unbound whose own upstream refuses it (unbound
+/// answers SERVFAIL, which dnsmasq passes on), refuses a name it has no server for, and
+/// serves a name with more addresses than a 512-byte answer holds. `dig` without EDNS gets
+/// the truncated answer (TC set, 30 of the 40 addresses) and asks again over TCP. Each query
+/// is paired with its own response: the UDP one with the truncated answer, the TCP one with
+/// the whole answer, and none is left unmatched or timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servfail_refused_and_tcp_fallback_on_truncation_are_paired() {
+    if let Some(what) = missing().or_else(|| (!command_exists("unbound")).then(|| "unbound".into()))
+    {
+        eprintln!("skipped: the live DNS failure test needs {what}");
+        return;
+    }
+    let scratch = std::env::temp_dir().join(format!("tapio-dnsfail-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let mut cleanup = Cleanup {
+        children: Vec::new(),
+        cgroup: None,
+        netns: false,
+    };
+    // dnsmasq reads its hosts file after dropping to `nobody`.
+    let hosts = scratch.join("big.hosts");
+    let lines: String = (1..=BIG)
+        .map(|i| format!("10.0.1.{i} big.test.local\n"))
+        .collect();
+    std::fs::write(&hosts, lines).expect("hosts file");
+    let unbound_conf = scratch.join("unbound.conf");
+    std::fs::write(
+        &unbound_conf,
+        format!(
+            "server:\n    interface: 127.0.0.1@{UPSTREAM_PORT}\n    do-daemonize: no\n    \
+             username: \"\"\n    chroot: \"\"\n    directory: \"{dir}\"\n    \
+             pidfile: \"{dir}/unbound.pid\"\n    use-syslog: no\n    logfile: \"\"\n    \
+             access-control: 127.0.0.0/8 allow\n    do-ip6: no\n    \
+             do-not-query-localhost: no\n    local-zone: \".\" refuse\n    \
+             local-zone: \"broken.test.local.\" transparent\n\
+             forward-zone:\n    name: \"broken.test.local.\"\n    \
+             forward-addr: 127.0.0.1@{REFUSING_PORT}\n\
+             remote-control:\n    control-enable: no\n",
+            dir = scratch.display()
+        ),
+    )
+    .expect("unbound.conf");
+    let quiet = |command: &mut Command| -> Child {
+        command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a DNS server")
+    };
+    cleanup.children.push(quiet(Command::new("dnsmasq").args([
+        "--keep-in-foreground",
+        &format!("--port={REFUSING_PORT}"),
+        "--listen-address=127.0.0.1",
+        "--bind-interfaces",
+        "--no-resolv",
+        "--no-hosts",
+        &format!("--pid-file={}", scratch.join("refusing.pid").display()),
+    ])));
+    cleanup.children.push(quiet(
+        Command::new("unbound").args(["-c", &unbound_conf.to_string_lossy()]),
+    ));
+    cleanup.children.push(quiet(Command::new("dnsmasq").args([
+        "--keep-in-foreground",
+        &format!("--port={FRONT_PORT}"),
+        "--listen-address=127.0.0.1",
+        "--bind-interfaces",
+        "--no-resolv",
+        "--no-hosts",
+        "--local=/test.local/",
+        "--host-record=api.test.local,10.96.0.5",
+        &format!("--addn-hosts={}", hosts.display()),
+        &format!("--server=/broken.test.local/127.0.0.1#{UPSTREAM_PORT}"),
+        &format!("--pid-file={}", scratch.join("front.pid").display()),
+    ])));
+    wait_for_answer(None, "127.0.0.1", FRONT_PORT);
+    let upstream_ready = (0..100).any(|_| {
+        let answer = dig(&[
+            "@127.0.0.1",
+            &format!("-p{UPSTREAM_PORT}"),
+            "+tries=1",
+            "+time=1",
+            "ready.broken.test.local",
+        ]);
+        let ready = answer.contains("SERVFAIL");
+        if !ready {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ready
+    });
+    assert!(upstream_ready, "unbound never answered");
+
+    let config = DnsCollectorConfig {
+        enabled: true,
+        ports: vec![FRONT_PORT, UPSTREAM_PORT],
+        timeout: Duration::from_millis(1_000),
+        search_window: Duration::from_millis(200),
+        ..DnsCollectorConfig::default()
+    };
+    let source = DnsSource::new(&config);
+    let stats = source.stats();
+    let (cx, mut rx) = SourceContext::for_test("dns", "node-1", 4096);
+    let shutdown = cx.shutdown.clone();
+    let task = tokio::spawn(Box::new(source).run(cx));
+    for _ in 0..200 {
+        if stats.ready.load(Ordering::Relaxed) || task.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    if !stats.ready.load(Ordering::Relaxed) {
+        panic!("the capture did not attach: {:?}", task.await);
+    }
+
+    let front = format!("-p{FRONT_PORT}");
+    let printed = tokio::task::spawn_blocking(move || {
+        let servfail = dig(&["@127.0.0.1", &front, "+tries=1", "x.broken.test.local"]);
+        let refused = dig(&["@127.0.0.1", &front, "+tries=1", "outside.example"]);
+        // No EDNS: the answer may carry 512 bytes, so it comes truncated and dig asks again
+        // over TCP.
+        let big = dig(&["@127.0.0.1", &front, "+noedns", "big.test.local"]);
+        (servfail, refused, big)
+    })
+    .await
+    .expect("clients");
+    assert!(printed.0.contains("status: SERVFAIL"), "{}", printed.0);
+    assert!(printed.1.contains("status: REFUSED"), "{}", printed.1);
+    assert!(
+        printed.2.contains("Truncated, retrying in TCP mode") && printed.2.contains("(TCP)"),
+        "{}",
+        printed.2
+    );
+
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    shutdown.cancel();
+    let mut seen = Vec::new();
+    while let Some(observation) = rx.recv().await {
+        seen.push(observation);
+    }
+    task.await.expect("join").expect("the source ran");
+    let all = lookups(&seen);
+    let find = |name: &str, port: u16| -> Vec<&DnsQuery> {
+        all.iter()
+            .filter(|q| q.name == name && q.qtype == 1 && q.server.port() == port)
+            .collect()
+    };
+
+    // dig's lookup through dnsmasq failed with SERVFAIL ...
+    let failed = find("x.broken.test.local", FRONT_PORT);
+    assert_eq!(failed.len(), 1, "{all:#?}");
+    assert_eq!(
+        (failed[0].outcome, failed[0].rcode),
+        (DnsOutcome::ServFail, Some(2))
+    );
+    assert!(failed[0].answers.is_empty());
+    let dig_process = failed[0].process.as_ref().expect("dig's process");
+    // ... because dnsmasq's own lookup upstream did: that one is dnsmasq's.
+    let upstream = find("x.broken.test.local", UPSTREAM_PORT);
+    assert_eq!(upstream.len(), 1, "{all:#?}");
+    assert_eq!(upstream[0].outcome, DnsOutcome::ServFail);
+    let forwarder = upstream[0].process.as_ref().expect("dnsmasq's process");
+    assert_eq!(forwarder.comm, "dnsmasq");
+    assert_ne!(forwarder.pid, dig_process.pid);
+
+    let refused = find("outside.example", FRONT_PORT);
+    assert_eq!(refused.len(), 1, "{all:#?}");
+    assert_eq!(
+        (refused[0].outcome, refused[0].rcode),
+        (DnsOutcome::Refused, Some(5))
+    );
+
+    // The truncated UDP answer and the whole TCP answer, each paired with its own query from
+    // the same process.
+    let mut big = find("big.test.local", FRONT_PORT);
+    big.sort_by_key(|q| q.answers.len());
+    assert_eq!(big.len(), 2, "{all:#?}");
+    let (udp, tcp) = (big[0], big[1]);
+    for lookup in [udp, tcp] {
+        assert_eq!(
+            (lookup.outcome, lookup.rcode),
+            (DnsOutcome::Answered, Some(0))
+        );
+        assert!(lookup.latency_ns < 1_000_000_000, "{lookup:?}");
+    }
+    assert!(
+        !udp.answers.is_empty() && udp.answers.len() < BIG,
+        "{udp:?}"
+    );
+    assert_eq!(tcp.answers.len(), BIG, "{tcp:?}");
+    let expected: std::collections::BTreeSet<IpAddr> = (1..=BIG)
+        .map(|i| format!("10.0.1.{i}").parse().expect("address"))
+        .collect();
+    assert_eq!(
+        tcp.answers
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>(),
+        expected
+    );
+    assert_ne!(udp.client.port(), tcp.client.port());
+    let pid = |lookup: &DnsQuery| lookup.process.as_ref().map(|p| p.pid);
+    assert!(pid(udp).is_some_and(|pid| pid > 0), "{udp:?}");
+    assert_eq!(pid(udp), pid(tcp));
+    assert_eq!(stats.timeouts.load(Ordering::Relaxed), 0, "{all:#?}");
+    assert_eq!(stats.unmatched_responses.load(Ordering::Relaxed), 0);
     assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
     drop(cleanup);
     let _ = std::fs::remove_dir_all(&scratch);

@@ -3,114 +3,36 @@
 //! Process records from the kernel carry the names of the process's memory cgroup (leaf,
 //! parent, grandparent), which are authoritative when present. Records without them (TCP and
 //! file events) are resolved through a pid cache filled at exec and fork and emptied at exit;
-//! on a miss, through the cgroup v2 id (a scan of the unified hierarchy maps ids to paths),
+//! on a miss, through the cgroup v2 id (the resolver shared with the other collectors,
+//! [`tapio_sources::containers::CgroupResolver`]),
 //! then `/proc/<pid>/cgroup`. Every cache is bounded; the oldest entries go first.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::Hash;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use crate::cgroup::{ContainerRef, parse_path, parse_proc_cgroup};
-
-/// A map that forgets its oldest entries beyond `capacity`.
-#[derive(Debug)]
-pub(crate) struct Bounded<K, V> {
-    map: HashMap<K, (V, u64)>,
-    order: VecDeque<(K, u64)>,
-    capacity: usize,
-    generation: u64,
-}
-
-impl<K: Eq + Hash + Clone, V> Bounded<K, V> {
-    pub(crate) fn new(capacity: usize) -> Self {
-        Bounded {
-            map: HashMap::new(),
-            order: VecDeque::new(),
-            capacity: capacity.max(1),
-            generation: 0,
-        }
-    }
-
-    pub(crate) fn insert(&mut self, key: K, value: V) {
-        self.generation += 1;
-        self.map.insert(key.clone(), (value, self.generation));
-        self.order.push_back((key, self.generation));
-        while self.map.len() > self.capacity {
-            let Some((old, generation)) = self.order.pop_front() else {
-                break;
-            };
-            if self.map.get(&old).is_some_and(|(_, g)| *g == generation) {
-                self.map.remove(&old);
-            }
-        }
-        // Entries removed explicitly leave stale slots behind: compact now and then.
-        if self.order.len() > self.capacity * 2 {
-            let map = &self.map;
-            self.order
-                .retain(|(key, generation)| map.get(key).is_some_and(|(_, g)| g == generation));
-        }
-    }
-
-    pub(crate) fn get(&self, key: &K) -> Option<&V> {
-        self.map.get(key).map(|(value, _)| value)
-    }
-
-    pub(crate) fn remove(&mut self, key: &K) -> Option<V> {
-        self.map.remove(key).map(|(value, _)| value)
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.map.len()
-    }
-}
-
-/// A resolved identity: `None` means "known not to be in a container".
-pub(crate) type Resolved = Option<Arc<ContainerRef>>;
+pub(crate) use tapio_sources::containers::{Bounded, Resolved};
+use tapio_sources::containers::{CgroupResolver, container_of_process};
 
 /// The caches.
 #[derive(Debug)]
 pub(crate) struct Identity {
     /// pid → (start_ns as the kernel reports it, container).
     pids: Bounded<u32, (u64, Resolved)>,
-    /// cgroup v2 id → container.
-    cgroup_ids: Bounded<u64, Resolved>,
-    unified_root: Option<PathBuf>,
-    last_scan: Option<Instant>,
+    /// cgroup v2 id → container, shared with the other collectors of this process.
+    cgroups: Arc<CgroupResolver>,
     proc_root: PathBuf,
     /// `/proc/<pid>/cgroup` reads done (a cost worth watching).
     pub(crate) proc_reads: u64,
 }
 
-const RESCAN_EVERY: Duration = Duration::from_secs(2);
-const SCAN_LIMIT: usize = 65_536;
-
 impl Identity {
-    pub(crate) fn new(capacity: usize) -> Identity {
+    pub(crate) fn new(capacity: usize, cgroups: Arc<CgroupResolver>) -> Identity {
         Identity {
             pids: Bounded::new(capacity),
-            cgroup_ids: Bounded::new(capacity / 4 + 1),
-            unified_root: None,
-            last_scan: None,
+            cgroups,
             proc_root: PathBuf::from("/proc"),
             proc_reads: 0,
         }
-    }
-
-    /// Finds the cgroup2 mount; call once from the running source.
-    pub(crate) fn discover(&mut self) {
-        let mountinfo = std::fs::read_to_string(self.proc_root.join("self/mountinfo"));
-        self.unified_root = mountinfo.ok().and_then(|text| {
-            text.lines().find_map(|line| {
-                let (left, right) = line.split_once(" - ")?;
-                right
-                    .starts_with("cgroup2 ")
-                    .then(|| left.split(' ').nth(4).map(PathBuf::from))
-                    .flatten()
-            })
-        });
     }
 
     pub(crate) fn pid_cache_len(&self) -> usize {
@@ -158,91 +80,23 @@ impl Identity {
     }
 
     fn by_cgroup_id(&mut self, cgroup_id: u64) -> Resolved {
-        // 0: unknown; 1: the root of the unified hierarchy, where hybrid hosts keep everyone.
-        if cgroup_id <= 1 {
-            return None;
-        }
-        if let Some(resolved) = self.cgroup_ids.get(&cgroup_id) {
-            return resolved.clone();
-        }
-        let due = self.last_scan.is_none_or(|at| at.elapsed() >= RESCAN_EVERY);
-        if !due {
-            return None;
-        }
-        self.last_scan = Some(Instant::now());
-        let root = self.unified_root.clone()?;
-        let mut found = None;
-        let mut stack = vec![root.clone()];
-        let mut seen = 0usize;
-        while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let Ok(meta) = entry.metadata() else { continue };
-                if !meta.is_dir() {
-                    continue;
-                }
-                seen += 1;
-                if seen > SCAN_LIMIT {
-                    break;
-                }
-                let path = entry.path();
-                if let Some(relative) = relative(&root, &path) {
-                    let resolved = parse_path(&relative).map(Arc::new);
-                    if resolved.is_some() {
-                        self.cgroup_ids.insert(meta.ino(), resolved.clone());
-                    }
-                    if meta.ino() == cgroup_id {
-                        found = Some(resolved.clone());
-                    }
-                }
-                stack.push(path);
-            }
-        }
-        found.flatten()
+        self.cgroups.container_of(cgroup_id)
     }
 
     fn by_proc(&mut self, pid: u32) -> Resolved {
         self.proc_reads += 1;
-        let path = self.proc_root.join(pid.to_string()).join("cgroup");
-        let text = std::fs::read_to_string(path).ok()?;
-        parse_proc_cgroup(&text).map(Arc::new)
+        container_of_process(&self.proc_root, pid)
     }
-}
-
-fn relative(root: &Path, path: &Path) -> Option<String> {
-    path.strip_prefix(root)
-        .ok()
-        .and_then(|p| p.to_str())
-        .map(|p| format!("/{p}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bounded_forgets_the_oldest() {
-        let mut map = Bounded::new(3);
-        for i in 0..10u32 {
-            map.insert(i, i * 10);
-        }
-        assert_eq!(map.len(), 3);
-        assert_eq!(map.get(&9), Some(&90));
-        assert_eq!(map.get(&6), None);
-        map.remove(&9);
-        for i in 0..1000u32 {
-            map.insert(i % 5, i);
-            map.remove(&(i % 7));
-        }
-        assert!(map.len() <= 3);
-        assert!(map.order.len() <= 6 + 1);
-    }
+    use crate::cgroup::ContainerRef;
 
     #[test]
     fn forks_inherit_and_exits_forget() {
-        let mut identity = Identity::new(16);
+        let mut identity = Identity::new(16, Arc::new(CgroupResolver::new()));
         let container = ContainerRef {
             container_id: "a".repeat(64).into(),
             pod_uid: None,
@@ -262,8 +116,7 @@ mod tests {
 
     #[test]
     fn resolves_this_process_through_proc() {
-        let mut identity = Identity::new(16);
-        identity.discover();
+        let mut identity = Identity::new(16, Arc::new(CgroupResolver::new()));
         let me = std::process::id();
         // Whatever this test runs in, resolving must not fail and must be cached.
         let first = identity.resolve(me, Some(1), 0);

@@ -41,6 +41,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tapio_config::{KernelCollectorConfig, TapioConfig};
+use tapio_ebpf::ring::{AsyncRing, Wake};
 use tapio_ebpf::{KernelProbes, LoadError, ProbeOptions, clock};
 use tapio_ebpf_common::{self as common, Record, c_bytes, c_str};
 use tapio_model::{
@@ -50,7 +51,6 @@ use tapio_model::{
     TcpRetransmit, TimeNs,
 };
 use tapio_sources::{BoxFuture, Counters, Source, SourceContext, SourceError, Status};
-use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -175,17 +175,6 @@ impl Tally {
     }
 }
 
-/// Registers the ring buffer's fd with tokio's reactor.
-#[allow(
-    unsafe_code,
-    reason = "tokio's AsyncFd::register is unsafe: the caller promises the fd stays open"
-)]
-fn register<T: std::os::fd::AsRawFd>(ring: T) -> std::io::Result<AsyncFd<T>> {
-    // SAFETY: the RingBuf owns its map fd and closes it only when dropped, which happens
-    // after AsyncFd deregisters it (AsyncFd drops its registration before its inner value).
-    unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from)
-}
-
 fn unsupported(err: &LoadError) -> SourceError {
     let mut requirement = err.to_string();
     let mut source = std::error::Error::source(err);
@@ -229,7 +218,7 @@ impl KernelSource {
             what: "the EVENTS ring buffer".into(),
             source: "ring buffer already taken".into(),
         })?;
-        let mut ring = register(ring).map_err(|err| SourceError::Input {
+        let mut ring = AsyncRing::new(ring).map_err(|err| SourceError::Input {
             kind: KIND,
             what: "the EVENTS ring buffer fd".into(),
             source: Box::new(err),
@@ -247,14 +236,16 @@ impl KernelSource {
         }
 
         let mut reader = Reader {
-            identity: Identity::new(self.config.process_cache_capacity),
+            identity: Identity::new(
+                self.config.process_cache_capacity,
+                Arc::clone(&cx.containers),
+            ),
             names: NameCache::new(),
             containers: Containers::new(self.config.process_cache_capacity),
             start_offset: clock::realtime_offset_ns(),
             offset: 0,
         };
         reader.offset = reader.start_offset;
-        reader.identity.discover();
         self.stats.ready.store(true, Ordering::Relaxed);
         cx.health.set(Status::Running, message);
         info!(node = %cx.node, "Kernel source started.");
@@ -274,19 +265,13 @@ impl KernelSource {
             // ring (no copy), and its slot is released before anything awaits.
             let pass_start = clock::monotonic_ns();
             let mut tally = Tally::default();
-            let ring_ref = ring.get_mut();
-            while tally.read < BATCH {
-                let Some(item) = ring_ref.next() else {
-                    safe_mono = pass_start;
-                    break;
-                };
-                tally.read += 1;
-                let record = match common::decode(&item) {
+            let pass = ring.pass(BATCH, |item| {
+                let record = match common::decode(item) {
                     Ok(record) => record,
                     Err(err) => {
                         tally.undecodable += 1;
                         debug!(error = %err, len = item.len(), "Skipped an undecodable ring-buffer record.");
-                        continue;
+                        return;
                     }
                 };
                 let header = record.header();
@@ -295,7 +280,7 @@ impl KernelSource {
                 }
                 let time_ns = header.ts_ns.saturating_add(reader.offset);
                 let Some(payload) = reader.convert(record, time_ns) else {
-                    continue;
+                    return;
                 };
                 let membership = reader.containers.membership(&payload, time_ns, &cx);
                 out.push(Observation::Fact(Fact {
@@ -307,7 +292,11 @@ impl KernelSource {
                 if let Some(update) = membership {
                     out.push(Observation::State(update));
                 }
+            });
+            if pass.drained {
+                safe_mono = pass_start;
             }
+            tally.read = pass.read;
             let full = tally.read == BATCH;
             let read = tally.read;
             tally.add_to(&self.stats, &cx.stats);
@@ -359,16 +348,10 @@ impl KernelSource {
             } else {
                 next_heartbeat
             };
-            tokio::select! {
-                biased;
-                () = cx.shutdown.cancelled() => break Ok(()),
-                // When the ring passes a quarter full (or for every batch, with no batch_delay).
-                guard = ring.readable_mut() => {
-                    if let Ok(mut guard) = guard {
-                        guard.clear_ready();
-                    }
-                }
-                () = tokio::time::sleep_until(wake_at) => {}
+            // Woken when the ring passes a quarter full (or for every batch, with no
+            // batch_delay).
+            if ring.wait(wake_at, cx.shutdown.cancelled()).await == Wake::Cancelled {
+                break Ok(());
             }
         };
         self.refresh_kernel_stats(&probes, &reader, &cx);
@@ -838,7 +821,10 @@ mod tests {
     fn exit_codes_and_signals_split() {
         // Records are plain bytes: build an exit record and convert it.
         let mut reader = Reader {
-            identity: Identity::new(8),
+            identity: Identity::new(
+                8,
+                Arc::new(tapio_sources::containers::CgroupResolver::new()),
+            ),
             names: NameCache::new(),
             containers: Containers::new(8),
             start_offset: 1_000,

@@ -8,25 +8,25 @@
 //! item starts a new run), and runs whose time is up are dropped. Items are taken when they
 //! are inserted (facts are insert-only); a retraction of an item is ignored.
 //!
-//! The runs feed back into the next tick through a [`Variable`] delayed by one tick, so the
-//! state is the runs themselves: a loop that goes on for days holds its summary, not its days
-//! of items. A run's current time is only ever extended by the items it takes, and it is
-//! retracted when that time is up, so every key's state is bounded by the runs still current.
+//! The state is the runs themselves, held per key by one operator: a loop that goes on for days
+//! holds its summary, not its days of items. A run's current time is only ever extended by the
+//! items it takes, and it is retracted when that time is up, so every key's state is bounded by
+//! the runs still current.
 //!
 //! [`level`] and [`Count`] are the shared part of the counting rules (restart loops, bursts): a
 //! run of items each within a bound of the one before, reported when its count reaches a
 //! threshold and then again only at 10, 20, 50, 100, ..., so that a long run changes its
 //! correlation a logarithmic number of times, not once per item.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::marker::PhantomData;
 
-use differential_dataflow::operators::iterate::Variable;
-use differential_dataflow::{AsCollection, ExchangeData, VecCollection};
+use differential_dataflow::hashable::Hashable;
+use differential_dataflow::{ExchangeData, VecCollection};
 use serde::{Deserialize, Serialize};
-use timely::dataflow::operators::vec::Map;
 
+use super::ticked::{InTickOrder, in_tick_order};
 use crate::clock::{Tick, TickClock};
 
 /// How a rule folds items into runs.
@@ -54,20 +54,14 @@ pub trait Fold: Clone + 'static {
     fn expires(&self, run: &Self::Run) -> Tick;
 }
 
-/// What the fold holds for a key at one tick: the runs carried over and the items entering.
-/// Runs order before items, so they come first in a reduce's values.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-enum Held<R, I> {
-    Run(R),
-    Item(I),
-}
-
-/// A collection of `(key, value)`.
-type Keyed<'scope, K, V> = VecCollection<'scope, Tick, (K, V), isize>;
-
 /// The current runs of every key: `(key, run)`, each from the tick it took its present value
 /// until [`Fold::expires`] or until an item changes it. `step` is the tick length: items enter
 /// at multiples of it, and [`Fold::expires`] must return multiples of it.
+///
+/// One timely operator holds each key's runs. It takes a tick once every worker has passed it
+/// and handles the keys with items entering at that tick or a run ending at it, so an item
+/// costs one fold and emits only when a run's value changes, and a run's end is emitted at that
+/// end, when it comes, rather than as a future retraction that every extension has to undo.
 pub fn runs<'scope, K, F>(
     items: VecCollection<'scope, Tick, (K, F::Item), isize>,
     fold: F,
@@ -77,64 +71,87 @@ where
     K: ExchangeData + Hash,
     F: Fold,
 {
-    let step = step.max(1);
-    let scope = items.scope();
-    // Each item is present at the tick it entered, and only then.
-    let entering = items
-        .inner
-        .flat_map(move |(item, time, diff)| {
-            let live = if diff > 0 { 2 } else { 0 };
-            [
-                (item.clone(), time, diff),
-                (item, time.saturating_add(step), -diff),
-            ]
+    let held = HeldRuns {
+        fold,
+        step: step.max(1),
+        runs: HashMap::new(),
+        ending: BTreeMap::new(),
+    };
+    in_tick_order(items, |(key, _)| key.hashed(), "Runs", held)
+}
+
+/// The state behind [`runs`] on one worker.
+struct HeldRuns<K, F: Fold> {
+    fold: F,
+    step: Tick,
+    /// Each key's current runs.
+    runs: HashMap<K, Vec<F::Run>>,
+    /// Keys with a run ending at a tick (an entry may be stale: the run was extended since).
+    ending: BTreeMap<Tick, Vec<K>>,
+}
+
+impl<K: ExchangeData + Hash, F: Fold> InTickOrder for HeldRuns<K, F> {
+    type In = (K, F::Item);
+    type Out = (K, F::Run);
+
+    fn wakes_at(&self) -> Option<Tick> {
+        self.ending.keys().next().copied()
+    }
+
+    /// Folds the items that entered at `tick` into their keys' runs and drops the runs whose
+    /// time is up.
+    fn take(
+        &mut self,
+        tick: Tick,
+        updates: Vec<((K, F::Item), isize)>,
+    ) -> Vec<((K, F::Run), isize)> {
+        // Items are taken when they are inserted (a retraction is ignored), and items that
+        // enter at one tick are folded in their own order, each once.
+        let mut entering: Vec<(K, F::Item)> = updates
             .into_iter()
-            .take(live)
-        })
-        .as_collection();
-    let (carried, previous): (_, Keyed<'scope, K, F::Run>) = Variable::new(scope, step);
-    let folder = fold.clone();
-    let next = previous
-        .map(|(key, run)| (key, Held::Run(run)))
-        .concat(entering.map(|(key, item)| (key, Held::Item(item))))
-        .reduce(move |_, held, output| {
-            let mut runs: Vec<F::Run> = Vec::new();
-            for (value, count) in held {
-                if *count <= 0 {
-                    continue;
-                }
-                match value {
-                    Held::Run(run) => runs.push(run.clone()),
-                    Held::Item(item) => {
-                        let newest = runs
-                            .iter_mut()
-                            .max_by(|a, b| (folder.latest(a), &**a).cmp(&(folder.latest(b), &**b)));
-                        match newest {
-                            Some(run) if folder.admits(run, item) => folder.add(run, item),
-                            _ => runs.push(folder.start(item)),
-                        }
-                    }
+            .filter(|(_, diff)| *diff > 0)
+            .map(|(item, _)| item)
+            .collect();
+        entering.sort();
+        entering.dedup();
+        let mut keys: Vec<K> = entering.iter().map(|(key, _)| key.clone()).collect();
+        keys.extend(self.ending.remove(&tick).unwrap_or_default());
+        keys.sort();
+        keys.dedup();
+
+        let mut changes = Vec::new();
+        let mut items = entering.into_iter().peekable();
+        for key in keys {
+            let mut runs = self.runs.remove(&key).unwrap_or_default();
+            let before = runs.clone();
+            while let Some((_, item)) = items.next_if(|(next, _)| *next == key) {
+                let fold = &self.fold;
+                let newest = runs
+                    .iter_mut()
+                    .max_by(|a, b| (fold.latest(a), &**a).cmp(&(fold.latest(b), &**b)));
+                match newest {
+                    Some(run) if fold.admits(run, &item) => fold.add(run, &item),
+                    _ => runs.push(fold.start(&item)),
                 }
             }
-            output.extend(runs.into_iter().map(|run| (run, 1isize)));
-        });
-    // A run is current from when it took its value until its time is up; one that is up
-    // already when it is made is never current.
-    let current = next
-        .inner
-        .flat_map(move |((key, run), time, diff)| {
-            let end = fold.expires(&run);
-            let live = if time < end { 2 } else { 0 };
-            [
-                ((key.clone(), run.clone()), time, diff),
-                ((key, run), end, -diff),
-            ]
-            .into_iter()
-            .take(live)
-        })
-        .as_collection();
-    carried.set(current.clone());
-    current
+            runs.retain(|run| self.fold.expires(run) > tick);
+            for run in &runs {
+                let end = self.fold.expires(run);
+                debug_assert_eq!(end % self.step, 0, "a run ends at a tick");
+                self.ending.entry(end).or_default().push(key.clone());
+            }
+            for run in before.iter().filter(|run| !runs.contains(run)) {
+                changes.push(((key.clone(), run.clone()), -1));
+            }
+            for run in runs.iter().filter(|run| !before.contains(run)) {
+                changes.push(((key.clone(), run.clone()), 1));
+            }
+            if !runs.is_empty() {
+                self.runs.insert(key, runs);
+            }
+        }
+        changes
+    }
 }
 
 /// The level `count` has reached: `threshold` itself, then 10, 20, 50, 100, 200, 500, ...

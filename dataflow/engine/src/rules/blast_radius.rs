@@ -1,9 +1,11 @@
 //! **Blast radius.** When something fails, everything that depends on it, directly or through
 //! others, may fail with it. An entity fails when a correlation of another rule says so (its
 //! chain names the entity: an OOM-killed process's container and pod) or when a Service
-//! endpoint it serves stops being ready. From the failed entity the rule follows the service
+//! endpoint it serves stops being ready (one that was ready and is still listed; a new pod that
+//! is not ready yet has not failed). From the failed entity the rule follows the service
 //! graph backwards, from what is depended on to its dependents, up to a maximum depth, and
-//! makes one correlation per dependent: the failure's own hops first (up to the failed
+//! makes one correlation per dependent. Of several failures that name one entity, the one that
+//! began first stands for it. A correlation holds the failure's hops first (up to the failed
 //! entity), then each dependent on the way with the evidence of its dependency edge (a Service
 //! routing to a pod carries the endpoint's readiness, so a not-ready endpoint shows on that
 //! hop), ending at the dependent. A dependent whose own connects to the entity before it on the
@@ -19,11 +21,12 @@ use serde::{Deserialize, Serialize};
 use tapio_config::{BlastRadiusConfig, CorrelationConfig};
 use tapio_model::{
     Basis, Confidence, Correlation, CorrelationKind, Detail, EntityId, Fact, FactId, FactPayload,
-    Hop, Impact, Relation, StateObject, TimeNs,
+    Hop, Impact, Relation, StateObject, StateRecord, TimeNs,
 };
 
 use super::{Evidence, Rule, RuleInputs, service_graph};
 use crate::clock::Tick;
+use crate::operators::lapse::lapses;
 use crate::operators::reachability::{Path, reach_paths};
 
 /// The kinds of correlation that say an entity failed: every entity in their chains is a
@@ -160,12 +163,23 @@ impl Rule for BlastRadius {
                 Some(out)
             })
             .flat_map(|seeds| seeds);
-        // Endpoints that stopped being ready: their pod (or Service, when no pod is named)
-        // failed, unless a concluded failure already names it.
-        let not_ready = inputs
-            .state()
-            .flat_map(|record| match &record.object {
-                StateObject::ServiceEndpoint(endpoint) if !endpoint.ready => {
+        // Endpoints that stopped being ready (were ready before, with no break in their
+        // listing: a new pod that is not ready yet has not failed): their pod (or Service, when
+        // no pod is named) failed, unless a concluded failure already names it.
+        let endpoints = inputs.state().flat_map(|record| match &record.object {
+            StateObject::ServiceEndpoint(endpoint) => {
+                let key = (
+                    endpoint.service.clone(),
+                    endpoint.endpoint.clone(),
+                    endpoint.pod.clone(),
+                );
+                Some((key, record))
+            }
+            _ => None,
+        });
+        let not_ready = lapses(endpoints, endpoint_ready)
+            .flat_map(|(_, record)| match &record.object {
+                StateObject::ServiceEndpoint(endpoint) => {
                     let failed = endpoint.pod.clone().unwrap_or(endpoint.service.clone());
                     let evidence = Evidence::of_state(&record)?;
                     let failure = Failure {
@@ -178,7 +192,17 @@ impl Rule for BlastRadius {
                 _ => None,
             })
             .antijoin(concluded.clone().map(|(entity, _)| entity).distinct());
-        let seeds = concluded.concat(not_ready);
+        // Of several failures naming one entity, the one that began first (then by kind, root
+        // and first fact) stands for it: one OOM kill named by three rules reaches each
+        // dependent once.
+        let seeds = concluded
+            .concat(not_ready)
+            .map(|(failed, failure)| (failed, ((failure.began, failure.id.clone()), failure)))
+            .reduce(|_, failures, output| {
+                if let Some(((_, failure), _)) = failures.iter().find(|(_, count)| *count > 0) {
+                    output.push(((*failure).clone(), 1isize));
+                }
+            });
 
         // Each failed entity's dependents, searched once however many failures name it; then
         // per failure and dependent, the shortest path from the entity of the failure nearest
@@ -240,6 +264,11 @@ impl Rule for BlastRadius {
             .map(|(reached, evidence)| correlation(&reached, Some(&evidence)))
             .concat(potential)
     }
+}
+
+/// Whether a record is a ready Service endpoint.
+fn endpoint_ready(record: &StateRecord) -> bool {
+    matches!(&record.object, StateObject::ServiceEndpoint(endpoint) if endpoint.ready)
 }
 
 /// A connect the rule reads: one that failed.

@@ -126,6 +126,26 @@ fn stream(rng: &mut Rng) -> Vec<Observation> {
             rng.below(4) * 500 * MS,
         ));
     }
+    // Endpoints that are ready, then not ready while still listed, sometimes ready again: the
+    // failures an endpoint starts (the random records above rarely do that on one address).
+    for episode in 0..3u64 {
+        let service = ["service/ns/s1", "service/ns/s2"][rng.below(2) as usize];
+        let pod = ["pod/ns/a", "pod/ns/b", "pod/ns/c", "pod/ns/d"][rng.below(4) as usize];
+        let address = format!("10.0.0.{}:80", 1 + rng.below(3));
+        let ready = endpoint(service, &address, Some(pod), true);
+        let not_ready = endpoint(service, &address, Some(pod), false);
+        let seq = 20_000 + 10 * episode;
+        let up = T0 + rng.below(30) * 500 * MS;
+        let down = up + (1 + rng.below(10)) * 500 * MS;
+        stream.push(state(seq, up, up, 1, ready.clone()));
+        stream.push(state(seq, down, up, -1, ready.clone()));
+        stream.push(state(seq + 1, down, down, 1, not_ready.clone()));
+        if rng.below(2) == 0 {
+            let again = down + (1 + rng.below(10)) * 500 * MS;
+            stream.push(state(seq + 1, again, down, -1, not_ready));
+            stream.push(state(seq + 2, again, again, 1, ready));
+        }
+    }
     stream.sort_by_key(|o| (o.time_ns(), matches!(o, Observation::Heartbeat(_))));
     stream
 }
@@ -153,8 +173,9 @@ fn all_paths(
 }
 
 /// From scratch, at `tick`: the failures (the OOM correlations' entities, and the endpoints not
-/// ready whose entity no OOM correlation names), each dependent's smallest shortest path from
-/// the failure's entity nearest its start, and its impact from the failed connects held then.
+/// ready, after being ready with no break in their listing, whose entity no OOM correlation
+/// names), each dependent's smallest shortest path from the failure's entity nearest its
+/// start, and its impact from the failed connects held then.
 fn naive_blast(
     arrived: &[Observation],
     entered: &[Option<Tick>],
@@ -199,12 +220,57 @@ fn naive_blast(
         }
     }
     let failing: BTreeSet<EntityId> = seeds.iter().map(|(entity, _)| entity.clone()).collect();
+    // The endpoints as the records listed them at a tick: (service, address, pod) → ready.
+    let listed_at = |at: Tick| -> BTreeSet<(EntityId, EntityId, Option<EntityId>, bool)> {
+        held_with_delay(arrived, entered, at, |_| 0)
+            .into_iter()
+            .filter_map(|record| match record.object {
+                StateObject::ServiceEndpoint(endpoint) => Some((
+                    endpoint.service,
+                    endpoint.endpoint,
+                    endpoint.pod,
+                    endpoint.ready,
+                )),
+                _ => None,
+            })
+            .collect()
+    };
+    // The ticks at which the records changed up to `tick`.
+    let changes: BTreeSet<Tick> = entered
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|at| *at <= tick)
+        .collect();
+    // Whether an endpoint is or was ready and stayed listed since.
+    let was_ready = |key: &(EntityId, EntityId, Option<EntityId>)| {
+        for at in changes.iter().rev() {
+            let listed = listed_at(*at);
+            let same =
+                |ready| listed.contains(&(key.0.clone(), key.1.clone(), key.2.clone(), ready));
+            if same(true) {
+                return true;
+            }
+            if !same(false) {
+                return false;
+            }
+        }
+        false
+    };
     for record in held_with_delay(arrived, entered, tick, |_| 0) {
         let StateObject::ServiceEndpoint(endpoint) = &record.object else {
             continue;
         };
         let failed = endpoint.pod.clone().unwrap_or(endpoint.service.clone());
         if endpoint.ready || failing.contains(&failed) {
+            continue;
+        }
+        let key = (
+            endpoint.service.clone(),
+            endpoint.endpoint.clone(),
+            endpoint.pod.clone(),
+        );
+        if !was_ready(&key) {
             continue;
         }
         let evidence = Evidence::of_state(&record).expect("evidence");
@@ -217,6 +283,15 @@ fn naive_blast(
             },
         ));
     }
+    // Per entity, the failure that began first (then by its id).
+    let mut first: BTreeMap<EntityId, Failure> = BTreeMap::new();
+    for (entity, failure) in seeds {
+        let entry = first.entry(entity).or_insert_with(|| failure.clone());
+        if (failure.began, &failure.id, &failure) < (entry.began, &entry.id, &*entry) {
+            *entry = failure;
+        }
+    }
+    let seeds: Vec<(EntityId, Failure)> = first.into_iter().collect();
     // Per failure and dependent, the best of every seed's best path.
     let mut best: BTreeMap<_, ((usize, usize), Reached)> = BTreeMap::new();
     for (seed, failure) in seeds.into_iter().collect::<BTreeSet<_>>() {

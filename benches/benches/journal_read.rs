@@ -10,7 +10,7 @@
 //! facts, deliveries), timed from its start until its first heartbeat, which it sends once it
 //! has read everything; CPU is this process's (the reader, the async side and the consumer of
 //! the facts). `journalctl`'s CPU comes from the shell's `times`, its peak RSS from its
-//! `/proc/<pid>/status`. Run with `cargo bench -p tapio-sources-journal --bench journal_read`.
+//! `/proc/<pid>/status`. Run with `cargo bench -p tapio-benches --bench journal_read`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

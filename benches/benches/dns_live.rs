@@ -1,19 +1,23 @@
 //! The live DNS collector under resolver load, against a real `dnsmasq` on loopback.
 //!
-//! Run with `cargo bench -p tapio-sources-dns --bench live` as root (needs `dnsmasq`, BTF and a
+//! Run with `cargo bench -p tapio-benches --bench dns_live` as root (needs `dnsmasq`, BTF and a
 //! cgroup2 mount). Optional arguments after `--`: `--queries N` per closed-loop run (default
-//! 50000), `--concurrency C` clients (default 8), `--rate R` queries/s for the paced run
-//! (default 20000) and `--seconds S` of it (default 3).
+//! 50000), `--concurrency C` clients (default 8), `--rounds K` (default 5), `--rate R`
+//! queries/s for the paced run (default 20000) and `--seconds S` of it (default 3).
 //!
 //! It measures, in one run:
 //!
 //! 1. **resolver slowdown**: `C` clients, each sending a query and waiting for its answer
-//!    (dnsperf's closed loop), `N` queries in all, without the collector, then with it, then
-//!    without it again; the slowdown is the run with the collector over the mean of the two
-//!    without;
+//!    (dnsperf's closed loop), `N` queries per run. Runs without the collector and with it
+//!    alternate, `K` with it between `K + 1` without (the collector is attached before and
+//!    detached after each run with it); each run with it is compared with the mean of the
+//!    runs without on either side of it, and the table gives the median of the `K` ratios
+//!    (and their range), so that a machine whose speed drifts during the run (other builds on
+//!    its cores) moves both sides of each ratio alike;
 //! 2. **collector CPU per query**: the CPU time of the collector's thread (it runs the source
 //!    on a tokio runtime of its own, reading the ring buffer, decoding, pairing and making
-//!    facts, plus a consumer that counts the facts) over the queries of the run with it;
+//!    facts, plus a consumer that counts the facts) over the queries of each run with it; the
+//!    median of the `K` runs;
 //! 3. **no loss at a rate**: `R` queries/s for `S` seconds, paced; every query must come out as
 //!    a lookup and the kernel must count no message lost to a full ring.
 
@@ -239,58 +243,102 @@ fn dnsmasq() -> Result<Child> {
 fn main() -> Result<()> {
     let total = arg("--queries", 50_000);
     let concurrency = arg("--concurrency", 8).max(1);
+    let rounds = arg("--rounds", 5).max(1);
     let rate = arg("--rate", 20_000);
     let seconds = arg("--seconds", 3);
     let mut server = dnsmasq()?;
-    let outcome = run(total, concurrency, rate, seconds);
+    let outcome = run(total, concurrency, rounds, rate, seconds);
     let _ = server.kill();
     let _ = server.wait();
     outcome
 }
 
-fn run(total: u64, concurrency: u64, rate: u64, seconds: u64) -> Result<()> {
-    closed_loop(total / 5, concurrency)?; // warm-up
-    let without_1 = closed_loop(total, concurrency)?;
-    let collector = start_collector()?;
-    let with = closed_loop(total, concurrency)?;
-    let reported = settle(&collector, total);
-    let before_paced = reported;
-    let sent = paced(rate, seconds)?;
-    let paced_reported = settle(&collector, before_paced + sent) - before_paced;
+/// Stops `collector` and returns the CPU time of its thread, ns.
+fn stop(collector: Collector) -> Result<u64> {
     collector.stop.store(true, Ordering::Relaxed);
-    let cpu_ns = collector
+    collector
         .thread
         .join()
-        .map_err(|_| anyhow::anyhow!("the collector panicked"))??;
-    let dropped = collector.stats.dropped.load(Ordering::Relaxed);
-    let without_2 = closed_loop(total, concurrency)?;
+        .map_err(|_| anyhow::anyhow!("the collector panicked"))?
+}
 
-    let mean_without = (without_1.as_secs_f64() + without_2.as_secs_f64()) / 2.0;
-    let slowdown = with.as_secs_f64() / mean_without - 1.0;
-    let queries_with = total + sent;
-    let cpu_per_query_us = cpu_ns as f64 / 1_000.0 / queries_with as f64;
+/// The median of `values` (sorted in place).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+fn run(total: u64, concurrency: u64, rounds: u64, rate: u64, seconds: u64) -> Result<()> {
+    closed_loop(total / 5, concurrency)?; // warm-up
+    let mut without = vec![closed_loop(total, concurrency)?.as_secs_f64()];
+    let mut with = Vec::new();
+    let mut cpu_per_query_us = Vec::new();
+    let mut reported = Vec::new();
+    for _ in 0..rounds {
+        let collector = start_collector()?;
+        with.push(closed_loop(total, concurrency)?.as_secs_f64());
+        reported.push(settle(&collector, total));
+        let cpu_ns = stop(collector)?;
+        cpu_per_query_us.push(cpu_ns as f64 / 1_000.0 / total as f64);
+        without.push(closed_loop(total, concurrency)?.as_secs_f64());
+    }
+    let mut slowdowns: Vec<f64> = with
+        .iter()
+        .enumerate()
+        .map(|(i, with)| with / ((without[i] + without[i + 1]) / 2.0) - 1.0)
+        .collect();
+    let slowdown = median(&mut slowdowns);
+    let cpu = median(&mut cpu_per_query_us);
+    let all_reported = reported.iter().all(|count| *count == total);
+
+    let collector = start_collector()?;
+    let sent = paced(rate, seconds)?;
+    let paced_reported = settle(&collector, sent);
+    let dropped = collector.stats.dropped.load(Ordering::Relaxed);
+    stop(collector)?;
+
+    let rate_of = |seconds: &mut Vec<f64>| total as f64 / median(seconds);
+    let range = |values: &[f64], scale: f64| {
+        format!(
+            "{:.1} … {:.1}",
+            values.first().copied().unwrap_or(0.0) * scale,
+            values.last().copied().unwrap_or(0.0) * scale
+        )
+    };
     println!();
     println!("| measure | value | target |");
     println!("| --- | --- | --- |");
     println!(
-        "| resolver: {total} queries, {concurrency} clients, without collector | {:.0} q/s ({:.2} s, {:.2} s) | |",
-        total as f64 / mean_without,
-        without_1.as_secs_f64(),
-        without_2.as_secs_f64()
+        "| resolver: {total} queries, {concurrency} clients, without collector (median of {}) | {:.0} q/s | |",
+        without.len(),
+        rate_of(&mut without.clone())
     );
     println!(
-        "| resolver: same, with collector | {:.0} q/s ({:.2} s) | |",
-        total as f64 / with.as_secs_f64(),
-        with.as_secs_f64()
+        "| resolver: same, with collector (median of {rounds}) | {:.0} q/s | |",
+        rate_of(&mut with.clone())
     );
     println!(
-        "| resolver slowdown (with / without − 1) | {:+.1} % | ≤ 5 % |",
-        slowdown * 100.0
+        "| resolver slowdown (with / mean of the runs without around it − 1), median of {rounds} | {:+.1} % (runs {} %) | ≤ 5 % |",
+        slowdown * 100.0,
+        range(&slowdowns, 100.0)
     );
     println!(
-        "| collector thread CPU per query (closed loop + paced) | {cpu_per_query_us:.2} µs | ≤ 2 µs |"
+        "| collector thread CPU per query, median of {rounds} | {cpu:.2} µs (runs {} µs) | ≤ 2 µs |",
+        range(&cpu_per_query_us, 1.0)
     );
-    println!("| lookups reported in the closed-loop run | {reported} of {total} | all |");
+    println!(
+        "| lookups reported in every closed-loop run | {} | all |",
+        if all_reported {
+            format!("{total} of {total}")
+        } else {
+            format!("{reported:?} of {total}")
+        }
+    );
     println!(
         "| paced {rate} q/s for {seconds} s: lookups reported | {paced_reported} of {sent} | all |"
     );
