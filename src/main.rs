@@ -50,6 +50,11 @@ struct Cli {
     #[arg(long, global = true, value_name = "ADDRESS", env = "TAPIO_API_ADDRESS")]
     api_address: Option<String>,
 
+    /// Name of this node in entity ids, instead of node_name (in a pod: the downward API's
+    /// spec.nodeName).
+    #[arg(long, global = true, value_name = "NAME", env = "TAPIO_NODE_NAME")]
+    node_name: Option<String>,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -265,6 +270,10 @@ fn real_main(cli: Cli) -> Result<()> {
         }
         config.api.address = address;
     }
+    if let Some(name) = cli.node_name.filter(|name| !name.is_empty()) {
+        config.node_name = name;
+    }
+    secrets_from_environment(&mut config, |name| std::env::var(name).ok())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -349,6 +358,54 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Query(args) => runtime.block_on(query::run(&config, args)),
         Command::Config(_) => Ok(()),
     }
+}
+
+/// Environment variable holding the Neo4j password; it replaces integrations.neo4j.password.
+const NEO4J_PASSWORD_ENV: &str = "TAPIO_NEO4J_PASSWORD";
+/// Environment variables holding the NATS user and password; they become the user info of
+/// integrations.nats.url.
+const NATS_USER_ENV: &str = "TAPIO_NATS_USER";
+const NATS_PASSWORD_ENV: &str = "TAPIO_NATS_PASSWORD";
+
+/// Takes credentials from the environment, so that they can come from Kubernetes Secrets and
+/// never be written into the configuration file: `TAPIO_NEO4J_PASSWORD`, and
+/// `TAPIO_NATS_USER` with `TAPIO_NATS_PASSWORD`. Unset or empty variables change nothing.
+fn secrets_from_environment(
+    config: &mut TapioConfig,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<()> {
+    let set = |name: &str| var(name).filter(|value| !value.is_empty());
+    if let Some(password) = set(NEO4J_PASSWORD_ENV) {
+        config.integrations.neo4j.password = password;
+    }
+    let (user, password) = match (set(NATS_USER_ENV), set(NATS_PASSWORD_ENV)) {
+        (None, None) => return Ok(()),
+        (Some(user), Some(password)) => (user, password),
+        _ => bail!("{NATS_USER_ENV} and {NATS_PASSWORD_ENV} must be set together"),
+    };
+    // The NATS client sends the URL's user info as written, without percent-decoding, so only
+    // characters that need no encoding are accepted.
+    let plain = |text: &str| {
+        text.bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"-._~".contains(&byte))
+    };
+    if !plain(&user) || !plain(&password) {
+        bail!("{NATS_USER_ENV} and {NATS_PASSWORD_ENV} may hold only letters, digits and `-._~`");
+    }
+    let url = &config.integrations.nats.url;
+    let Some((scheme, rest)) = url.split_once("://") else {
+        bail!("{NATS_USER_ENV} is set but integrations.nats.url is empty or has no scheme");
+    };
+    if rest
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default()
+        .contains('@')
+    {
+        bail!("{NATS_USER_ENV} is set but integrations.nats.url already holds a user");
+    }
+    config.integrations.nats.url = format!("{scheme}://{user}:{password}@{rest}");
+    Ok(())
 }
 
 /// The input of `tapio replay` and `tapio backtest`: a JetStream range for a `nats://`
@@ -446,6 +503,71 @@ mod tests {
         assert_eq!(
             error_chain(error.as_ref()),
             "source `kubernetes` cannot start: cannot read the kubeconfig: no such file"
+        );
+    }
+    fn environment(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        move |name| {
+            pairs
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.clone())
+        }
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment_into_the_configuration() {
+        let mut config = TapioConfig::default();
+        config.integrations.nats.url = "nats://nats.tapio:4222".into();
+        secrets_from_environment(
+            &mut config,
+            environment(&[
+                ("TAPIO_NEO4J_PASSWORD", "s3cret"),
+                ("TAPIO_NATS_USER", "agent"),
+                ("TAPIO_NATS_PASSWORD", "p4ss-word"),
+            ]),
+        )
+        .expect("valid credentials");
+        assert_eq!(config.integrations.neo4j.password, "s3cret");
+        assert_eq!(
+            config.integrations.nats.url,
+            "nats://agent:p4ss-word@nats.tapio:4222"
+        );
+        let unchanged = TapioConfig::default();
+        let mut config = TapioConfig::default();
+        secrets_from_environment(&mut config, environment(&[("TAPIO_NEO4J_PASSWORD", "")]))
+            .expect("empty variables change nothing");
+        assert_eq!(config, unchanged);
+    }
+
+    #[test]
+    fn nats_credentials_that_cannot_go_in_the_url_are_refused() {
+        let mut config = TapioConfig::default();
+        config.integrations.nats.url = "nats://nats:4222".into();
+        let error = secrets_from_environment(
+            &mut config.clone(),
+            environment(&[("TAPIO_NATS_USER", "agent")]),
+        )
+        .expect_err("a user without a password");
+        assert!(error.to_string().contains("set together"), "{error}");
+        let error = secrets_from_environment(
+            &mut config.clone(),
+            environment(&[("TAPIO_NATS_USER", "agent"), ("TAPIO_NATS_PASSWORD", "a@b")]),
+        )
+        .expect_err("an @ in the password");
+        assert!(error.to_string().contains("`-._~`"), "{error}");
+        config.integrations.nats.url = "nats://old:pw@nats:4222".into();
+        let error = secrets_from_environment(
+            &mut config,
+            environment(&[("TAPIO_NATS_USER", "agent"), ("TAPIO_NATS_PASSWORD", "pw")]),
+        )
+        .expect_err("a URL that already has a user");
+        assert!(
+            error.to_string().contains("already holds a user"),
+            "{error}"
         );
     }
 }

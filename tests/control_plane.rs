@@ -57,6 +57,8 @@ pub struct ControlPlane {
     controller_manager: Option<Child>,
     scheduler: Option<Child>,
     etcd_port: u16,
+    /// Whether the ServiceAccount admission plugin runs (pods get their account's token).
+    service_accounts: bool,
     /// The API server's secure port on 127.0.0.1.
     pub port: u16,
 }
@@ -69,6 +71,21 @@ impl ControlPlane {
     /// # Errors
     /// When the binary is missing (build it with `.ci/install`) or a component does not start.
     pub fn start(name: &str, controllers: bool) -> Result<ControlPlane> {
+        ControlPlane::start_inner(name, controllers, false)
+    }
+
+    /// Starts the control plane with its controllers and the ServiceAccount admission plugin,
+    /// as a real cluster runs: every pod gets its service account's token, the cluster CA and
+    /// the API server's address, the way in-cluster clients expect (the controller manager
+    /// creates each namespace's `default` account and `kube-root-ca.crt`).
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub fn start_with_service_accounts(name: &str) -> Result<ControlPlane> {
+        ControlPlane::start_inner(name, true, true)
+    }
+
+    fn start_inner(name: &str, controllers: bool, service_accounts: bool) -> Result<ControlPlane> {
         let binary = binary();
         if !binary.exists() {
             bail!(
@@ -98,6 +115,7 @@ impl ControlPlane {
             controller_manager: None,
             scheduler: None,
             etcd_port: try_free_port()?,
+            service_accounts,
             port: try_free_port()?,
         };
         plane.start_etcd()?;
@@ -152,7 +170,7 @@ impl ControlPlane {
     fn start_apiserver(&mut self) -> Result<()> {
         let pki = self.dir.join("pki");
         let file = |name: &str| pki.join(name).display().to_string();
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "kube-apiserver".into(),
             format!("--etcd-servers=http://127.0.0.1:{}", self.etcd_port),
             "--bind-address=127.0.0.1".into(),
@@ -167,11 +185,15 @@ impl ControlPlane {
             format!("--service-account-key-file={}", file("sa.pub")),
             format!("--service-account-signing-key-file={}", file("sa.key")),
             "--service-cluster-ip-range=10.0.0.0/24".into(),
-            "--disable-admission-plugins=ServiceAccount".into(),
             "--enable-priority-and-fairness=false".into(),
             "--profiling=false".into(),
             format!("--cert-dir={}", self.dir.join("certs").display()),
         ];
+        if !self.service_accounts {
+            // Without the controller manager no namespace has a `default` account, which the
+            // plugin would require of every pod.
+            args.push("--disable-admission-plugins=ServiceAccount".into());
+        }
         let log = self.dir.join("apiserver.log");
         self.apiserver = Some(self.spawn("apiserver.log", &args)?);
         wait_for_port(self.port, Duration::from_secs(180), "kube-apiserver", &log)
@@ -440,6 +462,31 @@ impl Kubelet {
     /// The directory holding the kubelet's and containerd's logs and state.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Imports an OCI image-layout tar into the kubelet's containerd (namespace `k8s.io`), so
+    /// that pods can run it with `imagePullPolicy: Never` or `IfNotPresent`.
+    ///
+    /// # Errors
+    /// When `ctr images import` fails.
+    pub fn import_image(&self, tar: &Path) -> Result<()> {
+        let socket = self.dir.join("containerd").join("containerd.sock");
+        let output = Command::new("ctr")
+            .arg("--address")
+            .arg(&socket)
+            .args(["--namespace", "k8s.io", "images", "import"])
+            .arg(tar)
+            .output()
+            .context("run ctr images import")?;
+        if !output.status.success() {
+            bail!(
+                "ctr images import {} failed: {}\n{}",
+                tar.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
     }
 }
 

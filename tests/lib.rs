@@ -2,7 +2,8 @@
 //!
 //! [`synthetic`] generates seeded synthetic cluster streams for the end-to-end tests and the
 //! benchmarks; [`random`] holds the small seeded random generators; [`nats`] and
-//! [`control_plane`] run real servers; [`free_port`] picks loopback ports for them. [`kspan`]
+//! [`control_plane`] run real servers, and [`deploy`] installs the
+//! Helm chart on that control plane; [`free_port`] picks loopback ports for them. [`kspan`]
 //! builds the shipped recording `tests/recordings/kspan-rollout-oom.jsonl` from the real
 //! Kubernetes rollout recorded by the kspan project (`tests/fixtures/k8s/kspan/`), plus the
 //! kernel and container-runtime facts of an OOM kill in one of its pods. [`dns_incident`] records
@@ -10,6 +11,7 @@
 //! (`tests/recordings/dns-failures.jsonl`).
 
 pub mod control_plane;
+pub mod deploy;
 pub mod dns_incident;
 pub mod kspan;
 pub mod nats;

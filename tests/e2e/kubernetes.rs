@@ -35,11 +35,7 @@ use crate::support::{current, replay, scratch};
 type Result<T> = anyhow::Result<T>;
 
 pub(crate) async fn client(plane: &ControlPlane, user: &str) -> Result<Client> {
-    let file = kube::config::Kubeconfig::read_from(plane.kubeconfig(user))?;
-    let config =
-        kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-            .await?;
-    Ok(Client::try_from(config)?)
+    tapio_tests::deploy::client(plane, user).await
 }
 
 /// Waits until the API server answers lists (it listens before it is ready).

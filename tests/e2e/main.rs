@@ -5,6 +5,7 @@ mod api;
 mod backtest;
 mod bad_input;
 mod cli;
+mod deploy;
 mod determinism;
 mod dns;
 mod incidents;
