@@ -138,7 +138,11 @@ impl<K: ExchangeData + Hash, F: Fold> InTickOrder for HeldRuns<K, F> {
             for run in &runs {
                 let end = self.fold.expires(run);
                 debug_assert_eq!(end % self.step, 0, "a run ends at a tick");
-                self.ending.entry(end).or_default().push(key.clone());
+                // The key is already waiting for an end a run had before this tick.
+                let waiting = before.iter().any(|old| self.fold.expires(old) == end);
+                if !waiting {
+                    self.ending.entry(end).or_default().push(key.clone());
+                }
             }
             for run in before.iter().filter(|run| !runs.contains(run)) {
                 changes.push(((key.clone(), run.clone()), -1));
