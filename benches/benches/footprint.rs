@@ -463,8 +463,10 @@ async fn run(options: Options) -> Result<()> {
     }
     let log_path = dir.join("host.log");
     let log = std::fs::File::create(&log_path)?;
+    // The pod's API listens on the node's address; the host run takes any free port.
     command
         .env("TAPIO_NODE_NAME", HOST_NODE)
+        .env("TAPIO_API_ADDRESS", "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);

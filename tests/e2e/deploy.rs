@@ -228,6 +228,12 @@ fn chart_lints_renders_valid_configurations_and_refuses_nonsense() {
         }
     }
     assert!(env_names(container(agent)).contains(&"TAPIO_NATS_PASSWORD"));
+    // Every component serves its health on a port of its own: they may share a node's network.
+    assert_eq!(
+        container(agent)["readinessProbe"]["httpGet"]["path"],
+        "/readyz"
+    );
+    assert_eq!(container(agent)["ports"][0]["containerPort"], 7601);
     // The correlation job and the watcher: unprivileged, no capabilities; credentials from
     // the Secrets, by reference.
     let correlation = named(&split, "Deployment", "tapio-correlation");
@@ -269,6 +275,12 @@ fn chart_lints_renders_valid_configurations_and_refuses_nonsense() {
         ]
     );
     let watcher = named(&split, "Deployment", "tapio-kubernetes");
+    assert_eq!(
+        container(watcher)["livenessProbe"]["httpGet"]["path"],
+        "/healthz"
+    );
+    assert_eq!(container(watcher)["ports"][0]["containerPort"], 7602);
+    assert_eq!(container(correlation)["ports"][0]["containerPort"], 7600);
     assert_eq!(
         container(watcher)["args"],
         json!([
@@ -532,6 +544,8 @@ async fn chart_installs_on_a_real_cluster() -> Result<()> {
     // Values for this cluster: no CNI, so every pod shares the node's network and reaches the
     // API server, the kubelet and NATS on loopback; the image is the imported one.
     let api_port = tapio_tests::free_port().to_string();
+    let agent_api_port = tapio_tests::free_port().to_string();
+    let watcher_api_port = tapio_tests::free_port().to_string();
     let nats_url = nats.url();
     let kubelet_url = format!("https://127.0.0.1:{}", kubelet.port);
     let state = dir.join("state").display().to_string();
@@ -545,6 +559,8 @@ async fn chart_installs_on_a_real_cluster() -> Result<()> {
         ("collectors.kubelet.insecure_skip_tls_verify", "false"),
         ("collectors.kubelet.poll_interval", "1s"),
         ("api.port", &api_port),
+        ("agent.apiPort", &agent_api_port),
+        ("kubernetesWatcher.apiPort", &watcher_api_port),
         ("agent.stateHostPath", &state),
         ("agent.apiHost", "127.0.0.1"),
         ("kubernetesWatcher.hostNetwork", "true"),

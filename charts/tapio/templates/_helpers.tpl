@@ -71,10 +71,7 @@ Every key comes from values; `tapio config check` validates the result.
 {{- $correlation := merge (dict "engine" $engine) (default dict $config.correlation) -}}
 {{- $_ := set $config "correlation" $correlation -}}
 {{- end -}}
-{{/* In split mode only the correlation job serves the API: the agent and the watcher share
-the node's network in small clusters, where a second listener on the port would clash. */}}
-{{- $serves := or (eq $component "correlation") (eq $component "all-in-one") -}}
-{{- $api := merge (dict "enabled" $serves) (omit (default dict $config.api) "address") -}}
+{{- $api := merge (dict "enabled" true) (omit (default dict $config.api) "address") -}}
 {{- $_ := set $config "api" $api -}}
 {{- toYaml $config -}}
 {{- end -}}
