@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tapio_model::FactPayload;
 use tapio_sources_kubelet::parse;
@@ -13,7 +14,14 @@ use tapio_sources_kubelet::parse;
 fn extract(tarball: &str) -> PathBuf {
     let fixtures =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/k8s/sonobuoy");
-    let dir = std::env::temp_dir().join(format!("tapio-kubelet-{}-{tarball}", std::process::id()));
+    // Tests run in parallel and may extract the same tarball: each extraction gets its own
+    // directory, or one test's clean-up removes the other's files.
+    static EXTRACTIONS: AtomicUsize = AtomicUsize::new(0);
+    let extraction = EXTRACTIONS.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "tapio-kubelet-{}-{extraction}-{tarball}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let status = Command::new("tar")
         .arg("xzf")
