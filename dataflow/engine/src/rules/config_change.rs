@@ -24,6 +24,7 @@ use tapio_model::{
 
 use super::{Evidence, Rule, RuleInputs};
 use crate::clock::Tick;
+use crate::operators::sequence::latest_before;
 use crate::operators::window::retain;
 
 /// How much less sure a linked change is than the co-occurrence it extends, percent.
@@ -151,24 +152,10 @@ impl Rule for ConfigChange {
 
         // For each node-wide restart, the latest change on its node at or before its first
         // exit, within the bound.
-        restarts
-            .join(changes)
-            .filter(move |(_, (restart, change))| {
-                let (first, at) = (began(restart), change.evidence.time);
-                at <= first && first - at <= within
-            })
-            .map(|(node, (restart, change))| ((node, restart), change))
-            .reduce(|_, changes, output| {
-                let latest = changes
-                    .iter()
-                    .filter(|(_, count)| *count > 0)
-                    .map(|(change, _)| *change)
-                    .max();
-                if let Some(change) = latest {
-                    output.push((change.clone(), 1isize));
-                }
-            })
-            .map(move |((_, restart), change)| correlation(&restart, &change, within))
+        latest_before(restarts, changes, within, began, |change: &Change| {
+            change.evidence.time
+        })
+        .map(move |(_, (restart, change))| correlation(&restart, &change, within))
     }
 }
 

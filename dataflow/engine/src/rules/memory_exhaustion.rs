@@ -23,6 +23,7 @@ use tapio_model::{
 
 use super::{Evidence, Rule, RuleInputs};
 use crate::clock::Tick;
+use crate::operators::sequence::latest_before;
 use crate::operators::window::retain;
 
 /// The memory exhaustion rule, with its configuration.
@@ -112,24 +113,11 @@ impl Rule for MemoryExhaustion {
 
         // For each OOM restart, the latest memory report of its container at or before the
         // kill within Δ; a match when that report says the use was above the threshold.
-        restarts
-            .join(reports)
-            .filter(move |(_, (restart, usage))| {
-                let (kill, at) = (kill_time(restart), usage.evidence.time);
-                at <= kill && kill - at <= within
-            })
-            .map(|(key, (restart, usage))| ((key, restart), usage))
-            .reduce(|_, reports, output| {
-                let latest = reports
-                    .iter()
-                    .filter(|(_, count)| *count > 0)
-                    .map(|(usage, _)| *usage)
-                    .max();
-                if let Some(usage) = latest.filter(|usage| usage.above) {
-                    output.push((usage.clone(), 1isize));
-                }
-            })
-            .flat_map(move |((_, restart), usage)| correlation(&restart, &usage, within))
+        latest_before(restarts, reports, within, kill_time, |usage: &Usage| {
+            usage.evidence.time
+        })
+        .filter(|(_, (_, usage))| usage.above)
+        .flat_map(move |(_, (restart, usage))| correlation(&restart, &usage, within))
     }
 }
 
