@@ -5,7 +5,9 @@
 //! within the lateness bound and a few beyond it. Then one incident end to end, with a
 //! bystander whose failed connects go elsewhere.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 use std::time::Duration;
 
 use tapio_config::CorrelationConfig;
@@ -172,6 +174,38 @@ fn all_paths(
     }
 }
 
+/// The Service endpoints as the records listed them at a tick, (service, address, pod) →
+/// ready, each tick's listing worked out once for a run (it depends on the run, not on the
+/// tick being checked).
+#[derive(Default)]
+struct Listings(RefCell<BTreeMap<Tick, Rc<Listing>>>);
+
+type Listing = BTreeSet<(EntityId, EntityId, Option<EntityId>, bool)>;
+
+impl Listings {
+    fn at(&self, arrived: &[Observation], entered: &[Option<Tick>], at: Tick) -> Rc<Listing> {
+        if let Some(listing) = self.0.borrow().get(&at) {
+            return Rc::clone(listing);
+        }
+        let listing: Rc<Listing> = Rc::new(
+            held_with_delay(arrived, entered, at, |_| 0)
+                .into_iter()
+                .filter_map(|record| match record.object {
+                    StateObject::ServiceEndpoint(endpoint) => Some((
+                        endpoint.service,
+                        endpoint.endpoint,
+                        endpoint.pod,
+                        endpoint.ready,
+                    )),
+                    _ => None,
+                })
+                .collect(),
+        );
+        self.0.borrow_mut().insert(at, Rc::clone(&listing));
+        listing
+    }
+}
+
 /// From scratch, at `tick`: the failures (the OOM correlations' entities, and the endpoints not
 /// ready, after being ready with no break in their listing, whose entity no OOM correlation
 /// names), each dependent's smallest shortest path from the failure's entity nearest its
@@ -181,6 +215,7 @@ fn naive_blast(
     entered: &[Option<Tick>],
     clock: TickClock,
     tick: Tick,
+    listings: &Listings,
 ) -> BTreeMap<Correlation, i64> {
     let edges: Vec<(EntityId, (EntityId, Evidence))> = naive_graph(arrived, entered, clock, tick)
         .into_keys()
@@ -220,21 +255,7 @@ fn naive_blast(
         }
     }
     let failing: BTreeSet<EntityId> = seeds.iter().map(|(entity, _)| entity.clone()).collect();
-    // The endpoints as the records listed them at a tick: (service, address, pod) → ready.
-    let listed_at = |at: Tick| -> BTreeSet<(EntityId, EntityId, Option<EntityId>, bool)> {
-        held_with_delay(arrived, entered, at, |_| 0)
-            .into_iter()
-            .filter_map(|record| match record.object {
-                StateObject::ServiceEndpoint(endpoint) => Some((
-                    endpoint.service,
-                    endpoint.endpoint,
-                    endpoint.pod,
-                    endpoint.ready,
-                )),
-                _ => None,
-            })
-            .collect()
-    };
+    let listed_at = |at: Tick| listings.at(arrived, entered, at);
     // The ticks at which the records changed up to `tick`.
     let changes: BTreeSet<Tick> = entered
         .iter()
@@ -359,6 +380,7 @@ fn the_blast_radius_equals_a_recomputation_from_scratch_at_every_tick() {
         let (harness, readers) = harness(&config());
         let clock = harness.clock();
         let run = harness.run(arrived.clone()).expect("run");
+        let listings = Listings::default();
         assert_eq!(
             run.entered,
             entry_ticks(&arrived, clock, LATENESS, |fact| {
@@ -370,7 +392,7 @@ fn the_blast_radius_equals_a_recomputation_from_scratch_at_every_tick() {
         let seen = assert_every_tick(
             &run,
             clock,
-            |tick| naive_blast(&arrived, &run.entered, clock, tick),
+            |tick| naive_blast(&arrived, &run.entered, clock, tick, &listings),
             &format!("seed {seed}"),
         );
         expired += seen.retracted;
