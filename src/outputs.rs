@@ -15,7 +15,7 @@ use tapio_sinks::BoxFuture;
 use tapio_sinks::{Sink, SinkError, SinkReport};
 use tapio_sinks_jsonl::{JsonlSink, Target};
 use tapio_sinks_neo4j::{Neo4jSettings, Neo4jSink};
-use tapio_sinks_store::Store;
+use tapio_sinks_store::{Store, StoreObserver};
 
 use crate::health::health;
 use tokio::sync::mpsc;
@@ -36,9 +36,7 @@ pub(crate) async fn start(
 ) -> Result<(mpsc::Sender<ClosedBatch>, Outputs)> {
     let mut sinks: Vec<Box<dyn Sink>> = vec![
         Box::new(JsonlSink::new(target)),
-        Box::new(Measured {
-            store: store.clone(),
-        }),
+        Box::new(store.sink().observed_by(StoreMetrics)),
     ];
     let neo4j = &config.integrations.neo4j;
     if !neo4j.uri.is_empty() {
@@ -117,38 +115,17 @@ impl Outputs {
     }
 }
 
-/// The store as a sink, timed: how long after its tick closed each batch arrives, and how long
+/// The store sink's metrics: how long after its tick closed each batch arrives, and how long
 /// applying it takes.
-struct Measured {
-    store: Store,
-}
+struct StoreMetrics;
 
-impl Sink for Measured {
-    fn name(&self) -> &'static str {
-        "store"
+impl StoreObserver for StoreMetrics {
+    fn arrived(&mut self, tick_end: u64) {
+        crate::metrics::metrics().observe_tick_at_sink("store", tick_end);
     }
 
-    fn healthcheck(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
-        Box::pin(async { Ok(()) })
-    }
-
-    fn run(
-        self: Box<Self>,
-        mut batches: mpsc::Receiver<ClosedBatch>,
-    ) -> BoxFuture<'static, Result<SinkReport, SinkError>> {
-        Box::pin(async move {
-            let metrics = crate::metrics::metrics();
-            let mut report = SinkReport::default();
-            while let Some(batch) = batches.recv().await {
-                metrics.observe_tick_at_sink("store", batch.time);
-                report.batches += 1;
-                report.changes += batch.changes.len() as u64;
-                let started = std::time::Instant::now();
-                self.store.apply(batch);
-                metrics.observe_commit("store", started.elapsed());
-            }
-            Ok(report)
-        })
+    fn applied(&mut self, took: std::time::Duration) {
+        crate::metrics::metrics().observe_commit("store", took);
     }
 }
 

@@ -798,13 +798,34 @@ impl Store {
     pub fn sink(&self) -> StoreSink {
         StoreSink {
             store: self.clone(),
+            observer: None,
         }
     }
+}
+
+/// Told about every batch a [`StoreSink`] applies: when it arrived and how long applying it
+/// took (the binary turns these into its sink metrics).
+pub trait StoreObserver: Send + 'static {
+    /// The batch of the tick ending at `tick_end` (ns since the epoch) arrived and is about to
+    /// be applied.
+    fn arrived(&mut self, tick_end: TimeNs);
+    /// The batch was applied; applying it took `took`.
+    fn applied(&mut self, took: Duration);
 }
 
 /// The sink that applies every closed tick to a [`Store`].
 pub struct StoreSink {
     store: Store,
+    observer: Option<Box<dyn StoreObserver>>,
+}
+
+impl StoreSink {
+    /// The same sink, telling `observer` about every batch it applies.
+    #[must_use]
+    pub fn observed_by(mut self, observer: impl StoreObserver) -> Self {
+        self.observer = Some(Box::new(observer));
+        self
+    }
 }
 
 impl Sink for StoreSink {
@@ -820,12 +841,23 @@ impl Sink for StoreSink {
         self: Box<Self>,
         mut batches: mpsc::Receiver<ClosedBatch>,
     ) -> BoxFuture<'static, Result<SinkReport, SinkError>> {
+        let StoreSink {
+            store,
+            mut observer,
+        } = *self;
         Box::pin(async move {
             let mut report = SinkReport::default();
             while let Some(batch) = batches.recv().await {
                 report.batches += 1;
                 report.changes += batch.changes.len() as u64;
-                self.store.apply(batch);
+                if let Some(observer) = observer.as_mut() {
+                    observer.arrived(batch.time);
+                }
+                let started = Instant::now();
+                store.apply(batch);
+                if let Some(observer) = observer.as_mut() {
+                    observer.applied(started.elapsed());
+                }
             }
             Ok(report)
         })

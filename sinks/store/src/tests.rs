@@ -183,21 +183,51 @@ fn listing_filters_by_time_range_and_limits() {
     assert_eq!(state.list(&kind, false, 10).1, 0);
 }
 
+/// Writes down what a store sink tells its observer.
+struct Recorder(Arc<Mutex<Vec<String>>>);
+
+impl StoreObserver for Recorder {
+    fn arrived(&mut self, tick_end: TimeNs) {
+        self.0
+            .lock()
+            .expect("lock")
+            .push(format!("arrived {tick_end}"));
+    }
+
+    fn applied(&mut self, _took: Duration) {
+        self.0.lock().expect("lock").push("applied".to_owned());
+    }
+}
+
 #[tokio::test]
 async fn the_sink_applies_every_batch_and_publishes_it() {
     let store = store(10, Duration::from_secs(60));
     let mut changes = store.subscribe();
     let (tx, rx) = mpsc::channel(4);
-    let sink = Box::new(store.sink());
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = Box::new(store.sink().observed_by(Recorder(Arc::clone(&seen))));
     let running = tokio::spawn(sink.run(rx));
     tx.send(batch(1, vec![(ownership("default", "a", "web", 1), 1)]))
         .await
         .expect("send");
+    tx.send(batch(2, vec![(ownership("default", "b", "web", 2), 1)]))
+        .await
+        .expect("send");
     drop(tx);
     let report = running.await.expect("join").expect("run");
-    assert_eq!(report.batches, 1);
+    assert_eq!(report.batches, 2);
+    assert_eq!(
+        *seen.lock().expect("lock"),
+        vec![
+            format!("arrived {SECOND}"),
+            "applied".to_owned(),
+            format!("arrived {}", 2 * SECOND),
+            "applied".to_owned(),
+        ],
+        "the observer hears of each batch before and after it is applied"
+    );
     assert_eq!(changes.recv().await.expect("published").time, SECOND);
-    assert_eq!(store.read().current_len(), 1);
+    assert_eq!(store.read().current_len(), 2);
 }
 
 #[test]
