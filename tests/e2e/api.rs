@@ -122,6 +122,32 @@ pub(crate) fn replayed(envs: &[(&str, &str)]) -> Running {
     running
 }
 
+/// `tapio run` for `duration` on the kernel-span recording played at `speed` times its
+/// original pace (the OOM kill comes about 4 s in at 1.0), serving the API.
+pub(crate) fn live(name: &str, speed: f64, duration: &str) -> Running {
+    let dir = scratch(name);
+    let config = dir.join("tapio.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "collectors:\n  kernel:\n    enabled: false\n  recording:\n    enabled: true\n    \
+             path: {}\n    speed: {speed:?}\n",
+            kspan_recording().display()
+        ),
+    )
+    .expect("write config");
+    start(
+        &[
+            "run",
+            "--config",
+            config.to_str().expect("UTF-8"),
+            "--for",
+            duration,
+        ],
+        &[],
+    )
+}
+
 #[test]
 fn a_replayed_recording_answers_over_http_and_bad_requests_get_json_errors() {
     let api = replayed(&[]);
@@ -355,27 +381,7 @@ fn a_token_from_the_environment_guards_the_api_but_not_health() {
 
 #[test]
 fn a_live_run_streams_its_changes_as_server_sent_events() {
-    let dir = scratch("api-live");
-    let config = dir.join("tapio.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "collectors:\n  kernel:\n    enabled: false\n  recording:\n    enabled: true\n    \
-             path: {}\n    speed: 1.0\n",
-            kspan_recording().display()
-        ),
-    )
-    .expect("write config");
-    let run = start(
-        &[
-            "run",
-            "--config",
-            config.to_str().expect("UTF-8"),
-            "--for",
-            "60s",
-        ],
-        &[],
-    );
+    let run = live("api-live", 1.0, "60s");
     let mut stream = TcpStream::connect(("127.0.0.1", run.port)).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::api::{Running, replayed, start};
-use crate::support::{kspan_recording, scratch};
+use crate::api::{Running, live, replayed};
+use crate::support::scratch;
 
 const PROCESS: &str = "process/kind-control-plane/2315/1621357851120000000";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -401,28 +401,8 @@ fn the_page_shows_the_oom_incident_its_graph_and_the_timeline() {
 #[test]
 fn a_live_incident_appears_on_the_open_page_without_a_reload() {
     let browser = Browser::start();
-    let dir = scratch("web-live");
-    let config = dir.join("tapio.yaml");
     // A quarter of the original pace: the OOM kill comes about 16 s in, after the page is up.
-    std::fs::write(
-        &config,
-        format!(
-            "collectors:\n  kernel:\n    enabled: false\n  recording:\n    enabled: true\n    \
-             path: {}\n    speed: 0.25\n",
-            kspan_recording().display()
-        ),
-    )
-    .expect("write config");
-    let run = start(
-        &[
-            "run",
-            "--config",
-            config.to_str().expect("UTF-8"),
-            "--for",
-            "120s",
-        ],
-        &[],
-    );
+    let run = live("web-live", 0.25, "120s");
     browser.open(&page(&run));
     browser.until(
         "the incidents",
