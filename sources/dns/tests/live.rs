@@ -75,7 +75,10 @@ impl Drop for Cleanup {
     }
 }
 
-fn dnsmasq(netns: Option<&str>, address: &str, port: u16, scratch: &std::path::Path) -> Child {
+/// A real dnsmasq on 127.0.0.1:`port` (inside `netns` when given) with no upstream and no
+/// hosts file of its own, serving what `records` (more dnsmasq arguments) say; its pid file
+/// is `scratch/<port>.pid`.
+fn dnsmasq(netns: Option<&str>, port: u16, scratch: &std::path::Path, records: &[&str]) -> Child {
     let mut command = match netns {
         Some(ns) => {
             let mut c = Command::new("ip");
@@ -88,25 +91,30 @@ fn dnsmasq(netns: Option<&str>, address: &str, port: u16, scratch: &std::path::P
         .args([
             "--keep-in-foreground",
             &format!("--port={port}"),
-            &format!("--listen-address={address}"),
+            "--listen-address=127.0.0.1",
             "--bind-interfaces",
             "--no-resolv",
             "--no-hosts",
-            "--local=/test.local/",
-            "--host-record=api.test.local,10.96.0.5,fd00::5,120",
-            "--cname=www.test.local,api.test.local,60",
-            "--host-record=svc.default.svc.test.local,10.96.0.9",
             &format!(
                 "--pid-file={}",
                 scratch.join(format!("{port}.pid")).display()
             ),
             "--log-facility=-",
         ])
+        .args(records)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start dnsmasq")
 }
+
+/// The zone both servers of the capture test serve.
+const TEST_ZONE: &[&str] = &[
+    "--local=/test.local/",
+    "--host-record=api.test.local,10.96.0.5,fd00::5,120",
+    "--cname=www.test.local,api.test.local,60",
+    "--host-record=svc.default.svc.test.local,10.96.0.9",
+];
 
 fn wait_for_answer(netns: Option<&str>, server: &str, port: u16) {
     for _ in 0..100 {
@@ -196,10 +204,10 @@ async fn live_lookups_of_every_outcome_are_captured_paired_and_attributed() {
 
     cleanup
         .children
-        .push(dnsmasq(None, "127.0.0.1", PORT, &scratch));
+        .push(dnsmasq(None, PORT, &scratch, TEST_ZONE));
     cleanup
         .children
-        .push(dnsmasq(Some(NETNS), "127.0.0.1", 53, &scratch));
+        .push(dnsmasq(Some(NETNS), 53, &scratch, TEST_ZONE));
     wait_for_answer(None, "127.0.0.1", PORT);
     wait_for_answer(Some(NETNS), "127.0.0.1", 53);
 
@@ -432,31 +440,26 @@ async fn servfail_refused_and_tcp_fallback_on_truncation_are_paired() {
             .spawn()
             .expect("start a DNS server")
     };
-    cleanup.children.push(quiet(Command::new("dnsmasq").args([
-        "--keep-in-foreground",
-        &format!("--port={REFUSING_PORT}"),
-        "--listen-address=127.0.0.1",
-        "--bind-interfaces",
-        "--no-resolv",
-        "--no-hosts",
-        &format!("--pid-file={}", scratch.join("refusing.pid").display()),
-    ])));
+    // The server unbound forwards to refuses: it has no upstream of its own.
+    cleanup
+        .children
+        .push(dnsmasq(None, REFUSING_PORT, &scratch, &[]));
     cleanup.children.push(quiet(
         Command::new("unbound").args(["-c", &unbound_conf.to_string_lossy()]),
     ));
-    cleanup.children.push(quiet(Command::new("dnsmasq").args([
-        "--keep-in-foreground",
-        &format!("--port={FRONT_PORT}"),
-        "--listen-address=127.0.0.1",
-        "--bind-interfaces",
-        "--no-resolv",
-        "--no-hosts",
-        "--local=/test.local/",
-        "--host-record=api.test.local,10.96.0.5",
-        &format!("--addn-hosts={}", hosts.display()),
-        &format!("--server=/broken.test.local/127.0.0.1#{UPSTREAM_PORT}"),
-        &format!("--pid-file={}", scratch.join("front.pid").display()),
-    ])));
+    let hosts_file = format!("--addn-hosts={}", hosts.display());
+    let upstream = format!("--server=/broken.test.local/127.0.0.1#{UPSTREAM_PORT}");
+    cleanup.children.push(dnsmasq(
+        None,
+        FRONT_PORT,
+        &scratch,
+        &[
+            "--local=/test.local/",
+            "--host-record=api.test.local,10.96.0.5",
+            &hosts_file,
+            &upstream,
+        ],
+    ));
     wait_for_answer(None, "127.0.0.1", FRONT_PORT);
     let upstream_ready = (0..100).any(|_| {
         let answer = dig(&[
