@@ -18,6 +18,7 @@ mod error;
 mod glob;
 mod model;
 mod parse;
+pub mod secret;
 mod sequences;
 mod validate;
 
@@ -25,6 +26,7 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrorKind};
 pub use glob::glob_matches;
+pub use secret::{NatsAuth, NatsSecurity, Secret, SecretError};
 pub use model::{
     ApiConfig, BadRolloutConfig, BlastRadiusConfig, BurstConfig, BurstThreshold,
     CoOccurrenceConfig, CollectorsConfig, ConfigChangeConfig, CorrelationConfig,

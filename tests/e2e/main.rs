@@ -20,3 +20,4 @@ mod recording;
 mod sources;
 mod support;
 mod web;
+mod secrets;
