@@ -26,7 +26,6 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrorKind};
 pub use glob::glob_matches;
-pub use secret::{NatsAuth, NatsSecurity, Secret, SecretError};
 pub use model::{
     ApiConfig, BadRolloutConfig, BlastRadiusConfig, BurstConfig, BurstThreshold,
     CoOccurrenceConfig, CollectorsConfig, ConfigChangeConfig, CorrelationConfig,
@@ -35,6 +34,7 @@ pub use model::{
     Neo4jConfig, NodePressureConfig, OomSequenceConfig, OwnershipConfig, RecordingCollectorConfig,
     RestartLoopConfig, ServiceGraphConfig, StoreConfig, SystemdCollectorConfig, TapioConfig,
 };
+pub use secret::{NatsAuth, NatsSecurity, Secret, SecretError};
 pub use sequences::{
     EntityKind, MAX_STEPS, SequenceConfig, StepConfig, StepKind, StepWhere, builtin_sequences,
 };

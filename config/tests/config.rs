@@ -229,7 +229,8 @@ fn non_default_values_round_trip() {
     config.correlation.oom_sequence.keep_for = Duration::from_secs(90);
     config.integrations.neo4j.uri = "neo4j+s://db.example.com:7687".to_owned();
     config.integrations.neo4j.username = "~".to_owned();
-    config.integrations.neo4j.password = tapio_config::Secret::new("p@ss: \"word\"\n\t'second line'");
+    config.integrations.neo4j.password =
+        tapio_config::Secret::new("p@ss: \"word\"\n\t'second line'");
     config.integrations.nats.url = "nats://[::1]:4222".to_owned();
     config.integrations.nats.stream = "123".to_owned();
     assert!(config.validate().is_ok());
