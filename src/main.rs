@@ -251,7 +251,7 @@ fn real_main(cli: Cli) -> Result<()> {
         let mut config = TapioConfig::load(file)?;
         if !config.integrations.neo4j.password.is_empty() {
             // The effective configuration is for reading, not for leaking the secret.
-            config.integrations.neo4j.password = "<redacted>".into();
+            config.integrations.neo4j.password = tapio_config::Secret::new("<redacted>");
         }
         print!("{}", config.to_yaml());
         eprintln!("{}: valid", file.display());
@@ -309,7 +309,7 @@ fn real_main(cli: Cli) -> Result<()> {
         },
         Command::Replay(args) => {
             let layout = layout(&args.cluster, &config)?;
-            let source = replay_input(&args.source, args.start, args.end)?;
+            let source = replay_input(&args.source, args.start, args.end, &config)?;
             let serve = if args.serve {
                 pipeline::Serve::UntilStopped
             } else {
@@ -343,7 +343,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 config: &against,
             };
             runtime.block_on(backtest::run(first, second, layout, || {
-                replay_input(&args.source, args.start, args.end)
+                replay_input(&args.source, args.start, args.end, &config)
             }))
         }
         Command::Record(args) => {
@@ -360,51 +360,17 @@ fn real_main(cli: Cli) -> Result<()> {
     }
 }
 
-/// Environment variable holding the Neo4j password; it replaces integrations.neo4j.password.
-const NEO4J_PASSWORD_ENV: &str = "TAPIO_NEO4J_PASSWORD";
-/// Environment variables holding the NATS user and password; they become the user info of
-/// integrations.nats.url.
-const NATS_USER_ENV: &str = "TAPIO_NATS_USER";
-const NATS_PASSWORD_ENV: &str = "TAPIO_NATS_PASSWORD";
-
-/// Takes credentials from the environment, so that they can come from Kubernetes Secrets and
-/// never be written into the configuration file: `TAPIO_NEO4J_PASSWORD`, and
-/// `TAPIO_NATS_USER` with `TAPIO_NATS_PASSWORD`. Unset or empty variables change nothing.
+/// Takes credentials from the environment and from files, so that they can come from
+/// Kubernetes Secrets and never be written into the configuration file: the Neo4j password
+/// (`TAPIO_NEO4J_PASSWORD` or `integrations.neo4j.password_file`) and the NATS credentials
+/// (`TAPIO_NATS_USER` with `TAPIO_NATS_PASSWORD`, `TAPIO_NATS_TOKEN`, `TAPIO_NATS_NKEY_SEED`,
+/// or the `integrations.nats` files). Unset or empty variables change nothing.
 fn secrets_from_environment(
     config: &mut TapioConfig,
     var: impl Fn(&str) -> Option<String>,
 ) -> Result<()> {
-    let set = |name: &str| var(name).filter(|value| !value.is_empty());
-    if let Some(password) = set(NEO4J_PASSWORD_ENV) {
-        config.integrations.neo4j.password = password;
-    }
-    let (user, password) = match (set(NATS_USER_ENV), set(NATS_PASSWORD_ENV)) {
-        (None, None) => return Ok(()),
-        (Some(user), Some(password)) => (user, password),
-        _ => bail!("{NATS_USER_ENV} and {NATS_PASSWORD_ENV} must be set together"),
-    };
-    // The NATS client sends the URL's user info as written, without percent-decoding, so only
-    // characters that need no encoding are accepted.
-    let plain = |text: &str| {
-        text.bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || b"-._~".contains(&byte))
-    };
-    if !plain(&user) || !plain(&password) {
-        bail!("{NATS_USER_ENV} and {NATS_PASSWORD_ENV} may hold only letters, digits and `-._~`");
-    }
-    let url = &config.integrations.nats.url;
-    let Some((scheme, rest)) = url.split_once("://") else {
-        bail!("{NATS_USER_ENV} is set but integrations.nats.url is empty or has no scheme");
-    };
-    if rest
-        .split(['/', '?', '#'])
-        .next()
-        .unwrap_or_default()
-        .contains('@')
-    {
-        bail!("{NATS_USER_ENV} is set but integrations.nats.url already holds a user");
-    }
-    config.integrations.nats.url = format!("{scheme}://{user}:{password}@{rest}");
+    config.integrations.neo4j.resolve_password(&var)?;
+    config.integrations.nats.resolve_auth(&var)?;
     Ok(())
 }
 
@@ -414,9 +380,10 @@ fn replay_input(
     source: &str,
     start: Option<u64>,
     end: Option<u64>,
+    config: &TapioConfig,
 ) -> Result<Box<dyn tapio_sources::Source>> {
     if source.starts_with("nats://") {
-        transport::replay_source(source, start, end)
+        transport::replay_source(source, start, end, config.integrations.nats.security())
     } else {
         Ok(Box::new(
             tapio_sources_recording::RecordingSource::new(source, 0.0).between(start, end),
@@ -527,15 +494,20 @@ mod tests {
             environment(&[
                 ("TAPIO_NEO4J_PASSWORD", "s3cret"),
                 ("TAPIO_NATS_USER", "agent"),
-                ("TAPIO_NATS_PASSWORD", "p4ss-word"),
+                ("TAPIO_NATS_PASSWORD", "p4ss@word"),
             ]),
         )
         .expect("valid credentials");
-        assert_eq!(config.integrations.neo4j.password, "s3cret");
+        assert_eq!(config.integrations.neo4j.password.expose(), "s3cret");
         assert_eq!(
-            config.integrations.nats.url,
-            "nats://agent:p4ss-word@nats.tapio:4222"
+            config.integrations.nats.auth,
+            tapio_config::NatsAuth::UserPassword {
+                user: "agent".into(),
+                password: tapio_config::Secret::new("p4ss@word"),
+            }
         );
+        // The URL carries no credentials, so printing it leaks none.
+        assert_eq!(config.integrations.nats.url, "nats://nats.tapio:4222");
         let unchanged = TapioConfig::default();
         let mut config = TapioConfig::default();
         secrets_from_environment(&mut config, environment(&[("TAPIO_NEO4J_PASSWORD", "")]))
@@ -544,7 +516,7 @@ mod tests {
     }
 
     #[test]
-    fn nats_credentials_that_cannot_go_in_the_url_are_refused() {
+    fn incomplete_nats_credentials_are_refused() {
         let mut config = TapioConfig::default();
         config.integrations.nats.url = "nats://nats:4222".into();
         let error = secrets_from_environment(
@@ -552,22 +524,6 @@ mod tests {
             environment(&[("TAPIO_NATS_USER", "agent")]),
         )
         .expect_err("a user without a password");
-        assert!(error.to_string().contains("set together"), "{error}");
-        let error = secrets_from_environment(
-            &mut config.clone(),
-            environment(&[("TAPIO_NATS_USER", "agent"), ("TAPIO_NATS_PASSWORD", "a@b")]),
-        )
-        .expect_err("an @ in the password");
-        assert!(error.to_string().contains("`-._~`"), "{error}");
-        config.integrations.nats.url = "nats://old:pw@nats:4222".into();
-        let error = secrets_from_environment(
-            &mut config,
-            environment(&[("TAPIO_NATS_USER", "agent"), ("TAPIO_NATS_PASSWORD", "pw")]),
-        )
-        .expect_err("a URL that already has a user");
-        assert!(
-            error.to_string().contains("already holds a user"),
-            "{error}"
-        );
+        assert!(error.to_string().contains("TAPIO_NATS_PASSWORD"), "{error}");
     }
 }

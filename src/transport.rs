@@ -75,7 +75,10 @@ pub(crate) async fn collect(
 
 /// Connects to NATS and creates or checks the stream, waiting while the server is unreachable.
 async fn setup_stream(nats: &NatsConfig, shutdown: &CancellationToken) -> Result<()> {
-    let client = async_nats::ConnectOptions::new()
+    let options =
+        tapio_sinks_nats::with_credentials(async_nats::ConnectOptions::new(), &nats.security())
+            .await?;
+    let client = options
         .name("tapio-setup")
         .retry_on_initial_connect()
         .connect(nats.url.as_str())
@@ -256,8 +259,10 @@ pub(crate) fn replay_source(
     address: &str,
     start: Option<TimeNs>,
     end: Option<TimeNs>,
+    security: tapio_config::NatsSecurity,
 ) -> Result<Box<dyn Source>> {
-    let endpoint = NatsEndpoint::parse_replay_url(address)?;
+    let mut endpoint = NatsEndpoint::parse_replay_url(address)?;
+    endpoint.security = security;
     Ok(Box::new(
         NatsReplaySource::new(endpoint).between(start, end),
     ))

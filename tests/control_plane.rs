@@ -59,6 +59,8 @@ pub struct ControlPlane {
     etcd_port: u16,
     /// Whether the ServiceAccount admission plugin runs (pods get their account's token).
     service_accounts: bool,
+    /// More API server flags.
+    apiserver_args: Vec<String>,
     /// The API server's secure port on 127.0.0.1.
     pub port: u16,
 }
@@ -71,7 +73,16 @@ impl ControlPlane {
     /// # Errors
     /// When the binary is missing (build it with `.ci/install`) or a component does not start.
     pub fn start(name: &str, controllers: bool) -> Result<ControlPlane> {
-        ControlPlane::start_inner(name, controllers, false)
+        ControlPlane::start_inner(name, controllers, false, &[])
+    }
+
+    /// Starts the control plane with its controllers and more API server flags, e.g.
+    /// `--watch-cache=false`.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub fn start_with_apiserver_args(name: &str, args: &[&str]) -> Result<ControlPlane> {
+        ControlPlane::start_inner(name, true, false, args)
     }
 
     /// Starts the control plane with its controllers and the ServiceAccount admission plugin,
@@ -82,10 +93,15 @@ impl ControlPlane {
     /// # Errors
     /// As [`start`](Self::start).
     pub fn start_with_service_accounts(name: &str) -> Result<ControlPlane> {
-        ControlPlane::start_inner(name, true, true)
+        ControlPlane::start_inner(name, true, true, &[])
     }
 
-    fn start_inner(name: &str, controllers: bool, service_accounts: bool) -> Result<ControlPlane> {
+    fn start_inner(
+        name: &str,
+        controllers: bool,
+        service_accounts: bool,
+        apiserver_args: &[&str],
+    ) -> Result<ControlPlane> {
         let binary = binary();
         if !binary.exists() {
             bail!(
@@ -116,6 +132,7 @@ impl ControlPlane {
             scheduler: None,
             etcd_port: try_free_port()?,
             service_accounts,
+            apiserver_args: apiserver_args.iter().map(|arg| (*arg).to_owned()).collect(),
             port: try_free_port()?,
         };
         plane.start_etcd()?;
@@ -194,6 +211,7 @@ impl ControlPlane {
             // plugin would require of every pod.
             args.push("--disable-admission-plugins=ServiceAccount".into());
         }
+        args.extend(self.apiserver_args.iter().cloned());
         let log = self.dir.join("apiserver.log");
         self.apiserver = Some(self.spawn("apiserver.log", &args)?);
         wait_for_port(self.port, Duration::from_secs(180), "kube-apiserver", &log)

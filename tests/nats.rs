@@ -17,6 +17,8 @@ pub struct NatsServer {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// More of the server's configuration (e.g. an `authorization` block).
+    extra: String,
 }
 
 /// The `nats-server` binary to run.
@@ -40,6 +42,15 @@ impl NatsServer {
         server
     }
 
+    /// Starts a server like [`NatsServer::start`] whose configuration also holds `extra`, e.g.
+    /// `authorization { token: "t" }`.
+    pub fn start_with(name: &str, extra: &str) -> NatsServer {
+        let mut server = NatsServer::stopped(name);
+        server.extra = extra.to_owned();
+        server.restart();
+        server
+    }
+
     /// A server that is not running yet (its port is chosen): start it with
     /// [`NatsServer::restart`].
     pub fn stopped(name: &str) -> NatsServer {
@@ -51,6 +62,7 @@ impl NatsServer {
             port: crate::free_port(),
             dir,
             child: None,
+            extra: String::new(),
         }
     }
 
@@ -77,9 +89,10 @@ impl NatsServer {
         std::fs::write(
             &config,
             format!(
-                "listen: \"127.0.0.1:{}\"\njetstream {{\n  store_dir: {:?}\n  max_file_store: 1TB\n}}\n",
+                "listen: \"127.0.0.1:{}\"\njetstream {{\n  store_dir: {:?}\n  max_file_store: 1TB\n}}\n{}\n",
                 self.port,
-                self.dir.join("js").display().to_string()
+                self.dir.join("js").display().to_string(),
+                self.extra
             ),
         )
         .expect("write the server configuration");

@@ -536,7 +536,8 @@ fn main() {
             let config = tapio_config::Neo4jConfig {
                 uri: server.uri().to_owned(),
                 username: harness::USERNAME.to_owned(),
-                password: harness::PASSWORD.to_owned(),
+                password: tapio_config::Secret::new(harness::PASSWORD),
+                ..tapio_config::Neo4jConfig::default()
             };
             let graph = tapio_queries::connect(&config).await.expect("connect");
             // Warm the server's query plans up on the first few entities.

@@ -338,6 +338,7 @@ async fn latency(config: &NatsConfig, rate: u64, seconds: u64) -> Result<Latenci
         filter_subject: wire::stream_subject(&config.subject_prefix),
         from_seq: None,
         since_ns: None,
+        security: config.security(),
     };
     let reader = tokio::spawn(DurableReader::new(endpoint, "bench").run(
         deliveries_tx,

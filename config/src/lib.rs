@@ -18,6 +18,7 @@ mod error;
 mod glob;
 mod model;
 mod parse;
+pub mod secret;
 mod sequences;
 mod validate;
 
@@ -33,6 +34,7 @@ pub use model::{
     Neo4jConfig, NodePressureConfig, OomSequenceConfig, OwnershipConfig, RecordingCollectorConfig,
     RestartLoopConfig, ServiceGraphConfig, StoreConfig, SystemdCollectorConfig, TapioConfig,
 };
+pub use secret::{NatsAuth, NatsSecurity, Secret, SecretError};
 pub use sequences::{
     EntityKind, MAX_STEPS, SequenceConfig, StepConfig, StepKind, StepWhere, builtin_sequences,
 };

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::duration::humantime_str;
+use crate::secret::{NatsAuth, Secret};
 use crate::sequences::{SequenceConfig, builtin_sequences};
 
 /// The whole Tapio configuration, as read from `tapio.yaml`.
@@ -1032,8 +1033,16 @@ pub struct Neo4jConfig {
     pub uri: String,
     /// User name for authentication. Default: `neo4j`.
     pub username: String,
-    /// Password for authentication. Default: empty.
-    pub password: String,
+    /// Password for authentication; prefer `password_file` or the environment variable
+    /// `TAPIO_NEO4J_PASSWORD`, which replace it. Never printed. Default: empty.
+    pub password: Secret,
+    /// File holding the password (surrounding white space ignored); used when
+    /// `TAPIO_NEO4J_PASSWORD` is unset or empty. Default: empty (none).
+    pub password_file: String,
+    /// PEM file of the certificate authority that signed the server's certificate, for the
+    /// `bolt+s` and `neo4j+s` schemes when the system roots do not hold it. Default: empty
+    /// (the system roots).
+    pub ca_file: String,
 }
 
 impl Default for Neo4jConfig {
@@ -1044,7 +1053,11 @@ impl Default for Neo4jConfig {
             // Neo4j's built-in administrative user.
             username: "neo4j".to_owned(),
             // No secret can have a default.
-            password: String::new(),
+            password: Secret::default(),
+            // No secret can have a default.
+            password_file: String::new(),
+            // A server certificate signed by a public authority needs no file.
+            ca_file: String::new(),
         }
     }
 }
@@ -1102,6 +1115,34 @@ pub struct NatsConfig {
     /// Largest size of the spool file in bytes, at least `1024`; beyond it observations are
     /// dropped, counted and reported. Default: `1073741824` (1 GiB).
     pub spool_max_bytes: u64,
+    /// User to authenticate as, with the password of `TAPIO_NATS_PASSWORD` or `password_file`;
+    /// the environment variable `TAPIO_NATS_USER` replaces it. Default: empty (none).
+    pub user: String,
+    /// File holding the password of `user` (surrounding white space ignored); used when
+    /// `TAPIO_NATS_PASSWORD` is unset or empty. Default: empty (none).
+    pub password_file: String,
+    /// File holding an authorization token; used when `TAPIO_NATS_TOKEN` is unset or empty.
+    /// Default: empty (none).
+    pub token_file: String,
+    /// File holding an NKey seed (`SU…`); used when `TAPIO_NATS_NKEY_SEED` is unset or empty.
+    /// Default: empty (none).
+    pub nkey_seed_file: String,
+    /// A `.creds` file (user JWT and NKey seed) for a server in operator mode. Default: empty
+    /// (none).
+    pub credentials_file: String,
+    /// PEM file of the certificate authority that signed the server's certificate; set, it
+    /// requires TLS. Default: empty (the system roots, TLS only with the `tls` scheme or when
+    /// the server asks for it).
+    pub tls_ca_file: String,
+    /// PEM client certificate for servers that verify clients (with `tls_key_file`). Default:
+    /// empty (none).
+    pub tls_cert_file: String,
+    /// PEM private key of `tls_cert_file`. Default: empty (none).
+    pub tls_key_file: String,
+    /// The credentials resolved from the variables and files above by
+    /// [`NatsConfig::resolve_auth`]; never read from or written to YAML.
+    #[serde(skip)]
+    pub auth: NatsAuth,
 }
 
 impl Default for NatsConfig {
@@ -1134,6 +1175,18 @@ impl Default for NatsConfig {
             spool_path: "/var/lib/tapio/nats-spool.jsonl".to_owned(),
             // Hours of a busy node's observations, small against a node's disk.
             spool_max_bytes: 1024 * 1024 * 1024,
+            // A server without authorization needs none of these; secrets have no default.
+            user: String::new(),
+            password_file: String::new(),
+            token_file: String::new(),
+            nkey_seed_file: String::new(),
+            credentials_file: String::new(),
+            // TLS as the URL's scheme and the server ask, with the system roots.
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            // Resolved at start from the environment and the files.
+            auth: NatsAuth::None,
         }
     }
 }

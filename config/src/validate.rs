@@ -25,6 +25,15 @@ pub(crate) fn validate(config: &TapioConfig) -> Result<(), ConfigError> {
     config.correlation.validate("correlation")?;
 
     let neo4j = &config.integrations.neo4j;
+    if has_user_info(&neo4j.uri) {
+        return Err(invalid(
+            "integrations.neo4j.uri",
+            "must not hold a password (`user:password@`): give the user in \
+             integrations.neo4j.username and the password in TAPIO_NEO4J_PASSWORD or \
+             integrations.neo4j.password_file"
+                .to_owned(),
+        ));
+    }
     if !neo4j.uri.is_empty() {
         check_url(&neo4j.uri, &NEO4J_SCHEMES).map_err(|problem| {
             invalid(
@@ -35,6 +44,15 @@ pub(crate) fn validate(config: &TapioConfig) -> Result<(), ConfigError> {
     }
 
     let nats = &config.integrations.nats;
+    if has_user_info(&nats.url) {
+        // The URL is printed in logs and errors; what it holds before `@` would be too.
+        return Err(invalid(
+            "integrations.nats.url",
+            "must not hold a password (`user:password@`): give them in TAPIO_NATS_USER and \
+             TAPIO_NATS_PASSWORD, or integrations.nats.user and password_file"
+                .to_owned(),
+        ));
+    }
     if !nats.url.is_empty() {
         check_url(&nats.url, &NATS_SCHEMES).map_err(|problem| {
             invalid(
@@ -223,6 +241,16 @@ pub(crate) fn duration_in(
 
 /// Checks `scheme://host[:port][/...]` with a scheme from `schemes` (case-insensitive) and a
 /// non-empty host. Returns what is wrong, as a message fragment.
+/// Whether the authority of `url` has a password (`user:password@`).
+fn has_user_info(url: &str) -> bool {
+    url.split_once("://").is_some_and(|(_, rest)| {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        authority
+            .rsplit_once('@')
+            .is_some_and(|(user_info, _)| user_info.contains(':'))
+    })
+}
+
 pub(crate) fn check_url(url: &str, schemes: &[&str]) -> Result<(), String> {
     let expected = || format!("scheme must be one of {}", schemes.join(", "));
     let Some((scheme, rest)) = url.split_once("://") else {

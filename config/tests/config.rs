@@ -136,7 +136,7 @@ fn defaults_have_the_documented_values() {
     assert_eq!(pressure.keep_for, Duration::from_secs(900));
     assert_eq!(config.integrations.neo4j.uri, "");
     assert_eq!(config.integrations.neo4j.username, "neo4j");
-    assert_eq!(config.integrations.neo4j.password, "");
+    assert!(config.integrations.neo4j.password.is_empty());
     assert_eq!(config.integrations.nats.url, "");
     let nats = &config.integrations.nats;
     assert_eq!(nats.stream, "TAPIO");
@@ -229,7 +229,8 @@ fn non_default_values_round_trip() {
     config.correlation.oom_sequence.keep_for = Duration::from_secs(90);
     config.integrations.neo4j.uri = "neo4j+s://db.example.com:7687".to_owned();
     config.integrations.neo4j.username = "~".to_owned();
-    config.integrations.neo4j.password = "p@ss: \"word\"\n\t'second line'".to_owned();
+    config.integrations.neo4j.password =
+        tapio_config::Secret::new("p@ss: \"word\"\n\t'second line'");
     config.integrations.nats.url = "nats://[::1]:4222".to_owned();
     config.integrations.nats.stream = "123".to_owned();
     assert!(config.validate().is_ok());

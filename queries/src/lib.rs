@@ -18,7 +18,7 @@
 //! # async fn example() -> Result<(), tapio_queries::QueryError> {
 //! let mut config = tapio_config::Neo4jConfig::default();
 //! config.uri = "bolt://127.0.0.1:7687".into();
-//! config.password = "secret".into();
+//! config.password = tapio_config::Secret::new("secret");
 //! let graph = tapio_queries::connect(&config).await?;
 //! let pod = "pod/default/px-7df978b9bf-jm22q".parse().expect("an entity id");
 //! let answer = tapio_queries::why(&graph, &pod).await?;
@@ -97,11 +97,15 @@ pub async fn connect(config: &tapio_config::Neo4jConfig) -> Result<Graph, QueryE
         reason,
     };
     let attempt = async {
-        let neo4j = ConfigBuilder::default()
+        let mut neo4j = ConfigBuilder::default()
             .uri(config.uri.as_str())
             .user(config.username.as_str())
-            .password(config.password.as_str())
-            .max_connections(2)
+            .password(config.password.expose())
+            .max_connections(2);
+        if !config.ca_file.is_empty() {
+            neo4j = neo4j.with_client_certificate(&config.ca_file);
+        }
+        let neo4j = neo4j
             .build()
             .map_err(|error| unreachable(error.to_string()))?;
         let graph = Graph::connect(neo4j)

@@ -246,9 +246,13 @@ struct Watching {
 
 impl Watching {
     fn start(plane: &ControlPlane) -> Watching {
+        Watching::start_with_kubeconfig(&plane.kubeconfig("tapio"))
+    }
+
+    fn start_with_kubeconfig(kubeconfig: &std::path::Path) -> Watching {
         let config = tapio_config::KubernetesCollectorConfig {
             enabled: true,
-            kubeconfig: plane.kubeconfig("tapio").display().to_string(),
+            kubeconfig: kubeconfig.display().to_string(),
             ..tapio_config::KubernetesCollectorConfig::default()
         };
         let source = KubernetesSource::new(&config, Duration::from_millis(100));
@@ -721,6 +725,193 @@ async fn tapio_run_with_the_kubernetes_collector_reports_ownership() -> Result<(
             .to_string()
             .starts_with("kubernetes/cluster/")
     );
+    std::fs::remove_dir_all(dir)?;
+    Ok(())
+}
+
+/// Whether a watch of pods from `resource_version` is refused as expired (410 Gone).
+async fn expired(admin: &Client, resource_version: &str) -> Result<bool> {
+    use futures_util::StreamExt;
+    let pods: Api<Pod> = Api::all(admin.clone());
+    let params = kube::api::WatchParams::default().timeout(5);
+    match pods.watch(&params, resource_version).await {
+        Err(kube::Error::Api(status)) => Ok(status.code == 410),
+        Err(error) => Err(error.into()),
+        Ok(stream) => {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                if let kube::api::WatchEvent::Error(status) = event? {
+                    return Ok(status.code == 410);
+                }
+            }
+            Ok(false)
+        }
+    }
+}
+
+/// The source watches through a TCP proxy. Its connections are cut mid-watch, with changes made
+/// while it cannot reconnect; then cut and held long enough that the API server (watching etcd
+/// directly, compacting every second) has forgotten the resource versions the watches would
+/// resume from, so they end in 410 Gone and re-list. After each fault the source's live records
+/// equal a fresh list of the cluster: nothing lost, nothing duplicated, nothing stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_and_expired_watches_end_with_the_same_state() -> Result<()> {
+    let plane = ControlPlane::start_with_apiserver_args(
+        "cut-watch",
+        &["--watch-cache=false", "--etcd-compaction-interval=1s"],
+    )?;
+    let admin = client(&plane, "admin").await?;
+    wait_ready(&admin).await?;
+    apply_rbac(&admin).await?;
+    register_node(&admin, "node-1").await?;
+    let proxy = tapio_tests::proxy::TcpProxy::start(plane.port)?;
+    let dir = scratch("kubernetes-cut");
+    let kubeconfig = dir.join("tapio.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        std::fs::read_to_string(plane.kubeconfig("tapio"))?.replace(
+            &format!("127.0.0.1:{}", plane.port),
+            &format!("127.0.0.1:{}", proxy.port),
+        ),
+    )?;
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), "default");
+    let services: Api<Service> = Api::namespaced(admin.clone(), "default");
+    let mut watching = Watching::start_with_kubeconfig(&kubeconfig);
+    deployments
+        .create(&PostParams::default(), &deployment("web", 3)?)
+        .await?;
+    let mut live = watching
+        .converge(&admin, "default", Duration::from_secs(120))
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while pods_of(&live, "pod/default/web-").len() < 3 {
+        anyhow::ensure!(Instant::now() < deadline, "pods never ran: {live:#?}");
+        live = watching
+            .converge(&admin, "default", Duration::from_secs(60))
+            .await?;
+    }
+    assert!(
+        proxy.open_connections() > 0,
+        "the source does not use the proxy"
+    );
+    let service = |name: &str| -> Result<Service> {
+        Ok(serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}
+        }))?)
+    };
+
+    // 1. Cut mid-watch; the cluster changes while the source cannot reconnect.
+    let errors = watching
+        .watch
+        .watch_errors
+        .load(std::sync::atomic::Ordering::Relaxed);
+    proxy.hold(true);
+    proxy.cut();
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"replicas": 2}})),
+        )
+        .await?;
+    services
+        .create(&PostParams::default(), &service("cut")?)
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.hold(false);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        live = watching
+            .converge(&admin, "default", Duration::from_secs(120))
+            .await?;
+        let has_service = live.iter().any(|object| {
+            matches!(object, StateObject::Service(s)
+            if s.entity.to_string() == "service/default/cut")
+        });
+        if pods_of(&live, "pod/default/web-").len() == 2 && has_service {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the cut changes never arrived: {live:#?}"
+        );
+    }
+    let after_cut = watching
+        .watch
+        .watch_errors
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(after_cut > errors, "the cut must have broken the watches");
+
+    // 2. Cut and hold until the resource versions the watches hold are compacted away.
+    let relists = watching
+        .watch
+        .relists
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let before: Api<Pod> = Api::all(admin.clone());
+    let version = before
+        .list_metadata(&ListParams::default())
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    proxy.hold(true);
+    proxy.cut();
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"replicas": 1}})),
+        )
+        .await?;
+    services.delete("cut", &Default::default()).await?;
+    services
+        .create(&PostParams::default(), &service("expired")?)
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !expired(&admin, &version).await? {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "resource version {version} never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    proxy.hold(false);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        live = watching
+            .converge(&admin, "default", Duration::from_secs(120))
+            .await?;
+        let services: Vec<String> = live
+            .iter()
+            .filter_map(|object| match object {
+                StateObject::Service(s) => Some(s.entity.to_string()),
+                _ => None,
+            })
+            .collect();
+        if pods_of(&live, "pod/default/web-").len() == 1
+            && services.contains(&"service/default/expired".to_string())
+            && !services.contains(&"service/default/cut".to_string())
+        {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the expired changes never arrived: {live:#?}"
+        );
+    }
+    let relisted = watching
+        .watch
+        .relists
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - relists;
+    assert!(relisted > 0, "expired watches must re-list");
+    eprintln!(
+        "cut: {} watch errors; expiry: {relisted} re-lists",
+        after_cut - errors
+    );
+    watching.stop().await;
+    drop(proxy);
     std::fs::remove_dir_all(dir)?;
     Ok(())
 }

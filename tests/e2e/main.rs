@@ -17,6 +17,7 @@ mod layering;
 mod nats;
 mod neo4j;
 mod recording;
+mod secrets;
 mod sources;
 mod support;
 mod web;

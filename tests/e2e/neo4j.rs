@@ -701,7 +701,8 @@ fn the_store_answers_every_question_as_neo4j_does() {
     let bolt = tapio_config::Neo4jConfig {
         uri: server().uri().to_owned(),
         username: harness::USERNAME.to_owned(),
-        password: harness::PASSWORD.to_owned(),
+        password: tapio_config::Secret::new(harness::PASSWORD),
+        ..tapio_config::Neo4jConfig::default()
     };
     let connection = runtime
         .block_on(tapio_queries::connect(&bolt))

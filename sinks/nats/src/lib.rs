@@ -34,6 +34,7 @@
 //! # Ok(()) }
 //! ```
 
+mod auth;
 mod json;
 mod spool;
 pub mod stream;
@@ -56,6 +57,7 @@ use tapio_model::{Observation, TimeNs};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+pub use auth::{CredentialsError, with_credentials};
 pub use spool::SpoolError;
 pub use stream::{StreamError, StreamSettings, ensure_stream};
 pub use wire::Batch;
@@ -72,6 +74,9 @@ pub enum PublisherError {
         #[source]
         source: async_nats::ConnectError,
     },
+    /// The credentials cannot be used. Not retryable.
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
     /// The spool file cannot be opened or written. Not retryable.
     #[error(transparent)]
     Spool(#[from] SpoolError),
@@ -152,7 +157,9 @@ impl Publisher {
         let (disconnected, disconnections) = watch::channel(0u64);
         let (connected, connections) = watch::channel(0u64);
         let counters = std::sync::Arc::new((disconnected, connected));
-        let client = async_nats::ConnectOptions::new()
+        let options =
+            with_credentials(async_nats::ConnectOptions::new(), &config.security()).await?;
+        let client = options
             .name("tapio-agent")
             .event_callback(move |event| {
                 let counters = std::sync::Arc::clone(&counters);

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use neo4rs::{ConfigBuilder, Graph, Query, Txn, query};
 use sha2::{Digest, Sha256};
+use tapio_config::Secret;
 use tapio_model::{ClosedBatch, Correlation, Relation, TimeNs};
 use tokio::time::Instant;
 
@@ -22,8 +23,11 @@ pub struct Neo4jSettings {
     pub uri: String,
     /// User name.
     pub username: String,
-    /// Password.
-    pub password: String,
+    /// Password (never printed: its `Debug` is redacted).
+    pub password: Secret,
+    /// PEM certificate authority for the `bolt+s` and `neo4j+s` schemes when the system roots
+    /// do not hold the server's; empty for the system roots.
+    pub ca_file: String,
     /// The cursor's key: one cursor per writer. Two Tapio deployments writing into one
     /// database need different names. Default: `tapio`.
     pub writer: String,
@@ -49,7 +53,8 @@ impl Neo4jSettings {
         Neo4jSettings {
             uri: uri.into(),
             username: username.into(),
-            password: password.into(),
+            password: Secret::new(password),
+            ca_file: String::new(),
             writer: "tapio".into(),
             connect_timeout: Duration::from_secs(10),
             retry_initial: Duration::from_millis(200),
@@ -60,7 +65,10 @@ impl Neo4jSettings {
 
     /// Settings from the configuration's `integrations.neo4j` section.
     pub fn from_config(config: &tapio_config::Neo4jConfig) -> Neo4jSettings {
-        Neo4jSettings::new(&config.uri, &config.username, &config.password)
+        let mut settings =
+            Neo4jSettings::new(&config.uri, &config.username, config.password.expose());
+        settings.ca_file.clone_from(&config.ca_file);
+        settings
     }
 }
 
@@ -584,12 +592,16 @@ fn links(links: &[Link], kind: Relation) -> Vec<Cell<'_>> {
 pub(crate) async fn connect(settings: &Neo4jSettings) -> Result<Graph, Neo4jError> {
     let uri = settings.uri.clone();
     let attempt = async {
-        let config = ConfigBuilder::default()
+        let mut config = ConfigBuilder::default()
             .uri(settings.uri.as_str())
             .user(settings.username.as_str())
-            .password(settings.password.as_str())
+            .password(settings.password.expose())
             .max_connections(4)
-            .fetch_size(1000)
+            .fetch_size(1000);
+        if !settings.ca_file.is_empty() {
+            config = config.with_client_certificate(&settings.ca_file);
+        }
+        let config = config
             .build()
             .map_err(|error| Neo4jError::classify(&uri, &settings.username, error))?;
         let graph = Graph::connect(config)

@@ -595,7 +595,7 @@ async fn batches_at_or_below_the_cursor_are_skipped() {
 #[tokio::test]
 async fn a_wrong_password_is_one_clear_error() {
     let mut settings = settings("auth");
-    settings.password = "not-the-password".into();
+    settings.password = tapio_config::Secret::new("not-the-password");
     let mut sink = Neo4jSink::new(settings);
     let error = sink.healthcheck().await.expect_err("refused");
     let text = error_chain(&error);

@@ -148,16 +148,39 @@ impl DecodeError {
     }
 }
 
+/// Bytes of a message header.
+const HEADER_LEN: usize = 12;
+/// Fewest bytes a question takes: the root name (one byte), type and class.
+const MIN_QUESTION_LEN: usize = 5;
+/// Fewest bytes a resource record takes: the root name, type, class, TTL and data length.
+const MIN_RECORD_LEN: usize = 11;
+
 /// Decodes one DNS message (for DNS over TCP, without the 2-byte length prefix).
 ///
 /// # Errors
 /// A [`DecodeError`] naming the class of damage and what the decoder found. Never panics,
 /// whatever the input.
 pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+    let count = |at: usize| u16::from_be_bytes([bytes[at], bytes[at + 1]]);
+    if let Some(after_header) = bytes.len().checked_sub(HEADER_LEN) {
+        // The decoder reserves room for as many entries as the header claims: a 12-byte message
+        // claiming 65535 answers would take megabytes. A header claiming more entries than the
+        // bytes after it can hold is a truncated message, refused before that.
+        let questions = usize::from(count(4));
+        let records = usize::from(count(6)) + usize::from(count(8)) + usize::from(count(10));
+        if questions * MIN_QUESTION_LEN + records * MIN_RECORD_LEN > after_header {
+            return Err(DecodeError {
+                class: Malformed::Truncated,
+                reason: format!(
+                    "the header claims {questions} questions and {records} records, more than \
+                     the {after_header} bytes after it can hold"
+                ),
+            });
+        }
+    }
     let wire = WireMessage::from_vec(bytes).map_err(|error| DecodeError::of(&error))?;
     // The decoder keeps the OPT record apart from the additional records; the counts are the
     // header's, as they were on the wire.
-    let count = |at: usize| u16::from_be_bytes([bytes[at], bytes[at + 1]]);
     let metadata = &wire.metadata;
     Ok(Message {
         id: metadata.id,
@@ -227,6 +250,22 @@ fn name_text(name: &Name) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the fuzzer: a bare header claiming 65535 answers made the decoder reserve
+    /// megabytes for them. It is refused as truncated, before any allocation.
+    #[test]
+    fn a_header_claiming_more_entries_than_bytes_is_truncated() {
+        let mut message = vec![0x12, 0x34, 0x81, 0x80, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
+        let error = decode(&message).unwrap_err();
+        assert_eq!(error.class, Malformed::Truncated);
+        assert!(error.reason.contains("65535 records"), "{error}");
+        // One question that fits (root name, type, class) is no claim beyond the bytes.
+        message[6] = 0;
+        message[7] = 0;
+        message[5] = 1;
+        message.extend_from_slice(&[0, 0, 1, 0, 1]);
+        assert!(decode(&message).is_ok());
+    }
 
     /// A response built by hand: one question, a CNAME answer pointing into the question's
     /// name, then an A record whose owner is a pointer to the CNAME's target.

@@ -92,7 +92,7 @@ impl DurableReader {
         stats: Arc<SourceStats>,
         health: Option<Arc<SourceHealth>>,
     ) -> Result<(), SourceError> {
-        let client = connect(&self.endpoint.url, true)
+        let client = connect(&self.endpoint, true)
             .await
             .map_err(|error| self.error("the server", error.into()))?;
         let js = jetstream::new(client.clone());
@@ -332,6 +332,7 @@ pub fn consumer_from_config(
         filter_subject: stream_subject(&nats.subject_prefix),
         from_seq: None,
         since_ns: None,
+        security: nats.security(),
     };
     Ok(Box::new(NatsConsumerSource {
         reader: DurableReader::new(endpoint, durable),

@@ -26,15 +26,18 @@
 //! assert_eq!(endpoint.from_seq, Some(10));
 //! ```
 
+mod auth;
 mod durable;
 mod replay;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use tapio_config::NatsSecurity;
 use tapio_model::{InvalidObservation, Observation, TimeNs};
 use tapio_sources::SourceStats;
 
+pub use auth::{CredentialsError, with_credentials};
 pub use durable::{DurableReader, NatsConsumerSource, consumer_from_config};
 pub use replay::NatsReplaySource;
 pub use tapio_sources::Delivery;
@@ -53,6 +56,8 @@ pub struct NatsEndpoint {
     /// Start at the first message stored at or after this time, ns since the epoch
     /// (`DeliverPolicy::ByStartTime`; the time the server stored it, not its event time).
     pub since_ns: Option<TimeNs>,
+    /// Credentials and TLS files.
+    pub security: NatsSecurity,
 }
 
 /// A `nats://` replay address that cannot be used.
@@ -101,6 +106,7 @@ impl NatsEndpoint {
             filter_subject: String::new(),
             from_seq: None,
             since_ns: None,
+            security: NatsSecurity::default(),
         };
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
             match pair.split_once('=') {
@@ -224,8 +230,9 @@ fn stream_subject(prefix: &str) -> String {
 
 /// Connects to `url`; with `retry`, keeps trying in the background (and reconnecting) instead
 /// of failing when the server is down.
-async fn connect(url: &str, retry: bool) -> Result<async_nats::Client, async_nats::ConnectError> {
-    let mut options = async_nats::ConnectOptions::new()
+async fn connect(endpoint: &NatsEndpoint, retry: bool) -> Result<async_nats::Client, ConnectError> {
+    let mut options = with_credentials(async_nats::ConnectOptions::new(), &endpoint.security)
+        .await?
         .name("tapio-correlation")
         .max_reconnects(None)
         .reconnect_delay_callback(|attempts| {
@@ -236,7 +243,18 @@ async fn connect(url: &str, retry: bool) -> Result<async_nats::Client, async_nat
     if retry {
         options = options.retry_on_initial_connect();
     }
-    options.connect(url).await
+    Ok(options.connect(endpoint.url.as_str()).await?)
+}
+
+/// Why a client could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The credentials cannot be used.
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    /// The client refused the URL or options.
+    #[error(transparent)]
+    Client(#[from] async_nats::ConnectError),
 }
 
 #[cfg(test)]

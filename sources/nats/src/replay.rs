@@ -86,7 +86,7 @@ const MAX_ATTEMPTS: u32 = 10;
 impl NatsReplaySource {
     async fn replay(&self, cx: &SourceContext) -> Result<(), SourceError> {
         let endpoint = &self.endpoint;
-        let client = connect(&endpoint.url, false)
+        let client = connect(endpoint, false)
             .await
             .map_err(|error| input_error(endpoint, "the server", error))?;
         let js = jetstream::new(client);
