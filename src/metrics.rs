@@ -17,9 +17,9 @@ use std::time::Duration;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tapio_sources::{DROPPED, ERRORS, RECEIVED, SENT, Status};
@@ -34,6 +34,9 @@ pub(crate) struct Metrics {
     registry: Registry,
     tick_to_sink: Family<Labels, Histogram>,
     sink_commit: Family<Labels, Histogram>,
+    sink_transactions: Family<Labels, Counter>,
+    sink_coalesced: Family<Labels, Counter>,
+    sink_lag: Family<Labels, Gauge>,
     requests: Family<Labels, Histogram>,
 }
 
@@ -70,6 +73,24 @@ impl Metrics {
             "Time a sink took to write one closed tick",
             sink_commit.clone(),
         );
+        let sink_transactions = Family::<Labels, Counter>::default();
+        let sink_coalesced = Family::<Labels, Counter>::default();
+        let sink_lag = Family::<Labels, Gauge>::default();
+        registry.register(
+            "tapio_sink_transactions",
+            "Transactions a sink committed (fewer than its ticks when it coalesced queued ticks)",
+            sink_transactions.clone(),
+        );
+        registry.register(
+            "tapio_sink_coalesced_ticks",
+            "Closed ticks a sink folded into the transaction of an earlier queued tick",
+            sink_coalesced.clone(),
+        );
+        registry.register(
+            "tapio_sink_lag_ticks",
+            "Closed ticks handed to a sink and not yet committed (queued or being written)",
+            sink_lag.clone(),
+        );
         registry.register(
             "tapio_api_request_seconds",
             "Time the API took to answer, per endpoint",
@@ -80,6 +101,9 @@ impl Metrics {
             registry,
             tick_to_sink,
             sink_commit,
+            sink_transactions,
+            sink_coalesced,
+            sink_lag,
             requests,
         }
     }
@@ -98,6 +122,25 @@ impl Metrics {
         self.sink_commit
             .get_or_create(&vec![("sink", sink.to_owned())])
             .observe(took.as_secs_f64());
+    }
+
+    /// `sink` committed `transactions` more transactions holding `coalesced` more ticks beyond
+    /// the first of each, and has `lag` ticks handed to it and not committed.
+    pub(crate) fn observe_sink_progress(
+        &self,
+        sink: &'static str,
+        transactions: u64,
+        coalesced: u64,
+        lag: usize,
+    ) {
+        let labels = vec![("sink", sink.to_owned())];
+        self.sink_transactions
+            .get_or_create(&labels)
+            .inc_by(transactions);
+        self.sink_coalesced.get_or_create(&labels).inc_by(coalesced);
+        self.sink_lag
+            .get_or_create(&labels)
+            .set(i64::try_from(lag).unwrap_or(i64::MAX));
     }
 
     /// The API answered a request to `endpoint` in `took`.

@@ -153,9 +153,10 @@ impl Sink for TimedNeo4j {
             let metrics = crate::metrics::metrics();
             // When each batch not yet done was handed to the sink, oldest first.
             let handed: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
-            // One batch at a time: the time a batch waits in front of the sink is the queue's,
-            // which the queue depth shows.
-            let (tx, rx) = mpsc::channel(1);
+            // Up to as many batches as the sink folds into one transaction when it is behind:
+            // it coalesces what waits here (the time a batch waits in front of it is the
+            // queue's, which the queue depth and the lag show).
+            let (tx, rx) = mpsc::channel(tapio_sinks_neo4j::MAX_COALESCED);
             let inner = Box::new(self.sink).run(rx);
             let forward = {
                 let handed = Arc::clone(&handed);
@@ -175,21 +176,26 @@ impl Sink for TimedNeo4j {
             };
             let watch = async move {
                 let mut done = 0u64;
+                let (mut transactions, mut coalesced) = (0u64, 0u64);
                 // Ends when the sink, which holds the sender, ends.
                 while progress.changed().await.is_ok() {
-                    let now = {
-                        let progress = progress.borrow_and_update();
-                        progress.batches + progress.skipped
-                    };
+                    let now = *progress.borrow_and_update();
                     let mut handed = handed
                         .lock()
                         .unwrap_or_else(|poisoned| poisoned.into_inner());
-                    while done < now {
+                    while done < now.batches + now.skipped {
                         if let Some(at) = handed.pop_front() {
                             metrics.observe_commit("neo4j", at.elapsed());
                         }
                         done += 1;
                     }
+                    metrics.observe_sink_progress(
+                        "neo4j",
+                        now.transactions - transactions,
+                        now.coalesced - coalesced,
+                        handed.len(),
+                    );
+                    (transactions, coalesced) = (now.transactions, now.coalesced);
                 }
             };
             let (result, (), ()) = tokio::join!(inner, forward, watch);

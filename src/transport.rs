@@ -50,7 +50,18 @@ pub(crate) async fn collect(
     };
     let (observations_tx, observations_rx) =
         mpsc::channel(config.correlation.engine.event_buffer_size);
-    let publishing = tokio::spawn(publisher.run(observations_rx, shutdown.clone()));
+    // A publisher that stops for good (a stream it cannot use, a spool it cannot write) stops
+    // the collectors too: the agent exits with its error rather than collecting into nothing.
+    let publishing = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let result = publisher.run(observations_rx, shutdown.clone()).await;
+            if result.is_err() {
+                shutdown.cancel();
+            }
+            result
+        }
+    });
     tracing::info!(url = %nats.url, stream = %nats.stream, subjects = %wire::stream_subject(&nats.subject_prefix), "Publishing to NATS JetStream.");
     let (sources_result, progress) =
         run_collectors(collectors, &node_name(config), observations_tx, &shutdown).await;

@@ -19,6 +19,8 @@ pub struct NatsServer {
     child: Option<Child>,
     /// More of the server's configuration (e.g. an `authorization` block).
     extra: String,
+    /// JetStream's file storage limit, in nats-server's notation.
+    max_file_store: String,
 }
 
 /// The `nats-server` binary to run.
@@ -63,7 +65,17 @@ impl NatsServer {
             dir,
             child: None,
             extra: String::new(),
+            max_file_store: "1TB".into(),
         }
+    }
+
+    /// Starts a server whose JetStream file storage is limited to `max_file_store` (e.g.
+    /// `"1MB"`): a stream that asks to reserve more is refused.
+    pub fn start_with_storage(name: &str, max_file_store: &str) -> NatsServer {
+        let mut server = NatsServer::stopped(name);
+        server.max_file_store = max_file_store.to_owned();
+        server.restart();
+        server
     }
 
     /// The server's process id while it runs.
@@ -89,9 +101,10 @@ impl NatsServer {
         std::fs::write(
             &config,
             format!(
-                "listen: \"127.0.0.1:{}\"\njetstream {{\n  store_dir: {:?}\n  max_file_store: 1TB\n}}\n{}\n",
+                "listen: \"127.0.0.1:{}\"\njetstream {{\n  store_dir: {:?}\n  max_file_store: {}\n}}\n{}\n",
                 self.port,
                 self.dir.join("js").display().to_string(),
+                self.max_file_store,
                 self.extra
             ),
         )

@@ -321,9 +321,15 @@ fn nats_restarted_in_the_middle_of_a_run_loses_nothing() {
         &agent_config(&dir, &nats.url(), &recording, 10.0),
         &dir.join("agent.stderr"),
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    // Stopped gracefully, then killed (what it had not read from its sockets is lost), each
+    // time while the agent publishes.
+    std::thread::sleep(Duration::from_millis(1200));
     nats.stop();
-    std::thread::sleep(Duration::from_millis(1000));
+    std::thread::sleep(Duration::from_millis(700));
+    nats.restart();
+    std::thread::sleep(Duration::from_millis(700));
+    nats.kill();
+    std::thread::sleep(Duration::from_millis(500));
     nats.restart();
     wait_success(agent, "the agent", &dir.join("agent.stderr"));
     let agent_log = std::fs::read_to_string(dir.join("agent.stderr")).expect("agent log");
@@ -336,6 +342,7 @@ fn nats_restarted_in_the_middle_of_a_run_loses_nothing() {
     wait_acknowledged(&nats.url(), &stderr);
     let live = stop_correlation(job, &out, &stderr);
     assert!(live == expected, "a NATS restart changed the correlations");
+    assert_stored_once(&nats.url(), &recording);
     std::fs::remove_dir_all(dir).expect("clean scratch dir");
 }
 
@@ -362,6 +369,7 @@ fn a_killed_correlation_job_restarts_without_loss() {
     let stderr = dir.join("second.stderr");
     wait_acknowledged(&nats.url(), &stderr);
     let restarted = stop_correlation(second, &out, &stderr);
+    assert_stored_once(&nats.url(), &recording);
     let log = std::fs::read_to_string(&stderr).expect("log");
     assert!(
         log.contains("Rebuilding the dataflow's state"),
@@ -371,6 +379,186 @@ fn a_killed_correlation_job_restarts_without_loss() {
         restarted == expected,
         "the restarted job's correlations differ"
     );
+    std::fs::remove_dir_all(dir).expect("clean scratch dir");
+}
+
+/// The observations of a recording file, in order.
+fn recorded(recording: &Path) -> Vec<Observation> {
+    // The first line is the recording's header.
+    std::fs::read_to_string(recording)
+        .expect("read the recording")
+        .lines()
+        .skip(1)
+        .map(|line| serde_json::from_str(line).expect("a recorded observation"))
+        .collect()
+}
+
+/// Asserts that the stream holds every observation of `recording` exactly once (in any order:
+/// a lost connection may store a message after later ones).
+fn assert_stored_once(url: &str, recording: &Path) {
+    let encode = |observations: Vec<Observation>| {
+        let mut lines: Vec<String> = observations
+            .iter()
+            .map(|o| serde_json::to_string(o).expect("encode"))
+            .collect();
+        lines.sort_unstable();
+        lines
+    };
+    let stored = encode(runtime().block_on(stream_observations(url)));
+    let sent = encode(recorded(recording));
+    let lost = sent
+        .iter()
+        .filter(|line| stored.binary_search(line).is_err())
+        .count();
+    let doubled = stored.windows(2).filter(|pair| pair[0] == pair[1]).count();
+    assert!(
+        stored == sent,
+        "the stream holds {} observations for {} sent: {lost} lost, {doubled} stored twice",
+        stored.len(),
+        sent.len()
+    );
+}
+
+/// The observations in the complete messages of a spool file (a header line `#timed <n> …`
+/// followed by its `n` lines), in order; a message cut short at the end is left out.
+fn spooled_observations(spool: &Path) -> Vec<Observation> {
+    let bytes = std::fs::read(spool).expect("read the spool");
+    let mut observations = Vec::new();
+    let mut lines = bytes.split_inclusive(|b| *b == b'\n').peekable();
+    while let Some(header) = lines.next() {
+        let header = std::str::from_utf8(header).expect("utf-8 header");
+        let count: usize = header
+            .strip_prefix("#timed ")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("not a spool header: {header:?}"));
+        let body: Vec<&[u8]> = lines.by_ref().take(count).collect();
+        if body.len() < count || !body.last().is_some_and(|line| line.ends_with(b"\n")) {
+            break;
+        }
+        for line in body {
+            observations.push(serde_json::from_slice(line).expect("a spooled observation"));
+        }
+    }
+    observations
+}
+
+#[test]
+fn an_agent_killed_mid_spool_and_restarted_loses_and_doubles_nothing() {
+    let mut nats = NatsServer::stopped("agent-kill");
+    let dir = scratch("nats-agent-kill");
+    let (recording, _) = synthetic(&dir);
+    let expected = reference(&recording, &[], &dir);
+    let observations = recorded(&recording);
+    // NATS is down: the agent spools everything, at 10x (about 4 s for the stream), and is
+    // killed with SIGKILL part-way.
+    let config = agent_config(&dir, &nats.url(), &recording, 10.0);
+    let spool = dir.join("agent.yaml.spool");
+    let mut agent = spawn(
+        &["run", "--mode", "collectors"],
+        &config,
+        &dir.join("agent-1.stderr"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&spool).map_or(0, |m| m.len()) < 200_000 {
+        assert!(
+            Instant::now() < deadline,
+            "the agent spooled nothing
+{}",
+            std::fs::read_to_string(dir.join("agent-1.stderr")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    signal(&agent, "-KILL");
+    agent.wait().expect("reap the killed agent");
+    // What the killed agent left: a prefix of its input, in order.
+    let left = spooled_observations(&spool);
+    assert!(
+        !left.is_empty() && left.len() < observations.len(),
+        "killed mid-spool: {} of {} spooled",
+        left.len(),
+        observations.len()
+    );
+    assert!(
+        left[..] == observations[..left.len()],
+        "the spool holds the agent's input in order"
+    );
+    // The restarted agent's collector goes on where the spool ends (as a source that resumes
+    // from its checkpoint would); the agent drains the spool first.
+    let rest = dir.join("rest.jsonl");
+    write_recording(&rest, &observations[left.len()..]);
+    nats.restart();
+    let config = agent_config(&dir, &nats.url(), &rest, 0.0);
+    let restarted = spawn(
+        &["run", "--mode", "collectors"],
+        &config,
+        &dir.join("agent-2.stderr"),
+    );
+    wait_success(
+        restarted,
+        "the restarted agent",
+        &dir.join("agent-2.stderr"),
+    );
+    let log = std::fs::read_to_string(dir.join("agent-2.stderr")).expect("agent log");
+    assert!(
+        log.contains("Draining the spool left by an earlier run"),
+        "{log}"
+    );
+    assert_eq!(
+        count(&log, "Publishing finished.", "published"),
+        observations.len() as u64,
+        "{log}"
+    );
+    assert_eq!(count(&log, "Publishing finished.", "dropped"), 0);
+    assert_eq!(count(&log, "Publishing finished.", "left_in_spool"), 0);
+    assert_stored_once(&nats.url(), &recording);
+    let (live, _) = correlate_whole_stream(&dir, &nats.url(), "job");
+    assert!(
+        live == expected,
+        "the agent's kill changed the correlations"
+    );
+    std::fs::remove_dir_all(dir).expect("clean scratch dir");
+}
+
+#[test]
+fn a_server_without_storage_for_the_stream_is_refused_at_start() {
+    // The stream asks to reserve `max_bytes` (10 GiB by default); the server has 1 MB.
+    let nats = NatsServer::start_with_storage("no-storage", "1MB");
+    let dir = scratch("nats-no-storage");
+    let (recording, _) = synthetic(&dir);
+    for (args, config) in [
+        (
+            &["run", "--mode", "collectors"][..],
+            agent_config(&dir, &nats.url(), &recording, 1.0),
+        ),
+        (
+            &["run", "--mode", "correlation", "--output", "-"][..],
+            write_config(&dir, "correlation.yaml", &nats.url(), ""),
+        ),
+    ] {
+        let stderr = dir.join("refused.stderr");
+        let mut child = spawn(args, &config, &stderr);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{args:?} kept running without storage for its stream\n{}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let log = std::fs::read_to_string(&stderr).expect("log");
+        assert!(!status.success(), "{args:?} succeeded:\n{log}");
+        assert!(
+            log.contains("not enough storage for the stream `TAPIO`")
+                && log.contains("integrations.nats.max_bytes")
+                && log.contains("10737418240"),
+            "{args:?}:\n{log}"
+        );
+    }
     std::fs::remove_dir_all(dir).expect("clean scratch dir");
 }
 

@@ -911,4 +911,13 @@ fn the_neo4j_sink_reports_its_commits_and_failures_on_metrics() {
         ticks
     );
     assert_eq!(value("tapio_sink_failures_total{sink=\"neo4j\"} "), 0.0);
+    // Every tick is committed alone or folded into a queued one's transaction, and nothing is
+    // left waiting.
+    let transactions = value("tapio_sink_transactions_total{sink=\"neo4j\"} ");
+    assert!(transactions > 0.0 && transactions <= ticks);
+    assert_eq!(
+        transactions + value("tapio_sink_coalesced_ticks_total{sink=\"neo4j\"} "),
+        ticks
+    );
+    assert_eq!(value("tapio_sink_lag_ticks{sink=\"neo4j\"} "), 0.0);
 }

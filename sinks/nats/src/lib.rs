@@ -134,6 +134,11 @@ pub struct Publisher {
 
 type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, async_nats::Error>> + Send>>;
 
+/// The acknowledgements still owed for the messages that were unacknowledged when the
+/// connection was lost, awaited together; each result comes with the message's observations.
+type Resolving =
+    Pin<Box<dyn Future<Output = Vec<(u64, Result<PublishAck, async_nats::Error>)>> + Send>>;
+
 struct InFlight {
     ack: AckFuture,
     /// The message, kept to spool it if it is not acknowledged.
@@ -377,6 +382,11 @@ impl Publisher {
         // Set when a publish went unacknowledged or the connection was found lost; the next turn
         // of the loop recovers first.
         let mut lost = false;
+        // The acknowledgements of the messages that were unacknowledged when the connection was
+        // lost: they are in the spool, but the client may still deliver them (what waits in its
+        // buffer goes to the new connection). The spool is drained only once every one of them
+        // has resolved, so nothing re-published from the spool overtakes them on the wire.
+        let mut resolving: Option<Resolving> = None;
         loop {
             self.gauges
                 .spool_bytes
@@ -384,7 +394,18 @@ impl Publisher {
             self.gauges.unacknowledged.store(unacked, Ordering::Relaxed);
             if lost {
                 lost = false;
-                self.lose_connection(&mut inflight, &mut spool, &mut report, spooling)?;
+                let owed =
+                    self.lose_connection(&mut inflight, &mut spool, &mut report, spooling)?;
+                resolving = match (resolving.take(), owed) {
+                    (None, None) => None,
+                    (Some(earlier), None) => Some(earlier),
+                    (None, Some(owed)) => Some(owed),
+                    (Some(earlier), Some(owed)) => Some(Box::pin(async move {
+                        let (mut first, second) = futures_util::future::join(earlier, owed).await;
+                        first.extend(second);
+                        first
+                    })),
+                };
                 unacked = 0;
                 parked = None;
                 spooling = true;
@@ -397,7 +418,11 @@ impl Publisher {
             // at the timer's next millisecond, so a full input channel was taken first and all of
             // it went through the spool (as long as the input kept up with the drain, every
             // observation of the run did, at about three times the cost).
-            if spooling && !ready && tokio::time::Instant::now() >= next_check {
+            if spooling
+                && !ready
+                && resolving.is_none()
+                && tokio::time::Instant::now() >= next_check
+            {
                 if self.client.connection_state() == State::Connected {
                     match ensure_stream(&self.js, &self.settings).await {
                         Ok(_) => {
@@ -530,11 +555,31 @@ impl Publisher {
                         lost = true;
                     }
                 }
+                // Every acknowledgement owed from before the lost connection has resolved: stored
+                // (counted now; the spooled copy is dropped as a duplicate when drained) or not
+                // (the spooled copy stores it).
+                results = async { resolving.as_mut().expect("checked some").as_mut().await }, if resolving.is_some() => {
+                    resolving = None;
+                    let mut stored = 0;
+                    for (count, result) in results {
+                        match result {
+                            Ok(ack) if ack.duplicate => report.duplicates += count,
+                            Ok(_) => {
+                                report.published += count;
+                                report.messages += 1;
+                                stored += count;
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                    tracing::debug!(stored, "Every acknowledgement owed from before the lost connection has resolved.");
+                    next_check = tokio::time::Instant::now();
+                }
                 // Wakes the loop for the reconnection check at its top.
-                () = tokio::time::sleep_until(next_check), if spooling && !ready => {}
+                () = tokio::time::sleep_until(next_check), if spooling && !ready && resolving.is_none() => {}
                 // The client is connected again: check now rather than when the backoff is
                 // over (up to two seconds later).
-                changed = self.connections.changed(), if connection_events && spooling && !ready => {
+                changed = self.connections.changed(), if connection_events && spooling && !ready && resolving.is_none() => {
                     if changed.is_err() {
                         connection_events = false;
                     } else {
@@ -605,14 +650,15 @@ impl Publisher {
 
     /// NATS is unreachable: what is unacknowledged goes to the spool (or, when it came from
     /// the spool, is read again from the last acknowledged message) and nothing more is handed
-    /// to the client until the connection and the stream are back.
+    /// to the client until the connection and the stream are back and every acknowledgement
+    /// still owed (returned here, awaited together) has resolved.
     fn lose_connection(
         &self,
         inflight: &mut VecDeque<InFlight>,
         spool: &mut spool::Spool,
         report: &mut PublisherReport,
         spooling: bool,
-    ) -> Result<(), SpoolError> {
+    ) -> Result<Option<Resolving>, SpoolError> {
         if spooling {
             spool.rewind()?;
         } else {
@@ -620,8 +666,17 @@ impl Publisher {
                 spool_one(spool, &pending.batch, report)?;
             }
         }
-        inflight.clear();
-        Ok(())
+        if inflight.is_empty() {
+            return Ok(None);
+        }
+        let owed: Vec<_> = inflight
+            .drain(..)
+            .map(|pending| {
+                let count = pending.batch.count;
+                pending.ack.map(move |result| (count, result))
+            })
+            .collect();
+        Ok(Some(Box::pin(futures_util::future::join_all(owed))))
     }
 }
 

@@ -110,6 +110,22 @@ pub enum StreamError {
         #[source]
         source: async_nats::Error,
     },
+    /// JetStream has not enough storage left for the stream's `max_bytes`. Not retryable:
+    /// lower `integrations.nats.max_bytes` or give the server more storage.
+    #[error(
+        "JetStream has not enough storage for the stream `{stream}`: integrations.nats.max_bytes \
+         asks it to reserve {max_bytes} bytes and the server answered `{answer}`; lower \
+         integrations.nats.max_bytes or raise the server's JetStream storage limit \
+         (max_file_store)"
+    )]
+    InsufficientStorage {
+        /// Stream name.
+        stream: String,
+        /// The configured `max_bytes` (`-1` for no limit).
+        max_bytes: i64,
+        /// The server's error.
+        answer: String,
+    },
     /// A stream of that name exists with other settings. Not retryable: change the
     /// configuration or the stream.
     #[error(
@@ -168,10 +184,29 @@ pub async fn ensure_stream(
             let created = js
                 .create_stream(settings.to_stream_config())
                 .await
-                .map_err(|e| request(e.into()))?;
+                .map_err(|error| match error.kind() {
+                    jetstream::context::CreateStreamErrorKind::JetStream(ref js_error)
+                        if is_storage_shortage(js_error.error_code()) =>
+                    {
+                        StreamError::InsufficientStorage {
+                            stream: settings.name.clone(),
+                            max_bytes: settings.max_bytes,
+                            answer: js_error.to_string(),
+                        }
+                    }
+                    _ => request(error.into()),
+                })?;
             tracing::info!(stream = %settings.name, subject = %settings.subject, "Created the JetStream stream.");
             Ok(created)
         }
         Err(error) => Err(request(error.into())),
     }
+}
+
+/// Whether a JetStream error code says the server lacks the storage (or other resources) a new
+/// stream asks it to reserve.
+fn is_storage_shortage(code: jetstream::ErrorCode) -> bool {
+    code == jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED
+        || code == jetstream::ErrorCode::INSUFFICIENT_RESOURCES
+        || code == jetstream::ErrorCode::ACCOUNT_RESOURCES_EXCEEDED
 }

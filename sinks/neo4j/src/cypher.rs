@@ -138,8 +138,9 @@ SET g.schema = $schema, g.version = g.version + 1";
 /// 4. (*L*+3) `"id"`: facts no hop cites any more, deleted with their ABOUT relationships.
 /// 5. (*L*+4) `"id"`: entities no correlation mentions any more, deleted unless something else
 ///    holds them (a relationship the sink did not write).
-/// 6. (*L*+5) `["id", "kind", "family", "root_cause", confidence, "data", hops, steps]`: new
-///    correlations with their ROOT_CAUSE and chain (`data` is the correlation's typed JSON; a
+/// 6. (*L*+5) `["id", "kind", "family", "root_cause", confidence, "data", hops, steps, since]`:
+///    new correlations with their ROOT_CAUSE and chain (`since` is the tick the correlation
+///    became current in: the batch's, or an earlier one of ticks folded into it; `data` is the correlation's typed JSON; a
 ///    hop's `index` is its position; its time is its fact's, and what it observed is on the
 ///    fact's ABOUT relationship to the hop's entity). A hop is `["entity", "fact_id",
 ///    "relation"]`, or `["entity", "fact_id", "relation", time, "observed"]` when it creates
@@ -187,7 +188,7 @@ CALL{{UNWIND $rows[$at[{b2}]..$at[{b3}]] AS r
 MATCH(e:Entity{{id:$s[r]}})WHERE NOT(e)--()DELETE e}}
 CALL{{UNWIND $rows[$at[{b3}]..$at[{b4}]] AS r
 CREATE(c:Correlation{{id:$s[r[0]],kind:$s[r[1]],family:$s[r[2]],confidence:r[4],data:$s[r[5]],
-since:$time}})
+since:r[8]}})
 WITH c,r MERGE(x:Entity{{id:$s[r[3]]}})
 CREATE(c)-[:ROOT_CAUSE]->(x)
 WITH c,r UNWIND range(0,size(r[6])-1) AS i

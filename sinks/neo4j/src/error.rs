@@ -52,6 +52,19 @@ pub enum Neo4jError {
         /// What was found.
         what: String,
     },
+    /// The graph's version is below one this writer has seen: the graph was emptied or
+    /// restored from an older backup under it. The sink re-writes its current correlations
+    /// ([`crate::Neo4jWriter::rewrite`]).
+    #[error(
+        "the Neo4j graph went back in time under the writer: its version is {found}, below the \
+         {expected} this writer has seen (emptied, or restored from an older backup)"
+    )]
+    GraphRewound {
+        /// The version found.
+        found: i64,
+        /// The highest version the writer had seen.
+        expected: i64,
+    },
     /// A later version of Tapio wrote the graph, in a shape this version does not know; it is
     /// left alone rather than mixed with this version's.
     #[error(
@@ -82,7 +95,8 @@ impl Neo4jError {
         match self {
             Neo4jError::Unreachable { .. }
             | Neo4jError::Timeout { .. }
-            | Neo4jError::GraphChanged { .. } => true,
+            | Neo4jError::GraphChanged { .. }
+            | Neo4jError::GraphRewound { .. } => true,
             Neo4jError::Unauthorized { .. }
             | Neo4jError::BadValue { .. }
             | Neo4jError::NewerSchema { .. } => false,

@@ -19,6 +19,10 @@
 //!
 //! When Neo4j is slow or down, the sink retries the batch with exponential backoff and logs its
 //! status; batches wait in the bounded channel in front of it, which slows the dataflow down.
+//! When ticks are queued behind the one it takes, the sink folds up to [`MAX_COALESCED`] of them
+//! into one transaction ([`coalesce`]: the net change of the set of current correlations over
+//! those ticks, at the last one), so a sink that fell behind catches up in fewer, larger
+//! transactions; it logs that it is behind and counts the coalesced ticks in [`Progress`].
 //! Nothing is dropped silently: if a batch cannot be written within
 //! [`Neo4jSettings::give_up_after`], or fails for a reason retrying cannot fix, the sink stops
 //! with an error naming the tick.
@@ -50,6 +54,8 @@ pub mod model;
 pub mod wire;
 mod writer;
 
+use std::collections::HashMap;
+
 use tapio_model::{ClosedBatch, TimeNs, format_time};
 use tapio_sinks::{BoxFuture, Sink, SinkError, SinkReport};
 use tokio::sync::{mpsc, watch};
@@ -69,6 +75,29 @@ pub struct Progress {
     pub skipped: u64,
     /// Relationships written by this run (see [`model::Delta::relationship_writes`]).
     pub relationships: u64,
+    /// Transactions committed by this run: fewer than `batches` when queued ticks were
+    /// coalesced.
+    pub transactions: u64,
+    /// Ticks folded into the transaction of an earlier queued tick (`batches` minus the
+    /// batches that opened a transaction).
+    pub coalesced: u64,
+}
+
+/// The most closed ticks the sink folds into one transaction when it has fallen behind.
+pub const MAX_COALESCED: usize = 64;
+
+/// Folds `next` (a later tick) into `merged`: the changes of both, with the diffs of the same
+/// correlation summed and those that cancel left out, at the later tick. Writing the result is
+/// writing both ticks in turn: each transaction writes the net change of the set of current
+/// correlations.
+pub fn coalesce(merged: &mut ClosedBatch, next: ClosedBatch) {
+    let mut changes: std::collections::BTreeMap<tapio_model::Correlation, i64> =
+        std::mem::take(&mut merged.changes).into_iter().collect();
+    for (correlation, diff) in next.changes {
+        *changes.entry(correlation).or_insert(0) += diff;
+    }
+    merged.changes = changes.into_iter().filter(|(_, diff)| *diff != 0).collect();
+    merged.time = merged.time.max(next.time);
 }
 
 /// The Neo4j sink.
@@ -158,8 +187,72 @@ async fn write_all(
 ) -> Result<SinkReport, Neo4jError> {
     let mut report = SinkReport::default();
     let mut skipped = 0u64;
-    while let Some(batch) = batches.recv().await {
-        let applied = apply_with_retry(writer, settings, &batch, &batches).await?;
+    let mut coalescing_transactions = 0u64;
+    // The current correlations after every tick given to the sink (written or skipped), and
+    // the last such tick: what a graph found emptied or restored from an older backup is
+    // re-written with.
+    let mut current: std::collections::BTreeSet<tapio_model::Correlation> =
+        std::collections::BTreeSet::new();
+    let mut last_tick: Option<TimeNs> = None;
+    while let Some(mut batch) = batches.recv().await {
+        // Behind: fold the ticks already queued (up to `max_coalesced`) into this one
+        // transaction. Only ticks after the cursor fold: one at or below it was written before
+        // a restart and is skipped on its own.
+        let mut ticks = 1u64;
+        let mut changes_total = batch.changes.len() as u64;
+        // The tick each correlation added in a folded batch became current in.
+        let mut since: HashMap<tapio_model::Correlation, TimeNs> = HashMap::new();
+        let after_cursor = progress
+            .borrow()
+            .cursor
+            .is_none_or(|cursor| batch.time > cursor);
+        if after_cursor {
+            while ticks < settings.max_coalesced as u64 {
+                let Ok(next) = batches.try_recv() else { break };
+                if ticks == 1 {
+                    for (correlation, diff) in &batch.changes {
+                        if *diff > 0 {
+                            since.insert(correlation.clone(), batch.time);
+                        }
+                    }
+                }
+                for (correlation, diff) in &next.changes {
+                    if *diff > 0 {
+                        since.insert(correlation.clone(), next.time);
+                    }
+                }
+                changes_total += next.changes.len() as u64;
+                coalesce(&mut batch, next);
+                ticks += 1;
+            }
+        }
+        if ticks > 1 {
+            coalescing_transactions += 1;
+            if coalescing_transactions == 1 || coalescing_transactions.is_multiple_of(100) {
+                tracing::warn!(
+                    tick = %format_time(batch.time),
+                    ticks,
+                    changes = changes_total,
+                    net_changes = batch.changes.len(),
+                    queued = batches.len(),
+                    coalescing_transactions,
+                    "Neo4j is behind: queued ticks coalesced into one transaction."
+                );
+            }
+        }
+        let known = Known {
+            current: &current,
+            last_tick,
+        };
+        let applied = apply_with_retry(writer, settings, &batch, &since, &batches, known).await?;
+        for (correlation, diff) in &batch.changes {
+            if *diff > 0 {
+                current.insert(correlation.clone());
+            } else {
+                current.remove(correlation);
+            }
+        }
+        last_tick = Some(batch.time);
         if applied.skipped {
             skipped += 1;
             if skipped == 1 {
@@ -169,8 +262,8 @@ async fn write_all(
                 );
             }
         } else {
-            report.batches += 1;
-            report.changes += batch.changes.len() as u64;
+            report.batches += ticks;
+            report.changes += changes_total;
         }
         if applied.inconsistent > 0 {
             tracing::warn!(
@@ -193,9 +286,11 @@ async fn write_all(
         progress.send_modify(|progress| {
             progress.cursor = Some(progress.cursor.map_or(batch.time, |c| c.max(batch.time)));
             if applied.skipped {
-                progress.skipped += 1;
+                progress.skipped += ticks;
             } else {
-                progress.batches += 1;
+                progress.batches += ticks;
+                progress.transactions += 1;
+                progress.coalesced += ticks - 1;
                 progress.relationships += applied.relationships as u64;
             }
         });
@@ -209,19 +304,62 @@ async fn write_all(
     Ok(report)
 }
 
+/// What the sink knows before a batch: the current correlations and the last tick given to it.
+struct Known<'a> {
+    current: &'a std::collections::BTreeSet<tapio_model::Correlation>,
+    last_tick: Option<TimeNs>,
+}
+
 /// Applies one batch, retrying retryable failures with exponential backoff until
-/// `give_up_after`. Logs the first failure, then every tenth, and the recovery.
+/// `give_up_after`. Logs the first failure, then every tenth, and the recovery. A graph found
+/// emptied or restored from an older backup is first re-written with the current correlations
+/// at the last tick, then the batch is applied on top.
 async fn apply_with_retry(
     writer: &mut Neo4jWriter,
     settings: &Neo4jSettings,
     batch: &ClosedBatch,
+    since: &HashMap<tapio_model::Correlation, TimeNs>,
     queue: &mpsc::Receiver<ClosedBatch>,
+    known: Known<'_>,
 ) -> Result<Applied, Neo4jError> {
     let started = Instant::now();
     let mut wait = settings.retry_initial;
     let mut failures = 0u32;
+    let mut rewind = false;
     loop {
-        match writer.apply(batch).await {
+        let attempt = if rewind {
+            let tick = known
+                .last_tick
+                .unwrap_or_else(|| batch.time.saturating_sub(1));
+            let current: Vec<_> = known.current.iter().cloned().collect();
+            match writer.rewrite(&current, tick).await {
+                Ok(_) => {
+                    rewind = false;
+                    tracing::warn!(
+                        correlations = current.len(),
+                        tick = %format_time(tick),
+                        "Re-wrote the current correlations into the Neo4j graph, which had been emptied or restored from an older backup."
+                    );
+                    writer.apply_coalesced(batch, since).await
+                }
+                Err(error) => Err(error),
+            }
+        } else {
+            writer.apply_coalesced(batch, since).await
+        };
+        match attempt {
+            Err(Neo4jError::GraphRewound { found, expected }) => {
+                if started.elapsed() >= settings.give_up_after {
+                    return Err(Neo4jError::GraphRewound { found, expected });
+                }
+                tracing::warn!(
+                    found,
+                    expected,
+                    tick = %format_time(batch.time),
+                    "The Neo4j graph went back in time under the sink (emptied, or restored from an older backup); re-writing the current correlations."
+                );
+                rewind = true;
+            }
             Ok(applied) => {
                 if failures > 0 {
                     tracing::info!(
@@ -277,4 +415,57 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tapio_model::{Basis, Confidence, Correlation, CorrelationKind, Detail, EntityId};
+
+    fn correlation(name: &str) -> Correlation {
+        Correlation::new(
+            CorrelationKind::Ownership,
+            format!("pod/default/{name}")
+                .parse::<EntityId>()
+                .expect("entity"),
+            vec![],
+            Detail::Ownership { depth: 0 },
+            Confidence {
+                percent: 100,
+                basis: vec![Basis::RecordedLinks],
+            },
+        )
+    }
+
+    #[test]
+    fn coalescing_sums_the_diffs_and_leaves_out_what_cancels() {
+        let (a, b, c) = (correlation("a"), correlation("b"), correlation("c"));
+        let mut merged = ClosedBatch {
+            time: 10,
+            changes: vec![(a.clone(), 1), (b.clone(), 1)],
+        };
+        coalesce(
+            &mut merged,
+            ClosedBatch {
+                time: 20,
+                changes: vec![(a.clone(), -1), (c.clone(), 1)],
+            },
+        );
+        coalesce(
+            &mut merged,
+            ClosedBatch {
+                time: 30,
+                changes: vec![(b.clone(), -1), (a.clone(), 1)],
+            },
+        );
+        let mut expected = vec![(a, 1), (c, 1)];
+        expected.sort();
+        assert_eq!(
+            merged,
+            ClosedBatch {
+                time: 30,
+                changes: expected
+            }
+        );
+    }
 }

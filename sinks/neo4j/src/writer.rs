@@ -41,6 +41,9 @@ pub struct Neo4jSettings {
     /// How long one batch is retried before the sink gives up and reports an error (the
     /// batch and everything after it are then not written). Default: 10 minutes.
     pub give_up_after: Duration,
+    /// The most queued ticks folded into one transaction when the sink is behind (1: one
+    /// transaction per tick). Default: [`crate::MAX_COALESCED`].
+    pub max_coalesced: usize,
 }
 
 impl Neo4jSettings {
@@ -60,6 +63,7 @@ impl Neo4jSettings {
             retry_initial: Duration::from_millis(200),
             retry_max: Duration::from_secs(10),
             give_up_after: Duration::from_secs(600),
+            max_coalesced: crate::MAX_COALESCED,
         }
     }
 
@@ -137,6 +141,9 @@ pub struct Neo4jWriter {
     graph: Graph,
     settings: Neo4jSettings,
     state: Option<State>,
+    /// The highest graph version this writer has read or committed: versions only grow, so a
+    /// graph found at a lower one was emptied or restored from an older backup.
+    high_water: i64,
 }
 
 /// What the writer knows the graph holds.
@@ -163,6 +170,7 @@ impl Neo4jWriter {
             graph,
             settings: settings.clone(),
             state: None,
+            high_water: 0,
         })
     }
 
@@ -263,6 +271,53 @@ impl Neo4jWriter {
         Ok(outcome)
     }
 
+    /// Replaces what the graph holds of Tapio's with `current` at tick `time`: deletes every
+    /// correlation, fact, entity and cursor, sets the schema (which moves the graph's version),
+    /// and writes `current` in one transaction with the cursor at `time`. For a graph found
+    /// emptied or restored from an older backup ([`Neo4jError::GraphRewound`]) under a running
+    /// sink, which knows the current correlations.
+    ///
+    /// # Errors
+    /// When a statement fails; the next attempt starts over.
+    pub async fn rewrite(
+        &mut self,
+        current: &[Correlation],
+        time: TimeNs,
+    ) -> Result<Applied, Neo4jError> {
+        self.state = None;
+        loop {
+            let mut txn = self.begin().await?;
+            let count = read_integer(
+                &mut txn,
+                query(cypher::CLEAR_EARLIER),
+                "deleted",
+                "clear a rewound graph",
+                "the count of deleted nodes",
+            )
+            .await?
+            .unwrap_or(0);
+            commit(txn).await?;
+            if count <= 0 {
+                break;
+            }
+        }
+        let mut txn = self.begin().await?;
+        run(
+            &mut txn,
+            "set schema",
+            query(cypher::SET_SCHEMA).param("schema", SCHEMA_VERSION),
+        )
+        .await?;
+        commit(txn).await?;
+        // The graph's version starts again from what the restored graph had.
+        self.high_water = 0;
+        let batch = ClosedBatch {
+            time,
+            changes: current.iter().map(|c| (c.clone(), 1)).collect(),
+        };
+        self.apply(&batch).await
+    }
+
     /// [`cypher::READ_SCHEMA`]: the graph's schema, correlations and cursors.
     async fn read_schema(&self) -> Result<(Option<i64>, u64, u64), Neo4jError> {
         let mut txn = self.begin().await?;
@@ -309,7 +364,21 @@ impl Neo4jWriter {
     /// When the transaction fails; nothing of the batch is then written. See
     /// [`Neo4jError::is_retryable`].
     pub async fn apply(&mut self, batch: &ClosedBatch) -> Result<Applied, Neo4jError> {
-        let result = self.try_apply(batch).await;
+        self.apply_coalesced(batch, &HashMap::new()).await
+    }
+
+    /// Applies several queued ticks folded into `batch` (see [`crate::coalesce`]) in one
+    /// transaction: as [`Neo4jWriter::apply`], with each added correlation's `since` the tick
+    /// `since` gives for it (the tick it was added in) rather than the batch's.
+    ///
+    /// # Errors
+    /// As [`Neo4jWriter::apply`].
+    pub async fn apply_coalesced(
+        &mut self,
+        batch: &ClosedBatch,
+        since: &HashMap<Correlation, TimeNs>,
+    ) -> Result<Applied, Neo4jError> {
+        let result = self.try_apply(batch, since).await;
         if result.is_err() {
             // The transaction failed, perhaps after its commit went through: read the state
             // again before the next attempt rather than guess.
@@ -318,13 +387,24 @@ impl Neo4jWriter {
         result
     }
 
-    async fn try_apply(&mut self, batch: &ClosedBatch) -> Result<Applied, Neo4jError> {
+    async fn try_apply(
+        &mut self,
+        batch: &ClosedBatch,
+        since: &HashMap<Correlation, TimeNs>,
+    ) -> Result<Applied, Neo4jError> {
         let time = i64::try_from(batch.time).map_err(|_| Neo4jError::BadValue {
             what: format!("tick time {} does not fit a Neo4j integer", batch.time),
         })?;
         let started = Instant::now();
         let loaded = self.state.is_none();
+        let high_water = self.high_water;
         let state = self.state().await?;
+        if state.version < high_water {
+            return Err(Neo4jError::GraphRewound {
+                found: state.version,
+                expected: high_water,
+            });
+        }
         let read_time = if loaded {
             started.elapsed()
         } else {
@@ -375,7 +455,15 @@ impl Neo4jWriter {
         // `apply` drops it and the next attempt reads it again.
         let delta = state.counts.change_identified(added, removed);
         let version = state.version;
-        let statements = statements(&delta, &self.settings.writer, time)?;
+        let since: HashMap<&str, i64> = delta
+            .added
+            .iter()
+            .filter_map(|new| {
+                let tick = i64::try_from(*since.get(&new.correlation)?).ok()?;
+                Some((new.id.as_str(), tick))
+            })
+            .collect();
+        let statements = statements(&delta, &self.settings.writer, time, &since)?;
         let count = statements.len();
         let started = Instant::now();
         let mut txn = self.begin().await?;
@@ -385,7 +473,21 @@ impl Neo4jWriter {
                 .query(&cypher::APPLY)
                 .param("bump", i64::from(index == 0))
                 .param("last", index + 1 == count);
-            let found = apply_statement(&mut txn, query).await?;
+            let found = match apply_statement(&mut txn, query).await {
+                // Creating what the graph already holds: another writer (or a restore) wrote
+                // it since this writer read the graph. Read it again and retry.
+                Err(Neo4jError::Query { source, .. })
+                    if source.to_string().contains("ConstraintValidationFailed") =>
+                {
+                    return Err(Neo4jError::GraphChanged {
+                        what: format!(
+                            "an element this writer creates already exists (another writer \
+                             wrote it): {source}"
+                        ),
+                    });
+                }
+                found => found?,
+            };
             if index == 0 && found != Some(version + 1) {
                 // Dropping the transaction rolls it back (the pool resets the connection).
                 return Err(Neo4jError::GraphChanged {
@@ -405,6 +507,7 @@ impl Neo4jWriter {
             state.cursor = Some(batch.time);
             state.version = version + 1;
         }
+        self.high_water = self.high_water.max(version + 1);
         Ok(Applied {
             read_time,
             statements: count,
@@ -424,6 +527,9 @@ impl Neo4jWriter {
             Some(state) => state,
             None => {
                 let state = self.read_state().await?;
+                if state.version >= self.high_water {
+                    self.high_water = state.version;
+                }
                 let (entities, facts, about, links) = state.counts.len();
                 tracing::debug!(
                     cursor = ?state.cursor,
@@ -507,7 +613,14 @@ impl Neo4jWriter {
 
 /// The tick's rows in the order [`cypher::APPLY`]'s blocks take them, split into statements
 /// that each fit the driver's write buffer (see [`wire`]).
-fn statements(delta: &Delta, writer: &str, time: i64) -> Result<Vec<wire::Statement>, Neo4jError> {
+/// `since` holds the tick each added correlation became current in when it is not `time` (a
+/// coalesced batch).
+fn statements(
+    delta: &Delta,
+    writer: &str,
+    time: i64,
+    since: &HashMap<&str, i64>,
+) -> Result<Vec<wire::Statement>, Neo4jError> {
     // A fact that goes takes its ABOUT relationships with it.
     let facts_gone: HashSet<&str> = delta.facts_gone.iter().map(String::as_str).collect();
     let about_gone = delta
@@ -527,7 +640,10 @@ fn statements(delta: &Delta, writer: &str, time: i64) -> Result<Vec<wire::Statem
     let correlations = delta
         .added
         .iter()
-        .map(|new| correlation_row(new, &mut about, &mut steps))
+        .map(|new| {
+            let since = since.get(new.id.as_str()).copied().unwrap_or(time);
+            correlation_row(new, since, &mut about, &mut steps)
+        })
         .collect::<Result<Vec<Cell<'_>>, Neo4jError>>()?;
     if !about.is_empty() || !steps.is_empty() {
         return Err(Neo4jError::BadValue {
@@ -633,6 +749,7 @@ pub(crate) async fn connect(settings: &Neo4jSettings) -> Result<Graph, Neo4jErro
 /// first to have.
 fn correlation_row<'a>(
     new: &'a NewCorrelation,
+    since: i64,
     about: &mut HashMap<(String, String), &'a str>,
     steps: &mut HashSet<&Link>,
 ) -> Result<Cell<'a>, Neo4jError> {
@@ -688,6 +805,7 @@ fn correlation_row<'a>(
         data.into(),
         Cell::List(hops),
         Cell::List(new_steps),
+        since.into(),
     ]))
 }
 

@@ -511,9 +511,13 @@ async fn killed_mid_batch_then_restarted_gives_the_same_graph() {
     let graph = graph().await;
     let (batches, current) = random_history(4242, 60);
     let reference = reference_dump(&graph, &current).await;
+    // Four queued ticks per transaction: the kills land in the middle of coalesced
+    // transactions, and the restart folds what is left the same way.
+    let mut settings = settings("restart");
+    settings.max_coalesced = 4;
     for kill_after in [1u64, 7, 23] {
         clear(&graph).await;
-        let mut sink = Box::new(Neo4jSink::new(settings("restart")));
+        let mut sink = Box::new(Neo4jSink::new(settings.clone()));
         sink.healthcheck().await.expect("health check");
         let mut progress = sink.progress();
         let (tx, rx) = mpsc::channel(batches.len());
@@ -530,7 +534,7 @@ async fn killed_mid_batch_then_restarted_gives_the_same_graph() {
         task.abort();
         assert!(task.await.is_err(), "the sink was killed");
         // Restart: the new sink sees every batch again, as a restarted replay would send them.
-        let mut sink = Box::new(Neo4jSink::new(settings("restart")));
+        let mut sink = Box::new(Neo4jSink::new(settings.clone()));
         sink.healthcheck()
             .await
             .expect("health check after the restart");
@@ -901,10 +905,13 @@ async fn a_commit_whose_answer_is_lost_is_not_written_twice() {
         !relay.lose_commit_answer.load(Ordering::SeqCst),
         "a commit's answer was lost"
     );
+    // The nine later ticks, queued, went in one coalesced transaction; its retry found it
+    // committed and skipped it, all nine ticks.
     let after = *progress.borrow();
     assert_eq!(
-        after.skipped, 1,
-        "the retry found the batch committed: {after:?}"
+        (after.batches, after.skipped),
+        (3, 9),
+        "the retry found the transaction committed: {after:?}"
     );
     assert_eq!(
         dump(&graph).await,
@@ -1195,4 +1202,138 @@ async fn an_empty_graph_gets_the_schema_and_a_newer_one_is_refused() {
     );
     assert!(!error.is_retryable());
     assert_eq!(dump(&graph).await, before, "nothing deleted");
+}
+
+/// A sink that has fallen behind (every tick of a long history already queued when it starts)
+/// folds the queued ticks into fewer transactions, and the graph is the one writing them one
+/// by one gives: the current set after the last tick.
+#[tokio::test]
+async fn queued_ticks_coalesce_into_fewer_transactions_with_the_same_graph() {
+    let _db = DATABASE.lock().await;
+    let graph = graph().await;
+    let (batches, current) = random_history(4242, 300);
+    let ticks = batches.len() as u64;
+    // Each current correlation's `since`: the tick it was last added in.
+    let mut since: BTreeMap<String, i64> = BTreeMap::new();
+    for batch in &batches {
+        for (correlation, diff) in &batch.changes {
+            if *diff > 0 && current.contains(correlation) {
+                since.insert(correlation_id(correlation), batch.time as i64);
+            }
+        }
+    }
+    let reference = reference_dump(&graph, &current).await;
+    clear(&graph).await;
+    let mut sink = Box::new(Neo4jSink::new(settings("coalesce")));
+    sink.healthcheck().await.expect("health check");
+    let progress = sink.progress();
+    let (tx, rx) = mpsc::channel(batches.len());
+    for batch in batches {
+        tx.send(batch).await.expect("queue");
+    }
+    drop(tx);
+    let report = sink.run(rx).await.expect("sink run");
+    let done = *progress.borrow();
+    assert_eq!(done.batches, ticks, "every tick is written: {done:?}");
+    assert_eq!(report.batches, ticks);
+    let most = ticks.div_ceil(tapio_sinks_neo4j::MAX_COALESCED as u64);
+    assert_eq!(
+        done.transactions, most,
+        "{ticks} queued ticks in the fewest transactions: {done:?}"
+    );
+    assert_eq!(done.coalesced, ticks - done.transactions);
+    assert_eq!(
+        dump(&graph).await,
+        reference,
+        "the coalesced writes leave the current set"
+    );
+    let mut rows = graph
+        .execute(query(
+            "MATCH (c:Correlation) RETURN c.id AS id, c.since AS since",
+        ))
+        .await
+        .expect("since");
+    let mut written = BTreeMap::new();
+    while let Some(row) = rows.next().await.expect("row") {
+        written.insert(
+            row.get::<String>("id").expect("id"),
+            row.get::<i64>("since").expect("since"),
+        );
+    }
+    assert_eq!(
+        written, since,
+        "each correlation is current since the tick it was added in, not the transaction's"
+    );
+}
+
+/// A graph emptied under a running sink (everything deleted, the version node included) is
+/// noticed at the next tick: the sink re-writes the correlations current before it, then
+/// applies the tick.
+#[tokio::test]
+async fn a_graph_emptied_under_a_running_sink_is_re_written() {
+    let _db = DATABASE.lock().await;
+    let graph = graph().await;
+    let (x, y, z) = (owned(1, 1), owned(2, 0), owned(3, 0));
+    let reference = reference_dump(&graph, &BTreeSet::from([y.clone(), z.clone()])).await;
+    clear(&graph).await;
+    let (tx, task, mut progress) = running_after("emptied", batch(10, &[(&x, 1), (&y, 1)])).await;
+    clear(&graph).await;
+    tx.send(batch(20, &[(&x, -1), (&z, 1)]))
+        .await
+        .expect("sink running");
+    progress
+        .wait_for(|p| p.batches == 2)
+        .await
+        .expect("progress");
+    assert_eq!(
+        dump(&graph).await,
+        reference,
+        "the current set, each element once"
+    );
+    drop(tx);
+    task.await.expect("sink task").expect("sink run");
+}
+
+/// A graph restored from an older backup under a running sink (its version and cursor back at
+/// an earlier tick, a later correlation missing) is noticed at the next tick and re-written:
+/// nothing stale stays, nothing is missing, nothing is doubled.
+#[tokio::test]
+async fn a_graph_restored_from_an_older_state_under_a_running_sink_is_re_written() {
+    let _db = DATABASE.lock().await;
+    let graph = graph().await;
+    let (x, y, z) = (owned(1, 1), owned(2, 0), owned(3, 0));
+    let reference =
+        reference_dump(&graph, &BTreeSet::from([x.clone(), y.clone(), z.clone()])).await;
+    clear(&graph).await;
+    let (tx, task, mut progress) = running_after("restored", batch(10, &[(&x, 1)])).await;
+    tx.send(batch(20, &[(&y, 1)])).await.expect("sink running");
+    progress
+        .wait_for(|p| p.batches == 2)
+        .await
+        .expect("progress");
+    // The backup taken after tick 10: y's correlation not there, version and cursor back.
+    graph
+        .run(
+            query(
+                "MATCH (c:Correlation {id: $id}) DETACH DELETE c \
+                 WITH count(*) AS gone \
+                 MATCH (g:TapioGraph {key: 'graph'}) SET g.version = 1 \
+                 WITH g MATCH (k:TapioCursor {writer: 'restored'}) SET k.tick = 10",
+            )
+            .param("id", correlation_id(&y)),
+        )
+        .await
+        .expect("restore the older state");
+    tx.send(batch(30, &[(&z, 1)])).await.expect("sink running");
+    progress
+        .wait_for(|p| p.batches == 3)
+        .await
+        .expect("progress");
+    assert_eq!(
+        dump(&graph).await,
+        reference,
+        "the current set, each element once"
+    );
+    drop(tx);
+    task.await.expect("sink task").expect("sink run");
 }
