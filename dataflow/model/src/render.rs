@@ -34,7 +34,7 @@ use crate::correlation::{
     BurstKind, Correlation, CorrelationKind, Detail, Hop, Observed, Relation,
 };
 use crate::entity::EntityId;
-use crate::observation::{DnsOutcome, dns_type_name};
+use crate::observation::{DnsOutcome, RuntimeObject, RuntimeState, dns_type_name};
 
 /// One sentence that says what a correlation concludes.
 pub fn explain(correlation: &Correlation) -> String {
@@ -571,6 +571,27 @@ pub fn describe_hop(hop: &Hop, previous: Option<&Hop>) -> String {
             status,
             reason,
         } => format!("{condition} is {} ({reason})", status.as_str()),
+        Observed::RuntimeChange {
+            object,
+            state,
+            container_name,
+            exit_code,
+            reason,
+        } => {
+            let what = match object {
+                RuntimeObject::Sandbox => "pod sandbox".to_string(),
+                RuntimeObject::Container => format!("container {container_name}"),
+            };
+            match state {
+                RuntimeState::Exited if reason.is_empty() => {
+                    format!("runtime: {what} exited with code {exit_code}")
+                }
+                RuntimeState::Exited => {
+                    format!("runtime: {what} exited with code {exit_code} ({reason})")
+                }
+                _ => format!("runtime: {what} {}", state.as_str()),
+            }
+        }
     }
 }
 
