@@ -349,8 +349,27 @@ fn explain_oom_restart(correlation: &Correlation) -> String {
     } else {
         format!(", in {}", owners.join(" of "))
     };
+    let restart = chain
+        .iter()
+        .find(|hop| {
+            matches!(
+                hop.observed,
+                Observed::RuntimeChange {
+                    state: RuntimeState::Started,
+                    ..
+                }
+            )
+        })
+        .map(|hop| {
+            format!(
+                "; {} started in its place {} ms after the kill",
+                hop.entity,
+                hop.time.saturating_sub(kill.time) / 1_000_000
+            )
+        })
+        .unwrap_or_default();
     format!(
-        "{} was killed by the kernel OOM killer; it exited {} ms later and {}{owners} stopped {} ms after the kill",
+        "{} was killed by the kernel OOM killer; it exited {} ms later and {}{owners} stopped {} ms after the kill{restart}",
         correlation.root_cause,
         exit.time.saturating_sub(kill.time) / 1_000_000,
         stop.entity,
