@@ -1,4 +1,4 @@
-//! The collector against a real containerd (Debian's 1.6 with runc), driven through CRI as the
+//! The container runtime collector against a real containerd (Debian's 1.6 with runc), driven through CRI as the
 //! kubelet drives it: a pod sandbox, a container OOM-killed under its memory limit, one exiting
 //! non-zero, one running throughout, one exiting while containerd is down; containerd killed
 //! and started again mid-run. Every change is reported exactly once. Needs root (`.ci/install`
