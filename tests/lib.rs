@@ -2,14 +2,16 @@
 //!
 //! [`synthetic`] generates seeded synthetic cluster streams for the end-to-end tests and the
 //! benchmarks; [`random`] holds the small seeded random generators; [`nats`] and [`control_plane`]
-//! run real servers, [`proxy`] forwards to them with faults a test controls, and [`deploy`]
-//! installs the Helm chart on that control plane; [`free_port`] picks loopback ports for them.
-//! [`kspan`] builds the shipped recording `tests/recordings/kspan-rollout-oom.jsonl` from the real
-//! Kubernetes rollout recorded by the kspan project (`tests/fixtures/k8s/kspan/`), plus the kernel
-//! and container-runtime facts of an OOM kill in one of its pods. [`dns_incident`] records the DNS
-//! failures incident from a real DNS server, client and capture
+//! run real servers ([`containerd`] a private container runtime), [`proxy`] forwards to them
+//! with faults a test controls, and [`deploy`] installs the Helm chart on that control plane;
+//! [`free_port`] picks loopback ports for them. [`kspan`] builds the shipped recording
+//! `tests/recordings/kspan-rollout-oom.jsonl` from the real Kubernetes rollout recorded by the
+//! kspan project (`tests/fixtures/k8s/kspan/`), plus the kernel and container-runtime facts of an
+//! OOM kill in one of its pods. [`dns_incident`] records the DNS failures incident from a real
+//! DNS server, client and capture
 //! (`tests/recordings/dns-failures.jsonl`).
 
+pub mod containerd;
 pub mod control_plane;
 pub mod deploy;
 pub mod dns_incident;

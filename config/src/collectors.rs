@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 use crate::model::{
-    CollectorsConfig, DnsCollectorConfig, KernelCollectorConfig, KubeletCollectorConfig,
-    KubernetesCollectorConfig, RecordingCollectorConfig, SystemdCollectorConfig,
+    CollectorsConfig, CriCollectorConfig, DnsCollectorConfig, KernelCollectorConfig,
+    KubeletCollectorConfig, KubernetesCollectorConfig, RecordingCollectorConfig,
+    SystemdCollectorConfig,
 };
 use crate::validate::{HOUR, check_url, count_in, duration_in, invalid};
 
@@ -28,7 +29,30 @@ impl CollectorsConfig {
         self.kubernetes.validate(&key(path, "kubernetes"))?;
         self.kubelet.validate(&key(path, "kubelet"))?;
         self.systemd.validate(&key(path, "systemd"))?;
-        self.dns.validate(&key(path, "dns"))
+        self.dns.validate(&key(path, "dns"))?;
+        self.cri.validate(&key(path, "cri"))
+    }
+}
+
+impl CriCollectorConfig {
+    /// Checks this section, found at `path` (`collectors.cri`).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key path: an empty socket path or namespace, or a retry
+    /// interval out of range.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        if self.socket.trim().is_empty() {
+            return Err(invalid(&key(path, "socket"), "must not be empty"));
+        }
+        if self.namespace.trim().is_empty() {
+            return Err(invalid(&key(path, "namespace"), "must not be empty"));
+        }
+        duration_in(
+            &key(path, "retry_interval"),
+            self.retry_interval,
+            Duration::from_millis(100),
+            Duration::from_secs(60),
+        )
     }
 }
 
@@ -314,6 +338,27 @@ fn selector_problem(selector: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cri_section_names_the_bad_key() {
+        let cri = CriCollectorConfig {
+            socket: " ".into(),
+            ..CriCollectorConfig::default()
+        };
+        let error = cri.validate("collectors.cri").expect_err("empty socket");
+        assert_eq!(error.key_path, "collectors.cri.socket");
+        let cri = CriCollectorConfig {
+            retry_interval: Duration::from_millis(10),
+            ..CriCollectorConfig::default()
+        };
+        let error = cri.validate("collectors.cri").expect_err("short retry");
+        assert_eq!(error.key_path, "collectors.cri.retry_interval");
+        assert!(
+            CriCollectorConfig::default()
+                .validate("collectors.cri")
+                .is_ok()
+        );
+    }
 
     #[test]
     fn the_systemd_section_names_the_bad_entry() {

@@ -151,6 +151,9 @@ pub struct CollectorsConfig {
     /// DNS lookups of every process on the node through eBPF. Default: disabled.
     #[serde(deserialize_with = "null_as_default")]
     pub dns: DnsCollectorConfig,
+    /// The container runtime (containerd) through its CRI and event APIs. Default: disabled.
+    #[serde(deserialize_with = "null_as_default")]
+    pub cri: CriCollectorConfig,
 }
 
 #[expect(
@@ -166,6 +169,7 @@ impl Default for CollectorsConfig {
             kubelet: KubeletCollectorConfig::default(),
             systemd: SystemdCollectorConfig::default(),
             dns: DnsCollectorConfig::default(),
+            cri: CriCollectorConfig::default(),
         }
     }
 }
@@ -1206,4 +1210,38 @@ where
     T: Deserialize<'de> + Default,
 {
     Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// Reads the node's container runtime (containerd) over its unix socket: the CRI
+/// `RuntimeService` for sandboxes and containers, containerd's event service for their changes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CriCollectorConfig {
+    /// Whether the runtime is read. Default: `false`.
+    pub enabled: bool,
+    /// containerd's gRPC socket, which serves both CRI and its own API. Default:
+    /// `/run/containerd/containerd.sock`.
+    pub socket: String,
+    /// The containerd namespace whose events are followed: the one CRI keeps Kubernetes'
+    /// containers in. Default: `k8s.io`.
+    pub namespace: String,
+    /// How long to wait before connecting again after the runtime went away or could not be
+    /// reached, `100ms..=1m`. Default: `1s`.
+    #[serde(with = "humantime_str")]
+    pub retry_interval: Duration,
+}
+
+impl Default for CriCollectorConfig {
+    fn default() -> Self {
+        CriCollectorConfig {
+            // Off: needs access to the runtime's socket (root, or the socket mounted in).
+            enabled: false,
+            // Where containerd listens by default.
+            socket: "/run/containerd/containerd.sock".into(),
+            // Where containerd's CRI plugin keeps Kubernetes' sandboxes and containers.
+            namespace: "k8s.io".into(),
+            // A restarted containerd is usually back within a second or two.
+            retry_interval: Duration::from_secs(1),
+        }
+    }
 }

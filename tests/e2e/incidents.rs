@@ -621,6 +621,7 @@ fn fact_container(payload: &FactPayload) -> Option<&Arc<str>> {
         FactPayload::DnsQuery(fact) => fact.container_id.as_ref(),
         FactPayload::ContainerExit(fact) => Some(&fact.container_id),
         FactPayload::ContainerReady(fact) => Some(&fact.container_id),
+        FactPayload::RuntimeChange(fact) => Some(&fact.id),
         FactPayload::KubeEvent(_) | FactPayload::ResourceUsage(_) | FactPayload::UnitChange(_) => {
             None
         }

@@ -5,6 +5,7 @@ mod api;
 mod backtest;
 mod bad_input;
 mod cli;
+mod cri;
 mod deploy;
 mod determinism;
 mod dns;

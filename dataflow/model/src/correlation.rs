@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::entity::EntityId;
 use crate::observation::{
     ConditionStatus, ConnectOutcome, DnsOutcome, EventType, FactId, FactPayload, FileOp, Resource,
-    UnitExit, UnitState,
+    RuntimeObject, RuntimeState, UnitExit, UnitState,
 };
 use crate::time::TimeNs;
 
@@ -323,6 +323,19 @@ pub enum Observed {
         /// How its process ended just before, when systemd logged it.
         exit: Option<UnitExit>,
     },
+    /// A sandbox or container of the container runtime changed.
+    RuntimeChange {
+        /// Sandbox or container.
+        object: RuntimeObject,
+        /// What happened.
+        state: RuntimeState,
+        /// Container name in the pod spec (empty for a sandbox).
+        container_name: Arc<str>,
+        /// Exit code for `exited`, 0 otherwise.
+        exit_code: i32,
+        /// The runtime's reason for `exited` (`OOMKilled`, ...), empty otherwise.
+        reason: Arc<str>,
+    },
     /// One of a Service's endpoints became ready or stopped being ready (EndpointSlice).
     EndpointReady {
         /// The endpoint, `ip:port`.
@@ -424,6 +437,13 @@ impl Observed {
                 state: change.state,
                 result: text(&change.result),
                 exit: change.exit.clone(),
+            },
+            FactPayload::RuntimeChange(change) => Observed::RuntimeChange {
+                object: change.object,
+                state: change.state,
+                container_name: text(&change.container_name),
+                exit_code: change.exit_code,
+                reason: text(&change.reason),
             },
         }
     }

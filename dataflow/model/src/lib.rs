@@ -33,8 +33,8 @@ pub use observation::{
     DnsRecord, DnsRecordData, EventType, Fact, FactId, FactPayload, FileChanged, FileOp,
     FileOpenFailed, Heartbeat, InvalidObservation, KubeEvent, NodeCondition, Observation, OomKill,
     OwnerRef, PodContainer, ProcessContainer, ProcessExec, ProcessExit, ProcessFork, ProcessRef,
-    Resource, ResourceUsage, ServiceEndpoint, ServiceObject, StateObject, StateRecord, StateUpdate,
-    TcpAccept, TcpClose, TcpConnect, TcpRetransmit, UnitChange, UnitExit, UnitState,
-    WorkloadObject, dns_type_name,
+    Resource, ResourceUsage, RuntimeChange, RuntimeObject, RuntimeState, ServiceEndpoint,
+    ServiceObject, StateObject, StateRecord, StateUpdate, TcpAccept, TcpClose, TcpConnect,
+    TcpRetransmit, UnitChange, UnitExit, UnitState, WorkloadObject, dns_type_name,
 };
 pub use time::{MAX_PLAUSIBLE_NS, MIN_PLAUSIBLE_NS, TimeNs, format_time, stable_hash};

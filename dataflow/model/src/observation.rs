@@ -128,6 +128,9 @@ pub enum FactPayload {
     /// A systemd unit on the node started, stopped, restarted or failed (from systemd's own
     /// journal messages).
     UnitChange(UnitChange),
+    /// A pod sandbox or container of the node's container runtime was created, started,
+    /// exited or deleted (reported by the runtime itself, over CRI and its event API).
+    RuntimeChange(RuntimeChange),
 }
 
 impl FactPayload {
@@ -150,6 +153,7 @@ impl FactPayload {
             FactPayload::ResourceUsage(_) => "resource_usage",
             FactPayload::DnsQuery(_) => "dns_query",
             FactPayload::UnitChange(_) => "unit_change",
+            FactPayload::RuntimeChange(_) => "runtime_change",
         }
     }
 }
@@ -205,6 +209,9 @@ impl Fact {
             FactPayload::UnitChange(change) => EntityId::Unit {
                 node: self.id.node.clone(),
                 name: change.unit.as_str().into(),
+            },
+            FactPayload::RuntimeChange(change) => EntityId::Container {
+                id: change.id.clone(),
             },
         }
     }
@@ -612,6 +619,77 @@ pub struct UnitChange {
     pub result: String,
     /// How the unit's process ended just before it failed, when systemd logged it.
     pub exit: Option<UnitExit>,
+}
+
+/// Which kind of object of the container runtime changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeObject {
+    /// A pod sandbox: the pod's shared namespaces, held by its pause process.
+    Sandbox,
+    /// A container of a pod.
+    Container,
+}
+
+impl RuntimeObject {
+    /// The snake_case name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeObject::Sandbox => "sandbox",
+            RuntimeObject::Container => "container",
+        }
+    }
+}
+
+/// What happened to a sandbox or container of the container runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeState {
+    /// It was created (not yet running).
+    Created,
+    /// Its process started.
+    Started,
+    /// Its process ended, with an exit code and the runtime's reason.
+    Exited,
+    /// The runtime removed it.
+    Deleted,
+}
+
+impl RuntimeState {
+    /// The snake_case name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeState::Created => "created",
+            RuntimeState::Started => "started",
+            RuntimeState::Exited => "exited",
+            RuntimeState::Deleted => "deleted",
+        }
+    }
+}
+
+/// A pod sandbox or container of the container runtime changed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RuntimeChange {
+    /// Sandbox or container.
+    pub object: RuntimeObject,
+    /// The runtime's id of it (a sandbox id is also the id of its pause container).
+    pub id: Arc<str>,
+    /// What happened.
+    pub state: RuntimeState,
+    /// The pod (from the Kubernetes labels the kubelet sets), when labelled.
+    pub pod: Option<EntityId>,
+    /// The pod's uid, empty when not labelled.
+    pub pod_uid: String,
+    /// Container name in the pod spec; empty for a sandbox.
+    pub container_name: String,
+    /// The sandbox a container runs in; for a sandbox, its own id.
+    pub sandbox_id: Arc<str>,
+    /// The image, as the container was created with it; empty for a sandbox.
+    pub image: String,
+    /// Exit code for `exited` (137 after SIGKILL), 0 otherwise.
+    pub exit_code: i32,
+    /// The runtime's reason for `exited` (`OOMKilled`, `Error`, `Completed`), empty otherwise.
+    pub reason: String,
 }
 
 /// A retractable change to the state of the world: `diff` +1 inserts `record`, -1 retracts it.

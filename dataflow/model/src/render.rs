@@ -34,7 +34,7 @@ use crate::correlation::{
     BurstKind, Correlation, CorrelationKind, Detail, Hop, Observed, Relation,
 };
 use crate::entity::EntityId;
-use crate::observation::{DnsOutcome, dns_type_name};
+use crate::observation::{DnsOutcome, RuntimeObject, RuntimeState, dns_type_name};
 
 /// One sentence that says what a correlation concludes.
 pub fn explain(correlation: &Correlation) -> String {
@@ -349,8 +349,27 @@ fn explain_oom_restart(correlation: &Correlation) -> String {
     } else {
         format!(", in {}", owners.join(" of "))
     };
+    let restart = chain
+        .iter()
+        .find(|hop| {
+            matches!(
+                hop.observed,
+                Observed::RuntimeChange {
+                    state: RuntimeState::Started,
+                    ..
+                }
+            )
+        })
+        .map(|hop| {
+            format!(
+                "; {} started in its place {} ms after the kill",
+                hop.entity,
+                hop.time.saturating_sub(kill.time) / 1_000_000
+            )
+        })
+        .unwrap_or_default();
     format!(
-        "{} was killed by the kernel OOM killer; it exited {} ms later and {}{owners} stopped {} ms after the kill",
+        "{} was killed by the kernel OOM killer; it exited {} ms later and {}{owners} stopped {} ms after the kill{restart}",
         correlation.root_cause,
         exit.time.saturating_sub(kill.time) / 1_000_000,
         stop.entity,
@@ -571,6 +590,27 @@ pub fn describe_hop(hop: &Hop, previous: Option<&Hop>) -> String {
             status,
             reason,
         } => format!("{condition} is {} ({reason})", status.as_str()),
+        Observed::RuntimeChange {
+            object,
+            state,
+            container_name,
+            exit_code,
+            reason,
+        } => {
+            let what = match object {
+                RuntimeObject::Sandbox => "pod sandbox".to_string(),
+                RuntimeObject::Container => format!("container {container_name}"),
+            };
+            match state {
+                RuntimeState::Exited if reason.is_empty() => {
+                    format!("runtime: {what} exited with code {exit_code}")
+                }
+                RuntimeState::Exited => {
+                    format!("runtime: {what} exited with code {exit_code} ({reason})")
+                }
+                _ => format!("runtime: {what} {}", state.as_str()),
+            }
+        }
     }
 }
 

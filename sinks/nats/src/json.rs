@@ -391,6 +391,18 @@ impl Writer<'_> {
                     None => w.raw("null"),
                 },
             ),
+            FactPayload::RuntimeChange(p) => fields!(w,
+                "object" => w.str(p.object.as_str()),
+                "id" => w.str(&p.id),
+                "state" => w.str(p.state.as_str()),
+                "pod" => w.opt_entity(p.pod.as_ref()),
+                "pod_uid" => w.str(&p.pod_uid),
+                "container_name" => w.str(&p.container_name),
+                "sandbox_id" => w.str(&p.sandbox_id),
+                "image" => w.str(&p.image),
+                "exit_code" => w.i64(i64::from(p.exit_code)),
+                "reason" => w.str(&p.reason),
+            ),
         }
     }
 
@@ -544,8 +556,9 @@ mod tests {
         ConditionStatus, ContainerExit, ContainerReady, DnsOutcome, DnsQuery, DnsRecord, EventType,
         FileChanged, FileOpenFailed, Heartbeat, KubeEvent, NodeCondition, OomKill, PodContainer,
         ProcessContainer, ProcessExec, ProcessExit, ProcessFork, Resource, ResourceUsage,
-        ServiceEndpoint, ServiceObject, StateRecord, StateUpdate, TcpAccept, TcpClose, TcpConnect,
-        TcpRetransmit, UnitChange, UnitExit, UnitState, WorkloadObject,
+        RuntimeChange, RuntimeObject, RuntimeState, ServiceEndpoint, ServiceObject, StateRecord,
+        StateUpdate, TcpAccept, TcpClose, TcpConnect, TcpRetransmit, UnitChange, UnitExit,
+        UnitState, WorkloadObject,
     };
 
     fn assert_same(observation: &Observation) {
@@ -707,7 +720,7 @@ mod tests {
         }
 
         fn payload(&mut self) -> FactPayload {
-            match self.below(16) {
+            match self.below(17) {
                 0 => FactPayload::ProcessExec(ProcessExec {
                     pid: self.u32(),
                     ppid: self.u32(),
@@ -876,6 +889,27 @@ mod tests {
                         code: self.text(),
                         status: self.i32(),
                     }),
+                }),
+                16 => FactPayload::RuntimeChange(RuntimeChange {
+                    object: if self.bool() {
+                        RuntimeObject::Sandbox
+                    } else {
+                        RuntimeObject::Container
+                    },
+                    id: self.text().into(),
+                    state: [
+                        RuntimeState::Created,
+                        RuntimeState::Started,
+                        RuntimeState::Exited,
+                        RuntimeState::Deleted,
+                    ][self.below(4) as usize],
+                    pod: self.bool().then(|| self.entity()),
+                    pod_uid: self.text(),
+                    container_name: self.text(),
+                    sandbox_id: self.text().into(),
+                    image: self.text(),
+                    exit_code: self.i32(),
+                    reason: self.text(),
                 }),
                 _ => FactPayload::ResourceUsage(ResourceUsage {
                     pod: self.entity(),

@@ -5,8 +5,11 @@
 //! Δ of the kill, joined on the process identity and then on the container id; of several
 //! candidates for a step, the earliest is kept. When the container's owners are known, the
 //! chain continues up through its pod and the pod's owners, so the correlation reads from the
-//! kernel to the control plane. A match stays current for a while after the kill (`keep_for`)
-//! and is then retracted.
+//! kernel to the control plane. When the container runtime reports the restart — a new
+//! container of the same pod and container name started within Δ of the exit — it joins the
+//! chain after the exit, so one chain holds the kernel's kill, the runtime's `OOMKilled` exit
+//! and the restart. A match stays current for a while after the kill (`keep_for`) and is then
+//! retracted.
 
 use std::sync::Arc;
 
@@ -15,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tapio_config::{CorrelationConfig, OomSequenceConfig};
 use tapio_model::{
     Basis, Confidence, Correlation, CorrelationKind, Detail, EntityId, Fact, FactPayload, Hop,
-    Relation, TimeNs,
+    Relation, RuntimeObject, RuntimeState, TimeNs,
 };
 
 use super::{Evidence, Rule, RuleInputs};
@@ -69,6 +72,14 @@ struct ContainerStop {
     evidence: Evidence,
     oom_reason: bool,
     pod: Option<EntityId>,
+    container_name: Arc<str>,
+}
+
+/// The runtime starting a new container of the same pod and container name: the restart.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct Restart {
+    evidence: Evidence,
+    container: EntityId,
 }
 
 /// A complete kernel-level match: kill, exit, container stop.
@@ -79,6 +90,7 @@ struct Sequence {
     exit: Exit,
     container: EntityId,
     stop: ContainerStop,
+    restart: Option<Restart>,
 }
 
 fn process_of(fact: &Fact, pid: u32, start_ns: TimeNs) -> EntityId {
@@ -98,12 +110,13 @@ impl Rule for OomSequence {
         "correlation.oom_sequence"
     }
 
-    /// Kills, container exits, and the exits of processes that were killed (the OOM killer
-    /// sends SIGKILL).
+    /// Kills, container exits, the exits of processes that were killed (the OOM killer
+    /// sends SIGKILL), and the runtime's starts of containers of a known pod (restarts).
     fn reads(&self, fact: &Fact) -> bool {
         match &fact.payload {
             FactPayload::OomKill(_) | FactPayload::ContainerExit(_) => true,
             FactPayload::ProcessExit(exit) => exit.signal == SIGKILL,
+            FactPayload::RuntimeChange(change) => restart_key(change).is_some(),
             _ => false,
         }
     }
@@ -146,6 +159,7 @@ impl Rule for OomSequence {
                     evidence: Evidence::of(&fact),
                     oom_reason: stop.reason == "OOMKilled" || stop.exit_code == 137,
                     pod: stop.pod.clone(),
+                    container_name: stop.container_name.as_str().into(),
                 },
             )),
             _ => None,
@@ -171,17 +185,52 @@ impl Rule for OomSequence {
             |(_, kill, _): &(EntityId, Kill, Exit)| kill.evidence.time,
             |stop: &ContainerStop| stop.evidence.time,
         )
-        .map(|(container, ((process, kill, exit), stop))| {
-            let container = EntityId::Container { id: container };
-            let sequence = Sequence {
-                process,
-                container: container.clone(),
-                kill,
-                exit,
-                stop,
-            };
-            (container, sequence)
+        .map(|(container, ((process, kill, exit), stop))| Sequence {
+            process,
+            container: EntityId::Container { id: container },
+            kill,
+            exit,
+            stop,
+            restart: None,
         });
+
+        // The restart: the earliest start of a container of the same pod and name within Δ of
+        // the exit. A sequence with one replaces the same sequence without.
+        let restarts =
+            keep(inputs.facts_of("runtime_change")).flat_map(|fact| match &fact.payload {
+                FactPayload::RuntimeChange(change) => restart_key(change).map(|key| {
+                    (
+                        key,
+                        Restart {
+                            evidence: Evidence::of(&fact),
+                            container: EntityId::Container {
+                                id: change.id.clone(),
+                            },
+                        },
+                    )
+                }),
+                _ => None,
+            });
+        let restarted = earliest_within(
+            sequences.clone().flat_map(|sequence| {
+                let pod = sequence.stop.pod.clone()?;
+                Some(((pod, sequence.stop.container_name.clone()), sequence))
+            }),
+            restarts,
+            within,
+            |sequence: &Sequence| sequence.stop.evidence.time,
+            |restart: &Restart| restart.evidence.time,
+        )
+        .flat_map(|(_, (sequence, restart))| {
+            (restart.container != sequence.container).then_some((sequence, restart))
+        });
+        let sequences = sequences
+            .concat(restarted.clone().map(|(sequence, _)| sequence).negate())
+            .concat(restarted.map(|(sequence, restart)| Sequence {
+                restart: Some(restart),
+                ..sequence
+            }))
+            .map(|sequence| (sequence.container.clone(), sequence));
 
         let owned = sequences.clone().join_core(
             inputs.ownership_chains_by_entity(),
@@ -206,12 +255,20 @@ fn correlation(sequence: &Sequence, ownership: Option<&Vec<Hop>>, within_ns: u64
         exit,
         container,
         stop,
+        restart,
     } = sequence;
     let mut chain = vec![
         kill.evidence.hop(process, Relation::Start),
         exit.evidence.hop(process, Relation::FollowedBy),
         stop.evidence.hop(container, Relation::Caused),
     ];
+    if let Some(restart) = restart {
+        chain.push(
+            restart
+                .evidence
+                .hop(&restart.container, Relation::FollowedBy),
+        );
+    }
     match ownership {
         // The container's chain starts at the container itself: its owners follow.
         Some(hops) => chain.extend(hops.iter().skip(1).cloned()),
@@ -234,8 +291,11 @@ fn correlation(sequence: &Sequence, ownership: Option<&Vec<Hop>>, within_ns: u64
         process.clone(),
         chain,
         Detail::Sequence {
-            steps: 3,
-            span_ns: stop.evidence.time.saturating_sub(kill.evidence.time),
+            steps: if restart.is_some() { 4 } else { 3 },
+            span_ns: restart
+                .as_ref()
+                .map_or(stop.evidence.time, |restart| restart.evidence.time)
+                .saturating_sub(kill.evidence.time),
             within_ns,
         },
         Confidence {
@@ -243,6 +303,19 @@ fn correlation(sequence: &Sequence, ownership: Option<&Vec<Hop>>, within_ns: u64
             basis,
         },
     )
+}
+
+/// The pod and container name a runtime change restarts: a container of a labelled pod
+/// started.
+fn restart_key(change: &tapio_model::RuntimeChange) -> Option<(EntityId, Arc<str>)> {
+    match (change.object, change.state, &change.pod) {
+        (RuntimeObject::Container, RuntimeState::Started, Some(pod))
+            if !change.container_name.is_empty() =>
+        {
+            Some((pod.clone(), change.container_name.as_str().into()))
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]

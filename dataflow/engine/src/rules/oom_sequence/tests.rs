@@ -1,6 +1,6 @@
 //! The OOM sequence rule against a recomputation from scratch at every tick, through the rule
-//! harness: random kills, exits and container exits (some at exactly Δ, some just past it, some
-//! tied in time), facts arriving out of order within the lateness bound and a few beyond it,
+//! harness: random kills, exits, container exits and the runtime's restarts (some at exactly Δ,
+//! some just past it, some tied in time), facts arriving out of order within the lateness bound and a few beyond it,
 //! and the containers' ownership changing underneath.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,8 @@ use tapio_config::CorrelationConfig;
 use tapio_model::{
     Basis, Confidence, ContainerExit, Correlation, CorrelationKind, Detail, EntityId, Fact, FactId,
     FactPayload, Hop, Observation, Observed, OomKill, OwnerRef, PodContainer, ProcessExit,
-    Relation, StateObject, StateRecord, StateUpdate, TimeNs, WorkloadObject,
+    Relation, RuntimeChange, RuntimeObject, RuntimeState, StateObject, StateRecord, StateUpdate,
+    TimeNs, WorkloadObject,
 };
 
 use super::from_config;
@@ -132,20 +133,54 @@ fn stream(rng: &mut Rng) -> Vec<Observation> {
                 _ => container(rng),
             };
             let oom = rng.below(3) > 0;
+            let stop_at = kill_at + grid(rng.below(8));
+            let pod = (rng.below(2) == 0).then(|| entity("pod/ns/p9"));
             out.push(fact(
-                "kubelet",
+                // The container runtime or the kubelet: both report container exits.
+                ["kubelet", "cri"][rng.below(2) as usize],
                 nodes[rng.below(2) as usize],
                 next(),
-                kill_at + grid(rng.below(8)),
+                stop_at,
                 FactPayload::ContainerExit(ContainerExit {
                     container_id: id,
                     container_name: "app".into(),
-                    pod: (rng.below(2) == 0).then(|| entity("pod/ns/p9")),
+                    pod: pod.clone(),
                     exit_code: if oom { 137 } else { 1 },
                     reason: if oom { "OOMKilled" } else { "Error" }.into(),
                     restart_count: rng.below(3) as u32,
                 }),
             ));
+            // The runtime starting the replacement: of the same pod and name or not, within Δ
+            // of the exit or not, sometimes twice.
+            for _ in 0..rng.below(3) {
+                let restart_pod = match (&pod, rng.below(5)) {
+                    (Some(pod), 1..) => pod.clone(),
+                    _ => entity("pod/ns/p8"),
+                };
+                let seq = next();
+                out.push(fact(
+                    "cri",
+                    nodes[rng.below(2) as usize],
+                    seq,
+                    stop_at + grid(rng.below(8)),
+                    FactPayload::RuntimeChange(RuntimeChange {
+                        object: RuntimeObject::Container,
+                        id: format!("r{seq}").into(),
+                        state: if rng.below(6) == 0 {
+                            RuntimeState::Created
+                        } else {
+                            RuntimeState::Started
+                        },
+                        pod: Some(restart_pod),
+                        pod_uid: "uid".into(),
+                        container_name: if rng.below(6) == 0 { "sidecar" } else { "app" }.into(),
+                        sandbox_id: "s1".into(),
+                        image: "busybox".into(),
+                        exit_code: 0,
+                        reason: String::new(),
+                    }),
+                ));
+            }
         }
     }
     // Ownership underneath: containers in pods, pods owned by a ReplicaSet owned by a
@@ -318,6 +353,32 @@ pub(crate) fn naive_oom(
             restart_count: stop.restart_count,
         };
         chain.push(stop_step.hop(&container, Relation::Caused, observed.clone()));
+        // The earliest start of a container of the same pod and name within Δ of the exit.
+        let restart = stop.pod.as_ref().and_then(|pod| {
+            visible
+                .iter()
+                .filter(|fact| {
+                    matches!(&fact.payload, FactPayload::RuntimeChange(change)
+                        if change.object == RuntimeObject::Container
+                            && change.state == RuntimeState::Started
+                            && change.pod.as_ref() == Some(pod)
+                            && change.container_name == stop.container_name)
+                        && within(stop_fact, fact)
+                })
+                .min_by_key(|fact| (fact.time_ns, fact.id.clone()))
+        });
+        if let Some(restart_fact) = restart {
+            let FactPayload::RuntimeChange(change) = &restart_fact.payload else {
+                continue;
+            };
+            chain.push(Step { fact: restart_fact }.hop(
+                &EntityId::Container {
+                    id: change.id.clone(),
+                },
+                Relation::FollowedBy,
+                Observed::of_fact(&restart_fact.payload),
+            ));
+        }
         match (chains.get(&container), &stop.pod) {
             (Some(owners), _) => chain.extend(owners[1..].iter().cloned()),
             (None, Some(pod)) => chain.push(stop_step.hop(pod, Relation::OwnedBy, observed)),
@@ -329,8 +390,8 @@ pub(crate) fn naive_oom(
             process,
             chain,
             Detail::Sequence {
-                steps: 3,
-                span_ns: stop_fact.time_ns - kill_fact.time_ns,
+                steps: if restart.is_some() { 4 } else { 3 },
+                span_ns: restart.map_or(stop_fact.time_ns, |fact| fact.time_ns) - kill_fact.time_ns,
                 within_ns: WITHIN,
             },
             Confidence {
@@ -356,6 +417,7 @@ pub(crate) fn naive_oom(
 #[test]
 fn oom_restart_equals_a_recomputation_from_scratch_at_every_tick() {
     let (mut owned, mut pod_only, mut unsure, mut expired, mut late) = (0, 0, 0, 0, 0);
+    let mut restarted = 0;
     for seed in 1..=16 {
         let mut rng = Rng::new(seed);
         let stream = stream(&mut rng);
@@ -379,8 +441,14 @@ fn oom_restart_equals_a_recomputation_from_scratch_at_every_tick() {
         expired += seen.retracted;
         for (_, diff, correlation) in run.changes() {
             if diff > 0 {
-                owned += usize::from(correlation.chain.len() > 4);
-                pod_only += usize::from(correlation.chain.len() == 4);
+                let restart = correlation
+                    .chain
+                    .iter()
+                    .any(|hop| matches!(hop.observed, Observed::RuntimeChange { .. }));
+                restarted += usize::from(restart);
+                let hops = correlation.chain.len() - usize::from(restart);
+                owned += usize::from(hops > 4);
+                pod_only += usize::from(hops == 4);
                 unsure += usize::from(correlation.confidence.percent == 75);
             }
         }
@@ -388,8 +456,8 @@ fn oom_restart_equals_a_recomputation_from_scratch_at_every_tick() {
     // Matches with owners, with only the exit's pod, with a non-OOM container end; retractions;
     // late facts.
     assert!(
-        owned > 10 && pod_only > 5 && unsure > 5 && expired > 20 && late > 10,
-        "{owned} {pod_only} {unsure} {expired} {late}"
+        owned > 10 && pod_only > 5 && unsure > 5 && expired > 20 && late > 10 && restarted > 5,
+        "{owned} {pod_only} {unsure} {expired} {late} {restarted}"
     );
 }
 
