@@ -28,10 +28,11 @@ pub use glob::glob_matches;
 pub use model::{
     ApiConfig, BadRolloutConfig, BlastRadiusConfig, BurstConfig, BurstThreshold,
     CoOccurrenceConfig, CollectorsConfig, ConfigChangeConfig, CorrelationConfig,
-    DnsCollectorConfig, DnsFailureConfig, EngineConfig, IntegrationsConfig, KernelCollectorConfig,
-    KubeletCollectorConfig, KubernetesCollectorConfig, MemoryExhaustionConfig, NatsConfig,
-    Neo4jConfig, NodePressureConfig, OomSequenceConfig, OwnershipConfig, RecordingCollectorConfig,
-    RestartLoopConfig, ServiceGraphConfig, StoreConfig, SystemdCollectorConfig, TapioConfig,
+    DnsCollectorConfig, DnsFailureConfig, EngineConfig, EtcdCollectorConfig, EtcdSlowdownConfig,
+    IntegrationsConfig, KernelCollectorConfig, KubeletCollectorConfig, KubernetesCollectorConfig,
+    MemoryExhaustionConfig, NatsConfig, Neo4jConfig, NodePressureConfig, OomSequenceConfig,
+    OwnershipConfig, RecordingCollectorConfig, RestartLoopConfig, ServiceGraphConfig, StoreConfig,
+    SystemdCollectorConfig, TapioConfig,
 };
 pub use sequences::{
     EntityKind, MAX_STEPS, SequenceConfig, StepConfig, StepKind, StepWhere, builtin_sequences,
