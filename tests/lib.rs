@@ -13,7 +13,6 @@
 pub mod control_plane;
 pub mod deploy;
 pub mod dns_incident;
-pub mod etcd;
 pub mod kspan;
 pub mod nats;
 pub mod random;

@@ -8,6 +8,7 @@ mod cli;
 mod deploy;
 mod determinism;
 mod dns;
+mod etcd;
 mod incidents;
 mod kernel;
 mod kspan_tree;

@@ -22,6 +22,8 @@
 //! Managed control planes (EKS, GKE, AKS, …) do not expose etcd: the collector is for
 //! self-managed clusters and is off by default.
 
+#[cfg(feature = "test-harness")]
+pub mod harness;
 pub mod keys;
 pub mod probe;
 pub mod watch;
@@ -256,7 +258,10 @@ mod tests {
         assert_eq!(load_revision(&path).expect("load"), Some(42));
         std::fs::write(&path, "not a revision").expect("write");
         let error = load_revision(&path).expect_err("garbage").to_string();
-        assert!(error.contains("etcd.revision") && error.contains("not a revision"), "{error}");
+        assert!(
+            error.contains("etcd.revision") && error.contains("not a revision"),
+            "{error}"
+        );
         std::fs::write(&path, "0").expect("write");
         assert!(load_revision(&path).is_err(), "revisions start at 1");
         let _ = std::fs::remove_dir_all(&dir);
@@ -275,7 +280,9 @@ mod tests {
             ca_file: "/nonexistent/ca.crt".into(),
             ..EtcdCollectorConfig::default()
         };
-        let error = connect_options(&config).expect_err("no such file").to_string();
+        let error = connect_options(&config)
+            .expect_err("no such file")
+            .to_string();
         assert!(error.contains("CA file /nonexistent/ca.crt"), "{error}");
     }
 }

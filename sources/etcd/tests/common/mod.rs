@@ -15,8 +15,7 @@ use tapio_sources_etcd::EtcdSource;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use tapio_tests::etcd::Etcd;
-pub use tapio_tests::free_port;
+pub use tapio_sources_etcd::harness::{Etcd, free_port};
 
 /// A client of `etcd`.
 pub async fn connect_client(etcd: &Etcd) -> etcd_client::Client {

@@ -1,13 +1,21 @@
 //! A real etcd server (Debian's `etcd-server`, which `.ci/install` installs) on free loopback
-//! ports with its data in a directory the caller gives, for the etcd collector's tests and
-//! benchmark. It is stopped (SIGKILL) when dropped.
+//! ports with its data in a directory the caller gives, for the collector's tests and
+//! benchmark (feature `test-harness`). It is stopped (SIGKILL) when dropped. Panics when etcd
+//! cannot be started: it is test support.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::free_port;
+/// A loopback port nothing listens on right now (not reserved: another process may take it
+/// before etcd binds it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("bind a free loopback port")
+        .port()
+}
 
 /// A running etcd; stopped (killed) when dropped.
 pub struct Etcd {
