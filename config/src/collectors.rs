@@ -442,7 +442,9 @@ mod tests {
         let etcd = |change: fn(&mut EtcdCollectorConfig)| {
             let mut config = EtcdCollectorConfig::default();
             change(&mut config);
-            config.validate("collectors.etcd").map_err(|error| error.to_string())
+            config
+                .validate("collectors.etcd")
+                .map_err(|error| error.to_string())
         };
         assert!(etcd(|_| {}).is_ok());
         let error = etcd(|c| c.endpoints.clear()).expect_err("no endpoints");
