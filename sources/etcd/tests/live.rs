@@ -281,7 +281,7 @@ async fn a_bad_endpoint_is_reported_and_retried_until_it_answers() {
     let x = put(&mut client, "/registry/configmaps/default/x", "x").await;
     assert!(
         source
-            .wait_until(WAIT, |facts| key_changes(facts).len() >= 1)
+            .wait_until(WAIT, |facts| !key_changes(facts).is_empty())
             .await
     );
     let facts = source.stop().await;

@@ -110,13 +110,11 @@ pub(crate) fn failure(reasons: &[String], fact: &Fact) -> Option<Failure> {
     let FactPayload::KubeEvent(event) = &fact.payload else {
         return None;
     };
-    (event.event_type == EventType::Warning && reasons.iter().any(|r| *r == event.reason)).then(
-        || Failure {
-            evidence: Evidence::of(fact),
-            involved: event.involved.clone(),
-            reason: event.reason.as_str().into(),
-        },
-    )
+    (event.event_type == EventType::Warning && reasons.contains(&event.reason)).then(|| Failure {
+        evidence: Evidence::of(fact),
+        involved: event.involved.clone(),
+        reason: event.reason.as_str().into(),
+    })
 }
 
 impl Rule for EtcdSlowdown {
