@@ -19,7 +19,7 @@ struct Collector {
 }
 
 /// Every collector, in the order they start.
-const COLLECTORS: [Collector; 7] = [
+const COLLECTORS: [Collector; 8] = [
     Collector {
         name: "kernel",
         enabled: |config| config.collectors.kernel.enabled,
@@ -54,6 +54,11 @@ const COLLECTORS: [Collector; 7] = [
         name: "cri",
         enabled: |config| config.collectors.cri.enabled,
         build: tapio_sources_cri::from_config,
+    },
+    Collector {
+        name: "etcd",
+        enabled: |config| config.collectors.etcd.enabled,
+        build: tapio_sources_etcd::from_config,
     },
 ];
 

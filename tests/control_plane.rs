@@ -297,6 +297,12 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// The client URL of the control plane's own etcd (plain HTTP on loopback), where the API
+    /// server keeps every object under `/registry/`.
+    pub fn etcd_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.etcd_port)
+    }
+
     /// The directory holding the logs, certificates and etcd data.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 use crate::model::{
-    CollectorsConfig, CriCollectorConfig, DnsCollectorConfig, KernelCollectorConfig,
-    KubeletCollectorConfig, KubernetesCollectorConfig, RecordingCollectorConfig,
-    SystemdCollectorConfig,
+    CollectorsConfig, CriCollectorConfig, DnsCollectorConfig, EtcdCollectorConfig,
+    KernelCollectorConfig, KubeletCollectorConfig, KubernetesCollectorConfig,
+    RecordingCollectorConfig, SystemdCollectorConfig,
 };
 use crate::validate::{HOUR, check_url, count_in, duration_in, invalid};
 
@@ -30,7 +30,8 @@ impl CollectorsConfig {
         self.kubelet.validate(&key(path, "kubelet"))?;
         self.systemd.validate(&key(path, "systemd"))?;
         self.dns.validate(&key(path, "dns"))?;
-        self.cri.validate(&key(path, "cri"))
+        self.cri.validate(&key(path, "cri"))?;
+        self.etcd.validate(&key(path, "etcd"))
     }
 }
 
@@ -50,6 +51,72 @@ impl CriCollectorConfig {
         duration_in(
             &key(path, "retry_interval"),
             self.retry_interval,
+            Duration::from_millis(100),
+            Duration::from_secs(60),
+        )
+    }
+}
+
+impl EtcdCollectorConfig {
+    /// Checks this section, found at `path` (`collectors.etcd`).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key path: an empty or oversized endpoint list, an endpoint
+    /// that is not an `http://` or `https://` URL (`endpoints[1]`), a prefix not starting with
+    /// `/`, a client certificate without its key (or the reverse), a duration out of range.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        if self.endpoints.is_empty() || self.endpoints.len() > 16 {
+            return Err(invalid(
+                &key(path, "endpoints"),
+                format!("must hold 1 to 16 entries, got {}", self.endpoints.len()),
+            ));
+        }
+        for (index, endpoint) in self.endpoints.iter().enumerate() {
+            if let Err(problem) = check_url(endpoint, &["http", "https"]) {
+                return Err(invalid(&format!("{path}.endpoints[{index}]"), problem));
+            }
+        }
+        let https = |url: &String| url.to_ascii_lowercase().starts_with("https://");
+        if let Some(index) = self
+            .endpoints
+            .iter()
+            .position(|url| https(url) != https(&self.endpoints[0]))
+        {
+            return Err(invalid(
+                &format!("{path}.endpoints[{index}]"),
+                "must use the same scheme as endpoints[0] (all http:// or all https://)",
+            ));
+        }
+        if https(&self.endpoints[0]) && self.ca_file.trim().is_empty() {
+            return Err(invalid(
+                &key(path, "ca_file"),
+                "is required for https:// endpoints",
+            ));
+        }
+        if !self.prefix.starts_with('/') {
+            return Err(invalid(&key(path, "prefix"), "must start with `/`"));
+        }
+        let (cert, private) = (self.cert_file.trim(), self.key_file.trim());
+        if cert.is_empty() != private.is_empty() {
+            let (missing, given) = if cert.is_empty() {
+                ("cert_file", "key_file")
+            } else {
+                ("key_file", "cert_file")
+            };
+            return Err(invalid(
+                &key(path, missing),
+                format!("must be set when {path}.{given} is"),
+            ));
+        }
+        duration_in(
+            &key(path, "probe_interval"),
+            self.probe_interval,
+            Duration::from_secs(1),
+            Duration::from_secs(600),
+        )?;
+        duration_in(
+            &key(path, "timeout"),
+            self.timeout,
             Duration::from_millis(100),
             Duration::from_secs(60),
         )
@@ -412,5 +479,41 @@ mod tests {
             error.message
         );
         assert!(CollectorsConfig::default().validate("collectors").is_ok());
+    }
+
+    #[test]
+    fn etcd_section_names_each_bad_key() {
+        let etcd = |change: fn(&mut EtcdCollectorConfig)| {
+            let mut config = EtcdCollectorConfig::default();
+            change(&mut config);
+            config
+                .validate("collectors.etcd")
+                .map_err(|error| error.to_string())
+        };
+        assert!(etcd(|_| {}).is_ok());
+        let error = etcd(|c| c.endpoints.clear()).expect_err("no endpoints");
+        assert!(error.contains("collectors.etcd.endpoints"), "{error}");
+        let error = etcd(|c| c.endpoints = vec!["https://a:2379".into(), "b:2379".into()])
+            .expect_err("not a URL");
+        assert!(error.contains("collectors.etcd.endpoints[1]"), "{error}");
+        let error = etcd(|c| c.endpoints = vec!["https://a:2379".into(), "http://b:2379".into()])
+            .expect_err("mixed schemes");
+        assert!(error.contains("collectors.etcd.endpoints[1]"), "{error}");
+        let error = etcd(|c| c.ca_file.clear()).expect_err("https without a CA");
+        assert!(error.contains("collectors.etcd.ca_file"), "{error}");
+        assert!(
+            etcd(|c| {
+                c.endpoints = vec!["http://127.0.0.1:2379".into()];
+                c.ca_file.clear();
+            })
+            .is_ok()
+        );
+        let error = etcd(|c| c.key_file.clear()).expect_err("a certificate without its key");
+        assert!(error.contains("collectors.etcd.key_file"), "{error}");
+        let error = etcd(|c| c.prefix = "registry/".into()).expect_err("relative prefix");
+        assert!(error.contains("collectors.etcd.prefix"), "{error}");
+        let error = etcd(|c| c.probe_interval = std::time::Duration::from_millis(10))
+            .expect_err("too often");
+        assert!(error.contains("collectors.etcd.probe_interval"), "{error}");
     }
 }

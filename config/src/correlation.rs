@@ -8,8 +8,9 @@ use crate::duration;
 use crate::error::ConfigError;
 use crate::model::{
     BadRolloutConfig, BlastRadiusConfig, BurstConfig, BurstThreshold, CoOccurrenceConfig,
-    ConfigChangeConfig, CorrelationConfig, DnsFailureConfig, EngineConfig, MemoryExhaustionConfig,
-    NodePressureConfig, OomSequenceConfig, OwnershipConfig, RestartLoopConfig, ServiceGraphConfig,
+    ConfigChangeConfig, CorrelationConfig, DnsFailureConfig, EngineConfig, EtcdSlowdownConfig,
+    MemoryExhaustionConfig, NodePressureConfig, OomSequenceConfig, OwnershipConfig,
+    RestartLoopConfig, ServiceGraphConfig,
 };
 use crate::sequences;
 use crate::validate::{DAY, HOUR, count_in, duration_in, invalid};
@@ -50,7 +51,41 @@ impl CorrelationConfig {
                 ),
             ));
         }
-        self.dns_failure.validate(&key(path, "dns_failure"))
+        self.dns_failure.validate(&key(path, "dns_failure"))?;
+        self.etcd_slowdown.validate(&key(path, "etcd_slowdown"))
+    }
+}
+
+impl EtcdSlowdownConfig {
+    /// Checks this section, found at `path` (`correlation.etcd_slowdown`).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key path of the first problem: no reasons or too many, an
+    /// empty reason (`reasons[1]`), a duration out of range, `keep_for` below `within`.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let reasons = key(path, "reasons");
+        if self.reasons.is_empty() || self.reasons.len() > 64 {
+            return Err(invalid(
+                &reasons,
+                format!("must hold 1 to 64 reasons, got {}", self.reasons.len()),
+            ));
+        }
+        if let Some(index) = self.reasons.iter().position(|r| r.trim().is_empty()) {
+            return Err(invalid(&format!("{reasons}[{index}]"), "must not be empty"));
+        }
+        duration_in(
+            &key(path, "slow_read"),
+            self.slow_read,
+            Duration::from_millis(1),
+            Duration::from_secs(60),
+        )?;
+        duration_in(
+            &key(path, "within"),
+            self.within,
+            Duration::from_secs(1),
+            HOUR,
+        )?;
+        duration_in(&key(path, "keep_for"), self.keep_for, self.within, DAY)
     }
 }
 

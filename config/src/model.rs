@@ -154,6 +154,10 @@ pub struct CollectorsConfig {
     /// The container runtime (containerd) through its CRI and event APIs. Default: disabled.
     #[serde(deserialize_with = "null_as_default")]
     pub cri: CriCollectorConfig,
+    /// Watches a self-managed cluster's etcd: the Kubernetes keyspace, endpoint health,
+    /// leader changes, compactions. Default: disabled.
+    #[serde(deserialize_with = "null_as_default")]
+    pub etcd: EtcdCollectorConfig,
 }
 
 #[expect(
@@ -170,6 +174,7 @@ impl Default for CollectorsConfig {
             systemd: SystemdCollectorConfig::default(),
             dns: DnsCollectorConfig::default(),
             cri: CriCollectorConfig::default(),
+            etcd: EtcdCollectorConfig::default(),
         }
     }
 }
@@ -448,6 +453,67 @@ impl Default for SystemdCollectorConfig {
     }
 }
 
+/// Watches the etcd of a self-managed cluster (managed control planes do not expose theirs).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EtcdCollectorConfig {
+    /// Whether etcd is watched. Default: `false`.
+    pub enabled: bool,
+    /// The client URLs of the etcd members, all `http://` or all `https://`; 1 to 16. Each is
+    /// probed on its own; the keyspace is watched through any of them. Default:
+    /// `["https://127.0.0.1:2379"]` (a kubeadm control-plane node).
+    pub endpoints: Vec<String>,
+    /// The key prefix of the Kubernetes keyspace watched (the API server's
+    /// `--etcd-prefix`, with a trailing `/`); must start with `/`. Default: `/registry/`.
+    pub prefix: String,
+    /// Report each key change of the keyspace as an `etcd_key_change` fact. Default: `true`.
+    pub watch_keys: bool,
+    /// PEM file of the CA that signs the members' certificates; required for `https://`
+    /// endpoints. Default: `/etc/kubernetes/pki/etcd/ca.crt` (kubeadm).
+    pub ca_file: String,
+    /// PEM file of the client certificate presented to etcd; empty: none. Needs `key_file`.
+    /// Default: `/etc/kubernetes/pki/apiserver-etcd-client.crt` (kubeadm).
+    pub cert_file: String,
+    /// PEM file of that certificate's private key; empty: none. Needs `cert_file`. Default:
+    /// `/etc/kubernetes/pki/apiserver-etcd-client.key` (kubeadm).
+    pub key_file: String,
+    /// File where the last revision the dataflow took in is kept, so that a restart resumes
+    /// after it. Empty: not kept, every start watches from the current revision. Default:
+    /// `/var/lib/tapio/etcd.revision`.
+    pub revision_file: String,
+    /// How often each endpoint is probed (health, read latency, leader, database size,
+    /// compaction), `1s..=10m`. Default: `10s`.
+    #[serde(with = "humantime_str")]
+    pub probe_interval: Duration,
+    /// How long connecting and each request may take, `100ms..=1m`; a probe that takes longer
+    /// reports the endpoint unhealthy. Default: `5s`.
+    #[serde(with = "humantime_str")]
+    pub timeout: Duration,
+}
+
+impl Default for EtcdCollectorConfig {
+    fn default() -> Self {
+        EtcdCollectorConfig {
+            // Off: only self-managed clusters expose etcd, and it needs a client certificate.
+            enabled: false,
+            endpoints: vec!["https://127.0.0.1:2379".into()],
+            // The API server's default --etcd-prefix.
+            prefix: "/registry/".into(),
+            watch_keys: true,
+            // kubeadm's paths: the etcd CA and the API server's own etcd client certificate.
+            ca_file: "/etc/kubernetes/pki/etcd/ca.crt".into(),
+            cert_file: "/etc/kubernetes/pki/apiserver-etcd-client.crt".into(),
+            key_file: "/etc/kubernetes/pki/apiserver-etcd-client.key".into(),
+            // Beside Tapio's other state on the node.
+            revision_file: "/var/lib/tapio/etcd.revision".into(),
+            // A latency spike or leader change is seen within one default lateness window or
+            // so, at one read and one status request per endpoint per probe.
+            probe_interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
 /// The correlation engine and the rules it runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -508,6 +574,11 @@ pub struct CorrelationConfig {
     /// server's failure behind them. Default: enabled, see [`DnsFailureConfig::default`].
     #[serde(deserialize_with = "null_as_default")]
     pub dns_failure: DnsFailureConfig,
+    /// Links etcd trouble (a slow or failed read, a leader change) to the Kubernetes Warning
+    /// Events of failed writes that followed it. Default: enabled, see
+    /// [`EtcdSlowdownConfig::default`].
+    #[serde(deserialize_with = "null_as_default")]
+    pub etcd_slowdown: EtcdSlowdownConfig,
 }
 
 impl Default for CorrelationConfig {
@@ -527,6 +598,7 @@ impl Default for CorrelationConfig {
             service_graph: ServiceGraphConfig::default(),
             blast_radius: BlastRadiusConfig::default(),
             dns_failure: DnsFailureConfig::default(),
+            etcd_slowdown: EtcdSlowdownConfig::default(),
         }
     }
 }
@@ -800,6 +872,49 @@ impl Default for ConfigChangeConfig {
             // A changed file is picked up by a restart someone makes minutes later, or by one
             // a crash forces; beyond ten minutes the order says little.
             within: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+/// The etcd slowdown rule: etcd trouble seen by the etcd collector's probes, then a Kubernetes
+/// Warning Event of a failed write.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EtcdSlowdownConfig {
+    /// Whether the rule runs. It finds nothing without the etcd collector
+    /// (`collectors.etcd`) and the Kubernetes collector's Events. Default: `true`.
+    pub enabled: bool,
+    /// A probe's linearizable read that takes at least this is slow, `1ms..=1m`. Default:
+    /// `100ms`.
+    #[serde(with = "humantime_str")]
+    pub slow_read: Duration,
+    /// Reasons of the Warning Events that report a failed write, 1 to 64 non-empty names.
+    /// Default: `["FailedCreate", "FailedDelete"]` (a controller could not create or delete
+    /// its pods).
+    pub reasons: Vec<String>,
+    /// How long before the Event the etcd trouble may come, `1s..=1h`. Default: `2m`.
+    #[serde(with = "humantime_str")]
+    pub within: Duration,
+    /// How long a link stays current after its Event; at least `within`, at most `24h`.
+    /// Default: `10m`.
+    #[serde(with = "humantime_str")]
+    pub keep_for: Duration,
+}
+
+impl Default for EtcdSlowdownConfig {
+    fn default() -> Self {
+        EtcdSlowdownConfig {
+            // Cheap: a few probe facts per interval and rare Warning Events.
+            enabled: true,
+            // etcd's own guidance: reads should answer within tens of ms; ten times that is
+            // trouble the API server feels.
+            slow_read: Duration::from_millis(100),
+            // What the ReplicaSet, Job, DaemonSet and StatefulSet controllers report when the
+            // API server refuses or times out their writes.
+            reasons: vec!["FailedCreate".into(), "FailedDelete".into()],
+            // A controller retries with back-off for a minute or two before it reports.
+            within: Duration::from_secs(120),
+            keep_for: Duration::from_secs(600),
         }
     }
 }

@@ -642,7 +642,7 @@ const RULES: &[(&str, &str, &str, Option<&str>)] = &[
         None,
     ),
     (
-        "keep_for: 10m",
+        "oom_sequence: / keep_for: 10m",
         "keep_for: 29s",
         "correlation.oom_sequence.keep_for",
         None,
@@ -951,7 +951,7 @@ fn validation_messages_state_the_bound_and_the_value() {
         parse_err(&text).message,
         "must be between 1ms and 1m, got 2m"
     );
-    let (text, _) = shipped_with("keep_for: 10m", "keep_for: 29s");
+    let (text, _) = shipped_with("oom_sequence: / keep_for: 10m", "keep_for: 29s");
     assert_eq!(
         parse_err(&text).message,
         "must be at least correlation.oom_sequence.within (30s), got 29s"
@@ -975,7 +975,7 @@ fn bounds_themselves_are_accepted() {
         ("process_exit_grace: 30s", "process_exit_grace: 0s"),
         ("process_exit_grace: 30s", "process_exit_grace: 1h"),
         ("within: 30s", "within: 10m"),
-        ("keep_for: 10m", "keep_for: 30s"),
+        ("oom_sequence: / keep_for: 10m", "keep_for: 30s"),
         ("min_failures: 3", "min_failures: 2"),
         ("window: 30s", "window: 1s"),
         ("cause_before: 1m", "cause_before: 0s"),

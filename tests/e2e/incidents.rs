@@ -622,9 +622,13 @@ fn fact_container(payload: &FactPayload) -> Option<&Arc<str>> {
         FactPayload::ContainerExit(fact) => Some(&fact.container_id),
         FactPayload::ContainerReady(fact) => Some(&fact.container_id),
         FactPayload::RuntimeChange(fact) => Some(&fact.id),
-        FactPayload::KubeEvent(_) | FactPayload::ResourceUsage(_) | FactPayload::UnitChange(_) => {
-            None
-        }
+        FactPayload::KubeEvent(_)
+        | FactPayload::ResourceUsage(_)
+        | FactPayload::UnitChange(_)
+        | FactPayload::EtcdKeyChange(_)
+        | FactPayload::EtcdStatus(_)
+        | FactPayload::EtcdLeaderChange(_)
+        | FactPayload::EtcdCompaction(_) => None,
     }
 }
 

@@ -9,6 +9,7 @@ mod cri;
 mod deploy;
 mod determinism;
 mod dns;
+mod etcd;
 mod incidents;
 mod kernel;
 mod kspan_tree;

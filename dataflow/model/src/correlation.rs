@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::entity::EntityId;
 use crate::observation::{
-    ConditionStatus, ConnectOutcome, DnsOutcome, EventType, FactId, FactPayload, FileOp, Resource,
-    RuntimeObject, RuntimeState, UnitExit, UnitState,
+    ConditionStatus, ConnectOutcome, DnsOutcome, EtcdOperation, EventType, FactId, FactPayload,
+    FileOp, Resource, RuntimeObject, RuntimeState, UnitExit, UnitState,
 };
 use crate::time::TimeNs;
 
@@ -82,6 +82,9 @@ pub enum CorrelationKind {
     /// A configuration file on a node changed, then containers of several pods on that node
     /// ended together.
     ConfigChangeRestart,
+    /// etcd was slow, unavailable or changed leader, then Kubernetes reported a write that
+    /// failed or stalled (a Warning Event of a configured reason).
+    EtcdSlowdown,
 }
 
 impl CorrelationKind {
@@ -101,6 +104,7 @@ impl CorrelationKind {
             CorrelationKind::MemoryExhaustion => "memory_exhaustion",
             CorrelationKind::NodePressureEviction => "node_pressure_eviction",
             CorrelationKind::ConfigChangeRestart => "config_change_restart",
+            CorrelationKind::EtcdSlowdown => "etcd_slowdown",
         }
     }
 
@@ -112,6 +116,7 @@ impl CorrelationKind {
             CorrelationKind::DeclaredSequence => Family::Sequence,
             CorrelationKind::BadRollout => Family::Sequence,
             CorrelationKind::ConfigChangeRestart => Family::Sequence,
+            CorrelationKind::EtcdSlowdown => Family::Sequence,
             CorrelationKind::ServiceDependency | CorrelationKind::BlastRadius => Family::Dependency,
             CorrelationKind::DnsFailure => Family::Dependency,
             CorrelationKind::RestartLoop
@@ -352,6 +357,42 @@ pub enum Observed {
         /// The reason Kubernetes gave.
         reason: Arc<str>,
     },
+    /// A key of the Kubernetes keyspace in etcd changed.
+    EtcdKeyChange {
+        /// The resource, e.g. `pods`.
+        resource: Arc<str>,
+        /// The namespace (empty: cluster-scoped).
+        namespace: Arc<str>,
+        /// The object's name.
+        name: Arc<str>,
+        /// What happened.
+        operation: EtcdOperation,
+        /// The etcd revision.
+        revision: i64,
+    },
+    /// A probe of an etcd endpoint.
+    EtcdStatus {
+        /// Whether it answered.
+        healthy: bool,
+        /// Time a linearizable read took, ns.
+        latency_ns: u64,
+        /// Its leader (0: none).
+        leader: u64,
+    },
+    /// An etcd endpoint reported a new leader.
+    EtcdLeaderChange {
+        /// The previous leader (0: none).
+        previous: u64,
+        /// The leader now (0: none).
+        leader: u64,
+        /// The raft term now.
+        raft_term: u64,
+    },
+    /// An etcd cluster's history was compacted.
+    EtcdCompaction {
+        /// Revisions before this one are gone.
+        revision: i64,
+    },
 }
 
 impl Observed {
@@ -444,6 +485,26 @@ impl Observed {
                 container_name: text(&change.container_name),
                 exit_code: change.exit_code,
                 reason: text(&change.reason),
+            },
+            FactPayload::EtcdKeyChange(change) => Observed::EtcdKeyChange {
+                resource: text(&change.resource),
+                namespace: text(&change.namespace),
+                name: text(&change.name),
+                operation: change.operation,
+                revision: change.revision,
+            },
+            FactPayload::EtcdStatus(status) => Observed::EtcdStatus {
+                healthy: status.healthy,
+                latency_ns: status.latency_ns,
+                leader: status.leader,
+            },
+            FactPayload::EtcdLeaderChange(change) => Observed::EtcdLeaderChange {
+                previous: change.previous,
+                leader: change.leader,
+                raft_term: change.raft_term,
+            },
+            FactPayload::EtcdCompaction(compaction) => Observed::EtcdCompaction {
+                revision: compaction.revision,
             },
         }
     }
@@ -599,6 +660,19 @@ pub enum Detail {
         /// Time from the change to the restart's first exit, ns.
         gap_ns: u64,
         /// The bound the restart had to follow the change within, ns.
+        within_ns: u64,
+    },
+    /// etcd trouble and the Kubernetes Warning Event that followed it.
+    EtcdSlowdown {
+        /// What was wrong with etcd.
+        trouble: EtcdTrouble,
+        /// The slow or failed read's time, ns (0 for a leader change).
+        latency_ns: u64,
+        /// The Event's reason, e.g. `FailedCreate`.
+        reason: Arc<str>,
+        /// Time from the etcd trouble to the Event, ns.
+        gap_ns: u64,
+        /// The bound the Event had to follow the trouble within, ns.
         within_ns: u64,
     },
     /// A node condition under which the kubelet evicted pods.
@@ -761,6 +835,32 @@ pub enum Basis {
     /// A configuration file on the node changed shortly before: the cause is inferred from
     /// the order, not observed.
     ConfigChangedBefore,
+    /// etcd was slow, unavailable or changed leader shortly before: the cause is inferred
+    /// from the order, not observed.
+    EtcdTroubleBefore,
+}
+
+/// What was wrong with etcd, as the etcd collector's probes saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EtcdTrouble {
+    /// A linearizable read took at least the configured time.
+    Slow,
+    /// An endpoint did not answer.
+    Unavailable,
+    /// An endpoint reported a new leader.
+    LeaderChange,
+}
+
+impl EtcdTrouble {
+    /// The snake_case name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EtcdTrouble::Slow => "slow",
+            EtcdTrouble::Unavailable => "unavailable",
+            EtcdTrouble::LeaderChange => "leader_change",
+        }
+    }
 }
 
 /// How sure a rule is, and why.

@@ -25,16 +25,18 @@ mod time;
 
 pub use correlation::{
     Basis, BurstKind, ClosedBatch, Confidence, Correlation, CorrelationChange, CorrelationKind,
-    Detail, ExitTally, Family, Hop, Impact, Observed, Relation, Resolution, Tally, correlation_id,
+    Detail, EtcdTrouble, ExitTally, Family, Hop, Impact, Observed, Relation, Resolution, Tally,
+    correlation_id,
 };
 pub use entity::{EntityId, EntityIdError};
 pub use observation::{
     ConditionStatus, ConnectOutcome, ContainerExit, ContainerReady, DnsOutcome, DnsQuery,
-    DnsRecord, DnsRecordData, EventType, Fact, FactId, FactPayload, FileChanged, FileOp,
-    FileOpenFailed, Heartbeat, InvalidObservation, KubeEvent, NodeCondition, Observation, OomKill,
-    OwnerRef, PodContainer, ProcessContainer, ProcessExec, ProcessExit, ProcessFork, ProcessRef,
-    Resource, ResourceUsage, RuntimeChange, RuntimeObject, RuntimeState, ServiceEndpoint,
-    ServiceObject, StateObject, StateRecord, StateUpdate, TcpAccept, TcpClose, TcpConnect,
-    TcpRetransmit, UnitChange, UnitExit, UnitState, WorkloadObject, dns_type_name,
+    DnsRecord, DnsRecordData, EtcdCompaction, EtcdKeyChange, EtcdLeaderChange, EtcdOperation,
+    EtcdStatus, EventType, Fact, FactId, FactPayload, FileChanged, FileOp, FileOpenFailed,
+    Heartbeat, InvalidObservation, KubeEvent, NodeCondition, Observation, OomKill, OwnerRef,
+    PodContainer, ProcessContainer, ProcessExec, ProcessExit, ProcessFork, ProcessRef, Resource,
+    ResourceUsage, RuntimeChange, RuntimeObject, RuntimeState, ServiceEndpoint, ServiceObject,
+    StateObject, StateRecord, StateUpdate, TcpAccept, TcpClose, TcpConnect, TcpRetransmit,
+    UnitChange, UnitExit, UnitState, WorkloadObject, dns_type_name,
 };
 pub use time::{MAX_PLAUSIBLE_NS, MIN_PLAUSIBLE_NS, TimeNs, format_time, stable_hash};

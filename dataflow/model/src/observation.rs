@@ -131,6 +131,16 @@ pub enum FactPayload {
     /// A pod sandbox or container of the node's container runtime was created, started,
     /// exited or deleted (reported by the runtime itself, over CRI and its event API).
     RuntimeChange(RuntimeChange),
+    /// A key of the Kubernetes keyspace in etcd was created, updated or deleted (from an etcd
+    /// watch; the value is not decoded).
+    EtcdKeyChange(EtcdKeyChange),
+    /// One probe of an etcd endpoint: whether it answered, how long a linearizable read took,
+    /// its leader, term and database size.
+    EtcdStatus(EtcdStatus),
+    /// An etcd endpoint reported a different leader than at its previous probe.
+    EtcdLeaderChange(EtcdLeaderChange),
+    /// An etcd cluster's history was compacted up to a revision.
+    EtcdCompaction(EtcdCompaction),
 }
 
 impl FactPayload {
@@ -154,6 +164,10 @@ impl FactPayload {
             FactPayload::DnsQuery(_) => "dns_query",
             FactPayload::UnitChange(_) => "unit_change",
             FactPayload::RuntimeChange(_) => "runtime_change",
+            FactPayload::EtcdKeyChange(_) => "etcd_key_change",
+            FactPayload::EtcdStatus(_) => "etcd_status",
+            FactPayload::EtcdLeaderChange(_) => "etcd_leader_change",
+            FactPayload::EtcdCompaction(_) => "etcd_compaction",
         }
     }
 }
@@ -212,6 +226,12 @@ impl Fact {
             },
             FactPayload::RuntimeChange(change) => EntityId::Container {
                 id: change.id.clone(),
+            },
+            FactPayload::EtcdKeyChange(EtcdKeyChange { endpoint, .. })
+            | FactPayload::EtcdStatus(EtcdStatus { endpoint, .. })
+            | FactPayload::EtcdLeaderChange(EtcdLeaderChange { endpoint, .. })
+            | FactPayload::EtcdCompaction(EtcdCompaction { endpoint, .. }) => EntityId::Endpoint {
+                address: endpoint.as_str().into(),
             },
         }
     }
@@ -641,6 +661,29 @@ impl RuntimeObject {
     }
 }
 
+/// What happened to an etcd key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EtcdOperation {
+    /// The key was written for the first time (its version is 1).
+    Create,
+    /// An existing key was written again.
+    Update,
+    /// The key was deleted.
+    Delete,
+}
+
+impl EtcdOperation {
+    /// The snake_case name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EtcdOperation::Create => "create",
+            EtcdOperation::Update => "update",
+            EtcdOperation::Delete => "delete",
+        }
+    }
+}
+
 /// What happened to a sandbox or container of the container runtime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -690,6 +733,73 @@ pub struct RuntimeChange {
     pub exit_code: i32,
     /// The runtime's reason for `exited` (`OOMKilled`, `Error`, `Completed`), empty otherwise.
     pub reason: String,
+}
+
+/// A key of the Kubernetes keyspace in etcd changed. The key
+/// `/registry/<resource>/<namespace>/<name>` is split into its parts; the value is not decoded.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EtcdKeyChange {
+    /// The etcd cluster, named by the first endpoint the source is configured with
+    /// (`host:port`).
+    pub endpoint: String,
+    /// The resource: the key's first segment after the prefix (`pods`, `configmaps`), with
+    /// its API group when the key has one (`apiregistration.k8s.io/apiservices`) and any
+    /// further segments before the namespace (`services/specs`).
+    pub resource: String,
+    /// The namespace; empty for a cluster-scoped object.
+    pub namespace: String,
+    /// The object's name: the key's last segment.
+    pub name: String,
+    /// What happened.
+    pub operation: EtcdOperation,
+    /// The etcd revision of the change.
+    pub revision: i64,
+    /// Bytes of the value written (0 for a delete).
+    pub value_size: u64,
+}
+
+/// One probe of an etcd endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EtcdStatus {
+    /// The endpoint probed, `host:port`.
+    pub endpoint: String,
+    /// Whether it answered both the read and the status request.
+    pub healthy: bool,
+    /// Time a linearizable read of one key took, ns (the time until the probe gave up when
+    /// it did not answer).
+    pub latency_ns: u64,
+    /// The member id of the leader it reports; 0 when unknown or when it has none.
+    pub leader: u64,
+    /// Its raft term.
+    pub raft_term: u64,
+    /// Bytes of its database file.
+    pub db_size: u64,
+    /// Bytes of its database in use (the rest is free space that a defragmentation returns).
+    pub db_size_in_use: u64,
+    /// Why it is not healthy; empty when it is.
+    pub error: String,
+}
+
+/// An etcd endpoint reported a new leader.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EtcdLeaderChange {
+    /// The endpoint that reported it, `host:port`.
+    pub endpoint: String,
+    /// The leader at the previous probe (0: none).
+    pub previous: u64,
+    /// The leader now (0: none).
+    pub leader: u64,
+    /// The raft term now.
+    pub raft_term: u64,
+}
+
+/// An etcd cluster's history was compacted.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EtcdCompaction {
+    /// The endpoint that reported it, `host:port`.
+    pub endpoint: String,
+    /// Revisions before this one are gone.
+    pub revision: i64,
 }
 
 /// A retractable change to the state of the world: `diff` +1 inserts `record`, -1 retracts it.

@@ -31,10 +31,10 @@
 use std::fmt::Write;
 
 use crate::correlation::{
-    BurstKind, Correlation, CorrelationKind, Detail, Hop, Observed, Relation,
+    BurstKind, Correlation, CorrelationKind, Detail, EtcdTrouble, Hop, Observed, Relation,
 };
 use crate::entity::EntityId;
-use crate::observation::{DnsOutcome, RuntimeObject, RuntimeState, dns_type_name};
+use crate::observation::{DnsOutcome, EtcdOperation, RuntimeObject, RuntimeState, dns_type_name};
 
 /// One sentence that says what a correlation concludes.
 pub fn explain(correlation: &Correlation) -> String {
@@ -52,6 +52,7 @@ pub fn explain(correlation: &Correlation) -> String {
         CorrelationKind::MemoryExhaustion => explain_memory_exhaustion(correlation),
         CorrelationKind::NodePressureEviction => explain_node_pressure(correlation),
         CorrelationKind::ConfigChangeRestart => explain_config_change(correlation),
+        CorrelationKind::EtcdSlowdown => explain_etcd_slowdown(correlation),
     }
 }
 
@@ -315,6 +316,34 @@ fn explain_config_change(correlation: &Correlation) -> String {
     );
     write_path(&mut out, correlation.chain.get(2..).unwrap_or_default());
     out
+}
+
+fn explain_etcd_slowdown(correlation: &Correlation) -> String {
+    let Detail::EtcdSlowdown {
+        trouble,
+        latency_ns,
+        reason,
+        gap_ns,
+        ..
+    } = &correlation.detail
+    else {
+        return format!("etcd at {} was in trouble", correlation.root_cause);
+    };
+    let what = match trouble {
+        EtcdTrouble::Slow => format!("answered a read in {} ms", latency_ns / 1_000_000),
+        EtcdTrouble::Unavailable => "did not answer".to_string(),
+        EtcdTrouble::LeaderChange => "changed leader".to_string(),
+    };
+    let object = correlation
+        .chain
+        .get(1)
+        .map_or_else(|| "an object".to_string(), |hop| hop.entity.to_string());
+    format!(
+        "etcd at {} {what}, and {} later Kubernetes reported {reason} for {object}; \
+         linked by time order only",
+        correlation.root_cause,
+        span(*gap_ns)
+    )
 }
 
 fn explain_ownership(correlation: &Correlation) -> String {
@@ -610,6 +639,47 @@ pub fn describe_hop(hop: &Hop, previous: Option<&Hop>) -> String {
                 }
                 _ => format!("runtime: {what} {}", state.as_str()),
             }
+        }
+        Observed::EtcdKeyChange {
+            resource,
+            namespace,
+            name,
+            operation,
+            revision,
+        } => {
+            let object = if namespace.is_empty() {
+                format!("{resource}/{name}")
+            } else {
+                format!("{resource}/{namespace}/{name}")
+            };
+            let done = match operation {
+                EtcdOperation::Create => "created",
+                EtcdOperation::Update => "updated",
+                EtcdOperation::Delete => "deleted",
+            };
+            format!("etcd key of {object} {done} at revision {revision}")
+        }
+        Observed::EtcdStatus {
+            healthy,
+            latency_ns,
+            leader,
+        } => {
+            if *healthy {
+                format!(
+                    "etcd answered a read in {} ms, leader {leader:x}",
+                    latency_ns / 1_000_000
+                )
+            } else {
+                format!("etcd did not answer within {} ms", latency_ns / 1_000_000)
+            }
+        }
+        Observed::EtcdLeaderChange {
+            previous,
+            leader,
+            raft_term,
+        } => format!("etcd leader changed from {previous:x} to {leader:x} (term {raft_term})"),
+        Observed::EtcdCompaction { revision } => {
+            format!("etcd history compacted up to revision {revision}")
         }
     }
 }

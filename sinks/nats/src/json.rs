@@ -403,6 +403,35 @@ impl Writer<'_> {
                 "exit_code" => w.i64(i64::from(p.exit_code)),
                 "reason" => w.str(&p.reason),
             ),
+            FactPayload::EtcdKeyChange(p) => fields!(w,
+                "endpoint" => w.str(&p.endpoint),
+                "resource" => w.str(&p.resource),
+                "namespace" => w.str(&p.namespace),
+                "name" => w.str(&p.name),
+                "operation" => w.str(p.operation.as_str()),
+                "revision" => w.i64(p.revision),
+                "value_size" => w.u64(p.value_size),
+            ),
+            FactPayload::EtcdStatus(p) => fields!(w,
+                "endpoint" => w.str(&p.endpoint),
+                "healthy" => w.bool(p.healthy),
+                "latency_ns" => w.u64(p.latency_ns),
+                "leader" => w.u64(p.leader),
+                "raft_term" => w.u64(p.raft_term),
+                "db_size" => w.u64(p.db_size),
+                "db_size_in_use" => w.u64(p.db_size_in_use),
+                "error" => w.str(&p.error),
+            ),
+            FactPayload::EtcdLeaderChange(p) => fields!(w,
+                "endpoint" => w.str(&p.endpoint),
+                "previous" => w.u64(p.previous),
+                "leader" => w.u64(p.leader),
+                "raft_term" => w.u64(p.raft_term),
+            ),
+            FactPayload::EtcdCompaction(p) => fields!(w,
+                "endpoint" => w.str(&p.endpoint),
+                "revision" => w.i64(p.revision),
+            ),
         }
     }
 
@@ -553,7 +582,8 @@ impl fmt::Write for Escaping<'_> {
 mod tests {
     use super::*;
     use tapio_model::{
-        ConditionStatus, ContainerExit, ContainerReady, DnsOutcome, DnsQuery, DnsRecord, EventType,
+        ConditionStatus, ContainerExit, ContainerReady, DnsOutcome, DnsQuery, DnsRecord,
+        EtcdCompaction, EtcdKeyChange, EtcdLeaderChange, EtcdOperation, EtcdStatus, EventType,
         FileChanged, FileOpenFailed, Heartbeat, KubeEvent, NodeCondition, OomKill, PodContainer,
         ProcessContainer, ProcessExec, ProcessExit, ProcessFork, Resource, ResourceUsage,
         RuntimeChange, RuntimeObject, RuntimeState, ServiceEndpoint, ServiceObject, StateRecord,
@@ -720,7 +750,7 @@ mod tests {
         }
 
         fn payload(&mut self) -> FactPayload {
-            match self.below(17) {
+            match self.below(21) {
                 0 => FactPayload::ProcessExec(ProcessExec {
                     pid: self.u32(),
                     ppid: self.u32(),
@@ -875,6 +905,39 @@ mod tests {
                         .collect(),
                     search_expansions: self.next() as u16,
                 }),
+                16 => FactPayload::EtcdKeyChange(EtcdKeyChange {
+                    endpoint: self.text(),
+                    resource: self.text(),
+                    namespace: self.text(),
+                    name: self.text(),
+                    operation: [
+                        EtcdOperation::Create,
+                        EtcdOperation::Update,
+                        EtcdOperation::Delete,
+                    ][self.below(3) as usize],
+                    revision: self.u64() as i64,
+                    value_size: self.u64(),
+                }),
+                17 => FactPayload::EtcdStatus(EtcdStatus {
+                    endpoint: self.text(),
+                    healthy: self.bool(),
+                    latency_ns: self.u64(),
+                    leader: self.u64(),
+                    raft_term: self.u64(),
+                    db_size: self.u64(),
+                    db_size_in_use: self.u64(),
+                    error: self.text(),
+                }),
+                18 => FactPayload::EtcdLeaderChange(EtcdLeaderChange {
+                    endpoint: self.text(),
+                    previous: self.u64(),
+                    leader: self.u64(),
+                    raft_term: self.u64(),
+                }),
+                19 => FactPayload::EtcdCompaction(EtcdCompaction {
+                    endpoint: self.text(),
+                    revision: self.u64() as i64,
+                }),
                 15 => FactPayload::UnitChange(UnitChange {
                     unit: self.text(),
                     state: [
@@ -890,7 +953,7 @@ mod tests {
                         status: self.i32(),
                     }),
                 }),
-                16 => FactPayload::RuntimeChange(RuntimeChange {
+                20 => FactPayload::RuntimeChange(RuntimeChange {
                     object: if self.bool() {
                         RuntimeObject::Sandbox
                     } else {

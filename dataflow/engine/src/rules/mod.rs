@@ -15,6 +15,7 @@ pub mod co_occurrence;
 pub mod config_change;
 pub mod declared_sequence;
 pub mod dns_failure;
+pub mod etcd_slowdown;
 pub mod inputs;
 pub mod memory_exhaustion;
 pub mod node_pressure;
@@ -67,6 +68,7 @@ pub const TABLE: &[MakeRule] = &[
     service_graph::from_config,
     blast_radius::from_config,
     dns_failure::from_config,
+    etcd_slowdown::from_config,
 ];
 
 /// The rules `config` enables.
