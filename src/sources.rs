@@ -19,7 +19,7 @@ struct Collector {
 }
 
 /// Every collector, in the order they start.
-const COLLECTORS: [Collector; 6] = [
+const COLLECTORS: [Collector; 7] = [
     Collector {
         name: "kernel",
         enabled: |config| config.collectors.kernel.enabled,
@@ -49,6 +49,11 @@ const COLLECTORS: [Collector; 6] = [
         name: "dns",
         enabled: |config| config.collectors.dns.enabled,
         build: tapio_sources_dns::live::from_config,
+    },
+    Collector {
+        name: "cni",
+        enabled: |config| config.collectors.cni.enabled,
+        build: tapio_sources_cni::from_config,
     },
 ];
 

@@ -27,11 +27,12 @@ pub use error::{ConfigError, ConfigErrorKind};
 pub use glob::glob_matches;
 pub use model::{
     ApiConfig, BadRolloutConfig, BlastRadiusConfig, BurstConfig, BurstThreshold,
-    CoOccurrenceConfig, CollectorsConfig, ConfigChangeConfig, CorrelationConfig,
-    DnsCollectorConfig, DnsFailureConfig, EngineConfig, IntegrationsConfig, KernelCollectorConfig,
-    KubeletCollectorConfig, KubernetesCollectorConfig, MemoryExhaustionConfig, NatsConfig,
-    Neo4jConfig, NodePressureConfig, OomSequenceConfig, OwnershipConfig, RecordingCollectorConfig,
-    RestartLoopConfig, ServiceGraphConfig, StoreConfig, SystemdCollectorConfig, TapioConfig,
+    CniCollectorConfig, CoOccurrenceConfig, CollectorsConfig, ConfigChangeConfig,
+    CorrelationConfig, DnsCollectorConfig, DnsFailureConfig, EngineConfig, IntegrationsConfig,
+    KernelCollectorConfig, KubeletCollectorConfig, KubernetesCollectorConfig,
+    MemoryExhaustionConfig, NatsConfig, Neo4jConfig, NodePressureConfig, OomSequenceConfig,
+    OwnershipConfig, RecordingCollectorConfig, RestartLoopConfig, ServiceGraphConfig, StoreConfig,
+    SystemdCollectorConfig, TapioConfig,
 };
 pub use sequences::{
     EntityKind, MAX_STEPS, SequenceConfig, StepConfig, StepKind, StepWhere, builtin_sequences,

@@ -150,6 +150,10 @@ pub struct CollectorsConfig {
     /// DNS lookups of every process on the node through eBPF. Default: disabled.
     #[serde(deserialize_with = "null_as_default")]
     pub dns: DnsCollectorConfig,
+    /// Every CNI ADD, DEL and CHECK on the node, reported by Tapio's CNI plugin
+    /// (`tapio-cni`) over a unix socket. Default: disabled.
+    #[serde(deserialize_with = "null_as_default")]
+    pub cni: CniCollectorConfig,
 }
 
 #[expect(
@@ -165,6 +169,7 @@ impl Default for CollectorsConfig {
             kubelet: KubeletCollectorConfig::default(),
             systemd: SystemdCollectorConfig::default(),
             dns: DnsCollectorConfig::default(),
+            cni: CniCollectorConfig::default(),
         }
     }
 }
@@ -1153,4 +1158,28 @@ where
     T: Deserialize<'de> + Default,
 {
     Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// Receives the reports of Tapio's CNI plugin (`tapio-cni`), one per CNI operation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CniCollectorConfig {
+    /// Whether the reports are received. Default: `false`.
+    pub enabled: bool,
+    /// The unix datagram socket the agent binds and the plugin sends to; the plugin's
+    /// `socket` key must name the same path. An absolute path. Default:
+    /// `/run/tapio/cni.sock`.
+    pub socket: String,
+}
+
+impl Default for CniCollectorConfig {
+    fn default() -> Self {
+        CniCollectorConfig {
+            // Off: the plugin has to be added to the node's CNI configuration first.
+            enabled: false,
+            // Where the plugin looks when its configuration names no socket; /run is on every
+            // node and is cleared at boot, as a socket should be.
+            socket: "/run/tapio/cni.sock".into(),
+        }
+    }
 }

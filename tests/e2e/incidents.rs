@@ -621,9 +621,10 @@ fn fact_container(payload: &FactPayload) -> Option<&Arc<str>> {
         FactPayload::DnsQuery(fact) => fact.container_id.as_ref(),
         FactPayload::ContainerExit(fact) => Some(&fact.container_id),
         FactPayload::ContainerReady(fact) => Some(&fact.container_id),
-        FactPayload::KubeEvent(_) | FactPayload::ResourceUsage(_) | FactPayload::UnitChange(_) => {
-            None
-        }
+        FactPayload::KubeEvent(_)
+        | FactPayload::ResourceUsage(_)
+        | FactPayload::UnitChange(_)
+        | FactPayload::CniOperation(_) => None,
     }
 }
 
@@ -680,6 +681,7 @@ fn reduce(
                 StateObject::NodeCondition(condition) => {
                     matches!(&condition.node, EntityId::Node { name } if &**name == node)
                 }
+                StateObject::PodAddress(address) => in_namespace(&address.pod, namespace),
             },
             Observation::Fact(fact) => match &fact.payload {
                 FactPayload::KubeEvent(event) => in_namespace(&event.involved, namespace),

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::entity::EntityId;
 use crate::observation::{
-    ConditionStatus, ConnectOutcome, DnsOutcome, EventType, FactId, FactPayload, FileOp, Resource,
-    UnitExit, UnitState,
+    CniCommand, ConditionStatus, ConnectOutcome, DnsOutcome, EventType, FactId, FactPayload,
+    FileOp, Resource, UnitExit, UnitState,
 };
 use crate::time::TimeNs;
 
@@ -323,6 +323,19 @@ pub enum Observed {
         /// How its process ended just before, when systemd logged it.
         exit: Option<UnitExit>,
     },
+    /// A CNI operation on a pod's network ended.
+    CniOperation {
+        /// Which operation.
+        command: CniCommand,
+        /// The network configuration's name.
+        network: Arc<str>,
+        /// The addresses it assigned (ADD), without prefix lengths.
+        ips: Vec<Arc<str>>,
+        /// The failing plugin's `type` and message, when it failed.
+        error: Option<(Arc<str>, Arc<str>)>,
+        /// How long it took, ns.
+        duration_ns: u64,
+    },
     /// One of a Service's endpoints became ready or stopped being ready (EndpointSlice).
     EndpointReady {
         /// The endpoint, `ip:port`.
@@ -424,6 +437,20 @@ impl Observed {
                 state: change.state,
                 result: text(&change.result),
                 exit: change.exit.clone(),
+            },
+            FactPayload::CniOperation(operation) => Observed::CniOperation {
+                command: operation.command,
+                network: text(&operation.network),
+                ips: operation
+                    .ips
+                    .iter()
+                    .map(|ip| text(ip.address.split('/').next().unwrap_or_default()))
+                    .collect(),
+                error: operation
+                    .error
+                    .as_ref()
+                    .map(|error| (text(&error.plugin), text(&error.message))),
+                duration_ns: operation.duration_ns,
             },
         }
     }

@@ -562,6 +562,33 @@ pub fn describe_hop(hop: &Hop, previous: Option<&Hop>) -> String {
             }
             text
         }
+        Observed::CniOperation {
+            command,
+            network,
+            ips,
+            error,
+            duration_ns,
+        } => {
+            let command = command.as_str().to_uppercase();
+            let took = span(*duration_ns);
+            match error {
+                Some((plugin, message)) => {
+                    let plugin = if plugin.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" in plugin {plugin}")
+                    };
+                    format!(
+                        "CNI {command} on network {network} failed{plugin} after {took}: {message}"
+                    )
+                }
+                None if ips.is_empty() => format!("CNI {command} on network {network} took {took}"),
+                None => format!(
+                    "CNI {command} on network {network} assigned {} in {took}",
+                    ips.join(", ")
+                ),
+            }
+        }
         Observed::EndpointReady { address, ready } => format!(
             "endpoint {address} {}",
             if *ready { "ready" } else { "not ready" }
