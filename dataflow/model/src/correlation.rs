@@ -667,7 +667,8 @@ pub enum Resolution {
     /// The address is a Service endpoint (`ip:port` in an EndpointSlice): the pod behind it,
     /// or the Service when the slice names no pod.
     Endpoint,
-    /// The address's IP is a pod's (from the EndpointSlices), on a port no slice lists.
+    /// The address's IP is a pod's (from the EndpointSlices, or from the CNI ADD that
+    /// assigned it), on a port no slice lists.
     PodIp,
     /// The address's IP is a Service's cluster IP.
     ClusterIp,
