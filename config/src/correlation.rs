@@ -9,7 +9,8 @@ use crate::error::ConfigError;
 use crate::model::{
     BadRolloutConfig, BlastRadiusConfig, BurstConfig, BurstThreshold, CoOccurrenceConfig,
     ConfigChangeConfig, CorrelationConfig, DnsFailureConfig, EngineConfig, MemoryExhaustionConfig,
-    NodePressureConfig, OomSequenceConfig, OwnershipConfig, RestartLoopConfig, ServiceGraphConfig,
+    NodePressureConfig, OomSequenceConfig, OwnershipConfig, PodNetworkConfig, RestartLoopConfig,
+    ServiceGraphConfig,
 };
 use crate::sequences;
 use crate::validate::{DAY, HOUR, count_in, duration_in, invalid};
@@ -50,7 +51,8 @@ impl CorrelationConfig {
                 ),
             ));
         }
-        self.dns_failure.validate(&key(path, "dns_failure"))
+        self.dns_failure.validate(&key(path, "dns_failure"))?;
+        self.pod_network.validate(&key(path, "pod_network"))
     }
 }
 
@@ -366,6 +368,21 @@ impl BlastRadiusConfig {
             self.impact_window,
             Duration::from_secs(1),
             HOUR,
+        )
+    }
+}
+
+impl PodNetworkConfig {
+    /// Checks this section, found at `path` (`correlation.pod_network`).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming `keep_for` when it is out of range.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        duration_in(
+            &key(path, "keep_for"),
+            self.keep_for,
+            Duration::from_secs(1),
+            24 * HOUR,
         )
     }
 }

@@ -31,8 +31,8 @@ pub use model::{
     CorrelationConfig, DnsCollectorConfig, DnsFailureConfig, EngineConfig, IntegrationsConfig,
     KernelCollectorConfig, KubeletCollectorConfig, KubernetesCollectorConfig,
     MemoryExhaustionConfig, NatsConfig, Neo4jConfig, NodePressureConfig, OomSequenceConfig,
-    OwnershipConfig, RecordingCollectorConfig, RestartLoopConfig, ServiceGraphConfig, StoreConfig,
-    SystemdCollectorConfig, TapioConfig,
+    OwnershipConfig, PodNetworkConfig, RecordingCollectorConfig, RestartLoopConfig,
+    ServiceGraphConfig, StoreConfig, SystemdCollectorConfig, TapioConfig,
 };
 pub use sequences::{
     EntityKind, MAX_STEPS, SequenceConfig, StepConfig, StepKind, StepWhere, builtin_sequences,

@@ -508,6 +508,10 @@ pub struct CorrelationConfig {
     /// server's failure behind them. Default: enabled, see [`DnsFailureConfig::default`].
     #[serde(deserialize_with = "null_as_default")]
     pub dns_failure: DnsFailureConfig,
+    /// Finds pods whose network setup (CNI ADD) failed and has not succeeded since. Default:
+    /// enabled, see [`PodNetworkConfig::default`].
+    #[serde(deserialize_with = "null_as_default")]
+    pub pod_network: PodNetworkConfig,
 }
 
 impl Default for CorrelationConfig {
@@ -527,6 +531,7 @@ impl Default for CorrelationConfig {
             service_graph: ServiceGraphConfig::default(),
             blast_radius: BlastRadiusConfig::default(),
             dns_failure: DnsFailureConfig::default(),
+            pod_network: PodNetworkConfig::default(),
         }
     }
 }
@@ -999,6 +1004,30 @@ impl Default for DnsFailureConfig {
             count_nxdomain: false,
             // An outage is often looked into after it ended: keep it a while.
             keep_for: Duration::from_secs(20 * 60),
+        }
+    }
+}
+
+/// The pod network rule: a failed CNI ADD explains a pod left without network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PodNetworkConfig {
+    /// Whether the rule runs. Default: `true`.
+    pub enabled: bool,
+    /// How long a failed ADD with no successful ADD of its pod after it stays current,
+    /// `1s..=24h`. Written as a humantime string. Default: `15m`.
+    #[serde(with = "humantime_str")]
+    pub keep_for: Duration,
+}
+
+impl Default for PodNetworkConfig {
+    fn default() -> Self {
+        PodNetworkConfig {
+            enabled: true,
+            // The kubelet retries a failed sandbox with back-off (up to 5 minutes apart): a
+            // pod still failing after 15 minutes has been retried a few times, and a pod given
+            // up on is looked into well within it.
+            keep_for: Duration::from_secs(15 * 60),
         }
     }
 }

@@ -82,6 +82,9 @@ pub enum CorrelationKind {
     /// A configuration file on a node changed, then containers of several pods on that node
     /// ended together.
     ConfigChangeRestart,
+    /// A pod's network setup (its sandbox's CNI ADD) failed and has not succeeded since: the
+    /// pod is left without network.
+    PodNetworkFailure,
 }
 
 impl CorrelationKind {
@@ -101,6 +104,7 @@ impl CorrelationKind {
             CorrelationKind::MemoryExhaustion => "memory_exhaustion",
             CorrelationKind::NodePressureEviction => "node_pressure_eviction",
             CorrelationKind::ConfigChangeRestart => "config_change_restart",
+            CorrelationKind::PodNetworkFailure => "pod_network_failure",
         }
     }
 
@@ -112,6 +116,7 @@ impl CorrelationKind {
             CorrelationKind::DeclaredSequence => Family::Sequence,
             CorrelationKind::BadRollout => Family::Sequence,
             CorrelationKind::ConfigChangeRestart => Family::Sequence,
+            CorrelationKind::PodNetworkFailure => Family::Sequence,
             CorrelationKind::ServiceDependency | CorrelationKind::BlastRadius => Family::Dependency,
             CorrelationKind::DnsFailure => Family::Dependency,
             CorrelationKind::RestartLoop
@@ -533,6 +538,15 @@ pub enum Detail {
         /// Whether the dependent's own connects show the failure.
         impact: Impact,
     },
+    /// A pod's failed network setup.
+    PodNetwork {
+        /// Failed ADDs of the pod since its last successful one (the chain holds the latest).
+        failed_adds: u32,
+        /// The plugin that failed the latest, by `type`.
+        plugin: Arc<str>,
+        /// The network configuration's name.
+        network: Arc<str>,
+    },
     /// A burst of failed DNS lookups from one pod to one server.
     DnsFailure {
         /// The server the lookups went to, `ip:port`.
@@ -758,6 +772,9 @@ pub enum Basis {
     /// Containers of at least the threshold number of distinct pods on one node ended within
     /// the bound: a node-wide cause is inferred, not observed.
     PodsEndedTogether,
+    /// The runtime's network setup of the pod failed, as the CNI plugins answered it, and no
+    /// setup of the pod succeeded after it: observed directly.
+    NetworkSetupFailed,
     /// The container's use was at or above its limit share when the kill came (no report of it
     /// falling back in between): raises.
     UsageAboveThresholdAtKill,

@@ -20,6 +20,7 @@ pub mod memory_exhaustion;
 pub mod node_pressure;
 pub mod oom_sequence;
 pub mod ownership;
+pub mod pod_network;
 pub mod restart_loop;
 pub mod service_graph;
 
@@ -67,6 +68,7 @@ pub const TABLE: &[MakeRule] = &[
     service_graph::from_config,
     blast_radius::from_config,
     dns_failure::from_config,
+    pod_network::from_config,
 ];
 
 /// The rules `config` enables.
