@@ -19,7 +19,7 @@ struct Collector {
 }
 
 /// Every collector, in the order they start.
-const COLLECTORS: [Collector; 8] = [
+const COLLECTORS: [Collector; 9] = [
     Collector {
         name: "kernel",
         enabled: |config| config.collectors.kernel.enabled,
@@ -59,6 +59,11 @@ const COLLECTORS: [Collector; 8] = [
         name: "etcd",
         enabled: |config| config.collectors.etcd.enabled,
         build: tapio_sources_etcd::from_config,
+    },
+    Collector {
+        name: "cni",
+        enabled: |config| config.collectors.cni.enabled,
+        build: tapio_sources_cni::from_config,
     },
 ];
 

@@ -734,6 +734,7 @@ fn write_esper_stream(stream: &[Observation], path: &Path) -> Result<()> {
                     StateObject::Service(_) => "service",
                     StateObject::ServiceEndpoint(_) => "service_endpoint",
                     StateObject::NodeCondition(_) => "node_condition",
+                    StateObject::PodAddress(_) => "pod_address",
                 };
                 writeln!(out, "S {} {kind}", update.time_ns / 1_000_000)?;
             }

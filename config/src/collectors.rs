@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 use crate::model::{
-    CollectorsConfig, CriCollectorConfig, DnsCollectorConfig, EtcdCollectorConfig,
-    KernelCollectorConfig, KubeletCollectorConfig, KubernetesCollectorConfig,
+    CniCollectorConfig, CollectorsConfig, CriCollectorConfig, DnsCollectorConfig,
+    EtcdCollectorConfig, KernelCollectorConfig, KubeletCollectorConfig, KubernetesCollectorConfig,
     RecordingCollectorConfig, SystemdCollectorConfig,
 };
 use crate::validate::{HOUR, check_url, count_in, duration_in, invalid};
@@ -31,7 +31,8 @@ impl CollectorsConfig {
         self.systemd.validate(&key(path, "systemd"))?;
         self.dns.validate(&key(path, "dns"))?;
         self.cri.validate(&key(path, "cri"))?;
-        self.etcd.validate(&key(path, "etcd"))
+        self.etcd.validate(&key(path, "etcd"))?;
+        self.cni.validate(&key(path, "cni"))
     }
 }
 
@@ -342,6 +343,33 @@ impl SystemdCollectorConfig {
     }
 }
 
+impl CniCollectorConfig {
+    /// Checks this section, found at `path` (`collectors.cni`).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming `socket` when it is not an absolute path or is longer than a
+    /// unix socket address holds (107 bytes).
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let socket = key(path, "socket");
+        if !self.socket.starts_with('/') {
+            return Err(invalid(
+                &socket,
+                format!("must be an absolute path, got `{}`", self.socket),
+            ));
+        }
+        if self.socket.len() > 107 {
+            return Err(invalid(
+                &socket,
+                format!(
+                    "is {} bytes long; a unix socket path holds at most 107",
+                    self.socket.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Whether `name` is a DNS-1123 label, the form of a namespace name.
 fn is_dns_label(name: &str) -> bool {
     !name.is_empty()
@@ -423,6 +451,27 @@ mod tests {
         assert!(
             CriCollectorConfig::default()
                 .validate("collectors.cri")
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_cni_section_names_a_bad_socket() {
+        let cni = CniCollectorConfig {
+            socket: "run/tapio/cni.sock".into(),
+            ..CniCollectorConfig::default()
+        };
+        let error = cni.validate("collectors.cni").expect_err("relative");
+        assert_eq!(error.key_path, "collectors.cni.socket");
+        let cni = CniCollectorConfig {
+            socket: format!("/{}", "s".repeat(120)),
+            ..CniCollectorConfig::default()
+        };
+        let error = cni.validate("collectors.cni").expect_err("too long");
+        assert_eq!(error.key_path, "collectors.cni.socket");
+        assert!(
+            CniCollectorConfig::default()
+                .validate("collectors.cni")
                 .is_ok()
         );
     }

@@ -10,7 +10,7 @@ use crate::model::{
     BadRolloutConfig, BlastRadiusConfig, BurstConfig, BurstThreshold, CoOccurrenceConfig,
     ConfigChangeConfig, CorrelationConfig, DnsFailureConfig, EngineConfig, EtcdSlowdownConfig,
     MemoryExhaustionConfig, NodePressureConfig, OomSequenceConfig, OwnershipConfig,
-    RestartLoopConfig, ServiceGraphConfig,
+    PodNetworkConfig, RestartLoopConfig, ServiceGraphConfig,
 };
 use crate::sequences;
 use crate::validate::{DAY, HOUR, count_in, duration_in, invalid};
@@ -52,7 +52,8 @@ impl CorrelationConfig {
             ));
         }
         self.dns_failure.validate(&key(path, "dns_failure"))?;
-        self.etcd_slowdown.validate(&key(path, "etcd_slowdown"))
+        self.etcd_slowdown.validate(&key(path, "etcd_slowdown"))?;
+        self.pod_network.validate(&key(path, "pod_network"))
     }
 }
 
@@ -401,6 +402,21 @@ impl BlastRadiusConfig {
             self.impact_window,
             Duration::from_secs(1),
             HOUR,
+        )
+    }
+}
+
+impl PodNetworkConfig {
+    /// Checks this section, found at `path` (`correlation.pod_network`).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming `keep_for` when it is out of range.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        duration_in(
+            &key(path, "keep_for"),
+            self.keep_for,
+            Duration::from_secs(1),
+            24 * HOUR,
         )
     }
 }

@@ -28,12 +28,13 @@ pub use error::{ConfigError, ConfigErrorKind};
 pub use glob::glob_matches;
 pub use model::{
     ApiConfig, BadRolloutConfig, BlastRadiusConfig, BurstConfig, BurstThreshold,
-    CoOccurrenceConfig, CollectorsConfig, ConfigChangeConfig, CorrelationConfig,
-    CriCollectorConfig, DnsCollectorConfig, DnsFailureConfig, EngineConfig, EtcdCollectorConfig,
-    EtcdSlowdownConfig, IntegrationsConfig, KernelCollectorConfig, KubeletCollectorConfig,
-    KubernetesCollectorConfig, MemoryExhaustionConfig, NatsConfig, Neo4jConfig, NodePressureConfig,
-    OomSequenceConfig, OwnershipConfig, RecordingCollectorConfig, RestartLoopConfig,
-    ServiceGraphConfig, StoreConfig, SystemdCollectorConfig, TapioConfig,
+    CniCollectorConfig, CoOccurrenceConfig, CollectorsConfig, ConfigChangeConfig,
+    CorrelationConfig, CriCollectorConfig, DnsCollectorConfig, DnsFailureConfig, EngineConfig,
+    EtcdCollectorConfig, EtcdSlowdownConfig, IntegrationsConfig, KernelCollectorConfig,
+    KubeletCollectorConfig, KubernetesCollectorConfig, MemoryExhaustionConfig, NatsConfig,
+    Neo4jConfig, NodePressureConfig, OomSequenceConfig, OwnershipConfig, PodNetworkConfig,
+    RecordingCollectorConfig, RestartLoopConfig, ServiceGraphConfig, StoreConfig,
+    SystemdCollectorConfig, TapioConfig,
 };
 pub use secret::{NatsAuth, NatsSecurity, Secret, SecretError};
 pub use sequences::{

@@ -158,6 +158,10 @@ pub struct CollectorsConfig {
     /// leader changes, compactions. Default: disabled.
     #[serde(deserialize_with = "null_as_default")]
     pub etcd: EtcdCollectorConfig,
+    /// Every CNI ADD, DEL and CHECK on the node, reported by Tapio's CNI plugin
+    /// (`tapio-cni`) over a unix socket. Default: disabled.
+    #[serde(deserialize_with = "null_as_default")]
+    pub cni: CniCollectorConfig,
 }
 
 #[expect(
@@ -175,6 +179,7 @@ impl Default for CollectorsConfig {
             dns: DnsCollectorConfig::default(),
             cri: CriCollectorConfig::default(),
             etcd: EtcdCollectorConfig::default(),
+            cni: CniCollectorConfig::default(),
         }
     }
 }
@@ -579,6 +584,10 @@ pub struct CorrelationConfig {
     /// [`EtcdSlowdownConfig::default`].
     #[serde(deserialize_with = "null_as_default")]
     pub etcd_slowdown: EtcdSlowdownConfig,
+    /// Finds pods whose network setup (CNI ADD) failed and has not succeeded since. Default:
+    /// enabled, see [`PodNetworkConfig::default`].
+    #[serde(deserialize_with = "null_as_default")]
+    pub pod_network: PodNetworkConfig,
 }
 
 impl Default for CorrelationConfig {
@@ -599,6 +608,7 @@ impl Default for CorrelationConfig {
             blast_radius: BlastRadiusConfig::default(),
             dns_failure: DnsFailureConfig::default(),
             etcd_slowdown: EtcdSlowdownConfig::default(),
+            pod_network: PodNetworkConfig::default(),
         }
     }
 }
@@ -1118,6 +1128,30 @@ impl Default for DnsFailureConfig {
     }
 }
 
+/// The pod network rule: a failed CNI ADD explains a pod left without network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PodNetworkConfig {
+    /// Whether the rule runs. Default: `true`.
+    pub enabled: bool,
+    /// How long a failed ADD with no successful ADD of its pod after it stays current,
+    /// `1s..=24h`. Written as a humantime string. Default: `15m`.
+    #[serde(with = "humantime_str")]
+    pub keep_for: Duration,
+}
+
+impl Default for PodNetworkConfig {
+    fn default() -> Self {
+        PodNetworkConfig {
+            enabled: true,
+            // The kubelet retries a failed sandbox with back-off (up to 5 minutes apart): a
+            // pod still failing after 15 minutes has been retried a few times, and a pod given
+            // up on is looked into well within it.
+            keep_for: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
 /// External systems that results are written to.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -1357,6 +1391,30 @@ impl Default for CriCollectorConfig {
             namespace: "k8s.io".into(),
             // A restarted containerd is usually back within a second or two.
             retry_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Receives the reports of Tapio's CNI plugin (`tapio-cni`), one per CNI operation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CniCollectorConfig {
+    /// Whether the reports are received. Default: `false`.
+    pub enabled: bool,
+    /// The unix datagram socket the agent binds and the plugin sends to; the plugin's
+    /// `socket` key must name the same path. An absolute path. Default:
+    /// `/run/tapio/cni.sock`.
+    pub socket: String,
+}
+
+impl Default for CniCollectorConfig {
+    fn default() -> Self {
+        CniCollectorConfig {
+            // Off: the plugin has to be added to the node's CNI configuration first.
+            enabled: false,
+            // Where the plugin looks when its configuration names no socket; /run is on every
+            // node and is cleared at boot, as a socket should be.
+            socket: "/run/tapio/cni.sock".into(),
         }
     }
 }

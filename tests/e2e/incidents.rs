@@ -628,7 +628,8 @@ fn fact_container(payload: &FactPayload) -> Option<&Arc<str>> {
         | FactPayload::EtcdKeyChange(_)
         | FactPayload::EtcdStatus(_)
         | FactPayload::EtcdLeaderChange(_)
-        | FactPayload::EtcdCompaction(_) => None,
+        | FactPayload::EtcdCompaction(_)
+        | FactPayload::CniOperation(_) => None,
     }
 }
 
@@ -685,6 +686,7 @@ fn reduce(
                 StateObject::NodeCondition(condition) => {
                     matches!(&condition.node, EntityId::Node { name } if &**name == node)
                 }
+                StateObject::PodAddress(address) => in_namespace(&address.pod, namespace),
             },
             Observation::Fact(fact) => match &fact.payload {
                 FactPayload::KubeEvent(event) => in_namespace(&event.involved, namespace),

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::entity::EntityId;
 use crate::observation::{
-    ConditionStatus, ConnectOutcome, DnsOutcome, EtcdOperation, EventType, FactId, FactPayload,
-    FileOp, Resource, RuntimeObject, RuntimeState, UnitExit, UnitState,
+    CniCommand, ConditionStatus, ConnectOutcome, DnsOutcome, EtcdOperation, EventType, FactId,
+    FactPayload, FileOp, Resource, RuntimeObject, RuntimeState, UnitExit, UnitState,
 };
 use crate::time::TimeNs;
 
@@ -85,6 +85,9 @@ pub enum CorrelationKind {
     /// etcd was slow, unavailable or changed leader, then Kubernetes reported a write that
     /// failed or stalled (a Warning Event of a configured reason).
     EtcdSlowdown,
+    /// A pod's network setup (its sandbox's CNI ADD) failed and has not succeeded since: the
+    /// pod is left without network.
+    PodNetworkFailure,
 }
 
 impl CorrelationKind {
@@ -105,6 +108,7 @@ impl CorrelationKind {
             CorrelationKind::NodePressureEviction => "node_pressure_eviction",
             CorrelationKind::ConfigChangeRestart => "config_change_restart",
             CorrelationKind::EtcdSlowdown => "etcd_slowdown",
+            CorrelationKind::PodNetworkFailure => "pod_network_failure",
         }
     }
 
@@ -117,6 +121,7 @@ impl CorrelationKind {
             CorrelationKind::BadRollout => Family::Sequence,
             CorrelationKind::ConfigChangeRestart => Family::Sequence,
             CorrelationKind::EtcdSlowdown => Family::Sequence,
+            CorrelationKind::PodNetworkFailure => Family::Sequence,
             CorrelationKind::ServiceDependency | CorrelationKind::BlastRadius => Family::Dependency,
             CorrelationKind::DnsFailure => Family::Dependency,
             CorrelationKind::RestartLoop
@@ -341,6 +346,19 @@ pub enum Observed {
         /// The runtime's reason for `exited` (`OOMKilled`, ...), empty otherwise.
         reason: Arc<str>,
     },
+    /// A CNI operation on a pod's network ended.
+    CniOperation {
+        /// Which operation.
+        command: CniCommand,
+        /// The network configuration's name.
+        network: Arc<str>,
+        /// The addresses it assigned (ADD), without prefix lengths.
+        ips: Vec<Arc<str>>,
+        /// The failing plugin's `type` and message, when it failed.
+        error: Option<(Arc<str>, Arc<str>)>,
+        /// How long it took, ns.
+        duration_ns: u64,
+    },
     /// One of a Service's endpoints became ready or stopped being ready (EndpointSlice).
     EndpointReady {
         /// The endpoint, `ip:port`.
@@ -506,6 +524,20 @@ impl Observed {
             FactPayload::EtcdCompaction(compaction) => Observed::EtcdCompaction {
                 revision: compaction.revision,
             },
+            FactPayload::CniOperation(operation) => Observed::CniOperation {
+                command: operation.command,
+                network: text(&operation.network),
+                ips: operation
+                    .ips
+                    .iter()
+                    .map(|ip| text(ip.address.split('/').next().unwrap_or_default()))
+                    .collect(),
+                error: operation
+                    .error
+                    .as_ref()
+                    .map(|error| (text(&error.plugin), text(&error.message))),
+                duration_ns: operation.duration_ns,
+            },
         }
     }
 }
@@ -586,6 +618,15 @@ pub enum Detail {
         depth: u32,
         /// Whether the dependent's own connects show the failure.
         impact: Impact,
+    },
+    /// A pod's failed network setup.
+    PodNetwork {
+        /// Failed ADDs of the pod since its last successful one (the chain holds the latest).
+        failed_adds: u32,
+        /// The plugin that failed the latest, by `type`.
+        plugin: Arc<str>,
+        /// The network configuration's name.
+        network: Arc<str>,
     },
     /// A burst of failed DNS lookups from one pod to one server.
     DnsFailure {
@@ -734,7 +775,8 @@ pub enum Resolution {
     /// The address is a Service endpoint (`ip:port` in an EndpointSlice): the pod behind it,
     /// or the Service when the slice names no pod.
     Endpoint,
-    /// The address's IP is a pod's (from the EndpointSlices), on a port no slice lists.
+    /// The address's IP is a pod's (from the EndpointSlices, or from the CNI ADD that
+    /// assigned it), on a port no slice lists.
     PodIp,
     /// The address's IP is a Service's cluster IP.
     ClusterIp,
@@ -824,6 +866,9 @@ pub enum Basis {
     /// Containers of at least the threshold number of distinct pods on one node ended within
     /// the bound: a node-wide cause is inferred, not observed.
     PodsEndedTogether,
+    /// The runtime's network setup of the pod failed, as the CNI plugins answered it, and no
+    /// setup of the pod succeeded after it: observed directly.
+    NetworkSetupFailed,
     /// The container's use was at or above its limit share when the kill came (no report of it
     /// falling back in between): raises.
     UsageAboveThresholdAtKill,

@@ -30,13 +30,14 @@ pub use correlation::{
 };
 pub use entity::{EntityId, EntityIdError};
 pub use observation::{
-    ConditionStatus, ConnectOutcome, ContainerExit, ContainerReady, DnsOutcome, DnsQuery,
-    DnsRecord, DnsRecordData, EtcdCompaction, EtcdKeyChange, EtcdLeaderChange, EtcdOperation,
-    EtcdStatus, EventType, Fact, FactId, FactPayload, FileChanged, FileOp, FileOpenFailed,
-    Heartbeat, InvalidObservation, KubeEvent, NodeCondition, Observation, OomKill, OwnerRef,
-    PodContainer, ProcessContainer, ProcessExec, ProcessExit, ProcessFork, ProcessRef, Resource,
-    ResourceUsage, RuntimeChange, RuntimeObject, RuntimeState, ServiceEndpoint, ServiceObject,
-    StateObject, StateRecord, StateUpdate, TcpAccept, TcpClose, TcpConnect, TcpRetransmit,
-    UnitChange, UnitExit, UnitState, WorkloadObject, dns_type_name,
+    CniAddress, CniCommand, CniError, CniInterface, CniOperation, ConditionStatus, ConnectOutcome,
+    ContainerExit, ContainerReady, DnsOutcome, DnsQuery, DnsRecord, DnsRecordData, EtcdCompaction,
+    EtcdKeyChange, EtcdLeaderChange, EtcdOperation, EtcdStatus, EventType, Fact, FactId,
+    FactPayload, FileChanged, FileOp, FileOpenFailed, Heartbeat, InvalidObservation, KubeEvent,
+    NodeCondition, Observation, OomKill, OwnerRef, PodAddress, PodContainer, ProcessContainer,
+    ProcessExec, ProcessExit, ProcessFork, ProcessRef, Resource, ResourceUsage, RuntimeChange,
+    RuntimeObject, RuntimeState, ServiceEndpoint, ServiceObject, StateObject, StateRecord,
+    StateUpdate, TcpAccept, TcpClose, TcpConnect, TcpRetransmit, UnitChange, UnitExit, UnitState,
+    WorkloadObject, dns_type_name,
 };
 pub use time::{MAX_PLAUSIBLE_NS, MIN_PLAUSIBLE_NS, TimeNs, format_time, stable_hash};

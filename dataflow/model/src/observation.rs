@@ -141,6 +141,9 @@ pub enum FactPayload {
     EtcdLeaderChange(EtcdLeaderChange),
     /// An etcd cluster's history was compacted up to a revision.
     EtcdCompaction(EtcdCompaction),
+    /// A CNI operation (ADD, DEL or CHECK) on a pod's network ended, with its result or error
+    /// (reported by Tapio's CNI plugin).
+    CniOperation(CniOperation),
 }
 
 impl FactPayload {
@@ -168,6 +171,7 @@ impl FactPayload {
             FactPayload::EtcdStatus(_) => "etcd_status",
             FactPayload::EtcdLeaderChange(_) => "etcd_leader_change",
             FactPayload::EtcdCompaction(_) => "etcd_compaction",
+            FactPayload::CniOperation(_) => "cni_operation",
         }
     }
 }
@@ -233,6 +237,14 @@ impl Fact {
             | FactPayload::EtcdCompaction(EtcdCompaction { endpoint, .. }) => EntityId::Endpoint {
                 address: endpoint.as_str().into(),
             },
+            FactPayload::CniOperation(operation) => {
+                operation
+                    .pod
+                    .clone()
+                    .unwrap_or_else(|| EntityId::Container {
+                        id: operation.container_id.clone(),
+                    })
+            }
         }
     }
 }
@@ -661,6 +673,40 @@ impl RuntimeObject {
     }
 }
 
+/// The CNI command of an operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CniCommand {
+    /// Attach the pod's sandbox to the network.
+    Add,
+    /// Detach it.
+    Del,
+    /// Check that the attachment is still as ADD left it.
+    Check,
+}
+
+impl CniCommand {
+    /// The snake_case name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CniCommand::Add => "add",
+            CniCommand::Del => "del",
+            CniCommand::Check => "check",
+        }
+    }
+
+    /// The command as CNI spells it in `CNI_COMMAND` (`ADD`, `DEL`, `CHECK`); `None` for the
+    /// others (`VERSION`, `GC`, `STATUS` are not about one pod).
+    pub fn parse(value: &str) -> Option<CniCommand> {
+        match value {
+            "ADD" => Some(CniCommand::Add),
+            "DEL" => Some(CniCommand::Del),
+            "CHECK" => Some(CniCommand::Check),
+            _ => None,
+        }
+    }
+}
+
 /// What happened to an etcd key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -802,6 +848,83 @@ pub struct EtcdCompaction {
     pub revision: i64,
 }
 
+/// An interface a CNI result lists.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CniInterface {
+    /// Its name (`eth0`, `veth1234abcd`, `cni0`).
+    pub name: String,
+    /// Its MAC address, empty when the result gives none.
+    pub mac: String,
+    /// The network namespace it lives in; empty for an interface on the host.
+    pub sandbox: String,
+}
+
+/// An address a CNI result assigned.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CniAddress {
+    /// The address with its prefix length, `10.22.0.5/16`.
+    pub address: String,
+    /// The gateway, when the result gives one.
+    pub gateway: Option<String>,
+    /// The name of the interface it is on, when the result says.
+    pub interface: Option<String>,
+}
+
+/// Why a CNI operation failed: the error a plugin returned.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CniError {
+    /// The plugin that failed (its `type`), empty when unknown.
+    pub plugin: String,
+    /// CNI error code (1–99 are the specification's, 100+ the plugin's; 0 when it gave none).
+    pub code: u32,
+    /// The plugin's message.
+    pub message: String,
+    /// The plugin's details, empty when none.
+    pub details: String,
+}
+
+/// A CNI operation on a pod's network ended.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CniOperation {
+    /// Which operation.
+    pub command: CniCommand,
+    /// The network configuration's `name`.
+    pub network: String,
+    /// The container id the runtime gave (`CNI_CONTAINERID`: the pod sandbox's id).
+    pub container_id: Arc<str>,
+    /// The pod, from `CNI_ARGS` (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`), when the runtime gave it.
+    pub pod: Option<EntityId>,
+    /// The pod's uid (`K8S_POD_UID`), when the runtime gave it.
+    pub pod_uid: Option<String>,
+    /// The network namespace path (`CNI_NETNS`), empty when none was given (a DEL may have
+    /// none).
+    pub netns: String,
+    /// The interface name inside the namespace (`CNI_IFNAME`).
+    pub ifname: String,
+    /// The interfaces of the result (ADD and CHECK; empty on failure and for DEL).
+    pub interfaces: Vec<CniInterface>,
+    /// The addresses of the result.
+    pub ips: Vec<CniAddress>,
+    /// The error, when the operation failed.
+    pub error: Option<CniError>,
+    /// How long the operation took, ns.
+    pub duration_ns: u64,
+}
+
+/// An address a pod's network interface holds, from the result of the CNI ADD that assigned
+/// it: inserted by the ADD, retracted by the DEL of the same sandbox.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PodAddress {
+    /// The pod.
+    pub pod: EntityId,
+    /// The IP address, without its prefix length.
+    pub ip: String,
+    /// The pod sandbox's container id.
+    pub container_id: Arc<str>,
+    /// The interface inside the pod, when the result says.
+    pub interface: String,
+}
+
 /// A retractable change to the state of the world: `diff` +1 inserts `record`, -1 retracts it.
 ///
 /// A Kubernetes watch maps one to one: apply = retract the old record + insert the new one;
@@ -845,6 +968,8 @@ pub enum StateObject {
     /// One condition of a node (`Ready`, `MemoryPressure`, ...), without its heartbeat times so
     /// that the kubelet's status updates do not churn it.
     NodeCondition(NodeCondition),
+    /// An IP address of a pod, from the CNI ADD that assigned it.
+    PodAddress(PodAddress),
 }
 
 /// A Kubernetes object in the ownership graph.

@@ -53,7 +53,43 @@ pub fn explain(correlation: &Correlation) -> String {
         CorrelationKind::NodePressureEviction => explain_node_pressure(correlation),
         CorrelationKind::ConfigChangeRestart => explain_config_change(correlation),
         CorrelationKind::EtcdSlowdown => explain_etcd_slowdown(correlation),
+        CorrelationKind::PodNetworkFailure => explain_pod_network(correlation),
     }
+}
+
+fn explain_pod_network(correlation: &Correlation) -> String {
+    let Detail::PodNetwork {
+        failed_adds,
+        plugin,
+        network,
+    } = &correlation.detail
+    else {
+        return format!("network setup failed ({})", correlation.root_cause);
+    };
+    let pod = correlation
+        .chain
+        .last()
+        .map_or_else(|| "a pod".to_string(), |hop| hop.entity.to_string());
+    let times = if *failed_adds == 1 {
+        "once".to_string()
+    } else {
+        format!("{failed_adds} times")
+    };
+    let mut out = format!(
+        "{pod} has no network: the CNI ADD of its sandbox {} on network {network} failed {times} and has not succeeded since",
+        correlation.root_cause
+    );
+    if !plugin.is_empty() {
+        let _ = write!(out, " (plugin {plugin})");
+    }
+    if let Some(Observed::CniOperation {
+        error: Some((_, message)),
+        ..
+    }) = correlation.chain.first().map(|hop| &hop.observed)
+    {
+        let _ = write!(out, ": {message}");
+    }
+    out
 }
 
 fn explain_declared_sequence(correlation: &Correlation) -> String {
@@ -609,6 +645,33 @@ pub fn describe_hop(hop: &Hop, previous: Option<&Hop>) -> String {
                 None => {}
             }
             text
+        }
+        Observed::CniOperation {
+            command,
+            network,
+            ips,
+            error,
+            duration_ns,
+        } => {
+            let command = command.as_str().to_uppercase();
+            let took = span(*duration_ns);
+            match error {
+                Some((plugin, message)) => {
+                    let plugin = if plugin.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" in plugin {plugin}")
+                    };
+                    format!(
+                        "CNI {command} on network {network} failed{plugin} after {took}: {message}"
+                    )
+                }
+                None if ips.is_empty() => format!("CNI {command} on network {network} took {took}"),
+                None => format!(
+                    "CNI {command} on network {network} assigned {} in {took}",
+                    ips.join(", ")
+                ),
+            }
         }
         Observed::EndpointReady { address, ready } => format!(
             "endpoint {address} {}",

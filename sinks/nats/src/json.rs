@@ -432,6 +432,61 @@ impl Writer<'_> {
                 "endpoint" => w.str(&p.endpoint),
                 "revision" => w.i64(p.revision),
             ),
+            FactPayload::CniOperation(p) => fields!(w,
+                "command" => w.str(p.command.as_str()),
+                "network" => w.str(&p.network),
+                "container_id" => w.str(&p.container_id),
+                "pod" => w.opt_entity(p.pod.as_ref()),
+                "pod_uid" => w.opt_str(p.pod_uid.as_deref()),
+                "netns" => w.str(&p.netns),
+                "ifname" => w.str(&p.ifname),
+                "interfaces" => {
+                    w.raw("[");
+                    for (index, interface) in p.interfaces.iter().enumerate() {
+                        if index > 0 {
+                            w.raw(",");
+                        }
+                        w.raw("{");
+                        fields!(w,
+                            "name" => w.str(&interface.name),
+                            "mac" => w.str(&interface.mac),
+                            "sandbox" => w.str(&interface.sandbox),
+                        );
+                        w.raw("}");
+                    }
+                    w.raw("]");
+                },
+                "ips" => {
+                    w.raw("[");
+                    for (index, ip) in p.ips.iter().enumerate() {
+                        if index > 0 {
+                            w.raw(",");
+                        }
+                        w.raw("{");
+                        fields!(w,
+                            "address" => w.str(&ip.address),
+                            "gateway" => w.opt_str(ip.gateway.as_deref()),
+                            "interface" => w.opt_str(ip.interface.as_deref()),
+                        );
+                        w.raw("}");
+                    }
+                    w.raw("]");
+                },
+                "error" => match &p.error {
+                    Some(error) => {
+                        w.raw("{");
+                        fields!(w,
+                            "plugin" => w.str(&error.plugin),
+                            "code" => w.u64(u64::from(error.code)),
+                            "message" => w.str(&error.message),
+                            "details" => w.str(&error.details),
+                        );
+                        w.raw("}");
+                    }
+                    None => w.raw("null"),
+                },
+                "duration_ns" => w.u64(p.duration_ns),
+            ),
         }
     }
 
@@ -492,6 +547,15 @@ impl Writer<'_> {
                     "condition" => w.str(&o.condition),
                     "status" => w.str(o.status.as_str()),
                     "reason" => w.str(&o.reason),
+                );
+            }
+            StateObject::PodAddress(o) => {
+                w.raw("{\"pod_address\":{");
+                fields!(w,
+                    "pod" => w.entity(&o.pod),
+                    "ip" => w.str(&o.ip),
+                    "container_id" => w.str(&o.container_id),
+                    "interface" => w.str(&o.interface),
                 );
             }
         }
@@ -582,9 +646,10 @@ impl fmt::Write for Escaping<'_> {
 mod tests {
     use super::*;
     use tapio_model::{
-        ConditionStatus, ContainerExit, ContainerReady, DnsOutcome, DnsQuery, DnsRecord,
-        EtcdCompaction, EtcdKeyChange, EtcdLeaderChange, EtcdOperation, EtcdStatus, EventType,
-        FileChanged, FileOpenFailed, Heartbeat, KubeEvent, NodeCondition, OomKill, PodContainer,
+        CniAddress, CniCommand, CniError, CniInterface, CniOperation, ConditionStatus,
+        ContainerExit, ContainerReady, DnsOutcome, DnsQuery, DnsRecord, EtcdCompaction,
+        EtcdKeyChange, EtcdLeaderChange, EtcdOperation, EtcdStatus, EventType, FileChanged,
+        FileOpenFailed, Heartbeat, KubeEvent, NodeCondition, OomKill, PodAddress, PodContainer,
         ProcessContainer, ProcessExec, ProcessExit, ProcessFork, Resource, ResourceUsage,
         RuntimeChange, RuntimeObject, RuntimeState, ServiceEndpoint, ServiceObject, StateRecord,
         StateUpdate, TcpAccept, TcpClose, TcpConnect, TcpRetransmit, UnitChange, UnitExit,
@@ -750,7 +815,7 @@ mod tests {
         }
 
         fn payload(&mut self) -> FactPayload {
-            match self.below(21) {
+            match self.below(22) {
                 0 => FactPayload::ProcessExec(ProcessExec {
                     pid: self.u32(),
                     ppid: self.u32(),
@@ -974,6 +1039,37 @@ mod tests {
                     exit_code: self.i32(),
                     reason: self.text(),
                 }),
+                21 => FactPayload::CniOperation(CniOperation {
+                    command: [CniCommand::Add, CniCommand::Del, CniCommand::Check]
+                        [self.below(3) as usize],
+                    network: self.text(),
+                    container_id: self.text().into(),
+                    pod: self.bool().then(|| self.entity()),
+                    pod_uid: self.opt_text(),
+                    netns: self.text(),
+                    ifname: self.text(),
+                    interfaces: (0..self.below(3))
+                        .map(|_| CniInterface {
+                            name: self.text(),
+                            mac: self.text(),
+                            sandbox: self.text(),
+                        })
+                        .collect(),
+                    ips: (0..self.below(3))
+                        .map(|_| CniAddress {
+                            address: self.text(),
+                            gateway: self.opt_text(),
+                            interface: self.opt_text(),
+                        })
+                        .collect(),
+                    error: self.bool().then(|| CniError {
+                        plugin: self.text(),
+                        code: self.u32(),
+                        message: self.text(),
+                        details: self.text(),
+                    }),
+                    duration_ns: self.u64(),
+                }),
                 _ => FactPayload::ResourceUsage(ResourceUsage {
                     pod: self.entity(),
                     container_name: self.text(),
@@ -991,7 +1087,7 @@ mod tests {
         }
 
         fn object(&mut self) -> StateObject {
-            match self.below(6) {
+            match self.below(7) {
                 0 => StateObject::Workload(WorkloadObject {
                     entity: self.entity(),
                     uid: self.text(),
@@ -1022,6 +1118,12 @@ mod tests {
                     endpoint: self.entity(),
                     pod: self.bool().then(|| self.entity()),
                     ready: self.bool(),
+                }),
+                6 => StateObject::PodAddress(PodAddress {
+                    pod: self.entity(),
+                    ip: self.text(),
+                    container_id: self.text().into(),
+                    interface: self.text(),
                 }),
                 _ => StateObject::NodeCondition(NodeCondition {
                     node: self.entity(),

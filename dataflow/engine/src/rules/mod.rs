@@ -21,6 +21,7 @@ pub mod memory_exhaustion;
 pub mod node_pressure;
 pub mod oom_sequence;
 pub mod ownership;
+pub mod pod_network;
 pub mod restart_loop;
 pub mod service_graph;
 
@@ -69,6 +70,7 @@ pub const TABLE: &[MakeRule] = &[
     blast_radius::from_config,
     dns_failure::from_config,
     etcd_slowdown::from_config,
+    pod_network::from_config,
 ];
 
 /// The rules `config` enables.

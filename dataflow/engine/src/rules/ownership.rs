@@ -145,10 +145,12 @@ pub fn links<'scope>(
                     let linked = (member.process, link(parent, observed));
                     Some((PROCESS, (linked, tick.saturating_add(delay), diff)))
                 }
-                // Services, their endpoints and node conditions are not ownership links.
+                // Services, their endpoints, node conditions and pod addresses are not ownership
+                // links.
                 StateObject::Service(_)
                 | StateObject::ServiceEndpoint(_)
-                | StateObject::NodeCondition(_) => None,
+                | StateObject::NodeCondition(_)
+                | StateObject::PodAddress(_) => None,
             }
         })
         .partition(2, |routed| routed)

@@ -4,7 +4,8 @@
 //! connect's container, or the container its process runs in, and that container's pod. The
 //! other side is found by its address, through the Kubernetes records *as they were when the
 //! connection was made*: an `ip:port` an EndpointSlice lists is the pod behind it (or its
-//! Service when the slice names no pod), another port on such a pod's IP is that pod, and a
+//! Service when the slice names no pod), another port on such a pod's IP is that pod, so is
+//! any port on an IP the CNI ADD of a pod assigned it (until the DEL of its sandbox), and a
 //! Service's cluster IP is the Service. Addresses are reused, so each mapping counts from the
 //! time its record appeared, and a connection takes the newest mapping that already held when
 //! it was made; a record that goes away keeps resolving for a grace period (so that
@@ -363,7 +364,8 @@ fn traffic_of(fact: &Fact) -> Option<Traffic> {
     })
 }
 
-/// Addresses to the entities behind them, from Services and EndpointSlices; a record's
+/// Addresses to the entities behind them, from Services, EndpointSlices and the pods'
+/// addresses their CNI ADDs assigned; a record's
 /// retraction takes effect `grace_ms` later.
 fn mappings<'scope>(
     state: VecCollection<'scope, Tick, StateRecord, isize>,
@@ -397,6 +399,12 @@ fn mappings<'scope>(
                             out.push((ip_of(address).into(), mapping(1, pod, Resolution::PodIp)));
                         }
                     }
+                }
+                StateObject::PodAddress(address) => {
+                    out.push((
+                        address.ip.as_str().into(),
+                        mapping(1, &address.pod, Resolution::PodIp),
+                    ));
                 }
                 StateObject::Service(service) => {
                     for ip in &service.cluster_ips {

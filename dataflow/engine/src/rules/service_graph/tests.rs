@@ -13,9 +13,9 @@ use std::time::Duration;
 use tapio_config::CorrelationConfig;
 use tapio_model::{
     Basis, Confidence, ConnectOutcome, Correlation, CorrelationKind, Detail, EntityId, Fact,
-    FactId, FactPayload, Observation, PodContainer, ProcessContainer, ProcessRef, Relation,
-    Resolution, ServiceEndpoint, ServiceObject, StateObject, StateRecord, StateUpdate, TcpAccept,
-    TcpConnect, TimeNs,
+    FactId, FactPayload, Observation, PodAddress, PodContainer, ProcessContainer, ProcessRef,
+    Relation, Resolution, ServiceEndpoint, ServiceObject, StateObject, StateRecord, StateUpdate,
+    TcpAccept, TcpConnect, TimeNs,
 };
 
 use super::from_config;
@@ -285,7 +285,9 @@ pub(crate) fn naive_connections(
     keep: impl Fn(&Fact) -> bool,
 ) -> Vec<NaiveConnection> {
     let records = held_with_delay(arrived, entered, tick, |object| match object {
-        StateObject::ServiceEndpoint(_) | StateObject::Service(_) => GRACE_MS,
+        StateObject::ServiceEndpoint(_) | StateObject::Service(_) | StateObject::PodAddress(_) => {
+            GRACE_MS
+        }
         StateObject::ProcessContainer(_) => EXIT_GRACE_MS,
         _ => 0,
     });
@@ -315,6 +317,12 @@ pub(crate) fn naive_connections(
                     let ip = address.rsplit_once(':').expect("ip:port").0.to_string();
                     mappings.push((ip, mapping(1, pod, Resolution::PodIp)));
                 }
+            }
+            StateObject::PodAddress(address) => {
+                mappings.push((
+                    address.ip.clone(),
+                    mapping(1, &address.pod, Resolution::PodIp),
+                ));
             }
             StateObject::Service(service) => {
                 for ip in &service.cluster_ips {
@@ -731,6 +739,80 @@ fn a_pod_reusing_an_address_gets_no_edge_from_earlier_connects() {
             );
         }
     }
+}
+
+/// The same with the addresses the pods' CNI ADDs assigned (no EndpointSlice at all): pod a
+/// holds 10.0.0.7 from 1 s until its sandbox's DEL at 10 s, pod b from 20 s. A connect to any
+/// port of it at 5 s depends on a, at 15 s on nothing, at 25 s on b.
+#[test]
+fn an_address_from_a_cni_add_resolves_connects_until_its_del() {
+    let held = |pod: &str, sandbox: &str| {
+        StateObject::PodAddress(PodAddress {
+            pod: entity(pod),
+            ip: "10.0.0.7".into(),
+            container_id: sandbox.into(),
+            interface: "eth0".into(),
+        })
+    };
+    let to = |seq, at| {
+        connect(
+            seq,
+            at,
+            Some("c1"),
+            None,
+            "10.0.0.7:8080",
+            ConnectOutcome::Established,
+        )
+    };
+    let mut stream = vec![
+        state(
+            1,
+            T0 + SECOND,
+            T0 + SECOND,
+            1,
+            in_pod("c1", "pod/ns/client"),
+        ),
+        state(2, T0 + SECOND, T0 + SECOND, 1, held("pod/ns/a", "sa")),
+        to(3, T0 + 5 * SECOND),
+        state(2, T0 + 10 * SECOND, T0 + SECOND, -1, held("pod/ns/a", "sa")),
+        to(4, T0 + 15 * SECOND),
+        state(
+            5,
+            T0 + 20 * SECOND,
+            T0 + 20 * SECOND,
+            1,
+            held("pod/ns/b", "sb"),
+        ),
+        to(6, T0 + 25 * SECOND),
+    ];
+    stream.extend(heartbeats(T0, T0 + 40 * SECOND, 500 * MS));
+    stream.sort_by_key(|o| (o.time_ns(), matches!(o, Observation::Heartbeat(_))));
+    let mut config = config();
+    config.service_graph.window = Duration::from_secs(30);
+    config.service_graph.mapping_grace = Duration::from_secs(3);
+    let harness = RuleHarness::from_table(from_config, &config).expect("enabled");
+    let clock = harness.clock();
+    let run = harness.run(stream).expect("run");
+    let client = "pod/ns/client".to_string();
+    assert_eq!(
+        traffic_edges(&run, clock, T0 + 6 * SECOND),
+        [(client.clone(), "pod/ns/a".to_string(), T0 + 5 * SECOND)]
+    );
+    assert_eq!(traffic_edges(&run, clock, T0 + 16 * SECOND), []);
+    assert_eq!(
+        traffic_edges(&run, clock, T0 + 26 * SECOND),
+        [(client, "pod/ns/b".to_string(), T0 + 25 * SECOND)]
+    );
+    let via_pod_ip = run.held_at(clock.tick_of(T0 + 6 * SECOND)).keys().all(|c| {
+        matches!(
+            c.detail,
+            Detail::Dependency {
+                via: Resolution::PodIp,
+                ..
+            }
+        )
+    });
+    assert!(via_pod_ip);
 }
 
 /// An edge lasts W after its last connect and then goes; with steady traffic its evidence
