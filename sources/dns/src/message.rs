@@ -165,16 +165,34 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
     if let Some(after_header) = bytes.len().checked_sub(HEADER_LEN) {
         // The decoder reserves room for as many entries as the header claims: a 12-byte message
         // claiming 65535 answers would take megabytes. A header claiming more entries than the
-        // bytes after it can hold is a truncated message, refused before that.
+        // bytes after it can hold is malformed whatever follows; it is decoded with its claims
+        // cut to what fits, so that damage before the end of the bytes (a bad label, a
+        // compression loop) is still named as such, and is otherwise a truncated message.
         let questions = usize::from(count(4));
         let records = usize::from(count(6)) + usize::from(count(8)) + usize::from(count(10));
         if questions * MIN_QUESTION_LEN + records * MIN_RECORD_LEN > after_header {
-            return Err(DecodeError {
-                class: Malformed::Truncated,
-                reason: format!(
-                    "the header claims {questions} questions and {records} records, more than \
-                     the {after_header} bytes after it can hold"
-                ),
+            let mut cut = bytes.to_vec();
+            let mut room = after_header;
+            for (at, least) in [
+                (4, MIN_QUESTION_LEN),
+                (6, MIN_RECORD_LEN),
+                (8, MIN_RECORD_LEN),
+                (10, MIN_RECORD_LEN),
+            ] {
+                let fits = usize::from(count(at)).min(room / least);
+                room -= fits * least;
+                let fits = u16::try_from(fits).unwrap_or(u16::MAX);
+                cut[at..at + 2].copy_from_slice(&fits.to_be_bytes());
+            }
+            return Err(match WireMessage::from_vec(&cut) {
+                Err(error) => DecodeError::of(&error),
+                Ok(_) => DecodeError {
+                    class: Malformed::Truncated,
+                    reason: format!(
+                        "the header claims {questions} questions and {records} records, more \
+                         than the {after_header} bytes after it can hold"
+                    ),
+                },
             });
         }
     }
