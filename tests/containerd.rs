@@ -1,5 +1,5 @@
 //! A private containerd (Debian's 1.6, with runc) for the container runtime collector's tests
-//! and benchmark: its own root, state and socket under a directory of the caller's, the local
+//! and benchmark and for the test kubelet: its own root, state and socket under a directory of the caller's, the local
 //! pause and busybox images imported (no registry is reachable), and `restrict_oom_score_adj`
 //! on (this machine cannot lower a process's `oom_score_adj`). Needs root and `containerd`,
 //! `ctr` and `runc` on `PATH` (`.ci/install`).
@@ -194,17 +194,23 @@ impl Drop for Containerd {
             }
         }
         self.stop();
-        let prefix = self.dir.display().to_string();
-        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|line| line.split(' ').nth(4).map(String::from))
-            .filter(|point| point.starts_with(&prefix))
-            .collect();
-        mounts.sort_by_key(|point| std::cmp::Reverse(point.len()));
-        for point in mounts {
-            let _ = Command::new("umount").arg("-l").arg(&point).status();
-        }
+        unmount_under(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Unmounts (lazily, deepest first) every mount point under `dir`: what containers and the
+/// kubelet mounted there (root filesystems, shm, the kubelet's shared root).
+pub(crate) fn unmount_under(dir: &Path) {
+    let prefix = dir.display().to_string();
+    let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4).map(String::from))
+        .filter(|point| point.starts_with(&prefix))
+        .collect();
+    mounts.sort_by_key(|point| std::cmp::Reverse(point.len()));
+    for point in mounts {
+        let _ = Command::new("umount").arg("-l").arg(&point).status();
     }
 }

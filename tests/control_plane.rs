@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::containerd::{Containerd, unmount_under};
 use crate::try_free_port;
 
 /// The control-plane binary: `$TAPIO_CONTROLPLANE_BIN`, or `target/controlplane/controlplane`.
@@ -318,7 +319,7 @@ pub const BUSYBOX_IMAGE: &str = "localhost/tapio/busybox:local";
 /// containerd as its runtime. Needs root and `containerd` on `PATH` (`.ci/install`).
 pub struct Kubelet {
     dir: PathBuf,
-    containerd: Option<Child>,
+    containerd: Option<Containerd>,
     kubelet: Option<Child>,
     /// The kubelet API's port on 127.0.0.1.
     pub port: u16,
@@ -349,88 +350,14 @@ impl ControlPlane {
         max_restart_period: Option<Duration>,
     ) -> Result<Kubelet> {
         let dir = self.dir.join(format!("kubelet-{node}"));
-        let containerd = dir.join("containerd");
-        std::fs::create_dir_all(containerd.join("root"))?;
-        std::fs::create_dir_all(containerd.join("state"))?;
-        let socket = containerd.join("containerd.sock");
-        let defaults = Command::new("containerd")
-            .args(["config", "default"])
-            .output()
-            .context("run `containerd config default` (is containerd installed? .ci/install)")?;
-        let config = String::from_utf8_lossy(&defaults.stdout)
-            .lines()
-            .map(|line| {
-                let trimmed = line.trim_start();
-                if trimmed.starts_with("root = ") && !line.starts_with(' ') {
-                    format!("root = \"{}\"", containerd.join("root").display())
-                } else if trimmed.starts_with("state = ") && !line.starts_with(' ') {
-                    format!("state = \"{}\"", containerd.join("state").display())
-                } else if trimmed == "address = \"/run/containerd/containerd.sock\"" {
-                    format!("  address = \"{}\"", socket.display())
-                } else if trimmed.starts_with("sandbox_image = ") {
-                    format!("    sandbox_image = \"{PAUSE_IMAGE}\"")
-                } else if trimmed == "restrict_oom_score_adj = false" {
-                    // This machine cannot lower oom_score_adj (no CAP_SYS_RESOURCE).
-                    line.replace("false", "true")
-                } else {
-                    line.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        std::fs::write(containerd.join("config.toml"), config)?;
-        let log = std::fs::File::create(dir.join("containerd.log"))?;
+        let containerd = Containerd::start(&dir.join("containerd"))?;
+        let socket = containerd.socket();
         let mut kubelet = Kubelet {
             dir: dir.clone(),
-            containerd: Some(
-                Command::new("containerd")
-                    .arg("--config")
-                    .arg(containerd.join("config.toml"))
-                    .stdin(Stdio::null())
-                    .stdout(log.try_clone()?)
-                    .stderr(log)
-                    .spawn()
-                    .context("start containerd")?,
-            ),
+            containerd: Some(containerd),
             kubelet: None,
             port: try_free_port()?,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !socket.exists() {
-            if Instant::now() > deadline {
-                bail!("containerd did not create {}", socket.display());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        // No registry is reachable: import local images of Debian's static busybox, one as the
-        // pod sandbox ("pause") image, one for containers.
-        for (file, image, entrypoint) in [
-            ("pause.tar", PAUSE_IMAGE, &["/bin/sleep", "2147483647"][..]),
-            ("busybox.tar", BUSYBOX_IMAGE, &["/bin/sh"][..]),
-        ] {
-            let tar = dir.join(file);
-            let status = Command::new("python3")
-                .arg(crate::repo_root().join("tests/kubelet/mkimage.py"))
-                .arg(&tar)
-                .arg(image)
-                .args(entrypoint)
-                .status()
-                .context("run tests/kubelet/mkimage.py (needs busybox-static, .ci/install)")?;
-            if !status.success() {
-                bail!("mkimage.py failed for {image}: {status}");
-            }
-            let status = Command::new("ctr")
-                .arg("--address")
-                .arg(&socket)
-                .args(["--namespace", "k8s.io", "images", "import"])
-                .arg(&tar)
-                .stdout(Stdio::null())
-                .status()
-                .context("run ctr images import")?;
-            if !status.success() {
-                bail!("ctr images import {image} failed: {status}");
-            }
-        }
         let pki = self.dir.join("pki");
         // Eviction thresholds in bytes, not shares: on a large, nearly full build disk 1% is
         // gigabytes, and a parallel build crossing it would reject every pod (DiskPressure).
@@ -494,11 +421,11 @@ impl Kubelet {
     /// # Errors
     /// When `ctr images import` fails.
     pub fn import_image(&self, tar: &Path) -> Result<()> {
-        let socket = self.dir.join("containerd").join("containerd.sock");
-        let output = Command::new("ctr")
-            .arg("--address")
-            .arg(&socket)
-            .args(["--namespace", "k8s.io", "images", "import"])
+        let Some(containerd) = &self.containerd else {
+            bail!("the kubelet's containerd is stopped");
+        };
+        let output = containerd
+            .ctr(&["images", "import"])
             .arg(tar)
             .output()
             .context("run ctr images import")?;
@@ -515,45 +442,17 @@ impl Kubelet {
 }
 
 impl Drop for Kubelet {
-    /// Stops the kubelet, kills and deletes every container task it started (their shims
-    /// outlive containerd otherwise), stops containerd, and unmounts what they mounted under
+    /// Stops the kubelet, then its containerd (which kills and deletes every container task
+    /// first: their shims outlive containerd otherwise), and unmounts what they mounted under
     /// the test directory (the kubelet's shared root, container root filesystems, shm).
     fn drop(&mut self) {
         if let Some(mut kubelet) = self.kubelet.take() {
             let _ = kubelet.kill();
             let _ = kubelet.wait();
         }
-        let socket = self.dir.join("containerd").join("containerd.sock");
-        let ctr = |args: &[&str]| {
-            Command::new("ctr")
-                .arg("--address")
-                .arg(&socket)
-                .args(["--namespace", "k8s.io"])
-                .args(args)
-                .stderr(Stdio::null())
-                .output()
-        };
-        if let Ok(listed) = ctr(&["tasks", "ls", "-q"]) {
-            for task in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
-                let _ = ctr(&["tasks", "kill", "--signal", "SIGKILL", task]);
-                let _ = ctr(&["tasks", "delete", "--force", task]);
-            }
-        }
-        if let Some(mut containerd) = self.containerd.take() {
-            let _ = containerd.kill();
-            let _ = containerd.wait();
-        }
-        let prefix = self.dir.display().to_string();
-        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|line| line.split(' ').nth(4).map(String::from))
-            .filter(|point| point.starts_with(&prefix))
-            .collect();
-        mounts.sort_by_key(|point| std::cmp::Reverse(point.len()));
-        for point in mounts {
-            let _ = Command::new("umount").arg("-l").arg(&point).status();
-        }
+        // Kills the tasks it ran, stops it and undoes its mounts.
+        drop(self.containerd.take());
+        unmount_under(&self.dir);
     }
 }
 

@@ -166,6 +166,21 @@ mod tests {
     use super::{earliest_in, earliest_within, latest_before};
     use crate::operators::oracle::{Rng, at, run2, times};
 
+    /// `count` records `(key, (event time, id))` on three keys, each inserted at a random time
+    /// and a third of them retracted later.
+    fn updates(rng: &mut Rng, count: u64) -> Vec<((u32, (u64, u64)), u64, isize)> {
+        let mut out = Vec::new();
+        for id in 0..count {
+            let record = (rng.below(3) as u32, (rng.below(30), id));
+            let at = rng.below(20);
+            out.push((record, at, 1isize));
+            if rng.below(3) == 0 {
+                out.push((record, at + 1 + rng.below(10), -1));
+            }
+        }
+        out
+    }
+
     /// At every time, the matches equal a from-scratch search: for each A, the earliest B on its
     /// key within the bound; under inserts and retractions on both sides.
     #[test]
@@ -173,18 +188,6 @@ mod tests {
         for seed in 1..=20 {
             let mut rng = Rng::new(seed);
             let within = rng.below(10);
-            let updates = |rng: &mut Rng, count: u64| {
-                let mut out = Vec::new();
-                for id in 0..count {
-                    let record = (rng.below(3) as u32, (rng.below(30), id));
-                    let at = rng.below(20);
-                    out.push((record, at, 1isize));
-                    if rng.below(3) == 0 {
-                        out.push((record, at + 1 + rng.below(10), -1));
-                    }
-                }
-                out
-            };
             let a = updates(&mut rng, 15);
             let b = updates(&mut rng, 25);
             let output = run2(a.clone(), b.clone(), move |a, b| {
@@ -215,18 +218,6 @@ mod tests {
         for seed in 1..=20 {
             let mut rng = Rng::new(seed);
             let within = rng.below(10);
-            let updates = |rng: &mut Rng, count: u64| {
-                let mut out = Vec::new();
-                for id in 0..count {
-                    let record = (rng.below(3) as u32, (rng.below(30), id));
-                    let at = rng.below(20);
-                    out.push((record, at, 1isize));
-                    if rng.below(3) == 0 {
-                        out.push((record, at + 1 + rng.below(10), -1));
-                    }
-                }
-                out
-            };
             let a = updates(&mut rng, 15);
             let b = updates(&mut rng, 25);
             let output = run2(a.clone(), b.clone(), move |a, b| {
