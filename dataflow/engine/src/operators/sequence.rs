@@ -166,9 +166,12 @@ mod tests {
     use super::{earliest_in, earliest_within, latest_before};
     use crate::operators::oracle::{Rng, at, run2, times};
 
+    /// A keyed step: `(key, (event time, id))`.
+    type Record = (u32, (u64, u64));
+
     /// `count` records `(key, (event time, id))` on three keys, each inserted at a random time
     /// and a third of them retracted later.
-    fn updates(rng: &mut Rng, count: u64) -> Vec<((u32, (u64, u64)), u64, isize)> {
+    fn updates(rng: &mut Rng, count: u64) -> Vec<(Record, u64, isize)> {
         let mut out = Vec::new();
         for id in 0..count {
             let record = (rng.below(3) as u32, (rng.below(30), id));
