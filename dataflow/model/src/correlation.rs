@@ -670,7 +670,8 @@ pub enum Detail {
     },
     /// Containers of several pods on one node ending together.
     CoOccurrence {
-        /// Distinct pods whose containers ended: the level last reached (3, 5, 10, 20, ...).
+        /// Distinct pods whose containers ended: the level last reached (3, 5, 10, 20, ...),
+        /// and any pods that ended at the same instant as the last of those.
         pods: u64,
         /// Time from the earliest to the latest of those exits, ns.
         span_ns: u64,

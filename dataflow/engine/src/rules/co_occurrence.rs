@@ -4,7 +4,8 @@
 //! within `within` after the first of them, from at least `pods` distinct pods (default 3
 //! within 10 seconds). The root is the node, not each pod: the chain starts at the node and
 //! goes to the first pod's container exit (`caused`) and on to each further pod's
-//! (`followed_by`, each exit followed the previous one on the same node), one exit per pod.
+//! (`followed_by`, each exit followed the previous one on the same node), one exit per pod;
+//! pods whose exits carry the same time as the last one counted are all named.
 //! Fewer pods than the threshold say nothing about the node: their restarts are their own
 //! (the restart loop rule reads them). The correlation is replaced only when the number of
 //! pods reaches the next of 5, 10, 20, 50, ..., and is retracted `keep_for` after the latest
@@ -153,7 +154,8 @@ impl Rule for CoOccurrence {
 }
 
 /// The correlation of a group once it holds `threshold` pods: the node, then the first exit of
-/// each pod up to the level the group has reached.
+/// each pod up to the level the group has reached (and of any pod that ended at the same
+/// instant as the last of those).
 fn correlation(
     node: &Arc<str>,
     group: &Together,
@@ -161,7 +163,15 @@ fn correlation(
     within_ns: u64,
 ) -> Option<Correlation> {
     let reached = level(group.pods.len() as u64, threshold)?;
-    let counted = &group.pods[..usize::try_from(reached).ok()?];
+    let cut = usize::try_from(reached).ok()?;
+    // Pods that ended at the same instant as the last one counted are counted with it: which
+    // of several simultaneous exits came "first" is only the order they were reported in.
+    let last_ns = group.pods[cut - 1].evidence.time;
+    let tied = group.pods[cut..]
+        .iter()
+        .take_while(|ended| ended.evidence.time == last_ns)
+        .count();
+    let counted = &group.pods[..cut + tied];
     let node = EntityId::Node {
         name: Arc::clone(node),
     };
@@ -181,7 +191,7 @@ fn correlation(
         node,
         chain,
         Detail::CoOccurrence {
-            pods: reached,
+            pods: counted.len() as u64,
             span_ns,
             within_ns,
         },

@@ -184,7 +184,12 @@ fn expected(node: &Arc<str>, group: &[&Fact]) -> Option<Correlation> {
         }
     }
     let reached = level(firsts.len() as u64, PODS)?;
-    let counted = &firsts[..reached as usize];
+    let last_ns = firsts[reached as usize - 1].time_ns;
+    let tied = firsts[reached as usize..]
+        .iter()
+        .take_while(|fact| fact.time_ns == last_ns)
+        .count();
+    let counted = &firsts[..reached as usize + tied];
     let node = EntityId::Node { name: node.clone() };
     let mut chain = vec![Evidence::of(counted[0]).hop(&node, Relation::Start)];
     for (index, fact) in counted.iter().enumerate() {
@@ -201,7 +206,7 @@ fn expected(node: &Arc<str>, group: &[&Fact]) -> Option<Correlation> {
         node,
         chain,
         Detail::CoOccurrence {
-            pods: reached,
+            pods: counted.len() as u64,
             span_ns: times.clone().max().unwrap() - times.min().unwrap(),
             within_ns: WITHIN,
         },
